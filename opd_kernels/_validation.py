@@ -1,0 +1,116 @@
+"""Argument checks shared by every op: clear errors that name the argument and the shapes seen."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+TRITON_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+BACKENDS = ("auto", "triton", "torch")
+SCHEDULES = ("auto", "chunked", "fused")
+
+
+def check_tensor(name: str, value, *, ndim: int | None = None, min_ndim: int | None = None) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if ndim is not None and value.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(value.shape)}")
+    if min_ndim is not None and value.dim() < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dims, got shape {tuple(value.shape)}")
+    return value
+
+
+def check_floating(name: str, value: torch.Tensor) -> None:
+    if value.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"{name} must be a floating tensor (bfloat16, float16, float32 or float64), got dtype {value.dtype}"
+        )
+
+
+def check_hidden_and_weight(hidden_name: str, hidden, weight_name: str, weight) -> None:
+    """hidden [..., D], weight [V, D], same floating dtype."""
+    check_tensor(hidden_name, hidden, min_ndim=1)
+    check_tensor(weight_name, weight, ndim=2)
+    check_floating(hidden_name, hidden)
+    check_floating(weight_name, weight)
+    if hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"{hidden_name} has hidden size {hidden.shape[-1]} (shape {tuple(hidden.shape)}) but "
+            f"{weight_name} has {weight.shape[1]} columns (shape {tuple(weight.shape)}); expected "
+            f"{weight_name} of shape [vocab, {hidden.shape[-1]}]"
+        )
+    if hidden.dtype != weight.dtype:
+        raise ValueError(
+            f"{hidden_name} ({hidden.dtype}) and {weight_name} ({weight.dtype}) must share a dtype"
+        )
+    if weight.shape[0] == 0:
+        raise ValueError(f"{weight_name} has an empty vocabulary (shape {tuple(weight.shape)})")
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        seen = ", ".join(f"{name} on {dev}" for name, dev in devices.items())
+        raise ValueError(f"all inputs must be on one device, got {seen}")
+
+
+def check_mask(mask, leading_shape: torch.Size, hidden_name: str) -> None:
+    if mask is None:
+        return
+    check_tensor("mask", mask)
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+    if mask.shape != leading_shape:
+        raise ValueError(
+            f"mask must have the leading shape of {hidden_name}, {tuple(leading_shape)}, "
+            f"got {tuple(mask.shape)}"
+        )
+
+
+def check_temperature(temperature) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a Python number, got {type(temperature).__name__}")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    return float(temperature)
+
+
+def check_choice(name: str, value, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_chunk_size(chunk_size) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    return chunk_size
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve_backend(backend: str, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> str:
+    """'auto' is Triton on CUDA and the chunked torch backend elsewhere."""
+    check_choice("backend", backend, BACKENDS)
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and all(d in TRITON_DTYPES for d in dtypes) else "torch"
+    if backend == "triton":
+        if device.type != "cuda" and not triton_interpreting():
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (got device {device}) or TRITON_INTERPRET=1 "
+                "set before opd_kernels is imported; use backend='torch' on this device"
+            )
+        bad = [d for d in dtypes if d not in TRITON_DTYPES]
+        if bad:
+            raise ValueError(
+                f"backend='triton' supports bfloat16, float16 and float32 inputs, got {bad[0]}; "
+                "use backend='torch' for float64"
+            )
+    return backend

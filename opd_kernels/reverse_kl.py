@@ -1,0 +1,184 @@
+"""fused_reverse_kl: exact KL(student || teacher) over the full vocabulary from hidden states."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import _validation as v
+from ._matmul import accumulate_dtype
+from .reverse_kl_torch import reverse_kl_torch
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _implementation(backend: str, schedule: str, needs_grad: bool):
+    if backend == "torch":
+        return reverse_kl_torch
+    from .reverse_kl_triton import reverse_kl_triton_chunked, reverse_kl_triton_fused
+
+    if schedule == "auto":
+        # With gradients, cuBLAS on token chunks plus one row kernel beats fp32 atomics;
+        # forward-only, the fused kernel is a single GEMM pass that writes 3 floats a token.
+        schedule = "chunked" if needs_grad else "fused"
+    return reverse_kl_triton_chunked if schedule == "chunked" else reverse_kl_triton_fused
+
+
+class _ReverseKLFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h_s, W_s, h_t, W_t, mask, inv_tau, reduction, impl, chunk_size, grad_enabled):
+        n = h_s.shape[0]
+        weights = mask.to(torch.float32) if mask is not None else h_s.new_ones(n, dtype=torch.float32)
+        need_dh = grad_enabled and ctx.needs_input_grad[0]
+        need_dw = grad_enabled and ctx.needs_input_grad[1]
+        if reduction == "none":
+            rkl, _, _ = impl(h_s, W_s, h_t, W_t, weights, inv_tau, False, False, chunk_size)
+            ctx.save_for_backward(h_s, W_s, h_t, W_t, mask)
+            ctx.setup = (inv_tau, impl, chunk_size, need_dh, need_dw)
+            return rkl
+
+        # The loss is terminal: the gradient is formed in the same pass as the loss and the
+        # backward only scales it by grad_output (no second pass over the vocabulary).
+        rkl, dh, dW = impl(h_s, W_s, h_t, W_t, weights, inv_tau, need_dh, need_dw, chunk_size)
+        loss = rkl.sum()
+        if reduction == "mean":
+            scale = 1.0 / weights.sum().clamp_min(1.0).to(rkl.dtype)
+            loss = loss * scale
+            dh = dh * scale if dh is not None else None
+            dW = dW * scale if dW is not None else None
+        ctx.grads = (
+            dh.to(h_s.dtype) if dh is not None else None,
+            dW.to(W_s.dtype) if dW is not None else None,
+        )
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if hasattr(ctx, "grads"):
+            dh, dW = ctx.grads
+            dh = dh * grad_output.to(dh.dtype) if dh is not None else None
+            dW = dW * grad_output.to(dW.dtype) if dW is not None else None
+        else:
+            h_s, W_s, h_t, W_t, mask = ctx.saved_tensors
+            inv_tau, impl, chunk_size, need_dh, need_dw = ctx.setup
+            weights = grad_output.to(accumulate_dtype(h_s.dtype))
+            if mask is not None:
+                weights = torch.where(mask, weights, 0.0)
+            _, dh, dW = impl(h_s, W_s, h_t, W_t, weights, inv_tau, need_dh, need_dw, chunk_size)
+            dh = dh.to(h_s.dtype) if dh is not None else None
+            dW = dW.to(W_s.dtype) if dW is not None else None
+        return dh, dW, None, None, None, None, None, None, None, None
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def fused_reverse_kl(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    backend: str = "auto",
+    schedule: str = "auto",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Per-token reverse KL, KL(student || teacher), over the whole vocabulary.
+
+    With z_s = student_hidden @ student_weight.T / temperature and z_t likewise for the
+    teacher, each selected token contributes
+    ``sum_v p_v (log p_v - log q_v)`` with p = softmax(z_s), q = softmax(z_t).
+    No [tokens, vocab] tensor is built (see the schedules below).
+
+    Args:
+        student_hidden: [..., D_s] bf16 / fp16 / fp32 (fp64 on the torch backend).
+        student_weight: [V_s, D_s] the student's LM head, same dtype as student_hidden.
+        teacher_hidden: [..., D_t], the same leading shape as student_hidden.
+        teacher_weight: [V_t, D_t] with V_t >= V_s; only its first V_s rows are used, so a
+            padded teacher head (152,064 vs 151,936 rows) works as is.
+        mask: optional bool [...]; False tokens contribute exactly 0 and get zero gradient.
+        temperature: tau > 0; both models' logits are divided by it.
+        reduction: "mean" over selected tokens (0 when none), "sum", or "none" (fp32 [...],
+            0 where masked).
+        backend: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (chunked
+            PyTorch, any device), "auto" (triton on CUDA, torch elsewhere).
+        schedule: Triton only. "chunked": cuBLAS logits for ``chunk_size`` tokens at a time
+            plus one fused row kernel; extra memory chunk_size * V_s * (8 + itemsize) bytes.
+            "fused": logits never leave the chip; extra memory O(N + V). "auto": chunked
+            when gradients are needed, fused otherwise.
+        chunk_size: tokens per chunk for the chunked schedule and the torch backend. Default:
+            triton chunked, the largest power of two in [64, 4096] with
+            chunk_size * V_s * (8 + itemsize) <= 1 GiB; torch, 1024 tokens (with 8192-wide
+            vocabulary tiles: about 6 * 1024 * 8192 * 4 B = 200 MB of temporaries).
+
+    Returns:
+        fp32 loss (fp64 for fp64 inputs): a scalar for "mean"/"sum", the leading shape for "none". Gradients flow to
+        student_hidden and student_weight (in their dtype; fp32 accumulation throughout),
+        never to the teacher. A frozen student_weight gets no weight-gradient work at all.
+    """
+    v.check_hidden_and_weight("student_hidden", student_hidden, "student_weight", student_weight)
+    v.check_hidden_and_weight("teacher_hidden", teacher_hidden, "teacher_weight", teacher_weight)
+    if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
+        raise ValueError(
+            "student_hidden and teacher_hidden must share leading (token) dims, got "
+            f"{tuple(student_hidden.shape)} and {tuple(teacher_hidden.shape)}"
+        )
+    vocab = student_weight.shape[0]
+    if teacher_weight.shape[0] < vocab:
+        raise ValueError(
+            f"teacher_weight has {teacher_weight.shape[0]} rows (shape {tuple(teacher_weight.shape)}), "
+            f"fewer than the student's vocabulary of {vocab} (student_weight {tuple(student_weight.shape)})"
+        )
+    leading = student_hidden.shape[:-1]
+    v.check_mask(mask, leading, "student_hidden")
+    v.check_same_device(student_hidden=student_hidden, student_weight=student_weight,
+                        teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, mask=mask)
+    inv_tau = 1.0 / v.check_temperature(temperature)
+    v.check_choice("reduction", reduction, REDUCTIONS)
+    v.check_choice("schedule", schedule, v.SCHEDULES)
+    chunk_size = v.check_chunk_size(chunk_size)
+    backend = v.resolve_backend(backend, student_hidden.device,
+                                (student_hidden.dtype, teacher_hidden.dtype))
+
+    h_s = _last_dim_contiguous(student_hidden.reshape(-1, student_hidden.shape[-1]))
+    h_t = _last_dim_contiguous(teacher_hidden.reshape(-1, teacher_hidden.shape[-1]))
+    W_s = _last_dim_contiguous(student_weight)
+    # No gradient ever flows to the teacher, so it is detached up front.
+    W_t = _last_dim_contiguous(teacher_weight.detach()[:vocab])
+    h_t = h_t.detach()
+    flat_mask = mask.reshape(-1) if mask is not None else None
+
+    grad_enabled = torch.is_grad_enabled() and (student_hidden.requires_grad or student_weight.requires_grad)
+    impl = _implementation(backend, schedule, grad_enabled)
+    out = _ReverseKLFunction.apply(h_s, W_s, h_t, W_t, flat_mask, inv_tau, reduction, impl,
+                                   chunk_size, grad_enabled)
+    return out.reshape(leading) if reduction == "none" else out
+
+
+class FusedReverseKL(nn.Module):
+    """Module form of :func:`fused_reverse_kl`; the options are fixed at construction."""
+
+    def __init__(self, temperature: float = 1.0, reduction: str = "mean", backend: str = "auto",
+                 schedule: str = "auto", chunk_size: int | None = None):
+        super().__init__()
+        v.check_temperature(temperature)
+        self.temperature = temperature
+        self.reduction = v.check_choice("reduction", reduction, REDUCTIONS)
+        self.backend = v.check_choice("backend", backend, v.BACKENDS)
+        self.schedule = v.check_choice("schedule", schedule, v.SCHEDULES)
+        self.chunk_size = v.check_chunk_size(chunk_size)
+
+    def forward(self, student_hidden, student_weight, teacher_hidden, teacher_weight, mask=None):
+        return fused_reverse_kl(
+            student_hidden, student_weight, teacher_hidden, teacher_weight, mask=mask,
+            temperature=self.temperature, reduction=self.reduction, backend=self.backend,
+            schedule=self.schedule, chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, reduction={self.reduction!r}, "
+                f"backend={self.backend!r}, schedule={self.schedule!r}, chunk_size={self.chunk_size}")

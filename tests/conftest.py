@@ -1,0 +1,13 @@
+import os
+
+# Triton kernels run on the CPU through the interpreter when no CUDA device exists.
+# It must be set before triton decorates any kernel, i.e. before opd_kernels is imported.
+try:
+    import torch
+
+    _has_cuda = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    _has_cuda = False
+if not _has_cuda:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")

@@ -1,0 +1,1 @@
+"""videoopd: on-policy distillation for video LLMs on temporal video grounding."""
