@@ -46,7 +46,6 @@ _SPAN_RE = re.compile(
     ),
     flags=re.IGNORECASE,
 )
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", flags=re.IGNORECASE | re.DOTALL)
 
 
 def parse_time(token: str) -> float:
@@ -70,13 +69,13 @@ def _answer_region(text: str) -> str | None:
         text = text[lowered.rindex("</think>") + len("</think>") :]
     elif "<think>" in lowered:
         return None
-    answers = _ANSWER_RE.findall(text)
-    if answers:
-        return answers[-1]  # the last answer block wins (models sometimes restate)
+    # The last <answer> wins (models sometimes restate); it may be cut off before </answer>.
     lowered = text.lower()
-    if "<answer>" in lowered:  # opened but cut off before </answer>
-        return text[lowered.rindex("<answer>") + len("<answer>") :]
-    return text
+    if "<answer>" not in lowered:
+        return text
+    answer = text[lowered.rindex("<answer>") + len("<answer>") :]
+    close = answer.lower().find("</answer>")
+    return answer if close < 0 else answer[:close]
 
 
 def parse_span(text: str) -> tuple[float, float] | None:

@@ -1,0 +1,655 @@
+"""Temporal-video-grounding annotations: one record type, five loaders, explicit validation.
+
+Formats (``format=`` name, what one sample looks like):
+
+- ``charades``: Charades-STA text, one query a line: ``AO8RW 0.0 6.9##a person puts a book away.``
+  Durations come from ``durations=`` (a Charades CSV with ``id`` and ``length`` or
+  ``duration`` columns) or, for videos not in it, are probed from the video file.
+- ``activitynet``: ActivityNet Captions JSON ``{vid: {duration, timestamps, sentences}}``.
+- ``timelens_bench``: TimeLens-Bench JSON ``{vid: {duration, spans, queries}}``.
+- ``timelens_100k``: TimeLens-100K JSONL, a line per video
+  ``{source, video_path, duration, events: [{query, span}]}``.
+- ``jsonl``: plain JSONL, a line per query ``{video, query, start, end, duration}``
+  (optional ``id`` and ``source``).
+
+``format="auto"`` detects the format from the file's content.
+
+Video paths are resolved against ``video_root`` (default: the annotation file's folder).
+A bare video id (Charades, ActivityNet, TimeLens-Bench) is tried with the extensions in
+``VIDEO_EXTENSIONS``; for ActivityNet ids the ``v_`` prefix is also tried without.
+
+Validation rules. Every problem is reported as a :class:`DataIssue` naming the file and the
+line (or JSON key), counted in the :class:`LoadSummary`, logged, and then handled as below;
+with ``strict=True`` the first problem raises :class:`AnnotationError` instead.
+
+====================  ==========================================================  =========
+kind                  condition                                                   action
+====================  ==========================================================  =========
+``malformed``         unparsable line/JSON, missing field, non-numeric time       skipped
+``empty_query``       query missing or only whitespace                            skipped
+``multi_span``        more than one span for one query (single-span metrics)      skipped
+``inverted_span``     start >= end                                                skipped
+``missing_video``     the video file does not exist (``check_videos=True``)       skipped
+``bad_duration``      duration missing/non-positive and not probeable             skipped
+                      (probeable: replaced by the probed duration)                probed
+``span_out_of_range`` start < 0 or end > duration, ``span_policy="clip"``:        clipped
+                      clipped to [0, duration]; skipped if nothing is left, or
+                      always with ``span_policy="skip"``                          skipped
+``duplicate_id``      an id already loaded from this file                         skipped
+====================  ==========================================================  =========
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+__all__ = [
+    "FORMATS",
+    "VIDEO_EXTENSIONS",
+    "AnnotationError",
+    "DataIssue",
+    "GroundingRecord",
+    "LoadResult",
+    "LoadSummary",
+    "detect_format",
+    "load_annotations",
+    "read_durations_csv",
+    "write_jsonl_records",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("charades", "activitynet", "timelens_bench", "timelens_100k", "jsonl")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+SPAN_POLICIES = ("clip", "skip")
+_MAX_LOGGED_ISSUES = 20
+_CHARADES_LINE = re.compile(r"^\s*(?P<vid>\S+)\s+(?P<start>\S+)\s+(?P<end>\S+)\s*##(?P<query>.*)$")
+
+
+@dataclass(frozen=True)
+class GroundingRecord:
+    """One grounding query: ``query`` happens during ``span`` (seconds) of ``video``."""
+
+    id: str
+    video: str
+    query: str
+    span: tuple[float, float]
+    duration: float
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["span"] = list(self.span)
+        return data
+
+
+@dataclass(frozen=True)
+class DataIssue:
+    """A problem found in an annotation file, where it is, and what was done about it."""
+
+    file: str
+    location: str
+    kind: str
+    message: str
+    action: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.location}: {self.kind} ({self.action}): {self.message}"
+
+
+class AnnotationError(ValueError):
+    """Raised in strict mode for the first problem in an annotation file."""
+
+    def __init__(self, issue: DataIssue):
+        super().__init__(str(issue))
+        self.issue = issue
+
+
+@dataclass
+class LoadSummary:
+    """What a loader read, kept and reported."""
+
+    file: str
+    format: str
+    read: int = 0  # queries found in the file (including the ones that were skipped)
+    kept: int = 0
+    issues: list[DataIssue] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Issues per kind."""
+        return dict(Counter(issue.kind for issue in self.issues))
+
+    @property
+    def skipped(self) -> int:
+        return sum(issue.action == "skipped" for issue in self.issues)
+
+    @property
+    def clipped(self) -> int:
+        return sum(issue.action == "clipped" for issue in self.issues)
+
+    def report(self, max_issues: int | None = None) -> str:
+        """A human-readable summary, listing up to ``max_issues`` issues (all by default)."""
+        lines = [
+            f"{self.file} ({self.format}): read {self.read}, kept {self.kept}, "
+            f"skipped {self.skipped}, clipped {self.clipped}"
+        ]
+        if self.issues:
+            lines.append("  issues: " + ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())))
+        shown = self.issues if max_issues is None else self.issues[:max_issues]
+        lines.extend(f"  {issue}" for issue in shown)
+        if len(shown) < len(self.issues):
+            lines.append(f"  ... {len(self.issues) - len(shown)} more (see LoadSummary.issues)")
+        return "\n".join(lines)
+
+
+class LoadResult(NamedTuple):
+    records: list[GroundingRecord]
+    summary: LoadSummary
+
+
+@dataclass
+class _Candidate:
+    """A query as read from the file, before validation."""
+
+    location: str
+    video: str
+    query: Any
+    span: Any
+    duration: Any
+    source: str
+    id: str | None = None
+
+
+class _Reporter:
+    def __init__(self, summary: LoadSummary, strict: bool):
+        self.summary = summary
+        self.strict = strict
+
+    def __call__(self, location: str, kind: str, message: str, action: str) -> None:
+        issue = DataIssue(self.summary.file, location, kind, message, action)
+        if self.strict:
+            raise AnnotationError(issue)
+        self.summary.issues.append(issue)
+        if len(self.summary.issues) <= _MAX_LOGGED_ISSUES:
+            logger.warning("%s", issue)
+
+
+# --------------------------------------------------------------------------------------
+# format detection
+
+
+def _classify_json_object(obj: Any) -> str | None:
+    if not isinstance(obj, dict):
+        return None
+    if "events" in obj and "video_path" in obj:
+        return "timelens_100k"
+    if "video" in obj and "query" in obj:
+        return "jsonl"
+    first = next(iter(obj.values()), None)
+    if isinstance(first, dict):
+        if "timestamps" in first and "sentences" in first:
+            return "activitynet"
+        if "spans" in first and "queries" in first:
+            return "timelens_bench"
+    return None
+
+
+def detect_format(path: str | Path) -> str:
+    """The annotation format of ``path`` (one of :data:`FORMATS`), from its content."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    first_line = next((line for line in text.splitlines() if line.strip()), "")
+    if not first_line:
+        raise ValueError(f"cannot detect the format of {path}: the file is empty")
+    if _CHARADES_LINE.match(first_line):
+        return "charades"
+    try:
+        detected = _classify_json_object(json.loads(first_line))
+    except json.JSONDecodeError:
+        detected = None
+    if detected is None:
+        # Not JSON-per-line: a (possibly pretty-printed) JSON document.
+        try:
+            detected = _classify_json_object(json.loads(text))
+        except json.JSONDecodeError:
+            detected = None
+    if detected is None:
+        raise ValueError(
+            f"cannot detect the format of {path}; pass format= one of {', '.join(FORMATS)}"
+        )
+    return detected
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def read_durations_csv(path: str | Path) -> dict[str, float]:
+    """Video durations from a CSV with an ``id`` column and a ``length`` or ``duration`` column
+    (the Charades ``Charades_v1_{train,test}.csv`` files qualify)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"durations CSV not found: {path}")
+    durations: dict[str, float] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        length_column = next((c for c in ("length", "duration") if c in columns), None)
+        if "id" not in columns or length_column is None:
+            raise ValueError(
+                f"durations CSV {path} needs an 'id' column and a 'length' or 'duration' column, has {columns}"
+            )
+        for line_number, row in enumerate(reader, start=2):
+            try:
+                durations[row["id"]] = float(row[length_column])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{path}: line {line_number}: bad {length_column} {row[length_column]!r}") from exc
+    return durations
+
+
+def _resolve_video(name: str, base: Path, strip_prefix: str | None = None) -> tuple[Path, bool]:
+    """The video file for ``name`` under ``base`` and whether it exists."""
+    raw = Path(name)
+    root = raw if raw.is_absolute() else base / raw
+    if raw.suffix.lower() in VIDEO_EXTENSIONS:
+        return root, root.is_file()
+    stems = [root]
+    if strip_prefix and raw.name.startswith(strip_prefix):
+        stems.append(root.with_name(raw.name[len(strip_prefix) :]))
+    candidates = [stem.with_name(stem.name + ext) for stem in stems for ext in VIDEO_EXTENSIONS]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate, True
+    return candidates[0], False
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"not a number: {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
+
+
+def _normalize_query(query: Any) -> str:
+    if not isinstance(query, str):
+        return ""
+    return re.sub(r"\s+", " ", query).strip()
+
+
+# --------------------------------------------------------------------------------------
+# per-format readers: yield candidates; report what cannot even be read
+
+
+def _read_charades(path: Path, report: _Reporter, source: str) -> Iterator[_Candidate]:
+    per_video: Counter[str] = Counter()
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            location = f"line {line_number}"
+            match = _CHARADES_LINE.match(line.rstrip("\n"))
+            if match is None:
+                report.summary.read += 1
+                report(location, "malformed", f"expected 'vid start end##sentence', got {line.strip()!r}", "skipped")
+                continue
+            vid = match["vid"]
+            index = per_video[vid]
+            per_video[vid] += 1
+            yield _Candidate(
+                location, vid, match["query"], [match["start"], match["end"]], None, source, f"{vid}#{index}"
+            )
+
+
+def _read_json_document(path: Path, report: _Reporter) -> dict[str, Any] | None:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        report(f"line {exc.lineno}", "malformed", f"invalid JSON: {exc.msg}", "skipped")
+        return None
+    if not isinstance(document, dict):
+        report("top level", "malformed", f"expected a JSON object keyed by video id, got {type(document).__name__}", "skipped")
+        return None
+    return document
+
+
+def _read_keyed_json(
+    path: Path, report: _Reporter, source: str, spans_key: str, queries_key: str
+) -> Iterator[_Candidate]:
+    document = _read_json_document(path, report)
+    if document is None:
+        return
+    for vid, entry in document.items():
+        location = f"key {vid!r}"
+        if not isinstance(entry, dict) or not isinstance(entry.get(spans_key), list) or not isinstance(
+            entry.get(queries_key), list
+        ):
+            report.summary.read += 1
+            report(location, "malformed", f"expected an object with '{spans_key}' and '{queries_key}' lists", "skipped")
+            continue
+        spans, queries = entry[spans_key], entry[queries_key]
+        if len(spans) != len(queries):
+            report.summary.read += max(len(spans), len(queries))
+            report(
+                location,
+                "malformed",
+                f"{len(spans)} {spans_key} but {len(queries)} {queries_key}: cannot pair them",
+                "skipped",
+            )
+            continue
+        for index, (span, query) in enumerate(zip(spans, queries)):
+            yield _Candidate(
+                f"key {vid!r} {queries_key}[{index}]",
+                vid,
+                query,
+                span,
+                entry.get("duration"),
+                source,
+                f"{vid}#{index}",
+            )
+
+
+def _iter_jsonl(path: Path, report: _Reporter) -> Iterator[tuple[int, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                report.summary.read += 1
+                report(f"line {line_number}", "malformed", f"invalid JSON: {exc.msg}", "skipped")
+
+
+def _read_timelens_100k(path: Path, report: _Reporter, source: str | None) -> Iterator[_Candidate]:
+    per_video: Counter[str] = Counter()
+    for line_number, obj in _iter_jsonl(path, report):
+        location = f"line {line_number}"
+        if not isinstance(obj, dict) or not isinstance(obj.get("events"), list) or not isinstance(
+            obj.get("video_path"), str
+        ):
+            report.summary.read += 1
+            report(location, "malformed", "expected an object with 'video_path' and an 'events' list", "skipped")
+            continue
+        video = obj["video_path"]
+        for index, event in enumerate(obj["events"]):
+            event_location = f"line {line_number} events[{index}]"
+            if not isinstance(event, dict):
+                report.summary.read += 1
+                report(event_location, "malformed", f"expected an object, got {event!r}", "skipped")
+                continue
+            key = Path(video).stem
+            count = per_video[key]
+            per_video[key] += 1
+            yield _Candidate(
+                event_location,
+                video,
+                event.get("query"),
+                event.get("span"),
+                obj.get("duration"),
+                source or str(obj.get("source") or "timelens_100k"),
+                f"{key}#{count}",
+            )
+
+
+def _read_plain_jsonl(path: Path, report: _Reporter, source: str) -> Iterator[_Candidate]:
+    per_video: Counter[str] = Counter()
+    for line_number, obj in _iter_jsonl(path, report):
+        location = f"line {line_number}"
+        if not isinstance(obj, dict) or not isinstance(obj.get("video"), str):
+            report.summary.read += 1
+            report(location, "malformed", "expected an object with a 'video' string", "skipped")
+            continue
+        if "start" not in obj or "end" not in obj:
+            report.summary.read += 1
+            report(location, "malformed", "missing 'start' or 'end'", "skipped")
+            continue
+        video = obj["video"]
+        key = Path(video).stem
+        generated_id = f"{key}#{per_video[key]}"
+        per_video[key] += 1
+        record_id = obj.get("id")
+        yield _Candidate(
+            location,
+            video,
+            obj.get("query"),
+            [obj["start"], obj["end"]],
+            obj.get("duration"),
+            str(obj.get("source") or source),
+            str(record_id) if record_id is not None else generated_id,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# validation
+
+
+def _parse_span(raw: Any) -> tuple[float, float] | str:
+    """(start, end), or the kind of problem: 'malformed' or 'multi_span'."""
+    if isinstance(raw, (list, tuple)) and raw and all(isinstance(s, (list, tuple)) for s in raw):
+        if len(raw) > 1:
+            return "multi_span"
+        raw = raw[0]  # TimeLens writes single spans as [[start, end]]
+    if not isinstance(raw, (list, tuple)) or len(raw) != 2:
+        return "malformed"
+    try:
+        return _as_float(raw[0]), _as_float(raw[1])
+    except ValueError:
+        return "malformed"
+
+
+class _Validator:
+    def __init__(
+        self,
+        report: _Reporter,
+        base: Path,
+        durations: dict[str, float],
+        check_videos: bool,
+        span_policy: str,
+        strip_prefix: str | None,
+    ):
+        self.report = report
+        self.base = base
+        self.durations = durations
+        self.check_videos = check_videos
+        self.span_policy = span_policy
+        self.strip_prefix = strip_prefix
+        self.seen_ids: set[str] = set()
+        self.probed: dict[Path, float | None] = {}
+
+    def _probe(self, video: Path) -> float | None:
+        if video not in self.probed:
+            from videoopd.video import VideoDecodeError, probe_video  # decoding libraries load lazily
+
+            try:
+                self.probed[video] = probe_video(video).duration
+            except (VideoDecodeError, FileNotFoundError):
+                self.probed[video] = None
+        return self.probed[video]
+
+    def __call__(self, candidate: _Candidate) -> GroundingRecord | None:
+        report, location = self.report, candidate.location
+        report.summary.read += 1
+        query = _normalize_query(candidate.query)
+        if not query:
+            report(location, "empty_query", f"query is {candidate.query!r}", "skipped")
+            return None
+        span = _parse_span(candidate.span)
+        if span == "multi_span":
+            report(location, "multi_span", f"{len(candidate.span)} spans {candidate.span!r} for one query", "skipped")
+            return None
+        if span == "malformed":
+            report(location, "malformed", f"span must be two numbers, got {candidate.span!r}", "skipped")
+            return None
+        start, end = span
+        if start >= end:
+            report(location, "inverted_span", f"start {start} >= end {end}", "skipped")
+            return None
+        video, exists = _resolve_video(candidate.video, self.base, self.strip_prefix)
+        if self.check_videos and not exists:
+            report(location, "missing_video", f"video file not found: {video}", "skipped")
+            return None
+        duration = self._duration(candidate, video, exists)
+        if duration is None:
+            return None
+        if start < 0 or end > duration:
+            clipped = (max(0.0, start), min(duration, end))
+            if self.span_policy == "skip" or clipped[0] >= clipped[1]:
+                report(
+                    location, "span_out_of_range", f"span ({start}, {end}) outside [0, {duration}]", "skipped"
+                )
+                return None
+            report(
+                location,
+                "span_out_of_range",
+                f"span ({start}, {end}) outside [0, {duration}], clipped to ({clipped[0]}, {clipped[1]})",
+                "clipped",
+            )
+            start, end = clipped
+        record_id = candidate.id or f"{Path(candidate.video).stem}@{location}"
+        if record_id in self.seen_ids:
+            report(location, "duplicate_id", f"id {record_id!r} was already loaded", "skipped")
+            return None
+        self.seen_ids.add(record_id)
+        return GroundingRecord(record_id, str(video), query, (start, end), duration, candidate.source)
+
+    def _duration(self, candidate: _Candidate, video: Path, exists: bool) -> float | None:
+        report, location = self.report, candidate.location
+        raw = candidate.duration
+        if raw is None and candidate.video in self.durations:
+            raw = self.durations[candidate.video]
+        if raw is not None:
+            try:
+                duration = _as_float(raw)
+            except ValueError:
+                duration = -1.0
+            if duration > 0:
+                return duration
+        # No usable duration in the file: the video is the authority. A missing duration
+        # (Charades without a CSV) is the documented path, not an issue; a bad one is.
+        probed = self._probe(video) if exists else None
+        if probed is not None and probed > 0:
+            if raw is not None:
+                report(location, "bad_duration", f"duration {raw!r} replaced by the probed {probed:.3f}", "probed")
+            return probed
+        reason = f"duration {raw!r} is not a positive number" if raw is not None else "no duration given"
+        report(location, "bad_duration", f"{reason} and the video {video} cannot be probed", "skipped")
+        return None
+
+
+# --------------------------------------------------------------------------------------
+# entry point
+
+
+def load_annotations(
+    path: str | Path,
+    format: str = "auto",
+    *,
+    video_root: str | Path | None = None,
+    durations: str | Path | dict[str, float] | None = None,
+    strict: bool = False,
+    check_videos: bool = True,
+    span_policy: str = "clip",
+    source: str | None = None,
+) -> LoadResult:
+    """Read a grounding annotation file into :class:`GroundingRecord` s.
+
+    Args:
+        path: the annotation file.
+        format: one of :data:`FORMATS` or ``"auto"``.
+        video_root: folder the video paths/ids are relative to (default: ``path``'s folder).
+        durations: Charades durations, a CSV path or a ``{vid: seconds}`` dict.
+        strict: raise :class:`AnnotationError` on the first problem instead of reporting it.
+        check_videos: skip (and report) queries whose video file is missing. Turn off only to
+            inspect annotations without the videos.
+        span_policy: ``"clip"`` spans reaching outside [0, duration] to it, or ``"skip"`` them.
+        source: override the per-record source name.
+
+    Returns:
+        ``LoadResult(records, summary)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    if not isinstance(format, str):
+        raise TypeError(f"format must be a str, got {type(format).__name__}")
+    format = format.replace("-", "_").lower()
+    if format == "auto":
+        format = detect_format(path)
+    if format not in FORMATS:
+        raise ValueError(f"format must be 'auto' or one of {', '.join(FORMATS)}, got {format!r}")
+    if span_policy not in SPAN_POLICIES:
+        raise ValueError(f"span_policy must be one of {SPAN_POLICIES}, got {span_policy!r}")
+    if source is not None and not (isinstance(source, str) and source):
+        raise ValueError(f"source must be a non-empty string or None, got {source!r}")
+    if video_root is not None and not Path(video_root).is_dir():
+        raise FileNotFoundError(f"video_root is not a directory: {video_root}")
+    if durations is None:
+        duration_table: dict[str, float] = {}
+    elif isinstance(durations, dict):
+        duration_table = {str(k): float(v) for k, v in durations.items()}
+    elif isinstance(durations, (str, Path)):
+        duration_table = read_durations_csv(durations)
+    else:
+        raise TypeError(f"durations must be a CSV path, a dict or None, got {type(durations).__name__}")
+
+    summary = LoadSummary(file=str(path), format=format)
+    report = _Reporter(summary, strict)
+    if format == "charades":
+        candidates = _read_charades(path, report, source or "charades_sta")
+    elif format == "activitynet":
+        candidates = _read_keyed_json(path, report, source or "activitynet", "timestamps", "sentences")
+    elif format == "timelens_bench":
+        candidates = _read_keyed_json(path, report, source or path.stem, "spans", "queries")
+    elif format == "timelens_100k":
+        candidates = _read_timelens_100k(path, report, source)
+    else:
+        candidates = _read_plain_jsonl(path, report, source or path.stem)
+
+    validate = _Validator(
+        report,
+        base=Path(video_root) if video_root is not None else path.parent,
+        durations=duration_table,
+        check_videos=check_videos,
+        span_policy=span_policy,
+        strip_prefix="v_" if format == "activitynet" else None,
+    )
+    records = [record for record in map(validate, candidates) if record is not None]
+    summary.kept = len(records)
+    if summary.issues:
+        logger.warning(
+            "%s: %d of %d queries kept; %d issues (%s)",
+            path,
+            summary.kept,
+            summary.read,
+            len(summary.issues),
+            ", ".join(f"{k}={v}" for k, v in sorted(summary.counts.items())),
+        )
+    return LoadResult(records, summary)
+
+
+def write_jsonl_records(records: list[GroundingRecord], path: str | Path) -> None:
+    """Write records in the plain ``jsonl`` format (video paths as stored in the records)."""
+    with Path(path).open("w", encoding="utf-8") as handle:
+        for record in records:
+            row = {
+                "id": record.id,
+                "video": record.video,
+                "query": record.query,
+                "start": record.span[0],
+                "end": record.span[1],
+                "duration": record.duration,
+                "source": record.source,
+            }
+            handle.write(json.dumps(row) + "\n")

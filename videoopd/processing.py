@@ -1,0 +1,249 @@
+"""Loading Qwen-VL processors, with a fallback for installs without torchvision.
+
+transformers' Qwen video processors are torchvision-backed, and a torchvision wheel must
+match the installed torch build exactly (the PyPI wheel does not load next to the CPU
+build of torch). Our decoder already samples and resizes frames (:mod:`videoopd.video`), so
+all the video processor has left to do is rescale, normalize and patchify, which needs
+only torch. :class:`TorchQwenVideoProcessor` is the transformers Qwen video processor with
+those steps in plain torch; :func:`load_processor` uses it only when the regular
+``AutoProcessor`` cannot load because torchvision is missing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["QWEN_VIDEO_DEFAULTS", "TorchQwenVideoProcessor", "load_processor", "torchvision_available"]
+
+logger = logging.getLogger(__name__)
+
+_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# What each model family's video processor is configured with; `hub_class` is the class a
+# checkpoint names, so a saved tiny model loads with the regular processor where torchvision exists.
+QWEN_VIDEO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "qwen2_5_vl": {
+        "hub_class": "Qwen2VLVideoProcessor",
+        "patch_size": 14,
+        "merge_size": 2,
+        "temporal_patch_size": 2,
+        "image_mean": _CLIP_MEAN,
+        "image_std": _CLIP_STD,
+        "size": {"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28},
+    },
+    "qwen3_vl": {
+        "hub_class": "Qwen3VLVideoProcessor",
+        "patch_size": 16,
+        "merge_size": 2,
+        "temporal_patch_size": 2,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "size": {"shortest_edge": 128 * 32 * 32, "longest_edge": 768 * 32 * 32},
+    },
+}
+
+
+def torchvision_available() -> bool:
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def _qwen3_video_processor_class() -> type:
+    # The Qwen3-VL video processor module imports torchvision only if present; its
+    # preprocessing (group, rescale/normalize, patchify) is the same as Qwen2-VL's.
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    return Qwen3VLVideoProcessor
+
+
+class TorchQwenVideoProcessor(_qwen3_video_processor_class()):  # type: ignore[misc]
+    """A Qwen-VL video processor that needs no torchvision.
+
+    It takes frames that are already sampled and sized (each side a multiple of
+    ``patch_size * merge_size``), as :func:`videoopd.video.decode_video` returns them, and
+    produces the same ``pixel_values_videos`` / ``video_grid_thw`` as the transformers
+    processor called with ``do_resize=False``. It does not resize: call it with
+    ``do_resize=False`` (its default), and give it RGB frames.
+    """
+
+    do_resize = False
+    do_convert_rgb = False
+    do_sample_frames = False
+    hub_class = "Qwen3VLVideoProcessor"
+
+    def __init__(self, hub_class: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        if hub_class is not None:
+            self.hub_class = hub_class
+
+    @classmethod
+    def for_family(cls, family: str, **overrides: Any) -> "TorchQwenVideoProcessor":
+        if family not in QWEN_VIDEO_DEFAULTS:
+            raise ValueError(f"family must be one of {sorted(QWEN_VIDEO_DEFAULTS)}, got {family!r}")
+        return cls(**{**QWEN_VIDEO_DEFAULTS[family], **overrides})
+
+    def normalize(self, image: torch.Tensor, mean: Any, std: Any, inplace: bool = False, **kwargs: Any) -> torch.Tensor:
+        mean = torch.as_tensor(mean, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
+        std = torch.as_tensor(std, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
+        return image.sub_(mean).div_(std) if inplace else (image - mean) / std
+
+    def convert_to_rgb(self, video: torch.Tensor) -> torch.Tensor:
+        if video.shape[-3] == 3:
+            return video
+        if video.shape[-3] == 1:
+            return video.expand(*video.shape[:-3], 3, *video.shape[-2:])
+        raise ValueError(f"expected 1 or 3 channels, got a video of shape {tuple(video.shape)}")
+
+    def resize(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise ValueError(
+            "TorchQwenVideoProcessor does not resize: decode with videoopd.video.decode_video, which "
+            "samples and sizes the frames, and call the processor with do_resize=False"
+        )
+
+    def _preprocess(self, videos: list[torch.Tensor], **kwargs: Any):
+        factor = (kwargs.get("patch_size") or self.patch_size) * (kwargs.get("merge_size") or self.merge_size)
+        for video in videos:
+            height, width = video.shape[-2:]
+            if height % factor or width % factor:
+                raise ValueError(
+                    f"frame size {height}x{width} is not a multiple of {factor}: size frames with "
+                    "videoopd.video.decode_video (DecodeConfig.for_processor) first"
+                )
+        return super()._preprocess(videos, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        # Saved as the regular class so that checkpoints stay loadable by AutoProcessor.
+        output["video_processor_type"] = output.pop("hub_class", None) or self.hub_class
+        for key in ("do_resize", "do_convert_rgb", "do_sample_frames"):
+            output.pop(key, None)
+        return output
+
+
+def _image_processor_class() -> type:
+    """The Qwen2-VL image processor that works without torchvision (PIL/numpy backend)."""
+    try:  # transformers 5
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        return Qwen2VLImageProcessorPil
+    except ImportError:  # transformers 4.x: the "slow" processor is the PIL/numpy one
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+        return Qwen2VLImageProcessor
+
+
+def _image_processor_without_torchvision(path: Path) -> Any:
+    return _image_processor_class().from_pretrained(str(path), local_files_only=True)
+
+
+def _chat_template(path: Path, tokenizer: Any) -> str | None:
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    legacy = path / "chat_template.json"
+    if legacy.is_file():
+        return json.loads(legacy.read_text(encoding="utf-8"))["chat_template"]
+    return getattr(tokenizer, "chat_template", None)
+
+
+def torchvision_free_processor_class(family: str) -> type:
+    """The family's processor class, accepting a :class:`TorchQwenVideoProcessor`.
+
+    transformers 5 checks a processor's video processor against ``VideoProcessorMixin``,
+    which it only exports when torchvision is installed; this subclass accepts ours too.
+    It carries its base's name, so the checkpoints it saves name the regular class.
+    """
+    if family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLProcessor as base
+    elif family == "qwen3_vl":
+        from transformers import Qwen3VLProcessor as base
+    else:
+        raise ValueError(f"family must be one of {sorted(QWEN_VIDEO_DEFAULTS)}, got {family!r}")
+    if family not in _PROCESSOR_CLASSES:
+
+        def check_argument_for_proper_class(self: Any, argument_name: str, argument: Any) -> Any:
+            if argument_name == "video_processor" and isinstance(argument, TorchQwenVideoProcessor):
+                return type(argument)
+            return base.check_argument_for_proper_class(self, argument_name, argument)
+
+        _PROCESSOR_CLASSES[family] = type(
+            base.__name__,
+            (base,),
+            {"check_argument_for_proper_class": check_argument_for_proper_class, "__module__": __name__},
+        )
+    return _PROCESSOR_CLASSES[family]
+
+
+_PROCESSOR_CLASSES: dict[str, type] = {}
+
+
+def _video_processor_settings(path: Path) -> dict[str, Any]:
+    # transformers 5 saves every sub-processor inside processor_config.json; 4.x wrote
+    # video_preprocessor_config.json.
+    unified = path / "processor_config.json"
+    if unified.is_file():
+        settings = json.loads(unified.read_text(encoding="utf-8")).get("video_processor")
+        if isinstance(settings, dict):
+            return settings
+    separate = path / "video_preprocessor_config.json"
+    if separate.is_file():
+        return json.loads(separate.read_text(encoding="utf-8"))
+    raise FileNotFoundError(f"{path}: no video processor settings (processor_config.json or video_preprocessor_config.json)")
+
+
+def _load_without_torchvision(path: Path) -> Any:
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_type = AutoConfig.from_pretrained(str(path), local_files_only=True).model_type
+    if model_type not in QWEN_VIDEO_DEFAULTS:
+        raise ValueError(
+            f"{path}: loading a processor without torchvision supports {sorted(QWEN_VIDEO_DEFAULTS)} checkpoints, "
+            f"got model_type={model_type!r}; install torchvision matching your torch build"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    settings = _video_processor_settings(path)
+    family_defaults = QWEN_VIDEO_DEFAULTS[model_type]
+    allowed = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "size", "rescale_factor")
+    video_processor = TorchQwenVideoProcessor(
+        hub_class=settings.get("video_processor_type", family_defaults["hub_class"]),
+        **{
+            **{k: v for k, v in family_defaults.items() if k != "hub_class"},
+            **{k: settings[k] for k in allowed if k in settings},
+        },
+    )
+    image_settings = json.loads((path / "processor_config.json").read_text(encoding="utf-8")).get(
+        "image_processor"
+    ) if (path / "processor_config.json").is_file() else None
+    if isinstance(image_settings, dict):
+        keep = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "size", "rescale_factor")
+        image_processor = _image_processor_class()(**{k: image_settings[k] for k in keep if k in image_settings})
+    else:
+        image_processor = _image_processor_without_torchvision(path)
+    return torchvision_free_processor_class(model_type)(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=_chat_template(path, tokenizer),
+    )
+
+
+def load_processor(path: str | Path) -> Any:
+    """The processor saved in the local checkpoint ``path`` (never downloads).
+
+    ``AutoProcessor`` when it can load; without torchvision, a Qwen2.5-VL / Qwen3-VL
+    processor whose video processor is :class:`TorchQwenVideoProcessor`.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder not found: {path}")
+    if not torchvision_available():
+        logger.info("torchvision is not installed: loading %s with TorchQwenVideoProcessor", path)
+        return _load_without_torchvision(path)
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(str(path), local_files_only=True)
