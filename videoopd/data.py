@@ -372,7 +372,7 @@ def _iter_jsonl(path: Path, report: _Reporter) -> Iterator[tuple[int, Any]]:
                 report(f"line {line_number}", "malformed", f"invalid JSON: {exc.msg}", "skipped")
 
 
-def _read_timelens_100k(path: Path, report: _Reporter, source: str | None) -> Iterator[_Candidate]:
+def _read_timelens_100k(path: Path, report: _Reporter) -> Iterator[_Candidate]:
     per_video: Counter[str] = Counter()
     for line_number, obj in _iter_jsonl(path, report):
         location = f"line {line_number}"
@@ -398,7 +398,7 @@ def _read_timelens_100k(path: Path, report: _Reporter, source: str | None) -> It
                 event.get("query"),
                 event.get("span"),
                 obj.get("duration"),
-                source or str(obj.get("source") or "timelens_100k"),
+                str(obj.get("source") or "timelens_100k"),
                 f"{key}#{count}",
             )
 
@@ -458,6 +458,7 @@ class _Validator:
         check_videos: bool,
         span_policy: str,
         strip_prefix: str | None,
+        source: str | None,
     ):
         self.report = report
         self.base = base
@@ -465,6 +466,7 @@ class _Validator:
         self.check_videos = check_videos
         self.span_policy = span_policy
         self.strip_prefix = strip_prefix
+        self.source = source  # overrides the file's own source names
         self.seen_ids: set[str] = set()
         self.probed: dict[Path, float | None] = {}
 
@@ -522,7 +524,8 @@ class _Validator:
             report(location, "duplicate_id", f"id {record_id!r} was already loaded", "skipped")
             return None
         self.seen_ids.add(record_id)
-        return GroundingRecord(record_id, str(video), query, (start, end), duration, candidate.source)
+        source = self.source or candidate.source
+        return GroundingRecord(record_id, str(video), query, (start, end), duration, source)
 
     def _duration(self, candidate: _Candidate, video: Path, exists: bool) -> float | None:
         report, location = self.report, candidate.location
@@ -607,15 +610,15 @@ def load_annotations(
     summary = LoadSummary(file=str(path), format=format)
     report = _Reporter(summary, strict)
     if format == "charades":
-        candidates = _read_charades(path, report, source or "charades_sta")
+        candidates = _read_charades(path, report, "charades_sta")
     elif format == "activitynet":
-        candidates = _read_keyed_json(path, report, source or "activitynet", "timestamps", "sentences")
+        candidates = _read_keyed_json(path, report, "activitynet", "timestamps", "sentences")
     elif format == "timelens_bench":
-        candidates = _read_keyed_json(path, report, source or path.stem, "spans", "queries")
+        candidates = _read_keyed_json(path, report, path.stem, "spans", "queries")
     elif format == "timelens_100k":
-        candidates = _read_timelens_100k(path, report, source)
+        candidates = _read_timelens_100k(path, report)
     else:
-        candidates = _read_plain_jsonl(path, report, source or path.stem)
+        candidates = _read_plain_jsonl(path, report, path.stem)
 
     validate = _Validator(
         report,
@@ -624,6 +627,7 @@ def load_annotations(
         check_videos=check_videos,
         span_policy=span_policy,
         strip_prefix="v_" if format == "activitynet" else None,
+        source=source,
     )
     records = [record for record in map(validate, candidates) if record is not None]
     summary.kept = len(records)

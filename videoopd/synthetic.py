@@ -3,7 +3,7 @@
 ``python -m videoopd.synthetic --out DIR --videos N [--seed S]`` writes ``DIR/videos/*.mp4``
 and ``DIR/annotations.jsonl`` (the plain ``jsonl`` format of :mod:`videoopd.data`, video
 paths relative to DIR). Each video has ``--events`` events; each event is a shape of a
-named colour ("a red circle appears") visible exactly on the frames whose time t
+named colour ("a red circle appears"; colours differ within a video) visible exactly on the frames whose time t
 satisfies start <= t < end, with start and end on the source frame grid. Everything
 (spans, shapes, colours, positions, background) is drawn from ``random.Random(seed)``,
 so a seed reproduces the same annotations and the same frames.
@@ -131,9 +131,11 @@ def _draw_events(
     total = round(duration * fps)
     min_frames = max(1, round(min_event * fps))
     max_frames = max(min_frames, min(round(max_event * fps), total))
-    kinds = rng.sample([(c, s) for c in COLOURS for s in SHAPES], num_events)
+    # Distinct colours within a video, so that a query's colour alone identifies its shape.
+    colours = rng.sample(sorted(COLOURS), num_events)
     events = []
-    for slot, (colour, shape) in enumerate(kinds):
+    for slot, colour in enumerate(colours):
+        shape = rng.choice(SHAPES)
         length = rng.randint(min_frames, max_frames)
         first = rng.randint(0, total - length)
         # Events sit in separate horizontal slots so overlapping ones stay visible.
@@ -163,8 +165,8 @@ def generate_dataset(
         raise ValueError(f"fps must be a positive int, got {fps!r}")
     if not duration > 0 or round(duration * fps) < 2:
         raise ValueError(f"duration must give at least 2 frames at fps={fps}, got {duration!r}")
-    if not isinstance(events_per_video, int) or not 1 <= events_per_video <= len(COLOURS) * len(SHAPES):
-        raise ValueError(f"events_per_video must be an int in [1, {len(COLOURS) * len(SHAPES)}], got {events_per_video!r}")
+    if not isinstance(events_per_video, int) or not 1 <= events_per_video <= len(COLOURS):
+        raise ValueError(f"events_per_video must be an int in [1, {len(COLOURS)}], got {events_per_video!r}")
     if not 0 < min_event <= max_event:
         raise ValueError(f"need 0 < min_event <= max_event, got {min_event} and {max_event}")
     if min_event > duration:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -365,7 +365,6 @@ class DecodedVideo:
     temporal_patch_size: int = 2
     video_start: float | None = None
     video_end: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sampled_fps(self) -> float:

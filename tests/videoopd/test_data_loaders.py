@@ -1,0 +1,351 @@
+import json
+import logging
+import shutil
+
+import pytest
+
+from videoopd.data import (
+    AnnotationError,
+    GroundingRecord,
+    detect_format,
+    load_annotations,
+    read_durations_csv,
+    write_jsonl_records,
+)
+
+
+@pytest.fixture()
+def videos(tmp_path, synthetic_dir):
+    """A folder with real (8 s, 4 fps) videos under several names the formats use."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    source = synthetic_dir / "videos" / "synth_00000.mp4"
+    for name in ("AO8RW.mp4", "B1XYZ.mp4", "v_abc.mp4", "def.mp4", "clip1.mp4", "clip2.mkv"):
+        shutil.copy(source, folder / name)
+    return folder
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def issue_kinds(summary):
+    return [(issue.location, issue.kind, issue.action) for issue in summary.issues]
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def test_charades_with_durations_csv(tmp_path, videos):
+    annotations = write(
+        tmp_path / "charades_sta_test.txt",
+        "AO8RW 0.0 6.9##a person is putting a book on a shelf.\n"
+        "AO8RW 2.5 7.0##person  opens the door\n"
+        "B1XYZ 1.0 3.0##someone laughs\n",
+    )
+    csv_path = write(tmp_path / "Charades_v1_test.csv", "id,subject,length\nAO8RW,x,30.5\nB1XYZ,y,12.0\n")
+    records, summary = load_annotations(annotations, "charades", video_root=videos, durations=csv_path)
+    assert records == [
+        GroundingRecord("AO8RW#0", str(videos / "AO8RW.mp4"), "a person is putting a book on a shelf.", (0.0, 6.9), 30.5, "charades_sta"),
+        GroundingRecord("AO8RW#1", str(videos / "AO8RW.mp4"), "person opens the door", (2.5, 7.0), 30.5, "charades_sta"),
+        GroundingRecord("B1XYZ#0", str(videos / "B1XYZ.mp4"), "someone laughs", (1.0, 3.0), 12.0, "charades_sta"),
+    ]
+    assert (summary.read, summary.kept, summary.issues) == (3, 3, [])
+
+
+def test_charades_durations_probed_from_the_video(tmp_path, videos):
+    annotations = write(tmp_path / "c.txt", "AO8RW 0.0 6.9##a person sits\n")
+    records, summary = load_annotations(annotations, "charades", video_root=videos)
+    assert records[0].duration == pytest.approx(8.0)  # the synthetic video: 32 frames at 4 fps
+    assert summary.issues == []
+
+
+def test_activitynet_captions(tmp_path, videos):
+    annotations = write(
+        tmp_path / "val_1.json",
+        json.dumps(
+            {
+                "v_abc": {"duration": 8.0, "timestamps": [[0.5, 3.0], [2.0, 7.5]], "sentences": [" A man walks. ", "He sits."]},
+            }
+        ),
+    )
+    records, summary = load_annotations(annotations, video_root=videos)
+    assert summary.format == "activitynet"
+    assert [(r.id, r.query, r.span, r.duration, r.source) for r in records] == [
+        ("v_abc#0", "A man walks.", (0.5, 3.0), 8.0, "activitynet"),
+        ("v_abc#1", "He sits.", (2.0, 7.5), 8.0, "activitynet"),
+    ]
+    assert records[0].video == str(videos / "v_abc.mp4")
+
+
+def test_activitynet_video_without_the_v_prefix(tmp_path, videos):
+    annotations = write(tmp_path / "a.json", json.dumps({"v_def": {"duration": 8.0, "timestamps": [[1, 2]], "sentences": ["x"]}}))
+    records, _ = load_annotations(annotations, "activitynet", video_root=videos)
+    assert records[0].video == str(videos / "def.mp4")
+
+
+def test_timelens_bench(tmp_path, videos):
+    annotations = write(
+        tmp_path / "charades-timelens.json",
+        json.dumps({"clip1": {"duration": 8.0, "spans": [[1.0, 2.5], [[3.0, 6.0]]], "queries": ["a cat", "a dog"]}}),
+    )
+    records, summary = load_annotations(annotations, video_root=videos)
+    assert summary.format == "timelens_bench"
+    assert [(r.id, r.query, r.span, r.source) for r in records] == [
+        ("clip1#0", "a cat", (1.0, 2.5), "charades-timelens"),
+        ("clip1#1", "a dog", (3.0, 6.0), "charades-timelens"),
+    ]
+
+
+def test_timelens_100k(tmp_path, videos):
+    annotations = write(
+        tmp_path / "timelens-100k.jsonl",
+        json.dumps({"source": "cosmo_cap", "video_path": "clip1.mp4", "duration": 8.0,
+                    "events": [{"query": "a red ball", "span": [[0.0, 2.0]]}, {"query": "a blue ball", "span": [4, 6]}]})
+        + "\n"
+        + json.dumps({"source": "hirest", "video_path": "clip2.mkv", "duration": 8.0,
+                      "events": [{"query": "waves", "span": [[1.0, 3.0]]}]})
+        + "\n",
+    )
+    records, summary = load_annotations(annotations, video_root=videos)
+    assert summary.format == "timelens_100k"
+    assert [(r.id, r.query, r.span, r.source) for r in records] == [
+        ("clip1#0", "a red ball", (0.0, 2.0), "cosmo_cap"),
+        ("clip1#1", "a blue ball", (4.0, 6.0), "cosmo_cap"),
+        ("clip2#0", "waves", (1.0, 3.0), "hirest"),
+    ]
+    assert records[2].video == str(videos / "clip2.mkv")
+
+
+def test_plain_jsonl_relative_to_the_annotation_folder(synthetic_dir):
+    records, summary = load_annotations(synthetic_dir / "annotations.jsonl")
+    assert summary.format == "jsonl"
+    assert len(records) == 6 and summary.issues == []
+    assert records[0].id == "synth_00000#0"
+    assert records[0].video == str(synthetic_dir / "videos" / "synth_00000.mp4")
+    assert records[0].source == "synthetic"
+
+
+def test_plain_jsonl_generates_ids_and_takes_the_file_stem_as_source(tmp_path, videos):
+    rows = [{"video": "clip1.mp4", "query": "q1", "start": 1, "end": 2, "duration": 8},
+            {"video": "clip1.mp4", "query": "q2", "start": 3, "end": 4, "duration": 8}]
+    annotations = write(tmp_path / "mine.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    records, _ = load_annotations(annotations, video_root=videos)
+    assert [(r.id, r.source) for r in records] == [("clip1#0", "mine"), ("clip1#1", "mine")]
+
+
+def test_write_jsonl_records_round_trips(tmp_path, synthetic_dir):
+    records, _ = load_annotations(synthetic_dir / "annotations.jsonl")
+    write_jsonl_records(records, tmp_path / "copy.jsonl")
+    again, summary = load_annotations(tmp_path / "copy.jsonl")
+    assert again == records and summary.issues == []
+
+
+def test_source_override(synthetic_dir):
+    records, _ = load_annotations(synthetic_dir / "annotations.jsonl", source="heldout")
+    assert {r.source for r in records} == {"heldout"}
+
+
+# ----------------------------------------------------------------------- format detection
+
+
+def test_detect_format_for_every_format(tmp_path):
+    cases = {
+        "charades": "AO8RW 0.0 6.9##a person sits\n",
+        "activitynet": json.dumps({"v_a": {"duration": 1, "timestamps": [], "sentences": []}}, indent=2),
+        "timelens_bench": json.dumps({"a": {"duration": 1, "spans": [], "queries": []}}),
+        "timelens_100k": json.dumps({"source": "s", "video_path": "a.mp4", "duration": 1, "events": []}) + "\n",
+        "jsonl": json.dumps({"video": "a.mp4", "query": "q", "start": 0, "end": 1, "duration": 2}) + "\n",
+    }
+    for expected, text in cases.items():
+        assert detect_format(write(tmp_path / f"{expected}.data", text)) == expected
+
+
+def test_detect_format_names_the_file_it_cannot_read(tmp_path):
+    path = write(tmp_path / "mystery.txt", "hello world\n")
+    with pytest.raises(ValueError, match="mystery.txt"):
+        detect_format(path)
+    with pytest.raises(ValueError, match="empty"):
+        detect_format(write(tmp_path / "empty.txt", "\n\n"))
+
+
+def test_load_annotations_validates_arguments(tmp_path, synthetic_dir):
+    path = synthetic_dir / "annotations.jsonl"
+    with pytest.raises(ValueError, match="format"):
+        load_annotations(path, "csv")
+    with pytest.raises(ValueError, match="span_policy"):
+        load_annotations(path, span_policy="fix")
+    with pytest.raises(FileNotFoundError, match="nothing.jsonl"):
+        load_annotations(tmp_path / "nothing.jsonl")
+    with pytest.raises(FileNotFoundError, match="video_root"):
+        load_annotations(path, video_root=tmp_path / "no_such_dir")
+    with pytest.raises(TypeError, match="durations"):
+        load_annotations(path, durations=3)
+
+
+def test_durations_csv_needs_its_columns(tmp_path):
+    with pytest.raises(ValueError, match="'id' column"):
+        read_durations_csv(write(tmp_path / "d.csv", "name,length\na,1\n"))
+    with pytest.raises(ValueError, match="line 3"):
+        read_durations_csv(write(tmp_path / "e.csv", "id,duration\na,1\nb,long\n"))
+    assert read_durations_csv(write(tmp_path / "f.csv", "id,duration\na,1.5\n")) == {"a": 1.5}
+
+
+# ------------------------------------------------------------------------- validation rules
+
+
+def jsonl_line(**fields):
+    row = {"video": "clip1.mp4", "query": "a dog", "start": 1.0, "end": 2.0, "duration": 8.0}
+    row.update(fields)
+    return json.dumps(row) + "\n"
+
+
+@pytest.fixture()
+def bad_jsonl(tmp_path, videos):
+    lines = [
+        jsonl_line(query="fine"),  # line 1: kept
+        jsonl_line(start=5.0, end=3.0),  # line 2: start > end
+        jsonl_line(start=4.0, end=4.0),  # line 3: start == end
+        jsonl_line(start=-1.0, end=2.0),  # line 4: clipped to (0, 2)
+        jsonl_line(start=6.0, end=9.5),  # line 5: clipped to (6, 8)
+        jsonl_line(start=8.5, end=9.0),  # line 6: entirely after the end
+        jsonl_line(video="missing.mp4"),  # line 7
+        jsonl_line(query="   "),  # line 8
+        jsonl_line(query=None),  # line 9
+        "{not json\n",  # line 10
+        jsonl_line(start="soon"),  # line 11
+        json.dumps({"video": "clip1.mp4", "query": "q"}) + "\n",  # line 12: no start/end
+        jsonl_line(duration=-3),  # line 13: bad duration, probed from the video (8 s)
+        jsonl_line(id="dup"),  # line 14
+        jsonl_line(id="dup"),  # line 15: duplicate id
+    ]
+    return write(tmp_path / "bad.jsonl", "".join(lines))
+
+
+def test_every_rule_is_reported_with_file_and_line(bad_jsonl, videos):
+    records, summary = load_annotations(bad_jsonl, video_root=videos)
+    assert issue_kinds(summary) == [
+        ("line 2", "inverted_span", "skipped"),
+        ("line 3", "inverted_span", "skipped"),
+        ("line 4", "span_out_of_range", "clipped"),
+        ("line 5", "span_out_of_range", "clipped"),
+        ("line 6", "span_out_of_range", "skipped"),
+        ("line 7", "missing_video", "skipped"),
+        ("line 8", "empty_query", "skipped"),
+        ("line 9", "empty_query", "skipped"),
+        ("line 10", "malformed", "skipped"),
+        ("line 11", "malformed", "skipped"),
+        ("line 12", "malformed", "skipped"),
+        ("line 13", "bad_duration", "probed"),
+        ("line 15", "duplicate_id", "skipped"),
+    ]
+    assert all(issue.file == str(bad_jsonl) for issue in summary.issues)
+    assert str(summary.issues[0]).startswith(f"{bad_jsonl}: line 2: inverted_span (skipped)")
+    assert "missing.mp4" in summary.issues[5].message
+    assert [r.span for r in records] == [(1.0, 2.0), (0.0, 2.0), (6.0, 8.0), (1.0, 2.0), (1.0, 2.0)]
+    assert records[3].duration == pytest.approx(8.0)
+    # Nothing disappears: every query read is either kept or counted as skipped.
+    assert summary.read == 15
+    assert summary.kept == 5
+    assert summary.kept + summary.skipped == summary.read
+    assert summary.clipped == 2
+    assert summary.counts == {
+        "inverted_span": 2, "span_out_of_range": 3, "missing_video": 1, "empty_query": 2,
+        "malformed": 3, "bad_duration": 1, "duplicate_id": 1,
+    }
+    report = summary.report()
+    assert "read 15, kept 5, skipped 10, clipped 2" in report and "line 7: missing_video" in report
+
+
+def test_issues_are_logged(bad_jsonl, videos, caplog):
+    with caplog.at_level(logging.WARNING, logger="videoopd.data"):
+        load_annotations(bad_jsonl, video_root=videos)
+    assert "line 2: inverted_span" in caplog.text
+    assert "5 of 15 queries kept; 13 issues" in caplog.text
+
+
+def test_span_policy_skip_drops_out_of_range_spans_with_a_report(bad_jsonl, videos):
+    records, summary = load_annotations(bad_jsonl, video_root=videos, span_policy="skip")
+    out_of_range = [i for i in summary.issues if i.kind == "span_out_of_range"]
+    assert [i.action for i in out_of_range] == ["skipped"] * 3
+    assert len(records) == 3
+
+
+def test_strict_mode_raises_on_the_first_problem(bad_jsonl, videos):
+    with pytest.raises(AnnotationError, match="line 2: inverted_span") as info:
+        load_annotations(bad_jsonl, video_root=videos, strict=True)
+    assert info.value.issue.file == str(bad_jsonl)
+
+
+def test_check_videos_off_keeps_queries_without_videos(tmp_path):
+    annotations = write(tmp_path / "a.jsonl", jsonl_line(video="elsewhere.mp4"))
+    records, summary = load_annotations(annotations, check_videos=False)
+    assert len(records) == 1 and summary.issues == []
+
+
+def test_missing_duration_without_video_is_skipped_with_a_report(tmp_path):
+    annotations = write(tmp_path / "c.txt", "NOVID 0.0 1.0##someone\n")
+    records, summary = load_annotations(annotations, "charades", check_videos=False)
+    assert records == []
+    assert issue_kinds(summary) == [("line 1", "bad_duration", "skipped")]
+
+
+def test_charades_malformed_line_and_rules(tmp_path, videos):
+    annotations = write(
+        tmp_path / "c.txt",
+        "AO8RW 0.0 6.9##ok\n"
+        "AO8RW 3.0##no end time\n"
+        "AO8RW 5.0 4.0##inverted\n"
+        "AO8RW 1.0 2.0##   \n"
+        "\n"
+        "AO8RW 7.0 9.0##too long\n",
+    )
+    records, summary = load_annotations(annotations, "charades", video_root=videos, durations={"AO8RW": 8.0})
+    assert issue_kinds(summary) == [
+        ("line 2", "malformed", "skipped"),
+        ("line 3", "inverted_span", "skipped"),
+        ("line 4", "empty_query", "skipped"),
+        ("line 6", "span_out_of_range", "clipped"),
+    ]
+    assert [r.span for r in records] == [(0.0, 6.9), (7.0, 8.0)]
+
+
+def test_keyed_json_problems_are_reported_by_key(tmp_path, videos):
+    annotations = write(
+        tmp_path / "anet.json",
+        json.dumps(
+            {
+                "v_abc": {"duration": 8.0, "timestamps": [[1, 2], [3, 2]], "sentences": ["ok", "inverted"]},
+                "v_def": {"duration": 8.0, "timestamps": [[1, 2]], "sentences": ["a", "b"]},
+                "v_zzz": {"duration": 8.0, "timestamps": [[1, 2]], "sentences": ["no video"]},
+                "v_bad": "not an object",
+            }
+        ),
+    )
+    records, summary = load_annotations(annotations, "activitynet", video_root=videos)
+    assert issue_kinds(summary) == [
+        ("key 'v_abc' sentences[1]", "inverted_span", "skipped"),
+        ("key 'v_def'", "malformed", "skipped"),
+        ("key 'v_zzz' sentences[0]", "missing_video", "skipped"),
+        ("key 'v_bad'", "malformed", "skipped"),
+    ]
+    assert [r.id for r in records] == ["v_abc#0"]
+
+
+def test_multi_span_queries_are_skipped_with_a_report(tmp_path, videos):
+    annotations = write(
+        tmp_path / "t.jsonl",
+        json.dumps({"source": "s", "video_path": "clip1.mp4", "duration": 8.0,
+                    "events": [{"query": "twice", "span": [[0, 1], [3, 4]]}, {"query": "once", "span": [[5, 6]]}]})
+        + "\n",
+    )
+    records, summary = load_annotations(annotations, "timelens_100k", video_root=videos)
+    assert issue_kinds(summary) == [("line 1 events[0]", "multi_span", "skipped")]
+    assert [r.query for r in records] == ["once"]
+
+
+def test_invalid_json_document_is_reported(tmp_path):
+    annotations = write(tmp_path / "broken.json", '{"v_a": {"duration": 1,\n "timestamps": [}')
+    records, summary = load_annotations(annotations, "activitynet")
+    assert records == [] and issue_kinds(summary) == [("line 2", "malformed", "skipped")]

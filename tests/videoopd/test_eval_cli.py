@@ -1,0 +1,180 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from videoopd.data import load_annotations
+from videoopd.eval import evaluate, format_metrics_table, main, read_predictions
+from videoopd.metrics import parse_span, temporal_iou
+from videoopd.video import DecodeConfig, VideoDecodeError
+
+SMALL = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}
+ROW_KEYS = {"id", "source", "video", "query", "gt", "duration", "answer", "pred", "iou", "error"}
+
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for a VLM: 'generates' the scripted answers, in record order."""
+
+    def __init__(self, tokenizer, answers):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
+        self.tokenizer = tokenizer
+        self.answers = list(answers)
+        self.calls = []
+
+    def generate(self, input_ids, max_new_tokens, do_sample, pad_token_id, **inputs):
+        assert do_sample is False and "pixel_values_videos" in inputs and "video_grid_thw" in inputs
+        batch = [self.answers.pop(0) for _ in range(input_ids.shape[0])]
+        self.calls.append(batch)
+        encoded = [self.tokenizer(answer)["input_ids"][:max_new_tokens] for answer in batch]
+        width = max(len(ids) for ids in encoded)
+        new = torch.full((len(batch), width), pad_token_id, dtype=input_ids.dtype)
+        for row, ids in enumerate(encoded):
+            new[row, : len(ids)] = torch.tensor(ids)
+        return torch.cat([input_ids, new], dim=1)
+
+
+@pytest.fixture()
+def records(synthetic_dir):
+    records, _ = load_annotations(synthetic_dir / "annotations.jsonl")
+    return records
+
+
+def _config(processor):
+    return DecodeConfig.for_processor(processor, **SMALL)
+
+
+def test_evaluate_scores_scripted_answers(records, tiny_qwen25):
+    _, processor = tiny_qwen25
+    chosen = records[:4]
+    start, end = chosen[0].span
+    answers = [
+        f"{start:.2f} to {end:.2f}",  # exact: IoU 1
+        "A\ufffd\x7f garbage",  # unparsed: IoU 0, counted
+        f"{chosen[2].span[1]:.2f} to {chosen[2].span[0]:.2f}",  # inverted: parsed, IoU 0
+        "<think>hmm</think>The event happens in 0.00 - 8.00 seconds.",
+    ]
+    model = ScriptedModel(processor.tokenizer, answers)
+    result = evaluate(model, processor, chosen, decode_config=_config(processor), batch_size=3, progress=False)
+    assert [len(call) for call in model.calls] == [3, 1]
+    assert [row["answer"] for row in result.predictions] == answers
+    rows = result.predictions
+    assert rows[0]["pred"] == [start, end] and rows[0]["iou"] == 1.0
+    assert rows[1]["pred"] is None and rows[1]["iou"] == 0.0
+    assert rows[2]["pred"] == [chosen[2].span[1], chosen[2].span[0]] and rows[2]["iou"] == 0.0
+    whole = (chosen[3].span[1] - chosen[3].span[0]) / 8.0
+    assert rows[3]["iou"] == pytest.approx(whole)
+    assert result.metrics["total"] == 4 and result.metrics["parsed"] == 3
+    assert result.metrics["mIoU"] == pytest.approx(100 * (1.0 + whole) / 4)
+    assert result.metrics["R1@0.7"] == pytest.approx(25.0 + (25.0 if whole >= 0.7 else 0.0))
+    assert list(result.per_source) == ["synthetic"]
+
+
+def test_metrics_per_source(records, tiny_qwen25):
+    _, processor = tiny_qwen25
+    chosen = [records[0], dataclasses.replace(records[1], source="other")]
+    answers = [f"{chosen[0].span[0]} to {chosen[0].span[1]}", "no idea"]
+    result = evaluate(ScriptedModel(processor.tokenizer, answers), processor, chosen,
+                      decode_config=_config(processor), progress=False)
+    assert result.per_source["synthetic"]["mIoU"] == 100.0
+    assert result.per_source["other"] == {"R1@0.3": 0.0, "R1@0.5": 0.0, "R1@0.7": 0.0, "mIoU": 0.0,
+                                          "parsed": 0, "total": 1}
+    table = format_metrics_table(result.metrics, result.per_source)
+    lines = table.splitlines()
+    assert lines[0].split() == ["source", "total", "parsed", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU"]
+    assert lines[2].split() == ["all", "2", "1", "50.00", "50.00", "50.00", "50.00"]
+    assert [line.split()[0] for line in lines[3:]] == ["other", "synthetic"]
+
+
+def test_resume_skips_done_ids_and_recovers_from_a_cut_off_row(tmp_path, records, tiny_qwen25):
+    _, processor = tiny_qwen25
+    output = tmp_path / "predictions.jsonl"
+    first = ScriptedModel(processor.tokenizer, ["1 to 2"] * 3)
+    evaluate(first, processor, records[:3], decode_config=_config(processor), predictions_path=output, progress=False)
+    assert list(read_predictions(output)) == [r.id for r in records[:3]]
+    with output.open("a") as handle:  # a crash while writing the 4th row
+        handle.write(json.dumps({"id": records[3].id, "answer": "1 to 2"})[:20])
+    second = ScriptedModel(processor.tokenizer, ["3 to 4"] * 3)
+    result = evaluate(second, processor, records[:6], decode_config=_config(processor), predictions_path=output,
+                      resume=True, batch_size=3, progress=False)
+    assert result.resumed == 3
+    assert sum(len(call) for call in second.calls) == 3  # records 3, 4, 5 only
+    assert [row["id"] for row in result.predictions] == [r.id for r in records[:6]]
+    assert [row["answer"] for row in result.predictions] == ["1 to 2"] * 3 + ["3 to 4"] * 3
+    assert list(read_predictions(output)) == [r.id for r in records[:6]]
+    # Without resume the file starts over.
+    third = ScriptedModel(processor.tokenizer, ["5 to 6"])
+    evaluate(third, processor, records[:1], decode_config=_config(processor), predictions_path=output, progress=False)
+    assert len(output.read_text().splitlines()) == 1
+
+
+def test_undecodable_video_is_a_counted_failure_or_an_error(tmp_path, records, tiny_qwen25):
+    _, processor = tiny_qwen25
+    broken_video = tmp_path / "broken.mp4"
+    broken_video.write_bytes(b"\x00" * 2048)
+    broken = dataclasses.replace(records[0], id="broken#0", video=str(broken_video))
+    chosen = [broken, records[1]]
+    with pytest.raises(VideoDecodeError, match="broken.mp4"):
+        evaluate(ScriptedModel(processor.tokenizer, ["1 to 2"]), processor, chosen, decode_config=_config(processor),
+                 progress=False)
+    result = evaluate(ScriptedModel(processor.tokenizer, ["1 to 2"]), processor, chosen,
+                      decode_config=_config(processor), on_video_error="report", progress=False)
+    failed_row = result.predictions[0]
+    assert failed_row["id"] == "broken#0" and failed_row["answer"] is None and failed_row["iou"] == 0.0
+    assert "broken.mp4" in failed_row["error"]
+    assert [i for i, _ in result.failed_videos] == ["broken#0"]
+    assert result.metrics["total"] == 2 and result.metrics["parsed"] == 1
+
+
+def test_evaluate_validates_arguments(records, tiny_qwen25):
+    model, processor = tiny_qwen25
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(model, processor, records, batch_size=0)
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(model, processor, [])
+    with pytest.raises(ValueError, match="unique"):
+        evaluate(model, processor, [records[0], records[0]])
+    with pytest.raises(ValueError, match="predictions_path"):
+        evaluate(model, processor, records, resume=True)
+    with pytest.raises(ValueError, match="prompt_style"):
+        evaluate(model, processor, records, prompt_style="cot")
+
+
+def test_command_line_end_to_end_on_the_tiny_model(tmp_path, synthetic_dir, tiny_qwen25_checkpoint, capsys):
+    output = tmp_path / "out" / "preds.jsonl"
+    common = ["--model", str(tiny_qwen25_checkpoint), "--data", str(synthetic_dir / "annotations.jsonl"),
+              "--format", "auto", "--video-root", str(synthetic_dir), "--output", str(output), "--batch-size", "2",
+              "--max-new-tokens", "6", "--num-workers", "0", "--min-pixels", str(56 * 56), "--max-pixels",
+              str(64 * 96), "--no-progress"]
+    assert main(common + ["--limit", "4"]) == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == 4
+    for row in rows:
+        assert set(row) == ROW_KEYS
+        assert isinstance(row["answer"], str) and row["error"] is None
+        parsed = parse_span(row["answer"])
+        assert row["pred"] == (list(parsed) if parsed else None)
+        assert row["iou"] == temporal_iou(parsed, row["gt"])
+    metrics = json.loads((tmp_path / "out" / "preds.metrics.json").read_text())
+    overall = metrics["overall"]
+    # A random tiny model answers garbage; whatever it says is counted, parsed or not.
+    assert overall["total"] == 4
+    assert overall["parsed"] == sum(row["pred"] is not None for row in rows)
+    assert overall["mIoU"] == pytest.approx(100 * sum(row["iou"] for row in rows) / 4)
+    assert metrics["per_source"]["synthetic"]["total"] == 4
+    assert "read 6, kept 6" in printed
+    table_rows = [line.split() for line in printed.splitlines() if line.split()[:1] in (["all"], ["synthetic"])]
+    assert [r[:2] for r in table_rows] == [["all", "4"], ["synthetic", "4"]]
+
+    assert main(common + ["--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "resumed 4 predictions" in printed
+    assert len(output.read_text().splitlines()) == 6
+
+
+def test_command_line_rejects_bad_arguments(tmp_path, synthetic_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path), "--data", str(synthetic_dir / "annotations.jsonl"), "--batch-size", "0"])
+    assert "batch-size" in capsys.readouterr().err

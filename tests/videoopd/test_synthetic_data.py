@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+
+from videoopd.synthetic import COLOURS, SyntheticEvent, generate_dataset, main, render_frames
+from videoopd.video import probe_video
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_same_seed_same_data_different_seed_different_data(tmp_path):
+    first = generate_dataset(tmp_path / "a", num_videos=2, seed=7)
+    second = generate_dataset(tmp_path / "b", num_videos=2, seed=7)
+    other = generate_dataset(tmp_path / "c", num_videos=2, seed=8)
+    assert first.read_text() == second.read_text()
+    for name in ("synth_00000.mp4", "synth_00001.mp4"):
+        assert (tmp_path / "a" / "videos" / name).read_bytes() == (tmp_path / "b" / "videos" / name).read_bytes()
+    assert first.read_text() != other.read_text()
+
+
+def test_annotations_are_consistent_with_the_videos(tmp_path):
+    annotations = generate_dataset(tmp_path, num_videos=4, seed=1, duration=6.0, fps=4, events_per_video=3,
+                                   min_event=1.0, max_event=3.0)
+    rows = _rows(annotations)
+    assert len(rows) == 12
+    for row in rows:
+        assert set(row) == {"id", "video", "query", "start", "end", "duration", "source"}
+        assert 0 <= row["start"] < row["end"] <= row["duration"] == 6.0
+        assert 1.0 <= row["end"] - row["start"] <= 3.0
+        assert (row["start"] * 4).is_integer() and (row["end"] * 4).is_integer()  # on the frame grid
+        assert row["query"].split()[1] in COLOURS
+        assert (tmp_path / row["video"]).is_file()
+    by_video = {}
+    for row in rows:
+        by_video.setdefault(row["video"], []).append(row["query"].split()[1])
+    assert all(len(set(colours)) == len(colours) for colours in by_video.values())
+
+
+def test_render_frames_shows_a_shape_exactly_during_its_span():
+    event = SyntheticEvent("red", "square", start=0.5, end=1.25, center=(0.5, 0.5), size=0.2)
+    frames = render_frames([event], num_frames=8, fps=4, height=32, width=48)
+    red = np.array(COLOURS["red"], dtype=np.uint8)
+    visible = [bool((frame == red).all(-1).any()) for frame in frames]
+    assert visible == [False, False, True, True, True, False, False, False]  # t = 0.5, 0.75, 1.0
+
+
+def test_size_duration_and_rate_are_configurable(tmp_path):
+    generate_dataset(tmp_path, num_videos=1, seed=0, duration=4.0, fps=8, height=32, width=48, events_per_video=1,
+                     min_event=1.0, max_event=2.0)
+    info = probe_video(tmp_path / "videos" / "synth_00000.mp4")
+    assert (info.num_frames, info.fps, info.height, info.width) == (32, 8.0, 32, 48)
+
+
+def test_command_line(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--videos", "2", "--seed", "3", "--events", "1"]) == 0
+    assert "wrote 2 videos and 2 queries" in capsys.readouterr().out
+    assert len(_rows(tmp_path / "annotations.jsonl")) == 2
+    with pytest.raises(SystemExit) as info:
+        main(["--out", str(tmp_path), "--videos", "0"])
+    assert info.value.code == 2
+    assert "num_videos" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"num_videos": 0}, "num_videos"), ({"fps": 0}, "fps"), ({"height": 31}, "height"), ({"width": 8}, "width"),
+     ({"events_per_video": 9}, "events_per_video"), ({"min_event": 3.0, "max_event": 2.0}, "min_event"),
+     ({"duration": 0.2}, "duration"), ({"min_event": 9.0, "max_event": 10.0}, "min_event")],
+)
+def test_generate_dataset_validates_arguments(tmp_path, kwargs, name):
+    arguments = {"num_videos": 1, **kwargs}
+    with pytest.raises(ValueError, match=name):
+        generate_dataset(tmp_path, **arguments)
