@@ -118,7 +118,9 @@ class LoadSummary:
 
     file: str
     format: str
-    read: int = 0  # queries found in the file (including the ones that were skipped)
+    # Queries found in the file, kept or skipped; an entry that cannot be split into queries
+    # (unparsable line, unpairable lists) counts once. kept + skipped == read.
+    read: int = 0
     kept: int = 0
     issues: list[DataIssue] = field(default_factory=list)
 
@@ -340,7 +342,7 @@ def _read_keyed_json(
             continue
         spans, queries = entry[spans_key], entry[queries_key]
         if len(spans) != len(queries):
-            report.summary.read += max(len(spans), len(queries))
+            report.summary.read += 1
             report(
                 location,
                 "malformed",

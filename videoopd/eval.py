@@ -24,7 +24,7 @@ import torch
 
 from videoopd.data import GroundingRecord, load_annotations
 from videoopd.metrics import grounding_metrics, parse_span, temporal_iou
-from videoopd.prompts import PROMPT_STYLES
+from videoopd.prompts import PROMPT_STYLES, STYLE_DEFAULT
 from videoopd.video import DecodeConfig, GroundingCollator, GroundingVideoDataset
 
 __all__ = ["EvalResult", "evaluate", "format_metrics_table", "load_model", "main", "read_predictions"]
@@ -110,6 +110,7 @@ def evaluate(
     *,
     decode_config: DecodeConfig | None = None,
     prompt_style: str = "paper",
+    system_prompt: Any = STYLE_DEFAULT,
     batch_size: int = 1,
     max_new_tokens: int = 64,
     num_workers: int = 0,
@@ -126,6 +127,7 @@ def evaluate(
         records: what to evaluate (ids must be unique).
         decode_config: frame sampling; default ``DecodeConfig.for_processor(processor)``.
         prompt_style: ``"paper"`` or ``"timelens"`` (see :mod:`videoopd.prompts`).
+        system_prompt: the style's own by default; None for none, or a string.
         batch_size: prompts per ``generate`` call (left-padded).
         num_workers: DataLoader workers that decode videos and run the processor.
         predictions_path: JSONL to write rows to as they are produced.
@@ -175,7 +177,7 @@ def evaluate(
             GroundingVideoDataset(todo, decode_config, on_error=on_video_error),
             batch_size=batch_size,
             num_workers=num_workers,
-            collate_fn=GroundingCollator(processor, prompt_style),
+            collate_fn=GroundingCollator(processor, prompt_style, system_prompt),
         )
         bar = _progress_bar(len(todo), enabled=progress)
         handle = predictions_path.open("a", encoding="utf-8") if predictions_path is not None else None
@@ -333,9 +335,12 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     from videoopd.processing import load_processor
 
-    records, summary = load_annotations(
-        args.data, args.format, video_root=args.video_root, durations=args.durations, strict=args.strict
-    )
+    try:
+        records, summary = load_annotations(
+            args.data, args.format, video_root=args.video_root, durations=args.durations, strict=args.strict
+        )
+    except (FileNotFoundError, ValueError) as exc:  # AnnotationError is a ValueError
+        parser.error(str(exc))
     print(summary.report(max_issues=20))
     if args.limit is not None:
         records = records[: args.limit]

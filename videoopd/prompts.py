@@ -34,7 +34,13 @@ PROMPT_STYLES: dict[str, str] = {"paper": PAPER_PROMPT, "timelens": TIMELENS_PRO
 # The system prompt each style was trained/evaluated with; None means "no system message".
 DEFAULT_SYSTEM_PROMPTS: dict[str, str | None] = {"paper": SYSTEM_PROMPT, "timelens": None}
 
-_USE_STYLE_DEFAULT = object()
+class _StyleDefault:
+    def __repr__(self) -> str:
+        return "STYLE_DEFAULT"
+
+
+# Pass as ``system_prompt`` to use the prompt style's own system prompt (None means "none").
+STYLE_DEFAULT: Any = _StyleDefault()
 
 
 def _check_style(style: str) -> None:
@@ -55,7 +61,7 @@ def render_prompt(query: str, style: str = "paper") -> str:
 def build_messages(
     query: str,
     style: str = "paper",
-    system_prompt: Any = _USE_STYLE_DEFAULT,
+    system_prompt: Any = STYLE_DEFAULT,
     answer: str | None = None,
 ) -> list[dict[str, Any]]:
     """Chat messages for one grounding question, ready for ``processor.apply_chat_template``.
@@ -65,7 +71,7 @@ def build_messages(
     given, is appended as the assistant turn (for teacher scoring or SFT-style inputs).
     """
     _check_style(style)
-    if system_prompt is _USE_STYLE_DEFAULT:
+    if system_prompt is STYLE_DEFAULT:
         system_prompt = DEFAULT_SYSTEM_PROMPTS[style]
     if system_prompt is not None and not isinstance(system_prompt, str):
         raise TypeError(f"system_prompt must be a str or None, got {type(system_prompt).__name__}")

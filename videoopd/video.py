@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from videoopd.prompts import PROMPT_STYLES, STYLE_DEFAULT, build_messages, render_chat
+
 __all__ = [
     "QWEN25_VL_FACTOR",
     "QWEN3_VL_FACTOR",
@@ -491,25 +493,21 @@ class GroundingVideoDataset(torch.utils.data.Dataset):
 class GroundingCollator:
     """Renders the prompt through the processor's chat template and runs the processor on a
     batch of decoded items. Items whose video failed (``video=None``) are passed through in
-    ``failed`` and left out of ``inputs``."""
+    ``failed`` and left out of ``inputs``. ``system_prompt``: see
+    :func:`videoopd.prompts.build_messages` (default: the style's own)."""
 
-    def __init__(self, processor: Any, prompt_style: str = "paper", system_prompt: Any = None, **prompt_kwargs: Any):
-        from videoopd import prompts
-
+    def __init__(self, processor: Any, prompt_style: str = "paper", system_prompt: Any = STYLE_DEFAULT):
         if not callable(processor):
             raise TypeError(f"processor must be a callable Qwen-VL processor, got {type(processor).__name__}")
-        prompts._check_style(prompt_style)
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {sorted(PROMPT_STYLES)}, got {prompt_style!r}")
         self.processor = processor
         self.prompt_style = prompt_style
-        self.prompt_kwargs = dict(prompt_kwargs)
-        if system_prompt is not None:
-            self.prompt_kwargs["system_prompt"] = system_prompt
+        self.system_prompt = system_prompt
 
     def texts(self, records: Sequence[Any]) -> list[str]:
-        from videoopd.prompts import build_messages, render_chat
-
         return [
-            render_chat(self.processor, build_messages(record.query, self.prompt_style, **self.prompt_kwargs))
+            render_chat(self.processor, build_messages(record.query, self.prompt_style, self.system_prompt))
             for record in records
         ]
 
@@ -530,19 +528,23 @@ class GroundingCollator:
 def processor_inputs(processor: Any, texts: Sequence[str], videos: Sequence[DecodedVideo]) -> Any:
     """Run a Qwen-VL processor on prompt texts (one video placeholder each) and decoded videos.
 
-    Left padding, because the batch is for generation.
+    Left padding, because the batch is for generation. ``second_per_grid_ts`` (Qwen2.5-VL)
+    is set from the decoder's sampled rate: transformers 5 derives the same value from
+    ``video_metadata``, transformers 4.x from an ``fps`` argument that defaults to 2.
     """
     if len(texts) != len(videos):
         raise ValueError(f"texts and videos must have the same length, got {len(texts)} and {len(videos)}")
+    if not videos:
+        raise ValueError("videos must not be empty")
     kwargs: dict[str, Any] = {
         "video_metadata": [video.metadata for video in videos],
         "do_resize": False,
         "do_sample_frames": False,
     }
     video_processor = getattr(processor, "video_processor", None)
-    if getattr(video_processor, "cap_pixels_per_frame", False) is None:
+    if hasattr(video_processor, "cap_pixels_per_frame") and video_processor.cap_pixels_per_frame is None:
         kwargs["cap_pixels_per_frame"] = False  # resizing is ours; silences a deprecation warning
-    return processor(
+    inputs = processor(
         text=list(texts),
         videos=[video.frames for video in videos],
         padding=True,
@@ -550,3 +552,8 @@ def processor_inputs(processor: Any, texts: Sequence[str], videos: Sequence[Deco
         return_tensors="pt",
         **kwargs,
     )
+    if "second_per_grid_ts" in inputs:
+        inputs["second_per_grid_ts"] = torch.tensor(
+            [video.second_per_grid_ts for video in videos], dtype=torch.float32
+        )
+    return inputs

@@ -331,6 +331,7 @@ def test_keyed_json_problems_are_reported_by_key(tmp_path, videos):
         ("key 'v_bad'", "malformed", "skipped"),
     ]
     assert [r.id for r in records] == ["v_abc#0"]
+    assert (summary.read, summary.kept, summary.skipped) == (5, 1, 4)
 
 
 def test_multi_span_queries_are_skipped_with_a_report(tmp_path, videos):

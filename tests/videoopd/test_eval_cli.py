@@ -178,3 +178,11 @@ def test_command_line_rejects_bad_arguments(tmp_path, synthetic_dir, capsys):
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path), "--data", str(synthetic_dir / "annotations.jsonl"), "--batch-size", "0"])
     assert "batch-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path), "--data", str(tmp_path / "missing.jsonl")])
+    assert "missing.jsonl" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"video": "v.mp4", "query": "q", "start": 2, "end": 1, "duration": 3}) + "\n")
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path), "--data", str(bad), "--strict"])
+    assert "bad.jsonl: line 1: inverted_span" in capsys.readouterr().err

@@ -40,12 +40,21 @@ def test_tiny_qwen25_forward_on_a_decoded_video(synthetic_dir, tiny_qwen25):
     assert tuple(inputs["pixel_values_videos"].shape) == (8 * 4 * 6, 3 * 2 * 14 * 14)
     # One placeholder token per 2x2 merged patch.
     assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == 8 * 4 * 6 // 4
-    # The processor's temporal scale is the one the decoder reports.
-    assert inputs["second_per_grid_ts"].tolist() == pytest.approx([video.second_per_grid_ts]) == [1.0]
+    assert inputs["second_per_grid_ts"].tolist() == [video.second_per_grid_ts] == [1.0]
     with torch.no_grad():
         output = model(**inputs)
     assert output.logits.shape == (1, inputs["input_ids"].shape[1], model.config.text_config.vocab_size)
     assert torch.isfinite(output.logits).all()
+
+
+@pytest.mark.parametrize("fps", [2.0, 1.0, 0.75])
+def test_processor_derives_the_decoders_temporal_scale_from_the_metadata(synthetic_dir, tiny_qwen25, fps):
+    _, processor = tiny_qwen25
+    video = decode_video(synthetic_dir / "videos" / "synth_00000.mp4", DecodeConfig.for_processor(processor, fps=fps, **SMALL))
+    text = render_chat(processor, build_messages("a dog"))
+    direct = processor(text=[text], videos=[video.frames], return_tensors="pt", **video.processor_kwargs())
+    assert direct["second_per_grid_ts"].tolist() == pytest.approx([video.second_per_grid_ts])
+    assert video.second_per_grid_ts == pytest.approx(2 / video.sampled_fps)
 
 
 def test_sampling_rate_reaches_the_temporal_positions(synthetic_dir, tiny_qwen25):

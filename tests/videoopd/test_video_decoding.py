@@ -252,7 +252,20 @@ def test_dataset_and_collator_validate_arguments(tiny_qwen25):
         GroundingVideoDataset([], on_error="ignore")
     with pytest.raises(TypeError, match="config"):
         GroundingVideoDataset([], config={"fps": 2})
-    with pytest.raises(ValueError, match="style"):
+    with pytest.raises(ValueError, match="prompt_style"):
         GroundingCollator(processor, prompt_style="chatty")
     with pytest.raises(TypeError, match="processor"):
         GroundingCollator("processor")
+
+
+def test_collator_prompt_style_and_system_prompt(synthetic_dir, tiny_qwen25):
+    _, processor = tiny_qwen25
+    record = load_annotations(synthetic_dir / "annotations.jsonl").records[0]
+    default = GroundingCollator(processor).texts([record])[0]
+    assert default.startswith("<|im_start|>system\nYou are a video analysis expert.<|im_end|>")
+    assert record.query in default
+    # None drops the system message; the Qwen2.5-VL template then inserts its own default.
+    dropped = GroundingCollator(processor, system_prompt=None).texts([record])[0]
+    assert dropped.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+    timelens = GroundingCollator(processor, prompt_style="timelens").texts([record])[0]
+    assert "The event happens in <start time> - <end time> seconds" in timelens
