@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["QWEN_VIDEO_DEFAULTS", "TorchQwenVideoProcessor", "load_processor", "torchvision_available"]
+__all__ = [
+    "QWEN_VIDEO_DEFAULTS",
+    "TorchQwenVideoProcessor",
+    "load_processor",
+    "pil_image_processor_class",
+    "torchvision_available",
+    "torchvision_free_processor_class",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +132,7 @@ class TorchQwenVideoProcessor(_qwen3_video_processor_class()):  # type: ignore[m
         return output
 
 
-def _image_processor_class() -> type:
+def pil_image_processor_class() -> type:
     """The Qwen2-VL image processor that works without torchvision (PIL/numpy backend)."""
     try:  # transformers 5
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -135,10 +142,6 @@ def _image_processor_class() -> type:
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
         return Qwen2VLImageProcessor
-
-
-def _image_processor_without_torchvision(path: Path) -> Any:
-    return _image_processor_class().from_pretrained(str(path), local_files_only=True)
 
 
 def _chat_template(path: Path, tokenizer: Any) -> str | None:
@@ -182,18 +185,22 @@ def torchvision_free_processor_class(family: str) -> type:
 _PROCESSOR_CLASSES: dict[str, type] = {}
 
 
-def _video_processor_settings(path: Path) -> dict[str, Any]:
-    # transformers 5 saves every sub-processor inside processor_config.json; 4.x wrote
-    # video_preprocessor_config.json.
+def _saved_settings(path: Path, key: str, filenames: tuple[str, ...]) -> dict[str, Any]:
+    """A sub-processor's saved settings: transformers 5 nests them in processor_config.json,
+    4.x wrote one file each (Qwen2.5-VL hub checkpoints have only preprocessor_config.json)."""
     unified = path / "processor_config.json"
     if unified.is_file():
-        settings = json.loads(unified.read_text(encoding="utf-8")).get("video_processor")
+        settings = json.loads(unified.read_text(encoding="utf-8")).get(key)
         if isinstance(settings, dict):
             return settings
-    separate = path / "video_preprocessor_config.json"
-    if separate.is_file():
-        return json.loads(separate.read_text(encoding="utf-8"))
-    raise FileNotFoundError(f"{path}: no video processor settings (processor_config.json or video_preprocessor_config.json)")
+    for name in filenames:
+        if (path / name).is_file():
+            return json.loads((path / name).read_text(encoding="utf-8"))
+    return {}
+
+
+# Settings the patching depends on; the resize budgets do not matter here (frames come sized).
+_PATCH_SETTINGS = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "rescale_factor")
 
 
 def _load_without_torchvision(path: Path) -> Any:
@@ -206,24 +213,16 @@ def _load_without_torchvision(path: Path) -> Any:
             f"got model_type={model_type!r}; install torchvision matching your torch build"
         )
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    settings = _video_processor_settings(path)
-    family_defaults = QWEN_VIDEO_DEFAULTS[model_type]
-    allowed = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "size", "rescale_factor")
+    defaults = {k: v for k, v in QWEN_VIDEO_DEFAULTS[model_type].items() if k != "hub_class"}
+    video_settings = _saved_settings(path, "video_processor", ("video_preprocessor_config.json", "preprocessor_config.json"))
+    image_settings = _saved_settings(path, "image_processor", ("preprocessor_config.json",))
     video_processor = TorchQwenVideoProcessor(
-        hub_class=settings.get("video_processor_type", family_defaults["hub_class"]),
-        **{
-            **{k: v for k, v in family_defaults.items() if k != "hub_class"},
-            **{k: settings[k] for k in allowed if k in settings},
-        },
+        hub_class=video_settings.get("video_processor_type", QWEN_VIDEO_DEFAULTS[model_type]["hub_class"]),
+        **{**defaults, **{k: video_settings[k] for k in _PATCH_SETTINGS if k in video_settings}},
     )
-    image_settings = json.loads((path / "processor_config.json").read_text(encoding="utf-8")).get(
-        "image_processor"
-    ) if (path / "processor_config.json").is_file() else None
-    if isinstance(image_settings, dict):
-        keep = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "size", "rescale_factor")
-        image_processor = _image_processor_class()(**{k: image_settings[k] for k in keep if k in image_settings})
-    else:
-        image_processor = _image_processor_without_torchvision(path)
+    image_processor = pil_image_processor_class()(
+        **{k: v for k, v in {**defaults, **image_settings}.items() if k in _PATCH_SETTINGS}
+    )
     return torchvision_free_processor_class(model_type)(
         image_processor=image_processor,
         tokenizer=tokenizer,

@@ -119,7 +119,12 @@ def build_tiny_processor(
     ``use_torchvision=True``), else :class:`videoopd.processing.TorchQwenVideoProcessor`.
     """
     _check_family(family)
-    from videoopd.processing import QWEN_VIDEO_DEFAULTS, TorchQwenVideoProcessor, torchvision_available
+    from videoopd.processing import (
+        QWEN_VIDEO_DEFAULTS,
+        TorchQwenVideoProcessor,
+        pil_image_processor_class,
+        torchvision_available,
+    )
 
     if tokenizer is None:
         tokenizer = build_tiny_tokenizer(family)
@@ -138,10 +143,8 @@ def build_tiny_processor(
             patch_size=defaults["patch_size"], image_mean=defaults["image_mean"], image_std=defaults["image_std"]
         )
     else:
-        from videoopd.processing import _image_processor_class
-
         video_processor = TorchQwenVideoProcessor.for_family(family)
-        image_processor = _image_processor_class()(
+        image_processor = pil_image_processor_class()(
             patch_size=defaults["patch_size"], image_mean=defaults["image_mean"], image_std=defaults["image_std"]
         )
     if use_torchvision:

@@ -19,7 +19,9 @@ Sampling follows qwen-vl-utils (the code Qwen2.5-VL and Qwen3-VL were trained wi
   min 128, max 768, total 128000 * 0.9.
 
 The processor must then be called with ``do_resize=False`` and ``do_sample_frames=False``
-(:meth:`DecodedVideo.processor_kwargs`): the frames are final.
+(:meth:`DecodedVideo.processor_kwargs`; :func:`processor_inputs` does it): the frames are
+final. :class:`GroundingVideoDataset` decodes and :class:`GroundingCollator` runs the
+processor, so both happen in DataLoader workers.
 
 decord decodes when it is installed; PyAV otherwise (``backend=`` forces either).
 """

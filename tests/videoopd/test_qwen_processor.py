@@ -133,3 +133,26 @@ def test_saved_checkpoint_loads_offline_and_processes_the_same(synthetic_dir, ti
 def test_load_processor_names_a_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_processor(tmp_path / "nowhere")
+
+
+def test_checkpoint_in_the_transformers_4_layout_loads(tmp_path, synthetic_dir, tiny_qwen25, tiny_qwen25_checkpoint):
+    """Hub Qwen2.5-VL checkpoints have preprocessor_config.json and chat_template.json, no
+    processor_config.json: the processor must still load (with or without torchvision)."""
+    import json
+    import shutil
+
+    _, processor = tiny_qwen25
+    folder = tmp_path / "legacy"
+    shutil.copytree(tiny_qwen25_checkpoint, folder)
+    unified = json.loads((folder / "processor_config.json").read_text())
+    (folder / "processor_config.json").unlink()
+    image = dict(unified["image_processor"], processor_class="Qwen2_5_VLProcessor")
+    (folder / "preprocessor_config.json").write_text(json.dumps(image))
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    loaded = load_processor(folder)
+    video = decode_video(synthetic_dir / "videos" / "synth_00002.mp4", DecodeConfig.for_processor(loaded, **SMALL))
+    expected, got = _inputs(processor, [video]), _inputs(loaded, [video])
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key])
