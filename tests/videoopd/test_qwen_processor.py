@@ -156,3 +156,12 @@ def test_checkpoint_in_the_transformers_4_layout_loads(tmp_path, synthetic_dir, 
     expected, got = _inputs(processor, [video]), _inputs(loaded, [video])
     for key in expected:
         torch.testing.assert_close(got[key], expected[key])
+
+
+def test_tiny_checkpoint_command_line(tmp_path, capsys):
+    from videoopd.tiny import main
+
+    assert main(["--out", str(tmp_path / "ckpt"), "--family", "qwen3_vl", "--seed", "1"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert load_processor(tmp_path / "ckpt").video_processor.patch_size == 16
+    assert load_model(tmp_path / "ckpt", device="cpu").config.model_type == "qwen3_vl"

@@ -269,3 +269,14 @@ def test_collator_prompt_style_and_system_prompt(synthetic_dir, tiny_qwen25):
     assert dropped.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
     timelens = GroundingCollator(processor, prompt_style="timelens").texts([record])[0]
     assert "The event happens in <start time> - <end time> seconds" in timelens
+
+
+def test_auto_backend_falls_back_to_pyav_without_decord(synthetic_dir, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "decord" else real_find_spec(name, *a))
+    video = decode_video(synthetic_dir / "videos" / "synth_00000.mp4", DecodeConfig(**SMALL))
+    assert video.backend == "pyav" and video.frames.shape[0] == 16
+    with pytest.raises(ImportError, match="decord"):
+        decode_video(synthetic_dir / "videos" / "synth_00000.mp4", DecodeConfig(backend="decord"))
