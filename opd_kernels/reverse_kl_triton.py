@@ -30,15 +30,8 @@ from ._validation import triton_interpreting
 # Triton 3.9's interpreter computes tl.dot on bf16/fp16 operands wrongly (garbage of order
 # 1e10); under the interpreter the operands are upcast, which is exact (a 16-bit product is
 # exact in fp32) and is what the tensor cores compute. Compiled kernels never take this path.
-_INTERPRETED = tl.constexpr(triton_interpreting())
-
-
-@triton.jit
-def _mma(a, b, acc, DOT_PRECISION: tl.constexpr):
-    if _INTERPRETED:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+# (An inline `if` rather than a helper: each nested jit call costs ~1 ms in the interpreter.)
+_UPCAST_DOT_OPERANDS = tl.constexpr(triton_interpreting())
 
 # ---------------------------------------------------------------------------------------
 # Kernels
@@ -129,7 +122,10 @@ def _tile_logits(
         d_ok = (d0 + offs_d) < D
         h = tl.load(h_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = _mma(h, tl.trans(w), acc, DOT_PRECISION)
+        if _UPCAST_DOT_OPERANDS:
+            h = h.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(h, tl.trans(w), acc, input_precision=DOT_PRECISION)
         h_ptrs += BLOCK_D
         w_ptrs += BLOCK_D
     return acc * inv_tau
@@ -261,6 +257,8 @@ def _rkl_bwd_fused_kernel(
         g = tl.exp(log_p) * (log_p - log_q - rkl[:, None]) * scale[:, None]
         live = (scale != 0)[:, None] & col_ok[None, :]
         g = tl.where(live, g, 0.0).to(hs_ptr.dtype.element_ty)
+        if _UPCAST_DOT_OPERANDS:
+            g = g.to(tl.float32)
         offs_d = tl.arange(0, BLOCK_D)
         if COMPUTE_DH:
             w_ptrs = ws_ptr + cols[:, None].to(tl.int64) * stride_ws + offs_d[None, :]
@@ -268,7 +266,9 @@ def _rkl_bwd_fused_kernel(
             for d0 in range(0, DS, BLOCK_D):
                 d_ok = (d0 + offs_d) < DS
                 w = tl.load(w_ptrs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-                part = _mma(g, w, tl.zeros((BLOCK_N, BLOCK_D), tl.float32), DOT_PRECISION)
+                if _UPCAST_DOT_OPERANDS:
+                    w = w.to(tl.float32)
+                part = tl.dot(g, w, input_precision=DOT_PRECISION)
                 tl.atomic_add(dh_ptrs, part, mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
                 w_ptrs += BLOCK_D
                 dh_ptrs += BLOCK_D
@@ -279,7 +279,9 @@ def _rkl_bwd_fused_kernel(
             for d0 in range(0, DS, BLOCK_D):
                 d_ok = (d0 + offs_d) < DS
                 h = tl.load(h_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-                part = _mma(g_t, h, tl.zeros((BLOCK_V, BLOCK_D), tl.float32), DOT_PRECISION)
+                if _UPCAST_DOT_OPERANDS:
+                    h = h.to(tl.float32)
+                part = tl.dot(g_t, h, input_precision=DOT_PRECISION)
                 tl.atomic_add(dw_ptrs, part, mask=col_ok[:, None] & d_ok[None, :], sem="relaxed")
                 h_ptrs += BLOCK_D
                 dw_ptrs += BLOCK_D

@@ -75,6 +75,10 @@ class MemoryTracker(TorchDispatchMode):
         self.live_bytes -= self._live.pop(key, 0)
 
     def _record(self, op: str, out: torch.Tensor, input_storages: set[int]) -> None:
+        storage = out.untyped_storage()
+        key = storage.data_ptr()
+        if key in input_storages or key in self._live or storage.nbytes() == 0:
+            return  # a view, an in-place result or an empty tensor: no new memory
         numel = out.numel()
         if self.largest is None or numel > self.largest.numel:
             self.largest = TensorRecord(op, tuple(out.shape), numel)
@@ -83,10 +87,6 @@ class MemoryTracker(TorchDispatchMode):
                 f"{op} created a tensor of shape {tuple(out.shape)} ({numel} elements), "
                 f">= the limit of {self.numel_limit}"
             )
-        storage = out.untyped_storage()
-        key = storage.data_ptr()
-        if key in input_storages or key in self._live or storage.nbytes() == 0:
-            return  # a view, an in-place result or an empty tensor: no new memory
         self._live[key] = storage.nbytes()
         self.live_bytes += storage.nbytes()
         self.peak_bytes = max(self.peak_bytes, self.live_bytes)
@@ -102,11 +102,12 @@ class MemoryTracker(TorchDispatchMode):
             if target is not None and torch.device(target).type == "cpu" and args[0].device.type != "cpu":
                 self.host_syncs.append("aten::_to_copy(device=cpu)")
         out = func(*args, **kwargs)
-        input_storages = {
-            a.untyped_storage().data_ptr()
-            for a in torch.utils._pytree.tree_leaves((args, kwargs))
-            if isinstance(a, torch.Tensor)
-        }
+        input_storages = set()
+        for a in torch.utils._pytree.tree_leaves((args, kwargs)):
+            if isinstance(a, torch.Tensor):
+                input_storages.add(a.untyped_storage().data_ptr())
+            elif isinstance(a, (torch.UntypedStorage, torch.TypedStorage)):
+                input_storages.add(a.data_ptr())
         for t in torch.utils._pytree.tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self._record(name, t, input_storages)
