@@ -1,0 +1,340 @@
+"""What is benchmarked: the ops, their inputs, FLOP counts, float64 references, and the providers.
+
+An *op mode* is one kernel in one mode ("forward", or "full" = forward + backward, Liger's
+naming). A *provider* is one implementation of it: ours (Triton / torch backends), naive
+PyTorch with materialised fp32 logits, the same ``torch.compile``d, and the peers
+(Liger-Kernel for reverse KL, Cut Cross-Entropy for token log-probs).
+
+Every provider's ``compute`` returns the op's output in one form per kernel, so one
+objective, one accuracy check and one reference serve them all:
+
+- fused_reverse_kl: the mean reverse KL over the N tokens (a scalar);
+- token_logprobs:   log p(token) per token, [N] fp32;
+- topk_logprobs:    the k largest log-probs per token, ([N, k] values, [N, k] indices).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .shapes import Shape
+
+# --------------------------------------------------------------------------------------------
+# Op modes
+
+
+@dataclass(frozen=True)
+class OpMode:
+    kernel: str  # CSV kernel_name
+    mode: str  # CSV kernel_operation_mode: "forward" | "full"
+    side: str  # whose hidden size the single-model ops use: "teacher" | "student" | "both"
+    flop_formula: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.kernel}-{self.mode}"
+
+    @property
+    def title(self) -> str:
+        mode = "forward + backward" if self.mode == "full" else "forward only"
+        return f"{self.kernel}, {mode}"
+
+    @property
+    def needs_grad(self) -> bool:
+        return self.mode == "full"
+
+    def hidden_dim(self, shape: Shape) -> int:
+        return shape.teacher_dim if self.side == "teacher" else shape.student_dim
+
+    def flops(self, shape: Shape) -> int:
+        n, v, d_s, d_t = shape.tokens, shape.vocab, shape.student_dim, shape.teacher_dim
+        if self.kernel == "fused_reverse_kl":
+            # Issue 5's count: the two logit GEMMs, and for the backward their recompute plus
+            # dh = g W_s and dW_s = g^T h_s.
+            return 2 * n * v * (d_s + d_t) if self.mode == "forward" else 4 * n * v * (d_s + d_t) + 4 * n * v * d_s
+        d = self.hidden_dim(shape)
+        # The same convention for the single-model ops: logits 2NVD; the backward recomputes
+        # them (2NVD) and forms dh and dW (4NVD). top-k's selection is not counted.
+        return 2 * n * v * d if self.mode == "forward" else 8 * n * v * d
+
+
+OP_MODES: dict[str, OpMode] = {
+    m.key: m
+    for m in (
+        OpMode("fused_reverse_kl", "full", "both", "4NV(D_s+D_t) + 4NVD_s"),
+        OpMode("fused_reverse_kl", "forward", "both", "2NV(D_s+D_t)"),
+        # The teacher only scores tokens (no grad); the student needs log-probs and their gradient.
+        OpMode("token_logprobs", "forward", "teacher", "2NVD_t"),
+        OpMode("token_logprobs", "full", "student", "8NVD_s"),
+        OpMode("topk_logprobs", "forward", "teacher", "2NVD_t"),
+    )
+}
+KERNELS = tuple(dict.fromkeys(m.kernel for m in OP_MODES.values()))
+
+
+def op_modes_for(kernel: str) -> list[OpMode]:
+    return [m for m in OP_MODES.values() if m.kernel == kernel]
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def make_inputs(op: OpMode, shape: Shape, *, dtype: torch.dtype, device: torch.device, topk: int,
+                temperature: float, seed: int = 0) -> dict:
+    """Random inputs whose logits spread like a real model's (std about 2).
+
+    Drawn on the device itself: the reference shapes' heads have 10^9 entries, too many to
+    draw on a CPU and copy over for every case."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*size, scale=1.0):
+        return torch.randn(*size, generator=gen, device=device, dtype=dtype).mul_(scale)
+
+    n, v = shape.tokens, shape.vocab
+    inputs: dict = {"temperature": temperature}
+    if op.kernel == "fused_reverse_kl":
+        d_s, d_t = shape.student_dim, shape.teacher_dim
+        inputs.update(
+            student_hidden=randn(n, d_s),
+            student_weight=randn(v, d_s, scale=2.0 / d_s**0.5),
+            teacher_hidden=randn(n, d_t),
+            teacher_weight=randn(v, d_t, scale=2.0 / d_t**0.5),
+            # Liger's losses select tokens by label != -100; every token counts here.
+            labels=torch.zeros(n, dtype=torch.long, device=device),
+        )
+        grad_leaves = ("student_hidden", "student_weight")
+    else:
+        d = op.hidden_dim(shape)
+        inputs.update(hidden=randn(n, d), weight=randn(v, d, scale=2.0 / d**0.5))
+        if op.kernel == "token_logprobs":
+            inputs["tokens"] = torch.randint(0, v, (n,), generator=gen, device=device)
+            # Sampled-token OPD: loss = -mean(A * log p(token)) with a detached advantage A.
+            inputs["advantage"] = torch.randn(n, generator=gen, device=device)
+        else:
+            inputs["k"] = topk
+        grad_leaves = ("hidden", "weight")
+    if op.needs_grad:
+        for name in grad_leaves:
+            inputs[name].requires_grad_(True)
+    inputs["grad_leaves"] = grad_leaves if op.needs_grad else ()
+    return inputs
+
+
+def objective(op: OpMode, inputs: dict, output) -> torch.Tensor:
+    """The scalar a training step would call .backward() on."""
+    if op.kernel == "fused_reverse_kl":
+        return output
+    if op.kernel == "token_logprobs":
+        return -(inputs["advantage"] * output).mean()
+    raise ValueError(f"{op.kernel} has no backward in the benchmark")
+
+
+# --------------------------------------------------------------------------------------------
+# float64 references (materialised logits; accuracy figures only)
+
+
+def reference_output(op: OpMode, inputs: dict):
+    """float64 output of the op from the same (already rounded) inputs, differentiable w.r.t.
+    the returned leaves. For top-k: (values, indices, all log-probs)."""
+    from opd_kernels.testing import reverse_kl_reference
+
+    tau = inputs["temperature"]
+    leaves = {name: inputs[name].detach().double().requires_grad_(name in inputs["grad_leaves"])
+              for name in ("student_hidden", "student_weight", "teacher_hidden", "teacher_weight", "hidden", "weight")
+              if name in inputs}
+    if op.kernel == "fused_reverse_kl":
+        out = reverse_kl_reference(leaves["student_hidden"], leaves["student_weight"], leaves["teacher_hidden"],
+                                   leaves["teacher_weight"], temperature=tau, reduction="mean")
+    else:
+        log_probs = torch.log_softmax(leaves["hidden"] @ leaves["weight"].t() / tau, dim=-1)
+        if op.kernel == "token_logprobs":
+            out = log_probs.gather(-1, inputs["tokens"][:, None]).squeeze(-1)
+        else:
+            values, indices = log_probs.topk(inputs["k"], dim=-1)
+            out = (values, indices, log_probs)  # all log-probs too, to judge another provider's indices
+    return out, leaves
+
+
+# --------------------------------------------------------------------------------------------
+# Naive PyTorch: what a user writes without a kernel library (HF-style bf16 logits, upcast)
+
+
+def _naive_log_probs(hidden, weight, temperature):
+    return torch.log_softmax((hidden @ weight.t()).float() / temperature, dim=-1)
+
+
+def naive_reverse_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, temperature):
+    vocab = student_weight.shape[0]
+    log_p = _naive_log_probs(student_hidden, student_weight, temperature)
+    log_q = _naive_log_probs(teacher_hidden, teacher_weight[:vocab], temperature)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
+
+
+def naive_token_logprobs(hidden, weight, tokens, temperature):
+    return _naive_log_probs(hidden, weight, temperature).gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def naive_topk_logprobs(hidden, weight, k: int, temperature):
+    values, indices = _naive_log_probs(hidden, weight, temperature).topk(k, dim=-1)
+    return values, indices
+
+
+NAIVE = {
+    "fused_reverse_kl": naive_reverse_kl,
+    "token_logprobs": naive_token_logprobs,
+    "topk_logprobs": naive_topk_logprobs,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(kernel: str):
+    # One compiled object per kernel, shared by the speed and the accuracy tests so a shape
+    # compiles once. Static shapes: the best case for the compiler, one graph per shape.
+    return torch.compile(NAIVE[kernel], dynamic=False)
+
+
+def _call_kernel(fn, op: OpMode, x: dict):
+    tau = x["temperature"]
+    if op.kernel == "fused_reverse_kl":
+        return fn(x["student_hidden"], x["student_weight"], x["teacher_hidden"], x["teacher_weight"], tau)
+    if op.kernel == "token_logprobs":
+        return fn(x["hidden"], x["weight"], x["tokens"], tau)
+    return fn(x["hidden"], x["weight"], x["k"], tau)
+
+
+# --------------------------------------------------------------------------------------------
+# Providers
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    family: str  # "ours" | "naive" | "peer"
+    kernels: tuple[str, ...]
+    description: str
+    needs_cuda: bool = False
+    module: str | None = None  # an import that must succeed
+    attribute: str | None = None  # ... and provide this name (ops still being written)
+
+    def unavailable(self, op: OpMode, device: torch.device) -> str | None:
+        """Why this provider cannot run here (the row's status), or None."""
+        if self.needs_cuda and device.type != "cuda":
+            return "skipped: no CUDA (Triton runs only under the interpreter on CPU: no speed figure)"
+        if self.module is not None:
+            try:
+                mod = importlib.import_module(self.module)
+            except ImportError as e:
+                return f"skipped: {self.module} not installed ({e})"
+            attribute = self.attribute.format(kernel=op.kernel) if self.attribute else None
+            if attribute and not hasattr(mod, attribute):
+                return f"skipped: {self.module}.{attribute} does not exist yet"
+        return None
+
+    def compute(self, op: OpMode, x: dict):
+        return _COMPUTE[self.name](op, x)
+
+
+def _ours(backend: str, schedule: str = "auto"):
+    def compute(op: OpMode, x: dict):
+        import opd_kernels
+
+        tau = x["temperature"]
+        if op.kernel == "fused_reverse_kl":
+            return opd_kernels.fused_reverse_kl(x["student_hidden"], x["student_weight"], x["teacher_hidden"],
+                                                x["teacher_weight"], temperature=tau, backend=backend,
+                                                schedule=schedule)
+        if op.kernel == "token_logprobs":
+            return opd_kernels.token_logprobs(x["hidden"], x["weight"], x["tokens"], temperature=tau,
+                                              backend=backend)
+        return opd_kernels.topk_logprobs(x["hidden"], x["weight"], x["k"], temperature=tau, backend=backend)
+
+    return compute
+
+
+def _liger_fused_linear_jsd(op: OpMode, x: dict):
+    from liger_kernel.transformers import LigerFusedLinearJSD
+
+    # jsd_beta=1 is KL(student || teacher); shift_labels=None averages over every token.
+    loss = LigerFusedLinearJSD(jsd_beta=1.0, temperature=x["temperature"])
+    return loss(x["student_hidden"], x["student_weight"], x["teacher_hidden"], x["teacher_weight"], None)
+
+
+def _liger_chunked_jsd(op: OpMode, x: dict):
+    from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+    # beta=1 is KL(student || teacher); weight_hard_loss=0 drops the cross-entropy term
+    # (and Liger then skips computing it), so the labels only select tokens (all here).
+    loss = LigerFusedLinearJSDLoss(beta=1.0, weight_hard_loss=0.0, weight_soft_loss=1.0,
+                                   temperature=x["temperature"])
+    return loss(x["student_hidden"], x["student_weight"], x["teacher_hidden"], x["teacher_weight"], x["labels"])
+
+
+def _cce(impl: str):
+    def compute(op: OpMode, x: dict):
+        from cut_cross_entropy import linear_cross_entropy
+
+        hidden = x["hidden"] / x["temperature"] if x["temperature"] != 1.0 else x["hidden"]
+        return -linear_cross_entropy(hidden, x["weight"], x["tokens"], reduction="none", impl=impl).float()
+
+    return compute
+
+
+_COMPUTE: dict[str, Callable] = {
+    "ours-triton-chunked": _ours("triton", "chunked"),
+    "ours-triton-fused": _ours("triton", "fused"),
+    "ours-triton": _ours("triton"),
+    "ours-torch": _ours("torch"),
+    "naive": lambda op, x: _call_kernel(NAIVE[op.kernel], op, x),
+    "naive-compiled": lambda op, x: _call_kernel(_compiled(op.kernel), op, x),
+    "liger-fused-linear-jsd": _liger_fused_linear_jsd,
+    "liger-chunked-jsd-loss": _liger_chunked_jsd,
+    "cce": _cce("cce"),
+    "cce-torch-compile": _cce("torch_compile"),
+}
+
+_ALL = ("fused_reverse_kl", "token_logprobs", "topk_logprobs")
+_LOGPROB_OPS = ("token_logprobs", "topk_logprobs")
+
+# A name may have one entry per kernel: "ours-torch" of reverse KL exists now, that of the
+# log-prob ops is checked for at run time.
+PROVIDERS = (
+    Provider("ours-triton-chunked", "ours", ("fused_reverse_kl",),
+             "opd_kernels, backend='triton', schedule='chunked' (cuBLAS logits per token chunk + one row kernel)",
+             needs_cuda=True),
+    Provider("ours-triton-fused", "ours", ("fused_reverse_kl",),
+             "opd_kernels, backend='triton', schedule='fused' (tl.dot tiles, logits never leave the chip)",
+             needs_cuda=True),
+    Provider("ours-triton", "ours", _LOGPROB_OPS, "opd_kernels, backend='triton'", needs_cuda=True,
+             module="opd_kernels", attribute="{kernel}"),
+    Provider("ours-torch", "ours", ("fused_reverse_kl",),
+             "opd_kernels, backend='torch' (chunked PyTorch, any device)"),
+    Provider("ours-torch", "ours", _LOGPROB_OPS, "opd_kernels, backend='torch' (chunked PyTorch, any device)",
+             module="opd_kernels", attribute="{kernel}"),
+    Provider("naive", "naive", _ALL, "PyTorch: logits = (h @ W.T).float(), log_softmax over all of V"),
+    Provider("naive-compiled", "naive", _ALL, "the naive code under torch.compile(dynamic=False)"),
+    Provider("liger-fused-linear-jsd", "peer", ("fused_reverse_kl",),
+             "Liger-Kernel LigerFusedLinearJSD(jsd_beta=1.0) (Triton)", needs_cuda=True,
+             module="liger_kernel.transformers"),
+    Provider("liger-chunked-jsd-loss", "peer", ("fused_reverse_kl",),
+             "Liger-Kernel chunked_loss.LigerFusedLinearJSDLoss(beta=1.0, weight_hard_loss=0.0, "
+             "weight_soft_loss=1.0) (PyTorch + torch.compile)", module="liger_kernel.chunked_loss"),
+    Provider("cce", "peer", ("token_logprobs",),
+             "Cut Cross-Entropy linear_cross_entropy(reduction='none', impl='cce'), negated (Triton)",
+             needs_cuda=True, module="cut_cross_entropy"),
+    Provider("cce-torch-compile", "peer", ("token_logprobs",),
+             "Cut Cross-Entropy linear_cross_entropy(reduction='none', impl='torch_compile'), negated",
+             module="cut_cross_entropy"),
+)
+
+
+def providers_for(kernel: str) -> list[Provider]:
+    return [p for p in PROVIDERS if kernel in p.kernels]
+
+
+PROVIDER_NAMES = tuple(dict.fromkeys(p.name for p in PROVIDERS))
