@@ -1,12 +1,16 @@
 """opd_kernels: on-policy distillation losses over full LLM vocabularies, without [tokens, vocab] tensors.
 
 Public API:
-    fused_reverse_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, *, mask,
-                     temperature, reduction, backend, schedule, chunk_size)
-    FusedReverseKL(...)  -- the same as an nn.Module
+    fused_reverse_kl      exact KL(student || teacher) over the vocabulary, from hidden states
+    FusedReverseKL        the same as an nn.Module
+    token_logprobs        log-probs (and entropy) of given tokens, from hidden states
+    topk_logprobs         the k most likely tokens and their log-probs, from hidden states
+    sampled_reverse_kl_loss   the sampled-token OPD policy-gradient loss
 """
 
+from .logprobs import token_logprobs, topk_logprobs
+from .losses import sampled_reverse_kl_loss
 from .reverse_kl import FusedReverseKL, fused_reverse_kl
 
-__all__ = ["fused_reverse_kl", "FusedReverseKL"]
+__all__ = ["fused_reverse_kl", "FusedReverseKL", "token_logprobs", "topk_logprobs", "sampled_reverse_kl_loss"]
 __version__ = "0.1.0"

@@ -35,6 +35,7 @@ class KernelSpec:
     num_warps: int
     num_stages: int
     divisible_by_16: tuple[str, ...] = ()  # pointer/int args the launcher sees as 16-aligned
+    expects_tensor_cores: bool = False  # tl.dot on 16-bit tiles: no HMMA/HGMMA means a slow kernel
 
 
 @dataclass
@@ -54,6 +55,7 @@ class CompileResult:
     num_warps: int = 0
     num_stages: int = 0
     constexprs: dict = field(default_factory=dict)
+    expects_tensor_cores: bool = False
 
     @property
     def spills(self) -> bool:
@@ -119,7 +121,7 @@ def compile_spec(spec: KernelSpec, capability: int) -> CompileResult:
 
     result = CompileResult(spec.name, f"sm_{capability}", ok=False, num_warps=spec.num_warps,
                            num_stages=spec.num_stages,
-                           constexprs={k: v for k, v in spec.constexprs.items()})
+                           constexprs=dict(spec.constexprs), expects_tensor_cores=spec.expects_tensor_cores)
     names = list(spec.signature)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in spec.divisible_by_16}
     try:

@@ -17,11 +17,6 @@ import sys
 
 from ._validation import triton_interpreting
 
-# Kernels with tl.dot on 16-bit tiles must show tensor-core instructions.
-def _expects_tensor_cores(name: str) -> bool:
-    return "fused" in name and ("bf16" in name or "fp16" in name)
-
-
 def failures(results) -> list[str]:
     problems = []
     for r in results:
@@ -29,7 +24,7 @@ def failures(results) -> list[str]:
             problems.append(f"{r.name} {r.target}: does not compile: {r.error}")
         elif r.spills:
             problems.append(f"{r.name} {r.target}: spills (stack {r.stack_bytes} B, local {r.local_bytes} B)")
-        elif _expects_tensor_cores(r.name) and not r.tensor_core_instructions:
+        elif r.expects_tensor_cores and not r.tensor_core_instructions:
             problems.append(f"{r.name} {r.target}: no tensor-core instructions")
     return problems
 

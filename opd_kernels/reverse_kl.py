@@ -61,7 +61,8 @@ class _ReverseKLFunction(torch.autograd.Function):
         else:
             h_s, W_s, h_t, W_t, mask = ctx.saved_tensors
             inv_tau, impl, chunk_size, need_dh, need_dw = ctx.setup
-            weights = grad_output.to(accumulate_dtype(h_s.dtype))
+            # grad_output may be an expanded view (stride 0, from .sum()); kernels need real rows.
+            weights = grad_output.to(accumulate_dtype(h_s.dtype)).contiguous()
             if mask is not None:
                 weights = torch.where(mask, weights, 0.0)
             _, dh, dW = impl(h_s, W_s, h_t, W_t, weights, inv_tau, need_dh, need_dw, chunk_size)

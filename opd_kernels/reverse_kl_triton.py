@@ -4,9 +4,12 @@ chunked: per token chunk of C rows, cuBLAS writes both models' logits in fp32 ([
 each), ONE Triton row kernel turns them into lse_s, lse_t, rkl and the logit gradient g
 (in the input dtype, in a [C, V] buffer), and two more cuBLAS matmuls give dh = g W_s
 and dW += g^T h_s (fp32 accumulator). Extra memory: C * V * (8 + itemsize) bytes plus the
-fp32 gradient accumulators, N * D_s * 4 and V * D_s * 4 bytes. The row kernel reads the
-two fp32 rows twice and writes g once: 18 B/element for bf16, against 4 * (D_s + D_t)
-... + 4 * D_s flop/element of matmul, i.e. < 1% of the time at D in the thousands.
+fp32 gradient accumulators, N * D_s * 4 and V * D_s * 4 bytes. HBM traffic per element of
+the [C, V] chunk: cuBLAS writes 8 B of logits, the row kernel reads 16 B (two passes over
+both rows) and writes itemsize, the gradient matmuls read g twice: about 30 B for bf16,
+against 2 (D_s + D_t) + 4 D_s flop of matmul. At D_s = D_t = 4096 that is ~1,100 flop/B,
+above an H100's ~295 flop/B balance: the schedule stays matmul-bound, the memory passes
+costing up to a quarter of the matmul time where they do not overlap.
 
 fused: logits never leave the chip. The forward kernel is a GEMM with an online
 logsumexp epilogue (grid: token blocks x vocabulary splits, partial statistics combined
@@ -18,20 +21,20 @@ weights are all zero (masked prompt tokens) are skipped exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
 from ._matmul import addmm_acc_, mm_acc
-from ._validation import triton_interpreting
-
-# Triton 3.9's interpreter computes tl.dot on bf16/fp16 operands wrongly (garbage of order
-# 1e10); under the interpreter the operands are upcast, which is exact (a 16-bit product is
-# exact in fp32) and is what the tensor cores compute. Compiled kernels never take this path.
-# (An inline `if` rather than a helper: each nested jit call costs ~1 ms in the interpreter.)
-_UPCAST_DOT_OPERANDS = tl.constexpr(triton_interpreting())
+from ._triton_common import (
+    TileConfig,
+    combine_split_stats,
+    dot_precision,
+    scatter_logit_grads,
+    tile_logits,
+    tile_program_ids,
+    vocab_splits,
+)
 
 # ---------------------------------------------------------------------------------------
 # Kernels
@@ -97,41 +100,6 @@ def _rkl_row_kernel(
 
 
 @triton.jit
-def _tile_logits(
-    h_ptr,
-    w_ptr,
-    rows,
-    cols,
-    row_ok,
-    col_ok,
-    D,
-    stride_h,
-    stride_w,
-    inv_tau,
-    BLOCK_N: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
-    """[BLOCK_N, BLOCK_V] tile of (h W^T) / tau, fp32 accumulation over D."""
-    offs_d = tl.arange(0, BLOCK_D)
-    h_ptrs = h_ptr + rows[:, None].to(tl.int64) * stride_h + offs_d[None, :]
-    w_ptrs = w_ptr + cols[:, None].to(tl.int64) * stride_w + offs_d[None, :]
-    acc = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        d_ok = (d0 + offs_d) < D
-        h = tl.load(h_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        w = tl.load(w_ptrs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        if _UPCAST_DOT_OPERANDS:
-            h = h.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(h, tl.trans(w), acc, input_precision=DOT_PRECISION)
-        h_ptrs += BLOCK_D
-        w_ptrs += BLOCK_D
-    return acc * inv_tau
-
-
-@triton.jit
 def _rkl_fwd_fused_kernel(
     hs_ptr,
     ws_ptr,
@@ -176,9 +144,9 @@ def _rkl_fwd_fused_kernel(
         for v0 in range(v_begin, v_end, BLOCK_V):
             cols = v0 + tl.arange(0, BLOCK_V)
             col_ok = cols < V
-            zs = _tile_logits(hs_ptr, ws_ptr, rows, cols, row_ok, col_ok, DS, stride_hs, stride_ws,
+            zs = tile_logits(hs_ptr, ws_ptr, rows, cols, row_ok, col_ok, DS, stride_hs, stride_ws,
                               inv_tau, BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
-            zt = _tile_logits(ht_ptr, wt_ptr, rows, cols, row_ok, col_ok, DT, stride_ht, stride_wt,
+            zt = tile_logits(ht_ptr, wt_ptr, rows, cols, row_ok, col_ok, DT, stride_ht, stride_wt,
                               inv_tau, BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
             zs = tl.where(col_ok[None, :], zs, float("-inf"))
             zt = tl.where(col_ok[None, :], zt, float("-inf"))
@@ -229,25 +197,16 @@ def _rkl_bwd_fused_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     """Recompute one [BLOCK_N, BLOCK_V] tile, form g, add g W_s into dh and g^T h_s into dW."""
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(N, BLOCK_N)
-    num_v = tl.cdiv(V, BLOCK_V)
-    # GROUP_V vocabulary blocks sweep all token blocks together so W_s tiles stay in L2.
-    per_group = GROUP_V * num_n
-    first_v = (pid // per_group) * GROUP_V
-    group_size = tl.minimum(num_v - first_v, GROUP_V)
-    pid_v = first_v + (pid % per_group) % group_size
-    pid_n = (pid % per_group) // group_size
-
+    pid_n, pid_v = tile_program_ids(N, V, BLOCK_N, BLOCK_V, GROUP_V)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok = rows < N
     col_ok = cols < V
     scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0)
     if tl.max(tl.abs(scale), axis=0) > 0:
-        zs = _tile_logits(hs_ptr, ws_ptr, rows, cols, row_ok, col_ok, DS, stride_hs, stride_ws,
+        zs = tile_logits(hs_ptr, ws_ptr, rows, cols, row_ok, col_ok, DS, stride_hs, stride_ws,
                           inv_tau, BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
-        zt = _tile_logits(ht_ptr, wt_ptr, rows, cols, row_ok, col_ok, DT, stride_ht, stride_wt,
+        zt = tile_logits(ht_ptr, wt_ptr, rows, cols, row_ok, col_ok, DT, stride_ht, stride_wt,
                           inv_tau, BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
         lse_s = tl.load(lse_s_ptr + rows, mask=row_ok, other=0.0)
         lse_t = tl.load(lse_t_ptr + rows, mask=row_ok, other=0.0)
@@ -256,50 +215,14 @@ def _rkl_bwd_fused_kernel(
         log_q = zt - lse_t[:, None]
         g = tl.exp(log_p) * (log_p - log_q - rkl[:, None]) * scale[:, None]
         live = (scale != 0)[:, None] & col_ok[None, :]
-        g = tl.where(live, g, 0.0).to(hs_ptr.dtype.element_ty)
-        if _UPCAST_DOT_OPERANDS:
-            g = g.to(tl.float32)
-        offs_d = tl.arange(0, BLOCK_D)
-        if COMPUTE_DH:
-            w_ptrs = ws_ptr + cols[:, None].to(tl.int64) * stride_ws + offs_d[None, :]
-            dh_ptrs = dh_ptr + rows[:, None].to(tl.int64) * DS + offs_d[None, :]
-            for d0 in range(0, DS, BLOCK_D):
-                d_ok = (d0 + offs_d) < DS
-                w = tl.load(w_ptrs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-                if _UPCAST_DOT_OPERANDS:
-                    w = w.to(tl.float32)
-                part = tl.dot(g, w, input_precision=DOT_PRECISION)
-                tl.atomic_add(dh_ptrs, part, mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
-                w_ptrs += BLOCK_D
-                dh_ptrs += BLOCK_D
-        if COMPUTE_DW:
-            h_ptrs = hs_ptr + rows[:, None].to(tl.int64) * stride_hs + offs_d[None, :]
-            dw_ptrs = dw_ptr + cols[:, None].to(tl.int64) * DS + offs_d[None, :]
-            g_t = tl.trans(g)
-            for d0 in range(0, DS, BLOCK_D):
-                d_ok = (d0 + offs_d) < DS
-                h = tl.load(h_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-                if _UPCAST_DOT_OPERANDS:
-                    h = h.to(tl.float32)
-                part = tl.dot(g_t, h, input_precision=DOT_PRECISION)
-                tl.atomic_add(dw_ptrs, part, mask=col_ok[:, None] & d_ok[None, :], sem="relaxed")
-                h_ptrs += BLOCK_D
-                dw_ptrs += BLOCK_D
+        scatter_logit_grads(tl.where(live, g, 0.0), hs_ptr, ws_ptr, dh_ptr, dw_ptr, rows, cols, row_ok, col_ok,
+                            DS, stride_hs, stride_ws, BLOCK_N, BLOCK_V, BLOCK_D, COMPUTE_DH, COMPUTE_DW,
+                            DOT_PRECISION)
 
 
 # ---------------------------------------------------------------------------------------
 # Shipped configurations (also compiled ahead of time by tests and `opd_kernels.report`)
 # ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TileConfig:
-    block_n: int
-    block_v: int
-    block_d: int
-    num_warps: int
-    num_stages: int
-    group_v: int = 8
 
 
 ROW_BLOCK_V = 2048
@@ -318,10 +241,6 @@ BWD_CONFIGS = {
 }
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def default_chunk_size(vocab: int, itemsize: int) -> int:
     """Largest power of two C in [64, 4096] with C * V * (8 + itemsize) bytes <= 1 GiB."""
     budget_rows = (1 << 30) // (vocab * (8 + itemsize))
@@ -329,12 +248,6 @@ def default_chunk_size(vocab: int, itemsize: int) -> int:
     while chunk * 2 <= min(budget_rows, 4096):
         chunk *= 2
     return chunk
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # the interpreter: a few splits so the combine path is exercised
 
 
 # ---------------------------------------------------------------------------------------
@@ -373,10 +286,7 @@ def _fused_stats(h_s, W_s, h_t, W_t, weights, inv_tau):
     n, vocab = h_s.shape[0], W_s.shape[0]
     cfg = FWD_CONFIGS[h_s.dtype]
     num_n = triton.cdiv(n, cfg.block_n)
-    num_tiles = triton.cdiv(vocab, cfg.block_v)
-    want_splits = max(1, min(num_tiles, triton.cdiv(2 * _num_sms(h_s.device), num_n)))
-    tiles_per_split = triton.cdiv(num_tiles, want_splits)
-    splits = triton.cdiv(num_tiles, tiles_per_split)  # every split owns at least one tile
+    splits, tiles_per_split = vocab_splits(n, vocab, cfg.block_n, cfg.block_v, h_s.device)
     parts = torch.empty((3, splits, n), dtype=torch.float32, device=h_s.device)
     _rkl_fwd_fused_kernel[(num_n, splits)](
         h_s, W_s, h_t, W_t, weights, parts, n, vocab, h_s.shape[1], h_t.shape[1],
@@ -385,9 +295,8 @@ def _fused_stats(h_s, W_s, h_t, W_t, weights, inv_tau):
         DOT_PRECISION=dot_precision(h_s.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     lse_s_parts, mean_diff_parts, lse_t_parts = parts.unbind(0)
-    lse_s = torch.logsumexp(lse_s_parts, dim=0)
+    lse_s, mean_diff = combine_split_stats(lse_s_parts, mean_diff_parts)
     lse_t = torch.logsumexp(lse_t_parts, dim=0)
-    mean_diff = (torch.softmax(lse_s_parts, dim=0) * mean_diff_parts).sum(dim=0)
     active = weights != 0
     rkl = torch.where(active, mean_diff - lse_s + lse_t, 0.0)
     return lse_s, lse_t, rkl
@@ -453,7 +362,7 @@ def kernel_specs():
                        "DOT_PRECISION": "constexpr"},
             constexprs={"BLOCK_N": cfg.block_n, "BLOCK_V": cfg.block_v, "BLOCK_D": cfg.block_d,
                         "DOT_PRECISION": dot_precision(dtype)},
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, expects_tensor_cores=dtype != torch.float32,
             divisible_by_16=aligned + ("weight_ptr", "part_ptr"),
         )
         cfg = BWD_CONFIGS[dtype]
@@ -469,6 +378,6 @@ def kernel_specs():
                 constexprs={"BLOCK_N": cfg.block_n, "BLOCK_V": cfg.block_v, "BLOCK_D": cfg.block_d,
                             "GROUP_V": cfg.group_v, "COMPUTE_DH": True, "COMPUTE_DW": compute_dw,
                             "DOT_PRECISION": dot_precision(dtype)},
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages, expects_tensor_cores=dtype != torch.float32,
                 divisible_by_16=aligned + ("scale_ptr", "lse_s_ptr", "lse_t_ptr", "rkl_ptr", "dh_ptr", "dw_ptr"),
             )

@@ -35,6 +35,10 @@ def test_no_spills_and_tensor_cores_on_16_bit_dots(report):
     assert report["problems"] == [], "\n".join(report["problems"])
     assert report["returncode"] == 0
     for r in report["results"]:
-        if "fused" in r["name"] and "fp32" not in r["name"]:
+        if r["expects_tensor_cores"]:
+            assert r["tensor_core_instructions"] > 0, f"{r['name']} {r['target']}: no tensor cores"
+        if r["expects_tensor_cores"] and "fused" in r["name"]:
+            # the GEMM-shaped kernels must use Hopper's warpgroup MMA, not the Ampere path
             want = "HGMMA" if r["target"] == "sm_90" else "HMMA"
             assert r["tensor_core_kind"] == want, f"{r['name']} {r['target']}: {r['tensor_core_kind']!r}"
+    assert any(r["expects_tensor_cores"] for r in report["results"])

@@ -130,6 +130,17 @@ def test_non_contiguous_inputs(backend, schedule):
 
 
 @impls
+def test_none_reduction_with_expanded_upstream_gradient(backend, schedule):
+    # loss.sum().backward() hands the op a stride-0 gradient
+    h_s, W_s, h_t, W_t = make_rkl_inputs(37, 1423, 48, 80)
+    fused_reverse_kl(h_s, W_s, h_t, W_t, reduction="none", backend=backend, schedule=schedule).sum().backward()
+    ref_inputs = float64_leaves(h_s, W_s, h_t, W_t)
+    reverse_kl_reference(*ref_inputs, reduction="none").sum().backward()
+    assert_close_grad(h_s.grad, ref_inputs[0].grad, torch.float32, "student_hidden")
+    assert_close_grad(W_s.grad, ref_inputs[1].grad, torch.float32, "student_weight")
+
+
+@impls
 def test_no_grad_and_grad_output_scaling(backend, schedule):
     h_s, W_s, h_t, W_t = make_rkl_inputs(37, 1423, 48, 80)
     with torch.no_grad():

@@ -1,0 +1,155 @@
+"""token_logprobs and topk_logprobs straight from hidden states: a matmul and nothing else."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _validation as v
+from ._matmul import accumulate_dtype
+from .logprobs_torch import add_target_grads, logsumexp_stats_torch, softmax_grads_torch, target_logits, topk_torch
+
+MAX_TOPK = 64
+
+
+def _prepare(name_hidden, hidden, weight, temperature, backend, vocab_size):
+    v.check_hidden_and_weight(name_hidden, hidden, "weight", weight)
+    inv_tau = 1.0 / v.check_temperature(temperature)
+    if vocab_size is not None:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 0 < vocab_size <= weight.shape[0]:
+            raise ValueError(f"vocab_size must be an int in [1, {weight.shape[0]}] (weight has shape "
+                             f"{tuple(weight.shape)}), got {vocab_size!r}")
+        weight = weight[:vocab_size]
+    backend = v.resolve_backend(backend, hidden.device, (hidden.dtype,))
+    h = hidden.reshape(-1, hidden.shape[-1])
+    h = h if h.stride(-1) == 1 else h.contiguous()
+    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
+    return h, weight, inv_tau, backend
+
+
+def _stats(backend, h, W, inv_tau, with_mean):
+    if backend == "triton":
+        from .logprobs_triton import logsumexp_stats_triton
+
+        return logsumexp_stats_triton(h, W, inv_tau, with_mean)
+    lse, mean_z = logsumexp_stats_torch(h, W, inv_tau)
+    return lse, (mean_z if with_mean else None)
+
+
+class _TokenLogprobsFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, W, tokens, inv_tau, want_entropy, backend, grad_enabled):
+        lse, mean_z = _stats(backend, h, W, inv_tau, want_entropy)
+        # A log-prob is never positive and an entropy never negative; rounding can cross 0.
+        logprobs = (target_logits(h, W, tokens, inv_tau) - lse).clamp_max(0.0)
+        entropy = (lse - mean_z).clamp_min(0.0) if want_entropy else None
+        ctx.setup = (inv_tau, backend)
+        if grad_enabled:
+            ctx.save_for_backward(h, W, tokens, lse, entropy)
+        if entropy is None:
+            return logprobs
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, grad_entropy=None):
+        h, W, tokens, lse, entropy = ctx.saved_tensors
+        inv_tau, backend = ctx.setup
+        need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dtype = accumulate_dtype(h.dtype)
+        # Upstream gradients may be expanded views (stride 0, from .sum()); kernels need real rows.
+        grad_logprobs = (grad_logprobs if grad_logprobs is not None else torch.zeros_like(lse)).to(dtype).contiguous()
+        if grad_entropy is not None and entropy is not None:
+            grad_entropy = grad_entropy.to(dtype).contiguous()
+        else:
+            grad_entropy = None
+        if backend == "triton":
+            from .logprobs_triton import softmax_grads_triton
+
+            dh, dW = softmax_grads_triton(h, W, inv_tau, lse, entropy, grad_logprobs, grad_entropy, need_dh, need_dw)
+        else:
+            dh, dW = softmax_grads_torch(h, W, inv_tau, lse, entropy, grad_logprobs, grad_entropy, need_dh, need_dw)
+        add_target_grads(dh, dW, h, W, tokens, grad_logprobs * inv_tau)
+        return (dh.to(h.dtype) if dh is not None else None, dW.to(W.dtype) if dW is not None else None,
+                None, None, None, None, None)
+
+
+def token_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    backend: str = "auto",
+    vocab_size: int | None = None,
+    check_tokens: bool = False,
+):
+    """log softmax(hidden @ weight.T / temperature)[token] without building [tokens, vocab].
+
+    Args:
+        hidden: [..., D] bf16 / fp16 / fp32 (fp64 on the torch backend).
+        weight: [V, D] LM head, same dtype. With ``vocab_size`` only its first rows are used
+            (a padded head: 152,064 rows for a 151,936-token vocabulary).
+        tokens: int64 [...] (the leading shape of hidden), ids in [0, V). An out-of-range id
+            raises IndexError on CPU and a device-side assert on CUDA; ``check_tokens=True``
+            checks up front with a ValueError (this costs one host synchronisation).
+        temperature: tau > 0; logits are divided by it.
+        return_entropy: also return the entropy of softmax(z / tau) per token.
+        backend: "triton" (fused kernels), "torch" (chunked), "auto" (triton on CUDA).
+
+    Returns:
+        fp32 log-probs [...] (<= 0), or (log-probs, entropy >= 0) with return_entropy. Both are
+        differentiable w.r.t. hidden and weight; under torch.no_grad() or for inputs that need
+        no grad nothing is saved for backward (the teacher's case).
+    """
+    h, W, inv_tau, backend = _prepare("hidden", hidden, weight, temperature, backend, vocab_size)
+    v.check_tensor("tokens", tokens)
+    if tokens.dtype != torch.int64:
+        raise ValueError(f"tokens must be int64 (torch.long), got dtype {tokens.dtype}")
+    if tokens.shape != hidden.shape[:-1]:
+        raise ValueError(f"tokens must have the leading shape of hidden, {tuple(hidden.shape[:-1])}, "
+                         f"got {tuple(tokens.shape)}")
+    v.check_same_device(hidden=hidden, weight=weight, tokens=tokens)
+    flat_tokens = tokens.reshape(-1)
+    if check_tokens and flat_tokens.numel() and not bool(((flat_tokens >= 0) & (flat_tokens < W.shape[0])).all()):
+        bad = flat_tokens[(flat_tokens < 0) | (flat_tokens >= W.shape[0])]
+        raise ValueError(f"tokens must lie in [0, {W.shape[0]}), found {bad[:5].tolist()}")
+    grad_enabled = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    out = _TokenLogprobsFunction.apply(h, W, flat_tokens, inv_tau, return_entropy, backend, grad_enabled)
+    leading = hidden.shape[:-1]
+    if return_entropy:
+        return out[0].reshape(leading), out[1].reshape(leading)
+    return out.reshape(leading)
+
+
+@torch.no_grad()
+def topk_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    k: int,
+    *,
+    temperature: float = 1.0,
+    backend: str = "auto",
+    vocab_size: int | None = None,
+):
+    """The k largest log-probs of softmax(hidden @ weight.T / temperature) and their token ids.
+
+    Args:
+        hidden: [..., D]; weight: [V, D] (first ``vocab_size`` rows if given).
+        k: 1 <= k <= min(64, V).
+
+    Returns:
+        (values [..., k] fp32, sorted descending; indices [..., k] int64). Ties go to the lower
+        token id on the Triton backend. Not differentiable (computed under no_grad).
+    """
+    h, W, inv_tau, backend = _prepare("hidden", hidden, weight, temperature, backend, vocab_size)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(MAX_TOPK, W.shape[0]):
+        raise ValueError(f"k must be an int in [1, {min(MAX_TOPK, W.shape[0])}] (vocabulary {W.shape[0]}, "
+                         f"at most {MAX_TOPK}), got {k!r}")
+    if backend == "triton":
+        from .logprobs_triton import topk_triton
+
+        values, indices = topk_triton(h, W, k, inv_tau)
+    else:
+        values, indices = topk_torch(h, W, k, inv_tau)
+    leading = hidden.shape[:-1]
+    return values.clamp_max(0.0).reshape(*leading, k), indices.reshape(*leading, k)
