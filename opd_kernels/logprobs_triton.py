@@ -200,9 +200,9 @@ BWD_CONFIGS = {
     torch.float32: TileConfig(block_n=32, block_v=64, block_d=32, num_warps=4, num_stages=1),
 }
 TOPK_CONFIGS = {
-    torch.bfloat16: TileConfig(block_n=32, block_v=128, block_d=64, num_warps=4, num_stages=2),
-    torch.float16: TileConfig(block_n=32, block_v=128, block_d=64, num_warps=4, num_stages=2),
-    torch.float32: TileConfig(block_n=32, block_v=64, block_d=32, num_warps=4, num_stages=1),
+    torch.bfloat16: TileConfig(block_n=32, block_v=128, block_d=64, num_warps=8, num_stages=2),
+    torch.float16: TileConfig(block_n=32, block_v=128, block_d=64, num_warps=8, num_stages=2),
+    torch.float32: TileConfig(block_n=32, block_v=64, block_d=32, num_warps=8, num_stages=1),
 }
 
 
