@@ -68,16 +68,9 @@ class CompileResult:
 
 
 def shipped_kernels() -> list[KernelSpec]:
-    from . import reverse_kl_triton
+    from . import logprobs_triton, reverse_kl_triton
 
-    specs = list(reverse_kl_triton.kernel_specs())
-    try:
-        from . import logprobs_triton
-    except ImportError:
-        logprobs_triton = None
-    if logprobs_triton is not None:
-        specs += list(logprobs_triton.kernel_specs())
-    return specs
+    return [*reverse_kl_triton.kernel_specs(), *logprobs_triton.kernel_specs()]
 
 
 def _cuobjdump() -> str:
