@@ -1,0 +1,128 @@
+"""videoopd.train: config (YAML, preset, overrides, saved), bad inputs, incompatible pairs, demo smoke."""
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from videoopd import train as T
+from videoopd.models import check_pair
+from videoopd.tiny import build_tiny_model, build_tiny_tokenizer, save_tiny_checkpoint
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        T.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(T.TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    assert "--preset" in text and "--config" in text and "--teacher-device" in text
+
+
+def test_yaml_then_override_then_saved(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump({"lr": 3e-5, "max-new-tokens": 32, "objective": "full", "grad_accum": 4}))
+    cfg = T.resolve_config(["--config", str(cfg_file), "--lr", "2e-5", "--top-p", "0.95"])
+    assert cfg.lr == 2e-5 and cfg.max_new_tokens == 32 and cfg.objective == "full"
+    assert cfg.grad_accum == 4 and cfg.top_p == 0.95 and cfg.temperature == 1.0
+    saved = yaml.safe_load(T.save_config(cfg, tmp_path / "out").read_text())
+    assert saved["lr"] == 2e-5 and saved["objective"] == "full" and saved["max_new_tokens"] == 32
+    assert T.TrainConfig(**{k: v for k, v in saved.items() if k != "preset"}) == cfg
+
+
+def test_preset_video_opd(tmp_path):
+    cfg = T.resolve_config(["--preset", "video-opd", "--student", "s", "--teacher", "t", "--lr", "2e-6"])
+    assert (cfg.temperature, cfg.batch_size * cfg.grad_accum, cfg.fps, cfg.max_frames) == (0.9, 32, 2.0, 768)
+    assert cfg.lr == 2e-6 and cfg.objective == "sampled" and cfg.reduction == "sequence_sum"
+    assert not cfg.train_vision
+    with pytest.raises(T.ConfigError, match="needs --student and --teacher"):
+        T.resolve_config(["--preset", "video-opd"])
+
+
+def test_bad_yaml_key(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("learning_rate: 1.0\n")
+    with pytest.raises(T.ConfigError, match="unknown option 'learning_rate'"):
+        T.resolve_config(["--config", str(cfg_file)])
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    return save_tiny_checkpoint(root / "s", seed=1), save_tiny_checkpoint(root / "t", seed=2, hidden_size=64)
+
+
+def _run(capsys, argv):
+    code = T.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_missing_model_path(capsys, tmp_path, checkpoints):
+    code, err = _run(capsys, ["--student", str(tmp_path / "nope"), "--teacher", str(checkpoints[1]),
+                              "--train-data", "x"])
+    assert code == 2 and "--student: model folder not found" in err
+    code, err = _run(capsys, ["--student", str(checkpoints[0])])
+    assert code == 2 and "give both --student and --teacher" in err
+
+
+def test_missing_videos_and_empty_pool(capsys, tmp_path, checkpoints):
+    s, t = (str(c) for c in checkpoints)
+    ann = tmp_path / "a.jsonl"
+    ann.write_text(json.dumps({"video": "gone.mp4", "query": "q", "start": 1, "end": 2, "duration": 5}) + "\n")
+    code, err = _run(capsys, ["--student", s, "--teacher", t, "--train-data", str(ann)])
+    assert code == 2 and "missing videos" in err and "gone.mp4" in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, err = _run(capsys, ["--student", s, "--teacher", t, "--train-data", str(empty)])
+    assert code == 2 and "the file is empty" in err
+    code, err = _run(capsys, ["--student", s, "--teacher", t, "--train-data", str(empty), "--format", "jsonl"])
+    assert code == 2 and "empty pool" in err
+    code, err = _run(capsys, ["--student", s, "--teacher", t, "--train-data", str(tmp_path / "none.jsonl")])
+    assert code == 2 and "annotation file not found" in err
+    code, err = _run(capsys, ["--student", s, "--teacher", t])
+    assert code == 2 and "--train-data is required" in err
+
+
+def test_incompatible_pairs():
+    tok = build_tiny_tokenizer()
+    student = build_tiny_model(tokenizer=tok, hidden_size=32)
+    other = build_tiny_tokenizer()
+    other.add_tokens(["<extra>"])
+    with pytest.raises(ValueError, match="tokenizers differ"):
+        check_pair(student, build_tiny_model(tokenizer=tok), tok, other)
+    small = build_tiny_model(tokenizer=tok)
+    small.resize_token_embeddings(len(tok) - 10, mean_resizing=False)
+    with pytest.raises(ValueError, match="teacher LM head has .* smaller than the student vocabulary"):
+        check_pair(student, small, tok, tok)
+    padded = build_tiny_model(tokenizer=tok)
+    padded.resize_token_embeddings(len(tok) + 64, mean_resizing=False)
+    check_pair(student, padded, tok, tok)  # a larger, padded head is fine
+
+
+def test_train_with_model_paths(capsys, tmp_path, checkpoints, synthetic_dir):
+    s, t = (str(c) for c in checkpoints)
+    ann = str(synthetic_dir / "annotations.jsonl")
+    out = tmp_path / "run"
+    code = T.main(["--student", s, "--teacher", t, "--train-data", ann, "--eval-data", ann, "--eval-limit", "1",
+                   "--max-steps", "2", "--grad-accum", "2", "--lr", "1e-3", "--max-new-tokens", "8",
+                   "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96), "--objective", "full",
+                   "--output-dir", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["loss"] == r["loss"] and r["reverse_kl"] >= -1e-4 for r in rows)  # exact KL >= 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["objective"] == "full"
+    assert (out / "final" / "config.json").is_file()
+
+
+def test_demo_smoke(capsys, tmp_path):
+    out = tmp_path / "demo"
+    code = T.main(["--output-dir", str(out), "--demo-steps", "2", "--demo-videos", "4", "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "UNTRAINED" in text and "NOT distillation quality" in text
+    assert "held-out mIoU before: teacher" in text and "-> after" in text
+    assert "reverse KL per step: 1:" in text
+    assert len((out / "metrics.jsonl").read_text().splitlines()) >= 2
+    assert (out / "config.yaml").is_file()

@@ -1,0 +1,114 @@
+"""One OPD training step of tiny models: bounded memory (no [tokens, vocab] tensor), finite
+loss, parameters change; peak memory grows linearly with video length."""
+import pytest
+import torch
+
+from opd_kernels.testing import MemoryTracker
+from videoopd.data import load_annotations
+from videoopd.models import base_hidden_states, lm_head_weight, prepare_policy
+from videoopd.objectives import opd_loss
+from videoopd.rollout import sample_rollout
+from videoopd.synthetic import generate_dataset
+from videoopd.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+from videoopd.video import DecodeConfig, GroundingCollator, GroundingVideoDataset
+
+SMALL_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}  # as in conftest.py
+
+VOCAB = 4096  # padded head: large next to hidden 32 so that tokens * vocab / 8 bites
+
+
+@pytest.fixture(scope="module")
+def pair():
+    tok = build_tiny_tokenizer("qwen2_5_vl")
+    proc = build_tiny_processor("qwen2_5_vl", tok)
+    student = build_tiny_model("qwen2_5_vl", tok, seed=1, hidden_size=32)
+    teacher = build_tiny_model("qwen2_5_vl", tok, seed=2, hidden_size=64)
+    for m in (student, teacher):
+        m.resize_token_embeddings(VOCAB, mean_resizing=False)
+    prepare_policy(teacher, trainable=False)
+    prepare_policy(student, trainable=True)
+    return student, teacher, proc
+
+
+def _inputs(proc, annotation, index=0):
+    records, _ = load_annotations(annotation)
+    config = DecodeConfig.for_processor(proc, **SMALL_PIXELS)
+    item = GroundingVideoDataset(records, config)[index]
+    return dict(GroundingCollator(proc)([item])["inputs"])
+
+
+@pytest.mark.parametrize("objective", ["sampled", "full"])
+def test_one_step_bounded_memory(pair, synthetic_dir, objective):
+    student, teacher, proc = pair
+    inputs = _inputs(proc, synthetic_dir / "annotations.jsonl")
+    tokens = inputs["input_ids"].numel()  # prompt tokens: a lower bound, so a stricter limit
+    limit = tokens * VOCAB // 8
+    assert VOCAB * 32 < limit  # weight-sized tensors (grads, Adam state) stay legal
+
+    # The limit bites: the plain HF forward that builds lm_head logits trips it.
+    with pytest.raises(AssertionError, match="elements"):
+        with torch.no_grad(), MemoryTracker(numel_limit=limit):
+            student(**inputs)
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    before = [p.detach().clone() for p in params]
+    torch.manual_seed(0)
+    with MemoryTracker(numel_limit=limit) as tracker:
+        rollout = sample_rollout(student, proc, inputs, temperature=1.0, max_new_tokens=12)
+        loss, metrics = opd_loss(student, teacher, inputs, rollout, objective=objective)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert tracker.largest.numel < limit
+    assert torch.isfinite(loss)
+    assert int(metrics["tokens"]) == rollout.num_answer_tokens > 0
+    assert float(metrics["reverse_kl"]) == pytest.approx(float(metrics["reverse_kl"]))  # finite, not NaN
+    changed = sum(not torch.equal(a, b.detach()) for a, b in zip(before, params))
+    assert changed > len(params) // 2
+    assert all(not p.requires_grad for p in student.model.visual.parameters())
+
+
+def test_hidden_states_are_the_base_models(pair, synthetic_dir):
+    student, _, proc = pair
+    inputs = _inputs(proc, synthetic_dir / "annotations.jsonl")
+    student.eval()
+    with torch.no_grad():
+        h = base_hidden_states(student, **inputs)
+        logits = student(**inputs).logits
+    student.train()
+    torch.testing.assert_close(h[:, -3:] @ lm_head_weight(student).t(), logits[:, -3:], rtol=1e-4, atol=1e-4)
+
+
+def test_answer_mask_stops_after_eos():
+    from videoopd.rollout import answer_mask_from
+
+    ids = torch.tensor([[5, 6, 9, 0, 0], [5, 9, 7, 9, 0], [1, 2, 3, 4, 5]])
+    mask = answer_mask_from(ids, {9}, 0)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_peak_memory_grows_linearly_with_video_length(pair, tmp_path):
+    student, teacher, proc = pair
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-3)  # stateless: the peak is the step's own
+    points = []
+    for duration in (8.0, 24.0, 40.0):
+        ann = generate_dataset(tmp_path / f"d{int(duration)}", num_videos=1, seed=0, duration=duration, fps=2,
+                               height=64, width=96, events_per_video=1)
+        inputs = _inputs(proc, ann)
+        torch.manual_seed(0)
+        rollout = sample_rollout(student, proc, inputs, do_sample=False, max_new_tokens=8)
+        with MemoryTracker() as tracker:
+            loss, _ = opd_loss(student, teacher, inputs, rollout, objective="sampled")
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        points.append((rollout.sequences.shape[1], tracker.peak_bytes))
+    (n0, m0), (n1, m1), (n2, m2) = points
+    assert n0 < n1 < n2
+    # the middle point lies near the line through the ends (a quadratic term would bend it)
+    predicted = m0 + (m2 - m0) * (n1 - n0) / (n2 - n0)
+    assert abs(m1 - predicted) < 0.15 * predicted, points
+    # and memory per token does not grow with length
+    assert m2 / n2 < 1.5 * (m0 / n0), points

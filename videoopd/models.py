@@ -1,0 +1,145 @@
+"""Student / teacher loading, base-model hidden states and pair compatibility checks.
+
+Hidden states come from the *base* model (``model.model``: Qwen2_5_VLModel / Qwen3VLModel in
+transformers 5.x, whose output ``last_hidden_state`` is the final-norm hidden state that
+``lm_head`` would read); the head weight is ``model.lm_head.weight``. No [tokens, vocab]
+logits are ever built here.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "attn_implementation_for",
+    "base_hidden_states",
+    "check_pair",
+    "freeze_vision",
+    "lm_head_weight",
+    "load_policy",
+]
+
+
+def attn_implementation_for(device: str | torch.device) -> str:
+    """flash_attention_2 on CUDA when flash-attn is installed, else sdpa (never imports flash_attn)."""
+    on_cuda = torch.device(device).type == "cuda"
+    return "flash_attention_2" if on_cuda and importlib.util.find_spec("flash_attn") is not None else "sdpa"
+
+
+def _base_model(model: Any) -> Any:
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "language_model"):
+        raise TypeError(f"expected a Qwen-VL *ForConditionalGeneration with .model, got {type(model).__name__}")
+    return base
+
+
+def lm_head_weight(model: Any) -> torch.Tensor:
+    """The LM head weight [V, D] (``model.lm_head.weight``; tied heads share the embedding)."""
+    head = getattr(model, "lm_head", None)
+    if head is None:
+        head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise TypeError(f"{type(model).__name__} has no LM head")
+    return head.weight
+
+
+def base_hidden_states(model: Any, **inputs: Any) -> torch.Tensor:
+    """Final hidden states [B, L, D] of the base model (never the lm_head logits)."""
+    inputs.pop("labels", None)
+    inputs.setdefault("use_cache", False)
+    out = _base_model(model)(**inputs, return_dict=True)
+    return out.last_hidden_state
+
+
+def freeze_vision(model: Any, frozen: bool = True) -> None:
+    """Freeze (or unfreeze) the vision tower (``model.model.visual``)."""
+    visual = getattr(_base_model(model), "visual", None)
+    if visual is None:
+        raise TypeError(f"{type(model).__name__} has no vision tower at .model.visual")
+    for p in visual.parameters():
+        p.requires_grad_(not frozen)
+
+
+def prepare_policy(model: Any, *, trainable: bool, gradient_checkpointing: bool = True,
+                   train_vision: bool = False) -> Any:
+    """Set requires_grad / checkpointing for a loaded or in-memory model; returns it."""
+    if trainable:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        freeze_vision(model, frozen=not train_vision)
+        if gradient_checkpointing:
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = True  # generate uses the KV cache in eval mode
+        model.train()
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
+    return model
+
+
+def load_policy(path: str | Path, *, device: str | torch.device = "cpu", trainable: bool,
+                dtype: str = "auto", gradient_checkpointing: bool = True, train_vision: bool = False,
+                attn_implementation: str | None = None) -> Any:
+    """A local checkpoint as ``AutoModelForImageTextToText`` (never downloads).
+
+    dtype "auto": bfloat16 on CUDA, float32 elsewhere. The teacher (``trainable=False``) is
+    frozen and in eval mode; the student has its vision tower frozen unless ``train_vision``.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder not found: {path}")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in model folder {path}")
+    on_cuda = torch.device(device).type == "cuda"
+    dtypes = {"auto": torch.bfloat16 if on_cuda else torch.float32, "bfloat16": torch.bfloat16,
+              "float16": torch.float16, "float32": torch.float32}
+    if dtype not in dtypes:
+        raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
+    model = AutoModelForImageTextToText.from_pretrained(
+        str(path), local_files_only=True, dtype=dtypes[dtype],
+        attn_implementation=attn_implementation or attn_implementation_for(device),
+    )
+    model.to(device)
+    return prepare_policy(model, trainable=trainable, gradient_checkpointing=gradient_checkpointing,
+                          train_vision=train_vision)
+
+
+def _tokenizer_of(processor_or_tokenizer: Any) -> Any:
+    return getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+
+
+def check_pair(student: Any, teacher: Any, student_processor: Any, teacher_processor: Any) -> None:
+    """Raise ValueError when the teacher cannot score the student's tokens.
+
+    The tokenizers must map the same strings to the same ids (vocabulary and special tokens),
+    and the teacher's head must have at least the student's vocabulary rows (a larger,
+    padded head is fine: only its first rows are used).
+    """
+    s_tok, t_tok = _tokenizer_of(student_processor), _tokenizer_of(teacher_processor)
+    s_vocab, t_vocab = s_tok.get_vocab(), t_tok.get_vocab()
+    if s_vocab != t_vocab:
+        only_s = sorted(set(s_vocab.items()) - set(t_vocab.items()))[:3]
+        only_t = sorted(set(t_vocab.items()) - set(s_vocab.items()))[:3]
+        raise ValueError(
+            "teacher and student tokenizers differ "
+            f"(student {len(s_vocab)} entries, teacher {len(t_vocab)}; e.g. student-only {only_s}, "
+            f"teacher-only {only_t}); on-policy distillation needs the same tokenizer"
+        )
+    for attr in ("eos_token_id", "pad_token_id"):
+        if getattr(s_tok, attr) != getattr(t_tok, attr):
+            raise ValueError(f"teacher and student tokenizers differ in {attr}: "
+                             f"{getattr(s_tok, attr)} vs {getattr(t_tok, attr)}")
+    s_rows, t_rows = lm_head_weight(student).shape[0], lm_head_weight(teacher).shape[0]
+    needed = max(s_rows, len(s_tok))
+    if t_rows < needed:
+        raise ValueError(f"teacher LM head has {t_rows} rows, smaller than the student vocabulary ({needed}); "
+                         "the teacher cannot score every student token")

@@ -1,0 +1,526 @@
+"""On-policy distillation (OPD) of a Qwen-VL student from a frozen teacher, for temporal grounding.
+
+    python -m videoopd.train --student S --teacher T --train-data FILE [--eval-data FILE] [options]
+    python -m videoopd.train --preset video-opd --student S --teacher T --train-data FILE
+    python -m videoopd.train                      # CPU demo: synthetic data, tiny models
+
+Each step: draw prompts -> the student samples answers (``videoopd.rollout``) -> the frozen
+teacher and the student score prompt + answer from base-model hidden states
+(``videoopd.objectives``; no [tokens, vocab] logits) -> loss on answer tokens -> optimizer
+step through accelerate. Config: defaults < ``--preset`` < ``--config`` YAML < CLI flags; the
+resolved config is written to ``OUTPUT_DIR/config.yaml``, metrics to ``OUTPUT_DIR/metrics.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+__all__ = ["PRESETS", "TrainConfig", "build_parser", "main", "resolve_config", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+def _opt(help: str, **kw: Any) -> Any:
+    return field(metadata={"help": help}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    # models
+    student: str | None = _opt("student checkpoint folder (local; never downloaded). None with no teacher: CPU demo", default=None)
+    teacher: str | None = _opt("teacher checkpoint folder (same tokenizer as the student; head >= student vocab)", default=None)
+    device: str | None = _opt("student device (default: cuda if available, else cpu)", default=None)
+    teacher_device: str | None = _opt("teacher device (default: the student's)", default=None)
+    dtype: str = _opt("auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16 or float32", default="auto")
+    gradient_checkpointing: bool = _opt("activation checkpointing of the student", default=True)
+    train_vision: bool = _opt("also train the student's vision tower (frozen by default)", default=False)
+    # data
+    train_data: str | None = _opt("training annotation file (Charades-STA, ActivityNet, TimeLens, jsonl)", default=None)
+    eval_data: str | None = _opt("held-out annotation file for evaluation", default=None)
+    format: str = _opt("annotation format or auto", default="auto")
+    video_root: str | None = _opt("folder of the videos (default: the annotation's folder)", default=None)
+    prompt_style: str = _opt("paper or timelens", default="paper")
+    fps: float = _opt("frames sampled per second", default=2.0)
+    max_frames: int = _opt("at most this many frames per video", default=768)
+    min_pixels: int | None = _opt("min pixels per frame (default: the processor's)", default=None)
+    max_pixels: int | None = _opt("max pixels per frame (default: the processor's)", default=None)
+    num_workers: int = _opt("DataLoader workers decoding videos", default=0)
+    # rollout
+    temperature: float = _opt("sampling temperature of rollouts (also the loss temperature)", default=1.0)
+    top_p: float = _opt("nucleus sampling of rollouts", default=1.0)
+    max_new_tokens: int = _opt("max answer tokens per rollout", default=64)
+    # objective / optimisation
+    objective: str = _opt("sampled (teacher log-probs of sampled tokens, REINFORCE reverse KL) or full (exact reverse KL over the vocabulary)", default="sampled")
+    reduction: str = _opt("sequence_sum (sum over completion tokens, mean over sequences), token_mean or sum", default="sequence_sum")
+    lr: float = _opt("AdamW learning rate", default=1e-6)
+    weight_decay: float = _opt("AdamW weight decay", default=0.0)
+    max_grad_norm: float = _opt("gradient clipping (0: off)", default=1.0)
+    batch_size: int = _opt("prompts per micro-batch", default=1)
+    grad_accum: int = _opt("micro-batches per optimizer step (effective batch = batch_size * grad_accum)", default=1)
+    max_steps: int = _opt("optimizer steps", default=100)
+    seed: int = _opt("random seed", default=0)
+    # evaluation / logging
+    eval_every: int = _opt("evaluate on --eval-data every K steps (0: only before and after)", default=0)
+    eval_limit: int | None = _opt("evaluate the first N held-out queries", default=None)
+    eval_batch_size: int = _opt("prompts per evaluation generate call", default=4)
+    output_dir: str = _opt("run folder: config.yaml, metrics.jsonl, eval_*.json, final/", default="runs/opd")
+    save_final: bool = _opt("save the trained student (and processor) to OUTPUT_DIR/final", default=True)
+    progress: bool = _opt("show progress bars", default=True)
+    # demo
+    demo_videos: int = _opt("demo: synthetic videos (3/4 train, 1/4 held out)", default=8)
+    demo_steps: int = _opt("demo: optimizer steps", default=6)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Video-OPD's configuration: Qwen3-VL student and teacher (paths from the user).
+    "video-opd": {
+        "temperature": 0.9, "lr": 1e-6, "batch_size": 1, "grad_accum": 32, "fps": 2.0, "max_frames": 768,
+        "train_vision": False, "objective": "sampled", "reduction": "sequence_sum",
+    },
+}
+CHOICES = {"objective": ("sampled", "full"), "reduction": ("sequence_sum", "token_mean", "sum"),
+           "dtype": ("auto", "bfloat16", "float16", "float32"), "prompt_style": ("paper", "timelens")}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    t = str(f.type)
+    return int if t.startswith("int") else float if t.startswith("float") else bool if t.startswith("bool") else str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m videoopd.train",
+        description="On-policy distillation of a Qwen2.5-VL / Qwen3-VL student from a frozen teacher on temporal "
+                    "video grounding. With no --student/--teacher: a short CPU demo on synthetic data with tiny models. "
+                    "Precedence: defaults < --preset < --config YAML < flags.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file of options (keys as below, with _ or -)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS,
+                        help="video-opd: temperature 0.9, lr 1e-6, effective batch 32 (1 x 32 accumulation), fps 2, "
+                             "768 frames, vision frozen, sampled objective summed over completion tokens")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _field_type(f)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                                  "help": f"{f.metadata['help']} (default: {f.default})"}
+        if kind is bool:
+            kwargs.update(type=_bool, metavar="BOOL")
+        else:
+            kwargs["type"] = kind
+            if f.name in CHOICES:
+                kwargs["choices"] = CHOICES[f.name]
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                        help="no progress bars")
+    return parser
+
+
+def _check_values(cfg: TrainConfig) -> None:
+    for name, choices in CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(f"{name} must be one of {choices}, got {getattr(cfg, name)!r}")
+    for name in ("max_frames", "max_new_tokens", "batch_size", "grad_accum", "max_steps", "eval_batch_size",
+                 "demo_videos", "demo_steps"):
+        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
+    for name in ("temperature", "fps", "lr"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
+    if not 0 < cfg.top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {cfg.top_p!r}")
+    if cfg.eval_every < 0 or cfg.num_workers < 0:
+        raise ConfigError("eval_every and num_workers must be >= 0")
+
+
+def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Parse flags, apply preset, YAML and overrides; raise ConfigError on a bad value."""
+    import yaml
+
+    args = vars(build_parser().parse_args(list(argv) if argv is not None else None))
+    names = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    values: dict[str, Any] = {}
+    file_values: dict[str, Any] = {}
+    if "config" in args:
+        path = Path(args.pop("config"))
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of options, got {type(loaded).__name__}")
+        for key, value in loaded.items():
+            name = str(key).replace("-", "_")
+            if name != "preset" and name not in names:
+                raise ConfigError(f"{path}: unknown option {key!r}")
+            file_values[name] = value
+    preset = args.pop("preset", None) or file_values.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        values.update(PRESETS[preset])
+    values.update(file_values)
+    values.update(args)
+    cfg = TrainConfig(**values)
+    for name, f in names.items():  # YAML values are typed by YAML; coerce numbers
+        value = getattr(cfg, name)
+        kind = _field_type(f)
+        if value is not None and kind in (int, float) and not isinstance(value, bool):
+            try:
+                setattr(cfg, name, kind(value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+    if preset is not None and (cfg.student is None or cfg.teacher is None):
+        raise ConfigError(f"--preset {preset} needs --student and --teacher (local checkpoint folders)")
+    _check_values(cfg)
+    cfg.preset = preset  # type: ignore[attr-defined]
+    return cfg
+
+
+def save_config(cfg: TrainConfig, out_dir: Path) -> Path:
+    import yaml
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = dataclasses.asdict(cfg)
+    data["preset"] = getattr(cfg, "preset", None)
+    path = out_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# input checks
+
+
+def check_models_exist(cfg: TrainConfig) -> None:
+    if (cfg.student is None) != (cfg.teacher is None):
+        raise ConfigError("give both --student and --teacher (or neither, for the CPU demo)")
+    for role in ("student", "teacher"):
+        path = Path(getattr(cfg, role))
+        if not path.is_dir():
+            raise ConfigError(f"--{role}: model folder not found: {path}")
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"--{role}: {path} has no config.json (not a Hugging Face checkpoint)")
+
+
+def load_pool(path: str | None, cfg: TrainConfig, what: str) -> list[Any]:
+    """Records of an annotation file; ConfigError when it is missing, empty or its videos are."""
+    from videoopd.data import load_annotations
+
+    if path is None:
+        raise ConfigError(f"--{what.replace('_', '-')} is required with --student/--teacher")
+    if not Path(path).is_file():
+        raise ConfigError(f"--{what.replace('_', '-')}: annotation file not found: {path}")
+    try:
+        records, summary = load_annotations(path, cfg.format, video_root=cfg.video_root)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"--{what.replace('_', '-')}: {exc}") from None
+    flag = "--" + what.replace("_", "-")
+    missing = [i.message for i in summary.issues if i.kind == "missing_video"]
+    missing += [f"video file not found: {r.video}" for r in records if not Path(r.video).is_file()]
+    if missing:
+        raise ConfigError(f"{flag}: {len(missing)} queries refer to missing videos (e.g. {missing[0]}); "
+                          "check --video-root")
+    if not records:
+        raise ConfigError(f"--{what.replace('_', '-')}: no usable records in {path} (empty pool)\n"
+                          + summary.report(max_issues=10))
+    return records
+
+
+# --------------------------------------------------------------------------------------
+# the loop
+
+
+def _batches(dataset: Any, collator: Any, batch_size: int, num_workers: int, seed: int) -> Iterator[dict[str, Any]]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collator,
+                                         num_workers=num_workers, generator=generator, drop_last=False)
+    while True:
+        for batch in loader:
+            if batch["inputs"] is not None:
+                yield batch
+
+
+class MetricsLog:
+    def __init__(self, out_dir: Path):
+        self.handle = (out_dir / "metrics.jsonl").open("w", encoding="utf-8")
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+        except Exception:  # tensorboard not installed
+            self.tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(row) + "\n")
+        self.handle.flush()
+        if self.tb is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.tb.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def run_eval(model: Any, processor: Any, records: list[Any], cfg: TrainConfig, decode_config: Any,
+             out_dir: Path, tag: str) -> dict[str, float]:
+    from videoopd.eval import evaluate
+
+    records = records[: cfg.eval_limit] if cfg.eval_limit else records
+    result = evaluate(model, processor, records, decode_config=decode_config, prompt_style=cfg.prompt_style,
+                      batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens, num_workers=0,
+                      predictions_path=out_dir / f"eval_{tag}.predictions.jsonl", on_video_error="report",
+                      progress=False)
+    (out_dir / f"eval_{tag}.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
+    return result.metrics
+
+
+def train(cfg: TrainConfig, student: Any, teacher: Any, processor: Any, train_records: list[Any],
+          eval_records: list[Any] | None = None, *, log: Any = print) -> dict[str, Any]:
+    """Run OPD for ``cfg.max_steps`` optimizer steps; return a summary (metrics per step, evals).
+
+    ``student`` must be prepared (``videoopd.models.prepare_policy``); ``teacher`` frozen.
+    """
+    import torch
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from videoopd.objectives import opd_loss
+    from videoopd.rollout import sample_rollout
+    from videoopd.video import DecodeConfig, GroundingCollator, GroundingVideoDataset
+
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    accelerator = Accelerator(cpu=torch.device(device).type == "cpu")
+    torch.manual_seed(cfg.seed)
+    teacher_device = torch.device(cfg.teacher_device or accelerator.device)
+    teacher.to(teacher_device)
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the student has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    model = accelerator.unwrap_model(student)
+
+    decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
+                                               min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    dataset = GroundingVideoDataset(train_records, decode_config, on_error="report")
+    collator = GroundingCollator(processor, prompt_style=cfg.prompt_style)
+    batches = _batches(dataset, collator, cfg.batch_size, cfg.num_workers, cfg.seed)
+    metrics_log = MetricsLog(out_dir)
+    summary: dict[str, Any] = {"steps": [], "evals": {}}
+
+    def evaluate_student(tag: str) -> None:
+        if eval_records:
+            m = run_eval(model, processor, eval_records, cfg, decode_config, out_dir, f"student_{tag}")
+            summary["evals"][tag] = m
+            metrics_log.write({"step": int(tag) if tag.isdigit() else summary_step[0], "eval_tag": tag,
+                               **{f"eval/{k}": v for k, v in m.items()}})
+            log(f"[eval {tag}] student held-out mIoU {m['mIoU']:.2f}  R1@0.5 {m['R1@0.5']:.2f}")
+
+    summary_step = [0]
+    bar = tqdm(total=cfg.max_steps, desc="opd", unit="step", disable=not cfg.progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for step in range(1, cfg.max_steps + 1):
+            summary_step[0] = step
+            t0 = time.perf_counter()
+            loss_sum, rkl_sum, tok_sum, seq_tokens, answer_lens = 0.0, 0.0, 0, 0, []
+            for _ in range(cfg.grad_accum):
+                batch = next(batches)
+                inputs = batch["inputs"].to(accelerator.device)
+                rollout = sample_rollout(model, processor, inputs, temperature=cfg.temperature, top_p=cfg.top_p,
+                                         max_new_tokens=cfg.max_new_tokens)
+                loss, m = opd_loss(model, teacher, inputs, rollout, objective=cfg.objective,
+                                   reduction=cfg.reduction, temperature=cfg.temperature,
+                                   teacher_device=teacher_device)
+                accelerator.backward(loss / cfg.grad_accum)
+                tokens = int(m["tokens"])
+                loss_sum += float(loss.detach()) / cfg.grad_accum
+                rkl_sum += float(m["reverse_kl"]) * tokens
+                tok_sum += tokens
+                seq_tokens += int(rollout.attention_mask.sum())
+                answer_lens.extend(rollout.answer_mask.sum(dim=1).tolist())
+            grad_norm = None
+            if cfg.max_grad_norm > 0:
+                grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            elapsed = time.perf_counter() - t0
+            row = {"step": step, "loss": loss_sum, "reverse_kl": rkl_sum / max(1, tok_sum),
+                   "answer_tokens": tok_sum, "mean_answer_len": sum(answer_lens) / max(1, len(answer_lens)),
+                   "tokens_per_s": seq_tokens / elapsed, "step_time_s": elapsed, "lr": cfg.lr,
+                   "grad_norm": grad_norm, "time_s": time.perf_counter() - start}
+            if not math.isfinite(row["loss"]):
+                raise FloatingPointError(f"step {step}: non-finite loss {row['loss']}")
+            metrics_log.write(row)
+            summary["steps"].append(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", rkl=f"{row['reverse_kl']:.4f}",
+                            tok_s=f"{row['tokens_per_s']:.0f}")
+            bar.update(1)
+            if not cfg.progress:
+                log(f"step {step}: loss {row['loss']:.4f}  reverse KL {row['reverse_kl']:.4f}  "
+                    f"{row['tokens_per_s']:.0f} tok/s")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.max_steps:
+                evaluate_student(str(step))
+    finally:
+        bar.close()
+        metrics_log.close()
+    summary["model"] = model
+    return summary
+
+
+# --------------------------------------------------------------------------------------
+# entry points
+
+
+def _demo(cfg: TrainConfig) -> int:
+    import random
+
+    from videoopd.data import load_annotations
+    from videoopd.models import check_pair, prepare_policy
+    from videoopd.synthetic import generate_dataset
+    from videoopd.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+
+    out_dir = Path(cfg.output_dir)
+    print("=" * 78)
+    print("videoopd.train demo (no --student/--teacher given): synthetic videos, tiny Qwen2.5-VL models, CPU.")
+    print("NOTE: the teacher is an UNTRAINED tiny model (random weights; no trained demo teacher ships yet).")
+    print("      The numbers below show the OPD machinery working, NOT distillation quality.")
+    print("=" * 78)
+    data_dir = out_dir / "demo_data"
+    ann = generate_dataset(data_dir, num_videos=cfg.demo_videos, seed=cfg.seed, duration=8.0, fps=4,
+                           height=64, width=96, events_per_video=2)
+    records, _ = load_annotations(ann)
+    rng = random.Random(cfg.seed)
+    videos = sorted({r.video for r in records})
+    held = set(rng.sample(videos, max(1, len(videos) // 4)))
+    train_records = [r for r in records if r.video not in held]
+    eval_records = [r for r in records if r.video in held]
+    print(f"data: {len(train_records)} training / {len(eval_records)} held-out queries in {data_dir}")
+    tokenizer = build_tiny_tokenizer("qwen2_5_vl")
+    processor = build_tiny_processor("qwen2_5_vl", tokenizer)
+    teacher = build_tiny_model("qwen2_5_vl", tokenizer, seed=cfg.seed + 1, hidden_size=64, num_layers=2)
+    student = build_tiny_model("qwen2_5_vl", tokenizer, seed=cfg.seed + 2, hidden_size=32, num_layers=2)
+    check_pair(student, teacher, processor, processor)
+    prepare_policy(teacher, trainable=False)
+    prepare_policy(student, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
+                   train_vision=cfg.train_vision)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    print(f"teacher {n(teacher) / 1e6:.2f}M params (hidden 64), student {n(student) / 1e6:.2f}M params (hidden 32)")
+    from videoopd.video import DecodeConfig
+
+    decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
+                                               min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_before = run_eval(teacher, processor, eval_records, cfg, decode_config, out_dir, "teacher")
+    s_before = run_eval(student, processor, eval_records, cfg, decode_config, out_dir, "student_before")
+    print(f"held-out mIoU before: teacher {t_before['mIoU']:.2f}, student {s_before['mIoU']:.2f}")
+    summary = train(cfg, student, teacher, processor, train_records, eval_records)
+    s_after = run_eval(summary["model"], processor, eval_records, cfg, decode_config, out_dir, "student_after")
+    print("reverse KL per step: " + ", ".join(f"{r['step']}:{r['reverse_kl']:.4f}" for r in summary["steps"]))
+    print(f"held-out mIoU: teacher {t_before['mIoU']:.2f} | student before {s_before['mIoU']:.2f} "
+          f"-> after {s_after['mIoU']:.2f}")
+    print("(untrained teacher: these mIoUs are not meaningful; see the NOTE above)")
+    print(f"run folder: {out_dir} (config.yaml, metrics.jsonl, eval_*.json)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    try:
+        cfg = resolve_config(argv)
+        demo = cfg.student is None and cfg.teacher is None
+        if demo:
+            if cfg.train_data is not None:
+                raise ConfigError("--train-data needs --student and --teacher")
+            # demo sizes unless overridden on the command line / YAML
+            explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+            cfg.max_steps = cfg.demo_steps if "max_steps" not in explicit else cfg.max_steps
+            if "lr" not in explicit:
+                cfg.lr = 1e-3
+            if "max_new_tokens" not in explicit:
+                cfg.max_new_tokens = 20
+            if "min_pixels" not in explicit:
+                cfg.min_pixels = 56 * 56
+            if "max_pixels" not in explicit:
+                cfg.max_pixels = 64 * 96
+            if "output_dir" not in explicit:
+                cfg.output_dir = "runs/opd-demo"
+            save_config(cfg, Path(cfg.output_dir))
+            return _demo(cfg)
+        check_models_exist(cfg)
+        train_records = load_pool(cfg.train_data, cfg, "train_data")
+        eval_records = load_pool(cfg.eval_data, cfg, "eval_data") if cfg.eval_data else None
+    except ConfigError as exc:
+        print(f"python -m videoopd.train: error: {exc}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from videoopd.models import check_pair, load_policy
+    from videoopd.processing import load_processor
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    processor = load_processor(cfg.student)
+    teacher_processor = load_processor(cfg.teacher)
+    student = load_policy(cfg.student, device=device, trainable=True, dtype=cfg.dtype,
+                          gradient_checkpointing=cfg.gradient_checkpointing, train_vision=cfg.train_vision)
+    teacher = load_policy(cfg.teacher, device=cfg.teacher_device or device, trainable=False, dtype=cfg.dtype)
+    try:
+        check_pair(student, teacher, processor, teacher_processor)
+    except ValueError as exc:
+        print(f"python -m videoopd.train: error: incompatible teacher/student: {exc}", file=sys.stderr)
+        return 2
+    out_dir = Path(cfg.output_dir)
+    print(f"config: {save_config(cfg, out_dir)}")
+    from videoopd.video import DecodeConfig
+
+    decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
+                                               min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    if eval_records:
+        m = run_eval(student, processor, eval_records, cfg, decode_config, out_dir, "student_before")
+        print(f"student held-out mIoU before: {m['mIoU']:.2f}")
+    summary = train(cfg, student, teacher, processor, train_records, eval_records)
+    if eval_records:
+        m = run_eval(summary["model"], processor, eval_records, cfg, decode_config, out_dir, "student_after")
+        print(f"student held-out mIoU after: {m['mIoU']:.2f}")
+    if cfg.save_final:
+        summary["model"].save_pretrained(out_dir / "final")
+        processor.save_pretrained(out_dir / "final")
+        print(f"saved {out_dir / 'final'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
