@@ -76,8 +76,8 @@ class TrainConfig:
     save_final: bool = _opt("save the trained student (and processor) to OUTPUT_DIR/final", default=True)
     progress: bool = _opt("show progress bars", default=True)
     # demo
-    demo_videos: int = _opt("demo: synthetic videos (3/4 train, 1/4 held out)", default=8)
-    demo_steps: int = _opt("demo: optimizer steps", default=6)
+    demo_videos: int = _opt("demo: synthetic videos (3/4 train, 1/4 held out)", default=16)
+    demo_steps: int = _opt("demo: optimizer steps", default=60)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -445,7 +445,12 @@ def _demo(cfg: TrainConfig) -> int:
     print(f"held-out mIoU before: teacher {t_before['mIoU']:.2f}, student {s_before['mIoU']:.2f}")
     summary = train(cfg, student, teacher, processor, train_records, eval_records)
     s_after = run_eval(summary["model"], processor, eval_records, cfg, decode_config, out_dir, "student_after")
-    print("reverse KL per step: " + ", ".join(f"{r['step']}:{r['reverse_kl']:.4f}" for r in summary["steps"]))
+    rkl = [r["reverse_kl"] for r in summary["steps"]]
+    print("reverse KL per step (sampled estimate, answer tokens):")
+    for i in range(0, len(rkl), 10):
+        chunk = rkl[i : i + 10]
+        print(f"  steps {i + 1:>3}-{i + len(chunk):<3} mean {sum(chunk) / len(chunk):+.4f} | "
+              + " ".join(f"{v:+.4f}" for v in chunk))
     print(f"held-out mIoU: teacher {t_before['mIoU']:.2f} | student before {s_before['mIoU']:.2f} "
           f"-> after {s_after['mIoU']:.2f}")
     print("(untrained teacher: these mIoUs are not meaningful; see the NOTE above)")
@@ -468,7 +473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
             cfg.max_steps = cfg.demo_steps if "max_steps" not in explicit else cfg.max_steps
             if "lr" not in explicit:
-                cfg.lr = 1e-3
+                cfg.lr = 3e-3
+            if "batch_size" not in explicit:
+                cfg.batch_size = 4
+            if "eval_every" not in explicit:
+                cfg.eval_every = 20
             if "max_new_tokens" not in explicit:
                 cfg.max_new_tokens = 20
             if "min_pixels" not in explicit:

@@ -123,6 +123,6 @@ def test_demo_smoke(capsys, tmp_path):
     assert code == 0
     assert "UNTRAINED" in text and "NOT distillation quality" in text
     assert "held-out mIoU before: teacher" in text and "-> after" in text
-    assert "reverse KL per step: 1:" in text
+    assert "reverse KL per step" in text and "steps   1-2" in text
     assert len((out / "metrics.jsonl").read_text().splitlines()) >= 2
     assert (out / "config.yaml").is_file()

@@ -105,6 +105,7 @@ def test_peak_memory_grows_linearly_with_video_length(pair, tmp_path):
             optimizer.step()
             optimizer.zero_grad()
         points.append((rollout.sequences.shape[1], tracker.peak_bytes))
+    print("peak memory (sequence tokens, bytes):", points)
     (n0, m0), (n1, m1), (n2, m2) = points
     assert n0 < n1 < n2
     # the middle point lies near the line through the ends (a quadratic term would bend it)
@@ -112,3 +113,27 @@ def test_peak_memory_grows_linearly_with_video_length(pair, tmp_path):
     assert abs(m1 - predicted) < 0.15 * predicted, points
     # and memory per token does not grow with length
     assert m2 / n2 < 1.5 * (m0 / n0), points
+
+
+@pytest.mark.parametrize("objective", ["sampled", "full"])
+def test_qwen3_vl_step(synthetic_dir, objective):
+    """Qwen3-VL: .model is Qwen3VLModel, .lm_head the head; hidden @ head == logits; a step runs."""
+    tok = build_tiny_tokenizer("qwen3_vl")
+    proc = build_tiny_processor("qwen3_vl", tok)
+    student = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=1, hidden_size=32), trainable=True)
+    teacher = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=2, hidden_size=64), trainable=False)
+    inputs = _inputs(proc, synthetic_dir / "annotations.jsonl")
+    student.eval()
+    with torch.no_grad():
+        h = base_hidden_states(student, **inputs)
+        logits = student(**inputs).logits
+    student.train()
+    torch.testing.assert_close(h[:, -2:] @ lm_head_weight(student).t(), logits[:, -2:], rtol=1e-4, atol=1e-4)
+    params = [p for p in student.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    rollout = sample_rollout(student, proc, inputs, max_new_tokens=8)
+    loss, metrics = opd_loss(student, teacher, inputs, rollout, objective=objective)
+    loss.backward()
+    torch.optim.AdamW(params, lr=1e-2).step()
+    assert torch.isfinite(loss) and int(metrics["tokens"]) > 0
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, params))
