@@ -126,3 +126,9 @@ def test_demo_smoke(capsys, tmp_path):
     assert "reverse KL per step" in text and "steps   1-2" in text
     assert len((out / "metrics.jsonl").read_text().splitlines()) >= 2
     assert (out / "config.yaml").is_file()
+
+
+def test_attention_choice_on_cpu():
+    from videoopd.models import attn_implementation_for
+
+    assert attn_implementation_for("cpu") == "sdpa"
