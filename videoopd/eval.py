@@ -257,31 +257,15 @@ def format_metrics_table(metrics: dict[str, float], per_source: dict[str, dict[s
 
 
 def load_model(path: str | Path, device: str | None = None, dtype: str = "auto", attn_implementation: str | None = None) -> Any:
-    """A local Qwen-VL checkpoint as ``AutoModelForImageTextToText`` in eval mode (never downloads).
+    """A local Qwen-VL checkpoint as ``AutoModelForImageTextToText``, frozen, in eval mode (never downloads).
 
-    ``dtype="auto"``: bfloat16 on CUDA, float32 elsewhere. ``attn_implementation`` default:
-    flash_attention_2 on CUDA when flash-attn is installed, else sdpa.
+    ``device`` default: CUDA when available. ``dtype="auto"``: bfloat16 on CUDA, float32 elsewhere.
+    ``attn_implementation`` default: flash_attention_2 on CUDA when flash-attn is installed, else sdpa.
     """
-    import importlib.util
+    from videoopd.models import load_policy
 
-    from transformers import AutoModelForImageTextToText
-
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model folder not found: {path}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    on_cuda = torch.device(device).type == "cuda"
-    dtypes = {"auto": torch.bfloat16 if on_cuda else torch.float32, "bfloat16": torch.bfloat16,
-              "float16": torch.float16, "float32": torch.float32}
-    if dtype not in dtypes:
-        raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
-    if attn_implementation is None:
-        has_flash = importlib.util.find_spec("flash_attn") is not None
-        attn_implementation = "flash_attention_2" if on_cuda and has_flash else "sdpa"
-    model = AutoModelForImageTextToText.from_pretrained(
-        str(path), local_files_only=True, dtype=dtypes[dtype], attn_implementation=attn_implementation
-    )
-    return model.to(device).eval()
+    return load_policy(path, device=device, trainable=False, dtype=dtype, attn_implementation=attn_implementation)
 
 
 def _positive_int(text: str) -> int:
