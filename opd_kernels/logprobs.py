@@ -31,8 +31,7 @@ def _stats(backend, h, W, inv_tau, with_mean):
         from .logprobs_triton import logsumexp_stats_triton
 
         return logsumexp_stats_triton(h, W, inv_tau, with_mean)
-    lse, mean_z = logsumexp_stats_torch(h, W, inv_tau)
-    return lse, (mean_z if with_mean else None)
+    return logsumexp_stats_torch(h, W, inv_tau, with_mean)
 
 
 class _TokenLogprobsFunction(torch.autograd.Function):

@@ -25,8 +25,8 @@ def add_target_grads(dh, dW, h, W, tokens, row_scale):
         dW.index_add_(0, tokens, row_scale[:, None] * h.to(dW.dtype))
 
 
-def logsumexp_stats_torch(h, W, inv_tau, chunk_size=None):
-    """Per row: lse of z = h W^T / tau and E_p[z] (for the entropy lse - E_p[z])."""
+def logsumexp_stats_torch(h, W, inv_tau, with_mean, chunk_size=None):
+    """Per row: lse of z = h W^T / tau and, with_mean, E_p[z] (for the entropy lse - E_p[z])."""
     n, vocab = h.shape[0], W.shape[0]
     dtype = accumulate_dtype(h.dtype)
     lse = torch.empty(n, dtype=dtype, device=h.device)
@@ -43,11 +43,13 @@ def logsumexp_stats_torch(h, W, inv_tau, chunk_size=None):
             rescale = torch.exp(m - new_m)
             e = torch.exp(z - new_m[:, None])
             s = s * rescale + e.sum(dim=1)
-            sz = sz * rescale + (e * z).sum(dim=1)
+            if with_mean:
+                sz = sz * rescale + (e * z).sum(dim=1)
             m = new_m
         lse[r0 : r0 + chunk] = m + torch.log(s)
-        mean_z[r0 : r0 + chunk] = sz / s
-    return lse, mean_z
+        if with_mean:
+            mean_z[r0 : r0 + chunk] = sz / s
+    return lse, (mean_z if with_mean else None)
 
 
 def softmax_grads_torch(h, W, inv_tau, lse, entropy, grad_lp, grad_entropy, need_dh, need_dw, chunk_size=None):
