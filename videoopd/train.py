@@ -13,71 +13,69 @@ resolved config is written to ``OUTPUT_DIR/config.yaml``, metrics to ``OUTPUT_DI
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+from videoopd import config
+from videoopd.config import ConfigError, opt, parse_config, save_config
 
 __all__ = ["PRESETS", "TrainConfig", "build_parser", "main", "resolve_config", "train"]
 
 logger = logging.getLogger(__name__)
 
 
-def _opt(help: str, **kw: Any) -> Any:
-    return field(metadata={"help": help}, **kw)
-
-
 @dataclass
 class TrainConfig:
     # models
-    student: str | None = _opt("student checkpoint folder (local; never downloaded). None with no teacher: CPU demo", default=None)
-    teacher: str | None = _opt("teacher checkpoint folder (same tokenizer as the student; head >= student vocab)", default=None)
-    device: str | None = _opt("student device (default: cuda if available, else cpu)", default=None)
-    teacher_device: str | None = _opt("teacher device (default: the student's)", default=None)
-    dtype: str = _opt("auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16 or float32", default="auto")
-    gradient_checkpointing: bool = _opt("activation checkpointing of the student", default=True)
-    train_vision: bool = _opt("also train the student's vision tower (frozen by default)", default=False)
+    student: str | None = opt("student checkpoint folder (local; never downloaded). None with no teacher: CPU demo", default=None)
+    teacher: str | None = opt("teacher checkpoint folder (same tokenizer as the student; head >= student vocab)", default=None)
+    device: str | None = opt("student device (default: cuda if available, else cpu)", default=None)
+    teacher_device: str | None = opt("teacher device (default: the student's)", default=None)
+    dtype: str = opt("auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16 or float32", default="auto")
+    gradient_checkpointing: bool = opt("activation checkpointing of the student", default=True)
+    train_vision: bool = opt("also train the student's vision tower (frozen by default)", default=False)
     # data
-    train_data: str | None = _opt("training annotation file (Charades-STA, ActivityNet, TimeLens, jsonl)", default=None)
-    eval_data: str | None = _opt("held-out annotation file for evaluation", default=None)
-    format: str = _opt("annotation format or auto", default="auto")
-    video_root: str | None = _opt("folder of the videos (default: the annotation's folder)", default=None)
-    prompt_style: str = _opt("paper or timelens", default="paper")
-    fps: float = _opt("frames sampled per second", default=2.0)
-    max_frames: int = _opt("at most this many frames per video", default=768)
-    min_pixels: int | None = _opt("min pixels per frame (default: the processor's)", default=None)
-    max_pixels: int | None = _opt("max pixels per frame (default: the processor's)", default=None)
-    num_workers: int = _opt("DataLoader workers decoding videos", default=0)
+    train_data: str | None = opt("training annotation file (Charades-STA, ActivityNet, TimeLens, jsonl)", default=None)
+    eval_data: str | None = opt("held-out annotation file for evaluation", default=None)
+    format: str = opt("annotation format or auto", default="auto")
+    video_root: str | None = opt("folder of the videos (default: the annotation's folder)", default=None)
+    prompt_style: str = opt("paper or timelens", default="paper")
+    fps: float = opt("frames sampled per second", default=2.0)
+    max_frames: int = opt("at most this many frames per video", default=768)
+    min_pixels: int | None = opt("min pixels per frame (default: the processor's)", default=None)
+    max_pixels: int | None = opt("max pixels per frame (default: the processor's)", default=None)
+    num_workers: int = opt("DataLoader workers decoding videos", default=0)
     # rollout
-    temperature: float = _opt("sampling temperature of rollouts (also the loss temperature)", default=1.0)
-    top_p: float = _opt("nucleus sampling of rollouts", default=1.0)
-    max_new_tokens: int = _opt("max answer tokens per rollout", default=64)
+    temperature: float = opt("sampling temperature of rollouts (also the loss temperature)", default=1.0)
+    top_p: float = opt("nucleus sampling of rollouts", default=1.0)
+    max_new_tokens: int = opt("max answer tokens per rollout", default=64)
     # objective / optimisation
-    objective: str = _opt("sampled (teacher log-probs of sampled tokens, REINFORCE reverse KL) or full (exact reverse KL over the vocabulary)", default="sampled")
-    reduction: str = _opt("sequence_sum (sum over completion tokens, mean over sequences), token_mean or sum", default="sequence_sum")
-    lr: float = _opt("AdamW learning rate", default=1e-6)
-    weight_decay: float = _opt("AdamW weight decay", default=0.0)
-    max_grad_norm: float = _opt("gradient clipping (0: off)", default=1.0)
-    batch_size: int = _opt("prompts per micro-batch", default=1)
-    grad_accum: int = _opt("micro-batches per optimizer step (effective batch = batch_size * grad_accum)", default=1)
-    max_steps: int = _opt("optimizer steps", default=100)
-    seed: int = _opt("random seed", default=0)
+    objective: str = opt("sampled (teacher log-probs of sampled tokens, REINFORCE reverse KL) or full (exact reverse KL over the vocabulary)", default="sampled")
+    reduction: str = opt("sequence_sum (sum over completion tokens, mean over sequences), token_mean or sum", default="sequence_sum")
+    lr: float = opt("AdamW learning rate", default=1e-6)
+    weight_decay: float = opt("AdamW weight decay", default=0.0)
+    max_grad_norm: float = opt("gradient clipping (0: off)", default=1.0)
+    batch_size: int = opt("prompts per micro-batch", default=1)
+    grad_accum: int = opt("micro-batches per optimizer step (effective batch = batch_size * grad_accum)", default=1)
+    max_steps: int = opt("optimizer steps", default=100)
+    seed: int = opt("random seed", default=0)
     # evaluation / logging
-    eval_every: int = _opt("evaluate on --eval-data every K steps (0: only before and after)", default=0)
-    eval_limit: int | None = _opt("evaluate the first N held-out queries", default=None)
-    eval_batch_size: int = _opt("prompts per evaluation generate call", default=4)
-    output_dir: str = _opt("run folder: config.yaml, metrics.jsonl, eval_*.json, final/", default="runs/opd")
-    save_final: bool = _opt("save the trained student (and processor) to OUTPUT_DIR/final", default=True)
-    progress: bool = _opt("show progress bars", default=True)
+    eval_every: int = opt("evaluate on --eval-data every K steps (0: only before and after)", default=0)
+    eval_limit: int | None = opt("evaluate the first N held-out queries", default=None)
+    eval_batch_size: int = opt("prompts per evaluation generate call", default=4)
+    output_dir: str = opt("run folder: config.yaml, metrics.jsonl, eval_*.json, final/", default="runs/opd")
+    save_final: bool = opt("save the trained student (and processor) to OUTPUT_DIR/final", default=True)
+    progress: bool = opt("show progress bars", default=True)
     # demo
-    demo_videos: int = _opt("demo: synthetic videos (3/4 train, 1/4 held out)", default=16)
-    demo_steps: int = _opt("demo: optimizer steps", default=60)
+    demo_videos: int = opt("demo: synthetic videos (3/4 train, 1/4 held out)", default=16)
+    demo_steps: int = opt("demo: optimizer steps", default=60)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -91,60 +89,23 @@ CHOICES = {"objective": ("sampled", "full"), "reduction": ("sequence_sum", "toke
            "dtype": ("auto", "bfloat16", "float16", "float32"), "prompt_style": ("paper", "timelens")}
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def _field_type(f: dataclasses.Field) -> type:
-    t = str(f.type)
-    return int if t.startswith("int") else float if t.startswith("float") else bool if t.startswith("bool") else str
+POSITIVE = ("max_frames", "max_new_tokens", "batch_size", "grad_accum", "max_steps", "eval_batch_size",
+            "demo_videos", "demo_steps")
+PRESET_HELP = ("video-opd: temperature 0.9, lr 1e-6, effective batch 32 (1 x 32 accumulation), fps 2, "
+               "768 frames, vision frozen, sampled objective summed over completion tokens")
+DESCRIPTION = ("On-policy distillation of a Qwen2.5-VL / Qwen3-VL student from a frozen teacher on temporal "
+               "video grounding. With no --student/--teacher: a short CPU demo on synthetic data with tiny models.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m videoopd.train",
-        description="On-policy distillation of a Qwen2.5-VL / Qwen3-VL student from a frozen teacher on temporal "
-                    "video grounding. With no --student/--teacher: a short CPU demo on synthetic data with tiny models. "
-                    "Precedence: defaults < --preset < --config YAML < flags.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file of options (keys as below, with _ or -)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS,
-                        help="video-opd: temperature 0.9, lr 1e-6, effective batch 32 (1 x 32 accumulation), fps 2, "
-                             "768 frames, vision frozen, sampled objective summed over completion tokens")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = _field_type(f)
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  "help": f"{f.metadata['help']} (default: {f.default})"}
-        if kind is bool:
-            kwargs.update(type=_bool, metavar="BOOL")
-        else:
-            kwargs["type"] = kind
-            if f.name in CHOICES:
-                kwargs["choices"] = CHOICES[f.name]
-        parser.add_argument(flag, **kwargs)
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
-                        help="no progress bars")
-    return parser
+    return config.build_parser(TrainConfig, prog="python -m videoopd.train", description=DESCRIPTION,
+                               choices=CHOICES, presets=PRESETS, preset_help=PRESET_HELP)
 
 
-def _check_values(cfg: TrainConfig) -> None:
-    for name, choices in CHOICES.items():
-        if getattr(cfg, name) not in choices:
-            raise ConfigError(f"{name} must be one of {choices}, got {getattr(cfg, name)!r}")
-    for name in ("max_frames", "max_new_tokens", "batch_size", "grad_accum", "max_steps", "eval_batch_size",
-                 "demo_videos", "demo_steps"):
-        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) <= 0:
-            raise ConfigError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
+def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Parse flags, apply preset, YAML and overrides; raise ConfigError on a bad value."""
+    cfg = parse_config(TrainConfig, argv, prog="python -m videoopd.train", description=DESCRIPTION,
+                       choices=CHOICES, positive=POSITIVE, presets=PRESETS, preset_help=PRESET_HELP)
     for name in ("temperature", "fps", "lr"):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
@@ -152,60 +113,9 @@ def _check_values(cfg: TrainConfig) -> None:
         raise ConfigError(f"top_p must be in (0, 1], got {cfg.top_p!r}")
     if cfg.eval_every < 0 or cfg.num_workers < 0:
         raise ConfigError("eval_every and num_workers must be >= 0")
-
-
-def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Parse flags, apply preset, YAML and overrides; raise ConfigError on a bad value."""
-    import yaml
-
-    args = vars(build_parser().parse_args(list(argv) if argv is not None else None))
-    names = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    values: dict[str, Any] = {}
-    file_values: dict[str, Any] = {}
-    if "config" in args:
-        path = Path(args.pop("config"))
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of options, got {type(loaded).__name__}")
-        for key, value in loaded.items():
-            name = str(key).replace("-", "_")
-            if name != "preset" and name not in names:
-                raise ConfigError(f"{path}: unknown option {key!r}")
-            file_values[name] = value
-    preset = args.pop("preset", None) or file_values.pop("preset", None)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        values.update(PRESETS[preset])
-    values.update(file_values)
-    values.update(args)
-    cfg = TrainConfig(**values)
-    for name, f in names.items():  # YAML values are typed by YAML; coerce numbers
-        value = getattr(cfg, name)
-        kind = _field_type(f)
-        if value is not None and kind in (int, float) and not isinstance(value, bool):
-            try:
-                setattr(cfg, name, kind(value))
-            except (TypeError, ValueError):
-                raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
-    if preset is not None and (cfg.student is None or cfg.teacher is None):
-        raise ConfigError(f"--preset {preset} needs --student and --teacher (local checkpoint folders)")
-    _check_values(cfg)
-    cfg.preset = preset  # type: ignore[attr-defined]
+    if cfg.preset is not None and (cfg.student is None or cfg.teacher is None):  # type: ignore[attr-defined]
+        raise ConfigError(f"--preset {cfg.preset} needs --student and --teacher (local checkpoint folders)")  # type: ignore[attr-defined]
     return cfg
-
-
-def save_config(cfg: TrainConfig, out_dir: Path) -> Path:
-    import yaml
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data = dataclasses.asdict(cfg)
-    data["preset"] = getattr(cfg, "preset", None)
-    path = out_dir / "config.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
 
 
 # --------------------------------------------------------------------------------------
