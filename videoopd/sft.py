@@ -58,6 +58,7 @@ class SFTConfig:
     num_workers: int = opt("DataLoader workers decoding videos", default=0)
     # optimisation
     lr: float = opt("peak AdamW learning rate", default=1e-5)
+    vision_lr: float | None = opt("peak learning rate of the vision tower when trained (default: --lr)", default=None)
     min_lr_ratio: float = opt("cosine decay floor as a fraction of --lr", default=0.1)
     warmup_steps: int = opt("linear warm-up steps", default=50)
     weight_decay: float = opt("AdamW weight decay", default=0.0)
@@ -87,6 +88,8 @@ def _check(cfg: SFTConfig) -> None:
         raise ConfigError("give exactly one of --model (a checkpoint folder) and --init-tiny FAMILY")
     if cfg.train_data is None:
         raise ConfigError("--train-data is required")
+    if cfg.vision_lr is not None and not cfg.vision_lr > 0:
+        raise ConfigError(f"vision_lr must be > 0, got {cfg.vision_lr!r}")
     for name in ("lr", "fps"):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
@@ -133,23 +136,14 @@ class SFTCollator:
         return render_chat(self.processor, messages, add_generation_prompt=False).rstrip("\n")
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        from videoopd.video import processor_inputs
+
         bad = [item for item in items if item["video"] is None]
         if bad:
             raise RuntimeError(f"cannot train on undecodable videos: {[item['error'] for item in bad]}")
         records = [item["record"] for item in items]
         videos = [item["video"] for item in items]
-        inputs = self.processor(
-            text=[self.text(r) for r in records],
-            videos=[v.frames for v in videos],
-            video_metadata=[v.metadata for v in videos],
-            do_resize=False,
-            do_sample_frames=False,
-            padding=True,
-            padding_side="right",
-            return_tensors="pt",
-        )
-        if "second_per_grid_ts" in inputs:
-            inputs["second_per_grid_ts"] = torch.tensor([v.second_per_grid_ts for v in videos], dtype=torch.float32)
+        inputs = processor_inputs(self.processor, [self.text(r) for r in records], videos, padding_side="right")
         ids, attention = inputs["input_ids"], inputs["attention_mask"]
         answer_mask = torch.zeros_like(ids, dtype=torch.bool)
         lengths = attention.sum(dim=1).tolist()
@@ -236,10 +230,20 @@ def train_sft(cfg: SFTConfig, model: Any, processor: Any, train_records: list[An
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters")
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    # Parameter groups: (vision tower or not) x (decayed matrices or not); each group's peak
+    # learning rate is kept in "peak_lr" for the schedule.
+    visual = getattr(model.model, "visual", None)
+    vision_ids = {id(p) for p in visual.parameters()} if visual is not None else set()
+    groups = []
+    for is_vision in (False, True):
+        peak = (cfg.vision_lr or cfg.lr) if is_vision else cfg.lr
+        for decayed in (True, False):
+            members = [p for p in params if (id(p) in vision_ids) == is_vision and (p.ndim >= 2) == decayed]
+            if members:
+                groups.append({"params": members, "weight_decay": cfg.weight_decay if decayed else 0.0,
+                               "peak_lr": peak})
+    # beta2 0.95 as in LM pre-training: a tiny model trained from scratch spikes with 0.999.
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
@@ -275,7 +279,7 @@ def train_sft(cfg: SFTConfig, model: Any, processor: Any, train_records: list[An
         for step in range(1, cfg.max_steps + 1):
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["peak_lr"] / cfg.lr
             loss_sum = torch.zeros((), device=accelerator.device)
             tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)
             for _ in range(cfg.grad_accum):

@@ -262,7 +262,8 @@ def train(cfg: TrainConfig, student: Any, teacher: Any, processor: Any, train_re
         for step in range(1, cfg.max_steps + 1):
             summary_step[0] = step
             t0 = time.perf_counter()
-            loss_sum, rkl_sum, tok_sum, seq_tokens, answer_lens = 0.0, 0.0, 0, 0, []
+            # Accumulate on the device; the log line costs one host sync per optimizer step.
+            acc = torch.zeros(5, dtype=torch.float64, device=accelerator.device)  # loss, rKL*tokens, tokens, seq tokens, rollouts
             for _ in range(cfg.grad_accum):
                 batch = next(batches)
                 inputs = batch["inputs"].to(accelerator.device)
@@ -272,22 +273,23 @@ def train(cfg: TrainConfig, student: Any, teacher: Any, processor: Any, train_re
                                    reduction=cfg.reduction, temperature=cfg.temperature,
                                    teacher_device=teacher_device)
                 accelerator.backward(loss / cfg.grad_accum)
-                tokens = int(m["tokens"])
-                loss_sum += float(loss.detach()) / cfg.grad_accum
-                rkl_sum += float(m["reverse_kl"]) * tokens
-                tok_sum += tokens
-                seq_tokens += int(rollout.attention_mask.sum())
-                answer_lens.extend(rollout.answer_mask.sum(dim=1).tolist())
+                acc += torch.stack([loss.detach().double() / cfg.grad_accum,
+                                    m["reverse_kl"].to(acc.device).double() * m["tokens"].to(acc.device),
+                                    m["tokens"].to(acc.device).double(),
+                                    rollout.attention_mask.sum().to(acc.device).double(),
+                                    acc.new_tensor(rollout.answer_mask.shape[0])])
             grad_norm = None
             if cfg.max_grad_norm > 0:
-                grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            loss_sum, rkl_sum, tok_sum, seq_tokens, rollouts = acc.tolist()
             elapsed = time.perf_counter() - t0
-            row = {"step": step, "loss": loss_sum, "reverse_kl": rkl_sum / max(1, tok_sum),
-                   "answer_tokens": tok_sum, "mean_answer_len": sum(answer_lens) / max(1, len(answer_lens)),
+            row = {"step": step, "loss": loss_sum, "reverse_kl": rkl_sum / max(1.0, tok_sum),
+                   "answer_tokens": int(tok_sum), "mean_answer_len": tok_sum / max(1.0, rollouts),
                    "tokens_per_s": seq_tokens / elapsed, "step_time_s": elapsed, "lr": cfg.lr,
-                   "grad_norm": grad_norm, "time_s": time.perf_counter() - start}
+                   "grad_norm": None if grad_norm is None else float(grad_norm),
+                   "time_s": time.perf_counter() - start}
             if not math.isfinite(row["loss"]):
                 raise FloatingPointError(f"step {step}: non-finite loss {row['loss']}")
             metrics_log.write(row)

@@ -527,10 +527,11 @@ class GroundingCollator:
         return batch
 
 
-def processor_inputs(processor: Any, texts: Sequence[str], videos: Sequence[DecodedVideo]) -> Any:
+def processor_inputs(processor: Any, texts: Sequence[str], videos: Sequence[DecodedVideo],
+                     padding_side: str = "left") -> Any:
     """Run a Qwen-VL processor on prompt texts (one video placeholder each) and decoded videos.
 
-    Left padding, because the batch is for generation. ``second_per_grid_ts`` (Qwen2.5-VL)
+    Left padding by default, for generation; training examples use ``padding_side="right"``. ``second_per_grid_ts`` (Qwen2.5-VL)
     is set from the decoder's sampled rate: transformers 5 derives the same value from
     ``video_metadata``, transformers 4.x from an ``fps`` argument that defaults to 2.
     """
@@ -550,7 +551,7 @@ def processor_inputs(processor: Any, texts: Sequence[str], videos: Sequence[Deco
         text=list(texts),
         videos=[video.frames for video in videos],
         padding=True,
-        padding_side="left",
+        padding_side=padding_side,
         return_tensors="pt",
         **kwargs,
     )

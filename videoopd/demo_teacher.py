@@ -1,0 +1,124 @@
+"""The tiny teacher of the CPU demo (``python -m videoopd.train`` with no models): its data,
+where it ships and the command that regenerates it.
+
+    python -m videoopd.demo_teacher --work runs/demo-teacher          # hours on a 2-core CPU
+
+The teacher is a from-scratch tiny Qwen3-VL trained by ``python -m videoopd.sft`` on
+synthetic grounding videos (:mod:`videoopd.synthetic`) drawn like the demo's: 8 s, 2 fps,
+32x64 frames (two merged vision tokens per frame pair), events of 1-4 s. Qwen3-VL writes a
+``<t seconds>`` stamp before every frame pair, so grounding becomes "find the frames with
+the queried colour and read their stamps" — learnable by a 1M-parameter model, where reading
+time out of rotary positions alone was not. The training pool mixes videos with two events
+(the query's colour picks one) and with one event (timing alone), which gets the model off
+the constant-answer plateau sooner. The best checkpoint on a held-out set (by mIoU) ships
+in ``videoopd/assets/demo_teacher`` with ``training.json`` (recipe, curves, final metrics).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["DEMO_DATA", "DEMO_PIXELS", "SFT_RECIPE", "TEACHER_DIR", "generate_split", "load_demo_teacher", "regenerate"]
+
+# How the demo's synthetic videos are drawn (arguments of videoopd.synthetic.generate_dataset).
+DEMO_DATA: dict[str, Any] = {"duration": 8.0, "fps": 2, "height": 32, "width": 64, "min_event": 1.0, "max_event": 4.0}
+# Frames are decoded at their native 32x64: min_pixels = max_pixels = 32 * 64.
+DEMO_PIXELS = 32 * 64
+TEACHER_DIR = Path(__file__).resolve().parent / "assets" / "demo_teacher"
+
+# The SFT command line (less data paths and output) that made the shipped teacher.
+SFT_RECIPE: list[str] = [
+    "--init-tiny", "qwen3_vl", "--tiny-hidden-size", "128", "--tiny-layers", "4",
+    "--tiny-vision-hidden-size", "64", "--tiny-vision-depth", "2",
+    "--lr", "1e-3", "--warmup-steps", "200", "--weight-decay", "0.01", "--batch-size", "16",
+    "--max-steps", "6000", "--eval-every", "500", "--save-every", "500", "--cache-videos", "true",
+    "--fps", "2", "--min-pixels", str(DEMO_PIXELS), "--max-pixels", str(DEMO_PIXELS),
+]
+TRAIN_VIDEOS = {"two_events": (3000, 1), "one_event": (3000, 3)}  # name: (videos, seed)
+HELDOUT = (64, 2)  # 64 videos x 2 events = 128 held-out queries, seed 2
+
+
+def generate_split(out: str | Path, num_videos: int, seed: int, events: int = 2) -> Path:
+    """Synthetic videos drawn like the demo's; returns the annotation file."""
+    from videoopd.synthetic import generate_dataset
+
+    return generate_dataset(out, num_videos=num_videos, seed=seed, events_per_video=events, **DEMO_DATA)
+
+
+def load_demo_teacher(path: str | Path = TEACHER_DIR) -> tuple[Any, Any]:
+    """(frozen teacher model, its processor) from the shipped checkpoint."""
+    from videoopd.models import load_policy
+    from videoopd.processing import load_processor
+
+    path = Path(path)
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"the demo teacher is missing from {path}; regenerate it with "
+                                "`python -m videoopd.demo_teacher`")
+    return load_policy(path, trainable=False, dtype="float32"), load_processor(path)
+
+
+def _mixed_pool(parts: list[Path], out: Path) -> Path:
+    """One annotation file over several synthetic sets (absolute video paths, interleaved)."""
+    import random
+
+    rows = []
+    for annotation in parts:
+        for line in annotation.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            row["video"] = str((annotation.parent / row["video"]).resolve())
+            row["id"] = f"{annotation.parent.name}/{row['id']}"
+            rows.append(row)
+    random.Random(0).shuffle(rows)
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return out
+
+
+def regenerate(work: Path, out: Path = TEACHER_DIR, extra_args: Sequence[str] = ()) -> int:
+    from videoopd import sft
+
+    work.mkdir(parents=True, exist_ok=True)
+    parts = [generate_split(work / name, videos, seed, events=2 if name == "two_events" else 1)
+             for name, (videos, seed) in TRAIN_VIDEOS.items()]
+    pool = _mixed_pool(parts, work / "train.jsonl")
+    heldout = generate_split(work / "heldout", HELDOUT[0], HELDOUT[1])
+    run = work / "sft"
+    code = sft.main([*SFT_RECIPE, "--train-data", str(pool), "--eval-data", str(heldout), "--output-dir", str(run),
+                     *extra_args])
+    if code != 0:
+        return code
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(run / "best", out)
+    curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    (out / "training.json").write_text(json.dumps({
+        "command": "python -m videoopd.demo_teacher " + " ".join(extra_args),
+        "sft_arguments": SFT_RECIPE + list(extra_args),
+        "data": {"spec": DEMO_DATA, "train": TRAIN_VIDEOS, "heldout": HELDOUT},
+        "best_step": summary["best_step"],
+        "heldout": summary["evals"][str(summary["best_step"])],
+        "loss_every_50_steps": [row["loss"] for row in curve if "loss" in row][::50],
+        "heldout_mIoU_by_step": {row["step"]: row["eval/mIoU"] for row in curve if "eval/mIoU" in row},
+    }, indent=1) + "\n", encoding="utf-8")
+    print(f"demo teacher (held-out mIoU {summary['best_mIoU']:.2f} at step {summary['best_step']}) -> {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m videoopd.demo_teacher",
+        description="Regenerate the demo's tiny teacher: synthetic data + python -m videoopd.sft with the "
+                    "shipped recipe; the best held-out checkpoint is copied to --out.",
+    )
+    parser.add_argument("--work", default="runs/demo-teacher", help="folder for the data and the SFT run")
+    parser.add_argument("--out", default=str(TEACHER_DIR), help="where the teacher checkpoint goes")
+    args, extra = parser.parse_known_args(argv)
+    return regenerate(Path(args.work), Path(args.out), extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
