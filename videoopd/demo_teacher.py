@@ -3,6 +3,8 @@ where it ships and the command that regenerates it.
 
     python -m videoopd.demo_teacher --work runs/demo-teacher          # hours on a 2-core CPU
 
+Any ``python -m videoopd.sft`` flag after these overrides the recipe (e.g. ``--max-steps``).
+
 The teacher is a from-scratch tiny Qwen3-VL trained by ``python -m videoopd.sft`` on
 synthetic grounding videos (:mod:`videoopd.synthetic`) drawn like the demo's: 8 s, 2 fps,
 32x64 frames (two merged vision tokens per frame pair), events of 1-4 s. Qwen3-VL writes a
@@ -11,7 +13,9 @@ the queried colour and read their stamps" — learnable by a 1M-parameter model,
 time out of rotary positions alone was not. The training pool mixes videos with two events
 (the query's colour picks one) and with one event (timing alone), which gets the model off
 the constant-answer plateau sooner. The best checkpoint on a held-out set (by mIoU) ships
-in ``videoopd/assets/demo_teacher`` with ``training.json`` (recipe, curves, final metrics).
+in ``videoopd/assets/demo_teacher`` with ``training.json`` (recipe, curves, final metrics);
+the demo's student, ``videoopd/assets/demo_student``, is the same run's checkpoint from an
+earlier evaluation at least 10 mIoU points below the teacher (same model, less trained).
 """
 from __future__ import annotations
 
@@ -22,18 +26,21 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["DEMO_DATA", "DEMO_PIXELS", "SFT_RECIPE", "TEACHER_DIR", "generate_split", "load_demo_teacher", "regenerate"]
+__all__ = ["DEMO_DATA", "DEMO_PIXELS", "SFT_RECIPE", "STUDENT_DIR", "TEACHER_DIR", "generate_split", "load_demo_checkpoint",
+           "regenerate"]
 
 # How the demo's synthetic videos are drawn (arguments of videoopd.synthetic.generate_dataset).
 DEMO_DATA: dict[str, Any] = {"duration": 8.0, "fps": 2, "height": 32, "width": 64, "min_event": 1.0, "max_event": 4.0}
 # Frames are decoded at their native 32x64: min_pixels = max_pixels = 32 * 64.
 DEMO_PIXELS = 32 * 64
-TEACHER_DIR = Path(__file__).resolve().parent / "assets" / "demo_teacher"
+ASSETS = Path(__file__).resolve().parent / "assets"
+TEACHER_DIR = ASSETS / "demo_teacher"
+STUDENT_DIR = ASSETS / "demo_student"
 
 # The SFT command line (less data paths and output) that made the shipped teacher.
 SFT_RECIPE: list[str] = [
     "--init-tiny", "qwen3_vl", "--tiny-hidden-size", "128", "--tiny-layers", "4",
-    "--tiny-vision-hidden-size", "64", "--tiny-vision-depth", "2",
+    "--tiny-vision-hidden-size", "64", "--tiny-vision-depth", "2", "--train-vision", "false",
     "--lr", "1e-3", "--warmup-steps", "200", "--weight-decay", "0.01", "--batch-size", "16",
     "--max-steps", "6000", "--eval-every", "500", "--save-every", "500", "--cache-videos", "true",
     "--fps", "2", "--min-pixels", str(DEMO_PIXELS), "--max-pixels", str(DEMO_PIXELS),
@@ -49,16 +56,20 @@ def generate_split(out: str | Path, num_videos: int, seed: int, events: int = 2)
     return generate_dataset(out, num_videos=num_videos, seed=seed, events_per_video=events, **DEMO_DATA)
 
 
-def load_demo_teacher(path: str | Path = TEACHER_DIR) -> tuple[Any, Any]:
-    """(frozen teacher model, its processor) from the shipped checkpoint."""
+def load_demo_checkpoint(path: str | Path, *, trainable: bool, cfg: Any = None) -> tuple[Any, Any]:
+    """(model, processor) of a shipped demo checkpoint, in float32 on the CPU; frozen unless
+    ``trainable`` (then prepared per ``cfg.gradient_checkpointing`` / ``cfg.train_vision``)."""
     from videoopd.models import load_policy
     from videoopd.processing import load_processor
 
     path = Path(path)
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the demo teacher is missing from {path}; regenerate it with "
+        raise FileNotFoundError(f"the demo checkpoint is missing from {path}; regenerate it with "
                                 "`python -m videoopd.demo_teacher`")
-    return load_policy(path, trainable=False, dtype="float32"), load_processor(path)
+    model = load_policy(path, trainable=trainable, dtype="float32",
+                        gradient_checkpointing=bool(cfg and cfg.gradient_checkpointing),
+                        train_vision=bool(cfg and cfg.train_vision))
+    return model, load_processor(path)
 
 
 def _mixed_pool(parts: list[Path], out: Path) -> Path:
@@ -77,34 +88,59 @@ def _mixed_pool(parts: list[Path], out: Path) -> Path:
     return out
 
 
-def regenerate(work: Path, out: Path = TEACHER_DIR, extra_args: Sequence[str] = ()) -> int:
+def regenerate(work: Path, out: Path = TEACHER_DIR, student_out: Path = STUDENT_DIR, extra_args: Sequence[str] = (),
+               train_videos: int | None = None, heldout_videos: int | None = None) -> int:
+    """Generate the data, run the SFT recipe (``extra_args`` override it), and copy the best
+    held-out checkpoint to ``out`` and the student checkpoint to ``student_out``.
+
+    The student is the recipe's own checkpoint from the last evaluation (step > 0) whose
+    held-out mIoU is at least 10 points below the teacher's: the same model, less trained.
+    """
     from videoopd import sft
 
     work.mkdir(parents=True, exist_ok=True)
-    parts = [generate_split(work / name, videos, seed, events=2 if name == "two_events" else 1)
+    parts = [generate_split(work / name, train_videos or videos, seed, events=2 if name == "two_events" else 1)
              for name, (videos, seed) in TRAIN_VIDEOS.items()]
     pool = _mixed_pool(parts, work / "train.jsonl")
-    heldout = generate_split(work / "heldout", HELDOUT[0], HELDOUT[1])
+    heldout = generate_split(work / "heldout", heldout_videos or HELDOUT[0], HELDOUT[1])
     run = work / "sft"
     code = sft.main([*SFT_RECIPE, "--train-data", str(pool), "--eval-data", str(heldout), "--output-dir", str(run),
                      *extra_args])
     if code != 0:
         return code
+    return export(run, out, student_out, extra_args)
+
+
+def export(run: Path, out: Path = TEACHER_DIR, student_out: Path = STUDENT_DIR, extra_args: Sequence[str] = ()) -> int:
+    """Copy the teacher (best held-out checkpoint) and the student out of an SFT run folder."""
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(run / "best", out)
     curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    by_step = {row["step"]: row["eval/mIoU"] for row in curve if "eval/mIoU" in row}
+    losses = [row["loss"] for row in curve if "loss" in row]
+    best_step, best = summary["best_step"], summary["best_mIoU"]
+    weaker = [step for step, miou in by_step.items()
+              if step < best_step and miou <= best - 10 and (run / f"step{step}").is_dir()]
+    if not weaker:
+        print(f"no saved checkpoint at least 10 mIoU below the best ({best:.2f}); no student exported")
+        return 1
+    student_step = max(weaker)
+    for source, target in ((run / "best", out), (run / f"step{student_step}", student_out)):
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
     (out / "training.json").write_text(json.dumps({
         "command": "python -m videoopd.demo_teacher " + " ".join(extra_args),
         "sft_arguments": SFT_RECIPE + list(extra_args),
         "data": {"spec": DEMO_DATA, "train": TRAIN_VIDEOS, "heldout": HELDOUT},
-        "best_step": summary["best_step"],
-        "heldout": summary["evals"][str(summary["best_step"])],
-        "loss_every_50_steps": [row["loss"] for row in curve if "loss" in row][::50],
-        "heldout_mIoU_by_step": {row["step"]: row["eval/mIoU"] for row in curve if "eval/mIoU" in row},
+        "teacher_step": best_step,
+        "student_step": student_step,
+        "heldout_teacher": summary["evals"][str(best_step)],
+        "heldout_student": summary["evals"][str(student_step)],
+        "loss_mean_per_50_steps": [sum(losses[i:i + 50]) / len(losses[i:i + 50]) for i in range(0, len(losses), 50)],
+        "heldout_mIoU_by_step": by_step,
     }, indent=1) + "\n", encoding="utf-8")
-    print(f"demo teacher (held-out mIoU {summary['best_mIoU']:.2f} at step {summary['best_step']}) -> {out}")
+    print(f"demo teacher: held-out mIoU {best:.2f} (step {best_step}) -> {out}")
+    print(f"demo student: held-out mIoU {by_step[student_step]:.2f} (step {student_step}) -> {student_out}")
     return 0
 
 
@@ -116,8 +152,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--work", default="runs/demo-teacher", help="folder for the data and the SFT run")
     parser.add_argument("--out", default=str(TEACHER_DIR), help="where the teacher checkpoint goes")
+    parser.add_argument("--student-out", default=str(STUDENT_DIR), help="where the student checkpoint goes")
+    parser.add_argument("--train-videos", type=int, default=None,
+                        help=f"videos per training part (default {TRAIN_VIDEOS['two_events'][0]})")
+    parser.add_argument("--heldout-videos", type=int, default=None, help=f"held-out videos (default {HELDOUT[0]})")
+    parser.add_argument("--export-only", metavar="RUN", default=None,
+                        help="skip training: export teacher and student from an existing SFT run folder")
     args, extra = parser.parse_known_args(argv)
-    return regenerate(Path(args.work), Path(args.out), extra)
+    if args.export_only:
+        return export(Path(args.export_only), Path(args.out), Path(args.student_out), extra)
+    return regenerate(Path(args.work), Path(args.out), Path(args.student_out), extra, args.train_videos,
+                      args.heldout_videos)
 
 
 if __name__ == "__main__":

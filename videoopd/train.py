@@ -60,6 +60,9 @@ class TrainConfig:
     objective: str = opt("sampled (teacher log-probs of sampled tokens, REINFORCE reverse KL) or full (exact reverse KL over the vocabulary)", default="sampled")
     reduction: str = opt("sequence_sum (sum over completion tokens, mean over sequences), token_mean or sum", default="sequence_sum")
     lr: float = opt("AdamW learning rate", default=1e-6)
+    master_weights: str = opt("fp32 master copies of the trainable weights for the optimizer: auto (when the "
+                              "student is bf16/fp16, so that updates of lr ~1e-6 are not rounded away), fp32 or none",
+                              default="auto")
     weight_decay: float = opt("AdamW weight decay", default=0.0)
     max_grad_norm: float = opt("gradient clipping (0: off)", default=1.0)
     batch_size: int = opt("prompts per micro-batch", default=1)
@@ -74,8 +77,8 @@ class TrainConfig:
     save_final: bool = opt("save the trained student (and processor) to OUTPUT_DIR/final", default=True)
     progress: bool = opt("show progress bars", default=True)
     # demo
-    demo_videos: int = opt("demo: synthetic videos (3/4 train, 1/4 held out)", default=16)
-    demo_steps: int = opt("demo: optimizer steps", default=60)
+    demo_videos: int = opt("demo: synthetic videos (half for OPD prompts, half held out)", default=64)
+    demo_steps: int = opt("demo: optimizer steps", default=100)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -86,7 +89,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 CHOICES = {"objective": ("sampled", "full"), "reduction": ("sequence_sum", "token_mean", "sum"),
-           "dtype": ("auto", "bfloat16", "float16", "float32"), "prompt_style": ("paper", "timelens")}
+           "dtype": ("auto", "bfloat16", "float16", "float32"), "master_weights": ("auto", "fp32", "none"), "prompt_style": ("paper", "timelens")}
 
 
 POSITIVE = ("max_frames", "max_new_tokens", "batch_size", "grad_accum", "max_steps", "eval_batch_size",
@@ -173,6 +176,40 @@ def _batches(dataset: Any, collator: Any, batch_size: int, num_workers: int, see
                 yield batch
 
 
+class MasterWeights:
+    """fp32 copies of half-precision trainable parameters. The model computes (and takes
+    gradients) in its own dtype; the optimizer steps the fp32 copies, which are written back
+    after each step. Without them, AdamW on bf16 weights loses every update smaller than
+    the weight's rounding step (~0.4% of its magnitude): at lr 1e-6 almost all of them."""
+
+    def __init__(self, params: list[Any]):
+        import torch
+
+        self.params = params
+        self.masters = [torch.nn.Parameter(p.detach().float().clone()) for p in params]
+
+    @classmethod
+    def for_config(cls, params: list[Any], mode: str) -> "MasterWeights | None":
+        import torch
+
+        half = any(p.dtype in (torch.bfloat16, torch.float16) for p in params)
+        if mode == "fp32" or (mode == "auto" and half):
+            return cls(params)
+        return None
+
+    def grads_to_masters(self) -> None:
+        for param, master in zip(self.params, self.masters):
+            master.grad = None if param.grad is None else param.grad.float()
+            param.grad = None
+
+    def masters_to_model(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for param, master in zip(self.params, self.masters):
+                param.copy_(master)
+
+
 class MetricsLog:
     def __init__(self, out_dir: Path):
         self.handle = (out_dir / "metrics.jsonl").open("w", encoding="utf-8")
@@ -233,6 +270,9 @@ def train(cfg: TrainConfig, student: Any, teacher: Any, processor: Any, train_re
     teacher_device = torch.device(cfg.teacher_device or accelerator.device)
     teacher.to(teacher_device)
     params = [p for p in student.parameters() if p.requires_grad]
+    masters = MasterWeights.for_config(params, cfg.master_weights)
+    if masters is not None:
+        params = masters.masters
     if not params:
         raise ConfigError("the student has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -247,20 +287,16 @@ def train(cfg: TrainConfig, student: Any, teacher: Any, processor: Any, train_re
     metrics_log = MetricsLog(out_dir)
     summary: dict[str, Any] = {"steps": [], "evals": {}}
 
-    def evaluate_student(tag: str) -> None:
-        if eval_records:
-            m = run_eval(model, processor, eval_records, cfg, decode_config, out_dir, f"student_{tag}")
-            summary["evals"][tag] = m
-            metrics_log.write({"step": int(tag) if tag.isdigit() else summary_step[0], "eval_tag": tag,
-                               **{f"eval/{k}": v for k, v in m.items()}})
-            log(f"[eval {tag}] student held-out mIoU {m['mIoU']:.2f}  R1@0.5 {m['R1@0.5']:.2f}")
+    def evaluate_student(step: int) -> None:
+        m = run_eval(model, processor, eval_records, cfg, decode_config, out_dir, f"student_step{step}")
+        summary["evals"][step] = m
+        metrics_log.write({"step": step, **{f"eval/{k}": v for k, v in m.items()}})
+        log(f"[eval step {step}] student held-out mIoU {m['mIoU']:.2f}  R1@0.5 {m['R1@0.5']:.2f}")
 
-    summary_step = [0]
     bar = tqdm(total=cfg.max_steps, desc="opd", unit="step", disable=not cfg.progress, dynamic_ncols=True)
     start = time.perf_counter()
     try:
         for step in range(1, cfg.max_steps + 1):
-            summary_step[0] = step
             t0 = time.perf_counter()
             # Accumulate on the device; the log line costs one host sync per optimizer step.
             acc = torch.zeros(5, dtype=torch.float64, device=accelerator.device)  # loss, rKL*tokens, tokens, seq tokens, rollouts
@@ -278,11 +314,15 @@ def train(cfg: TrainConfig, student: Any, teacher: Any, processor: Any, train_re
                                     m["tokens"].to(acc.device).double(),
                                     rollout.attention_mask.sum().to(acc.device).double(),
                                     acc.new_tensor(rollout.answer_mask.shape[0])])
+            if masters is not None:
+                masters.grads_to_masters()
             grad_norm = None
             if cfg.max_grad_norm > 0:
                 grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if masters is not None:
+                masters.masters_to_model()
             loss_sum, rkl_sum, tok_sum, seq_tokens, rollouts = acc.tolist()
             elapsed = time.perf_counter() - t0
             row = {"step": step, "loss": loss_sum, "reverse_kl": rkl_sum / max(1.0, tok_sum),
@@ -300,8 +340,8 @@ def train(cfg: TrainConfig, student: Any, teacher: Any, processor: Any, train_re
             if not cfg.progress:
                 log(f"step {step}: loss {row['loss']:.4f}  reverse KL {row['reverse_kl']:.4f}  "
                     f"{row['tokens_per_s']:.0f} tok/s")
-            if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.max_steps:
-                evaluate_student(str(step))
+            if eval_records and (step == cfg.max_steps or (cfg.eval_every and step % cfg.eval_every == 0)):
+                evaluate_student(step)
     finally:
         bar.close()
         metrics_log.close()
@@ -314,63 +354,69 @@ def train(cfg: TrainConfig, student: Any, teacher: Any, processor: Any, train_re
 
 
 def _demo(cfg: TrainConfig) -> int:
+    """OPD of the shipped tiny student from the shipped tiny teacher (see videoopd.demo_teacher)
+    on freshly generated synthetic videos, on the CPU."""
     import random
 
     from videoopd.data import load_annotations
-    from videoopd.models import check_pair, prepare_policy
-    from videoopd.synthetic import generate_dataset
-    from videoopd.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+    from videoopd.demo_teacher import DEMO_PIXELS, STUDENT_DIR, TEACHER_DIR, generate_split, load_demo_checkpoint
+    from videoopd.models import check_pair
 
     out_dir = Path(cfg.output_dir)
     print("=" * 78)
-    print("videoopd.train demo (no --student/--teacher given): synthetic videos, tiny Qwen2.5-VL models, CPU.")
-    print("NOTE: the teacher is an UNTRAINED tiny model (random weights; no trained demo teacher ships yet).")
-    print("      The numbers below show the OPD machinery working, NOT distillation quality.")
+    print("videoopd.train demo (no --student/--teacher): on-policy distillation on the CPU, synthetic videos.")
+    print(f"teacher: a tiny Qwen3-VL trained by `python -m videoopd.sft` ({TEACHER_DIR.name});")
+    print(f"student: the same recipe stopped early ({STUDENT_DIR.name}). Regenerate both with")
+    print("`python -m videoopd.demo_teacher`.")
     print("=" * 78)
     data_dir = out_dir / "demo_data"
-    ann = generate_dataset(data_dir, num_videos=cfg.demo_videos, seed=cfg.seed, duration=8.0, fps=4,
-                           height=64, width=96, events_per_video=2)
+    # Fresh videos (a seed the teacher never saw): half for OPD prompts, half held out.
+    ann = generate_split(data_dir, cfg.demo_videos, seed=1000 + cfg.seed)
     records, _ = load_annotations(ann)
-    rng = random.Random(cfg.seed)
     videos = sorted({r.video for r in records})
-    held = set(rng.sample(videos, max(1, len(videos) // 4)))
+    held = set(random.Random(cfg.seed).sample(videos, len(videos) // 2))
     train_records = [r for r in records if r.video not in held]
     eval_records = [r for r in records if r.video in held]
-    print(f"data: {len(train_records)} training / {len(eval_records)} held-out queries in {data_dir}")
-    tokenizer = build_tiny_tokenizer("qwen2_5_vl")
-    processor = build_tiny_processor("qwen2_5_vl", tokenizer)
-    teacher = build_tiny_model("qwen2_5_vl", tokenizer, seed=cfg.seed + 1, hidden_size=64, num_layers=2)
-    student = build_tiny_model("qwen2_5_vl", tokenizer, seed=cfg.seed + 2, hidden_size=32, num_layers=2)
-    check_pair(student, teacher, processor, processor)
-    prepare_policy(teacher, trainable=False)
-    prepare_policy(student, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
-                   train_vision=cfg.train_vision)
+    print(f"data: {len(train_records)} OPD prompts / {len(eval_records)} held-out queries in {data_dir}")
+    teacher, processor = load_demo_checkpoint(TEACHER_DIR, trainable=False)
+    student, student_processor = load_demo_checkpoint(STUDENT_DIR, trainable=True, cfg=cfg)
+    check_pair(student, teacher, student_processor, processor)
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    print(f"teacher {n(teacher) / 1e6:.2f}M params (hidden 64), student {n(student) / 1e6:.2f}M params (hidden 32)")
+    print(f"teacher {n(teacher) / 1e6:.2f}M params, student {n(student) / 1e6:.2f}M params "
+          f"(vision tower {'trained' if cfg.train_vision else 'frozen'})")
     from videoopd.video import DecodeConfig
 
     decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
-                                               min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+                                               min_pixels=cfg.min_pixels or DEMO_PIXELS,
+                                               max_pixels=cfg.max_pixels or DEMO_PIXELS)
     out_dir.mkdir(parents=True, exist_ok=True)
-    t_before = run_eval(teacher, processor, eval_records, cfg, decode_config, out_dir, "teacher")
+    t_eval = run_eval(teacher, processor, eval_records, cfg, decode_config, out_dir, "teacher")
     s_before = run_eval(student, processor, eval_records, cfg, decode_config, out_dir, "student_before")
-    print(f"held-out mIoU before: teacher {t_before['mIoU']:.2f}, student {s_before['mIoU']:.2f}")
+    print(f"held-out mIoU before: teacher {t_eval['mIoU']:.2f}, student {s_before['mIoU']:.2f}")
     summary = train(cfg, student, teacher, processor, train_records, eval_records)
-    s_after = run_eval(summary["model"], processor, eval_records, cfg, decode_config, out_dir, "student_after")
+    s_after = summary["evals"][cfg.max_steps]
     rkl = [r["reverse_kl"] for r in summary["steps"]]
-    print("reverse KL per step (sampled estimate, answer tokens):")
-    for i in range(0, len(rkl), 10):
-        chunk = rkl[i : i + 10]
-        print(f"  steps {i + 1:>3}-{i + len(chunk):<3} mean {sum(chunk) / len(chunk):+.4f} | "
-              + " ".join(f"{v:+.4f}" for v in chunk))
-    print(f"held-out mIoU: teacher {t_before['mIoU']:.2f} | student before {s_before['mIoU']:.2f} "
-          f"-> after {s_after['mIoU']:.2f}")
-    print("(untrained teacher: these mIoUs are not meaningful; see the NOTE above)")
-    print(f"run folder: {out_dir} (config.yaml, metrics.jsonl, eval_*.json)")
+    width = max(1, len(rkl) // 10)
+    print(f"reverse KL(student || teacher) per answer token, mean over {width} steps:")
+    for i in range(0, len(rkl), width):
+        chunk = rkl[i : i + width]
+        print(f"  steps {i + 1:>4}-{i + len(chunk):<4} {sum(chunk) / len(chunk):.4f}")
+    print("held-out mIoU of the student during OPD: "
+          + ", ".join(f"step {tag}: {m['mIoU']:.2f}" for tag, m in summary["evals"].items()))
+    print(f"held-out mIoU: teacher {t_eval['mIoU']:.2f} | student before {s_before['mIoU']:.2f} "
+          f"-> after {s_after['mIoU']:.2f}  (R1@0.5: teacher {t_eval['R1@0.5']:.2f} | student "
+          f"{s_before['R1@0.5']:.2f} -> {s_after['R1@0.5']:.2f})")
+    (out_dir / "demo_summary.json").write_text(json.dumps({
+        "teacher": t_eval, "student_before": s_before, "student_after": s_after,
+        "student_evals": summary["evals"], "reverse_kl": rkl,
+    }, indent=1) + "\n", encoding="utf-8")
+    print(f"run folder: {out_dir} (config.yaml, metrics.jsonl, eval_*.json, demo_summary.json)")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from videoopd.demo_teacher import DEMO_PIXELS
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -384,18 +430,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             # demo sizes unless overridden on the command line / YAML
             explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
             cfg.max_steps = cfg.demo_steps if "max_steps" not in explicit else cfg.max_steps
-            if "lr" not in explicit:
-                cfg.lr = 3e-3
-            if "batch_size" not in explicit:
-                cfg.batch_size = 4
-            if "eval_every" not in explicit:
-                cfg.eval_every = 20
-            if "max_new_tokens" not in explicit:
-                cfg.max_new_tokens = 20
-            if "min_pixels" not in explicit:
-                cfg.min_pixels = 56 * 56
-            if "max_pixels" not in explicit:
-                cfg.max_pixels = 64 * 96
+            demo_defaults = {"lr": 1e-4, "batch_size": 8, "eval_every": 25, "max_new_tokens": 16,
+                             "min_pixels": DEMO_PIXELS, "max_pixels": DEMO_PIXELS}
+            for name, value in demo_defaults.items():
+                if name not in explicit:
+                    setattr(cfg, name, value)
             if "output_dir" not in explicit:
                 cfg.output_dir = "runs/opd-demo"
             save_config(cfg, Path(cfg.output_dir))
@@ -434,8 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"student held-out mIoU before: {m['mIoU']:.2f}")
     summary = train(cfg, student, teacher, processor, train_records, eval_records)
     if eval_records:
-        m = run_eval(summary["model"], processor, eval_records, cfg, decode_config, out_dir, "student_after")
-        print(f"student held-out mIoU after: {m['mIoU']:.2f}")
+        print(f"student held-out mIoU after: {summary['evals'][cfg.max_steps]['mIoU']:.2f}")
     if cfg.save_final:
         summary["model"].save_pretrained(out_dir / "final")
         processor.save_pretrained(out_dir / "final")

@@ -137,3 +137,44 @@ def test_qwen3_vl_step(synthetic_dir, objective):
     torch.optim.AdamW(params, lr=1e-2).step()
     assert torch.isfinite(loss) and int(metrics["tokens"]) > 0
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, params))
+
+
+@pytest.mark.parametrize("master_weights", ["auto", "none"])
+def test_bf16_student_keeps_small_updates_in_fp32_masters(synthetic_dir, tmp_path, monkeypatch, master_weights):
+    """AdamW moves each weight by ~lr a step; at lr 1e-5 that is below bf16's rounding step for
+    most weights. With fp32 masters ("auto" for a bf16 student) the updates accumulate in the
+    masters and the model holds their rounding; with "none" they are lost."""
+    from videoopd import train as T
+
+    tok = build_tiny_tokenizer("qwen3_vl")
+    proc = build_tiny_processor("qwen3_vl", tok)
+    student = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=1, hidden_size=32).to(torch.bfloat16),
+                             trainable=True, gradient_checkpointing=False)
+    teacher = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=2, hidden_size=64).to(torch.bfloat16),
+                             trainable=False)
+    records, _ = load_annotations(synthetic_dir / "annotations.jsonl")
+    params = [p for p in student.parameters() if p.requires_grad]
+    before = [p.detach().float().clone() for p in params]
+    cfg = T.TrainConfig(lr=1e-5, max_steps=2, batch_size=2, max_new_tokens=6, master_weights=master_weights,
+                        output_dir=str(tmp_path / "run"), progress=False, **SMALL_PIXELS)
+    created = []
+    original = T.MasterWeights.__init__
+
+    def spy(self, p):
+        original(self, p)
+        created.append(self)
+
+    monkeypatch.setattr(T.MasterWeights, "__init__", spy)
+    T.train(cfg, student, teacher, proc, records[:2], log=lambda *_: None)
+    moved_model = sum(int((p.detach().float() != b).sum()) for p, b in zip(params, before))
+    total = sum(b.numel() for b in before)
+    if master_weights == "none":
+        assert not created
+        assert moved_model < 0.2 * total  # most updates rounded away
+        return
+    (masters,) = created
+    moved_master = sum(int((m.detach() != b).sum()) for m, b in zip(masters.masters, before))
+    assert moved_master > 0.8 * total  # every weight with a gradient moved in fp32
+    for p, m in zip(params, masters.masters):  # the model holds the masters' bf16 rounding
+        assert p.dtype == torch.bfloat16 and m.dtype == torch.float32
+        torch.testing.assert_close(p.detach(), m.detach().to(torch.bfloat16), rtol=0, atol=0)
