@@ -71,6 +71,8 @@ class TrainConfig:
     seed: int = opt("random seed", default=0)
     # evaluation / logging
     eval_every: int = opt("evaluate on --eval-data every K steps (0: only before and after)", default=0)
+    eval_teacher: bool = opt("also evaluate the teacher on --eval-data once before training (the student's "
+                             "ceiling)", default=False)
     eval_limit: int | None = opt("evaluate the first N held-out queries", default=None)
     eval_batch_size: int = opt("prompts per evaluation generate call", default=4)
     output_dir: str = opt("run folder: config.yaml, metrics.jsonl, eval_*.json, final/", default="runs/opd")
@@ -468,6 +470,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
                                                min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    if eval_records and cfg.eval_teacher:
+        m = run_eval(teacher, teacher_processor, eval_records, cfg, decode_config, out_dir, "teacher")
+        print(f"teacher held-out mIoU: {m['mIoU']:.2f}")
     if eval_records:
         m = run_eval(student, processor, eval_records, cfg, decode_config, out_dir, "student_before")
         print(f"student held-out mIoU before: {m['mIoU']:.2f}")

@@ -107,8 +107,9 @@ def test_train_with_model_paths(capsys, tmp_path, checkpoints, synthetic_dir):
     code = T.main(["--student", s, "--teacher", t, "--train-data", ann, "--eval-data", ann, "--eval-limit", "1",
                    "--max-steps", "2", "--grad-accum", "2", "--lr", "1e-3", "--max-new-tokens", "8",
                    "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96), "--objective", "full",
-                   "--output-dir", str(out), "--no-progress"])
+                   "--eval-teacher", "true", "--output-dir", str(out), "--no-progress"])
     assert code == 0, capsys.readouterr().err
+    assert (out / "eval_teacher.json").is_file() and (out / "eval_student_before.json").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2] and [r["step"] for r in rows if "eval/mIoU" in r] == [2]
