@@ -79,8 +79,8 @@ class TrainConfig:
     save_final: bool = opt("save the trained student (and processor) to OUTPUT_DIR/final", default=True)
     progress: bool = opt("show progress bars", default=True)
     # demo
-    demo_videos: int = opt("demo: synthetic videos (half for OPD prompts, half held out)", default=64)
-    demo_steps: int = opt("demo: optimizer steps", default=100)
+    demo_videos: int = opt("demo: synthetic videos (half for OPD prompts, half held out)", default=160)
+    demo_steps: int = opt("demo: optimizer steps", default=200)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -366,14 +366,15 @@ def _demo(cfg: TrainConfig) -> int:
 
     out_dir = Path(cfg.output_dir)
     print("=" * 78)
-    print("videoopd.train demo (no --student/--teacher): on-policy distillation on the CPU, synthetic videos.")
-    print(f"teacher: a tiny Qwen3-VL trained by `python -m videoopd.sft` ({TEACHER_DIR.name});")
-    print(f"student: the same recipe stopped early ({STUDENT_DIR.name}). Regenerate both with")
-    print("`python -m videoopd.demo_teacher`.")
+    print("videoopd.train demo (no --student/--teacher): on-policy distillation on the CPU, synthetic videos")
+    print("with one coloured shape each. Teacher: a tiny Qwen3-VL trained by `python -m videoopd.sft`;")
+    print("student: an earlier checkpoint of the same run. Both ship in videoopd/assets; regenerate them")
+    print(f"with `python -m videoopd.demo_teacher`. Objective: {cfg.objective}, lr {cfg.lr:g}, "
+          f"{cfg.max_steps} steps x {cfg.batch_size * cfg.grad_accum} rollouts.")
     print("=" * 78)
     data_dir = out_dir / "demo_data"
     # Fresh videos (a seed the teacher never saw): half for OPD prompts, half held out.
-    ann = generate_split(data_dir, cfg.demo_videos, seed=1000 + cfg.seed)
+    ann = generate_split(data_dir, cfg.demo_videos, seed=1000 + cfg.seed)  # one event per video
     records, _ = load_annotations(ann)
     videos = sorted({r.video for r in records})
     held = set(random.Random(cfg.seed).sample(videos, len(videos) // 2))
@@ -432,8 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # demo sizes unless overridden on the command line / YAML
             explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
             cfg.max_steps = cfg.demo_steps if "max_steps" not in explicit else cfg.max_steps
-            demo_defaults = {"lr": 1e-4, "batch_size": 8, "eval_every": 25, "max_new_tokens": 16,
-                             "min_pixels": DEMO_PIXELS, "max_pixels": DEMO_PIXELS}
+            # The exact objective: at 8 rollouts a step the sampled estimator is too noisy to move
+            # a tiny student in a few CPU minutes (README, "The demo"); --objective sampled runs it.
+            demo_defaults = {"objective": "full", "lr": 3e-4, "batch_size": 8, "eval_every": 50,
+                             "max_new_tokens": 16, "min_pixels": DEMO_PIXELS, "max_pixels": DEMO_PIXELS}
             for name, value in demo_defaults.items():
                 if name not in explicit:
                     setattr(cfg, name, value)
