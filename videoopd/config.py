@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
-__all__ = ["ConfigError", "build_parser", "opt", "parse_config", "save_config"]
+__all__ = ["ConfigError", "DataOptions", "build_parser", "opt", "parse_config", "save_config"]
 
 T = TypeVar("T")
 
@@ -25,6 +25,22 @@ class ConfigError(ValueError):
 def opt(help: str, **kw: Any) -> Any:
     """A dataclass field with its ``--help`` text."""
     return field(metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataOptions:
+    """Annotation and frame-sampling options shared by every command that reads a pool."""
+
+    train_data: str | None = opt("training annotation file (Charades-STA, ActivityNet, TimeLens, jsonl)", default=None)
+    eval_data: str | None = opt("held-out annotation file, scored with videoopd.eval's code", default=None)
+    format: str = opt("annotation format or auto", default="auto")
+    video_root: str | None = opt("folder of the videos (default: the annotation's folder)", default=None)
+    prompt_style: str = opt("paper or timelens", default="paper")
+    fps: float = opt("frames sampled per second", default=2.0)
+    max_frames: int = opt("at most this many frames per video", default=768)
+    min_pixels: int | None = opt("min pixels per frame (default: the processor's)", default=None)
+    max_pixels: int | None = opt("max pixels per frame (default: the processor's)", default=None)
+    num_workers: int = opt("DataLoader workers decoding videos", default=0)
 
 
 def _bool(text: str) -> bool:

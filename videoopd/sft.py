@@ -25,13 +25,13 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from videoopd.config import ConfigError, opt, parse_config, save_config
+from videoopd.config import ConfigError, DataOptions, opt, parse_config, save_config
 
 __all__ = ["SFTConfig", "SFTCollator", "main", "sft_loss", "train_sft"]
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(DataOptions):
     # model
     model: str | None = opt("checkpoint folder to fine-tune (local; never downloaded)", default=None)
     init_tiny: str | None = opt("instead of --model: a randomly initialised tiny model of this family "
@@ -43,19 +43,8 @@ class SFTConfig:
     device: str | None = opt("device (default: cuda if available, else cpu)", default=None)
     dtype: str = opt("auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16 or float32", default="auto")
     gradient_checkpointing: bool = opt("activation checkpointing", default=False)
-    train_vision: bool = opt("also train the vision tower", default=True)
-    # data
-    train_data: str | None = opt("training annotation file (Charades-STA, ActivityNet, TimeLens, jsonl)", default=None)
-    eval_data: str | None = opt("held-out annotation file, scored by videoopd.eval", default=None)
-    format: str = opt("annotation format or auto", default="auto")
-    video_root: str | None = opt("folder of the videos (default: the annotation's folder)", default=None)
-    prompt_style: str = opt("paper or timelens", default="paper")
-    fps: float = opt("frames sampled per second", default=2.0)
-    max_frames: int = opt("at most this many frames per video", default=768)
-    min_pixels: int | None = opt("min pixels per frame (default: the processor's)", default=None)
-    max_pixels: int | None = opt("max pixels per frame (default: the processor's)", default=None)
+    train_vision: bool = opt("also train the vision tower (frozen by default)", default=False)
     cache_videos: bool = opt("keep decoded videos in memory (small datasets: decode once)", default=False)
-    num_workers: int = opt("DataLoader workers decoding videos", default=0)
     # optimisation
     lr: float = opt("peak AdamW learning rate", default=1e-5)
     vision_lr: float | None = opt("peak learning rate of the vision tower when trained (default: --lr)", default=None)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from videoopd import config
-from videoopd.config import ConfigError, opt, parse_config, save_config
+from videoopd.config import ConfigError, DataOptions, opt, parse_config, save_config
 
 __all__ = ["PRESETS", "TrainConfig", "build_parser", "main", "resolve_config", "train"]
 
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DataOptions):
     # models
     student: str | None = opt("student checkpoint folder (local; never downloaded). None with no teacher: CPU demo", default=None)
     teacher: str | None = opt("teacher checkpoint folder (same tokenizer as the student; head >= student vocab)", default=None)
@@ -41,17 +41,6 @@ class TrainConfig:
     dtype: str = opt("auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16 or float32", default="auto")
     gradient_checkpointing: bool = opt("activation checkpointing of the student", default=True)
     train_vision: bool = opt("also train the student's vision tower (frozen by default)", default=False)
-    # data
-    train_data: str | None = opt("training annotation file (Charades-STA, ActivityNet, TimeLens, jsonl)", default=None)
-    eval_data: str | None = opt("held-out annotation file for evaluation", default=None)
-    format: str = opt("annotation format or auto", default="auto")
-    video_root: str | None = opt("folder of the videos (default: the annotation's folder)", default=None)
-    prompt_style: str = opt("paper or timelens", default="paper")
-    fps: float = opt("frames sampled per second", default=2.0)
-    max_frames: int = opt("at most this many frames per video", default=768)
-    min_pixels: int | None = opt("min pixels per frame (default: the processor's)", default=None)
-    max_pixels: int | None = opt("max pixels per frame (default: the processor's)", default=None)
-    num_workers: int = opt("DataLoader workers decoding videos", default=0)
     # rollout
     temperature: float = opt("sampling temperature of rollouts (also the loss temperature)", default=1.0)
     top_p: float = opt("nucleus sampling of rollouts", default=1.0)
