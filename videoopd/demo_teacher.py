@@ -121,7 +121,7 @@ def regenerate(work: Path, out: Path = TEACHER_DIR, student_out: Path = STUDENT_
     return export(run, out, student_out, extra_args)
 
 
-STUDENT_GAP = 20.0  # the student is at least this many mIoU points below the teacher
+STUDENT_GAP = 30.0  # the student is at least this many mIoU points below the teacher
 
 
 def evaluate_checkpoints(run: Path, heldout: Path) -> dict[int, dict[str, float]]:

@@ -63,7 +63,7 @@ def test_regeneration_command_runs_end_to_end(tmp_path):
                               "--save-every", "2", "--batch-size", "2", "--tiny-hidden-size", "32",
                               "--tiny-layers", "1", "--max-new-tokens", "4", "--no-progress"])
     run = work / "sft"
-    assert code in (0, 1)  # 1: no checkpoint 20 mIoU below the best, expected after 4 steps
+    assert code in (0, 1)  # 1: no checkpoint 30 mIoU below the best, expected after 4 steps
     assert (work / "train.jsonl").read_text().count("\n") == 4 * 2 + 4  # two-event + one-event videos
     assert (work / "heldout" / "annotations.jsonl").read_text().count("\n") == 2  # one event per video
     assert (run / "step2" / "model.safetensors").is_file() and (run / "best" / "model.safetensors").is_file()
@@ -72,14 +72,14 @@ def test_regeneration_command_runs_end_to_end(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
         if "eval/mIoU" in row:
-            row["eval/mIoU"] = {2: 12.0, 4: 40.0}[row["step"]]
+            row["eval/mIoU"] = {2: 5.0, 4: 40.0}[row["step"]]
     (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert demo_teacher.main(["--export-only", str(run), "--out", str(teacher), "--student-out", str(student)]) == 0
     training = json.loads((teacher / "training.json").read_text())
     assert (training["teacher_step"], training["student_step"]) == (4, 2)
     assert (student / "model.safetensors").is_file() and (teacher / "model.safetensors").is_file()
-    assert {step: m["mIoU"] for step, m in training["heldout_by_step"].items()} == {"2": 12.0, "4": 40.0}
-    # Re-evaluated on a held-out file (the real, untrained mIoUs): no 20-point gap, no export.
+    assert {step: m["mIoU"] for step, m in training["heldout_by_step"].items()} == {"2": 5.0, "4": 40.0}
+    # Re-evaluated on a held-out file (the real, untrained mIoUs): no 30-point gap, no export.
     heldout = work / "heldout" / "annotations.jsonl"
     assert demo_teacher.main(["--export-only", str(run), "--heldout", str(heldout), "--out", str(tmp_path / "t2"),
                               "--student-out", str(tmp_path / "s2")]) == 1
