@@ -527,6 +527,23 @@ class GroundingCollator:
         return batch
 
 
+def _collapse_qwen3_video_markers(processor: Any, texts: Sequence[str]) -> list[str]:
+    """Qwen3-VL: hand the processor a bare ``<|video_pad|>`` where the template wrote
+    ``<|vision_start|><|video_pad|><|vision_end|>``.
+
+    Qwen's processor replaces that whole triplet by the per-frame
+    ``<t seconds><|vision_start|>...<|vision_end|>`` blocks; transformers 5's replaces only
+    the pad token, leaving an extra ``<|vision_start|>`` before the first stamp and an extra
+    ``<|vision_end|>`` after the last frame. Both expand a bare pad token to Qwen's layout.
+    """
+    from transformers import Qwen3VLProcessor
+
+    if not isinstance(processor, Qwen3VLProcessor):
+        return list(texts)
+    triplet = f"{processor.vision_start_token}{processor.video_token}{processor.vision_end_token}"
+    return [text.replace(triplet, processor.video_token) for text in texts]
+
+
 def processor_inputs(processor: Any, texts: Sequence[str], videos: Sequence[DecodedVideo],
                      padding_side: str = "left") -> Any:
     """Run a Qwen-VL processor on prompt texts (one video placeholder each) and decoded videos.
@@ -539,6 +556,7 @@ def processor_inputs(processor: Any, texts: Sequence[str], videos: Sequence[Deco
         raise ValueError(f"texts and videos must have the same length, got {len(texts)} and {len(videos)}")
     if not videos:
         raise ValueError("videos must not be empty")
+    texts = _collapse_qwen3_video_markers(processor, texts)
     kwargs: dict[str, Any] = {
         "video_metadata": [video.metadata for video in videos],
         "do_resize": False,

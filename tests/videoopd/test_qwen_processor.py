@@ -87,6 +87,12 @@ def test_tiny_qwen3_forward_and_frame_timestamps(synthetic_dir):
     expected = [(a + b) / 2 for a, b in zip(video.timestamps[::2], video.timestamps[1::2])]
     assert stamps == pytest.approx(expected, abs=0.051)
     assert stamps[0] > 1.0
+    # Qwen's layout: each frame pair is "<t seconds><|vision_start|>pads<|vision_end|>", with no
+    # extra marker around the whole video (transformers 5 leaves the template's; we collapse it).
+    frames = re.findall(r"<[\d.]+ seconds><\|vision_start\|>(?:<\|video_pad\|>)+<\|vision_end\|>", text)
+    assert len(frames) == len(stamps)
+    assert text.count("<|vision_start|>") == text.count("<|vision_end|>") == len(stamps)
+    assert "user\n<" in text  # the first stamp follows the turn header directly
     with torch.no_grad():
         output = model(**inputs)
     assert torch.isfinite(output.logits).all()
