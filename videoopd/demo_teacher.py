@@ -124,20 +124,27 @@ def regenerate(work: Path, out: Path = TEACHER_DIR, student_out: Path = STUDENT_
 STUDENT_GAP = 30.0  # the student is at least this many mIoU points below the teacher
 
 
+def evaluate_demo_checkpoint(path: str | Path, records: list[Any]) -> Any:
+    """``videoopd.eval.evaluate`` of a demo checkpoint on ``records`` with the demo's decoding."""
+    from videoopd.eval import evaluate
+    from videoopd.video import DecodeConfig
+
+    model, processor = load_demo_checkpoint(path, trainable=False)
+    config = DecodeConfig.for_processor(processor, fps=2.0, min_pixels=DEMO_PIXELS, max_pixels=DEMO_PIXELS)
+    return evaluate(model, processor, records, decode_config=config, batch_size=16, max_new_tokens=16,
+                    progress=False)
+
+
 def evaluate_checkpoints(run: Path, heldout: Path) -> dict[int, dict[str, float]]:
     """Held-out metrics of every ``step{N}`` checkpoint of an SFT run, on ``heldout``."""
     from videoopd.data import load_annotations
-    from videoopd.eval import evaluate
-    from videoopd.video import DecodeConfig
 
     records, _ = load_annotations(heldout)
     results = {}
     for folder in sorted(run.glob("step*"), key=lambda p: int(p.name[4:])):
-        model, processor = load_demo_checkpoint(folder, trainable=False)
-        config = DecodeConfig.for_processor(processor, fps=2.0, min_pixels=DEMO_PIXELS, max_pixels=DEMO_PIXELS)
-        results[int(folder.name[4:])] = evaluate(model, processor, records, decode_config=config, batch_size=16,
-                                                 max_new_tokens=16, progress=False).metrics
-        print(f"{folder}: held-out mIoU {results[int(folder.name[4:])]['mIoU']:.2f}")
+        step = int(folder.name[4:])
+        results[step] = evaluate_demo_checkpoint(folder, records).metrics
+        print(f"{folder}: held-out mIoU {results[step]['mIoU']:.2f}")
     return results
 
 

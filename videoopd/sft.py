@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -180,14 +180,6 @@ class _CachedDataset(torch.utils.data.Dataset):
         return self.cache[index]
 
 
-def _batches(dataset: Any, collator: Any, batch_size: int, num_workers: int, seed: int) -> Iterator[dict[str, Any]]:
-    generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collator,
-                                         num_workers=num_workers, generator=generator, drop_last=True)
-    while True:
-        yield from loader
-
-
 def lr_at(step: int, cfg: SFTConfig) -> float:
     """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
     if cfg.warmup_steps and step <= cfg.warmup_steps:
@@ -208,7 +200,7 @@ def train_sft(cfg: SFTConfig, model: Any, processor: Any, train_records: list[An
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from videoopd.train import MetricsLog, run_eval
+    from videoopd.train import MetricsLog, _batches, run_eval
     from videoopd.video import DecodeConfig, GroundingVideoDataset
 
     out_dir = Path(cfg.output_dir)

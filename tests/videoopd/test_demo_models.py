@@ -5,11 +5,15 @@ import json
 import pytest
 
 from videoopd.data import load_annotations
-from videoopd.demo_teacher import DEMO_PIXELS, STUDENT_DIR, TEACHER_DIR, generate_split, load_demo_checkpoint
-from videoopd.eval import evaluate
+from videoopd.demo_teacher import (
+    STUDENT_DIR,
+    TEACHER_DIR,
+    evaluate_demo_checkpoint,
+    generate_split,
+    load_demo_checkpoint,
+)
 from videoopd.metrics import temporal_iou
 from videoopd.models import check_pair
-from videoopd.video import DecodeConfig
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +23,9 @@ def fresh_heldout(tmp_path_factory):
     return records
 
 
-def _evaluate(path, records, tmp_path):
-    model, processor = load_demo_checkpoint(path, trainable=False)
-    config = DecodeConfig.for_processor(processor, fps=2.0, min_pixels=DEMO_PIXELS, max_pixels=DEMO_PIXELS)
-    result = evaluate(model, processor, records, decode_config=config, batch_size=16, max_new_tokens=16,
-                      predictions_path=tmp_path / f"{path.name}.jsonl", progress=False)
-    rows = [json.loads(line) for line in (tmp_path / f"{path.name}.jsonl").read_text().splitlines()]
-    return result.metrics, rows
+def _evaluate(path, records):
+    result = evaluate_demo_checkpoint(path, records)
+    return result.metrics, result.predictions
 
 
 def _best_constant_miou(records):
@@ -34,9 +34,9 @@ def _best_constant_miou(records):
     return max(sum(temporal_iou(s, r.span) for r in records) / len(records) for s in spans) * 100
 
 
-def test_shipped_teacher_grounds_and_student_is_weaker(fresh_heldout, tmp_path):
-    teacher_metrics, rows = _evaluate(TEACHER_DIR, fresh_heldout, tmp_path)
-    student_metrics, _ = _evaluate(STUDENT_DIR, fresh_heldout, tmp_path)
+def test_shipped_teacher_grounds_and_student_is_weaker(fresh_heldout):
+    teacher_metrics, rows = _evaluate(TEACHER_DIR, fresh_heldout)
+    student_metrics, _ = _evaluate(STUDENT_DIR, fresh_heldout)
     constant = _best_constant_miou(fresh_heldout)  # an oracle constant, fitted on these very queries
     assert teacher_metrics["parsed"] == teacher_metrics["total"] == len(fresh_heldout)
     distinct_spans = len({tuple(r.span) for r in fresh_heldout})
