@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import torch
 
@@ -13,9 +14,34 @@ BACKENDS = ("auto", "triton", "torch")
 SCHEDULES = ("auto", "chunked", "fused")
 
 
+def _dtensor_class():
+    # A DTensor cannot exist before torch.distributed.tensor is imported, so a sys.modules
+    # look-up is exact, costs no import (~0.5 s) and works where torch.distributed is absent.
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
+
+
+def check_not_dtensor(name: str, value) -> None:
+    """Reject a DTensor (an FSDP2-sharded LM head read outside its module's forward, say).
+
+    Let through, it fails deep inside with a message that does not say what to do (aten.mm's
+    "got mixed torch.Tensor and DTensor", Triton's "invalid python storage").
+    """
+    dtensor = _dtensor_class()
+    if dtensor is None or not isinstance(value, dtensor):
+        return
+    raise TypeError(
+        f"{name} is a torch.distributed DTensor (placements {tuple(value.placements)}, global shape "
+        f"{tuple(value.shape)}); opd_kernels needs a full torch.Tensor. Compute the loss inside the "
+        f"forward of the FSDP-wrapped module, where FSDP2 has unsharded the parameters, or gather it "
+        f"explicitly with {name}.full_tensor()"
+    )
+
+
 def check_tensor(name: str, value, *, ndim: int | None = None, min_ndim: int | None = None) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    check_not_dtensor(name, value)
     if ndim is not None and value.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(value.shape)}")
     if min_ndim is not None and value.dim() < min_ndim:

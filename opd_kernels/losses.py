@@ -42,6 +42,8 @@ def sampled_reverse_kl_loss(
     """
     v.check_tensor("student_logprobs", student_logprobs)
     v.check_tensor("teacher_logprobs", teacher_logprobs)
+    if old_logprobs is not None:
+        v.check_tensor("old_logprobs", old_logprobs)
     for name, t in (("student_logprobs", student_logprobs), ("teacher_logprobs", teacher_logprobs),
                     ("old_logprobs", old_logprobs)):
         if t is None:
