@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ._matmul import accumulate_dtype, addmm_acc_, mm_acc
+from ._torch_common import fold_logsumexp_tile
 from .reverse_kl_torch import DEFAULT_CHUNK_SIZE, VOCAB_CHUNK
 
 
@@ -39,13 +40,9 @@ def logsumexp_stats_torch(h, W, inv_tau, with_mean, chunk_size=None):
         sz = torch.zeros_like(m)
         for v0 in range(0, vocab, VOCAB_CHUNK):
             z = mm_acc(hc, W[v0 : v0 + VOCAB_CHUNK].t()).mul_(inv_tau)
-            new_m = torch.maximum(m, z.amax(dim=1))
-            rescale = torch.exp(m - new_m)
-            e = torch.exp(z - new_m[:, None])
-            s = s * rescale + e.sum(dim=1)
+            m, s, rescale, e = fold_logsumexp_tile(m, s, z)
             if with_mean:
                 sz = sz * rescale + (e * z).sum(dim=1)
-            m = new_m
         lse[r0 : r0 + chunk] = m + torch.log(s)
         if with_mean:
             mean_z[r0 : r0 + chunk] = sz / s
@@ -97,9 +94,8 @@ def topk_torch(h, W, k, inv_tau, chunk_size=None):
         s = torch.zeros_like(m)
         for v0 in range(0, vocab, VOCAB_CHUNK):
             z = mm_acc(hc, W[v0 : v0 + VOCAB_CHUNK].t()).mul_(inv_tau)
-            new_m = torch.maximum(m, z.amax(dim=1))
-            s = s * torch.exp(m - new_m) + torch.exp(z - new_m[:, None]).sum(dim=1)
-            m = new_m
+            # Sliced so that the exp tile is freed before the top-k merge allocates its own.
+            m, s = fold_logsumexp_tile(m, s, z)[:2]
             tile_z, tile_i = z.topk(min(k, z.shape[1]), dim=1)
             merged_z = torch.cat([best_z, tile_z], dim=1)
             merged_i = torch.cat([best_i, tile_i + v0], dim=1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ._matmul import accumulate_dtype, addmm_acc_, mm_acc
+from ._torch_common import fold_logsumexp_tile
 
 DEFAULT_CHUNK_SIZE = 1024
 VOCAB_CHUNK = 8192
@@ -33,14 +34,10 @@ def _chunk_stats(h_s, W_s, h_t, W_t, inv_tau, vocab):
     a = torch.zeros_like(m_s)
     for v0 in range(0, vocab, VOCAB_CHUNK):
         z_s, z_t = _logit_tiles(h_s, W_s, h_t, W_t, inv_tau, v0, min(v0 + VOCAB_CHUNK, vocab))
-        new_m_s = torch.maximum(m_s, z_s.amax(dim=1))
-        new_m_t = torch.maximum(m_t, z_t.amax(dim=1))
-        rescale_s = torch.exp(m_s - new_m_s)
-        e_s = torch.exp(z_s - new_m_s[:, None])
+        m_s, s_s, rescale_s, e_s = fold_logsumexp_tile(m_s, s_s, z_s)
         a = a * rescale_s + (e_s * (z_s - z_t)).sum(dim=1)
-        s_s = s_s * rescale_s + e_s.sum(dim=1)
-        s_t = s_t * torch.exp(m_t - new_m_t) + torch.exp(z_t - new_m_t[:, None]).sum(dim=1)
-        m_s, m_t = new_m_s, new_m_t
+        # Sliced so that the teacher's exp tile is freed now, not held until the next tile.
+        m_t, s_t = fold_logsumexp_tile(m_t, s_t, z_t)[:2]
     lse_s = m_s + torch.log(s_s)
     lse_t = m_t + torch.log(s_t)
     return lse_s, lse_t, a / s_s - lse_s + lse_t
