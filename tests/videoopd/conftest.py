@@ -7,7 +7,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from videoopd.synthetic import generate_dataset  # noqa: E402
+from videoopd.data.synthetic import generate_dataset  # noqa: E402
 
 # Small frames keep the tiny models fast: a 64x96 video sized for factor 28 is 56x84
 # (2x3 merged tokens a temporal patch), for factor 32 it is 64x96 (2x3 again).
@@ -23,7 +23,7 @@ def synthetic_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_qwen25():
-    from videoopd.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+    from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer("qwen2_5_vl")
     processor = build_tiny_processor("qwen2_5_vl", tokenizer)
@@ -33,6 +33,6 @@ def tiny_qwen25():
 
 @pytest.fixture(scope="session")
 def tiny_qwen25_checkpoint(tmp_path_factory):
-    from videoopd.tiny import save_tiny_checkpoint
+    from videoopd.qwen.tiny import save_tiny_checkpoint
 
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen25"), "qwen2_5_vl", seed=0)

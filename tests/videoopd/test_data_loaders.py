@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from videoopd.data import (
+from videoopd.data.annotations import (
     AnnotationError,
     GroundingRecord,
     detect_format,

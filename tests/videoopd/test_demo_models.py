@@ -4,16 +4,16 @@ import json
 
 import pytest
 
-from videoopd.data import load_annotations
-from videoopd.demo_teacher import (
+from videoopd.data.annotations import load_annotations
+from videoopd.demo.teacher import (
     STUDENT_DIR,
     TEACHER_DIR,
     evaluate_demo_checkpoint,
     generate_split,
     load_demo_checkpoint,
 )
-from videoopd.metrics import temporal_iou
-from videoopd.models import check_pair
+from videoopd.evaluation.metrics import temporal_iou
+from videoopd.qwen.models import check_pair
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,12 @@ import json
 
 import pytest
 import torch
+from types import SimpleNamespace
 
-from videoopd.data import load_annotations
+from videoopd.data.annotations import load_annotations
 from videoopd.eval import evaluate, format_metrics_table, main, read_predictions
-from videoopd.metrics import parse_span, temporal_iou
-from videoopd.video import DecodeConfig, VideoDecodeError
+from videoopd.evaluation.metrics import parse_span, temporal_iou
+from videoopd.data.video import DecodeConfig, VideoDecodeError
 
 SMALL = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}
 ROW_KEYS = {"id", "source", "video", "query", "gt", "duration", "answer", "pred", "iou", "error"}
@@ -22,6 +23,8 @@ class ScriptedModel(torch.nn.Module):
         self.tokenizer = tokenizer
         self.answers = list(answers)
         self.calls = []
+        self.config = SimpleNamespace()  # no vision token ids to suppress
+        self.generation_config = SimpleNamespace(eos_token_id=tokenizer.eos_token_id)
 
     def generate(self, input_ids, max_new_tokens, do_sample, pad_token_id, **inputs):
         assert do_sample is False and "pixel_values_videos" in inputs and "video_grid_thw" in inputs

@@ -1,7 +1,7 @@
 import pytest
 
-from videoopd.metrics import parse_span
-from videoopd.prompts import (
+from videoopd.evaluation.metrics import parse_span
+from videoopd.qwen.prompts import (
     PAPER_PROMPT,
     SYSTEM_PROMPT,
     build_messages,
@@ -9,7 +9,7 @@ from videoopd.prompts import (
     render_chat,
     render_prompt,
 )
-from videoopd.tiny import build_tiny_processor
+from videoopd.qwen.tiny import build_tiny_processor
 
 # DESIGN.md section 6, character for character.
 DESIGN_PROMPT = (

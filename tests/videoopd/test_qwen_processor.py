@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from videoopd.eval import load_model
-from videoopd.processing import TorchQwenVideoProcessor, load_processor
-from videoopd.prompts import build_messages, render_chat
-from videoopd.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
-from videoopd.video import DecodeConfig, decode_video, processor_inputs
+from videoopd.qwen.models import load_policy
+from videoopd.qwen.processing import TorchQwenVideoProcessor, load_processor
+from videoopd.qwen.prompts import build_messages, render_chat
+from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+from videoopd.data.video import DecodeConfig, decode_video
+from videoopd.qwen.processing import processor_inputs
 
 SMALL = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}
 
@@ -124,7 +125,7 @@ def test_torch_video_processor_refuses_unsized_frames():
 def test_saved_checkpoint_loads_offline_and_processes_the_same(synthetic_dir, tiny_qwen25, tiny_qwen25_checkpoint):
     model, processor = tiny_qwen25
     loaded_processor = load_processor(tiny_qwen25_checkpoint)
-    loaded_model = load_model(tiny_qwen25_checkpoint, device="cpu")
+    loaded_model = load_policy(tiny_qwen25_checkpoint, trainable=False)
     config = DecodeConfig.for_processor(loaded_processor, **SMALL)
     assert config == DecodeConfig.for_processor(processor, **SMALL)
     video = decode_video(synthetic_dir / "videos" / "synth_00001.mp4", config)
@@ -165,9 +166,9 @@ def test_checkpoint_in_the_transformers_4_layout_loads(tmp_path, synthetic_dir, 
 
 
 def test_tiny_checkpoint_command_line(tmp_path, capsys):
-    from videoopd.tiny import main
+    from videoopd.qwen.tiny import main
 
     assert main(["--out", str(tmp_path / "ckpt"), "--family", "qwen3_vl", "--seed", "1"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert load_processor(tmp_path / "ckpt").video_processor.patch_size == 16
-    assert load_model(tmp_path / "ckpt", device="cpu").config.model_type == "qwen3_vl"
+    assert load_policy(tmp_path / "ckpt", trainable=False).config.model_type == "qwen3_vl"

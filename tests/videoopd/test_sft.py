@@ -6,11 +6,15 @@ import pytest
 import torch
 
 from videoopd import sft as S
-from videoopd.data import load_annotations
-from videoopd.models import prepare_policy
-from videoopd.prompts import format_answer
-from videoopd.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
-from videoopd.video import DecodeConfig, GroundingVideoDataset
+from videoopd.data.annotations import load_annotations
+from videoopd.qwen.models import prepare_policy
+from videoopd.qwen.prompts import format_answer
+from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+from videoopd.data.video import DecodeConfig
+from videoopd.algo.objectives import GenerationContext, SupervisedObjective
+from videoopd.data.datasets import GroundingVideoDataset, SFTCollator
+from videoopd.qwen.models import policy_head_forward
+from videoopd.training.loop import lr_lambda
 
 SMALL_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}  # as in conftest.py
 
@@ -20,10 +24,19 @@ def _family(family):
     return build_tiny_model(family, tok, seed=0), build_tiny_processor(family, tok)
 
 
+def sft_loss(model, inputs, answer_mask):
+    """The loop's SFT loss on one micro-batch: (mean NLL per answer token, answer tokens)."""
+    sft = SupervisedObjective()
+    ctx = GenerationContext(model=model, device=torch.device("cpu"), step=1)
+    micro = sft.score(ctx, {"inputs": inputs, "answer_mask": answer_mask, "records": []})
+    loss_sum, _ = policy_head_forward(model, model, micro.student_inputs, micro.loss_fn)
+    return loss_sum / micro.units, micro.units
+
+
 def _batch(proc, annotation, style="paper", n=3):
     records, _ = load_annotations(annotation)
     dataset = GroundingVideoDataset(records[:n], DecodeConfig.for_processor(proc, **SMALL_PIXELS))
-    return S.SFTCollator(proc, style)([dataset[i] for i in range(len(dataset))])
+    return SFTCollator(proc, style)([dataset[i] for i in range(len(dataset))])
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
@@ -48,7 +61,7 @@ def test_loss_and_grads_match_float64_logits_reference(synthetic_dir, family):
     model, proc = _family(family)
     batch = _batch(proc, synthetic_dir / "annotations.jsonl")
     inputs = dict(batch["inputs"])
-    loss, count = S.sft_loss(model, inputs, batch["answer_mask"])
+    loss, count = sft_loss(model, inputs, batch["answer_mask"])
     loss.backward()
     ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
@@ -74,7 +87,7 @@ def test_loss_falls_on_a_fixed_batch(synthetic_dir):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):
-        loss, _ = S.sft_loss(model, dict(batch["inputs"]), batch["answer_mask"])
+        loss, _ = sft_loss(model, dict(batch["inputs"]), batch["answer_mask"])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -83,11 +96,15 @@ def test_loss_falls_on_a_fixed_batch(synthetic_dir):
 
 
 def test_lr_schedule():
-    cfg = S.SFTConfig(lr=1e-3, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
-    assert S.lr_at(5, cfg) == pytest.approx(5e-4)
-    assert S.lr_at(10, cfg) == pytest.approx(1e-3)
-    assert S.lr_at(60, cfg) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
-    assert S.lr_at(110, cfg) == pytest.approx(1e-4)
+    cfg = S.resolve_config(["--init-tiny", "qwen3_vl", "--train-data", "x", "--lr", "1e-3", "--warmup-steps", "10",
+                            "--max-steps", "110", "--min-lr-ratio", "0.1"])
+    factor = lr_lambda(cfg)  # LambdaLR counts from 0: factor(i) is optimizer step i + 1's
+    assert cfg.lr * factor(4) == pytest.approx(5e-4)
+    assert cfg.lr * factor(9) == pytest.approx(1e-3)
+    assert cfg.lr * factor(59) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert cfg.lr * factor(109) == pytest.approx(1e-4)
+    cfg.lr_schedule, cfg.warmup_steps = "constant", 0
+    assert lr_lambda(cfg)(50) == 1.0
 
 
 def test_cli_trains_evaluates_and_saves(synthetic_dir, tmp_path):
@@ -106,7 +123,7 @@ def test_cli_trains_evaluates_and_saves(synthetic_dir, tmp_path):
         assert (out / folder / "config.json").is_file() and (out / folder / "model.safetensors").is_file()
     assert (out / "config.yaml").is_file() and (out / "eval_step3.json").is_file()
 
-    from videoopd.models import load_policy
+    from videoopd.qwen.models import load_policy
 
     reloaded = load_policy(out / "final", trainable=False)
     assert reloaded.config.model_type == "qwen3_vl"
@@ -118,7 +135,7 @@ def test_cli_trains_evaluates_and_saves(synthetic_dir, tmp_path):
     (["--init-tiny", "qwen3_vl", "--model", "x", "--train-data", "a.jsonl"], "exactly one of --model"),
     (["--init-tiny", "qwen3_vl", "--train-data", "missing.jsonl"], "annotation file not found"),
     (["--init-tiny", "qwen3_vl", "--train-data", "a.jsonl", "--batch-size", "0"], "batch_size must be a positive"),
-    (["--model", "nowhere", "--train-data", "ANN"], "not a checkpoint folder"),
+    (["--model", "nowhere", "--train-data", "ANN"], "--model: model folder not found"),
 ])
 def test_bad_input_stops_before_training(synthetic_dir, capsys, argv, message):
     argv = [str(synthetic_dir / "annotations.jsonl") if a == "ANN" else a for a in argv]

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from videoopd.synthetic import COLOURS, SyntheticEvent, generate_dataset, main, render_frames
-from videoopd.video import probe_video
+from videoopd.data.synthetic import COLOURS, SyntheticEvent, generate_dataset, main, render_frames
+from videoopd.data.video import probe_video
 
 
 def _rows(path):

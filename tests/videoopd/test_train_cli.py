@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from videoopd import train as T
-from videoopd.models import check_pair
-from videoopd.tiny import build_tiny_model, build_tiny_tokenizer, save_tiny_checkpoint
+from videoopd.qwen.models import check_pair
+from videoopd.qwen.tiny import build_tiny_model, build_tiny_tokenizer, save_tiny_checkpoint
 
 
 def test_help_documents_every_option(capsys):
@@ -109,10 +109,14 @@ def test_train_with_model_paths(capsys, tmp_path, checkpoints, synthetic_dir):
                    "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96), "--objective", "full",
                    "--eval-teacher", "true", "--output-dir", str(out), "--no-progress"])
     assert code == 0, capsys.readouterr().err
-    assert (out / "eval_teacher.json").is_file() and (out / "eval_student_before.json").is_file()
+    assert (out / "eval_teacher.json").is_file() and (out / "eval_step0.json").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
-    assert [r["step"] for r in steps] == [1, 2] and [r["step"] for r in rows if "eval/mIoU" in r] == [2]
+    assert [r["step"] for r in steps] == [1, 2] and [r["step"] for r in rows if "eval/mIoU" in r] == [0, 2]
+    for row in steps:  # where a step goes, and each process's peak memory
+        phases = [row[f"time/{phase}_s"] for phase in ("rollout", "teacher", "student", "optimizer")]
+        assert all(t > 0 for t in phases) and sum(phases) <= row["step_time_s"]
+        assert row["processes"] == 1 and len(row["peak_mem_mb_per_rank"]) == 1 and row["peak_mem_mb"] > 10
     assert all(r["loss"] == r["loss"] and r["reverse_kl"] >= -1e-4 for r in steps)  # exact KL >= 0
     assert yaml.safe_load((out / "config.yaml").read_text())["objective"] == "full"
     assert (out / "final" / "config.json").is_file()
@@ -124,17 +128,17 @@ def test_demo_smoke(capsys, tmp_path):
                    "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0
-    assert "held-out mIoU before: teacher" in text and "-> after" in text
+    assert "held-out mIoU: teacher" in text and "student before" in text and "-> after" in text
     assert "reverse KL(student || teacher) per answer token" in text and "steps    1-1" in text
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
-    assert [r["step"] for r in rows if "eval/mIoU" in r] == [1, 2]
+    assert [r["step"] for r in rows if "eval/mIoU" in r] == [0, 1, 2]
     summary = json.loads((out / "demo_summary.json").read_text())
     assert len(summary["reverse_kl"]) == 2 and summary["student_after"] == summary["student_evals"]["2"]
     assert yaml.safe_load((out / "config.yaml").read_text())["max_pixels"] == 32 * 64
 
 
 def test_attention_choice_on_cpu():
-    from videoopd.models import attn_implementation_for
+    from videoopd.qwen.models import attn_implementation_for
 
     assert attn_implementation_for("cpu") == "sdpa"

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from opd_kernels.testing import MemoryTracker
-from videoopd.data import load_annotations
-from videoopd.models import base_hidden_states, lm_head_weight, prepare_policy
-from videoopd.objectives import opd_loss
-from videoopd.rollout import sample_rollout
-from videoopd.synthetic import generate_dataset
-from videoopd.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
-from videoopd.video import DecodeConfig, GroundingCollator, GroundingVideoDataset
+from videoopd.data.annotations import load_annotations
+from videoopd.qwen.models import base_hidden_states, lm_head_weight, policy_head_forward, prepare_policy
+from videoopd.algo.objectives import DistillationObjective, GenerationContext
+from videoopd.data.synthetic import generate_dataset
+from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+from videoopd.data.video import DecodeConfig
+from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
 
 SMALL_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}  # as in conftest.py
 
@@ -30,17 +30,33 @@ def pair():
     return student, teacher, proc
 
 
-def _inputs(proc, annotation, index=0):
+def _batch(proc, annotation, index=0):
     records, _ = load_annotations(annotation)
     config = DecodeConfig.for_processor(proc, **SMALL_PIXELS)
     item = GroundingVideoDataset(records, config)[index]
-    return dict(GroundingCollator(proc)([item])["inputs"])
+    return GroundingCollator(proc)([item])
+
+
+def _inputs(proc, annotation, index=0):
+    return dict(_batch(proc, annotation, index)["inputs"])
+
+
+def opd_loss(student, teacher, proc, batch, objective, max_new_tokens=12):
+    """One micro-batch of the loop's OPD: rollout, teacher scoring, the student's loss (a sum
+    over answer tokens) computed inside its forward. Returns (loss, metric sums, rollout)."""
+    opd = DistillationObjective(teacher, proc, objective=objective, reduction="sum", max_new_tokens=max_new_tokens)
+    ctx = GenerationContext(model=student, device=torch.device("cpu"), step=1)
+    rolled = opd.rollout(ctx, batch)
+    micro = opd.score(ctx, rolled)
+    loss, metrics = policy_head_forward(student, student, micro.student_inputs, micro.loss_fn)
+    return loss, {**micro.sums, **metrics}, rolled[1]
 
 
 @pytest.mark.parametrize("objective", ["sampled", "full"])
 def test_one_step_bounded_memory(pair, synthetic_dir, objective):
     student, teacher, proc = pair
-    inputs = _inputs(proc, synthetic_dir / "annotations.jsonl")
+    batch = _batch(proc, synthetic_dir / "annotations.jsonl")
+    inputs = dict(batch["inputs"])
     tokens = inputs["input_ids"].numel()  # prompt tokens: a lower bound, so a stricter limit
     limit = tokens * VOCAB // 8
     assert VOCAB * 32 < limit  # weight-sized tensors (grads, Adam state) stay legal
@@ -55,15 +71,14 @@ def test_one_step_bounded_memory(pair, synthetic_dir, objective):
     before = [p.detach().clone() for p in params]
     torch.manual_seed(0)
     with MemoryTracker(numel_limit=limit) as tracker:
-        rollout = sample_rollout(student, proc, inputs, temperature=1.0, max_new_tokens=12)
-        loss, metrics = opd_loss(student, teacher, inputs, rollout, objective=objective)
+        loss, metrics, rollout = opd_loss(student, teacher, proc, batch, objective)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     assert tracker.largest.numel < limit
     assert torch.isfinite(loss)
-    assert int(metrics["tokens"]) == rollout.num_answer_tokens > 0
-    assert float(metrics["reverse_kl"]) == pytest.approx(float(metrics["reverse_kl"]))  # finite, not NaN
+    assert int(metrics["answer_tokens"]) == rollout.num_answer_tokens > 0
+    assert torch.isfinite(metrics["reverse_kl_sum"])
     changed = sum(not torch.equal(a, b.detach()) for a, b in zip(before, params))
     assert changed > len(params) // 2
     assert all(not p.requires_grad for p in student.model.visual.parameters())
@@ -81,7 +96,7 @@ def test_hidden_states_are_the_base_models(pair, synthetic_dir):
 
 
 def test_answer_mask_stops_after_eos():
-    from videoopd.rollout import answer_mask_from
+    from videoopd.algo.rollout import answer_mask_from
 
     ids = torch.tensor([[5, 6, 9, 0, 0], [5, 9, 7, 9, 0], [1, 2, 3, 4, 5]])
     mask = answer_mask_from(ids, {9}, 0)
@@ -96,11 +111,9 @@ def test_peak_memory_grows_linearly_with_video_length(pair, tmp_path):
     for duration in (8.0, 24.0, 40.0):
         ann = generate_dataset(tmp_path / f"d{int(duration)}", num_videos=1, seed=0, duration=duration, fps=2,
                                height=64, width=96, events_per_video=1)
-        inputs = _inputs(proc, ann)
-        torch.manual_seed(0)
-        rollout = sample_rollout(student, proc, inputs, do_sample=False, max_new_tokens=8)
+        batch = _batch(proc, ann)
         with MemoryTracker() as tracker:
-            loss, _ = opd_loss(student, teacher, inputs, rollout, objective="sampled")
+            loss, _, rollout = opd_loss(student, teacher, proc, batch, "sampled", max_new_tokens=8)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -122,7 +135,8 @@ def test_qwen3_vl_step(synthetic_dir, objective):
     proc = build_tiny_processor("qwen3_vl", tok)
     student = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=1, hidden_size=32), trainable=True)
     teacher = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=2, hidden_size=64), trainable=False)
-    inputs = _inputs(proc, synthetic_dir / "annotations.jsonl")
+    batch = _batch(proc, synthetic_dir / "annotations.jsonl")
+    inputs = dict(batch["inputs"])
     student.eval()
     with torch.no_grad():
         h = base_hidden_states(student, **inputs)
@@ -131,11 +145,10 @@ def test_qwen3_vl_step(synthetic_dir, objective):
     torch.testing.assert_close(h[:, -2:] @ lm_head_weight(student).t(), logits[:, -2:], rtol=1e-4, atol=1e-4)
     params = [p for p in student.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
-    rollout = sample_rollout(student, proc, inputs, max_new_tokens=8)
-    loss, metrics = opd_loss(student, teacher, inputs, rollout, objective=objective)
+    loss, metrics, _ = opd_loss(student, teacher, proc, batch, objective, max_new_tokens=8)
     loss.backward()
     torch.optim.AdamW(params, lr=1e-2).step()
-    assert torch.isfinite(loss) and int(metrics["tokens"]) > 0
+    assert torch.isfinite(loss) and int(metrics["answer_tokens"]) > 0
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, params))
 
 
@@ -145,6 +158,9 @@ def test_bf16_student_keeps_small_updates_in_fp32_masters(synthetic_dir, tmp_pat
     most weights. With fp32 masters ("auto" for a bf16 student) the updates accumulate in the
     masters and the model holds their rounding; with "none" they are lost."""
     from videoopd import train as T
+    from videoopd.training import precision
+    from videoopd.training.loop import make_accelerator
+    from videoopd.training.opd import run_distillation
 
     tok = build_tiny_tokenizer("qwen3_vl")
     proc = build_tiny_processor("qwen3_vl", tok)
@@ -156,16 +172,16 @@ def test_bf16_student_keeps_small_updates_in_fp32_masters(synthetic_dir, tmp_pat
     params = [p for p in student.parameters() if p.requires_grad]
     before = [p.detach().float().clone() for p in params]
     cfg = T.TrainConfig(lr=1e-5, max_steps=2, batch_size=2, max_new_tokens=6, master_weights=master_weights,
-                        output_dir=str(tmp_path / "run"), progress=False, **SMALL_PIXELS)
+                        output_dir=str(tmp_path / "run"), progress=False, device="cpu", **SMALL_PIXELS)
     created = []
-    original = T.MasterWeights.__init__
+    original = precision.MasterWeights.__init__
 
     def spy(self, p):
         original(self, p)
         created.append(self)
 
-    monkeypatch.setattr(T.MasterWeights, "__init__", spy)
-    T.train(cfg, student, teacher, proc, records[:2], log=lambda *_: None)
+    monkeypatch.setattr(precision.MasterWeights, "__init__", spy)
+    run_distillation(cfg, make_accelerator(cfg), student, teacher, proc, records[:2], None, log=lambda *_: None)
     moved_model = sum(int((p.detach().float() != b).sum()) for p, b in zip(params, before))
     total = sum(b.numel() for b in before)
     if master_weights == "none":

@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from videoopd.data import load_annotations
-from videoopd.synthetic import COLOURS
-from videoopd.video import (
+from videoopd.data.annotations import load_annotations
+from videoopd.data.synthetic import COLOURS
+from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
+from videoopd.data.video import (
     QWEN3_VL_FACTOR,
     DecodeConfig,
-    GroundingCollator,
-    GroundingVideoDataset,
     VideoDecodeError,
     decode_video,
     frame_size,

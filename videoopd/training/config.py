@@ -1,9 +1,11 @@
 """Command-line configuration shared by ``videoopd.train`` and ``videoopd.sft``.
 
 A run is configured by a dataclass whose fields carry their help text (:func:`opt`).
-Precedence: field defaults < ``--preset`` < ``--config`` YAML < command-line flags. Every
-field is a ``--flag-with-dashes``; booleans take true/false. The resolved config is saved
-with the run (:func:`save_config`).
+:class:`RunOptions` holds what every training command shares (models' device and dtype,
+optimisation, evaluation, output); a command changes only their defaults
+(``command_defaults``). Precedence: field defaults < command defaults < ``--preset`` <
+``--config`` YAML < command-line flags. Every field is a ``--flag-with-dashes``; booleans
+take true/false. The resolved config is saved with the run (:func:`save_config`).
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
-__all__ = ["ConfigError", "DataOptions", "build_parser", "opt", "parse_config", "save_config"]
+__all__ = ["ConfigError", "DataOptions", "RunOptions", "build_parser", "check_run_options", "opt", "parse_config",
+           "save_config"]
 
 T = TypeVar("T")
 
@@ -43,6 +46,72 @@ class DataOptions:
     num_workers: int = opt("DataLoader workers decoding videos", default=0)
 
 
+@dataclass
+class RunOptions(DataOptions):
+    """What every training command (OPD, SFT) shares: one loop reads these."""
+
+    device: str | None = opt("device (default: cuda if available, else cpu; under accelerate launch, the "
+                             "process's device)", default=None)
+    dtype: str = opt("auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16 or float32", default="auto")
+    gradient_checkpointing: bool = opt("activation checkpointing of the trained model", default=True)
+    train_vision: bool = opt("also train the vision tower (frozen by default)", default=False)
+    # optimisation
+    lr: float = opt("peak AdamW learning rate", default=1e-6)
+    vision_lr: float | None = opt("peak learning rate of the vision tower when trained (default: --lr)", default=None)
+    lr_schedule: str = opt("constant, or cosine (linear warm-up then cosine decay to lr * min_lr_ratio)",
+                           default="constant")
+    warmup_steps: int = opt("linear warm-up steps", default=0)
+    min_lr_ratio: float = opt("cosine decay floor as a fraction of --lr", default=0.1)
+    adam_beta2: float = opt("AdamW beta2", default=0.999)
+    weight_decay: float = opt("AdamW weight decay (matrices only)", default=0.0)
+    max_grad_norm: float = opt("gradient clipping (0: off)", default=1.0)
+    master_weights: str = opt("fp32 master copies of the trainable weights for the optimizer, one process or DDP: "
+                              "auto (when the model is bf16/fp16, so that updates of lr ~1e-6 are not rounded "
+                              "away), fp32 or none. Under FSDP2 its mixed-precision policy keeps fp32 sharded "
+                              "masters instead", default="auto")
+    batch_size: int = opt("prompts per micro-batch and process", default=1)
+    grad_accum: int = opt("micro-batches per optimizer step (effective batch = batch_size * grad_accum * "
+                          "processes)", default=1)
+    max_steps: int = opt("optimizer steps", default=100)
+    seed: int = opt("random seed", default=0)
+    # evaluation / output
+    eval_every: int = opt("evaluate on --eval-data every K steps (0: only at the end)", default=0)
+    eval_before: bool = opt("also evaluate on --eval-data before the first step (step 0)", default=True)
+    eval_limit: int | None = opt("evaluate the first N held-out queries", default=None)
+    eval_batch_size: int = opt("prompts per evaluation generate call (per process)", default=4)
+    max_new_tokens: int = opt("max answer tokens per generation", default=64)
+    output_dir: str = opt("run folder: config.yaml, metrics.jsonl, eval_*.json, final/", default="runs/opd")
+    save_final: bool = opt("save the trained model (and processor) to OUTPUT_DIR/final", default=True)
+    save_best: bool = opt("save the model with the best held-out mIoU so far to OUTPUT_DIR/best", default=False)
+    save_every: int = opt("also save the model to OUTPUT_DIR/step{K} every K steps (0: never)", default=0)
+    progress: bool = opt("show progress bars", default=True)
+
+
+RUN_CHOICES: dict[str, tuple[Any, ...]] = {
+    "dtype": ("auto", "bfloat16", "float16", "float32"),
+    "master_weights": ("auto", "fp32", "none"),
+    "prompt_style": ("paper", "timelens"),
+    "lr_schedule": ("constant", "cosine"),
+}
+RUN_POSITIVE = ("max_frames", "batch_size", "grad_accum", "max_steps", "eval_batch_size", "max_new_tokens")
+
+
+def check_run_options(cfg: RunOptions) -> None:
+    """Range checks of the shared options; ConfigError names the option and the value."""
+    for name in ("lr", "fps"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
+    if cfg.vision_lr is not None and not cfg.vision_lr > 0:
+        raise ConfigError(f"vision_lr must be > 0, got {cfg.vision_lr!r}")
+    if not 0 <= cfg.min_lr_ratio <= 1:
+        raise ConfigError(f"min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio!r}")
+    if not 0 <= cfg.adam_beta2 < 1:
+        raise ConfigError(f"adam_beta2 must be in [0, 1), got {cfg.adam_beta2!r}")
+    for name in ("warmup_steps", "eval_every", "save_every", "num_workers", "max_grad_norm", "weight_decay"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -58,9 +127,11 @@ def _field_type(f: dataclasses.Field) -> type:
 
 def build_parser(config_class: type, *, prog: str, description: str,
                  choices: Mapping[str, Sequence[Any]] | None = None,
-                 presets: Mapping[str, Mapping[str, Any]] | None = None, preset_help: str = "") -> argparse.ArgumentParser:
+                 presets: Mapping[str, Mapping[str, Any]] | None = None, preset_help: str = "",
+                 command_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one flag per field of ``config_class`` (defaults suppressed, so
     that only the flags actually given override the YAML/preset values)."""
+    command_defaults = command_defaults or {}
     choices = choices or {}
     parser = argparse.ArgumentParser(prog=prog, description=description + " Precedence: defaults < "
                                      + ("--preset < " if presets else "") + "--config YAML < flags.",
@@ -71,7 +142,7 @@ def build_parser(config_class: type, *, prog: str, description: str,
     for f in dataclasses.fields(config_class):
         kind = _field_type(f)
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  "help": f"{f.metadata['help']} (default: {f.default})"}
+                                  "help": f"{f.metadata['help']} (default: {command_defaults.get(f.name, f.default)})"}
         if kind is bool:
             kwargs.update(type=_bool, metavar="BOOL")
         else:
@@ -87,20 +158,22 @@ def build_parser(config_class: type, *, prog: str, description: str,
 
 def parse_config(config_class: type[T], argv: Sequence[str] | None, *, prog: str, description: str,
                  choices: Mapping[str, Sequence[Any]] | None = None, positive: Sequence[str] = (),
-                 presets: Mapping[str, Mapping[str, Any]] | None = None, preset_help: str = "") -> T:
+                 presets: Mapping[str, Mapping[str, Any]] | None = None, preset_help: str = "",
+                 command_defaults: Mapping[str, Any] | None = None) -> T:
     """Parse flags, apply preset, YAML and overrides; raise ConfigError on a bad value.
 
     The chosen preset (or None) is recorded as ``cfg.preset``. ``positive`` names integer
-    fields that must be > 0; ``choices`` the allowed values of a field.
+    fields that must be > 0; ``choices`` the allowed values of a field; ``command_defaults``
+    the command's own defaults for inherited fields.
     """
     import yaml
 
     choices = choices or {}
     parser = build_parser(config_class, prog=prog, description=description, choices=choices, presets=presets,
-                          preset_help=preset_help)
+                          preset_help=preset_help, command_defaults=command_defaults)
     args = vars(parser.parse_args(list(argv) if argv is not None else None))
     names = {f.name: f for f in dataclasses.fields(config_class)}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(command_defaults or {})
     file_values: dict[str, Any] = {}
     if "config" in args:
         path = Path(args.pop("config"))

@@ -1,4 +1,4 @@
-"""Video decoding the way Qwen-VL models expect it, and a Dataset/collate that runs it in workers.
+"""Video decoding the way Qwen-VL models expect it.
 
 Sampling follows qwen-vl-utils (the code Qwen2.5-VL and Qwen3-VL were trained with):
 
@@ -19,9 +19,9 @@ Sampling follows qwen-vl-utils (the code Qwen2.5-VL and Qwen3-VL were trained wi
   min 128, max 768, total 128000 * 0.9.
 
 The processor must then be called with ``do_resize=False`` and ``do_sample_frames=False``
-(:meth:`DecodedVideo.processor_kwargs`; :func:`processor_inputs` does it): the frames are
-final. :class:`GroundingVideoDataset` decodes and :class:`GroundingCollator` runs the
-processor, so both happen in DataLoader workers.
+(:meth:`DecodedVideo.processor_kwargs`; :func:`videoopd.qwen.processing.processor_inputs`
+does it): the frames are final. :mod:`videoopd.data.datasets` runs decoding and the
+processor in DataLoader workers.
 
 decord decodes when it is installed; PyAV otherwise (``backend=`` forces either).
 """
@@ -37,21 +37,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from videoopd.prompts import PROMPT_STYLES, STYLE_DEFAULT, build_messages, render_chat
 
 __all__ = [
     "QWEN25_VL_FACTOR",
     "QWEN3_VL_FACTOR",
     "DecodeConfig",
     "DecodedVideo",
-    "GroundingCollator",
-    "GroundingVideoDataset",
     "VideoDecodeError",
     "VideoInfo",
     "decode_video",
     "frame_size",
     "probe_video",
-    "processor_inputs",
     "sample_frame_indices",
     "smart_resize",
 ]
@@ -458,123 +454,3 @@ def _resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
         frames.float(), size=(height, width), mode="bicubic", align_corners=False, antialias=True
     )
     return resized.round_().clamp_(0, 255).to(torch.uint8)
-
-
-# --------------------------------------------------------------------------------------
-# Dataset and collate: decoding and processing run in DataLoader workers
-
-
-class GroundingVideoDataset(torch.utils.data.Dataset):
-    """Decodes each record's video. ``on_error="raise"`` propagates VideoDecodeError (naming
-    the file); ``"report"`` returns the item with ``video=None`` and the error message, so an
-    evaluation can count the sample as failed instead of stopping."""
-
-    def __init__(self, records: Sequence[Any], config: DecodeConfig | None = None, on_error: str = "raise"):
-        if on_error not in ("raise", "report"):
-            raise ValueError(f"on_error must be 'raise' or 'report', got {on_error!r}")
-        self.records = list(records)
-        self.config = config if config is not None else DecodeConfig()
-        if not isinstance(self.config, DecodeConfig):
-            raise TypeError(f"config must be a DecodeConfig, got {type(self.config).__name__}")
-        self.on_error = on_error
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
-        try:
-            video = decode_video(record.video, self.config)
-        except (VideoDecodeError, FileNotFoundError) as exc:
-            if self.on_error == "raise":
-                raise
-            return {"record": record, "video": None, "error": str(exc)}
-        return {"record": record, "video": video, "error": None}
-
-
-class GroundingCollator:
-    """Renders the prompt through the processor's chat template and runs the processor on a
-    batch of decoded items. Items whose video failed (``video=None``) are passed through in
-    ``failed`` and left out of ``inputs``. ``system_prompt``: see
-    :func:`videoopd.prompts.build_messages` (default: the style's own)."""
-
-    def __init__(self, processor: Any, prompt_style: str = "paper", system_prompt: Any = STYLE_DEFAULT):
-        if not callable(processor):
-            raise TypeError(f"processor must be a callable Qwen-VL processor, got {type(processor).__name__}")
-        if prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"prompt_style must be one of {sorted(PROMPT_STYLES)}, got {prompt_style!r}")
-        self.processor = processor
-        self.prompt_style = prompt_style
-        self.system_prompt = system_prompt
-
-    def texts(self, records: Sequence[Any]) -> list[str]:
-        return [
-            render_chat(self.processor, build_messages(record.query, self.prompt_style, self.system_prompt))
-            for record in records
-        ]
-
-    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        ok = [item for item in items if item["video"] is not None]
-        failed = [item for item in items if item["video"] is None]
-        batch: dict[str, Any] = {
-            "records": [item["record"] for item in ok],
-            "videos": [item["video"] for item in ok],
-            "failed": [(item["record"], item["error"]) for item in failed],
-            "inputs": None,
-        }
-        if ok:
-            batch["inputs"] = processor_inputs(self.processor, self.texts(batch["records"]), batch["videos"])
-        return batch
-
-
-def _collapse_qwen3_video_markers(processor: Any, texts: Sequence[str]) -> list[str]:
-    """Qwen3-VL: hand the processor a bare ``<|video_pad|>`` where the template wrote
-    ``<|vision_start|><|video_pad|><|vision_end|>``.
-
-    Qwen's processor replaces that whole triplet by the per-frame
-    ``<t seconds><|vision_start|>...<|vision_end|>`` blocks; transformers 5's replaces only
-    the pad token, leaving an extra ``<|vision_start|>`` before the first stamp and an extra
-    ``<|vision_end|>`` after the last frame. Both expand a bare pad token to Qwen's layout.
-    """
-    from transformers import Qwen3VLProcessor
-
-    if not isinstance(processor, Qwen3VLProcessor):
-        return list(texts)
-    triplet = f"{processor.vision_start_token}{processor.video_token}{processor.vision_end_token}"
-    return [text.replace(triplet, processor.video_token) for text in texts]
-
-
-def processor_inputs(processor: Any, texts: Sequence[str], videos: Sequence[DecodedVideo],
-                     padding_side: str = "left") -> Any:
-    """Run a Qwen-VL processor on prompt texts (one video placeholder each) and decoded videos.
-
-    Left padding by default, for generation; training examples use ``padding_side="right"``. ``second_per_grid_ts`` (Qwen2.5-VL)
-    is set from the decoder's sampled rate: transformers 5 derives the same value from
-    ``video_metadata``, transformers 4.x from an ``fps`` argument that defaults to 2.
-    """
-    if len(texts) != len(videos):
-        raise ValueError(f"texts and videos must have the same length, got {len(texts)} and {len(videos)}")
-    if not videos:
-        raise ValueError("videos must not be empty")
-    texts = _collapse_qwen3_video_markers(processor, texts)
-    kwargs: dict[str, Any] = {
-        "video_metadata": [video.metadata for video in videos],
-        "do_resize": False,
-        "do_sample_frames": False,
-    }
-    video_processor = getattr(processor, "video_processor", None)
-    if hasattr(video_processor, "cap_pixels_per_frame") and video_processor.cap_pixels_per_frame is None:
-        kwargs["cap_pixels_per_frame"] = False  # resizing is ours; silences a deprecation warning
-    inputs = processor(
-        text=list(texts),
-        videos=[video.frames for video in videos],
-        padding=True,
-        padding_side=padding_side,
-        return_tensors="pt",
-        **kwargs,
-    )
-    if "second_per_grid_ts" in inputs:
-        inputs["second_per_grid_ts"] = torch.tensor(
-            [video.second_per_grid_ts for video in videos], dtype=torch.float32
-        )
-    return inputs

@@ -3,24 +3,32 @@
 Hidden states come from the *base* model (``model.model``: Qwen2_5_VLModel / Qwen3VLModel in
 transformers 5.x, whose output ``last_hidden_state`` is the final-norm hidden state that
 ``lm_head`` would read); the head weight is ``model.lm_head.weight``. No [tokens, vocab]
-logits are ever built here.
+logits are ever built here. :func:`policy_head_forward` computes "hidden states -> head_fn(hidden,
+W)" inside the model's forward (and the head's), where DDP and FSDP2 see the weights' use.
 """
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 
 __all__ = [
     "attn_implementation_for",
     "base_hidden_states",
+    "call_as_forward",
     "check_pair",
     "freeze_vision",
+    "is_fsdp_sharded",
+    "lm_head_module",
     "lm_head_weight",
+    "prepare_policy",
     "load_policy",
+    "policy_head_forward",
 ]
+
+T = TypeVar("T")
 
 
 def attn_implementation_for(device: str | torch.device) -> str:
@@ -36,14 +44,21 @@ def _base_model(model: Any) -> Any:
     return base
 
 
-def lm_head_weight(model: Any) -> torch.Tensor:
-    """The LM head weight [V, D] (``model.lm_head.weight``; tied heads share the embedding)."""
+def lm_head_module(model: Any) -> torch.nn.Module:
+    """The LM head module (``model.lm_head``, or the output embeddings)."""
     head = getattr(model, "lm_head", None)
     if head is None:
         head = model.get_output_embeddings()
     if head is None or not hasattr(head, "weight"):
         raise TypeError(f"{type(model).__name__} has no LM head")
-    return head.weight
+    return head
+
+
+def lm_head_weight(model: Any) -> torch.Tensor:
+    """The LM head weight [V, D] (``model.lm_head.weight``; tied heads share the embedding).
+    Under FSDP2 this is a sharded DTensor outside the head's forward: the training loop reads
+    it inside (``videoopd.training.distributed.policy_head_forward``)."""
+    return lm_head_module(model).weight
 
 
 def base_hidden_states(model: Any, **inputs: Any) -> torch.Tensor:
@@ -143,3 +158,62 @@ def check_pair(student: Any, teacher: Any, student_processor: Any, teacher_proce
     if t_rows < needed:
         raise ValueError(f"teacher LM head has {t_rows} rows, smaller than the student vocabulary ({needed}); "
                          "the teacher cannot score every student token")
+
+
+# --------------------------------------------------------------------------------------
+# forward redirection: weights used where the engine (DDP, FSDP2) sees them
+
+
+def call_as_forward(wrapper: torch.nn.Module, module: torch.nn.Module, fn: Callable[..., T], *args: Any,
+                    **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` run as ``module.forward``, called through ``wrapper``.
+
+    ``wrapper`` is what the engine returned for ``module`` (a DDP wrapper, the FSDP2 module
+    itself, or the module): its hooks fire around ``fn``. The original forward is restored
+    before ``fn`` runs, so that ``fn`` may call the module again.
+    """
+    had_own = "forward" in module.__dict__
+    own = module.__dict__.get("forward")
+
+    def restore() -> None:
+        if had_own:
+            module.forward = own
+        else:
+            module.__dict__.pop("forward", None)
+
+    def redirected(*a: Any, **k: Any) -> T:
+        restore()
+        return fn(*a, **k)
+
+    module.forward = redirected
+    try:
+        return wrapper(*args, **kwargs)
+    finally:
+        restore()
+
+
+def policy_head_forward(wrapper: torch.nn.Module, model: torch.nn.Module, inputs: dict[str, Any],
+                        head_fn: Callable[[torch.Tensor, torch.Tensor], T]) -> T:
+    """``head_fn(hidden [B, L, D], head_weight [V, D])`` computed inside ``model``'s forward.
+
+    ``model`` is a Qwen-VL ``*ForConditionalGeneration``, ``wrapper`` its prepared form. The
+    hidden states are the base model's (no logits); the head weight is the full tensor, also
+    under FSDP2. Whatever ``head_fn`` returns is returned (a loss and metrics, log-probs).
+    """
+    head = lm_head_module(model)
+
+    def body() -> T:
+        hidden = base_hidden_states(model, **inputs)
+        return call_as_forward(head, head, lambda h: head_fn(h, head.weight), hidden)
+
+    return call_as_forward(wrapper, model, body)
+
+
+def is_fsdp_sharded(model: Any) -> bool:
+    """True when ``model`` is an FSDP2 module (its parameters are sharded DTensors outside
+    its forward; generation over several processes needs ``synced_gpus``)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+    return isinstance(model, FSDPModule)

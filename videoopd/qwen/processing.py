@@ -2,7 +2,7 @@
 
 transformers' Qwen video processors are torchvision-backed, and a torchvision wheel must
 match the installed torch build exactly (the PyPI wheel does not load next to the CPU
-build of torch). Our decoder already samples and resizes frames (:mod:`videoopd.video`), so
+build of torch). Our decoder already samples and resizes frames (:mod:`videoopd.data.video`), so
 all the video processor has left to do is rescale, normalize and patchify, which needs
 only torch. :class:`TorchQwenVideoProcessor` is the transformers Qwen video processor with
 those steps in plain torch; :func:`load_processor` uses it only when the regular
@@ -14,7 +14,7 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -22,6 +22,7 @@ __all__ = [
     "QWEN_VIDEO_DEFAULTS",
     "TorchQwenVideoProcessor",
     "load_processor",
+    "processor_inputs",
     "pil_image_processor_class",
     "torchvision_available",
     "torchvision_free_processor_class",
@@ -72,7 +73,7 @@ class TorchQwenVideoProcessor(_qwen3_video_processor_class()):  # type: ignore[m
     """A Qwen-VL video processor that needs no torchvision.
 
     It takes frames that are already sampled and sized (each side a multiple of
-    ``patch_size * merge_size``), as :func:`videoopd.video.decode_video` returns them, and
+    ``patch_size * merge_size``), as :func:`videoopd.data.video.decode_video` returns them, and
     produces the same ``pixel_values_videos`` / ``video_grid_thw`` as the transformers
     processor called with ``do_resize=False``. It does not resize: call it with
     ``do_resize=False`` (its default), and give it RGB frames.
@@ -108,7 +109,7 @@ class TorchQwenVideoProcessor(_qwen3_video_processor_class()):  # type: ignore[m
 
     def resize(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         raise ValueError(
-            "TorchQwenVideoProcessor does not resize: decode with videoopd.video.decode_video, which "
+            "TorchQwenVideoProcessor does not resize: decode with videoopd.data.video.decode_video, which "
             "samples and sizes the frames, and call the processor with do_resize=False"
         )
 
@@ -119,7 +120,7 @@ class TorchQwenVideoProcessor(_qwen3_video_processor_class()):  # type: ignore[m
             if height % factor or width % factor:
                 raise ValueError(
                     f"frame size {height}x{width} is not a multiple of {factor}: size frames with "
-                    "videoopd.video.decode_video (DecodeConfig.for_processor) first"
+                    "videoopd.data.video.decode_video (DecodeConfig.for_processor) first"
                 )
         return super()._preprocess(videos, **kwargs)
 
@@ -246,3 +247,60 @@ def load_processor(path: str | Path) -> Any:
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(str(path), local_files_only=True)
+
+
+# --------------------------------------------------------------------------------------
+# processor inputs
+
+
+def _collapse_qwen3_video_markers(processor: Any, texts: Sequence[str]) -> list[str]:
+    """Qwen3-VL: hand the processor a bare ``<|video_pad|>`` where the template wrote
+    ``<|vision_start|><|video_pad|><|vision_end|>``.
+
+    Qwen's processor replaces that whole triplet by the per-frame
+    ``<t seconds><|vision_start|>...<|vision_end|>`` blocks; transformers 5's replaces only
+    the pad token, leaving an extra ``<|vision_start|>`` before the first stamp and an extra
+    ``<|vision_end|>`` after the last frame. Both expand a bare pad token to Qwen's layout.
+    """
+    from transformers import Qwen3VLProcessor
+
+    if not isinstance(processor, Qwen3VLProcessor):
+        return list(texts)
+    triplet = f"{processor.vision_start_token}{processor.video_token}{processor.vision_end_token}"
+    return [text.replace(triplet, processor.video_token) for text in texts]
+
+
+def processor_inputs(processor: Any, texts: Sequence[str], videos: Sequence[Any],
+                     padding_side: str = "left") -> Any:
+    """Run a Qwen-VL processor on prompt texts (one video placeholder each) and decoded videos.
+
+    Left padding by default, for generation; training examples use ``padding_side="right"``. ``second_per_grid_ts`` (Qwen2.5-VL)
+    is set from the decoder's sampled rate: transformers 5 derives the same value from
+    ``video_metadata``, transformers 4.x from an ``fps`` argument that defaults to 2.
+    """
+    if len(texts) != len(videos):
+        raise ValueError(f"texts and videos must have the same length, got {len(texts)} and {len(videos)}")
+    if not videos:
+        raise ValueError("videos must not be empty")
+    texts = _collapse_qwen3_video_markers(processor, texts)
+    kwargs: dict[str, Any] = {
+        "video_metadata": [video.metadata for video in videos],
+        "do_resize": False,
+        "do_sample_frames": False,
+    }
+    video_processor = getattr(processor, "video_processor", None)
+    if hasattr(video_processor, "cap_pixels_per_frame") and video_processor.cap_pixels_per_frame is None:
+        kwargs["cap_pixels_per_frame"] = False  # resizing is ours; silences a deprecation warning
+    inputs = processor(
+        text=list(texts),
+        videos=[video.frames for video in videos],
+        padding=True,
+        padding_side=padding_side,
+        return_tensors="pt",
+        **kwargs,
+    )
+    if "second_per_grid_ts" in inputs:
+        inputs["second_per_grid_ts"] = torch.tensor(
+            [video.second_per_grid_ts for video in videos], dtype=torch.float32
+        )
+    return inputs

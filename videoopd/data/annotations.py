@@ -474,7 +474,7 @@ class _Validator:
 
     def _probe(self, video: Path) -> float | None:
         if video not in self.probed:
-            from videoopd.video import VideoDecodeError, probe_video  # decoding libraries load lazily
+            from videoopd.data.video import VideoDecodeError, probe_video  # decoding libraries load lazily
 
             try:
                 self.probed[video] = probe_video(video).duration

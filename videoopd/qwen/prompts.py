@@ -10,7 +10,7 @@ Two styles:
   the chat template's default system prompt applies.
 
 The messages contain one ``{"type": "video"}`` item; the frames themselves are handed to
-the processor separately (see :mod:`videoopd.video`), so rendering never touches a file.
+the processor separately (see :mod:`videoopd.data.video`), so rendering never touches a file.
 """
 from __future__ import annotations
 

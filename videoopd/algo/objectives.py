@@ -1,0 +1,251 @@
+"""Per-batch objectives of the one training loop: on-policy distillation (sampled, full) and SFT.
+
+An objective turns a collated batch into a :class:`MicroBatch` in two no-grad phases,
+``rollout`` (the student generates: OPD; nothing: SFT) and ``score`` (the frozen teacher
+scores the rollout: OPD; nothing: SFT), and says how the student's hidden states become a
+loss (``MicroBatch.loss_fn``, run by the loop inside the student's forward, where the full
+LM-head weight exists under every engine). Losses are *sums*, with ``units`` saying what
+they are normalised by (sequences or tokens): the loop divides by the units of the whole
+optimizer step over every process, so that 2 processes x batch b step exactly like
+1 process x batch 2b. Everything comes from base-model hidden states; no [tokens, vocab]
+logits are built. Position t's hidden state predicts token t + 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+from opd_kernels import fused_reverse_kl, sampled_reverse_kl_loss, token_logprobs
+from videoopd.algo.rollout import Rollout, generate, rollout_seed
+from videoopd.qwen.models import is_fsdp_sharded, lm_head_weight, policy_head_forward
+
+__all__ = [
+    "OBJECTIVES",
+    "REDUCTIONS",
+    "DistillationObjective",
+    "GenerationContext",
+    "MicroBatch",
+    "Objective",
+    "SupervisedObjective",
+    "answer_slice",
+    "score_rollout",
+    "scoring_inputs",
+    "to_device",
+]
+
+OBJECTIVES = ("sampled", "full")
+REDUCTIONS = ("sequence_sum", "token_mean", "sum")
+VISION_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "pixel_values", "image_grid_thw")
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class GenerationContext:
+    """What an objective's no-grad phases may use: the student as a full-parameter (or FSDP2
+    root) model for ``generate``, this process's device, the optimizer step (rollout seeds),
+    and whether generation must keep every process stepping (FSDP2 over several processes)."""
+
+    model: Any
+    device: torch.device
+    step: int
+    synced_gpus: bool = False
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch ready for the student's forward + backward.
+
+    ``student_inputs``: keyword inputs of the base model, on the device. ``loss_fn(hidden
+    [B, L, D], head_weight [V, D])`` -> (loss summed over this micro-batch's units, metric
+    sums). ``units``: 0-dim tensor, what the step's loss is divided by (summed over the step's
+    micro-batches and processes); None: the loss is a plain sum. ``sums``: metric sums known
+    before the student's forward (token counts, rewards). ``records``: the prompts' records.
+    """
+
+    student_inputs: dict[str, Any]
+    loss_fn: LossFn
+    units: torch.Tensor | None
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    records: list[Any] = field(default_factory=list)
+
+
+class Objective(Protocol):
+    """What the loop needs of an objective (see the module docstring)."""
+
+    name: str
+
+    def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> Any: ...
+
+    def score(self, ctx: GenerationContext, rolled: Any) -> MicroBatch: ...
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]: ...
+
+
+def to_device(inputs: Any, device: torch.device | str) -> dict[str, Any]:
+    """A processor batch (BatchFeature or dict) as a dict with its tensors on ``device``."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in dict(inputs).items()}
+
+
+def scoring_inputs(inputs: dict[str, Any], rollout: Rollout, device: torch.device | str) -> dict[str, Any]:
+    """Inputs of the scoring forward pass: prompt + answer ids, the vision tensors, on ``device``."""
+    out = {"input_ids": rollout.sequences.to(device), "attention_mask": rollout.attention_mask.to(device)}
+    for key in VISION_KEYS:
+        if key in inputs and inputs[key] is not None:
+            out[key] = inputs[key].to(device)
+    if inputs.get("mm_token_type_ids") is not None:  # answer tokens are text (type 0)
+        types = inputs["mm_token_type_ids"]
+        pad = types.new_zeros(types.shape[0], rollout.sequences.shape[1] - types.shape[1])
+        out["mm_token_type_ids"] = torch.cat([types, pad], dim=1).to(device)
+    return out
+
+
+def answer_slice(hidden: torch.Tensor, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hidden [B, A, D] at positions P-1..L-2, target tokens [B, A], mask [B, A]) of a rollout."""
+    p = rollout.prompt_length
+    return (hidden[:, p - 1:-1], rollout.sequences[:, p:].to(hidden.device),
+            rollout.answer_mask[:, p:].to(hidden.device))
+
+
+def score_rollout(teacher: Any, teacher_wrapper: Any, inputs: dict[str, Any], rollout: Rollout, *, objective: str,
+                  temperature: float, vocab_size: int, device: torch.device | str,
+                  backend: str = "auto") -> dict[str, torch.Tensor]:
+    """The frozen teacher's view of a rollout, on ``device`` (the student's).
+
+    "sampled": ``{"teacher_logprobs": [B, A]}``, the teacher's log-probs of the sampled
+    tokens over the student's first ``vocab_size`` rows. "full": ``{"teacher_hidden": [B, A,
+    D_t], "teacher_head": [V_t, D_t]}`` for the exact reverse KL (a copy of the head when the
+    teacher is sharded: the gathered weight is freed after the teacher's forward).
+    """
+    t_device = lm_head_weight(teacher).device
+    sharded = is_fsdp_sharded(teacher)
+
+    def head_fn(hidden: torch.Tensor, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, tokens, _ = answer_slice(hidden, rollout)
+        if objective == "sampled":
+            lp = token_logprobs(h, weight, tokens, temperature=temperature, backend=backend, vocab_size=vocab_size)
+            return {"teacher_logprobs": lp}
+        return {"teacher_hidden": h, "teacher_head": weight.detach().clone() if sharded else weight.detach()}
+
+    with torch.no_grad():
+        out = policy_head_forward(teacher_wrapper, teacher, scoring_inputs(inputs, rollout, t_device), head_fn)
+    return {k: v.to(device) for k, v in out.items()}
+
+
+class DistillationObjective:
+    """On-policy distillation: the student samples one answer per prompt, the frozen teacher
+    scores it, the student minimises the reverse KL on its own tokens.
+
+    ``objective`` "sampled" (the paper's): ``sampled_reverse_kl_loss`` on the sampled tokens'
+    log-probs; "full": the exact reverse KL over the vocabulary (``fused_reverse_kl``).
+    ``reduction`` "sequence_sum" (the paper's: summed over each answer, averaged over the
+    step's sequences), "token_mean" (averaged over the step's answer tokens) or "sum".
+    """
+
+    name = "opd"
+
+    def __init__(self, teacher: Any, processor: Any, *, teacher_wrapper: Any = None, objective: str = "sampled",
+                 reduction: str = "sequence_sum", temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto"):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.teacher = teacher
+        self.teacher_wrapper = teacher_wrapper if teacher_wrapper is not None else teacher
+        self.processor = processor
+        self.objective = objective
+        self.reduction = reduction
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_new_tokens = max_new_tokens
+        self.seed = seed
+        self.vocab_size = vocab_size
+        self.backend = backend
+
+    def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> tuple[dict[str, Any], Rollout, list[Any]]:
+        inputs = to_device(batch["inputs"], ctx.device)
+        seeds = [rollout_seed(self.seed, ctx.step, record.id) for record in batch["records"]]
+        rollout = generate(ctx.model, self.processor, inputs, seeds=seeds, temperature=self.temperature,
+                           top_p=self.top_p, max_new_tokens=self.max_new_tokens, synced_gpus=ctx.synced_gpus)
+        return inputs, rollout, batch["records"]
+
+    def score(self, ctx: GenerationContext, rolled: tuple[dict[str, Any], Rollout, list[Any]]) -> MicroBatch:
+        inputs, rollout, records = rolled
+        vocab = self.vocab_size if self.vocab_size is not None else lm_head_weight(ctx.model).shape[0]
+        teacher_view = score_rollout(self.teacher, self.teacher_wrapper, inputs, rollout, objective=self.objective,
+                                     temperature=self.temperature, vocab_size=vocab, device=ctx.device,
+                                     backend=self.backend)
+        answer_mask = rollout.answer_mask[:, rollout.prompt_length:].to(ctx.device)
+        tokens = answer_mask.sum().double()
+        sequences = torch.tensor(float(answer_mask.shape[0]), dtype=torch.float64, device=ctx.device)
+        units = {"sequence_sum": sequences, "token_mean": tokens, "sum": None}[self.reduction]
+        return MicroBatch(
+            student_inputs=scoring_inputs(inputs, rollout, ctx.device),
+            loss_fn=lambda hidden, weight: self.loss(hidden, weight, rollout, teacher_view),
+            units=units,
+            sums={"answer_tokens": tokens, "sequences": sequences,
+                  "context_tokens": rollout.attention_mask.sum().double().to(ctx.device)},
+            records=list(records),
+        )
+
+    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, rollout: Rollout,
+             teacher_view: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss summed over this micro-batch's answer tokens, {"reverse_kl_sum": ...})."""
+        h, tokens, mask = answer_slice(hidden, rollout)
+        if self.objective == "sampled":
+            lp = token_logprobs(h, weight, tokens, temperature=self.temperature, backend=self.backend)
+            loss, m = sampled_reverse_kl_loss(lp, teacher_view["teacher_logprobs"], mask, reduction="sum")
+            return loss, {"reverse_kl_sum": (m["reverse_kl"] * m["tokens"]).double()}
+        h_t = teacher_view["teacher_hidden"].to(dtype=h.dtype)
+        w_t = teacher_view["teacher_head"].to(dtype=h.dtype)
+        loss = fused_reverse_kl(h, weight, h_t, w_t, mask=mask, temperature=self.temperature, reduction="sum",
+                                backend=self.backend)
+        return loss, {"reverse_kl_sum": loss.detach().double()}
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        tokens = sums.get("answer_tokens", 0.0)
+        return {"reverse_kl": sums.get("reverse_kl_sum", 0.0) / max(1.0, tokens), "answer_tokens": int(tokens),
+                "mean_answer_len": tokens / max(1.0, sums.get("sequences", 0.0))}
+
+
+class SupervisedObjective:
+    """SFT: the mean negative log-likelihood of the answer tokens (and the closing end-of-turn
+    token) over the step's answer tokens, from base-model hidden states through
+    ``token_logprobs``. Batches come from :class:`videoopd.data.datasets.SFTCollator`."""
+
+    name = "sft"
+
+    def __init__(self, backend: str = "auto"):
+        self.backend = backend
+
+    def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> dict[str, Any]:
+        return batch
+
+    def score(self, ctx: GenerationContext, batch: dict[str, Any]) -> MicroBatch:
+        inputs = to_device(batch["inputs"], ctx.device)
+        answer_mask = batch["answer_mask"].to(ctx.device)
+        tokens = answer_mask[:, 1:].sum().double()
+        return MicroBatch(
+            student_inputs=dict(inputs),
+            loss_fn=lambda hidden, weight: self.loss(hidden, weight, inputs["input_ids"], answer_mask),
+            units=tokens,
+            sums={"answer_tokens": tokens, "sequences": torch.tensor(float(answer_mask.shape[0]), device=ctx.device,
+                                                                     dtype=torch.float64),
+                  "context_tokens": inputs["attention_mask"].sum().double()},
+            records=list(batch["records"]),
+        )
+
+    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.Tensor,
+             answer_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(NLL summed over the answer tokens, {}). Only the hidden states that predict answer
+        tokens enter ``token_logprobs``."""
+        predicts = answer_mask[:, 1:]
+        targets = input_ids[:, 1:][predicts]
+        logprobs = token_logprobs(hidden[:, :-1][predicts], weight, targets, backend=self.backend)
+        return -logprobs.sum(), {}
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        return {"answer_tokens": int(sums.get("answer_tokens", 0.0))}

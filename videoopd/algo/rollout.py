@@ -1,0 +1,143 @@
+"""Generation: on-policy rollouts (sampled) and evaluation answers (greedy), one wrapper for both.
+
+Sampling is the Gumbel-max trick with one random generator per prompt:
+``argmax(z / T + g)`` with ``g ~ Gumbel(0, 1)`` draws from ``softmax(z / T)`` exactly (after
+top-p, when set). Each prompt's generator is seeded from (run seed, step, record id)
+(:func:`rollout_seed`), so a prompt's sample depends on neither the other prompts of its
+batch nor the number of processes: a run on 2 processes with batch b samples what a run on
+1 process with batch 2b does, and a resumed run samples what the uninterrupted one did.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["Rollout", "SeededSampler", "answer_mask_from", "generate", "rollout_seed"]
+
+VISION_TOKEN_ATTRS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
+@dataclass
+class Rollout:
+    """Prompt + answer token ids and masks, ready for the scoring forward passes.
+
+    ``sequences`` [B, P + A]: left-padded prompt ids then the generated answer (right-padded);
+    ``attention_mask`` [B, P + A]; ``answer_mask`` [B, P + A], True on answer tokens
+    (through the first EOS, none after); ``prompt_length`` P; ``answers`` decoded text.
+    """
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    answer_mask: torch.Tensor
+    prompt_length: int
+    answers: list[str]
+
+    @property
+    def num_answer_tokens(self) -> int:
+        return int(self.answer_mask.sum())
+
+
+def rollout_seed(seed: int, step: int, record_id: str) -> int:
+    """A stable 63-bit seed for one prompt's sample at one step (same on every process and run)."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{record_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class SeededSampler:
+    """A ``transformers`` logits processor that turns greedy decoding into sampling at
+    ``temperature`` (and ``top_p``) with one ``torch.Generator`` per row.
+
+    Row i's noise at its k-th generated token is the k-th draw of generator i, whatever the
+    other rows are. Scores: [B, V] float logits of the last position; returns
+    ``z / T + Gumbel`` (-inf outside the nucleus and on suppressed tokens).
+    """
+
+    def __init__(self, seeds: Sequence[int], *, temperature: float = 1.0, top_p: float = 1.0,
+                 device: torch.device | str = "cpu"):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        self.temperature = temperature
+        self.top_p = top_p
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"SeededSampler has {len(self.generators)} seeds for a batch of {scores.shape[0]} rows")
+        z = scores.float() / self.temperature
+        if self.top_p < 1:
+            sorted_z, order = z.sort(dim=-1, descending=True)
+            probs = sorted_z.softmax(dim=-1)
+            # keep the smallest prefix whose mass reaches top_p (the top token always stays)
+            drop_sorted = probs.cumsum(dim=-1) - probs >= self.top_p
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            z = z.masked_fill(drop, float("-inf"))
+        u = torch.stack([torch.rand(z.shape[-1], generator=g, device=z.device) for g in self.generators])
+        tiny = torch.finfo(torch.float32).tiny
+        return z - torch.log(-torch.log(u.clamp(min=tiny, max=1 - 1e-7)))
+
+
+def answer_mask_from(answer_ids: torch.Tensor, eos_ids: set[int], pad_id: int | None) -> torch.Tensor:
+    """True on answer tokens up to and including the first EOS of each row."""
+    is_eos = torch.zeros_like(answer_ids, dtype=torch.bool)
+    for eos in eos_ids:
+        is_eos |= answer_ids == eos
+    # tokens strictly after the first eos are padding
+    after_eos = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) > 0
+    return ~after_eos
+
+
+@torch.no_grad()
+def generate(model: Any, processor: Any, inputs: dict[str, Any], *, seeds: Sequence[int] | None = None,
+             temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64,
+             synced_gpus: bool = False) -> Rollout:
+    """Generate one answer per prompt with HF ``generate`` (eval mode, KV cache).
+
+    ``seeds`` (one per prompt) samples at ``temperature``/``top_p`` through
+    :class:`SeededSampler`; ``seeds=None`` decodes greedily (evaluation).
+    ``inputs``: the processor's left-padded batch (``input_ids``, ``attention_mask``, the
+    video tensors), on the model's device. ``model``: the full-parameter model, or an FSDP2
+    root (its forward hooks gather each layer), then with ``synced_gpus=True`` so that every
+    process keeps stepping until all are done. Vision placeholder tokens are never generated:
+    the scoring pass would read them as video slots.
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "use_cache": True, "do_sample": False,
+                                  "pad_token_id": tokenizer.pad_token_id, "synced_gpus": synced_gpus,
+                                  "temperature": None, "top_p": None, "top_k": None}
+    suppress = [getattr(model.config, name, None) for name in VISION_TOKEN_ATTRS]
+    suppress = [i for i in suppress if isinstance(i, int)]
+    if suppress:
+        gen_kwargs["suppress_tokens"] = suppress
+    if seeds is not None:
+        if len(seeds) != inputs["input_ids"].shape[0]:
+            raise ValueError(f"seeds must have one entry per prompt: {len(seeds)} for {inputs['input_ids'].shape[0]}")
+        from transformers import LogitsProcessorList
+
+        gen_kwargs["logits_processor"] = LogitsProcessorList(
+            [SeededSampler(seeds, temperature=temperature, top_p=top_p, device=inputs["input_ids"].device)])
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(**inputs, **gen_kwargs)
+    finally:
+        if was_training:
+            model.train()
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    prompt_length = inputs["input_ids"].shape[1]
+    answer_ids = sequences[:, prompt_length:]
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+    answer_mask = answer_mask_from(answer_ids, eos_ids, tokenizer.pad_token_id)
+    attention_mask = torch.cat([inputs["attention_mask"].to(torch.bool), answer_mask], dim=1)
+    full_answer_mask = torch.cat([torch.zeros_like(inputs["attention_mask"], dtype=torch.bool), answer_mask], dim=1)
+    answers = tokenizer.batch_decode(torch.where(answer_mask, answer_ids, tokenizer.pad_token_id),
+                                     skip_special_tokens=True)
+    return Rollout(sequences=sequences, attention_mask=attention_mask.long(), answer_mask=full_answer_mask,
+                   prompt_length=prompt_length, answers=[a.strip() for a in answers])

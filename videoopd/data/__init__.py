@@ -1,0 +1,24 @@
+"""Grounding data: annotation loaders, video decoding, datasets + collators, synthetic videos."""
+from videoopd.data.annotations import (
+    AnnotationError,
+    DataIssue,
+    GroundingRecord,
+    LoadResult,
+    LoadSummary,
+    detect_format,
+    load_annotations,
+    read_durations_csv,
+    write_jsonl_records,
+)
+
+__all__ = [
+    "AnnotationError",
+    "DataIssue",
+    "GroundingRecord",
+    "LoadResult",
+    "LoadSummary",
+    "detect_format",
+    "load_annotations",
+    "read_durations_csv",
+    "write_jsonl_records",
+]

@@ -1,0 +1,1 @@
+"""Evaluation: answer parsing, IoU metrics, batched greedy evaluation (one or many processes)."""

@@ -1,0 +1,281 @@
+"""Temporal-grounding evaluation: batched greedy generation, answer parsing, R1@{0.3,0.5,0.7}, mIoU.
+
+:func:`evaluate` scores an in-memory model (the training loop's held-out evaluation, and
+``python -m videoopd.eval``). With an ``accelerator`` of several processes the records are
+split into equal contiguous shares (:func:`shard_evenly`), each process generates its share,
+and the rows are gathered back in record order (:func:`gather_shards`): the metrics and
+prediction rows are those of one process on the same data; only the main process writes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import torch
+
+from videoopd.algo.rollout import generate
+from videoopd.data.annotations import GroundingRecord
+from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
+from videoopd.data.video import DecodeConfig
+from videoopd.evaluation.metrics import grounding_metrics, parse_span, temporal_iou
+from videoopd.qwen.models import is_fsdp_sharded
+from videoopd.qwen.prompts import PROMPT_STYLES, STYLE_DEFAULT
+
+__all__ = ["EvalResult", "evaluate", "format_metrics_table", "gather_shards", "read_predictions", "shard_evenly"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class EvalResult:
+    """Prediction rows (one per record, in record order), overall and per-source metrics."""
+
+    predictions: list[dict[str, Any]]
+    metrics: dict[str, float]
+    per_source: dict[str, dict[str, float]]
+    failed_videos: list[tuple[str, str]] = field(default_factory=list)  # (record id, error)
+    resumed: int = 0  # rows taken from an existing predictions file
+
+
+def _prediction_row(record: GroundingRecord, answer: str | None, error: str | None = None) -> dict[str, Any]:
+    pred = parse_span(answer) if answer is not None else None
+    return {
+        "id": record.id,
+        "source": record.source,
+        "video": record.video,
+        "query": record.query,
+        "gt": list(record.span),
+        "duration": record.duration,
+        "answer": answer,
+        "pred": list(pred) if pred is not None else None,
+        "iou": temporal_iou(pred, record.span),
+        "error": error,
+    }
+
+
+def read_predictions(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Rows of a predictions JSONL by id. Unreadable lines (e.g. one cut off by a crash) are
+    reported with file and line and left out, so their records are evaluated again."""
+    rows: dict[str, dict[str, Any]] = {}
+    with Path(path).open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+                    raise ValueError("not an object with a string 'id'")
+            except ValueError as exc:
+                logger.warning("%s: line %d: unreadable prediction row (%s); it will be evaluated again", path, line_number, exc)
+                continue
+            rows[row["id"]] = row
+    return rows
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model without parameters
+        return torch.device("cpu")
+
+
+def _metrics_for(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    return grounding_metrics([row["pred"] for row in rows], [row["gt"] for row in rows])
+
+
+def evaluate(
+    model: Any,
+    processor: Any,
+    records: Sequence[GroundingRecord],
+    *,
+    decode_config: DecodeConfig | None = None,
+    prompt_style: str = "paper",
+    system_prompt: Any = STYLE_DEFAULT,
+    batch_size: int = 1,
+    max_new_tokens: int = 64,
+    num_workers: int = 0,
+    predictions_path: str | Path | None = None,
+    resume: bool = False,
+    on_video_error: str = "raise",
+    progress: bool = True,
+    accelerator: Any = None,
+) -> EvalResult:
+    """Generate an answer for every record greedily, parse it and score it.
+
+    Args:
+        model: a Qwen2.5-VL / Qwen3-VL ``*ForConditionalGeneration`` with full parameters, or
+            the FSDP2-sharded model of a run (every process must then call ``evaluate``).
+        processor: its processor.
+        records: what to evaluate (ids must be unique).
+        decode_config: frame sampling; default ``DecodeConfig.for_processor(processor)``.
+        prompt_style: ``"paper"`` or ``"timelens"`` (see :mod:`videoopd.qwen.prompts`).
+        system_prompt: the style's own by default; None for none, or a string.
+        batch_size: prompts per ``generate`` call (left-padded), per process.
+        num_workers: DataLoader workers that decode videos and run the processor.
+        predictions_path: JSONL to write rows to (as they are produced on one process; by
+            the main process after the gather on several).
+        resume: keep the rows already in ``predictions_path`` for these records' ids and
+            evaluate only the rest (otherwise the file is overwritten). One process only.
+        on_video_error: ``"raise"`` stops at a video that cannot be decoded (the error names
+            the file); ``"report"`` records it as a failed row (no answer, IoU 0, counted).
+        progress: show a tqdm progress bar (main process).
+        accelerator: an ``accelerate.Accelerator``; with several processes each generates an
+            equal share of the records and every process gets the gathered result.
+    """
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"prompt_style must be one of {sorted(PROMPT_STYLES)}, got {prompt_style!r}")
+    if on_video_error not in ("raise", "report"):
+        raise ValueError(f"on_video_error must be 'raise' or 'report', got {on_video_error!r}")
+    if resume and predictions_path is None:
+        raise ValueError("resume=True needs predictions_path")
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    main = rank == 0
+    if resume and world > 1:
+        raise ValueError("resume=True is for one process; run python -m videoopd.eval to resume a predictions file")
+    records = list(records)
+    if not records:
+        raise ValueError("records must not be empty")
+    ids = [record.id for record in records]
+    if len(set(ids)) != len(ids):
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"record ids must be unique, duplicated: {duplicates[:5]}")
+    if decode_config is None:
+        decode_config = DecodeConfig.for_processor(processor)
+
+    done: dict[str, dict[str, Any]] = {}
+    if predictions_path is not None:
+        predictions_path = Path(predictions_path)
+        if main:
+            predictions_path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and predictions_path.is_file():
+            wanted = set(ids)
+            done = {i: row for i, row in read_predictions(predictions_path).items() if i in wanted}
+        elif predictions_path.exists() and main:
+            predictions_path.unlink()
+    todo, real = shard_evenly([record for record in records if record.id not in done], rank, world)
+    stream = predictions_path is not None and world == 1  # one process writes rows as they come
+
+    new_rows: list[dict[str, Any]] = []
+    failed: list[tuple[str, str]] = []
+    if todo:
+        loader = torch.utils.data.DataLoader(
+            GroundingVideoDataset(todo, decode_config, on_error=on_video_error),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=GroundingCollator(processor, prompt_style, system_prompt),
+        )
+        bar = _progress_bar(len(todo) * world, enabled=progress and main)
+        handle = predictions_path.open("a", encoding="utf-8") if stream else None
+        if handle is not None and _ends_mid_line(predictions_path):
+            handle.write("\n")  # a crash cut the last row short: start ours on a fresh line
+        synced = world > 1 and is_fsdp_sharded(model)
+        try:
+            for batch in loader:
+                rows = []
+                if batch["inputs"] is not None:
+                    inputs = batch["inputs"].to(_model_device(model))
+                    answers = generate(model, processor, inputs, max_new_tokens=max_new_tokens,
+                                       synced_gpus=synced).answers
+                    rows += [_prediction_row(record, answer) for record, answer in zip(batch["records"], answers)]
+                for record, error in batch["failed"]:
+                    logger.warning("%s: %s", record.id, error)
+                    failed.append((record.id, error))
+                    rows.append(_prediction_row(record, None, error=error))
+                new_rows += rows
+                if handle is not None:
+                    for row in rows:
+                        handle.write(json.dumps(row) + "\n")
+                    handle.flush()
+                bar.update(len(rows) * world)
+        finally:
+            bar.close()
+            if handle is not None:
+                handle.close()
+    # Rows come back in record order (the shares are contiguous, and a collated batch keeps
+    # its decodable records first): order them by record, dropping the shares' padding.
+    by_id = {row["id"]: row for row in new_rows}
+    local = [by_id[record.id] for record in todo[:real]]
+    gathered = {row["id"]: row for row in gather_shards(local, real, world)}
+    failed = [(row["id"], row["error"]) for row in gathered.values() if row["error"] is not None]
+    rows = [done.get(record.id) or gathered[record.id] for record in records]
+    if predictions_path is not None and not stream and main:
+        with predictions_path.open("w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+    by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_source[row["source"]].append(row)
+    return EvalResult(
+        predictions=rows,
+        metrics=_metrics_for(rows),
+        per_source={source: _metrics_for(group) for source, group in sorted(by_source.items())},
+        failed_videos=failed,
+        resumed=len(done),
+    )
+
+
+def _ends_mid_line(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="eval", unit="query", disable=not enabled, dynamic_ncols=True)
+
+
+def format_metrics_table(metrics: dict[str, float], per_source: dict[str, dict[str, float]] | None = None) -> str:
+    """The metrics as a fixed-width table: one row overall, then one per source."""
+    columns = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")
+    entries = [("all", metrics)] + sorted((per_source or {}).items())
+    width = max(len("source"), *(len(name) for name, _ in entries))
+    lines = [f"{'source':<{width}}  {'total':>6}  {'parsed':>6}  " + "  ".join(f"{c:>7}" for c in columns)]
+    lines.append("-" * len(lines[0]))
+    for name, values in entries:
+        lines.append(
+            f"{name:<{width}}  {int(values['total']):>6}  {int(values['parsed']):>6}  "
+            + "  ".join(f"{values[c]:>7.2f}" for c in columns)
+        )
+    return "\n".join(lines)
+
+
+def shard_evenly(items: Sequence[T], rank: int, world: int) -> tuple[list[T], int]:
+    """This process's contiguous share of ``items``, padded to the same length on every
+    process (with copies of the share's last item, or of the list's last) so that every
+    process runs the same number of batches; returns (share, number of real items in it)."""
+    if world <= 1:
+        return list(items), len(items)
+    per = math.ceil(len(items) / world)
+    share = list(items[rank * per:(rank + 1) * per])
+    real = len(share)
+    filler = share[-1] if share else items[-1]
+    return share + [filler] * (per - real), real
+
+
+def gather_shards(shard: list[T], real: int, world: int) -> list[T]:
+    """Every process's first ``real`` items of its shard, concatenated in rank order (the
+    original order for :func:`shard_evenly`'s shares); on every process."""
+    if world <= 1:
+        return shard[:real]
+    from accelerate.utils import gather_object
+
+    parts = gather_object([shard[:real]])
+    return [item for part in parts for item in part]

@@ -1,0 +1,287 @@
+"""The one training loop: OPD and SFT (any :class:`videoopd.algo.objectives.Objective`), on one
+process or many (accelerate: DDP, FSDP2).
+
+Read top to bottom: :func:`train` sets up (optimizer, schedule, engine, data), then each
+optimizer step runs :func:`optimizer_step`:
+
+1. ``rollout``: for each of ``grad_accum`` micro-batches, the objective generates (OPD: the
+   student samples one answer per prompt; SFT: nothing);
+2. ``teacher``: the objective scores them (OPD: the frozen teacher; SFT: nothing);
+3. ``student``: forward + backward of each micro-batch, the loss computed inside the
+   student's forward (:func:`videoopd.qwen.models.policy_head_forward`) and divided by the
+   step's units (sequences or tokens) summed over micro-batches *and processes*, gradients
+   synchronised on the last micro-batch only;
+4. ``optimizer``: clip, AdamW step, schedule step;
+
+then logs (one collective + one host sync), evaluates and saves. Only the main process
+writes files and shows progress; every process evaluates its share of the held-out set.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from videoopd.algo.objectives import GenerationContext, MicroBatch, Objective
+from videoopd.evaluation.evaluate import evaluate
+from videoopd.qwen.models import policy_head_forward
+from videoopd.training.config import ConfigError, RunOptions
+from videoopd.training.distributed import is_fsdp2, peak_memory_mb, reduce_step_metrics, unsupported_engine
+from videoopd.training.metrics_log import MetricsLog
+from videoopd.training.precision import MasterWeights
+
+__all__ = ["PhaseTimer", "batches", "build_optimizer", "lr_lambda", "make_accelerator", "save_model", "train"]
+
+
+def make_accelerator(cfg: RunOptions) -> Any:
+    """The run's ``accelerate.Accelerator``: the launch's engine (``accelerate launch`` config:
+    DDP, FSDP2), or one process on ``cfg.device``'s kind of device."""
+    from accelerate import Accelerator
+
+    cpu = cfg.device is not None and torch.device(cfg.device).type == "cpu"
+    accelerator = Accelerator(cpu=cpu)
+    reason = unsupported_engine(accelerator)
+    if reason is not None:
+        raise ConfigError(reason)
+    return accelerator
+
+
+def lr_lambda(cfg: RunOptions) -> Callable[[int], float]:
+    """The schedule as a factor of the peak lr at optimizer step ``i`` (0-based, as LambdaLR
+    counts): linear warm-up over ``warmup_steps``, then constant or cosine decay to
+    ``min_lr_ratio`` at ``max_steps``."""
+
+    def factor(i: int) -> float:
+        step = i + 1
+        if cfg.warmup_steps and step <= cfg.warmup_steps:
+            return step / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunOptions, masters: MasterWeights | None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (their fp32 masters when given), in groups:
+    (vision tower or not) x (matrices, decayed, or not)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters")
+    visual = getattr(getattr(model, "model", None), "visual", None)
+    vision_ids = {id(p) for p in visual.parameters()} if visual is not None else set()
+    groups = []
+    for is_vision in (False, True):
+        peak = (cfg.vision_lr or cfg.lr) if is_vision else cfg.lr
+        for decayed in (True, False):
+            members = [p for p in params if (id(p) in vision_ids) == is_vision and (p.ndim >= 2) == decayed]
+            if members:
+                stepped = [masters.master_of(p) for p in members] if masters is not None else members
+                groups.append({"params": stepped, "lr": peak, "weight_decay": cfg.weight_decay if decayed else 0.0})
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.adam_beta2))
+
+
+def batches(loader: Any) -> Iterator[dict[str, Any]]:
+    """Endless batches of a (prepared) DataLoader, epoch after epoch; batches whose videos all
+    failed to decode are skipped (their records are reported by the dataset)."""
+    while True:
+        for batch in loader:
+            if batch["inputs"] is not None:
+                yield batch
+
+
+class PhaseTimer:
+    """Wall time of the phases of a step. On CUDA it records events (read after the step's one
+    host sync), so it adds no synchronisation; on CPU it reads the clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: dict[str, tuple[Any, Any]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+        else:
+            start = time.perf_counter()
+            yield
+            end = time.perf_counter()
+        self.marks[name] = (start, end)
+
+    def seconds(self) -> dict[str, float]:
+        if self.cuda:
+            return {k: s.elapsed_time(e) / 1000 for k, (s, e) in self.marks.items()}
+        return {k: e - s for k, (s, e) in self.marks.items()}
+
+
+def save_model(accelerator: Any, wrapper: Any, processor: Any, folder: Path) -> None:
+    """The model in Hugging Face format (full weights, also from FSDP2 shards) and its
+    processor, written by the main process; every process must call it."""
+    state_dict = accelerator.get_state_dict(wrapper)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(wrapper).save_pretrained(folder, state_dict=state_dict)
+        processor.save_pretrained(folder)
+    accelerator.wait_for_everyone()
+
+
+def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, objective: Objective,
+                   data: Iterator[dict[str, Any]], optimizer: Any, scheduler: Any, masters: MasterWeights | None,
+                   cfg: RunOptions) -> tuple[dict[str, torch.Tensor], dict[str, Any], PhaseTimer, list[str]]:
+    """One optimizer step; returns (metric sums, per-process values, phase timer, record ids)."""
+    device = accelerator.device
+    world = accelerator.num_processes
+    timer = PhaseTimer(device)
+    ctx = GenerationContext(model=model, device=device, step=step, synced_gpus=is_fsdp2(accelerator) and world > 1)
+    with timer("rollout"):
+        rolled = [objective.rollout(ctx, next(data)) for _ in range(cfg.grad_accum)]
+    with timer("teacher"):
+        micro: list[MicroBatch] = [objective.score(ctx, r) for r in rolled]
+    # The step's normaliser over every micro-batch and process: a collective, no host sync.
+    units = None
+    if micro[0].units is not None:
+        units = accelerator.reduce(torch.stack([m.units for m in micro]).sum().reshape(1), "sum").reshape(())
+    sums: dict[str, torch.Tensor] = {}
+
+    def add(name: str, value: torch.Tensor) -> None:
+        value = value.detach().to(device=device, dtype=torch.float64)
+        sums[name] = sums[name] + value if name in sums else value
+
+    with timer("student"):
+        for i, mb in enumerate(micro):
+            last = i == len(micro) - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(wrapper):
+                loss_sum, metrics = policy_head_forward(wrapper, model, mb.student_inputs, mb.loss_fn)
+                # engines average gradients over processes: scale by the process count
+                scale = world / units.clamp_min(1).to(loss_sum.dtype) if units is not None else float(world)
+                accelerator.backward(loss_sum * scale)
+            add("loss", loss_sum * scale / world)
+            for name, value in {**mb.sums, **metrics}.items():
+                add(name, value)
+    with timer("optimizer"):
+        if masters is not None:
+            masters.grads_to_masters()
+        grad_norm = None
+        if cfg.max_grad_norm > 0:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if masters is not None:
+            masters.masters_to_model()
+    per_rank: dict[str, Any] = {"peak_mem_mb": peak_memory_mb(device)}
+    if grad_norm is not None:
+        per_rank["grad_norm"] = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    ids = [r.id for m in micro for r in m.records]
+    return sums, per_rank, timer, ids
+
+
+def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: Any, objective: Objective,
+          dataset: torch.utils.data.Dataset, collator: Callable[[list[Any]], dict[str, Any]],
+          eval_records: list[Any] | None = None, *, decode_config: Any = None,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``model`` (prepared by ``videoopd.qwen.models.prepare_policy``) with ``objective``
+    for ``cfg.max_steps`` optimizer steps on ``dataset``/``collator``; evaluate on
+    ``eval_records`` every ``cfg.eval_every`` steps and at the end; save per ``cfg``.
+
+    Returns a summary: ``steps`` (the logged rows), ``evals`` ({step: metrics}), ``best_mIoU``,
+    ``best_step``, ``model`` (the trained model, unwrapped: full parameters on one process or
+    DDP, the FSDP2 module under FSDP2) and ``accelerator``.
+    """
+    from tqdm.auto import tqdm
+
+    from accelerate.utils import set_seed
+
+    out_dir = Path(cfg.output_dir)
+    main = accelerator.is_main_process
+    world = accelerator.num_processes
+    set_seed(cfg.seed)
+    fsdp = is_fsdp2(accelerator)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    masters = None if fsdp else MasterWeights.for_config(trainable, cfg.master_weights)
+    optimizer = build_optimizer(model, cfg, masters)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collator,
+                                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    model.train()
+    wrapper, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model = accelerator.unwrap_model(wrapper)
+    # After prepare: under FSDP2 the optimizer now holds the sharded parameters.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    data = batches(loader)
+    metrics_log = MetricsLog(out_dir) if main else None
+    summary: dict[str, Any] = {"steps": [], "evals": {}, "best_mIoU": None, "best_step": None,
+                               "accelerator": accelerator}
+
+    def run_evaluation(step: int) -> None:
+        m = evaluate(model, processor, eval_records[: cfg.eval_limit] if cfg.eval_limit else eval_records,
+                     decode_config=decode_config, prompt_style=cfg.prompt_style, batch_size=cfg.eval_batch_size,
+                     max_new_tokens=cfg.max_new_tokens, predictions_path=out_dir / f"eval_step{step}.predictions.jsonl",
+                     on_video_error="report", progress=False, accelerator=accelerator).metrics
+        summary["evals"][step] = m
+        improved = summary["best_mIoU"] is None or m["mIoU"] > summary["best_mIoU"]
+        if improved:
+            summary["best_mIoU"], summary["best_step"] = m["mIoU"], step
+            if cfg.save_best:
+                save_model(accelerator, wrapper, processor, out_dir / "best")
+        if main:
+            import json
+
+            (out_dir / f"eval_step{step}.json").write_text(json.dumps(m, indent=2) + "\n", encoding="utf-8")
+            metrics_log.write({"step": step, **{f"eval/{k}": v for k, v in m.items()}})
+            log(f"[eval step {step}] held-out mIoU {m['mIoU']:.2f}  R1@0.5 {m['R1@0.5']:.2f}  R1@0.7 {m['R1@0.7']:.2f}"
+                + ("  (best so far)" if improved else ""))
+
+    bar = tqdm(total=cfg.max_steps, desc=objective.name, unit="step", disable=not (cfg.progress and main),
+               dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        if eval_records and cfg.eval_before:
+            run_evaluation(0)
+        for step in range(1, cfg.max_steps + 1):
+            t0 = time.perf_counter()
+            lr = scheduler.get_last_lr()[0]
+            sums, per_rank, timer, ids = optimizer_step(step, accelerator, wrapper, model, objective, data, optimizer,
+                                                        scheduler, masters, cfg)
+            summed, ranks = reduce_step_metrics(accelerator, sums, per_rank)  # the step's one host sync
+            elapsed = time.perf_counter() - t0
+            row: dict[str, Any] = {"step": step, "loss": summed["loss"], **objective.summarize(summed),
+                                   "lr": lr, "grad_norm": ranks["grad_norm"][0] if "grad_norm" in ranks else None,
+                                   "tokens_per_s": summed.get("context_tokens", 0.0) / elapsed,
+                                   "step_time_s": elapsed,
+                                   **{f"time/{k}_s": v for k, v in timer.seconds().items()},
+                                   "peak_mem_mb": max(ranks["peak_mem_mb"]),
+                                   "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
+                                   "processes": world, "time_s": time.perf_counter() - start}
+            if not math.isfinite(row["loss"]):
+                raise FloatingPointError(f"step {step}: non-finite loss {row['loss']}")
+            summary["steps"].append(row)
+            summary.setdefault("step_records", []).append(ids)
+            if main:
+                metrics_log.write(row)
+                bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "reverse_kl") if k in row}
+                                | {"tok_s": f"{row['tokens_per_s']:.0f}"})
+                bar.update(1)
+                if not cfg.progress and (step == 1 or step % 10 == 0 or step == cfg.max_steps):
+                    log(f"step {step}: loss {row['loss']:.4f}" + (f"  reverse KL {row['reverse_kl']:.4f}"
+                                                                  if "reverse_kl" in row else "")
+                        + f"  {row['tokens_per_s']:.0f} tok/s  {elapsed:.1f}s")
+            if cfg.save_every and step % cfg.save_every == 0:
+                save_model(accelerator, wrapper, processor, out_dir / f"step{step}")
+            if eval_records and (step == cfg.max_steps or (cfg.eval_every and step % cfg.eval_every == 0)):
+                run_evaluation(step)
+    finally:
+        bar.close()
+        if metrics_log is not None:
+            metrics_log.close()
+    if cfg.save_final:
+        save_model(accelerator, wrapper, processor, out_dir / "final")
+    summary["model"] = model
+    return summary

@@ -1,0 +1,70 @@
+"""An on-policy distillation run after its models are loaded: the teacher placed by the engine,
+held-out evaluation before, the loop with :class:`DistillationObjective`, evaluation after.
+``python -m videoopd.train`` and the demo run it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from videoopd.algo.objectives import DistillationObjective
+from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
+from videoopd.data.video import DecodeConfig
+from videoopd.evaluation.evaluate import evaluate
+from videoopd.qwen.models import lm_head_weight
+from videoopd.training.config import ConfigError, save_config
+from videoopd.training.distributed import place_teacher
+from videoopd.training.loop import train
+
+__all__ = ["run_distillation"]
+
+
+def run_distillation(cfg: Any, accelerator: Any, student: Any, teacher: Any, processor: Any,
+                     train_records: list[Any], eval_records: list[Any] | None, *, teacher_processor: Any = None,
+                     decode_config: Any = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Place the teacher, evaluate it (``cfg.eval_teacher``), train with
+    :class:`DistillationObjective` (the loop evaluates the student before, during and after),
+    report. ``cfg``: ``videoopd.train.TrainConfig``.
+
+    Returns the loop's summary with ``teacher_eval`` (held-out metrics, or None).
+    Raises ConfigError for a teacher placement the launch cannot give.
+    """
+    main_process = accelerator.is_main_process
+    say = log if main_process else (lambda *a, **k: None)
+    out_dir = Path(cfg.output_dir)
+    if main_process:
+        say(f"config: {save_config(cfg, out_dir)}")
+    try:
+        teacher = place_teacher(accelerator, teacher, cfg.teacher_placement, cfg.teacher_device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    decode_config = decode_config or DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
+                                                                min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+
+    def held_out(model: Any, proc: Any, tag: str) -> dict[str, float]:
+        records = eval_records[: cfg.eval_limit] if cfg.eval_limit else eval_records
+        result = evaluate(model, proc, records, decode_config=decode_config, prompt_style=cfg.prompt_style,
+                          batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+                          predictions_path=out_dir / f"eval_{tag}.predictions.jsonl", on_video_error="report",
+                          progress=False, accelerator=accelerator)
+        if main_process:
+            (out_dir / f"eval_{tag}.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
+        return result.metrics
+
+    teacher_eval = None
+    if eval_records and cfg.eval_teacher:
+        teacher_eval = held_out(teacher, teacher_processor or processor, "teacher")
+        say(f"teacher held-out mIoU: {teacher_eval['mIoU']:.2f}")
+    objective = DistillationObjective(teacher, processor, objective=cfg.objective, reduction=cfg.reduction,
+                                      temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                                      seed=cfg.seed, vocab_size=lm_head_weight(student).shape[0])
+    dataset = GroundingVideoDataset(train_records, decode_config, on_error="report")
+    summary = train(cfg, accelerator, student, processor, objective, dataset,
+                    GroundingCollator(processor, prompt_style=cfg.prompt_style), eval_records,
+                    decode_config=decode_config, log=say)
+    summary["teacher_eval"] = teacher_eval
+    if eval_records:
+        say(f"student held-out mIoU after: {summary['evals'][cfg.max_steps]['mIoU']:.2f}")
+    if cfg.save_final:
+        say(f"saved {out_dir / 'final'}")
+    return summary

@@ -1,0 +1,43 @@
+"""Inputs of a run checked before any work starts: model folders and annotation pools."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from videoopd.training.config import ConfigError, DataOptions
+
+__all__ = ["check_model_folder", "load_pool"]
+
+
+def check_model_folder(path: str | Path, flag: str) -> Path:
+    """``path`` as a Hugging Face checkpoint folder; ConfigError naming ``flag`` otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{flag}: model folder not found: {path}")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{flag}: {path} has no config.json (not a Hugging Face checkpoint)")
+    return path
+
+
+def load_pool(path: str | None, cfg: DataOptions, what: str) -> list[Any]:
+    """Records of an annotation file; ConfigError when it is missing, empty or its videos are."""
+    from videoopd.data.annotations import load_annotations
+
+    if path is None:
+        raise ConfigError(f"--{what.replace('_', '-')} is required with --student/--teacher")
+    if not Path(path).is_file():
+        raise ConfigError(f"--{what.replace('_', '-')}: annotation file not found: {path}")
+    try:
+        records, summary = load_annotations(path, cfg.format, video_root=cfg.video_root)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"--{what.replace('_', '-')}: {exc}") from None
+    flag = "--" + what.replace("_", "-")
+    missing = [i.message for i in summary.issues if i.kind == "missing_video"]
+    missing += [f"video file not found: {r.video}" for r in records if not Path(r.video).is_file()]
+    if missing:
+        raise ConfigError(f"{flag}: {len(missing)} queries refer to missing videos (e.g. {missing[0]}); "
+                          "check --video-root")
+    if not records:
+        raise ConfigError(f"--{what.replace('_', '-')}: no usable records in {path} (empty pool)\n"
+                          + summary.report(max_issues=10))
+    return records
