@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import torch
 
+from videoopd.qwen.models import call_as_forward, is_fsdp_sharded
+
 __all__ = ["Rollout", "SeededSampler", "answer_mask_from", "generate", "rollout_seed"]
 
 VISION_TOKEN_ATTRS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
@@ -101,8 +103,9 @@ def generate(model: Any, processor: Any, inputs: dict[str, Any], *, seeds: Seque
     :class:`SeededSampler`; ``seeds=None`` decodes greedily (evaluation).
     ``inputs``: the processor's left-padded batch (``input_ids``, ``attention_mask``, the
     video tensors), on the model's device. ``model``: the full-parameter model, or an FSDP2
-    root (its forward hooks gather each layer), then with ``synced_gpus=True`` so that every
-    process keeps stepping until all are done. Vision placeholder tokens are never generated:
+    root (each FSDP unit gathered while it runs: memory stays sharded, communication per
+    generated token), then with ``synced_gpus=True`` so that every process keeps stepping
+    until all are done. Vision placeholder tokens are never generated:
     the scoring pass would read them as video slots.
     """
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -123,7 +126,13 @@ def generate(model: Any, processor: Any, inputs: dict[str, Any], *, seeds: Seque
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(**inputs, **gen_kwargs)
+        if is_fsdp_sharded(model):
+            # generate reads root-level weights (e.g. the vision patch embedding) outside the
+            # root's forward: run it as the root's forward, so that FSDP2 gathers them (and
+            # sets up its hooks from the root); every FSDP unit below gathers in its forward.
+            out = call_as_forward(model, model, lambda: model.generate(**inputs, **gen_kwargs))
+        else:
+            out = model.generate(**inputs, **gen_kwargs)
     finally:
         if was_training:
             model.train()

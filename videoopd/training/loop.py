@@ -34,7 +34,7 @@ from videoopd.training.distributed import is_fsdp2, peak_memory_mb, reduce_step_
 from videoopd.training.metrics_log import MetricsLog
 from videoopd.training.precision import MasterWeights
 
-__all__ = ["PhaseTimer", "batches", "build_optimizer", "lr_lambda", "make_accelerator", "save_model", "train"]
+__all__ = ["PhaseTimer", "batches", "build_optimizer", "enable_fsdp_on_cpu", "lr_lambda", "make_accelerator", "save_model", "train"]
 
 
 def make_accelerator(cfg: RunOptions) -> Any:
@@ -44,10 +44,35 @@ def make_accelerator(cfg: RunOptions) -> Any:
 
     cpu = cfg.device is not None and torch.device(cfg.device).type == "cpu"
     accelerator = Accelerator(cpu=cpu)
+    enable_fsdp_on_cpu(accelerator)
     reason = unsupported_engine(accelerator)
     if reason is not None:
         raise ConfigError(reason)
     return accelerator
+
+
+def enable_fsdp_on_cpu(accelerator: Any) -> None:
+    """Honour an FSDP launch config on CPU processes (gloo).
+
+    accelerate turns FSDP on only over accelerators and falls back to plain multi-CPU data
+    parallelism otherwise, while torch's ``fully_shard`` runs on the CPU too. So that an FSDP2
+    launch behaves the same everywhere (and is tested on CPUs), set the state accelerate
+    would have set: distributed type FSDP with the launch's FSDP plugin.
+    """
+    import os
+
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+            and accelerator.distributed_type == DistributedType.MULTI_CPU):
+        plugin = FullyShardedDataParallelPlugin()  # from the launch's FSDP_* environment
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+        accelerator.state.fsdp_plugin = plugin
+        # AcceleratorState re-reads the process state each time it is constructed: set both
+        PartialState().distributed_type = DistributedType.FSDP
+        accelerator.state.distributed_type = DistributedType.FSDP
 
 
 def lr_lambda(cfg: RunOptions) -> Callable[[int], float]:

@@ -11,7 +11,7 @@ from videoopd.algo.objectives import DistillationObjective
 from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
 from videoopd.data.video import DecodeConfig
 from videoopd.evaluation.evaluate import evaluate
-from videoopd.qwen.models import lm_head_weight
+from videoopd.qwen.models import is_fsdp_sharded, lm_head_weight
 from videoopd.training.config import ConfigError, save_config
 from videoopd.training.distributed import place_teacher
 from videoopd.training.loop import train
@@ -26,7 +26,8 @@ def run_distillation(cfg: Any, accelerator: Any, student: Any, teacher: Any, pro
     :class:`DistillationObjective` (the loop evaluates the student before, during and after),
     report. ``cfg``: ``videoopd.train.TrainConfig``.
 
-    Returns the loop's summary with ``teacher_eval`` (held-out metrics, or None).
+    Returns the loop's summary with ``teacher_eval`` (held-out metrics, or None) and
+    ``teacher_sharded`` (whether FSDP2 sharded the teacher).
     Raises ConfigError for a teacher placement the launch cannot give.
     """
     main_process = accelerator.is_main_process
@@ -63,6 +64,7 @@ def run_distillation(cfg: Any, accelerator: Any, student: Any, teacher: Any, pro
                     GroundingCollator(processor, prompt_style=cfg.prompt_style), eval_records,
                     decode_config=decode_config, log=say)
     summary["teacher_eval"] = teacher_eval
+    summary["teacher_sharded"] = is_fsdp_sharded(teacher)
     if eval_records:
         say(f"student held-out mIoU after: {summary['evals'][cfg.max_steps]['mIoU']:.2f}")
     if cfg.save_final:

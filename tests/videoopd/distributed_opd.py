@@ -1,0 +1,96 @@
+"""A few OPD steps of tiny fp32 Qwen-VL models through videoopd's loop, on however many processes
+this is launched with (``python``, or ``accelerate launch --cpu --num_processes 2 [--config_file
+configs/accelerate/fsdp2.yaml]``); used by test_distributed.py.
+
+Writes to OUT: the run folder (what the loop writes), ``weights.pt`` (the full final state
+dict, main process), and ``rank{r}.json`` per process: the step losses, the records each
+step drew, and every file this process opened for writing under OUT/run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--objective", default="full")
+    parser.add_argument("--reduction", default="token_mean")
+    parser.add_argument("--eval-limit", type=int, default=5)
+    parser.add_argument("--unsynchronised", action="store_true",
+                        help="compute the loss through the unwrapped model (the bug this test guards against)")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    run_dir = (out / "run").resolve()
+    opened: list[str] = []
+
+    def audit(event: str, info: tuple) -> None:
+        if event == "open" and isinstance(info[0], (str, os.PathLike)) and isinstance(info[1], str):
+            path, mode = os.fspath(info[0]), info[1]
+            if any(m in mode for m in "wax+") and os.path.abspath(path).startswith(str(run_dir)):
+                opened.append(os.path.relpath(os.path.abspath(path), run_dir))
+
+    sys.addaudithook(audit)
+
+    import torch
+
+    from videoopd.data.annotations import load_annotations
+    from videoopd.qwen.models import is_fsdp_sharded, prepare_policy
+    from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+    from videoopd.train import resolve_config
+    from videoopd.training import loop
+    from videoopd.training.loop import make_accelerator
+    from videoopd.training.opd import run_distillation
+
+    cfg = resolve_config(["--student", "s", "--teacher", "t", "--device", "cpu", "--objective", args.objective,
+                          "--reduction", args.reduction, "--batch-size", str(args.batch_size),
+                          "--grad-accum", str(args.grad_accum), "--max-steps", str(args.steps), "--lr", "3e-3",
+                          "--max-new-tokens", "6", "--eval-every", str(args.steps), "--eval-limit", str(args.eval_limit),
+                          "--eval-batch-size", "2", "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96),
+                          "--output-dir", str(run_dir), "--no-progress", "--gradient-checkpointing", "false"])
+    if args.unsynchronised:
+        through = loop.policy_head_forward
+        loop.policy_head_forward = lambda wrapper, model, inputs, fn: through(model, model, inputs, fn)
+    accelerator = make_accelerator(cfg)
+    tok = build_tiny_tokenizer("qwen2_5_vl")
+    proc = build_tiny_processor("qwen2_5_vl", tok)
+    student = prepare_policy(build_tiny_model("qwen2_5_vl", tok, seed=1, hidden_size=32), trainable=True,
+                             gradient_checkpointing=False)
+    teacher = prepare_policy(build_tiny_model("qwen2_5_vl", tok, seed=2, hidden_size=64), trainable=False)
+    records, _ = load_annotations(args.data)
+    summary = run_distillation(cfg, accelerator, student, teacher, proc, records, records,
+                               log=lambda *_: None)
+    state = accelerator.get_state_dict(summary["model"]) if accelerator.is_fsdp2 else None
+    if accelerator.is_main_process:
+        if state is None:
+            state = accelerator.unwrap_model(summary["model"]).state_dict()
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, out / "weights.pt")
+    (out / f"rank{accelerator.process_index}.json").write_text(json.dumps({
+        "world": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "losses": [row["loss"] for row in summary["steps"]],
+        "reverse_kl": [row["reverse_kl"] for row in summary["steps"]],
+        "step_records": summary["step_records"],
+        "evals": summary["evals"],
+        "rows": summary["steps"],
+        "opened_for_writing": sorted(set(opened)),
+        "student_sharded": is_fsdp_sharded(summary["model"]),
+        "teacher_sharded": summary["teacher_sharded"],
+    }, default=str) + "\n")
+    accelerator.wait_for_everyone()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The loop on 2 real processes (accelerate launch, gloo on the CPU) against 1 process.
+
+2 processes x batch b must step exactly like 1 process x batch 2b (same seed, fp32): the same
+loss per step, the same final weights within 1e-5, the same held-out prediction rows; each
+process draws different prompts whose union is the global batch; only the main process
+writes. For DDP and for FSDP2 (student and teacher sharded). A run whose loss bypasses the
+engine (no gradient all-reduce, the bug this guards against) must fail the comparison.
+
+Note: ``accelerate launch --cpu --num_processes 2`` starts ONE process (accelerate runs CPU
+multi-process jobs only through MPI); on a machine without CUDA, ``accelerate launch
+--num_processes 2`` (no --cpu) starts 2 processes on gloo. The launches below do that.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.multiprocess
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNNER = Path(__file__).with_name("distributed_opd.py")
+CONFIGS = ROOT / "configs" / "accelerate"
+
+
+def launch(args: list[str], processes: int, config: str | None = None, timeout: int = 420) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)  # the torch backend on CPU either way
+    if processes == 1:
+        cmd = [sys.executable, *args]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+               "--config_file", str(CONFIGS / config), "--mixed_precision", "no", "--main_process_port", "0",
+               *args]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from videoopd.data.synthetic import generate_dataset
+
+    # 4 prompts: with 2 per step, steps 1-2 are one epoch and step 3 starts the next
+    return generate_dataset(tmp_path_factory.mktemp("dist_data"), num_videos=4, seed=0, duration=8.0, fps=4,
+                            height=64, width=96, events_per_video=1)
+
+
+def run(data: Path, out: Path, processes: int, batch_size: int, config: str | None = None, *extra: str) -> dict:
+    launch([str(RUNNER), "--data", str(data), "--out", str(out), "--batch-size", str(batch_size), *extra],
+           processes, config)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
+    return {"ranks": ranks, "weights": torch.load(out / "weights.pt"), "out": out}
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    return run(data, tmp_path_factory.mktemp("one_process"), 1, 2)
+
+
+def max_weight_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("config", ["ddp.yaml", "fsdp2.yaml"])
+def test_two_processes_step_like_one(config, data, reference, tmp_path):
+    two = run(data, tmp_path, 2, 1, config)
+    ref = reference["ranks"][0]
+    rank0, rank1 = two["ranks"]
+    assert ref["world"] == 1 and rank0["world"] == rank1["world"] == 2
+    assert rank0["distributed_type"].endswith("FSDP" if config == "fsdp2.yaml" else "MULTI_CPU")
+    sharded = config == "fsdp2.yaml"
+    assert rank0["student_sharded"] is sharded and rank0["teacher_sharded"] is sharded
+    # the same loss per step (the logged loss is the global one, on every process)
+    assert rank0["losses"] == pytest.approx(ref["losses"], rel=1e-5, abs=1e-7)
+    assert rank1["losses"] == rank0["losses"]
+    assert rank0["reverse_kl"] == pytest.approx(ref["reverse_kl"], rel=1e-5, abs=1e-7)
+    # each process drew different prompts; together they are the one-process batch
+    for step, (mine, theirs, both) in enumerate(zip(rank0["step_records"], rank1["step_records"],
+                                                   ref["step_records"]), start=1):
+        assert not set(mine) & set(theirs), f"step {step}: both processes drew {set(mine) & set(theirs)}"
+        assert sorted(mine + theirs) == sorted(both), f"step {step}"
+    # the same final weights
+    assert max_weight_difference(two["weights"], reference["weights"]) < 1e-5
+    # held-out evaluation split over the processes gives the rows and metrics of one process
+    for tag in ("step0", "step3"):
+        assert (tmp_path / "run" / f"eval_{tag}.predictions.jsonl").read_text() == \
+            (reference["out"] / "run" / f"eval_{tag}.predictions.jsonl").read_text()
+        assert json.loads((tmp_path / "run" / f"eval_{tag}.json").read_text()) == \
+            json.loads((reference["out"] / "run" / f"eval_{tag}.json").read_text())
+    assert rank0["evals"] == rank1["evals"] == ref["evals"]
+    # only the main process writes
+    assert rank1["opened_for_writing"] == []
+    assert {"config.yaml", "metrics.jsonl", "eval_step3.json"} <= set(rank0["opened_for_writing"])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert all(r["processes"] == 2 and len(r["peak_mem_mb_per_rank"]) == 2 for r in steps)
+    # the saved model is the trained one, loadable on its own
+    from videoopd.qwen.models import load_policy
+
+    final = load_policy(tmp_path / "run" / "final", trainable=False)
+    saved = final.state_dict()
+    assert max(float((saved[k] - reference["weights"][k]).abs().max()) for k in saved) < 1e-5
+
+
+def test_unsynchronised_gradients_fail_the_comparison(data, reference, tmp_path):
+    """The loss through the unwrapped model (no DDP all-reduce): each process steps on its own
+    half of the batch, and the weights leave the one-process run's."""
+    broken = run(data, tmp_path, 2, 1, "ddp.yaml", "--unsynchronised")
+    assert max_weight_difference(broken["weights"], reference["weights"]) > 1e-3
+
+
+def test_accelerate_launch_demo_cli(tmp_path):
+    """The command users run: the demo, shortened, on 2 processes with FSDP2."""
+    out = tmp_path / "demo"
+    launch(["-m", "videoopd.train", "--max-steps", "3", "--demo-videos", "8", "--eval-every", "3",
+            "--output-dir", str(out), "--no-progress"], 2, "fsdp2.yaml")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    assert all(r["processes"] == 2 for r in rows if "loss" in r)
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["processes"] == 2 and len(summary["reverse_kl"]) == 3
+    from videoopd.qwen.models import load_policy
+
+    assert load_policy(out / "final", trainable=False).config.model_type == "qwen3_vl"
