@@ -18,7 +18,6 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 from videoopd.training import config
@@ -30,7 +29,6 @@ from videoopd.training.config import (
     check_run_options,
     opt,
     parse_config,
-    save_config,
 )
 
 __all__ = ["PRESETS", "TrainConfig", "build_parser", "main", "resolve_config"]

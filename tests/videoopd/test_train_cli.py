@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from videoopd import train as T
+from videoopd.training.config import ConfigError, save_config
 from videoopd.qwen.models import check_pair
 from videoopd.qwen.tiny import build_tiny_model, build_tiny_tokenizer, save_tiny_checkpoint
 
@@ -26,7 +27,7 @@ def test_yaml_then_override_then_saved(tmp_path):
     cfg = T.resolve_config(["--config", str(cfg_file), "--lr", "2e-5", "--top-p", "0.95"])
     assert cfg.lr == 2e-5 and cfg.max_new_tokens == 32 and cfg.objective == "full"
     assert cfg.grad_accum == 4 and cfg.top_p == 0.95 and cfg.temperature == 1.0
-    saved = yaml.safe_load(T.save_config(cfg, tmp_path / "out").read_text())
+    saved = yaml.safe_load(save_config(cfg, tmp_path / "out").read_text())
     assert saved["lr"] == 2e-5 and saved["objective"] == "full" and saved["max_new_tokens"] == 32
     assert T.TrainConfig(**{k: v for k, v in saved.items() if k != "preset"}) == cfg
 
@@ -36,14 +37,14 @@ def test_preset_video_opd(tmp_path):
     assert (cfg.temperature, cfg.batch_size * cfg.grad_accum, cfg.fps, cfg.max_frames) == (0.9, 32, 2.0, 768)
     assert cfg.lr == 2e-6 and cfg.objective == "sampled" and cfg.reduction == "sequence_sum"
     assert not cfg.train_vision
-    with pytest.raises(T.ConfigError, match="needs --student and --teacher"):
+    with pytest.raises(ConfigError, match="needs --student and --teacher"):
         T.resolve_config(["--preset", "video-opd"])
 
 
 def test_bad_yaml_key(tmp_path):
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text("learning_rate: 1.0\n")
-    with pytest.raises(T.ConfigError, match="unknown option 'learning_rate'"):
+    with pytest.raises(ConfigError, match="unknown option 'learning_rate'"):
         T.resolve_config(["--config", str(cfg_file)])
 
 
@@ -136,6 +137,28 @@ def test_demo_smoke(capsys, tmp_path):
     summary = json.loads((out / "demo_summary.json").read_text())
     assert len(summary["reverse_kl"]) == 2 and summary["student_after"] == summary["student_evals"]["2"]
     assert yaml.safe_load((out / "config.yaml").read_text())["max_pixels"] == 32 * 64
+
+
+def test_sharded_teacher_needs_an_fsdp2_launch(capsys, tmp_path, checkpoints, synthetic_dir):
+    s, t = (str(c) for c in checkpoints)
+    code = T.main(["--student", s, "--teacher", t, "--train-data", str(synthetic_dir / "annotations.jsonl"),
+                   "--teacher-placement", "shard", "--max-steps", "1", "--output-dir", str(tmp_path / "run")])
+    assert code == 2
+    assert "a sharded teacher needs an FSDP2 launch" in capsys.readouterr().err
+
+
+def test_unsupported_engines_are_named():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from videoopd.training.distributed import unsupported_engine
+
+    deepspeed = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, is_fsdp2=False)
+    fsdp1 = SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=False)
+    assert "DeepSpeed is not supported" in unsupported_engine(deepspeed)
+    assert "fsdp_version: 2" in unsupported_engine(fsdp1)
+    assert unsupported_engine(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, is_fsdp2=False)) is None
 
 
 def test_attention_choice_on_cpu():
