@@ -27,6 +27,7 @@ def main() -> int:
     parser.add_argument("--objective", default="full")
     parser.add_argument("--reduction", default="token_mean")
     parser.add_argument("--eval-limit", type=int, default=5)
+    parser.add_argument("--student-dtype", default="float32", help="dtype the student is loaded in")
     parser.add_argument("--unsynchronised", action="store_true",
                         help="compute the loss through the unwrapped model (the bug this test guards against)")
     args = parser.parse_args()
@@ -65,8 +66,8 @@ def main() -> int:
     accelerator = make_accelerator(cfg)
     tok = build_tiny_tokenizer("qwen2_5_vl")
     proc = build_tiny_processor("qwen2_5_vl", tok)
-    student = prepare_policy(build_tiny_model("qwen2_5_vl", tok, seed=1, hidden_size=32), trainable=True,
-                             gradient_checkpointing=False)
+    student = build_tiny_model("qwen2_5_vl", tok, seed=1, hidden_size=32).to(getattr(torch, args.student_dtype))
+    student = prepare_policy(student, trainable=True, gradient_checkpointing=False)
     teacher = prepare_policy(build_tiny_model("qwen2_5_vl", tok, seed=2, hidden_size=64), trainable=False)
     records, _ = load_annotations(args.data)
     summary = run_distillation(cfg, accelerator, student, teacher, proc, records, records,
@@ -87,6 +88,7 @@ def main() -> int:
         "opened_for_writing": sorted(set(opened)),
         "student_sharded": is_fsdp_sharded(summary["model"]),
         "teacher_sharded": summary["teacher_sharded"],
+        "trained_dtypes": sorted({str(p.dtype) for p in summary["model"].parameters() if p.requires_grad}),
     }, default=str) + "\n")
     accelerator.wait_for_everyone()
     return 0

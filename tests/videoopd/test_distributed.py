@@ -28,14 +28,15 @@ RUNNER = Path(__file__).with_name("distributed_opd.py")
 CONFIGS = ROOT / "configs" / "accelerate"
 
 
-def launch(args: list[str], processes: int, config: str | None = None, timeout: int = 420) -> None:
+def launch(args: list[str], processes: int, config: str | None = None, timeout: int = 420,
+           mixed_precision: str = "no") -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)  # the torch backend on CPU either way
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-               "--config_file", str(CONFIGS / config), "--mixed_precision", "no", "--main_process_port", "0",
+               "--config_file", str(CONFIGS / config), "--mixed_precision", mixed_precision, "--main_process_port", "0",
                *args]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
@@ -50,9 +51,10 @@ def data(tmp_path_factory):
                             height=64, width=96, events_per_video=1)
 
 
-def run(data: Path, out: Path, processes: int, batch_size: int, config: str | None = None, *extra: str) -> dict:
+def run(data: Path, out: Path, processes: int, batch_size: int, config: str | None = None, *extra: str,
+        mixed_precision: str = "no") -> dict:
     launch([str(RUNNER), "--data", str(data), "--out", str(out), "--batch-size", str(batch_size), *extra],
-           processes, config)
+           processes, config, mixed_precision=mixed_precision)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
     return {"ranks": ranks, "weights": torch.load(out / "weights.pt"), "out": out}
 
@@ -114,6 +116,19 @@ def test_unsynchronised_gradients_fail_the_comparison(data, reference, tmp_path)
     half of the batch, and the weights leave the one-process run's."""
     broken = run(data, tmp_path, 2, 1, "ddp.yaml", "--unsynchronised")
     assert max_weight_difference(broken["weights"], reference["weights"]) > 1e-3
+
+
+def test_fsdp2_mixed_precision_keeps_fp32_sharded_masters(data, reference, tmp_path):
+    """A bf16 student under FSDP2 with mixed_precision bf16: FSDP2's policy computes in bf16 and
+    steps fp32 sharded parameters (videoopd's own MasterWeights stay off); the run tracks the
+    fp32 one to bf16 precision and saves fp32 trained weights (the frozen vision tower stays bf16)."""
+    mixed = run(data, tmp_path, 2, 1, "fsdp2.yaml", "--student-dtype", "bfloat16", mixed_precision="bf16")
+    rank0 = mixed["ranks"][0]
+    assert rank0["student_sharded"] and rank0["trained_dtypes"] == ["torch.float32"]
+    assert rank0["losses"] == pytest.approx(reference["ranks"][0]["losses"], rel=3e-2)
+    trained = {k: v for k, v in mixed["weights"].items() if ".visual." not in k}  # the vision tower is frozen
+    assert {v.dtype for v in trained.values()} == {torch.float32}
+    assert max_weight_difference(mixed["weights"], reference["weights"]) < 3e-2
 
 
 def test_accelerate_launch_demo_cli(tmp_path):
