@@ -23,7 +23,10 @@ def add_target_grads(dh, dW, h, W, tokens, row_scale):
     if dh is not None:
         dh.add_(row_scale[:, None] * W.index_select(0, tokens).to(dh.dtype))
     if dW is not None:
-        dW.index_add_(0, tokens, row_scale[:, None] * h.to(dW.dtype))
+        # A row with zero upstream gradient (a masked token) adds exactly 0 even where its
+        # hidden state is NaN/inf (padding): selected away, since 0 * NaN = NaN.
+        scaled_h = (row_scale[:, None] * h.to(dW.dtype)).masked_fill_(row_scale[:, None] == 0, 0.0)
+        dW.index_add_(0, tokens, scaled_h)
 
 
 def logsumexp_stats_torch(h, W, inv_tau, with_mean, chunk_size=None):
@@ -62,10 +65,14 @@ def softmax_grads_torch(h, W, inv_tau, lse, entropy, grad_lp, grad_entropy, need
     chunk = chunk_size or DEFAULT_CHUNK_SIZE
     for r0 in range(0, n, chunk):
         r1 = min(r0 + chunk, n)
-        hc = h[r0:r1]
-        lse_c, go_lp = lse[r0:r1, None], grad_lp[r0:r1, None]
-        ent_c = entropy[r0:r1, None] if entropy is not None else None
+        go_lp = grad_lp[r0:r1, None]
         go_ent = grad_entropy[r0:r1, None] if grad_entropy is not None else None
+        # Rows with zero upstream gradient (masked tokens) may hold NaN/inf (padding): select
+        # them away before the matmuls (0 * NaN = NaN) so they add exactly 0 to dh and dW.
+        live = go_lp != 0 if go_ent is None else (go_lp != 0) | (go_ent != 0)
+        hc = torch.where(live, h[r0:r1], 0.0)
+        lse_c = torch.where(live, lse[r0:r1, None], 0.0)
+        ent_c = torch.where(live, entropy[r0:r1, None], 0.0) if entropy is not None else None
         for v0 in range(0, vocab, VOCAB_CHUNK):
             v1 = min(v0 + VOCAB_CHUNK, vocab)
             log_p = mm_acc(hc, W[v0:v1].t()).mul_(inv_tau).sub_(lse_c)

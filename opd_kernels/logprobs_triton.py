@@ -124,8 +124,10 @@ def _softmax_bwd_kernel(
             weight = weight + go_ent[:, None] * (log_p + entropy[:, None])
         g = -tl.exp(log_p) * weight * inv_tau
         g = tl.where(live_rows[:, None] & col_ok[None, :], g, 0.0)
-        scatter_logit_grads(g, h_ptr, w_ptr, dh_ptr, dw_ptr, rows, cols, row_ok, col_ok, D, stride_h, stride_w,
-                            BLOCK_N, BLOCK_V, BLOCK_D, COMPUTE_DH, COMPUTE_DW, DOT_PRECISION)
+        # Dead rows of a partially live block may hold NaN/inf (padding): as the row mask,
+        # live_rows loads their h as 0 (0 * NaN would be NaN in g^T h) and leaves their dh at 0.
+        scatter_logit_grads(g, h_ptr, w_ptr, dh_ptr, dw_ptr, rows, cols, row_ok & live_rows, col_ok, D, stride_h,
+                            stride_w, BLOCK_N, BLOCK_V, BLOCK_D, COMPUTE_DH, COMPUTE_DW, DOT_PRECISION)
 
 
 @triton.jit

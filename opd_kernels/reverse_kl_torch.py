@@ -69,7 +69,11 @@ def reverse_kl_torch(
     dW = torch.zeros(W_s.shape, dtype=dtype, device=W_s.device) if need_dw else None
     for r0 in range(0, n, chunk):
         r1 = min(r0 + chunk, n)
-        hs, ht = h_s[r0:r1], h_t[r0:r1]
+        # Masked rows (padding) may hold NaN/inf: select them away (not multiply, 0 * NaN = NaN)
+        # before the matmuls, so they contribute exactly 0 to rkl, dh and dW.
+        live = active[r0:r1, None]
+        hs = torch.where(live, h_s[r0:r1], 0.0)
+        ht = torch.where(live, h_t[r0:r1], 0.0)
         lse_s, lse_t, rkl_chunk = _chunk_stats(hs, W_s, ht, W_t, inv_tau, vocab)
         rkl[r0:r1] = torch.where(active[r0:r1], rkl_chunk, 0.0)
         if not (need_dh or need_dw):

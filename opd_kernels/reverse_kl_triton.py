@@ -214,9 +214,13 @@ def _rkl_bwd_fused_kernel(
         log_p = zs - lse_s[:, None]
         log_q = zt - lse_t[:, None]
         g = tl.exp(log_p) * (log_p - log_q - rkl[:, None]) * scale[:, None]
-        live = (scale != 0)[:, None] & col_ok[None, :]
-        scatter_logit_grads(tl.where(live, g, 0.0), hs_ptr, ws_ptr, dh_ptr, dw_ptr, rows, cols, row_ok, col_ok,
-                            DS, stride_hs, stride_ws, BLOCK_N, BLOCK_V, BLOCK_D, COMPUTE_DH, COMPUTE_DW,
+        live_rows = row_ok & (scale != 0)
+        live = live_rows[:, None] & col_ok[None, :]
+        # Masked rows of a partially masked block may hold NaN/inf (padding): passing live_rows
+        # as the row mask loads their h as 0 (0 * NaN would be NaN in g^T h) and leaves their
+        # dh at its zero initial value.
+        scatter_logit_grads(tl.where(live, g, 0.0), hs_ptr, ws_ptr, dh_ptr, dw_ptr, rows, cols, live_rows,
+                            col_ok, DS, stride_hs, stride_ws, BLOCK_N, BLOCK_V, BLOCK_D, COMPUTE_DH, COMPUTE_DW,
                             DOT_PRECISION)
 
 
@@ -264,9 +268,14 @@ def reverse_kl_triton_chunked(h_s, W_s, h_t, W_t, weights, inv_tau, need_dh, nee
     dh = torch.empty(h_s.shape, dtype=torch.float32, device=device) if need_dh else None
     dW = torch.zeros(W_s.shape, dtype=torch.float32, device=device) if need_dw else None
     g_buffer = torch.empty((chunk, vocab), dtype=h_s.dtype, device=device) if need_grad else None
+    active = weights[:, None] != 0
     for r0 in range(0, n, chunk):
         r1 = min(r0 + chunk, n)
         hs, ht = h_s[r0:r1], h_t[r0:r1]
+        if need_dw:
+            # The row kernel writes g = 0 on masked rows, but 0 * NaN = NaN in g^T h_s: masked
+            # rows (padding) that hold NaN/inf are selected away before they reach dW.
+            hs = torch.where(active[r0:r1], hs, 0.0)
         z_s = mm_acc(hs, W_s.t())
         z_t = mm_acc(ht, W_t.t())
         g = g_buffer[: r1 - r0] if need_grad else z_s  # g unused when WRITE_GRAD is off
