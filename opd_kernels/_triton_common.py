@@ -148,7 +148,7 @@ def num_sms(device: torch.device) -> int:
 
 def vocab_splits(n_rows: int, vocab: int, block_n: int, block_v: int, device: torch.device) -> tuple[int, int]:
     """(splits, tiles per split) so that token blocks x splits fill the GPU twice over."""
-    num_n = triton.cdiv(n_rows, block_n)
+    num_n = max(1, triton.cdiv(n_rows, block_n))  # callers launch nothing for 0 rows; never divide by 0
     num_tiles = triton.cdiv(vocab, block_v)
     want = max(1, min(num_tiles, triton.cdiv(2 * num_sms(device), num_n)))
     tiles_per_split = triton.cdiv(num_tiles, want)

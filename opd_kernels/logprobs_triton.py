@@ -219,6 +219,9 @@ def _pow2_at_least(k: int) -> int:
 
 def logsumexp_stats_triton(h, W, inv_tau, with_mean):
     n, vocab = h.shape[0], W.shape[0]
+    if n == 0:  # no tokens: nothing to launch (an empty grid, and no splits to size)
+        empty = torch.empty(0, dtype=torch.float32, device=h.device)
+        return empty, (empty if with_mean else None)
     cfg = FWD_CONFIGS[h.dtype]
     splits, tiles_per_split = vocab_splits(n, vocab, cfg.block_n, cfg.block_v, h.device)
     parts = torch.empty((2, splits, n), dtype=torch.float32, device=h.device)
@@ -236,6 +239,8 @@ def softmax_grads_triton(h, W, inv_tau, lse, entropy, grad_lp, grad_entropy, nee
     n, vocab = h.shape[0], W.shape[0]
     dh = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need_dh else None
     dW = torch.zeros(W.shape, dtype=torch.float32, device=h.device) if need_dw else None
+    if n == 0:
+        return dh, dW
     cfg = BWD_CONFIGS[h.dtype]
     grid = (triton.cdiv(n, cfg.block_n) * triton.cdiv(vocab, cfg.block_v),)
     has_entropy_grad = grad_entropy is not None
@@ -257,6 +262,8 @@ def topk_triton(h, W, k, inv_tau):
     block_v = max(cfg.block_v, padded_k)
     values = torch.empty((n, padded_k), dtype=torch.float32, device=h.device)
     indices = torch.empty((n, padded_k), dtype=torch.int32, device=h.device)
+    if n == 0:
+        return values[:, :k], indices[:, :k].long()
     _topk_kernel[(triton.cdiv(n, cfg.block_n),)](
         h, W, values, indices, n, vocab, h.shape[1], h.stride(0), W.stride(0), inv_tau,
         BLOCK_N=cfg.block_n, BLOCK_V=block_v, BLOCK_D=cfg.block_d, K=padded_k,
