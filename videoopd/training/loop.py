@@ -19,6 +19,7 @@ writes files and shows progress; every process evaluates its share of the held-o
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from videoopd.training.distributed import is_fsdp2, peak_memory_mb, reduce_step_
 from videoopd.training.metrics_log import MetricsLog
 from videoopd.training.precision import MasterWeights
 
-__all__ = ["PhaseTimer", "batches", "build_optimizer", "enable_fsdp_on_cpu", "lr_lambda", "make_accelerator", "save_model", "train"]
+__all__ = ["PhaseTimer", "batches", "build_optimizer", "enable_fsdp_on_cpu", "evaluate_held_out", "lr_lambda", "make_accelerator", "save_model", "train"]
 
 
 def make_accelerator(cfg: RunOptions) -> Any:
@@ -147,6 +148,20 @@ class PhaseTimer:
         return {k: e - s for k, (s, e) in self.marks.items()}
 
 
+def evaluate_held_out(cfg: RunOptions, accelerator: Any, model: Any, processor: Any, records: list[Any],
+                      decode_config: Any, tag: str) -> dict[str, float]:
+    """``cfg.eval_limit`` of ``records`` evaluated on every process (split and gathered); the
+    main process writes ``OUTPUT_DIR/eval_{tag}.json`` and its ``.predictions.jsonl``."""
+    out_dir = Path(cfg.output_dir)
+    metrics = evaluate(model, processor, records[: cfg.eval_limit] if cfg.eval_limit else records,
+                       decode_config=decode_config, prompt_style=cfg.prompt_style, batch_size=cfg.eval_batch_size,
+                       max_new_tokens=cfg.max_new_tokens, predictions_path=out_dir / f"eval_{tag}.predictions.jsonl",
+                       on_video_error="report", progress=False, accelerator=accelerator).metrics
+    if accelerator.is_main_process:
+        (out_dir / f"eval_{tag}.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics
+
+
 def save_model(accelerator: Any, wrapper: Any, processor: Any, folder: Path) -> None:
     """The model in Hugging Face format (full weights, also from FSDP2 shards) and its
     processor, written by the main process; every process must call it."""
@@ -246,10 +261,7 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
                                "accelerator": accelerator}
 
     def run_evaluation(step: int) -> None:
-        m = evaluate(model, processor, eval_records[: cfg.eval_limit] if cfg.eval_limit else eval_records,
-                     decode_config=decode_config, prompt_style=cfg.prompt_style, batch_size=cfg.eval_batch_size,
-                     max_new_tokens=cfg.max_new_tokens, predictions_path=out_dir / f"eval_step{step}.predictions.jsonl",
-                     on_video_error="report", progress=False, accelerator=accelerator).metrics
+        m = evaluate_held_out(cfg, accelerator, model, processor, eval_records, decode_config, f"step{step}")
         summary["evals"][step] = m
         improved = summary["best_mIoU"] is None or m["mIoU"] > summary["best_mIoU"]
         if improved:
@@ -257,9 +269,6 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
             if cfg.save_best:
                 save_model(accelerator, wrapper, processor, out_dir / "best")
         if main:
-            import json
-
-            (out_dir / f"eval_step{step}.json").write_text(json.dumps(m, indent=2) + "\n", encoding="utf-8")
             metrics_log.write({"step": step, **{f"eval/{k}": v for k, v in m.items()}})
             log(f"[eval step {step}] held-out mIoU {m['mIoU']:.2f}  R1@0.5 {m['R1@0.5']:.2f}  R1@0.7 {m['R1@0.7']:.2f}"
                 + ("  (best so far)" if improved else ""))

@@ -3,18 +3,16 @@ held-out evaluation before, the loop with :class:`DistillationObjective`, evalua
 ``python -m videoopd.train`` and the demo run it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 from videoopd.algo.objectives import DistillationObjective
 from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
 from videoopd.data.video import DecodeConfig
-from videoopd.evaluation.evaluate import evaluate
 from videoopd.qwen.models import is_fsdp_sharded, lm_head_weight
 from videoopd.training.config import ConfigError, save_config
 from videoopd.training.distributed import place_teacher
-from videoopd.training.loop import train
+from videoopd.training.loop import evaluate_held_out, train
 
 __all__ = ["run_distillation"]
 
@@ -42,19 +40,10 @@ def run_distillation(cfg: Any, accelerator: Any, student: Any, teacher: Any, pro
     decode_config = decode_config or DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
                                                                 min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
 
-    def held_out(model: Any, proc: Any, tag: str) -> dict[str, float]:
-        records = eval_records[: cfg.eval_limit] if cfg.eval_limit else eval_records
-        result = evaluate(model, proc, records, decode_config=decode_config, prompt_style=cfg.prompt_style,
-                          batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
-                          predictions_path=out_dir / f"eval_{tag}.predictions.jsonl", on_video_error="report",
-                          progress=False, accelerator=accelerator)
-        if main_process:
-            (out_dir / f"eval_{tag}.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
-        return result.metrics
-
     teacher_eval = None
     if eval_records and cfg.eval_teacher:
-        teacher_eval = held_out(teacher, teacher_processor or processor, "teacher")
+        teacher_eval = evaluate_held_out(cfg, accelerator, teacher, teacher_processor or processor, eval_records,
+                                         decode_config, "teacher")
         say(f"teacher held-out mIoU: {teacher_eval['mIoU']:.2f}")
     objective = DistillationObjective(teacher, processor, objective=cfg.objective, reduction=cfg.reduction,
                                       temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
