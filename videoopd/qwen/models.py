@@ -26,6 +26,7 @@ __all__ = [
     "prepare_policy",
     "load_policy",
     "policy_head_forward",
+    "unwrap_peft",
 ]
 
 T = TypeVar("T")
@@ -37,7 +38,16 @@ def attn_implementation_for(device: str | torch.device) -> str:
     return "flash_attention_2" if on_cuda and importlib.util.find_spec("flash_attn") is not None else "sdpa"
 
 
+def unwrap_peft(model: Any) -> Any:
+    """The Hugging Face model inside a ``peft.PeftModel`` (its modules carry the adapters), or
+    ``model`` itself."""
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        return model.get_base_model()
+    return model
+
+
 def _base_model(model: Any) -> Any:
+    model = unwrap_peft(model)
     base = getattr(model, "model", None)
     if base is None or not hasattr(base, "language_model"):
         raise TypeError(f"expected a Qwen-VL *ForConditionalGeneration with .model, got {type(model).__name__}")
@@ -46,6 +56,7 @@ def _base_model(model: Any) -> Any:
 
 def lm_head_module(model: Any) -> torch.nn.Module:
     """The LM head module (``model.lm_head``, or the output embeddings)."""
+    model = unwrap_peft(model)
     head = getattr(model, "lm_head", None)
     if head is None:
         head = model.get_output_embeddings()
@@ -203,7 +214,7 @@ def policy_head_forward(wrapper: torch.nn.Module, model: torch.nn.Module, inputs
     head = lm_head_module(model)
 
     def body() -> T:
-        hidden = base_hidden_states(model, **inputs)
+        hidden = base_hidden_states(model, **inputs)  # through the adapters of a PeftModel
         return call_as_forward(head, head, lambda h: head_fn(h, head.weight), hidden)
 
     return call_as_forward(wrapper, model, body)
