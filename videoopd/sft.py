@@ -115,10 +115,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from videoopd.algo.objectives import SupervisedObjective
     from videoopd.data.datasets import CachedDataset, GroundingVideoDataset, SFTCollator
     from videoopd.data.video import DecodeConfig
+    from videoopd.training.checkpoint import prepare_run_folder
     from videoopd.training.loop import train
+    from videoopd.training.preemption import Preempted
 
     out_dir = Path(cfg.output_dir)
     say = print if accelerator.is_main_process else (lambda *a, **k: None)
+    try:
+        resume_from = prepare_run_folder(cfg, accelerator)
+    except ConfigError as exc:
+        print(f"python -m videoopd.sft: error: {exc}", file=sys.stderr)
+        return 2
     if accelerator.is_main_process:
         say(f"config: {save_config(cfg, out_dir)}")
     say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {len(train_records)} training "
@@ -129,8 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset: Any = GroundingVideoDataset(train_records, decode_config, on_error="report")
     if cfg.cache_videos:
         dataset = CachedDataset(dataset)
-    summary = train(cfg, accelerator, model, processor, SupervisedObjective(), dataset,
-                    SFTCollator(processor, cfg.prompt_style), eval_records, decode_config=decode_config, log=say)
+    try:
+        summary = train(cfg, accelerator, model, processor, SupervisedObjective(), dataset,
+                        SFTCollator(processor, cfg.prompt_style), eval_records, decode_config=decode_config,
+                        resume_from=resume_from, log=say)
+    except ConfigError as exc:
+        print(f"python -m videoopd.sft: error: {exc}", file=sys.stderr)
+        return 2
+    except Preempted as exc:
+        print(f"python -m videoopd.sft: {exc}", file=sys.stderr)
+        return exc.exit_code
     if summary["best_step"] is not None:
         say(f"best held-out mIoU {summary['best_mIoU']:.2f} at step {summary['best_step']} -> {out_dir / 'best'}")
     if cfg.save_final:

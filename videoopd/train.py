@@ -30,6 +30,7 @@ from videoopd.training.config import (
     opt,
     parse_config,
 )
+from videoopd.training.preemption import Preempted
 
 __all__ = ["PRESETS", "TrainConfig", "build_parser", "main", "resolve_config"]
 
@@ -118,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"python -m videoopd.train: error: {exc}", file=sys.stderr)
         return 2
+    except Preempted as exc:  # the demo, stopped by a signal
+        print(f"python -m videoopd.train: {exc}", file=sys.stderr)
+        return exc.exit_code
     from videoopd.qwen.models import check_pair, load_policy
     from videoopd.qwen.processing import load_processor
     from videoopd.training.opd import run_distillation
@@ -140,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"python -m videoopd.train: error: {exc}", file=sys.stderr)
         return 2
+    except Preempted as exc:
+        print(f"python -m videoopd.train: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

@@ -30,6 +30,9 @@ def main() -> int:
     parser.add_argument("--student-dtype", default="float32", help="dtype the student is loaded in")
     parser.add_argument("--unsynchronised", action="store_true",
                         help="compute the loss through the unwrapped model (the bug this test guards against)")
+    parser.add_argument("--lora-r", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=0)
+    parser.add_argument("--resume", default=None)
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -53,13 +56,16 @@ def main() -> int:
     from videoopd.training import loop
     from videoopd.training.loop import make_accelerator
     from videoopd.training.opd import run_distillation
+    from videoopd.training.preemption import Preempted
 
     cfg = resolve_config(["--student", "s", "--teacher", "t", "--device", "cpu", "--objective", args.objective,
                           "--reduction", args.reduction, "--batch-size", str(args.batch_size),
                           "--grad-accum", str(args.grad_accum), "--max-steps", str(args.steps), "--lr", "3e-3",
                           "--max-new-tokens", "6", "--eval-every", str(args.steps), "--eval-limit", str(args.eval_limit),
                           "--eval-batch-size", "2", "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96),
-                          "--output-dir", str(run_dir), "--no-progress", "--gradient-checkpointing", "false"])
+                          "--output-dir", str(run_dir), "--no-progress", "--gradient-checkpointing", "false",
+                          "--lora-r", str(args.lora_r), "--save-every", str(args.save_every),
+                          *(["--resume", args.resume] if args.resume else [])])
     if args.unsynchronised:
         through = loop.policy_head_forward
         loop.policy_head_forward = lambda wrapper, model, inputs, fn: through(model, model, inputs, fn)
@@ -70,8 +76,12 @@ def main() -> int:
     student = prepare_policy(student, trainable=True, gradient_checkpointing=False)
     teacher = prepare_policy(build_tiny_model("qwen2_5_vl", tok, seed=2, hidden_size=64), trainable=False)
     records, _ = load_annotations(args.data)
-    summary = run_distillation(cfg, accelerator, student, teacher, proc, records, records,
-                               log=lambda *_: None)
+    try:
+        summary = run_distillation(cfg, accelerator, student, teacher, proc, records, records,
+                                   log=lambda *_: None)
+    except Preempted as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
     state = accelerator.get_state_dict(summary["model"]) if accelerator.is_fsdp2 else None
     if accelerator.is_main_process:
         if state is None:

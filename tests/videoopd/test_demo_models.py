@@ -66,7 +66,7 @@ def test_regeneration_command_runs_end_to_end(tmp_path):
     assert code in (0, 1)  # 1: no checkpoint 30 mIoU below the best, expected after 4 steps
     assert (work / "train.jsonl").read_text().count("\n") == 4 * 2 + 4  # two-event + one-event videos
     assert (work / "heldout" / "annotations.jsonl").read_text().count("\n") == 2  # one event per video
-    assert (run / "step2" / "model.safetensors").is_file() and (run / "best" / "model.safetensors").is_file()
+    assert (run / "checkpoints" / "step-2" / "model" / "model.safetensors").is_file() and (run / "best" / "model.safetensors").is_file()
 
     # The student rule on this run's real checkpoints, with its evaluations set by hand.
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

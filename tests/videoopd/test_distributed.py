@@ -144,3 +144,57 @@ def test_accelerate_launch_demo_cli(tmp_path):
     from videoopd.qwen.models import load_policy
 
     assert load_policy(out / "final", trainable=False).config.model_type == "qwen3_vl"
+
+
+@pytest.fixture(scope="module")
+def lora_reference(data, tmp_path_factory):
+    return run(data, tmp_path_factory.mktemp("lora_one_process"), 1, 2, None, "--lora-r", "4")
+
+
+@pytest.mark.parametrize("config", ["ddp.yaml", "fsdp2.yaml"])
+def test_lora_two_processes_step_like_one(config, data, lora_reference, tmp_path):
+    """LoRA (peft) under DDP and FSDP2: the adapters train as on one process, nothing else moves."""
+    two = run(data, tmp_path, 2, 1, config, "--lora-r", "4")
+    assert two["ranks"][0]["losses"] == pytest.approx(lora_reference["ranks"][0]["losses"], rel=1e-5, abs=1e-7)
+    assert max_weight_difference(two["weights"], lora_reference["weights"]) < 1e-5
+    lora_b = [v for k, v in two["weights"].items() if "lora_B" in k]
+    assert lora_b and max(float(v.abs().max()) for v in lora_b) > 0, "adapters did not train"
+    adapter = tmp_path / "run" / "final" / "adapter_model.safetensors"
+    assert adapter.is_file() and not (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+def test_fsdp2_sigterm_then_resume_equals_an_uninterrupted_run(data, tmp_path):
+    """2 processes, FSDP2: a run stopped by SIGTERM (sent to the whole launch, as a scheduler
+    does) after step 2 or later saves sharded state (torch.distributed.checkpoint, no gather)
+    and, resumed with --resume auto, ends with the weights of an uninterrupted 6-step run."""
+    import signal
+    import time
+
+    whole = run(data, tmp_path / "whole", 2, 1, "fsdp2.yaml", "--steps", "6")
+    out = tmp_path / "stopped"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
+           str(CONFIGS / "fsdp2.yaml"), "--mixed_precision", "no", "--main_process_port", "0", str(RUNNER),
+           "--data", str(data), "--out", str(out), "--batch-size", "1", "--steps", "6"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    metrics = out / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and any('"step": 2, "loss"' in line for line in metrics.read_text().splitlines())):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-4000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    log = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "stopped by SIGTERM after step" in log, log[-4000:]
+    checkpoints = sorted((out / "run" / "checkpoints").iterdir())
+    assert len(checkpoints) == 1 and (checkpoints[0] / "trainer_state.json").is_file(), log[-4000:]
+    saved = {p.name for p in checkpoints[0].iterdir()}
+    assert {"pytorch_model_fsdp_0", "optimizer_0", "random_states_0.pkl", "random_states_1.pkl"} <= saved
+    assert "model" not in saved  # sharded save: no full copy gathered on one process
+
+    resumed = run(data, out, 2, 1, "fsdp2.yaml", "--steps", "6", "--resume", "auto")
+    assert max_weight_difference(resumed["weights"], whole["weights"]) == 0.0
+    assert resumed["ranks"][0]["losses"] == whole["ranks"][0]["losses"]
+    rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]

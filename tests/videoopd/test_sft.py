@@ -119,7 +119,7 @@ def test_cli_trains_evaluates_and_saves(synthetic_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
     assert {r["step"] for r in rows if "eval/mIoU" in r} == {2, 3}
-    for folder in ("best", "final", "step2"):
+    for folder in ("best", "final", "checkpoints/step-2/model", "checkpoints/step-3/model"):
         assert (out / folder / "config.json").is_file() and (out / folder / "model.safetensors").is_file()
     assert (out / "config.yaml").is_file() and (out / "eval_step3.json").is_file()
 

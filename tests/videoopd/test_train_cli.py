@@ -165,3 +165,29 @@ def test_attention_choice_on_cpu():
     from videoopd.qwen.models import attn_implementation_for
 
     assert attn_implementation_for("cpu") == "sdpa"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('train_vision: "false"\n', None),
+    ("train_vision: maybe\n", "train_vision must be true or false, got 'maybe'"),
+    ("batch_size: 2.5\n", "batch_size must be an integer, got 2.5"),
+    ("batch_size: true\n", "batch_size must be an integer, got True"),
+    ("lr: [1]\n", "lr must be a number"),
+    ("lr: inf\n", "lr must be finite"),
+    ("lr: 1e-5\nmax_steps: 3\n  bad: indentation\n", "run.yaml:3: YAML syntax error"),
+])
+def test_yaml_values_are_typed_like_flags(tmp_path, text, message):
+    """YAML's own typing is not trusted: a quoted boolean is parsed, not truthy; a float for an
+    integer is an error, not a truncation; a syntax error names the file and line."""
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(text)
+    if message is None:
+        assert T.resolve_config(["--config", str(cfg_file)]).train_vision is False
+    else:
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+            T.resolve_config(["--config", str(cfg_file)])
+
+
+def test_boolean_flag_alone_means_true():
+    cfg = T.resolve_config(["--eval-teacher", "--overwrite", "--save-best", "false"])
+    assert cfg.eval_teacher is True and cfg.overwrite is True and cfg.save_best is False

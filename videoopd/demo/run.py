@@ -33,6 +33,8 @@ def demo_config(cfg: Any, explicit: set[str]) -> Any:
     for name, value in DEMO_DEFAULTS.items():
         if name not in explicit:
             setattr(cfg, name, value)
+    if cfg.resume is None and "overwrite" not in explicit:
+        cfg.overwrite = True  # the demo is run again and again: each run replaces the last
     return cfg
 
 

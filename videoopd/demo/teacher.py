@@ -32,6 +32,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
+from videoopd.training.checkpoint import MODEL_FOLDER, complete_checkpoints
+
 __all__ = ["DEMO_DATA", "DEMO_PIXELS", "HELDOUT", "SFT_RECIPE", "STUDENT_DIR", "STUDENT_GAP", "TEACHER_DIR",
            "TRAIN_VIDEOS", "evaluate_checkpoints", "evaluate_demo_checkpoint", "export", "generate_split",
            "load_demo_checkpoint", "mixed_pool"]
@@ -111,14 +113,18 @@ def evaluate_demo_checkpoint(path: str | Path, records: list[Any]) -> Any:
                     progress=False)
 
 
+def checkpoint_models(run: Path) -> dict[int, Path]:
+    """{step: Hugging Face model folder} of a run's complete checkpoints."""
+    return {int(folder.name.split("-")[1]): folder / MODEL_FOLDER for folder in complete_checkpoints(run)}
+
+
 def evaluate_checkpoints(run: Path, heldout: Path) -> dict[int, dict[str, float]]:
-    """Held-out metrics of every ``step{N}`` checkpoint of an SFT run, on ``heldout``."""
+    """Held-out metrics of every checkpoint of an SFT run, on ``heldout``."""
     from videoopd.data.annotations import load_annotations
 
     records, _ = load_annotations(heldout)
     results = {}
-    for folder in sorted(run.glob("step*"), key=lambda p: int(p.name[4:])):
-        step = int(folder.name[4:])
+    for step, folder in checkpoint_models(run).items():
         results[step] = evaluate_demo_checkpoint(folder, records).metrics
         print(f"{folder}: held-out mIoU {results[step]['mIoU']:.2f}")
     return results
@@ -126,19 +132,20 @@ def evaluate_checkpoints(run: Path, heldout: Path) -> dict[int, dict[str, float]
 
 def export(run: Path, out: Path = TEACHER_DIR, student_out: Path = STUDENT_DIR, extra_args: Sequence[str] = (),
            heldout: Path | None = None) -> int:
-    """Copy the teacher and the student out of an SFT run folder's ``step{N}`` checkpoints.
+    """Copy the teacher and the student out of an SFT run folder's checkpoints.
 
     Teacher: the checkpoint with the best held-out mIoU; student: the latest earlier one at
     least ``STUDENT_GAP`` points below it. The mIoUs are the run's own evaluations, or, with
     ``heldout``, every checkpoint re-evaluated on that annotation file.
     """
     curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    models = checkpoint_models(run)
     losses = [row["loss"] for row in curve if "loss" in row]
     if heldout is not None:
         metrics = evaluate_checkpoints(run, heldout)
     else:
         metrics = {row["step"]: {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
-                   for row in curve if "eval/mIoU" in row and (run / f"step{row['step']}").is_dir()}
+                   for row in curve if "eval/mIoU" in row and row["step"] in models}
     if not metrics:
         print(f"{run}: no evaluated step checkpoints (run the SFT with --eval-every = --save-every)")
         return 1
@@ -153,7 +160,7 @@ def export(run: Path, out: Path = TEACHER_DIR, student_out: Path = STUDENT_DIR, 
     for step, target in ((teacher_step, out), (student_step, student_out)):
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(run / f"step{step}", target)
+        shutil.copytree(models[step], target)
     (out / "training.json").write_text(json.dumps({
         "command": "python -m videoopd.demo.teacher " + " ".join(extra_args),
         "sft_arguments": SFT_RECIPE + list(extra_args),

@@ -5,18 +5,19 @@ A run is configured by a dataclass whose fields carry their help text (:func:`op
 optimisation, evaluation, output); a command changes only their defaults
 (``command_defaults``). Precedence: field defaults < command defaults < ``--preset`` <
 ``--config`` YAML < command-line flags. Every field is a ``--flag-with-dashes``; booleans
-take true/false. The resolved config is saved with the run (:func:`save_config`).
+take true/false (a boolean flag alone means true). The resolved config is saved with the run (:func:`save_config`).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 __all__ = ["ConfigError", "DataOptions", "RunOptions", "build_parser", "check_run_options", "opt", "parse_config",
-           "save_config"]
+           "save_config", "typed_value"]
 
 T = TypeVar("T")
 
@@ -83,7 +84,23 @@ class RunOptions(DataOptions):
     output_dir: str = opt("run folder: config.yaml, metrics.jsonl, eval_*.json, final/", default="runs/opd")
     save_final: bool = opt("save the trained model (and processor) to OUTPUT_DIR/final", default=True)
     save_best: bool = opt("save the model with the best held-out mIoU so far to OUTPUT_DIR/best", default=False)
-    save_every: int = opt("also save the model to OUTPUT_DIR/step{K} every K steps (0: never)", default=0)
+    save_every: int = opt("write a resumable checkpoint to OUTPUT_DIR/checkpoints/step-{K} every K steps, and one "
+                          "at the end (0: only when stopped by SIGTERM/SIGINT)", default=0)
+    keep_checkpoints: int = opt("keep the newest N checkpoints (0: all)", default=0)
+    resume: str | None = opt("continue from a checkpoint folder, or 'auto': the newest complete checkpoint in "
+                             "OUTPUT_DIR (a fresh start when there is none)", default=None)
+    resume_override: bool = opt("resume even where the config differs from the checkpoint's on what changes the "
+                                "run (models, lr, batch, objective, ...)", default=False)
+    overwrite: bool = opt("start fresh in a non-empty OUTPUT_DIR, replacing what is there", default=False)
+    # LoRA (peft)
+    lora_r: int = opt("LoRA rank (0: train the full weights)", default=0)
+    lora_alpha: float | None = opt("LoRA alpha (default: 2 * --lora-r)", default=None)
+    lora_dropout: float = opt("LoRA dropout", default=0.0)
+    lora_targets: str = opt("comma-separated module names given adapters, inside the language model only (the "
+                            "vision tower and LM head stay frozen)",
+                            default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    merge_lora: bool = opt("with LoRA: write merged weights (a plain HF model) to final/ and best/ instead of "
+                           "the adapter", default=False)
     progress: bool = opt("show progress bars", default=True)
 
 
@@ -107,9 +124,26 @@ def check_run_options(cfg: RunOptions) -> None:
         raise ConfigError(f"min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio!r}")
     if not 0 <= cfg.adam_beta2 < 1:
         raise ConfigError(f"adam_beta2 must be in [0, 1), got {cfg.adam_beta2!r}")
-    for name in ("warmup_steps", "eval_every", "save_every", "num_workers", "max_grad_norm", "weight_decay"):
+    for name in ("warmup_steps", "eval_every", "save_every", "keep_checkpoints", "num_workers", "max_grad_norm",
+                 "weight_decay", "lora_r"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
+    for name in ("lr", "max_grad_norm", "weight_decay", "fps"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ConfigError(f"{name} must be finite, got {getattr(cfg, name)!r}")
+    if cfg.lora_r:
+        if cfg.lora_alpha is not None and not (math.isfinite(cfg.lora_alpha) and cfg.lora_alpha > 0):
+            raise ConfigError(f"lora_alpha must be > 0, got {cfg.lora_alpha!r}")
+        if not 0 <= cfg.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {cfg.lora_dropout!r}")
+        if not [t for t in cfg.lora_targets.split(",") if t.strip()]:
+            raise ConfigError("lora_targets names no module")
+        if cfg.train_vision:
+            raise ConfigError("--train-vision with LoRA is not supported: adapters go into the language model only")
+    elif cfg.merge_lora:
+        raise ConfigError("--merge-lora needs --lora-r > 0")
+    if cfg.resume is not None and cfg.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: choose one")
 
 
 def _bool(text: str) -> bool:
@@ -118,6 +152,44 @@ def _bool(text: str) -> bool:
     if text.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def typed_value(name: str, kind: type, value: Any) -> Any:
+    """``value`` (from YAML, a preset or a flag) as option ``name`` of type ``kind``: strings are
+    parsed as their flags are (``"false"`` is False, ``"3"`` is 3); a float for an int option,
+    or a number for a bool, is a ConfigError rather than a truncation or a truthy string."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return _bool(value)
+            except argparse.ArgumentTypeError:
+                pass
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
 
 
 def _field_type(f: dataclasses.Field) -> type:
@@ -143,8 +215,8 @@ def build_parser(config_class: type, *, prog: str, description: str,
         kind = _field_type(f)
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
                                   "help": f"{f.metadata['help']} (default: {command_defaults.get(f.name, f.default)})"}
-        if kind is bool:
-            kwargs.update(type=_bool, metavar="BOOL")
+        if kind is bool:  # --flag alone means true
+            kwargs.update(type=_bool, metavar="BOOL", nargs="?", const=True)
         else:
             kwargs["type"] = kind
             if f.name in choices:
@@ -179,7 +251,14 @@ def parse_config(config_class: type[T], argv: Sequence[str] | None, *, prog: str
         path = Path(args.pop("config"))
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            raise ConfigError(f"{where}: YAML syntax error: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of options, got {type(loaded).__name__}")
         for key, value in loaded.items():
@@ -195,14 +274,10 @@ def parse_config(config_class: type[T], argv: Sequence[str] | None, *, prog: str
     values.update(file_values)
     values.update(args)
     cfg = config_class(**values)
-    for name, f in names.items():  # YAML values are typed by YAML; coerce numbers
+    for name, f in names.items():  # YAML and presets type values their own way: check them as flags are
         value = getattr(cfg, name)
-        kind = _field_type(f)
-        if value is not None and kind in (int, float) and not isinstance(value, bool):
-            try:
-                setattr(cfg, name, kind(value))
-            except (TypeError, ValueError):
-                raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+        if value is not None:
+            setattr(cfg, name, typed_value(name, _field_type(f), value))
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {tuple(allowed)}, got {getattr(cfg, name)!r}")

@@ -19,6 +19,7 @@ writes files and shows progress; every process evaluates its share of the held-o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -29,13 +30,16 @@ import torch
 
 from videoopd.algo.objectives import GenerationContext, MicroBatch, Objective
 from videoopd.evaluation.evaluate import evaluate
+from videoopd.qwen.lora import apply_lora, merged_model
 from videoopd.qwen.models import policy_head_forward
+from videoopd.training.checkpoint import TrainerState, install_model_hooks, load_checkpoint, model_signature, save_checkpoint
 from videoopd.training.config import ConfigError, RunOptions
 from videoopd.training.distributed import is_fsdp2, peak_memory_mb, reduce_step_metrics, unsupported_engine
 from videoopd.training.metrics_log import MetricsLog
 from videoopd.training.precision import MasterWeights
+from videoopd.training.preemption import Preempted, StopSignals
 
-__all__ = ["PhaseTimer", "batches", "build_optimizer", "enable_fsdp_on_cpu", "evaluate_held_out", "lr_lambda", "make_accelerator", "save_model", "train"]
+__all__ = ["DataStream", "PhaseTimer", "build_optimizer", "enable_fsdp_on_cpu", "evaluate_held_out", "lr_lambda", "make_accelerator", "save_model", "train"]
 
 
 def make_accelerator(cfg: RunOptions) -> Any:
@@ -43,8 +47,12 @@ def make_accelerator(cfg: RunOptions) -> Any:
     DDP, FSDP2), or one process on ``cfg.device``'s kind of device."""
     from accelerate import Accelerator
 
+    from accelerate.utils import DataLoaderConfiguration
+
     cpu = cfg.device is not None and torch.device(cfg.device).type == "cpu"
-    accelerator = Accelerator(cpu=cpu)
+    # The seedable sampler orders each epoch by (seed, epoch) alone: a resumed run can find its place.
+    accelerator = Accelerator(cpu=cpu, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
+                                                                                 data_seed=cfg.seed))
     enable_fsdp_on_cpu(accelerator)
     reason = unsupported_engine(accelerator)
     if reason is not None:
@@ -112,13 +120,41 @@ def build_optimizer(model: torch.nn.Module, cfg: RunOptions, masters: MasterWeig
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.adam_beta2))
 
 
-def batches(loader: Any) -> Iterator[dict[str, Any]]:
-    """Endless batches of a (prepared) DataLoader, epoch after epoch; batches whose videos all
-    failed to decode are skipped (their records are reported by the dataset)."""
-    while True:
-        for batch in loader:
+class DataStream:
+    """Endless batches of a prepared DataLoader, epoch after epoch, that knows its position
+    (``epoch``, ``batches_in_epoch`` drawn) and can start from one: the order is accelerate's
+    seedable sampler's (a function of the seed and the epoch), and a resumed stream skips the
+    epoch's first batches at the sampler (no video is decoded for them). Batches whose videos
+    all failed to decode are skipped (the dataset reports them) and counted in the position."""
+
+    def __init__(self, accelerator: Any, loader: Any, epoch: int = 0, batches_in_epoch: int = 0):
+        self.accelerator, self.loader = accelerator, loader
+        self.epoch, self.batches_in_epoch = epoch, batches_in_epoch
+        self.iterator: Iterator[dict[str, Any]] | None = None
+
+    def __iter__(self) -> "DataStream":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        empty_epochs = 0
+        while True:
+            if self.iterator is None:
+                source = (self.accelerator.skip_first_batches(self.loader, self.batches_in_epoch)
+                          if self.batches_in_epoch else self.loader)
+                source.set_epoch(self.epoch)
+                self.iterator = iter(source)
+            try:
+                batch = next(self.iterator)
+            except StopIteration:
+                self.epoch, self.batches_in_epoch, self.iterator = self.epoch + 1, 0, None
+                empty_epochs += 1
+                if empty_epochs > 1:
+                    raise RuntimeError("no batch with a decodable video in a whole epoch of the training data "
+                                       "(the dataset reported each failure)") from None
+                continue
+            self.batches_in_epoch += 1
             if batch["inputs"] is not None:
-                yield batch
+                return batch
 
 
 class PhaseTimer:
@@ -162,12 +198,17 @@ def evaluate_held_out(cfg: RunOptions, accelerator: Any, model: Any, processor: 
     return metrics
 
 
-def save_model(accelerator: Any, wrapper: Any, processor: Any, folder: Path) -> None:
-    """The model in Hugging Face format (full weights, also from FSDP2 shards) and its
-    processor, written by the main process; every process must call it."""
+def save_model(accelerator: Any, wrapper: Any, processor: Any, folder: Path, *, merge_lora: bool = False) -> None:
+    """The model in Hugging Face format (full weights, also from FSDP2 shards; under LoRA the
+    adapter, or with ``merge_lora`` the merged weights as a plain model) and its processor,
+    written by the main process; every process must call it."""
     state_dict = accelerator.get_state_dict(wrapper)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(wrapper).save_pretrained(folder, state_dict=state_dict)
+        model = accelerator.unwrap_model(wrapper)
+        if merge_lora:
+            merged_model(model, state_dict).save_pretrained(folder)
+        else:
+            model.save_pretrained(folder, state_dict=state_dict)
         processor.save_pretrained(folder)
     accelerator.wait_for_everyone()
 
@@ -226,14 +267,20 @@ def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, object
 
 def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: Any, objective: Objective,
           dataset: torch.utils.data.Dataset, collator: Callable[[list[Any]], dict[str, Any]],
-          eval_records: list[Any] | None = None, *, decode_config: Any = None,
+          eval_records: list[Any] | None = None, *, decode_config: Any = None, resume_from: Path | None = None,
           log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``model`` (prepared by ``videoopd.qwen.models.prepare_policy``) with ``objective``
-    for ``cfg.max_steps`` optimizer steps on ``dataset``/``collator``; evaluate on
-    ``eval_records`` every ``cfg.eval_every`` steps and at the end; save per ``cfg``.
+    """Train ``model`` (prepared by ``videoopd.qwen.models.prepare_policy``, possibly a peft
+    LoRA model) with ``objective`` up to ``cfg.max_steps`` optimizer steps on
+    ``dataset``/``collator``; evaluate on ``eval_records`` every ``cfg.eval_every`` steps and at
+    the end; save per ``cfg``; continue from checkpoint ``resume_from`` (see
+    :func:`videoopd.training.checkpoint.prepare_run_folder`) when given.
 
-    Returns a summary: ``steps`` (the logged rows), ``evals`` ({step: metrics}), ``best_mIoU``,
-    ``best_step``, ``model`` (the trained model, unwrapped: full parameters on one process or
+    On SIGTERM/SIGINT the current optimizer step finishes, a checkpoint is saved and
+    :class:`videoopd.training.preemption.Preempted` is raised.
+
+    Returns a summary: ``steps`` (the logged rows, earlier attempts' included when resumed),
+    ``evals`` ({step: metrics}), ``best_mIoU``, ``best_step``, ``checkpoint`` (the last one
+    saved, or None), ``model`` (the trained model, unwrapped: full parameters on one process or
     DDP, the FSDP2 module under FSDP2) and ``accelerator``.
     """
     from tqdm.auto import tqdm
@@ -244,6 +291,13 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
     main = accelerator.is_main_process
     world = accelerator.num_processes
     set_seed(cfg.seed)
+    if cfg.lora_r:
+        try:
+            model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                               targets=cfg.lora_targets)
+        except ValueError as exc:
+            raise ConfigError(f"--lora-targets: {exc}") from None
+    signature = model_signature(model)  # of the model as built, before the engine wraps it
     fsdp = is_fsdp2(accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
     masters = None if fsdp else MasterWeights.for_config(trainable, cfg.master_weights)
@@ -255,67 +309,94 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
     model = accelerator.unwrap_model(wrapper)
     # After prepare: under FSDP2 the optimizer now holds the sharded parameters.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    data = batches(loader)
-    metrics_log = MetricsLog(out_dir) if main else None
-    summary: dict[str, Any] = {"steps": [], "evals": {}, "best_mIoU": None, "best_step": None,
-                               "accelerator": accelerator}
+    accelerator.register_for_checkpointing(scheduler)
+    if masters is not None:
+        accelerator.register_for_checkpointing(masters)
+    install_model_hooks(accelerator, processor)
+    state = TrainerState(processes=world, model_signature=signature, config=dataclasses.asdict(cfg))
+    if resume_from is not None:
+        saved = load_checkpoint(accelerator, resume_from, signature)
+        state = dataclasses.replace(saved, processes=world, model_signature=signature, config=state.config)
+        log(f"resumed from {resume_from} at step {state.step}")
+    data = DataStream(accelerator, loader, state.epoch, state.batches_in_epoch)
+    metrics_log = MetricsLog(out_dir, resume_step=state.step if resume_from is not None else None) if main else None
+    summary: dict[str, Any] = {"steps": [], "evals": {}, "best_mIoU": state.best_mIoU, "best_step": state.best_step,
+                               "checkpoint": None, "step_records": [], "accelerator": accelerator}
+    for row in metrics_log.kept if metrics_log is not None else []:
+        if any(k.startswith("eval/") for k in row):
+            summary["evals"][row["step"]] = {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
+        else:
+            summary["steps"].append(row)
 
     def run_evaluation(step: int) -> None:
         m = evaluate_held_out(cfg, accelerator, model, processor, eval_records, decode_config, f"step{step}")
         summary["evals"][step] = m
-        improved = summary["best_mIoU"] is None or m["mIoU"] > summary["best_mIoU"]
+        state.last_eval_step = step
+        improved = state.best_mIoU is None or m["mIoU"] > state.best_mIoU
         if improved:
+            state.best_mIoU, state.best_step = m["mIoU"], step
             summary["best_mIoU"], summary["best_step"] = m["mIoU"], step
             if cfg.save_best:
-                save_model(accelerator, wrapper, processor, out_dir / "best")
+                save_model(accelerator, wrapper, processor, out_dir / "best", merge_lora=cfg.merge_lora)
         if main:
             metrics_log.write({"step": step, **{f"eval/{k}": v for k, v in m.items()}})
             log(f"[eval step {step}] held-out mIoU {m['mIoU']:.2f}  R1@0.5 {m['R1@0.5']:.2f}  R1@0.7 {m['R1@0.7']:.2f}"
                 + ("  (best so far)" if improved else ""))
 
-    bar = tqdm(total=cfg.max_steps, desc=objective.name, unit="step", disable=not (cfg.progress and main),
-               dynamic_ncols=True)
+    def evaluation_due(step: int) -> bool:
+        return bool(eval_records) and (step == cfg.max_steps or (cfg.eval_every > 0 and step % cfg.eval_every == 0))
+
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc=objective.name, unit="step",
+               disable=not (cfg.progress and main), dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        if eval_records and cfg.eval_before:
-            run_evaluation(0)
-        for step in range(1, cfg.max_steps + 1):
-            t0 = time.perf_counter()
-            lr = scheduler.get_last_lr()[0]
-            sums, per_rank, timer, ids = optimizer_step(step, accelerator, wrapper, model, objective, data, optimizer,
-                                                        scheduler, masters, cfg)
-            summed, ranks = reduce_step_metrics(accelerator, sums, per_rank)  # the step's one host sync
-            elapsed = time.perf_counter() - t0
-            row: dict[str, Any] = {"step": step, "loss": summed["loss"], **objective.summarize(summed),
-                                   "lr": lr, "grad_norm": ranks["grad_norm"][0] if "grad_norm" in ranks else None,
-                                   "tokens_per_s": summed.get("context_tokens", 0.0) / elapsed,
-                                   "step_time_s": elapsed,
-                                   **{f"time/{k}_s": v for k, v in timer.seconds().items()},
-                                   "peak_mem_mb": max(ranks["peak_mem_mb"]),
-                                   "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
-                                   "processes": world, "time_s": time.perf_counter() - start}
-            if not math.isfinite(row["loss"]):
-                raise FloatingPointError(f"step {step}: non-finite loss {row['loss']}")
-            summary["steps"].append(row)
-            summary.setdefault("step_records", []).append(ids)
-            if main:
-                metrics_log.write(row)
-                bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "reverse_kl") if k in row}
-                                | {"tok_s": f"{row['tokens_per_s']:.0f}"})
-                bar.update(1)
-                if not cfg.progress and (step == 1 or step % 10 == 0 or step == cfg.max_steps):
-                    log(f"step {step}: loss {row['loss']:.4f}" + (f"  reverse KL {row['reverse_kl']:.4f}"
-                                                                  if "reverse_kl" in row else "")
-                        + f"  {row['tokens_per_s']:.0f} tok/s  {elapsed:.1f}s")
-            if cfg.save_every and step % cfg.save_every == 0:
-                save_model(accelerator, wrapper, processor, out_dir / f"step{step}")
-            if eval_records and (step == cfg.max_steps or (cfg.eval_every and step % cfg.eval_every == 0)):
-                run_evaluation(step)
+        with StopSignals(announce=main) as stop:
+            if eval_records and cfg.eval_before and state.step == 0:
+                run_evaluation(0)
+            elif state.step and evaluation_due(state.step) and state.last_eval_step != state.step:
+                run_evaluation(state.step)  # the evaluation a stop skipped
+            for step in range(state.step + 1, cfg.max_steps + 1):
+                t0 = time.perf_counter()
+                lr = scheduler.get_last_lr()[0]
+                sums, per_rank, timer, ids = optimizer_step(step, accelerator, wrapper, model, objective, data,
+                                                            optimizer, scheduler, masters, cfg)
+                per_rank["stop_signal"] = float(stop.signum or 0)
+                summed, ranks = reduce_step_metrics(accelerator, sums, per_rank)  # the step's one host sync
+                elapsed = time.perf_counter() - t0
+                state.step, state.epoch, state.batches_in_epoch = step, data.epoch, data.batches_in_epoch
+                row: dict[str, Any] = {"step": step, "loss": summed["loss"], **objective.summarize(summed),
+                                       "lr": lr, "grad_norm": ranks["grad_norm"][0] if "grad_norm" in ranks else None,
+                                       "tokens_per_s": summed.get("context_tokens", 0.0) / elapsed,
+                                       "step_time_s": elapsed,
+                                       **{f"time/{k}_s": v for k, v in timer.seconds().items()},
+                                       "peak_mem_mb": max(ranks["peak_mem_mb"]),
+                                       "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
+                                       "processes": world, "time_s": time.perf_counter() - start}
+                if not math.isfinite(row["loss"]):
+                    raise FloatingPointError(f"step {step}: non-finite loss {row['loss']}")
+                summary["steps"].append(row)
+                summary["step_records"].append(ids)
+                if main:
+                    metrics_log.write(row)
+                    bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "reverse_kl") if k in row}
+                                    | {"tok_s": f"{row['tokens_per_s']:.0f}"})
+                    bar.update(1)
+                    if not cfg.progress and (step == 1 or step % 10 == 0 or step == cfg.max_steps):
+                        log(f"step {step}: loss {row['loss']:.4f}" + (f"  reverse KL {row['reverse_kl']:.4f}"
+                                                                      if "reverse_kl" in row else "")
+                            + f"  {row['tokens_per_s']:.0f} tok/s  {elapsed:.1f}s")
+                signum = int(max(ranks["stop_signal"]))  # every process agrees, through the gather
+                if evaluation_due(step) and not signum:
+                    run_evaluation(step)
+                if signum or (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps)):
+                    summary["checkpoint"] = save_checkpoint(accelerator, state, out_dir, cfg.keep_checkpoints)
+                if signum:
+                    raise Preempted(signum, step, summary["checkpoint"])
     finally:
         bar.close()
         if metrics_log is not None:
             metrics_log.close()
     if cfg.save_final:
-        save_model(accelerator, wrapper, processor, out_dir / "final")
+        save_model(accelerator, wrapper, processor, out_dir / "final", merge_lora=cfg.merge_lora)
     summary["model"] = model
     return summary

@@ -3,6 +3,7 @@ held-out evaluation before, the loop with :class:`DistillationObjective`, evalua
 ``python -m videoopd.train`` and the demo run it."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,6 +11,7 @@ from videoopd.algo.objectives import DistillationObjective
 from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
 from videoopd.data.video import DecodeConfig
 from videoopd.qwen.models import is_fsdp_sharded, lm_head_weight
+from videoopd.training.checkpoint import prepare_run_folder
 from videoopd.training.config import ConfigError, save_config
 from videoopd.training.distributed import place_teacher
 from videoopd.training.loop import evaluate_held_out, train
@@ -26,11 +28,15 @@ def run_distillation(cfg: Any, accelerator: Any, student: Any, teacher: Any, pro
 
     Returns the loop's summary with ``teacher_eval`` (held-out metrics, or None) and
     ``teacher_sharded`` (whether FSDP2 sharded the teacher).
-    Raises ConfigError for a teacher placement the launch cannot give.
+    Raises ConfigError for a teacher placement the launch cannot give or a run folder /
+    checkpoint that does not fit the config (:func:`videoopd.training.checkpoint.prepare_run_folder`);
+    :class:`videoopd.training.preemption.Preempted` when a signal stopped the run.
     """
     main_process = accelerator.is_main_process
     say = log if main_process else (lambda *a, **k: None)
     out_dir = Path(cfg.output_dir)
+    resume_from = prepare_run_folder(cfg, accelerator)
+    accelerator.wait_for_everyone()
     if main_process:
         say(f"config: {save_config(cfg, out_dir)}")
     try:
@@ -41,7 +47,10 @@ def run_distillation(cfg: Any, accelerator: Any, student: Any, teacher: Any, pro
                                                                 min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
 
     teacher_eval = None
-    if eval_records and cfg.eval_teacher:
+    earlier_teacher_eval = out_dir / "eval_teacher.json"
+    if eval_records and cfg.eval_teacher and resume_from is not None and earlier_teacher_eval.is_file():
+        teacher_eval = json.loads(earlier_teacher_eval.read_text(encoding="utf-8"))  # the teacher is frozen
+    elif eval_records and cfg.eval_teacher:
         teacher_eval = evaluate_held_out(cfg, accelerator, teacher, teacher_processor or processor, eval_records,
                                          decode_config, "teacher")
         say(f"teacher held-out mIoU: {teacher_eval['mIoU']:.2f}")
@@ -51,10 +60,10 @@ def run_distillation(cfg: Any, accelerator: Any, student: Any, teacher: Any, pro
     dataset = GroundingVideoDataset(train_records, decode_config, on_error="report")
     summary = train(cfg, accelerator, student, processor, objective, dataset,
                     GroundingCollator(processor, prompt_style=cfg.prompt_style), eval_records,
-                    decode_config=decode_config, log=say)
+                    decode_config=decode_config, resume_from=resume_from, log=say)
     summary["teacher_eval"] = teacher_eval
     summary["teacher_sharded"] = is_fsdp_sharded(teacher)
-    if eval_records:
+    if eval_records and cfg.max_steps in summary["evals"]:
         say(f"student held-out mIoU after: {summary['evals'][cfg.max_steps]['mIoU']:.2f}")
     if cfg.save_final:
         say(f"saved {out_dir / 'final'}")

@@ -37,6 +37,18 @@ class MasterWeights:
             for param, master in zip(self.params, self.masters):
                 param.copy_(master)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The fp32 masters (saved with a checkpoint: the model's own weights are rounded)."""
+        return {"masters": [m.detach() for m in self.masters]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state["masters"]
+        if len(saved) != len(self.masters) or any(s.shape != m.shape for s, m in zip(saved, self.masters)):
+            raise RuntimeError("the checkpoint's master weights do not match the trainable parameters")
+        with torch.no_grad():
+            for master, value in zip(self.masters, saved):
+                master.copy_(value)
+
     def master_of(self, param: Any) -> Any:
         """The fp32 copy the optimizer steps for ``param``."""
         return self.masters[self.index[id(param)]]

@@ -1,0 +1,128 @@
+"""Checkpoints, resume and preemption on one process (the 2-process FSDP2 case is in
+test_distributed.py): a demo run of 6 steps, and the same run stopped by a real SIGTERM part
+way and resumed with ``--resume auto``, end with bitwise-equal weights and one metrics row per
+step; bad resume inputs are refused before any training."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from videoopd import train as T
+from videoopd.training.checkpoint import STATE_FILE, complete_checkpoints
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ["--demo-videos", "8", "--max-steps", "6", "--batch-size", "2", "--eval-limit", "2", "--eval-before", "false",
+        "--eval-teacher", "false", "--max-new-tokens", "8", "--no-progress"]
+
+
+def env() -> dict[str, str]:
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    e.pop("TRITON_INTERPRET", None)
+    return e
+
+
+def launch(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "videoopd.train", *DEMO, "--output-dir", str(out), *extra],
+                            env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def logged_steps(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    proc = launch(out)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_auto_equals_an_uninterrupted_run(uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    proc = launch(out)
+    deadline = time.time() + 240
+    while not any(r.get("step") == 2 and "loss" in r for r in logged_steps(out)):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "stopped by SIGTERM after step" in stderr and "--resume auto" in stderr
+    saved = complete_checkpoints(out)
+    assert len(saved) == 1  # --save-every 0: the stop's checkpoint only
+    stopped_at = json.loads((saved[0] / STATE_FILE).read_text())["step"]
+    assert 2 <= stopped_at < 6 and saved[0].name == f"step-{stopped_at}"
+    assert not (out / "final").exists()
+
+    proc = launch(out, "--resume", "auto")
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    a, b = weights(uninterrupted / "final"), weights(out / "final")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run's"
+    rows = [r for r in logged_steps(out) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    reference = [r["loss"] for r in logged_steps(uninterrupted) if "loss" in r]
+    assert [r["loss"] for r in rows] == reference
+    evals = [r["step"] for r in logged_steps(out) if "eval/mIoU" in r]
+    assert evals == [6]
+
+
+def test_save_every_keeps_the_newest_and_a_rerun_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [*DEMO, "--max-steps", "4", "--save-every", "1", "--keep-checkpoints", "2", "--output-dir", str(out),
+            "--overwrite", "false", "--eval-every", "0"]
+    assert T.main(argv) == 0
+    assert [p.name for p in complete_checkpoints(out)] == ["step-3", "step-4"]
+    assert not list((out / "checkpoints").glob(".*partial"))
+    capsys.readouterr()
+    # the same command again would replace the run: refused, nothing touched
+    before = (out / "metrics.jsonl").read_text()
+    assert T.main(argv) == 2
+    assert "holds an earlier run" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() == before
+    # resuming a finished run does nothing more and keeps its files
+    assert T.main([*argv, "--resume", "auto"]) == 0
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_bad_resume_inputs_are_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = [*DEMO, "--max-steps", "2", "--save-every", "2", "--output-dir", str(out), "--eval-every", "0"]
+    assert T.main(base) == 0
+    capsys.readouterr()
+    checkpoint = complete_checkpoints(out)[-1]
+
+    def refused(argv: list[str], message: str) -> None:
+        assert T.main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+
+    refused([*base, "--resume", str(tmp_path / "nowhere")], "checkpoint folder not found")
+    partial = out / "checkpoints" / "step-9"
+    partial.mkdir()
+    refused([*base, "--resume", str(partial)], "not a complete checkpoint")
+    refused([*base, "--resume", str(checkpoint), "--lr", "1e-3", "--batch-size", "4"],
+            "lr: 0.0003 -> 0.001; batch_size: 2 -> 4")
+    # another model: the checkpoint's signature differs from the student's (a LoRA student)
+    refused([*base, "--resume", str(checkpoint), "--lora-r", "4", "--resume-override"], "is of another model")
+    refused([*base, "--resume", "auto", "--overwrite", "true"], "contradict")

@@ -1,0 +1,255 @@
+"""Resumable checkpoints of a run, and the run folder's life cycle (fresh, resumed, overwritten).
+
+A checkpoint is ``OUTPUT_DIR/checkpoints/step-{K}/``:
+
+- ``accelerate`` ``save_state`` output: optimizer, LR scheduler, every process's RNG states
+  (python, numpy, torch, CUDA), fp32 master weights when the loop keeps them, and the student:
+  on one process or DDP as a Hugging Face folder ``model/`` (``save_pretrained``: full weights,
+  or the adapter under LoRA, plus the processor), under FSDP2 as the engine's sharded
+  ``torch.distributed.checkpoint`` folder (every process writes its own shards; nothing is
+  gathered on one process);
+- ``trainer_state.json``: step, data position (epoch, batches drawn in it), best held-out mIoU,
+  the last evaluated step, the process count, the model's signature and the resolved config.
+
+It is written as ``.step-{K}.partial`` and renamed when complete, ``trainer_state.json`` last:
+a folder named ``step-{K}`` with that file is complete, whatever happened while saving.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from videoopd.qwen.lora import is_lora
+from videoopd.training.config import ConfigError
+
+__all__ = ["CHECKPOINTS", "MODEL_FOLDER", "RUN_DEFINING", "STATE_FILE", "TrainerState", "complete_checkpoints", "config_differences",
+           "install_model_hooks", "latest_checkpoint", "load_checkpoint", "model_signature", "prepare_run_folder",
+           "save_checkpoint"]
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+MODEL_FOLDER = "model"
+_STEP_NAME = re.compile(r"^step-(\d+)$")
+
+# Options that change what a run computes: a resume that changes one is refused (unless
+# --resume-override). max_steps, evaluation, saving and output options may change.
+RUN_DEFINING = ("student", "teacher", "model", "init_tiny", "train_data", "format", "prompt_style", "fps",
+                "max_frames", "min_pixels", "max_pixels", "dtype", "train_vision", "lr", "vision_lr", "lr_schedule",
+                "warmup_steps", "min_lr_ratio", "adam_beta2", "weight_decay", "max_grad_norm", "master_weights",
+                "batch_size", "grad_accum", "seed", "max_new_tokens", "objective", "reduction", "temperature",
+                "top_p", "lora_r", "lora_alpha", "lora_dropout", "lora_targets")
+
+# What a run writes into its folder (removed by --overwrite; anything else is left alone).
+RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "rounds.jsonl", "summary.json", "demo_summary.json", "final", "best",
+                 "checkpoints", "tensorboard")
+
+
+@dataclass
+class TrainerState:
+    """The loop's counters, saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    best_mIoU: float | None = None
+    best_step: int | None = None
+    last_eval_step: int | None = None
+    processes: int = 1
+    model_signature: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def model_signature(model: torch.nn.Module) -> str:
+    """A digest of the parameter names, shapes and dtypes (of the model before the engine
+    wraps it): checkpoints of another architecture, size or adapter layout differ."""
+    digest = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+    return digest.hexdigest()[:16]
+
+
+def complete_checkpoints(out_dir: Path) -> list[Path]:
+    """The complete checkpoints of a run folder, oldest first."""
+    root = Path(out_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_NAME.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run folder, or None."""
+    done = complete_checkpoints(out_dir)
+    return done[-1] if done else None
+
+
+def read_state(folder: Path) -> TrainerState:
+    """``folder``'s trainer state; ConfigError for a missing, partial or unreadable checkpoint."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"--resume: checkpoint folder not found: {folder}")
+    state_file = folder / STATE_FILE
+    if not state_file.is_file():
+        raise ConfigError(f"--resume: {folder} is not a complete checkpoint (no {STATE_FILE}: killed while "
+                          "saving, or not a videoopd checkpoint); --resume auto picks the newest complete one")
+    try:
+        data = json.loads(state_file.read_text(encoding="utf-8"))
+        return TrainerState(**data)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--resume: unreadable {state_file}: {exc}") from None
+
+
+def config_differences(saved: dict[str, Any], cfg: Any) -> list[str]:
+    """The run-defining options (:data:`RUN_DEFINING`) on which ``cfg`` differs from a
+    checkpoint's saved config, as "name: saved -> now"."""
+    now = dataclasses.asdict(cfg)
+    return [f"{name}: {saved[name]!r} -> {now[name]!r}" for name in RUN_DEFINING
+            if name in now and name in saved and saved[name] != now[name]]
+
+
+def prepare_run_folder(cfg: Any, accelerator: Any) -> Path | None:
+    """Check the run folder against ``cfg.resume`` / ``cfg.overwrite`` before any work; return the
+    checkpoint to resume from (None: a fresh start).
+
+    - ``--resume PATH``: PATH must be a complete checkpoint whose config agrees with ``cfg`` on
+      :data:`RUN_DEFINING` (unless ``--resume-override``);
+    - ``--resume auto``: the newest complete checkpoint of OUTPUT_DIR, or a fresh start;
+    - fresh start: OUTPUT_DIR must hold no earlier run, unless ``--overwrite`` (which removes
+      the earlier run's files, :data:`RUN_ARTIFACTS`, and nothing else).
+
+    Raises ConfigError. Every process checks; the main process removes files.
+    """
+    out_dir = Path(cfg.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--output-dir {out_dir} is a file, not a folder")
+    if cfg.resume is not None:
+        folder = latest_checkpoint(out_dir) if cfg.resume == "auto" else Path(cfg.resume)
+        if folder is not None:
+            state = read_state(folder)
+            differences = config_differences(state.config, cfg)
+            if differences and not cfg.resume_override:
+                raise ConfigError(f"--resume {folder}: the config differs from the checkpoint's on "
+                                  + "; ".join(differences) + " (pass --resume-override to resume anyway)")
+            if state.processes != accelerator.num_processes and not cfg.resume_override:
+                raise ConfigError(f"--resume {folder}: saved by {state.processes} process(es), resumed on "
+                                  f"{accelerator.num_processes}: the data order and sharded state would not continue "
+                                  "exactly (pass --resume-override to resume anyway)")
+            return folder
+    earlier = [name for name in RUN_ARTIFACTS if (out_dir / name).exists()] if out_dir.is_dir() else []
+    earlier += sorted(p.name for p in out_dir.glob("eval_*.json*")) if out_dir.is_dir() else []
+    if earlier and cfg.resume is None:
+        if not cfg.overwrite:
+            raise ConfigError(f"--output-dir {out_dir} holds an earlier run ({', '.join(earlier[:4])}"
+                              f"{', ...' if len(earlier) > 4 else ''}): resume it with --resume auto, replace it with "
+                              "--overwrite, or choose another --output-dir")
+        if accelerator.is_main_process:
+            for name in earlier:
+                path = out_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        accelerator.wait_for_everyone()
+    return None
+
+
+def install_model_hooks(accelerator: Any, processor: Any) -> None:
+    """Make ``accelerator.save_state`` / ``load_state`` write and read the student (one process
+    or DDP) as a Hugging Face folder ``model/`` (``save_pretrained``: the adapter under LoRA)
+    instead of accelerate's own weights file; FSDP2's sharded save is left to accelerate."""
+
+    def save_hook(models: list[Any], weights: list[Any], output_dir: str) -> None:
+        if not weights:  # FSDP2: the engine has written the shards
+            return
+        if len(models) != 1:
+            raise RuntimeError(f"expected the student as the one prepared model, got {len(models)} models")
+        if accelerator.is_main_process:
+            folder = Path(output_dir) / MODEL_FOLDER
+            model = accelerator.unwrap_model(models[0])
+            model.save_pretrained(folder, state_dict=model.state_dict())
+            processor.save_pretrained(folder)
+        weights.clear()
+
+    def load_hook(models: list[Any], input_dir: str) -> None:
+        if not models:  # FSDP2: the engine reads the shards
+            return
+        folder = Path(input_dir) / MODEL_FOLDER
+        for wrapped in models:
+            load_model_folder(accelerator.unwrap_model(wrapped), folder)
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def load_model_folder(model: torch.nn.Module, folder: Path) -> None:
+    """Load a checkpoint's ``model/`` (``save_pretrained`` output: full weights, or a peft
+    adapter into a PeftModel) into ``model`` in place; RuntimeError when it does not fit."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("adapter_model.safetensors" if is_lora(model) else "model*.safetensors"))
+    if not files:
+        raise RuntimeError(f"{folder}: no {'adapter' if is_lora(model) else 'model'} weights (*.safetensors)")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    if is_lora(model):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, state)
+        if result.unexpected_keys:
+            raise RuntimeError(f"{folder}: adapter weights the model lacks: {result.unexpected_keys[:5]}")
+        return
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise RuntimeError(f"{folder}: weights the model lacks: {unexpected[:5]}")
+    # save_pretrained leaves out weights tied to another one (a tied LM head): those are loaded
+    loaded = {p.data_ptr() for k, p in model.state_dict().items() if k in state}
+    untied = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded]
+    if untied:
+        raise RuntimeError(f"{folder}: weights missing from the checkpoint: {untied[:5]}")
+
+
+def save_checkpoint(accelerator: Any, state: TrainerState, out_dir: Path, keep: int = 0) -> Path:
+    """Write checkpoint ``step-{state.step}`` (every process must call it); keep the newest
+    ``keep`` (0: all). Returns its folder."""
+    root = Path(out_dir) / CHECKPOINTS
+    final = root / f"step-{state.step}"
+    partial = root / f".step-{state.step}.partial"
+    if accelerator.is_main_process:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp = partial / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(state), indent=1, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, partial / STATE_FILE)
+        if final.exists():  # the same step saved again (a resumed run stopped at once)
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        if keep:
+            for old in complete_checkpoints(out_dir)[:-keep]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Any, folder: Path, signature: str) -> TrainerState:
+    """Restore the prepared objects' states from ``folder`` (every process) and return its
+    trainer state; ConfigError when the checkpoint is of another model."""
+    state = read_state(folder)
+    if state.model_signature and state.model_signature != signature:
+        raise ConfigError(f"--resume {folder}: the checkpoint is of another model (parameter names/shapes differ "
+                          f"from the student's: signature {state.model_signature} vs {signature})")
+    accelerator.load_state(str(folder))
+    return state
