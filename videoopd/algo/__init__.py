@@ -1,1 +1,2 @@
-"""Algorithms: on-policy rollouts and the per-batch objectives (OPD sampled / full, SFT)."""
+"""Algorithms: on-policy rollouts, the per-batch objectives (OPD sampled / full, SFT) and the TVDF
+round selection (curriculum)."""
