@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NoReturn
 
 import torch
 
@@ -38,8 +38,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a command-line error in one line (no usage block), exit status 2, like the
+    other videoopd commands."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="python -m videoopd.eval",
         description="Evaluate a local Qwen2.5-VL / Qwen3-VL checkpoint on temporal video grounding.",
     )
@@ -70,6 +78,30 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _metrics_path(output: Path) -> Path:
+    return output.with_name(output.name.removesuffix(".jsonl") + ".metrics.json")
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    # samefile sees through hard links too; resolve() covers paths not created yet.
+    if first.exists() and second.exists():
+        return os.path.samefile(first, second)
+    return first.resolve() == second.resolve()
+
+
+def _output_problem(data: Path, output: Path) -> str | None:
+    """Why the files eval writes for ``output`` cannot be written, or None: checked before
+    any work, so that a wrong --output never replaces the annotations."""
+    if output.is_dir():
+        return f"--output {output} is a folder; give a file path, e.g. {output / (data.stem + '.predictions.jsonl')}"
+    if _same_file(output, data):
+        return f"--output {output} is the --data file {data}: the predictions would replace the annotations"
+    metrics = _metrics_path(output)
+    if _same_file(metrics, data):
+        return f"--output {output} would write its metrics to {metrics}, the --data file {data}"
+    return None
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     # Evaluation reads local files only; make any accidental hub lookup fail fast.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,6 +111,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.num_workers < 0:
         parser.error("--num-workers must be >= 0")
+    output = Path(args.output) if args.output else Path(f"{Path(args.data).stem}.predictions.jsonl")
+    problem = _output_problem(Path(args.data), output)
+    if problem is not None:
+        parser.error(problem)
 
     from videoopd.qwen.models import load_policy
     from videoopd.qwen.processing import load_processor
@@ -95,7 +131,6 @@ def main(argv: Iterable[str] | None = None) -> int:
     if not records:
         print("no records to evaluate", file=sys.stderr)
         return 1
-    output = Path(args.output) if args.output else Path(f"{Path(args.data).stem}.predictions.jsonl")
 
     processor = load_processor(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -126,7 +161,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         on_video_error=args.on_video_error,
         progress=not args.no_progress,
     )
-    metrics_path = output.with_name(output.name.removesuffix(".jsonl") + ".metrics.json")
+    metrics_path = _metrics_path(output)
     metrics_path.write_text(
         json.dumps({"overall": result.metrics, "per_source": result.per_source, "failed_videos": len(result.failed_videos)}, indent=2)
         + "\n",

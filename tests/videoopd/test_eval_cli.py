@@ -189,3 +189,36 @@ def test_command_line_rejects_bad_arguments(tmp_path, synthetic_dir, capsys):
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path), "--data", str(bad), "--strict"])
     assert "bad.jsonl: line 1: inverted_span" in capsys.readouterr().err
+
+
+def _one_line_exit_2(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_output_that_is_the_data_file_or_a_folder_is_refused_before_any_work(tmp_path, synthetic_dir, capsys):
+    data = tmp_path / "annotations.jsonl"
+    original = (synthetic_dir / "annotations.jsonl").read_text()
+    data.write_text(original)
+    model = str(tmp_path / "no_model_needed")  # refused before the model is looked at
+    err = _one_line_exit_2(capsys, ["--model", model, "--data", str(data), "--output", str(data)])
+    assert "--output" in err and "--data" in err and str(data) in err
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(data)
+    err = _one_line_exit_2(capsys, ["--model", model, "--data", str(data), "--output", str(link)])
+    assert "--output" in err and "--data" in err and str(data) in err
+    relative = tmp_path / "sub" / ".." / "annotations.jsonl"
+    (tmp_path / "sub").mkdir()
+    _one_line_exit_2(capsys, ["--model", model, "--data", str(data), "--output", str(relative)])
+    # The metrics file written next to the predictions would replace the data as well.
+    anet = tmp_path / "preds.metrics.json"
+    anet.write_text("{}")
+    err = _one_line_exit_2(capsys, ["--model", model, "--data", str(anet), "--output", str(tmp_path / "preds.jsonl")])
+    assert "--data" in err and str(anet) in err
+    err = _one_line_exit_2(capsys, ["--model", model, "--data", str(data), "--output", str(tmp_path)])
+    assert "--output" in err and "folder" in err
+    assert data.read_text() == original and anet.read_text() == "{}"
