@@ -7,6 +7,14 @@ Command line::
 
 The library entry point is :func:`videoopd.evaluation.evaluate.evaluate`, which the training
 loop calls for held-out evaluation with its in-memory model and processor.
+
+Files written: the predictions ``--output`` (JSONL, a row per query), its identity sidecar
+``<output>.meta.json`` and ``<output stem>.metrics.json``. The identity records the data
+file (path, sha256, format, video root, durations file), the model path and dtype, and the
+decoding settings (prompt, max_new_tokens, fps, frames, pixels; decoding is greedy).
+``--resume`` keeps old rows only when all of these match and is refused (exit 2, naming the
+differing fields) otherwise, or when the file has no sidecar (written by a version before
+identities were recorded: its rows cannot be told apart from another data set's).
 """
 from __future__ import annotations
 
@@ -16,14 +24,23 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Iterable, NoReturn
+from typing import Any, Iterable, NoReturn
 
 import torch
 
 from videoopd.data.annotations import load_annotations
 from videoopd.data.video import DecodeConfig
-from videoopd.evaluation.evaluate import EvalResult, evaluate, format_metrics_table, read_predictions
-from videoopd.qwen.prompts import PROMPT_STYLES
+from videoopd.evaluation.evaluate import (
+    EvalResult,
+    check_resumable,
+    evaluate,
+    file_sha256,
+    format_metrics_table,
+    identity_path,
+    predictions_identity,
+    read_predictions,
+)
+from videoopd.qwen.prompts import PROMPT_STYLES, STYLE_DEFAULT
 
 __all__ = ["EvalResult", "evaluate", "format_metrics_table", "main", "read_predictions"]
 
@@ -96,10 +113,27 @@ def _output_problem(data: Path, output: Path) -> str | None:
         return f"--output {output} is a folder; give a file path, e.g. {output / (data.stem + '.predictions.jsonl')}"
     if _same_file(output, data):
         return f"--output {output} is the --data file {data}: the predictions would replace the annotations"
-    metrics = _metrics_path(output)
-    if _same_file(metrics, data):
-        return f"--output {output} would write its metrics to {metrics}, the --data file {data}"
+    for kind, path in (("metrics", _metrics_path(output)), ("identity", identity_path(output))):
+        if _same_file(path, data):
+            return f"--output {output} would write its {kind} to {path}, the --data file {data}"
     return None
+
+
+def _input_identity(args: argparse.Namespace, format_name: str) -> dict[str, Any]:
+    """What the predictions answer besides the decoding settings: recorded with them, so
+    that --resume never mixes rows of another data file or model (same ids, other queries)."""
+    data = Path(args.data).resolve()
+    durations = Path(args.durations).resolve() if args.durations else None
+    return {
+        "data": str(data),
+        "data_sha256": file_sha256(data),
+        "format": format_name,
+        "video_root": str(Path(args.video_root).resolve() if args.video_root else data.parent),
+        "durations": str(durations) if durations else None,
+        "durations_sha256": file_sha256(durations) if durations else None,
+        "model": str(Path(args.model).resolve()),
+        "dtype": args.dtype,
+    }
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -133,9 +167,6 @@ def main(argv: Iterable[str] | None = None) -> int:
         return 1
 
     processor = load_processor(args.model)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_policy(args.model, device=device, trainable=False, dtype=args.dtype,
-                        attn_implementation=args.attn_implementation)
     try:
         decode_config = DecodeConfig.for_processor(
             processor,
@@ -147,6 +178,16 @@ def main(argv: Iterable[str] | None = None) -> int:
         )
     except ValueError as exc:
         parser.error(str(exc))
+    inputs = _input_identity(args, summary.format)
+    if args.resume:
+        try:
+            check_resumable(output, predictions_identity(decode_config, args.prompt, STYLE_DEFAULT,
+                                                         args.max_new_tokens, inputs))
+        except ValueError as exc:
+            parser.error(f"--resume: {exc}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_policy(args.model, device=device, trainable=False, dtype=args.dtype,
+                        attn_implementation=args.attn_implementation)
     result = evaluate(
         model,
         processor,
@@ -160,6 +201,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         resume=args.resume,
         on_video_error=args.on_video_error,
         progress=not args.no_progress,
+        identity=inputs,
     )
     metrics_path = _metrics_path(output)
     metrics_path.write_text(

@@ -219,6 +219,68 @@ def test_output_that_is_the_data_file_or_a_folder_is_refused_before_any_work(tmp
     anet.write_text("{}")
     err = _one_line_exit_2(capsys, ["--model", model, "--data", str(anet), "--output", str(tmp_path / "preds.jsonl")])
     assert "--data" in err and str(anet) in err
+    sidecar = tmp_path / "p.jsonl.meta.json"
+    sidecar.write_text("{}")
+    _one_line_exit_2(capsys, ["--model", model, "--data", str(sidecar), "--output", str(tmp_path / "p.jsonl")])
     err = _one_line_exit_2(capsys, ["--model", model, "--data", str(data), "--output", str(tmp_path)])
     assert "--output" in err and "folder" in err
     assert data.read_text() == original and anet.read_text() == "{}"
+
+
+def test_predictions_record_what_they_belong_to_and_resume_refuses_other_inputs(tmp_path, records, tiny_qwen25):
+    _, processor = tiny_qwen25
+    output = tmp_path / "predictions.jsonl"
+    evaluate(ScriptedModel(processor.tokenizer, ["1 to 2"] * 2), processor, records[:2], decode_config=_config(processor),
+             predictions_path=output, identity={"data_sha256": "aaa", "model": "/m"}, progress=False)
+    meta = json.loads((tmp_path / "predictions.jsonl.meta.json").read_text())
+    assert meta["identity"]["data_sha256"] == "aaa" and meta["identity"]["prompt_style"] == "paper"
+    assert meta["identity"]["max_new_tokens"] == 64 and meta["identity"]["decoding"] == "greedy"
+    assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == [r.id for r in records[:2]]
+
+    def resume(**changes):
+        arguments = {"decode_config": _config(processor), "identity": {"data_sha256": "aaa", "model": "/m"}}
+        arguments.update(changes)
+        model = ScriptedModel(processor.tokenizer, ["3 to 4"] * 3)
+        result = evaluate(model, processor, records[:3], predictions_path=output, resume=True, progress=False,
+                          **arguments)
+        return result, model
+
+    with pytest.raises(ValueError, match=r"data_sha256.*'aaa'.*'bbb'") as info:
+        resume(identity={"data_sha256": "bbb", "model": "/m"})
+    assert "model" not in str(info.value).split("differ:")[1]
+    with pytest.raises(ValueError, match="max_new_tokens") as info:
+        resume(max_new_tokens=8, prompt_style="timelens")
+    assert "prompt_style" in str(info.value)
+    with pytest.raises(ValueError, match="fps"):
+        resume(decode_config=dataclasses.replace(_config(processor), fps=1.0))
+    assert len(output.read_text().splitlines()) == 2  # a refused resume keeps the file as it was
+    result, model = resume()
+    assert result.resumed == 2 and sum(len(call) for call in model.calls) == 1
+    # A file from before identities were recorded cannot be checked: refused, not guessed at.
+    (tmp_path / "predictions.jsonl.meta.json").unlink()
+    with pytest.raises(ValueError, match="no recorded identity"):
+        resume()
+
+
+def test_command_line_resume_on_other_data_with_overlapping_ids_is_refused(tmp_path, synthetic_dir,
+                                                                           tiny_qwen25_checkpoint, capsys):
+    first = tmp_path / "first.jsonl"
+    first.write_text((synthetic_dir / "annotations.jsonl").read_text())
+    second = tmp_path / "second.jsonl"  # same ids, other spans
+    rows = [json.loads(line) for line in first.read_text().splitlines()]
+    second.write_text("".join(json.dumps({**row, "start": 0.0, "end": 1.0}) + "\n" for row in rows))
+    output = tmp_path / "preds.jsonl"
+    common = ["--model", str(tiny_qwen25_checkpoint), "--video-root", str(synthetic_dir), "--output", str(output),
+              "--max-new-tokens", "2", "--num-workers", "0", "--min-pixels", str(56 * 56), "--max-pixels",
+              str(64 * 96), "--no-progress", "--limit", "1"]
+    assert main(common + ["--data", str(first)]) == 0
+    capsys.readouterr()
+    written = output.read_text()
+    err = _one_line_exit_2(capsys, common + ["--data", str(second), "--resume"])
+    assert "--resume" in err and "data_sha256" in err and str(output) in err
+    err = _one_line_exit_2(capsys, common + ["--data", str(first), "--resume", "--fps", "1"])
+    assert "fps" in err and "data_sha256" not in err
+    assert output.read_text() == written
+    (tmp_path / "preds.jsonl.meta.json").unlink()
+    err = _one_line_exit_2(capsys, common + ["--data", str(first), "--resume"])
+    assert "no recorded identity" in err
