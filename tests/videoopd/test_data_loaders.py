@@ -350,3 +350,80 @@ def test_invalid_json_document_is_reported(tmp_path):
     annotations = write(tmp_path / "broken.json", '{"v_a": {"duration": 1,\n "timestamps": [}')
     records, summary = load_annotations(annotations, "activitynet")
     assert records == [] and issue_kinds(summary) == [("line 2", "malformed", "skipped")]
+
+
+# --------------------------------------------------------------------------- text encodings
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def write_bytes(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def test_a_utf8_bom_is_accepted_in_every_format(tmp_path, videos):
+    cases = {
+        "charades": ("c.txt", b"AO8RW 0.0 6.9##a person sits\n"),
+        "activitynet": ("a.json", json.dumps({"v_abc": {"duration": 8.0, "timestamps": [[1, 2]], "sentences": ["x"]}}).encode()),
+        "timelens_bench": ("t.json", json.dumps({"clip1": {"duration": 8.0, "spans": [[1, 2]], "queries": ["x"]}}).encode()),
+        "timelens_100k": ("t.jsonl", json.dumps({"video_path": "clip1.mp4", "duration": 8.0,
+                                                 "events": [{"query": "x", "span": [1, 2]}]}).encode() + b"\n"),
+        "jsonl": ("j.jsonl", jsonl_line().encode()),
+    }
+    for expected, (name, data) in cases.items():
+        path = write_bytes(tmp_path / name, BOM + data)
+        assert detect_format(path) == expected
+        records, summary = load_annotations(path, video_root=videos)
+        assert (len(records), summary.issues) == (1, []), expected
+    csv_path = write_bytes(tmp_path / "d.csv", BOM + b"id,length\nAO8RW,8.0\n")
+    assert read_durations_csv(csv_path) == {"AO8RW": 8.0}
+
+
+def test_a_line_that_is_not_utf8_is_reported_and_the_rest_kept(tmp_path, videos):
+    latin1 = jsonl_line(query="café").replace("é", "\\u00e9").encode().replace(b"\\u00e9", b"\xe9")
+    path = write_bytes(tmp_path / "j.jsonl", jsonl_line(query="one").encode() + latin1 + jsonl_line(query="three").encode())
+    records, summary = load_annotations(path, video_root=videos)
+    assert [r.query for r in records] == ["one", "three"]
+    assert issue_kinds(summary) == [("line 2", "bad_encoding", "skipped")]
+    assert "0xe9" in summary.issues[0].message and str(path) in str(summary.issues[0])
+    assert (summary.read, summary.kept, summary.skipped) == (3, 2, 1)
+    charades = write_bytes(tmp_path / "c.txt", b"AO8RW 0.0 6.9##a person sits\nAO8RW 1.0 2.0##caf\xe9\r\n"
+                                               b"AO8RW 2.0 3.0##a person stands\r\n")
+    records, summary = load_annotations(charades, video_root=videos)
+    assert [r.query for r in records] == ["a person sits", "a person stands"]
+    assert issue_kinds(summary) == [("line 2", "bad_encoding", "skipped")]
+    timelens = write_bytes(tmp_path / "t.jsonl", latin1.replace(b'"video"', b'"video_path"') + b"\n")
+    with pytest.raises(AnnotationError, match="t.jsonl.*line 1: bad_encoding"):
+        load_annotations(timelens, "timelens_100k", video_root=videos, strict=True)
+
+
+def test_a_json_document_that_is_not_utf8_names_the_file_and_position(tmp_path, videos):
+    text = json.dumps({"v_abc": {"duration": 8.0, "timestamps": [[1, 2]], "sentences": ["caf?"]}}, indent=1)
+    path = write_bytes(tmp_path / "anet.json", text.encode().replace(b"caf?", b"caf\xe9"))
+    line = next(n for n, row in enumerate(text.splitlines(), start=1) if "caf?" in row)
+    column = text.splitlines()[line - 1].index("?") + 1
+    for format in ("auto", "activitynet"):
+        with pytest.raises(ValueError, match=rf"anet.json: no valid records: line {line}: .*0xe9 at column {column}"):
+            load_annotations(path, format, video_root=videos)
+    broken = write(tmp_path / "broken.json", '{"v_a": {"duration": 1,\n "timestamps": [}')
+    _, summary = load_annotations(broken, "activitynet")
+    assert "column 17" in summary.issues[0].message and summary.read == 1 and summary.skipped == 1
+
+
+def test_binary_garbage_is_one_clear_error_naming_the_file(tmp_path, videos):
+    import random
+
+    rng = random.Random(0)
+    garbage = bytes(rng.randrange(128, 256) for _ in range(4000))
+    garbage = b"\n".join(garbage[i:i + 80] for i in range(0, len(garbage), 80))
+    path = write_bytes(tmp_path / "video.mp4.jsonl", garbage)
+    for format in ("jsonl", "charades", "timelens_100k", "activitynet", "timelens_bench", "auto"):
+        with pytest.raises(ValueError, match="video.mp4.jsonl") as info:
+            load_annotations(path, format, video_root=videos)
+        assert "UTF-8" in str(info.value) and "codec" not in str(info.value), format
+        if format != "auto":
+            assert "no valid records" in str(info.value)
+    with pytest.raises(ValueError, match=r"d.csv: line 3.*UTF-8"):
+        read_durations_csv(write_bytes(tmp_path / "d.csv", b"id,length\nA,1\nB\xff,2\n"))

@@ -14,6 +14,12 @@ Formats (``format=`` name, what one sample looks like):
 
 ``format="auto"`` detects the format from the file's content.
 
+Files are UTF-8; a leading byte-order mark is ignored. A line that is not valid UTF-8 is a
+``bad_encoding`` issue (the rest of the file is kept); in a whole-file JSON format the
+document cannot be read without it, so the issue names its line and column. A file where
+nothing was kept and some of it is not UTF-8 (a binary file, or a JSON document with a bad
+byte) raises :class:`AnnotationError` ("no valid records") naming the file.
+
 Video paths are resolved against ``video_root`` (default: the annotation file's folder).
 A bare video id (Charades, ActivityNet, TimeLens-Bench) is tried with the extensions in
 ``VIDEO_EXTENSIONS``; for ActivityNet ids the ``v_`` prefix is also tried without.
@@ -25,6 +31,7 @@ with ``strict=True`` the first problem raises :class:`AnnotationError` instead.
 ====================  ==========================================================  =========
 kind                  condition                                                   action
 ====================  ==========================================================  =========
+``bad_encoding``      a line (a JSON document) that is not valid UTF-8            skipped
 ``malformed``         unparsable line/JSON, missing field, non-numeric time       skipped
 ``empty_query``       query missing or only whitespace                            skipped
 ``multi_span``        more than one span for one query (single-span metrics)      skipped
@@ -69,6 +76,7 @@ logger = logging.getLogger(__name__)
 FORMATS = ("charades", "activitynet", "timelens_bench", "timelens_100k", "jsonl")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 SPAN_POLICIES = ("clip", "skip")
+_JSON_DOCUMENT_FORMATS = ("activitynet", "timelens_bench")
 _MAX_LOGGED_ISSUES = 20
 _CHARADES_LINE = re.compile(r"^\s*(?P<vid>\S+)\s+(?P<start>\S+)\s+(?P<end>\S+)\s*##(?P<query>.*)$")
 
@@ -105,10 +113,11 @@ class DataIssue:
 
 
 class AnnotationError(ValueError):
-    """Raised in strict mode for the first problem in an annotation file."""
+    """Raised in strict mode for the first problem in an annotation file, and for a file
+    with no valid records that is not (all) UTF-8 text; ``issue`` is the (first) problem."""
 
-    def __init__(self, issue: DataIssue):
-        super().__init__(str(issue))
+    def __init__(self, issue: DataIssue, message: str | None = None):
+        super().__init__(message or str(issue))
         self.issue = issue
 
 
@@ -209,10 +218,15 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    first_line = next((line for line in text.splitlines() if line.strip()), "")
-    if not first_line:
+    data = path.read_bytes().removeprefix(_UTF8_BOM)
+    raw_lines = data.split(b"\n")
+    first = next((number for number, raw in enumerate(raw_lines, start=1) if raw.strip()), None)
+    if first is None:
         raise ValueError(f"cannot detect the format of {path}: the file is empty")
+    # Bytes that are not UTF-8 are replaced here, so that the structure shows through; the
+    # loader reports them with their line.
+    text = data.decode("utf-8", errors="replace")
+    first_line = raw_lines[first - 1].decode("utf-8", errors="replace")
     if _CHARADES_LINE.match(first_line):
         return "charades"
     try:
@@ -226,14 +240,53 @@ def detect_format(path: str | Path) -> str:
         except json.JSONDecodeError:
             detected = None
     if detected is None:
+        try:
+            _decode_line(raw_lines[first - 1], first)
+            reason = ""
+        except ValueError as exc:
+            reason = f": line {first} is {exc}"
         raise ValueError(
-            f"cannot detect the format of {path}; pass format= one of {', '.join(FORMATS)}"
+            f"cannot detect the format of {path}{reason}; pass format= one of {', '.join(FORMATS)}"
         )
     return detected
 
 
 # --------------------------------------------------------------------------------------
 # helpers
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _not_utf8(data: bytes, error: UnicodeDecodeError) -> tuple[int, str]:
+    """The line (counted from 1) of the first byte of ``data`` that is not UTF-8, and what
+    the problem is, naming the byte and its column (in bytes, from 1)."""
+    line = data.count(b"\n", 0, error.start) + 1
+    column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+    return line, f"not valid UTF-8: byte 0x{data[error.start]:02x} at column {column}"
+
+
+def _decode_line(raw: bytes, line_number: int) -> str:
+    """One line of a text file, as str; ValueError naming the byte and column if it is not
+    UTF-8. The first line's byte-order mark is dropped."""
+    if line_number == 1 and raw.startswith(_UTF8_BOM):
+        raw = raw[len(_UTF8_BOM):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(_not_utf8(raw, exc)[1]) from None
+
+
+def _text_lines(path: Path, report: _Reporter) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line of ``path`` that is UTF-8, newline removed; other
+    lines are reported as bad_encoding and left out."""
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                yield line_number, _decode_line(raw, line_number).rstrip("\r\n")
+            except ValueError as exc:
+                report.summary.read += 1
+                report(f"line {line_number}", "bad_encoding", str(exc), "skipped")
 
 
 def read_durations_csv(path: str | Path) -> dict[str, float]:
@@ -243,19 +296,25 @@ def read_durations_csv(path: str | Path) -> dict[str, float]:
     if not path.is_file():
         raise FileNotFoundError(f"durations CSV not found: {path}")
     durations: dict[str, float] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        length_column = next((c for c in ("length", "duration") if c in columns), None)
-        if "id" not in columns or length_column is None:
-            raise ValueError(
-                f"durations CSV {path} needs an 'id' column and a 'length' or 'duration' column, has {columns}"
-            )
-        for line_number, row in enumerate(reader, start=2):
+    lines = []
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
             try:
-                durations[row["id"]] = float(row[length_column])
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{path}: line {line_number}: bad {length_column} {row[length_column]!r}") from exc
+                lines.append(_decode_line(raw, line_number))
+            except ValueError as exc:
+                raise ValueError(f"{path}: line {line_number}: {exc}") from None
+    reader = csv.DictReader(lines)
+    columns = reader.fieldnames or []
+    length_column = next((c for c in ("length", "duration") if c in columns), None)
+    if "id" not in columns or length_column is None:
+        raise ValueError(
+            f"durations CSV {path} needs an 'id' column and a 'length' or 'duration' column, has {columns}"
+        )
+    for line_number, row in enumerate(reader, start=2):
+        try:
+            durations[row["id"]] = float(row[length_column])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: line {line_number}: bad {length_column} {row[length_column]!r}") from exc
     return durations
 
 
@@ -296,29 +355,37 @@ def _normalize_query(query: Any) -> str:
 
 def _read_charades(path: Path, report: _Reporter, source: str) -> Iterator[_Candidate]:
     per_video: Counter[str] = Counter()
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            location = f"line {line_number}"
-            match = _CHARADES_LINE.match(line.rstrip("\n"))
-            if match is None:
-                report.summary.read += 1
-                report(location, "malformed", f"expected 'vid start end##sentence', got {line.strip()!r}", "skipped")
-                continue
-            vid = match["vid"]
-            index = per_video[vid]
-            per_video[vid] += 1
-            yield _Candidate(
-                location, vid, match["query"], [match["start"], match["end"]], None, source, f"{vid}#{index}"
-            )
+    for line_number, line in _text_lines(path, report):
+        if not line.strip():
+            continue
+        location = f"line {line_number}"
+        match = _CHARADES_LINE.match(line)
+        if match is None:
+            report.summary.read += 1
+            report(location, "malformed", f"expected 'vid start end##sentence', got {line.strip()!r}", "skipped")
+            continue
+        vid = match["vid"]
+        index = per_video[vid]
+        per_video[vid] += 1
+        yield _Candidate(
+            location, vid, match["query"], [match["start"], match["end"]], None, source, f"{vid}#{index}"
+        )
 
 
 def _read_json_document(path: Path, report: _Reporter) -> dict[str, Any] | None:
+    data = path.read_bytes()
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line, problem = _not_utf8(data, exc)
+        report.summary.read += 1
+        report(f"line {line}", "bad_encoding", f"{problem}; the JSON document cannot be read", "skipped")
+        return None
+    try:
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
-        report(f"line {exc.lineno}", "malformed", f"invalid JSON: {exc.msg}", "skipped")
+        report.summary.read += 1
+        report(f"line {exc.lineno}", "malformed", f"invalid JSON: {exc.msg} (column {exc.colno})", "skipped")
         return None
     if not isinstance(document, dict):
         report("top level", "malformed", f"expected a JSON object keyed by video id, got {type(document).__name__}", "skipped")
@@ -363,15 +430,14 @@ def _read_keyed_json(
 
 
 def _iter_jsonl(path: Path, report: _Reporter) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield line_number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                report.summary.read += 1
-                report(f"line {line_number}", "malformed", f"invalid JSON: {exc.msg}", "skipped")
+    for line_number, line in _text_lines(path, report):
+        if not line.strip():
+            continue
+        try:
+            yield line_number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            report.summary.read += 1
+            report(f"line {line_number}", "malformed", f"invalid JSON: {exc.msg}", "skipped")
 
 
 def _read_timelens_100k(path: Path, report: _Reporter) -> Iterator[_Candidate]:
@@ -583,6 +649,10 @@ def load_annotations(
 
     Returns:
         ``LoadResult(records, summary)``.
+
+    Raises:
+        AnnotationError: in strict mode, at the first problem; and when nothing was kept and
+            some of the file is not UTF-8 text ("no valid records", naming the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -633,6 +703,17 @@ def load_annotations(
     )
     records = [record for record in map(validate, candidates) if record is not None]
     summary.kept = len(records)
+    not_text = [issue for issue in summary.issues if issue.kind == "bad_encoding"]
+    if not records and not_text:
+        first = not_text[0]
+        if format in _JSON_DOCUMENT_FORMATS:
+            message = f"{path}: no valid records: {first.location}: {first.message}"
+        else:
+            message = (
+                f"{path}: no valid records: {len(not_text)} of {summary.read} lines are not valid UTF-8 text "
+                f"(is it a binary file?); the first, {first.location}: {first.message}"
+            )
+        raise AnnotationError(first, message)
     if summary.issues:
         logger.warning(
             "%s: %d of %d queries kept; %d issues (%s)",
