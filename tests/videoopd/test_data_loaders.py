@@ -427,3 +427,23 @@ def test_binary_garbage_is_one_clear_error_naming_the_file(tmp_path, videos):
             assert "no valid records" in str(info.value)
     with pytest.raises(ValueError, match=r"d.csv: line 3.*UTF-8"):
         read_durations_csv(write_bytes(tmp_path / "d.csv", b"id,length\nA,1\nB\xff,2\n"))
+
+
+def test_detect_format_names_the_file_and_line_it_cannot_read(tmp_path):
+    good = jsonl_line()
+    cases = {
+        "line 1": "{not json\n" + good,
+        "line 3": "\n  \n" + json.dumps({"video": "a.mp4", "start": 1, "end": 2}) + "\n" + good,
+        "line 2": "\n" + "AO8RW 3.0##no end time\n" + "AO8RW 0.0 3.0##fine\n",
+    }
+    for line, text in cases.items():
+        path = write(tmp_path / "first_line_bad.jsonl", text)
+        with pytest.raises(ValueError, match=rf"first_line_bad.jsonl: {line} ") as info:
+            detect_format(path)
+        assert "format=" in str(info.value)
+    with pytest.raises(ValueError, match="line 3 ") as info:
+        detect_format(write(tmp_path / "t.jsonl", "\n  \n" + json.dumps({"video": "a.mp4", "start": 1}) + "\n"))
+    assert "'start'" in str(info.value)  # what the line has instead
+    pretty = write(tmp_path / "pretty.json", '{\n "v_a": {\n  "duration": 1,\n  "timestamps": [}\n}\n')
+    with pytest.raises(ValueError, match=r"pretty.json: .*line 4 column 18"):
+        detect_format(pretty)

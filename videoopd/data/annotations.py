@@ -229,26 +229,47 @@ def detect_format(path: str | Path) -> str:
     first_line = raw_lines[first - 1].decode("utf-8", errors="replace")
     if _CHARADES_LINE.match(first_line):
         return "charades"
+    first_is_json = True
     try:
-        detected = _classify_json_object(json.loads(first_line))
-    except json.JSONDecodeError:
+        first_object = json.loads(first_line)
+        detected = _classify_json_object(first_object)
+        line_problem = f"a JSON {_json_shape(first_object)} of no known format"
+    except json.JSONDecodeError as exc:
+        first_is_json = False
         detected = None
+        line_problem = f"not JSON ({exc.msg} at column {exc.colno})"
+    document_problem = None
     if detected is None:
         # Not JSON-per-line: a (possibly pretty-printed) JSON document.
         try:
-            detected = _classify_json_object(json.loads(text))
-        except json.JSONDecodeError:
-            detected = None
+            document = json.loads(text)
+            detected = _classify_json_object(document)
+        except json.JSONDecodeError as exc:
+            if not first_is_json and exc.lineno > first:  # the first line opens a document broken further down
+                document_problem = f"invalid JSON document at line {exc.lineno} column {exc.colno}: {exc.msg}"
     if detected is None:
         try:
             _decode_line(raw_lines[first - 1], first)
-            reason = ""
         except ValueError as exc:
-            reason = f": line {first} is {exc}"
+            line_problem = str(exc)
+        if document_problem is not None:
+            reason = document_problem
+        else:
+            reason = (
+                f"line {first} is neither a Charades-STA line ('vid start end##sentence') nor a JSON record "
+                f"of a known format: {line_problem}"
+            )
         raise ValueError(
-            f"cannot detect the format of {path}{reason}; pass format= one of {', '.join(FORMATS)}"
+            f"cannot detect the format of {path}: {reason}; pass format= one of {', '.join(FORMATS)} "
+            "(then every bad line is reported and the rest kept)"
         )
     return detected
+
+
+def _json_shape(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"object with keys {sorted(value)[:8]}"
+    return type(value).__name__
 
 
 # --------------------------------------------------------------------------------------
