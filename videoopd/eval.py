@@ -205,7 +205,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     )
     metrics_path = _metrics_path(output)
     metrics_path.write_text(
-        json.dumps({"overall": result.metrics, "per_source": result.per_source, "failed_videos": len(result.failed_videos)}, indent=2)
+        json.dumps({"overall": result.metrics, "per_source": result.per_source, "failed_videos": len(result.failed_videos),
+                    "data_issues": result.data_issue_counts}, indent=2)
         + "\n",
         encoding="utf-8",
     )
@@ -215,6 +216,12 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"{len(result.failed_videos)} videos could not be decoded (scored IoU 0):", file=sys.stderr)
         for record_id, error in result.failed_videos[:10]:
             print(f"  {record_id}: {error}", file=sys.stderr)
+    if result.data_issues:
+        counts = ", ".join(f"{kind}={count}" for kind, count in sorted(result.data_issue_counts.items()))
+        print(f"{len(result.data_issues)} queries disagree with their videos ({counts}; kept and scored, "
+              "flagged in the predictions' data_issue):", file=sys.stderr)
+        for _, issue in result.data_issues[:10]:
+            print(f"  {issue}", file=sys.stderr)
     print(format_metrics_table(result.metrics, result.per_source))
     print(f"predictions: {output}\nmetrics: {metrics_path}")
     return 0 if len(result.failed_videos) < len(records) else 1

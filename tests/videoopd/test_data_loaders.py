@@ -447,3 +447,40 @@ def test_detect_format_names_the_file_and_line_it_cannot_read(tmp_path):
     pretty = write(tmp_path / "pretty.json", '{\n "v_a": {\n  "duration": 1,\n  "timestamps": [}\n}\n')
     with pytest.raises(ValueError, match=r"pretty.json: .*line 4 column 18"):
         detect_format(pretty)
+
+
+# ------------------------------------------------------- annotations that disagree with the video
+
+
+@pytest.fixture()
+def disagreeing_jsonl(tmp_path, videos):
+    """Annotations for the 8 s clip1.mp4 (line numbers in the comments)."""
+    lines = [
+        jsonl_line(query="fine"),  # 1
+        jsonl_line(query="beyond", start=10.0, end=15.0, duration=20.0),  # 2: the video ends at 8 s
+        jsonl_line(query="longer", duration=9.5),  # 3: 1.5 s off: beyond max(1 s, 5%)
+        jsonl_line(query="close", start=7.0, end=8.6, duration=8.6),  # 4: within both tolerances
+    ]
+    return write(tmp_path / "disagree.jsonl", "".join(lines))
+
+
+def test_a_span_beyond_the_video_or_a_wrong_duration_is_reported_counted_and_kept(disagreeing_jsonl, videos,
+                                                                                   caplog):
+    from videoopd.data.datasets import GroundingVideoDataset
+    from videoopd.data.video import DecodeConfig
+
+    records, summary = load_annotations(disagreeing_jsonl, video_root=videos)
+    assert len(records) == 4 and summary.issues == []  # the loader does not open videos it need not probe
+    dataset = GroundingVideoDataset(records, DecodeConfig(min_pixels=56 * 56, max_pixels=64 * 96))
+    with caplog.at_level(logging.WARNING, logger="videoopd.data"):
+        items = [dataset[i] for i in range(len(records))] + [dataset[1]]
+    issues = [item["data_issue"] for item in items]
+    assert issues[0] is None and issues[3] is None
+    assert (issues[1].file, issues[1].location, issues[1].kind, issues[1].action) == (
+        str(disagreeing_jsonl), "line 2", "span_beyond_video", "kept")
+    assert "15" in issues[1].message and "8.0" in issues[1].message
+    assert (issues[2].location, issues[2].kind) == ("line 3", "duration_mismatch")
+    assert all(item["video"] is not None for item in items)  # kept: trained on and scored, but not silently
+    assert dataset.data_issue_counts == {"span_beyond_video": 1, "duration_mismatch": 1}
+    assert caplog.text.count("disagree.jsonl: line 2: span_beyond_video (kept)") == 1  # once per record
+    assert "line 3: duration_mismatch" in caplog.text

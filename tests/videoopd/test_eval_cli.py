@@ -11,7 +11,7 @@ from videoopd.evaluation.metrics import parse_span, temporal_iou
 from videoopd.data.video import DecodeConfig, VideoDecodeError
 
 SMALL = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}
-ROW_KEYS = {"id", "source", "video", "query", "gt", "duration", "answer", "pred", "iou", "error"}
+ROW_KEYS = {"id", "source", "video", "query", "gt", "duration", "answer", "pred", "iou", "error", "data_issue"}
 
 
 class ScriptedModel(torch.nn.Module):
@@ -284,3 +284,36 @@ def test_command_line_resume_on_other_data_with_overlapping_ids_is_refused(tmp_p
     (tmp_path / "preds.jsonl.meta.json").unlink()
     err = _one_line_exit_2(capsys, common + ["--data", str(first), "--resume"])
     assert "no recorded identity" in err
+
+
+def test_rows_whose_video_disagrees_with_the_annotation_are_flagged_and_counted(tmp_path, synthetic_dir,
+                                                                                tiny_qwen25, tiny_qwen25_checkpoint,
+                                                                                capsys):
+    rows = [json.loads(line) for line in (synthetic_dir / "annotations.jsonl").read_text().splitlines()[:3]]
+    rows[1].update(start=10.0, end=15.0, duration=20.0)  # the video is 8 s long
+    rows[2].update(duration=12.0)
+    data = tmp_path / "disagree.jsonl"
+    data.write_text("".join(json.dumps({**row, "video": str(synthetic_dir / row["video"])}) + "\n" for row in rows))
+    records, _ = load_annotations(data)
+    _, processor = tiny_qwen25
+    result = evaluate(ScriptedModel(processor.tokenizer, ["1 to 2"] * 3), processor, records,
+                      decode_config=_config(processor), progress=False)
+    flags = [row["data_issue"] for row in result.predictions]
+    assert flags[0] is None
+    assert (flags[1]["file"], flags[1]["location"], flags[1]["kind"], flags[1]["action"]) == (
+        str(data), "line 2", "span_beyond_video", "kept")
+    assert (flags[2]["location"], flags[2]["kind"]) == ("line 3", "duration_mismatch")
+    assert [(i, issue.kind) for i, issue in result.data_issues] == [
+        (records[1].id, "span_beyond_video"), (records[2].id, "duration_mismatch")]
+    assert result.metrics["total"] == 3  # scored, not dropped
+
+    output = tmp_path / "preds.jsonl"
+    assert main(["--model", str(tiny_qwen25_checkpoint), "--data", str(data), "--output", str(output),
+                 "--max-new-tokens", "2", "--num-workers", "0", "--min-pixels", str(56 * 56),
+                 "--max-pixels", str(64 * 96), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "2 queries disagree with their videos" in captured.err and "line 2: span_beyond_video" in captured.err
+    metrics = json.loads((tmp_path / "preds.metrics.json").read_text())
+    assert metrics["data_issues"] == {"span_beyond_video": 1, "duration_mismatch": 1}
+    assert [json.loads(line)["data_issue"] is not None for line in output.read_text().splitlines()] == [
+        False, True, True]

@@ -44,6 +44,25 @@ kind                  condition                                                 
                       always with ``span_policy="skip"``                          skipped
 ``duplicate_id``      an id already loaded from this file                         skipped
 ====================  ==========================================================  =========
+
+Two more are found when a record's video is decoded (:func:`video_duration_issue`, called by
+:class:`videoopd.data.datasets.GroundingVideoDataset` for training and evaluation; the loader
+only opens a video whose duration it must probe). They name the annotation's file and line
+through :attr:`GroundingRecord.annotation_file` / ``annotation_location``:
+
+====================  ==========================================================  =========
+``span_beyond_video`` span end more than ``SPAN_END_SLACK_S`` (1 s) past the       kept
+                      decoded video's duration (frames read / fps)
+``duration_mismatch`` annotated duration off the decoded one by more than          kept
+                      max(``DURATION_TOLERANCE_S`` (1 s), ``DURATION_TOLERANCE_FRACTION``
+                      (5%) of it)
+====================  ==========================================================  =========
+
+Such records are kept, not skipped: they are reported (logged once per record), counted by
+the dataset, carried in the batch (``data_issues``) and flagged in evaluation rows, so that
+a benchmark's denominator does not change behind the user's back. The slack absorbs frame
+rounding and container/stream duration differences (well under a second); the duration
+tolerance absorbs rounded durations in annotation tables and re-encoded downloads.
 """
 from __future__ import annotations
 
@@ -68,6 +87,7 @@ __all__ = [
     "detect_format",
     "load_annotations",
     "read_durations_csv",
+    "video_duration_issue",
     "write_jsonl_records",
 ]
 
@@ -78,6 +98,9 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 SPAN_POLICIES = ("clip", "skip")
 _JSON_DOCUMENT_FORMATS = ("activitynet", "timelens_bench")
 _MAX_LOGGED_ISSUES = 20
+SPAN_END_SLACK_S = 1.0
+DURATION_TOLERANCE_S = 1.0
+DURATION_TOLERANCE_FRACTION = 0.05
 _CHARADES_LINE = re.compile(r"^\s*(?P<vid>\S+)\s+(?P<start>\S+)\s+(?P<end>\S+)\s*##(?P<query>.*)$")
 
 
@@ -91,6 +114,9 @@ class GroundingRecord:
     span: tuple[float, float]
     duration: float
     source: str
+    # Where the record was read (for reports); not part of its identity.
+    annotation_file: str | None = field(default=None, compare=False, repr=False)
+    annotation_location: str | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -614,7 +640,8 @@ class _Validator:
             return None
         self.seen_ids.add(record_id)
         source = self.source or candidate.source
-        return GroundingRecord(record_id, str(video), query, (start, end), duration, source)
+        return GroundingRecord(record_id, str(video), query, (start, end), duration, source,
+                               annotation_file=report.summary.file, annotation_location=location)
 
     def _duration(self, candidate: _Candidate, video: Path, exists: bool) -> float | None:
         report, location = self.report, candidate.location
@@ -638,6 +665,29 @@ class _Validator:
         reason = f"duration {raw!r} is not a positive number" if raw is not None else "no duration given"
         report(location, "bad_duration", f"{reason} and the video {video} cannot be probed", "skipped")
         return None
+
+
+def video_duration_issue(record: GroundingRecord, video_duration: float) -> DataIssue | None:
+    """The problem, if any, between ``record``'s span and duration and the duration of its
+    video as decoded (see the module docstring: ``span_beyond_video``, ``duration_mismatch``;
+    both are kept)."""
+    file = record.annotation_file or "(records built in code)"
+    location = record.annotation_location or f"id {record.id!r}"
+    end = record.span[1]
+    if end > video_duration + SPAN_END_SLACK_S:
+        return DataIssue(
+            file, location, "span_beyond_video",
+            f"span ends at {end:g} s but the video {record.video} lasts {video_duration:.1f} s "
+            f"(annotated duration {record.duration:g} s)", "kept",
+        )
+    tolerance = max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_FRACTION * video_duration)
+    if abs(record.duration - video_duration) > tolerance:
+        return DataIssue(
+            file, location, "duration_mismatch",
+            f"annotated duration {record.duration:g} s but the video {record.video} lasts {video_duration:.1f} s "
+            f"(tolerance {tolerance:.1f} s)", "kept",
+        )
+    return None
 
 
 # --------------------------------------------------------------------------------------

@@ -25,15 +25,15 @@ import json
 import logging
 import math
 import os
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 import torch
 
 from videoopd.algo.rollout import generate
-from videoopd.data.annotations import GroundingRecord
+from videoopd.data.annotations import DataIssue, GroundingRecord
 from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
 from videoopd.data.video import DecodeConfig
 from videoopd.evaluation.metrics import grounding_metrics, parse_span, temporal_iou
@@ -66,9 +66,16 @@ class EvalResult:
     per_source: dict[str, dict[str, float]]
     failed_videos: list[tuple[str, str]] = field(default_factory=list)  # (record id, error)
     resumed: int = 0  # rows taken from an existing predictions file
+    # Scored rows whose video disagrees with the annotation (span past its end, duration off).
+    data_issues: list[tuple[str, DataIssue]] = field(default_factory=list)  # (record id, issue)
+
+    @property
+    def data_issue_counts(self) -> dict[str, int]:
+        return dict(Counter(issue.kind for _, issue in self.data_issues))
 
 
-def _prediction_row(record: GroundingRecord, answer: str | None, error: str | None = None) -> dict[str, Any]:
+def _prediction_row(record: GroundingRecord, answer: str | None, error: str | None = None,
+                    data_issue: DataIssue | None = None) -> dict[str, Any]:
     pred = parse_span(answer) if answer is not None else None
     return {
         "id": record.id,
@@ -81,6 +88,7 @@ def _prediction_row(record: GroundingRecord, answer: str | None, error: str | No
         "pred": list(pred) if pred is not None else None,
         "iou": temporal_iou(pred, record.span),
         "error": error,
+        "data_issue": asdict(data_issue) if data_issue is not None else None,
     }
 
 
@@ -233,6 +241,9 @@ def evaluate(
             (see the module docstring).
         on_video_error: ``"raise"`` stops at a video that cannot be decoded (the error names
             the file); ``"report"`` records it as a failed row (no answer, IoU 0, counted).
+            A video that decodes but disagrees with its annotation is scored as usual, and
+            its row's ``data_issue`` names the annotation's file and line (counted in
+            :attr:`EvalResult.data_issues`).
         progress: show a tqdm progress bar (main process).
         accelerator: an ``accelerate.Accelerator``; with several processes each generates an
             equal share of the records and every process gets the gathered result.
@@ -306,7 +317,8 @@ def evaluate(
                     inputs = batch["inputs"].to(_model_device(model))
                     answers = generate(model, processor, inputs, max_new_tokens=max_new_tokens,
                                        synced_gpus=synced).answers
-                    rows += [_prediction_row(record, answer) for record, answer in zip(batch["records"], answers)]
+                    rows += [_prediction_row(record, answer, data_issue=issue)
+                             for record, answer, issue in zip(batch["records"], answers, batch["data_issues"])]
                 for record, error in batch["failed"]:
                     logger.warning("%s: %s", record.id, error)
                     failed.append((record.id, error))
@@ -340,6 +352,7 @@ def evaluate(
         per_source={source: _metrics_for(group) for source, group in sorted(by_source.items())},
         failed_videos=failed,
         resumed=len(done),
+        data_issues=[(row["id"], DataIssue(**row["data_issue"])) for row in rows if row.get("data_issue")],
     )
 
 
