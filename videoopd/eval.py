@@ -69,29 +69,57 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Evaluate a local Qwen2.5-VL / Qwen3-VL checkpoint on temporal video grounding.",
     )
     parser.add_argument("--model", required=True, help="local checkpoint folder (never downloaded)")
-    parser.add_argument("--data", required=True, help="annotation file")
-    parser.add_argument("--format", default="auto", help="charades, activitynet, timelens_bench, timelens_100k, jsonl or auto")
-    parser.add_argument("--video-root", default=None, help="folder the annotation's videos are in (default: the annotation's folder)")
-    parser.add_argument("--durations", default=None, help="Charades-STA: CSV with id and length columns")
-    parser.add_argument("--strict", action="store_true", help="stop at the first annotation problem")
-    parser.add_argument("--limit", type=_positive_int, default=None, help="evaluate the first N queries")
-    parser.add_argument("--resume", action="store_true", help="skip ids already in --output")
-    parser.add_argument("--output", default=None, help="predictions JSONL (default: <data stem>.predictions.jsonl)")
-    parser.add_argument("--batch-size", type=_positive_int, default=1)
-    parser.add_argument("--prompt", choices=sorted(PROMPT_STYLES), default="paper")
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=64)
-    parser.add_argument("--fps", type=float, default=2.0)
-    parser.add_argument("--max-frames", type=_positive_int, default=768)
-    parser.add_argument("--min-pixels", type=_positive_int, default=None)
-    parser.add_argument("--max-pixels", type=_positive_int, default=None)
-    parser.add_argument("--total-pixels", type=_positive_int, default=None)
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding videos")
+    parser.add_argument("--data", required=True,
+                        help="annotation file: Charades-STA .txt, ActivityNet Captions or TimeLens-Bench JSON, "
+                        "TimeLens-100K JSONL or plain JSONL")
+    parser.add_argument("--format", default="auto",
+                        help="charades, activitynet, timelens_bench, timelens_100k, jsonl or auto "
+                        "(default: %(default)s, detected from the file's content)")
+    parser.add_argument("--video-root", default=None,
+                        help="folder the annotation's videos are in (default: the annotation's folder)")
+    parser.add_argument("--durations", default=None,
+                        help="Charades-STA: CSV with id and length columns (default: probe each video)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first annotation problem instead of reporting it and going on")
+    parser.add_argument("--limit", type=_positive_int, default=None,
+                        help="evaluate the first N queries (default: all)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in --output and evaluate the rest; refused when --output was "
+                        "written for another data file, model or decoding settings (its .meta.json)")
+    parser.add_argument("--output", default=None,
+                        help="predictions JSONL, with <output>.meta.json and <stem>.metrics.json beside it "
+                        "(default: <data stem>.predictions.jsonl in the current folder)")
+    parser.add_argument("--batch-size", type=_positive_int, default=1,
+                        help="prompts per generate call, left-padded (default: %(default)s)")
+    parser.add_argument("--prompt", choices=sorted(PROMPT_STYLES), default="paper",
+                        help="prompt style: paper (the Video-OPD template, 'start to end') or timelens "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=64,
+                        help="longest answer generated, in tokens; decoding is greedy (default: %(default)s)")
+    parser.add_argument("--fps", type=float, default=2.0,
+                        help="frames sampled per second of video (default: %(default)s)")
+    parser.add_argument("--max-frames", type=_positive_int, default=768,
+                        help="most frames sampled from one video (default: %(default)s)")
+    parser.add_argument("--min-pixels", type=_positive_int, default=None,
+                        help="smallest frame area in pixels (default: 128*28*28 for Qwen2.5-VL, 128*32*32 for Qwen3-VL)")
+    parser.add_argument("--max-pixels", type=_positive_int, default=None,
+                        help="largest frame area in pixels (default: 768*28*28 for Qwen2.5-VL, 768*32*32 for Qwen3-VL)")
+    parser.add_argument("--total-pixels", type=_positive_int, default=None,
+                        help="pixel budget of all frames of a video together "
+                        "(default: 115200*28*28 for Qwen2.5-VL, 115200*32*32 for Qwen3-VL)")
+    parser.add_argument("--num-workers", type=int, default=2,
+                        help="DataLoader workers decoding videos; 0 decodes in this process (default: %(default)s)")
     parser.add_argument("--on-video-error", choices=("report", "raise"), default="report",
-                        help="report: count an undecodable video as a failed (IoU 0) row; raise: stop")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
-    parser.add_argument("--attn-implementation", default=None)
-    parser.add_argument("--no-progress", action="store_true")
+                        help="report: count an undecodable video as a failed (IoU 0) row; raise: stop "
+                        "(default: %(default)s)")
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cuda:1 or cpu (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                        help="weights' dtype; auto is bfloat16 on CUDA, float32 elsewhere (default: %(default)s)")
+    parser.add_argument("--attn-implementation", default=None,
+                        help="transformers attention, e.g. sdpa or flash_attention_2 "
+                        "(default: flash_attention_2 on CUDA when flash-attn is installed, else sdpa)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 

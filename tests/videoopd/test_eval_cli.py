@@ -317,3 +317,28 @@ def test_rows_whose_video_disagrees_with_the_annotation_are_flagged_and_counted(
     assert metrics["data_issues"] == {"span_beyond_video": 1, "duration_mismatch": 1}
     assert [json.loads(line)["data_issue"] is not None for line in output.read_text().splitlines()] == [
         False, True, True]
+
+
+def test_help_describes_every_option_and_states_each_default_once(capsys):
+    import re
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    options = text.split("options:", 1)[1]
+    entries: list[list[str]] = []
+    for line in options.splitlines():
+        if re.match(r"^  -", line):
+            entries.append([line])
+        elif line.strip() and entries:
+            entries[-1].append(line)
+    assert len(entries) >= 23
+    for entry in entries:
+        invocation, _, first_help = entry[0].strip().partition("  ")
+        help_text = " ".join([first_help.strip()] + [line.strip() for line in entry[1:]]).strip()
+        assert help_text, f"{invocation} has no help text"
+        assert help_text.lower().count("default") <= 1, f"{invocation}: {help_text}"
+    for flag, default in (("--batch-size", "1"), ("--max-new-tokens", "64"), ("--fps", "2.0"), ("--prompt", "paper")):
+        entry = " ".join(next(e for e in entries if e[0].strip().startswith(flag)))
+        assert f"default: {default}" in " ".join(entry.split()), entry
