@@ -10,8 +10,9 @@ loop calls for held-out evaluation with its in-memory model and processor.
 
 Files written: the predictions ``--output`` (JSONL, a row per query), its identity sidecar
 ``<output>.meta.json`` and ``<output stem>.metrics.json``. The identity records the data
-file (path, sha256, format, video root, durations file), the model path and dtype, and the
-decoding settings (prompt, max_new_tokens, fps, frames, pixels; decoding is greedy).
+file (path, sha256, format, video root, durations file), the model path, the dtype the
+weights get (``auto`` resolved for the device) and the decoding settings (prompt,
+max_new_tokens, fps, frames, pixels; decoding is greedy).
 ``--resume`` keeps old rows only when all of these match and is refused (exit 2, naming the
 differing fields) otherwise, or when the file has no sidecar (written by a version before
 identities were recorded: its rows cannot be told apart from another data set's).
@@ -147,9 +148,12 @@ def _output_problem(data: Path, output: Path) -> str | None:
     return None
 
 
-def _input_identity(args: argparse.Namespace, format_name: str) -> dict[str, Any]:
+def _input_identity(args: argparse.Namespace, format_name: str, device: str) -> dict[str, Any]:
     """What the predictions answer besides the decoding settings: recorded with them, so
     that --resume never mixes rows of another data file or model (same ids, other queries)."""
+    dtype = args.dtype
+    if dtype == "auto":  # load_policy's rule: the same "auto" gives other weights on another device
+        dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
     data = Path(args.data).resolve()
     durations = Path(args.durations).resolve() if args.durations else None
     return {
@@ -160,7 +164,7 @@ def _input_identity(args: argparse.Namespace, format_name: str) -> dict[str, Any
         "durations": str(durations) if durations else None,
         "durations_sha256": file_sha256(durations) if durations else None,
         "model": str(Path(args.model).resolve()),
-        "dtype": args.dtype,
+        "dtype": dtype,
     }
 
 
@@ -206,14 +210,14 @@ def main(argv: Iterable[str] | None = None) -> int:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    inputs = _input_identity(args, summary.format)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    inputs = _input_identity(args, summary.format, device)
     if args.resume:
         try:
             check_resumable(output, predictions_identity(decode_config, args.prompt, STYLE_DEFAULT,
                                                          args.max_new_tokens, inputs))
         except ValueError as exc:
             parser.error(f"--resume: {exc}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_policy(args.model, device=device, trainable=False, dtype=args.dtype,
                         attn_implementation=args.attn_implementation)
     result = evaluate(

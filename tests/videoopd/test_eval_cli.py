@@ -281,6 +281,10 @@ def test_command_line_resume_on_other_data_with_overlapping_ids_is_refused(tmp_p
     err = _one_line_exit_2(capsys, common + ["--data", str(first), "--resume", "--fps", "1"])
     assert "fps" in err and "data_sha256" not in err
     assert output.read_text() == written
+    # The dtype recorded is the one the weights got: auto is float32 on this CPU run.
+    assert json.loads((tmp_path / "preds.jsonl.meta.json").read_text())["identity"]["dtype"] == "float32"
+    assert main(common + ["--data", str(first), "--resume", "--dtype", "float32", "--device", "cpu"]) == 0
+    assert "resumed 1 predictions" in capsys.readouterr().out
     (tmp_path / "preds.jsonl.meta.json").unlink()
     err = _one_line_exit_2(capsys, common + ["--data", str(first), "--resume"])
     assert "no recorded identity" in err
