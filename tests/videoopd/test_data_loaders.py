@@ -350,3 +350,137 @@ def test_invalid_json_document_is_reported(tmp_path):
     annotations = write(tmp_path / "broken.json", '{"v_a": {"duration": 1,\n "timestamps": [}')
     records, summary = load_annotations(annotations, "activitynet")
     assert records == [] and issue_kinds(summary) == [("line 2", "malformed", "skipped")]
+
+
+# --------------------------------------------------------------------------- text encodings
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def write_bytes(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def test_a_utf8_bom_is_accepted_in_every_format(tmp_path, videos):
+    cases = {
+        "charades": ("c.txt", b"AO8RW 0.0 6.9##a person sits\n"),
+        "activitynet": ("a.json", json.dumps({"v_abc": {"duration": 8.0, "timestamps": [[1, 2]], "sentences": ["x"]}}).encode()),
+        "timelens_bench": ("t.json", json.dumps({"clip1": {"duration": 8.0, "spans": [[1, 2]], "queries": ["x"]}}).encode()),
+        "timelens_100k": ("t.jsonl", json.dumps({"video_path": "clip1.mp4", "duration": 8.0,
+                                                 "events": [{"query": "x", "span": [1, 2]}]}).encode() + b"\n"),
+        "jsonl": ("j.jsonl", jsonl_line().encode()),
+    }
+    for expected, (name, data) in cases.items():
+        path = write_bytes(tmp_path / name, BOM + data)
+        assert detect_format(path) == expected
+        records, summary = load_annotations(path, video_root=videos)
+        assert (len(records), summary.issues) == (1, []), expected
+    csv_path = write_bytes(tmp_path / "d.csv", BOM + b"id,length\nAO8RW,8.0\n")
+    assert read_durations_csv(csv_path) == {"AO8RW": 8.0}
+
+
+def test_a_line_that_is_not_utf8_is_reported_and_the_rest_kept(tmp_path, videos):
+    latin1 = jsonl_line(query="café").replace("é", "\\u00e9").encode().replace(b"\\u00e9", b"\xe9")
+    path = write_bytes(tmp_path / "j.jsonl", jsonl_line(query="one").encode() + latin1 + jsonl_line(query="three").encode())
+    records, summary = load_annotations(path, video_root=videos)
+    assert [r.query for r in records] == ["one", "three"]
+    assert issue_kinds(summary) == [("line 2", "bad_encoding", "skipped")]
+    assert "0xe9" in summary.issues[0].message and str(path) in str(summary.issues[0])
+    assert (summary.read, summary.kept, summary.skipped) == (3, 2, 1)
+    charades = write_bytes(tmp_path / "c.txt", b"AO8RW 0.0 6.9##a person sits\nAO8RW 1.0 2.0##caf\xe9\r\n"
+                                               b"AO8RW 2.0 3.0##a person stands\r\n")
+    records, summary = load_annotations(charades, video_root=videos)
+    assert [r.query for r in records] == ["a person sits", "a person stands"]
+    assert issue_kinds(summary) == [("line 2", "bad_encoding", "skipped")]
+    timelens = write_bytes(tmp_path / "t.jsonl", latin1.replace(b'"video"', b'"video_path"') + b"\n")
+    with pytest.raises(AnnotationError, match="t.jsonl.*line 1: bad_encoding"):
+        load_annotations(timelens, "timelens_100k", video_root=videos, strict=True)
+
+
+def test_a_json_document_that_is_not_utf8_names_the_file_and_position(tmp_path, videos):
+    text = json.dumps({"v_abc": {"duration": 8.0, "timestamps": [[1, 2]], "sentences": ["caf?"]}}, indent=1)
+    path = write_bytes(tmp_path / "anet.json", text.encode().replace(b"caf?", b"caf\xe9"))
+    line = next(n for n, row in enumerate(text.splitlines(), start=1) if "caf?" in row)
+    column = text.splitlines()[line - 1].index("?") + 1
+    for format in ("auto", "activitynet"):
+        with pytest.raises(ValueError, match=rf"anet.json: no valid records: line {line}: .*0xe9 at column {column}"):
+            load_annotations(path, format, video_root=videos)
+    broken = write(tmp_path / "broken.json", '{"v_a": {"duration": 1,\n "timestamps": [}')
+    _, summary = load_annotations(broken, "activitynet")
+    assert "column 17" in summary.issues[0].message and summary.read == 1 and summary.skipped == 1
+
+
+def test_binary_garbage_is_one_clear_error_naming_the_file(tmp_path, videos):
+    import random
+
+    rng = random.Random(0)
+    garbage = bytes(rng.randrange(128, 256) for _ in range(4000))
+    garbage = b"\n".join(garbage[i:i + 80] for i in range(0, len(garbage), 80))
+    path = write_bytes(tmp_path / "video.mp4.jsonl", garbage)
+    for format in ("jsonl", "charades", "timelens_100k", "activitynet", "timelens_bench", "auto"):
+        with pytest.raises(ValueError, match="video.mp4.jsonl") as info:
+            load_annotations(path, format, video_root=videos)
+        assert "UTF-8" in str(info.value) and "codec" not in str(info.value), format
+        if format != "auto":
+            assert "no valid records" in str(info.value)
+    with pytest.raises(ValueError, match=r"d.csv: line 3.*UTF-8"):
+        read_durations_csv(write_bytes(tmp_path / "d.csv", b"id,length\nA,1\nB\xff,2\n"))
+
+
+def test_detect_format_names_the_file_and_line_it_cannot_read(tmp_path):
+    good = jsonl_line()
+    cases = {
+        "line 1": "{not json\n" + good,
+        "line 3": "\n  \n" + json.dumps({"video": "a.mp4", "start": 1, "end": 2}) + "\n" + good,
+        "line 2": "\n" + "AO8RW 3.0##no end time\n" + "AO8RW 0.0 3.0##fine\n",
+    }
+    for line, text in cases.items():
+        path = write(tmp_path / "first_line_bad.jsonl", text)
+        with pytest.raises(ValueError, match=rf"first_line_bad.jsonl: {line} ") as info:
+            detect_format(path)
+        assert "format=" in str(info.value)
+    with pytest.raises(ValueError, match="line 3 ") as info:
+        detect_format(write(tmp_path / "t.jsonl", "\n  \n" + json.dumps({"video": "a.mp4", "start": 1}) + "\n"))
+    assert "'start'" in str(info.value)  # what the line has instead
+    pretty = write(tmp_path / "pretty.json", '{\n "v_a": {\n  "duration": 1,\n  "timestamps": [}\n}\n')
+    with pytest.raises(ValueError, match=r"pretty.json: .*line 4 column 18"):
+        detect_format(pretty)
+
+
+# ------------------------------------------------------- annotations that disagree with the video
+
+
+@pytest.fixture()
+def disagreeing_jsonl(tmp_path, videos):
+    """Annotations for the 8 s clip1.mp4 (line numbers in the comments)."""
+    lines = [
+        jsonl_line(query="fine"),  # 1
+        jsonl_line(query="beyond", start=10.0, end=15.0, duration=20.0),  # 2: the video ends at 8 s
+        jsonl_line(query="longer", duration=9.5),  # 3: 1.5 s off: beyond max(1 s, 5%)
+        jsonl_line(query="close", start=7.0, end=8.6, duration=8.6),  # 4: within both tolerances
+    ]
+    return write(tmp_path / "disagree.jsonl", "".join(lines))
+
+
+def test_a_span_beyond_the_video_or_a_wrong_duration_is_reported_counted_and_kept(disagreeing_jsonl, videos,
+                                                                                   caplog):
+    from videoopd.data.datasets import GroundingVideoDataset
+    from videoopd.data.video import DecodeConfig
+
+    records, summary = load_annotations(disagreeing_jsonl, video_root=videos)
+    assert len(records) == 4 and summary.issues == []  # the loader does not open videos it need not probe
+    dataset = GroundingVideoDataset(records, DecodeConfig(min_pixels=56 * 56, max_pixels=64 * 96))
+    with caplog.at_level(logging.WARNING, logger="videoopd.data"):
+        items = [dataset[i] for i in range(len(records))] + [dataset[1]]
+    issues = [item["data_issue"] for item in items]
+    assert issues[0] is None and issues[3] is None
+    assert (issues[1].file, issues[1].location, issues[1].kind, issues[1].action) == (
+        str(disagreeing_jsonl), "line 2", "span_beyond_video", "kept")
+    assert "15" in issues[1].message and "8.0" in issues[1].message
+    assert (issues[2].location, issues[2].kind) == ("line 3", "duration_mismatch")
+    assert all(item["video"] is not None for item in items)  # kept: trained on and scored, but not silently
+    assert dataset.data_issue_counts == {"span_beyond_video": 1, "duration_mismatch": 1}
+    assert caplog.text.count("disagree.jsonl: line 2: span_beyond_video (kept)") == 1  # once per record
+    assert "line 3: duration_mismatch" in caplog.text

@@ -11,7 +11,7 @@ from videoopd.evaluation.metrics import parse_span, temporal_iou
 from videoopd.data.video import DecodeConfig, VideoDecodeError
 
 SMALL = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}
-ROW_KEYS = {"id", "source", "video", "query", "gt", "duration", "answer", "pred", "iou", "error"}
+ROW_KEYS = {"id", "source", "video", "query", "gt", "duration", "answer", "pred", "iou", "error", "data_issue"}
 
 
 class ScriptedModel(torch.nn.Module):
@@ -189,3 +189,160 @@ def test_command_line_rejects_bad_arguments(tmp_path, synthetic_dir, capsys):
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path), "--data", str(bad), "--strict"])
     assert "bad.jsonl: line 1: inverted_span" in capsys.readouterr().err
+
+
+def _one_line_exit_2(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_output_that_is_the_data_file_or_a_folder_is_refused_before_any_work(tmp_path, synthetic_dir, capsys):
+    data = tmp_path / "annotations.jsonl"
+    original = (synthetic_dir / "annotations.jsonl").read_text()
+    data.write_text(original)
+    model = str(tmp_path / "no_model_needed")  # refused before the model is looked at
+    err = _one_line_exit_2(capsys, ["--model", model, "--data", str(data), "--output", str(data)])
+    assert "--output" in err and "--data" in err and str(data) in err
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(data)
+    err = _one_line_exit_2(capsys, ["--model", model, "--data", str(data), "--output", str(link)])
+    assert "--output" in err and "--data" in err and str(data) in err
+    relative = tmp_path / "sub" / ".." / "annotations.jsonl"
+    (tmp_path / "sub").mkdir()
+    _one_line_exit_2(capsys, ["--model", model, "--data", str(data), "--output", str(relative)])
+    # The metrics file written next to the predictions would replace the data as well.
+    anet = tmp_path / "preds.metrics.json"
+    anet.write_text("{}")
+    err = _one_line_exit_2(capsys, ["--model", model, "--data", str(anet), "--output", str(tmp_path / "preds.jsonl")])
+    assert "--data" in err and str(anet) in err
+    sidecar = tmp_path / "p.jsonl.meta.json"
+    sidecar.write_text("{}")
+    _one_line_exit_2(capsys, ["--model", model, "--data", str(sidecar), "--output", str(tmp_path / "p.jsonl")])
+    err = _one_line_exit_2(capsys, ["--model", model, "--data", str(data), "--output", str(tmp_path)])
+    assert "--output" in err and "folder" in err
+    assert data.read_text() == original and anet.read_text() == "{}"
+
+
+def test_predictions_record_what_they_belong_to_and_resume_refuses_other_inputs(tmp_path, records, tiny_qwen25):
+    _, processor = tiny_qwen25
+    output = tmp_path / "predictions.jsonl"
+    evaluate(ScriptedModel(processor.tokenizer, ["1 to 2"] * 2), processor, records[:2], decode_config=_config(processor),
+             predictions_path=output, identity={"data_sha256": "aaa", "model": "/m"}, progress=False)
+    meta = json.loads((tmp_path / "predictions.jsonl.meta.json").read_text())
+    assert meta["identity"]["data_sha256"] == "aaa" and meta["identity"]["prompt_style"] == "paper"
+    assert meta["identity"]["max_new_tokens"] == 64 and meta["identity"]["decoding"] == "greedy"
+    assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == [r.id for r in records[:2]]
+
+    def resume(**changes):
+        arguments = {"decode_config": _config(processor), "identity": {"data_sha256": "aaa", "model": "/m"}}
+        arguments.update(changes)
+        model = ScriptedModel(processor.tokenizer, ["3 to 4"] * 3)
+        result = evaluate(model, processor, records[:3], predictions_path=output, resume=True, progress=False,
+                          **arguments)
+        return result, model
+
+    with pytest.raises(ValueError, match=r"data_sha256.*'aaa'.*'bbb'") as info:
+        resume(identity={"data_sha256": "bbb", "model": "/m"})
+    assert "model" not in str(info.value).split("differ:")[1]
+    with pytest.raises(ValueError, match="max_new_tokens") as info:
+        resume(max_new_tokens=8, prompt_style="timelens")
+    assert "prompt_style" in str(info.value)
+    with pytest.raises(ValueError, match="fps"):
+        resume(decode_config=dataclasses.replace(_config(processor), fps=1.0))
+    assert len(output.read_text().splitlines()) == 2  # a refused resume keeps the file as it was
+    result, model = resume()
+    assert result.resumed == 2 and sum(len(call) for call in model.calls) == 1
+    # A file from before identities were recorded cannot be checked: refused, not guessed at.
+    (tmp_path / "predictions.jsonl.meta.json").unlink()
+    with pytest.raises(ValueError, match="no recorded identity"):
+        resume()
+
+
+def test_command_line_resume_on_other_data_with_overlapping_ids_is_refused(tmp_path, synthetic_dir,
+                                                                           tiny_qwen25_checkpoint, capsys):
+    first = tmp_path / "first.jsonl"
+    first.write_text((synthetic_dir / "annotations.jsonl").read_text())
+    second = tmp_path / "second.jsonl"  # same ids, other spans
+    rows = [json.loads(line) for line in first.read_text().splitlines()]
+    second.write_text("".join(json.dumps({**row, "start": 0.0, "end": 1.0}) + "\n" for row in rows))
+    output = tmp_path / "preds.jsonl"
+    common = ["--model", str(tiny_qwen25_checkpoint), "--video-root", str(synthetic_dir), "--output", str(output),
+              "--max-new-tokens", "2", "--num-workers", "0", "--min-pixels", str(56 * 56), "--max-pixels",
+              str(64 * 96), "--no-progress", "--limit", "1"]
+    assert main(common + ["--data", str(first)]) == 0
+    capsys.readouterr()
+    written = output.read_text()
+    err = _one_line_exit_2(capsys, common + ["--data", str(second), "--resume"])
+    assert "--resume" in err and "data_sha256" in err and str(output) in err
+    err = _one_line_exit_2(capsys, common + ["--data", str(first), "--resume", "--fps", "1"])
+    assert "fps" in err and "data_sha256" not in err
+    assert output.read_text() == written
+    # The dtype recorded is the one the weights got: auto is float32 on this CPU run.
+    assert json.loads((tmp_path / "preds.jsonl.meta.json").read_text())["identity"]["dtype"] == "float32"
+    assert main(common + ["--data", str(first), "--resume", "--dtype", "float32", "--device", "cpu"]) == 0
+    assert "resumed 1 predictions" in capsys.readouterr().out
+    (tmp_path / "preds.jsonl.meta.json").unlink()
+    err = _one_line_exit_2(capsys, common + ["--data", str(first), "--resume"])
+    assert "no recorded identity" in err
+
+
+def test_rows_whose_video_disagrees_with_the_annotation_are_flagged_and_counted(tmp_path, synthetic_dir,
+                                                                                tiny_qwen25, tiny_qwen25_checkpoint,
+                                                                                capsys):
+    rows = [json.loads(line) for line in (synthetic_dir / "annotations.jsonl").read_text().splitlines()[:3]]
+    rows[1].update(start=10.0, end=15.0, duration=20.0)  # the video is 8 s long
+    rows[2].update(duration=12.0)
+    data = tmp_path / "disagree.jsonl"
+    data.write_text("".join(json.dumps({**row, "video": str(synthetic_dir / row["video"])}) + "\n" for row in rows))
+    records, _ = load_annotations(data)
+    _, processor = tiny_qwen25
+    result = evaluate(ScriptedModel(processor.tokenizer, ["1 to 2"] * 3), processor, records,
+                      decode_config=_config(processor), progress=False)
+    flags = [row["data_issue"] for row in result.predictions]
+    assert flags[0] is None
+    assert (flags[1]["file"], flags[1]["location"], flags[1]["kind"], flags[1]["action"]) == (
+        str(data), "line 2", "span_beyond_video", "kept")
+    assert (flags[2]["location"], flags[2]["kind"]) == ("line 3", "duration_mismatch")
+    assert [(i, issue.kind) for i, issue in result.data_issues] == [
+        (records[1].id, "span_beyond_video"), (records[2].id, "duration_mismatch")]
+    assert result.metrics["total"] == 3  # scored, not dropped
+
+    output = tmp_path / "preds.jsonl"
+    assert main(["--model", str(tiny_qwen25_checkpoint), "--data", str(data), "--output", str(output),
+                 "--max-new-tokens", "2", "--num-workers", "0", "--min-pixels", str(56 * 56),
+                 "--max-pixels", str(64 * 96), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "2 queries disagree with their videos" in captured.err and "line 2: span_beyond_video" in captured.err
+    metrics = json.loads((tmp_path / "preds.metrics.json").read_text())
+    assert metrics["data_issues"] == {"span_beyond_video": 1, "duration_mismatch": 1}
+    assert [json.loads(line)["data_issue"] is not None for line in output.read_text().splitlines()] == [
+        False, True, True]
+
+
+def test_help_describes_every_option_and_states_each_default_once(capsys):
+    import re
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    options = text.split("options:", 1)[1]
+    entries: list[list[str]] = []
+    for line in options.splitlines():
+        if re.match(r"^  -", line):
+            entries.append([line])
+        elif line.strip() and entries:
+            entries[-1].append(line)
+    assert len(entries) >= 23
+    for entry in entries:
+        invocation, _, first_help = entry[0].strip().partition("  ")
+        help_text = " ".join([first_help.strip()] + [line.strip() for line in entry[1:]]).strip()
+        assert help_text, f"{invocation} has no help text"
+        assert help_text.lower().count("default") <= 1, f"{invocation}: {help_text}"
+    for flag, default in (("--batch-size", "1"), ("--max-new-tokens", "64"), ("--fps", "2.0"), ("--prompt", "paper")):
+        entry = " ".join(next(e for e in entries if e[0].strip().startswith(flag)))
+        assert f"default: {default}" in " ".join(entry.split()), entry

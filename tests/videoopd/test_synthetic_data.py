@@ -61,7 +61,7 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["--out", str(tmp_path), "--videos", "0"])
     assert info.value.code == 2
-    assert "num_videos" in capsys.readouterr().err
+    assert "--videos" in capsys.readouterr().err  # the flag, not the library parameter
 
 
 @pytest.mark.parametrize(
@@ -74,3 +74,27 @@ def test_generate_dataset_validates_arguments(tmp_path, kwargs, name):
     arguments = {"num_videos": 1, **kwargs}
     with pytest.raises(ValueError, match=name):
         generate_dataset(tmp_path, **arguments)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--duration", "inf"), ("--duration", "nan"), ("--duration", "-2"), ("--min-event", "nan"),
+     ("--max-event", "inf"), ("--codec", "no_such_codec"), ("--codec", "aac"), ("--videos", "0")],
+)
+def test_command_line_rejects_bad_values_in_one_line_naming_the_flag(tmp_path, capsys, flag, value):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main(["--out", str(out), "--videos", "1", flag, value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and flag in err and value in err, err
+    assert not out.exists()  # refused before any work
+
+
+def test_generate_dataset_rejects_non_finite_durations_and_non_video_codecs(tmp_path):
+    for name, value in (("duration", float("inf")), ("min_event", float("nan")), ("max_event", float("inf"))):
+        with pytest.raises(ValueError, match=name):
+            generate_dataset(tmp_path, 1, **{name: value})
+    with pytest.raises(ValueError, match="codec.*'aac'"):
+        generate_dataset(tmp_path / "x", 1, codec="aac")
+    assert not (tmp_path / "x").exists()

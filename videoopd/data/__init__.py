@@ -8,6 +8,7 @@ from videoopd.data.annotations import (
     detect_format,
     load_annotations,
     read_durations_csv,
+    video_duration_issue,
     write_jsonl_records,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "detect_format",
     "load_annotations",
     "read_durations_csv",
+    "video_duration_issue",
     "write_jsonl_records",
 ]

@@ -14,6 +14,12 @@ Formats (``format=`` name, what one sample looks like):
 
 ``format="auto"`` detects the format from the file's content.
 
+Files are UTF-8; a leading byte-order mark is ignored. A line that is not valid UTF-8 is a
+``bad_encoding`` issue (the rest of the file is kept); in a whole-file JSON format the
+document cannot be read without it, so the issue names its line and column. A file where
+nothing was kept and some of it is not UTF-8 (a binary file, or a JSON document with a bad
+byte) raises :class:`AnnotationError` ("no valid records") naming the file.
+
 Video paths are resolved against ``video_root`` (default: the annotation file's folder).
 A bare video id (Charades, ActivityNet, TimeLens-Bench) is tried with the extensions in
 ``VIDEO_EXTENSIONS``; for ActivityNet ids the ``v_`` prefix is also tried without.
@@ -25,6 +31,7 @@ with ``strict=True`` the first problem raises :class:`AnnotationError` instead.
 ====================  ==========================================================  =========
 kind                  condition                                                   action
 ====================  ==========================================================  =========
+``bad_encoding``      a line (a JSON document) that is not valid UTF-8            skipped
 ``malformed``         unparsable line/JSON, missing field, non-numeric time       skipped
 ``empty_query``       query missing or only whitespace                            skipped
 ``multi_span``        more than one span for one query (single-span metrics)      skipped
@@ -37,6 +44,25 @@ kind                  condition                                                 
                       always with ``span_policy="skip"``                          skipped
 ``duplicate_id``      an id already loaded from this file                         skipped
 ====================  ==========================================================  =========
+
+Two more are found when a record's video is decoded (:func:`video_duration_issue`, called by
+:class:`videoopd.data.datasets.GroundingVideoDataset` for training and evaluation; the loader
+only opens a video whose duration it must probe). They name the annotation's file and line
+through :attr:`GroundingRecord.annotation_file` / ``annotation_location``:
+
+====================  ==========================================================  =========
+``span_beyond_video`` span end more than ``SPAN_END_SLACK_S`` (1 s) past the       kept
+                      decoded video's duration (frames read / fps)
+``duration_mismatch`` annotated duration off the decoded one by more than          kept
+                      max(``DURATION_TOLERANCE_S`` (1 s), ``DURATION_TOLERANCE_FRACTION``
+                      (5%) of it)
+====================  ==========================================================  =========
+
+Such records are kept, not skipped: they are reported (logged once per record), counted by
+the dataset, carried in the batch (``data_issues``) and flagged in evaluation rows, so that
+a benchmark's denominator does not change behind the user's back. The slack absorbs frame
+rounding and container/stream duration differences (well under a second); the duration
+tolerance absorbs rounded durations in annotation tables and re-encoded downloads.
 """
 from __future__ import annotations
 
@@ -61,6 +87,7 @@ __all__ = [
     "detect_format",
     "load_annotations",
     "read_durations_csv",
+    "video_duration_issue",
     "write_jsonl_records",
 ]
 
@@ -69,7 +96,11 @@ logger = logging.getLogger(__name__)
 FORMATS = ("charades", "activitynet", "timelens_bench", "timelens_100k", "jsonl")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 SPAN_POLICIES = ("clip", "skip")
+_JSON_DOCUMENT_FORMATS = ("activitynet", "timelens_bench")
 _MAX_LOGGED_ISSUES = 20
+SPAN_END_SLACK_S = 1.0
+DURATION_TOLERANCE_S = 1.0
+DURATION_TOLERANCE_FRACTION = 0.05
 _CHARADES_LINE = re.compile(r"^\s*(?P<vid>\S+)\s+(?P<start>\S+)\s+(?P<end>\S+)\s*##(?P<query>.*)$")
 
 
@@ -83,6 +114,9 @@ class GroundingRecord:
     span: tuple[float, float]
     duration: float
     source: str
+    # Where the record was read (for reports); not part of its identity.
+    annotation_file: str | None = field(default=None, compare=False, repr=False)
+    annotation_location: str | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -105,10 +139,11 @@ class DataIssue:
 
 
 class AnnotationError(ValueError):
-    """Raised in strict mode for the first problem in an annotation file."""
+    """Raised in strict mode for the first problem in an annotation file, and for a file
+    with no valid records that is not (all) UTF-8 text; ``issue`` is the (first) problem."""
 
-    def __init__(self, issue: DataIssue):
-        super().__init__(str(issue))
+    def __init__(self, issue: DataIssue, message: str | None = None):
+        super().__init__(message or str(issue))
         self.issue = issue
 
 
@@ -209,31 +244,96 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    first_line = next((line for line in text.splitlines() if line.strip()), "")
-    if not first_line:
+    data = path.read_bytes().removeprefix(_UTF8_BOM)
+    raw_lines = data.split(b"\n")
+    first = next((number for number, raw in enumerate(raw_lines, start=1) if raw.strip()), None)
+    if first is None:
         raise ValueError(f"cannot detect the format of {path}: the file is empty")
+    # Bytes that are not UTF-8 are replaced here, so that the structure shows through; the
+    # loader reports them with their line.
+    text = data.decode("utf-8", errors="replace")
+    first_line = raw_lines[first - 1].decode("utf-8", errors="replace")
     if _CHARADES_LINE.match(first_line):
         return "charades"
+    first_is_json = True
     try:
-        detected = _classify_json_object(json.loads(first_line))
-    except json.JSONDecodeError:
+        first_object = json.loads(first_line)
+        detected = _classify_json_object(first_object)
+        line_problem = f"a JSON {_json_shape(first_object)} of no known format"
+    except json.JSONDecodeError as exc:
+        first_is_json = False
         detected = None
+        line_problem = f"not JSON ({exc.msg} at column {exc.colno})"
+    document_problem = None
     if detected is None:
         # Not JSON-per-line: a (possibly pretty-printed) JSON document.
         try:
-            detected = _classify_json_object(json.loads(text))
-        except json.JSONDecodeError:
-            detected = None
+            document = json.loads(text)
+            detected = _classify_json_object(document)
+        except json.JSONDecodeError as exc:
+            if not first_is_json and exc.lineno > first:  # the first line opens a document broken further down
+                document_problem = f"invalid JSON document at line {exc.lineno} column {exc.colno}: {exc.msg}"
     if detected is None:
+        try:
+            _decode_line(raw_lines[first - 1], first)
+        except ValueError as exc:
+            line_problem = str(exc)
+        if document_problem is not None:
+            reason = document_problem
+        else:
+            reason = (
+                f"line {first} is neither a Charades-STA line ('vid start end##sentence') nor a JSON record "
+                f"of a known format: {line_problem}"
+            )
         raise ValueError(
-            f"cannot detect the format of {path}; pass format= one of {', '.join(FORMATS)}"
+            f"cannot detect the format of {path}: {reason}; pass format= one of {', '.join(FORMATS)} "
+            "(then every bad line is reported and the rest kept)"
         )
     return detected
 
 
+def _json_shape(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"object with keys {sorted(value)[:8]}"
+    return type(value).__name__
+
+
 # --------------------------------------------------------------------------------------
 # helpers
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _not_utf8(data: bytes, error: UnicodeDecodeError) -> tuple[int, str]:
+    """The line (counted from 1) of the first byte of ``data`` that is not UTF-8, and what
+    the problem is, naming the byte and its column (in bytes, from 1)."""
+    line = data.count(b"\n", 0, error.start) + 1
+    column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+    return line, f"not valid UTF-8: byte 0x{data[error.start]:02x} at column {column}"
+
+
+def _decode_line(raw: bytes, line_number: int) -> str:
+    """One line of a text file, as str; ValueError naming the byte and column if it is not
+    UTF-8. The first line's byte-order mark is dropped."""
+    if line_number == 1 and raw.startswith(_UTF8_BOM):
+        raw = raw[len(_UTF8_BOM):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(_not_utf8(raw, exc)[1]) from None
+
+
+def _text_lines(path: Path, report: _Reporter) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line of ``path`` that is UTF-8, newline removed; other
+    lines are reported as bad_encoding and left out."""
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                yield line_number, _decode_line(raw, line_number).rstrip("\r\n")
+            except ValueError as exc:
+                report.summary.read += 1
+                report(f"line {line_number}", "bad_encoding", str(exc), "skipped")
 
 
 def read_durations_csv(path: str | Path) -> dict[str, float]:
@@ -243,19 +343,25 @@ def read_durations_csv(path: str | Path) -> dict[str, float]:
     if not path.is_file():
         raise FileNotFoundError(f"durations CSV not found: {path}")
     durations: dict[str, float] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        length_column = next((c for c in ("length", "duration") if c in columns), None)
-        if "id" not in columns or length_column is None:
-            raise ValueError(
-                f"durations CSV {path} needs an 'id' column and a 'length' or 'duration' column, has {columns}"
-            )
-        for line_number, row in enumerate(reader, start=2):
+    lines = []
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
             try:
-                durations[row["id"]] = float(row[length_column])
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{path}: line {line_number}: bad {length_column} {row[length_column]!r}") from exc
+                lines.append(_decode_line(raw, line_number))
+            except ValueError as exc:
+                raise ValueError(f"{path}: line {line_number}: {exc}") from None
+    reader = csv.DictReader(lines)
+    columns = reader.fieldnames or []
+    length_column = next((c for c in ("length", "duration") if c in columns), None)
+    if "id" not in columns or length_column is None:
+        raise ValueError(
+            f"durations CSV {path} needs an 'id' column and a 'length' or 'duration' column, has {columns}"
+        )
+    for line_number, row in enumerate(reader, start=2):
+        try:
+            durations[row["id"]] = float(row[length_column])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: line {line_number}: bad {length_column} {row[length_column]!r}") from exc
     return durations
 
 
@@ -296,29 +402,37 @@ def _normalize_query(query: Any) -> str:
 
 def _read_charades(path: Path, report: _Reporter, source: str) -> Iterator[_Candidate]:
     per_video: Counter[str] = Counter()
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            location = f"line {line_number}"
-            match = _CHARADES_LINE.match(line.rstrip("\n"))
-            if match is None:
-                report.summary.read += 1
-                report(location, "malformed", f"expected 'vid start end##sentence', got {line.strip()!r}", "skipped")
-                continue
-            vid = match["vid"]
-            index = per_video[vid]
-            per_video[vid] += 1
-            yield _Candidate(
-                location, vid, match["query"], [match["start"], match["end"]], None, source, f"{vid}#{index}"
-            )
+    for line_number, line in _text_lines(path, report):
+        if not line.strip():
+            continue
+        location = f"line {line_number}"
+        match = _CHARADES_LINE.match(line)
+        if match is None:
+            report.summary.read += 1
+            report(location, "malformed", f"expected 'vid start end##sentence', got {line.strip()!r}", "skipped")
+            continue
+        vid = match["vid"]
+        index = per_video[vid]
+        per_video[vid] += 1
+        yield _Candidate(
+            location, vid, match["query"], [match["start"], match["end"]], None, source, f"{vid}#{index}"
+        )
 
 
 def _read_json_document(path: Path, report: _Reporter) -> dict[str, Any] | None:
+    data = path.read_bytes()
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line, problem = _not_utf8(data, exc)
+        report.summary.read += 1
+        report(f"line {line}", "bad_encoding", f"{problem}; the JSON document cannot be read", "skipped")
+        return None
+    try:
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
-        report(f"line {exc.lineno}", "malformed", f"invalid JSON: {exc.msg}", "skipped")
+        report.summary.read += 1
+        report(f"line {exc.lineno}", "malformed", f"invalid JSON: {exc.msg} (column {exc.colno})", "skipped")
         return None
     if not isinstance(document, dict):
         report("top level", "malformed", f"expected a JSON object keyed by video id, got {type(document).__name__}", "skipped")
@@ -363,15 +477,14 @@ def _read_keyed_json(
 
 
 def _iter_jsonl(path: Path, report: _Reporter) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield line_number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                report.summary.read += 1
-                report(f"line {line_number}", "malformed", f"invalid JSON: {exc.msg}", "skipped")
+    for line_number, line in _text_lines(path, report):
+        if not line.strip():
+            continue
+        try:
+            yield line_number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            report.summary.read += 1
+            report(f"line {line_number}", "malformed", f"invalid JSON: {exc.msg}", "skipped")
 
 
 def _read_timelens_100k(path: Path, report: _Reporter) -> Iterator[_Candidate]:
@@ -527,7 +640,8 @@ class _Validator:
             return None
         self.seen_ids.add(record_id)
         source = self.source or candidate.source
-        return GroundingRecord(record_id, str(video), query, (start, end), duration, source)
+        return GroundingRecord(record_id, str(video), query, (start, end), duration, source,
+                               annotation_file=report.summary.file, annotation_location=location)
 
     def _duration(self, candidate: _Candidate, video: Path, exists: bool) -> float | None:
         report, location = self.report, candidate.location
@@ -551,6 +665,29 @@ class _Validator:
         reason = f"duration {raw!r} is not a positive number" if raw is not None else "no duration given"
         report(location, "bad_duration", f"{reason} and the video {video} cannot be probed", "skipped")
         return None
+
+
+def video_duration_issue(record: GroundingRecord, video_duration: float) -> DataIssue | None:
+    """The problem, if any, between ``record``'s span and duration and the duration of its
+    video as decoded (see the module docstring: ``span_beyond_video``, ``duration_mismatch``;
+    both are kept)."""
+    file = record.annotation_file or "(records built in code)"
+    location = record.annotation_location or f"id {record.id!r}"
+    end = record.span[1]
+    if end > video_duration + SPAN_END_SLACK_S:
+        return DataIssue(
+            file, location, "span_beyond_video",
+            f"span ends at {end:g} s but the video {record.video} lasts {video_duration:.1f} s "
+            f"(annotated duration {record.duration:g} s)", "kept",
+        )
+    tolerance = max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_FRACTION * video_duration)
+    if abs(record.duration - video_duration) > tolerance:
+        return DataIssue(
+            file, location, "duration_mismatch",
+            f"annotated duration {record.duration:g} s but the video {record.video} lasts {video_duration:.1f} s "
+            f"(tolerance {tolerance:.1f} s)", "kept",
+        )
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -583,6 +720,10 @@ def load_annotations(
 
     Returns:
         ``LoadResult(records, summary)``.
+
+    Raises:
+        AnnotationError: in strict mode, at the first problem; and when nothing was kept and
+            some of the file is not UTF-8 text ("no valid records", naming the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -633,6 +774,17 @@ def load_annotations(
     )
     records = [record for record in map(validate, candidates) if record is not None]
     summary.kept = len(records)
+    not_text = [issue for issue in summary.issues if issue.kind == "bad_encoding"]
+    if not records and not_text:
+        first = not_text[0]
+        if format in _JSON_DOCUMENT_FORMATS:
+            message = f"{path}: no valid records: {first.location}: {first.message}"
+        else:
+            message = (
+                f"{path}: no valid records: {len(not_text)} of {summary.read} lines are not valid UTF-8 text "
+                f"(is it a binary file?); the first, {first.location}: {first.message}"
+            )
+        raise AnnotationError(first, message)
     if summary.issues:
         logger.warning(
             "%s: %d of %d queries kept; %d issues (%s)",

@@ -6,21 +6,33 @@ renders prompt + perfect answer for supervised fine-tuning (right-padded, answer
 """
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from typing import Any, Sequence
 
 import torch
 
+from videoopd.data.annotations import DataIssue, video_duration_issue
 from videoopd.data.video import DecodeConfig, VideoDecodeError, decode_video
 from videoopd.qwen.processing import processor_inputs
 from videoopd.qwen.prompts import PROMPT_STYLES, STYLE_DEFAULT, build_messages, format_answer, render_chat
 
 __all__ = ["CachedDataset", "GroundingCollator", "GroundingVideoDataset", "SFTCollator"]
 
+logger = logging.getLogger(__name__)
+
 
 class GroundingVideoDataset(torch.utils.data.Dataset):
     """Decodes each record's video. ``on_error="raise"`` propagates VideoDecodeError (naming
     the file); ``"report"`` returns the item with ``video=None`` and the error message, so an
-    evaluation can count the sample as failed instead of stopping."""
+    evaluation can count the sample as failed instead of stopping.
+
+    A decoded video that disagrees with its annotation (span past its end, duration far off:
+    :func:`videoopd.data.annotations.video_duration_issue`) is kept, and its
+    :class:`~videoopd.data.annotations.DataIssue` (annotation file and line) is logged once,
+    counted in :attr:`data_issues` and returned as the item's ``data_issue``. DataLoader
+    workers count in their own copies; the items carry the issues to the main process.
+    """
 
     def __init__(self, records: Sequence[Any], config: DecodeConfig | None = None, on_error: str = "raise"):
         if on_error not in ("raise", "report"):
@@ -30,6 +42,11 @@ class GroundingVideoDataset(torch.utils.data.Dataset):
         if not isinstance(self.config, DecodeConfig):
             raise TypeError(f"config must be a DecodeConfig, got {type(self.config).__name__}")
         self.on_error = on_error
+        self.data_issues: dict[str, DataIssue] = {}  # by record id, as found in this process
+
+    @property
+    def data_issue_counts(self) -> dict[str, int]:
+        return dict(Counter(issue.kind for issue in self.data_issues.values()))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -41,8 +58,12 @@ class GroundingVideoDataset(torch.utils.data.Dataset):
         except (VideoDecodeError, FileNotFoundError) as exc:
             if self.on_error == "raise":
                 raise
-            return {"record": record, "video": None, "error": str(exc)}
-        return {"record": record, "video": video, "error": None}
+            return {"record": record, "video": None, "error": str(exc), "data_issue": None}
+        issue = video_duration_issue(record, video.source_num_frames / video.source_fps)
+        if issue is not None and record.id not in self.data_issues:
+            self.data_issues[record.id] = issue
+            logger.warning("%s", issue)
+        return {"record": record, "video": video, "error": None, "data_issue": issue}
 
 
 class GroundingCollator:
@@ -72,6 +93,7 @@ class GroundingCollator:
         batch: dict[str, Any] = {
             "records": [item["record"] for item in ok],
             "videos": [item["video"] for item in ok],
+            "data_issues": [item.get("data_issue") for item in ok],  # per record; None when fine
             "failed": [(item["record"], item["error"]) for item in failed],
             "inputs": None,
         }
@@ -83,7 +105,8 @@ class GroundingCollator:
 class SFTCollator:
     """Prompt + answer examples, right-padded, with the answer positions marked.
 
-    Returns ``{"inputs": processor outputs, "answer_mask": bool [B, L], "records": [...]}``;
+    Returns ``{"inputs": processor outputs, "answer_mask": bool [B, L], "records": [...],
+    "data_issues": [...]}`` (per record, see :class:`GroundingVideoDataset`);
     ``answer_mask`` marks the answer tokens and the closing end-of-turn token. The answer is
     located by tokenizing it alone and checking it against the tail of the full sequence, so
     a tokenizer that merges across the prompt/answer boundary is an error, not a silent shift.
@@ -125,7 +148,8 @@ class SFTCollator:
                     "the tokenizer merges across the prompt/answer boundary"
                 )
             answer_mask[row, start:end] = True
-        return {"inputs": inputs, "answer_mask": answer_mask, "records": records}
+        data_issues = [item.get("data_issue") for item in items]
+        return {"inputs": inputs, "answer_mask": answer_mask, "records": records, "data_issues": data_issues}
 
 
 class CachedDataset(torch.utils.data.Dataset):

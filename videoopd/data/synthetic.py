@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import numpy as np
 
-__all__ = ["COLOURS", "SHAPES", "SyntheticEvent", "generate_dataset", "render_frames", "write_video"]
+__all__ = [
+    "COLOURS",
+    "SHAPES",
+    "SyntheticEvent",
+    "check_video_codec",
+    "generate_dataset",
+    "render_frames",
+    "write_video",
+]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
@@ -90,8 +99,22 @@ def _pick_codec(codec: str | None) -> str:
     import av
 
     if codec is not None:
+        check_video_codec(codec)
         return codec
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def check_video_codec(codec: str) -> None:
+    """ValueError unless PyAV has a video encoder named ``codec``."""
+    import av
+
+    try:
+        kind = av.Codec(codec, "w").type
+    except ValueError:  # PyAV's UnknownCodecError: no encoder of that name
+        kind = None
+    if kind != "video":
+        found = f"an {kind} encoder" if kind else "no encoder PyAV has"
+        raise ValueError(f"codec must be a video encoder PyAV has (e.g. libx264 or mpeg4), got {codec!r} ({found})")
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int, codec: str | None = None) -> Path:
@@ -163,6 +186,9 @@ def generate_dataset(
         raise ValueError(f"num_videos must be a positive int, got {num_videos!r}")
     if not isinstance(fps, int) or fps <= 0:
         raise ValueError(f"fps must be a positive int, got {fps!r}")
+    for name, value in (("duration", duration), ("min_event", min_event), ("max_event", max_event)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
     if not duration > 0 or round(duration * fps) < 2:
         raise ValueError(f"duration must give at least 2 frames at fps={fps}, got {duration!r}")
     if not isinstance(events_per_video, int) or not 1 <= events_per_video <= len(COLOURS):
@@ -174,6 +200,8 @@ def generate_dataset(
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or value < 16 or value % 2:
             raise ValueError(f"{name} must be an even int >= 16, got {value!r}")
+    if codec is not None:
+        check_video_codec(codec)
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -204,23 +232,59 @@ def generate_dataset(
     return annotations
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a command-line error in one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number of seconds, got {text}")
+    return value
+
+
+def _video_codec(text: str) -> str:
+    try:
+        check_video_codec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="python -m videoopd.data.synthetic",
         description="Write short mp4 videos where coloured shapes appear during known spans, "
         "with annotations in the plain JSONL grounding format.",
     )
     parser.add_argument("--out", required=True, help="output folder (videos/ and annotations.jsonl)")
-    parser.add_argument("--videos", type=int, required=True, help="number of videos")
+    parser.add_argument("--videos", type=_positive_int, required=True, help="number of videos")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per video (default 8)")
-    parser.add_argument("--fps", type=int, default=4, help="source frame rate (default 4)")
+    parser.add_argument("--duration", type=_positive_seconds, default=8.0, help="seconds per video (default 8)")
+    parser.add_argument("--fps", type=_positive_int, default=4, help="source frame rate (default 4)")
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=96)
-    parser.add_argument("--events", type=int, default=2, help="events (queries) per video (default 2)")
-    parser.add_argument("--min-event", type=float, default=1.5, help="shortest event in seconds")
-    parser.add_argument("--max-event", type=float, default=4.0, help="longest event in seconds")
-    parser.add_argument("--codec", default=None, help="PyAV encoder (default libx264, else mpeg4)")
+    parser.add_argument("--events", type=_positive_int, default=2, help="events (queries) per video (default 2)")
+    parser.add_argument("--min-event", type=_positive_seconds, default=1.5, help="shortest event in seconds")
+    parser.add_argument("--max-event", type=_positive_seconds, default=4.0, help="longest event in seconds")
+    parser.add_argument("--codec", type=_video_codec, default=None,
+                        help="PyAV video encoder (default libx264, else mpeg4)")
     args = parser.parse_args(argv)
     try:
         annotations = generate_dataset(

@@ -5,29 +5,53 @@
 split into equal contiguous shares (:func:`shard_evenly`), each process generates its share,
 and the rows are gathered back in record order (:func:`gather_shards`): the metrics and
 prediction rows are those of one process on the same data; only the main process writes.
+
+A predictions file ``P`` (JSONL, one row per record, nothing else) has a sidecar
+``P.meta.json``, ``{"version": 1, "identity": {...}}``, written before the first row: what
+the rows answer. The identity holds the decoding settings that change answers
+(:func:`predictions_identity`: prompt style and system prompt, greedy decoding,
+max_new_tokens, frame sampling and pixel budget) plus what the caller adds (``python -m
+videoopd.eval``: the data file's path and sha256, its format, video root, durations file,
+the model path and dtype). ``resume=True`` keeps old rows only when the recorded identity
+equals the current one; otherwise it raises ValueError naming the fields that differ. A
+non-empty predictions file without a sidecar (written before identities were recorded) is
+refused as well: nothing says which data or model its rows belong to, and rows matched by id
+alone would be reported as another data set's answers.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import torch
 
 from videoopd.algo.rollout import generate
-from videoopd.data.annotations import GroundingRecord
+from videoopd.data.annotations import DataIssue, GroundingRecord
 from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
 from videoopd.data.video import DecodeConfig
 from videoopd.evaluation.metrics import grounding_metrics, parse_span, temporal_iou
 from videoopd.qwen.models import is_fsdp_sharded
-from videoopd.qwen.prompts import PROMPT_STYLES, STYLE_DEFAULT
+from videoopd.qwen.prompts import DEFAULT_SYSTEM_PROMPTS, PROMPT_STYLES, STYLE_DEFAULT
 
-__all__ = ["EvalResult", "evaluate", "format_metrics_table", "gather_shards", "read_predictions", "shard_evenly"]
+__all__ = [
+    "EvalResult",
+    "check_resumable",
+    "evaluate",
+    "file_sha256",
+    "format_metrics_table",
+    "gather_shards",
+    "identity_path",
+    "predictions_identity",
+    "read_predictions",
+    "shard_evenly",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,9 +66,16 @@ class EvalResult:
     per_source: dict[str, dict[str, float]]
     failed_videos: list[tuple[str, str]] = field(default_factory=list)  # (record id, error)
     resumed: int = 0  # rows taken from an existing predictions file
+    # Scored rows whose video disagrees with the annotation (span past its end, duration off).
+    data_issues: list[tuple[str, DataIssue]] = field(default_factory=list)  # (record id, issue)
+
+    @property
+    def data_issue_counts(self) -> dict[str, int]:
+        return dict(Counter(issue.kind for _, issue in self.data_issues))
 
 
-def _prediction_row(record: GroundingRecord, answer: str | None, error: str | None = None) -> dict[str, Any]:
+def _prediction_row(record: GroundingRecord, answer: str | None, error: str | None = None,
+                    data_issue: DataIssue | None = None) -> dict[str, Any]:
     pred = parse_span(answer) if answer is not None else None
     return {
         "id": record.id,
@@ -57,6 +88,7 @@ def _prediction_row(record: GroundingRecord, answer: str | None, error: str | No
         "pred": list(pred) if pred is not None else None,
         "iou": temporal_iou(pred, record.span),
         "error": error,
+        "data_issue": asdict(data_issue) if data_issue is not None else None,
     }
 
 
@@ -77,6 +109,87 @@ def read_predictions(path: str | Path) -> dict[str, dict[str, Any]]:
                 continue
             rows[row["id"]] = row
     return rows
+
+
+IDENTITY_VERSION = 1
+
+
+def identity_path(predictions_path: str | Path) -> Path:
+    """The sidecar recording what the rows of ``predictions_path`` answer."""
+    path = Path(predictions_path)
+    return path.with_name(path.name + ".meta.json")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def predictions_identity(
+    decode_config: DecodeConfig,
+    prompt_style: str,
+    system_prompt: Any,
+    max_new_tokens: int,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything that changes an answer, as recorded next to a predictions file: the
+    decoding settings :func:`evaluate` knows, plus ``extra`` (the data and model, which only
+    the caller knows). JSON values, so that a recorded identity compares equal to a new one."""
+    if system_prompt is STYLE_DEFAULT:
+        system_prompt = DEFAULT_SYSTEM_PROMPTS[prompt_style]
+    identity = {
+        "prompt_style": prompt_style,
+        "system_prompt": system_prompt,
+        "decoding": "greedy",
+        "max_new_tokens": max_new_tokens,
+        "fps": decode_config.fps,
+        "max_frames": decode_config.max_frames,
+        "min_frames": decode_config.min_frames,
+        "factor": decode_config.factor,
+        "temporal_patch_size": decode_config.temporal_patch_size,
+        "min_pixels": decode_config.resolved_min_pixels,
+        "max_pixels": decode_config.resolved_max_pixels,
+        "total_pixels": decode_config.resolved_total_pixels,
+        **(extra or {}),
+    }
+    return json.loads(json.dumps(identity))
+
+
+def check_resumable(predictions_path: str | Path, identity: Mapping[str, Any]) -> None:
+    """Raise ValueError unless the rows in ``predictions_path`` were produced for ``identity``
+    (nothing to check when the file is missing or empty)."""
+    path = Path(predictions_path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    sidecar = identity_path(path)
+    if not sidecar.is_file():
+        raise ValueError(
+            f"cannot resume {path}: it has no recorded identity ({sidecar.name} is missing; the file was written "
+            "before identities were recorded), so nothing says which data and model its rows belong to; "
+            "evaluate without resume to start it over, or write to another file"
+        )
+    try:
+        recorded = json.loads(sidecar.read_text(encoding="utf-8"))["identity"]
+        if not isinstance(recorded, dict):
+            raise TypeError(f"identity is a {type(recorded).__name__}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot resume {path}: its identity file {sidecar} is unreadable ({exc})") from None
+    current = json.loads(json.dumps(dict(identity)))
+    differing = sorted(key for key in recorded.keys() | current.keys() if recorded.get(key) != current.get(key))
+    if differing:
+        details = ", ".join(f"{key} (recorded {recorded.get(key)!r}, now {current.get(key)!r})" for key in differing)
+        raise ValueError(f"cannot resume {path}: its rows were produced for other inputs; these differ: {details}")
+
+
+def _write_identity(predictions_path: Path, identity: Mapping[str, Any]) -> None:
+    sidecar = identity_path(predictions_path)
+    partial = sidecar.with_name(sidecar.name + ".partial")
+    partial.write_text(json.dumps({"version": IDENTITY_VERSION, "identity": identity}, indent=2) + "\n",
+                       encoding="utf-8")
+    partial.replace(sidecar)  # never a half-written identity next to rows
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -106,6 +219,7 @@ def evaluate(
     on_video_error: str = "raise",
     progress: bool = True,
     accelerator: Any = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> EvalResult:
     """Generate an answer for every record greedily, parse it and score it.
 
@@ -123,11 +237,19 @@ def evaluate(
             the main process after the gather on several).
         resume: keep the rows already in ``predictions_path`` for these records' ids and
             evaluate only the rest (otherwise the file is overwritten). One process only.
+            Raises ValueError when the file was produced for another identity, or records none
+            (see the module docstring).
         on_video_error: ``"raise"`` stops at a video that cannot be decoded (the error names
             the file); ``"report"`` records it as a failed row (no answer, IoU 0, counted).
+            A video that decodes but disagrees with its annotation is scored as usual, and
+            its row's ``data_issue`` names the annotation's file and line (counted in
+            :attr:`EvalResult.data_issues`).
         progress: show a tqdm progress bar (main process).
         accelerator: an ``accelerate.Accelerator``; with several processes each generates an
             equal share of the records and every process gets the gathered result.
+        identity: what the caller knows of the inputs beyond the decoding settings (data file,
+            its hash, model path, ...): recorded in ``predictions_path``'s ``.meta.json``
+            sidecar with :func:`predictions_identity` and checked on resume.
     """
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -159,6 +281,9 @@ def evaluate(
     done: dict[str, dict[str, Any]] = {}
     if predictions_path is not None:
         predictions_path = Path(predictions_path)
+        recorded = predictions_identity(decode_config, prompt_style, system_prompt, max_new_tokens, identity)
+        if resume:
+            check_resumable(predictions_path, recorded)
         if main:
             predictions_path.parent.mkdir(parents=True, exist_ok=True)
         if resume and predictions_path.is_file():
@@ -166,6 +291,8 @@ def evaluate(
             done = {i: row for i, row in read_predictions(predictions_path).items() if i in wanted}
         elif predictions_path.exists() and main:
             predictions_path.unlink()
+        if main:
+            _write_identity(predictions_path, recorded)
     todo, real = shard_evenly([record for record in records if record.id not in done], rank, world)
     stream = predictions_path is not None and world == 1  # one process writes rows as they come
 
@@ -190,7 +317,8 @@ def evaluate(
                     inputs = batch["inputs"].to(_model_device(model))
                     answers = generate(model, processor, inputs, max_new_tokens=max_new_tokens,
                                        synced_gpus=synced).answers
-                    rows += [_prediction_row(record, answer) for record, answer in zip(batch["records"], answers)]
+                    rows += [_prediction_row(record, answer, data_issue=issue)
+                             for record, answer, issue in zip(batch["records"], answers, batch["data_issues"])]
                 for record, error in batch["failed"]:
                     logger.warning("%s: %s", record.id, error)
                     failed.append((record.id, error))
@@ -224,6 +352,7 @@ def evaluate(
         per_source={source: _metrics_for(group) for source, group in sorted(by_source.items())},
         failed_videos=failed,
         resumed=len(done),
+        data_issues=[(row["id"], DataIssue(**row["data_issue"])) for row in rows if row.get("data_issue")],
     )
 
 
