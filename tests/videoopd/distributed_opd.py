@@ -33,6 +33,8 @@ def main() -> int:
     parser.add_argument("--lora-r", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=0)
     parser.add_argument("--resume", default=None)
+    parser.add_argument("--rounds", type=int, default=0)
+    parser.add_argument("--round-size", type=int, default=2)
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -65,6 +67,8 @@ def main() -> int:
                           "--eval-batch-size", "2", "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96),
                           "--output-dir", str(run_dir), "--no-progress", "--gradient-checkpointing", "false",
                           "--lora-r", str(args.lora_r), "--save-every", str(args.save_every),
+                          "--rounds", str(args.rounds), "--round-size", str(args.round_size),
+                          "--teacher-iou-min", "0",  # random tiny teachers answer nothing right
                           *(["--resume", args.resume] if args.resume else [])])
     if args.unsynchronised:
         through = loop.policy_head_forward
@@ -94,6 +98,7 @@ def main() -> int:
         "reverse_kl": [row["reverse_kl"] for row in summary["steps"]],
         "step_records": summary["step_records"],
         "evals": summary["evals"],
+        "rounds": summary["rounds"],
         "rows": summary["steps"],
         "opened_for_writing": sorted(set(opened)),
         "student_sharded": is_fsdp_sharded(summary["model"]),

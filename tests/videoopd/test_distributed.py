@@ -198,3 +198,15 @@ def test_fsdp2_sigterm_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     assert resumed["ranks"][0]["losses"] == whole["ranks"][0]["losses"]
     rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_curriculum_selects_the_same_on_two_processes(data, tmp_path):
+    """TVDF rounds under FSDP2 (teacher and student sharded, the pool scored in shares and
+    gathered): the same selections, in the same order, as on one process."""
+    one = run(data, tmp_path / "one", 1, 2, None, "--rounds", "2", "--round-size", "2")
+    two = run(data, tmp_path / "two", 2, 1, "fsdp2.yaml", "--rounds", "2", "--round-size", "2")
+    rounds_one, rounds_two = one["ranks"][0]["rounds"], two["ranks"][0]["rounds"]
+    assert [r["round"] for r in rounds_one] == [0, 1] and len(rounds_one[0]["selected_ids"]) == 2
+    assert [r["selected_ids"] for r in rounds_two] == [r["selected_ids"] for r in rounds_one]
+    assert two["ranks"][1]["rounds"] == rounds_two
+    assert max_weight_difference(two["weights"], one["weights"]) < 1e-5

@@ -9,7 +9,8 @@ A checkpoint is ``OUTPUT_DIR/checkpoints/step-{K}/``:
   ``torch.distributed.checkpoint`` folder (every process writes its own shards; nothing is
   gathered on one process);
 - ``trainer_state.json``: step, data position (epoch, batches drawn in it), best held-out mIoU,
-  the last evaluated step, the process count, the model's signature and the resolved config.
+  the last evaluated step, the curriculum's current selection and round records, the process
+  count, the model's signature and the resolved config.
 
 It is written as ``.step-{K}.partial`` and renamed when complete, ``trainer_state.json`` last:
 a folder named ``step-{K}`` with that file is complete, whatever happened while saving.
@@ -46,11 +47,12 @@ RUN_DEFINING = ("student", "teacher", "model", "init_tiny", "train_data", "forma
                 "max_frames", "min_pixels", "max_pixels", "dtype", "train_vision", "lr", "vision_lr", "lr_schedule",
                 "warmup_steps", "min_lr_ratio", "adam_beta2", "weight_decay", "max_grad_norm", "master_weights",
                 "batch_size", "grad_accum", "seed", "max_new_tokens", "objective", "reduction", "temperature",
-                "top_p", "lora_r", "lora_alpha", "lora_dropout", "lora_targets")
+                "top_p", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "rounds", "round_size", "selector",
+                "teacher_iou_min", "gwds_center", "gwds_sigma", "steps_per_round")
 
 # What a run writes into its folder (removed by --overwrite; anything else is left alone).
 RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "rounds.jsonl", "summary.json", "demo_summary.json", "final", "best",
-                 "checkpoints", "tensorboard")
+                 "checkpoints", "curriculum", "tensorboard")
 
 
 @dataclass
@@ -64,6 +66,8 @@ class TrainerState:
     best_step: int | None = None
     last_eval_step: int | None = None
     processes: int = 1
+    round_indices: list[int] | None = None  # the curriculum's current selection (pool indices)
+    round_records: list[dict[str, Any]] = field(default_factory=list)  # one per curriculum round so far
     model_signature: str = ""
     config: dict[str, Any] = field(default_factory=dict)
 

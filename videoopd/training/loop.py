@@ -268,12 +268,14 @@ def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, object
 def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: Any, objective: Objective,
           dataset: torch.utils.data.Dataset, collator: Callable[[list[Any]], dict[str, Any]],
           eval_records: list[Any] | None = None, *, decode_config: Any = None, resume_from: Path | None = None,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          curriculum: Any = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``model`` (prepared by ``videoopd.qwen.models.prepare_policy``, possibly a peft
     LoRA model) with ``objective`` up to ``cfg.max_steps`` optimizer steps on
     ``dataset``/``collator``; evaluate on ``eval_records`` every ``cfg.eval_every`` steps and at
     the end; save per ``cfg``; continue from checkpoint ``resume_from`` (see
-    :func:`videoopd.training.checkpoint.prepare_run_folder`) when given.
+    :func:`videoopd.training.checkpoint.prepare_run_folder`) when given. With a ``curriculum``
+    (:class:`videoopd.training.curriculum.TVDFCurriculum`; ``cfg.max_steps`` must be its
+    ``total_steps``) each round starts by selecting the samples of ``dataset`` it trains on.
 
     On SIGTERM/SIGINT the current optimizer step finishes, a checkpoint is saved and
     :class:`videoopd.training.preemption.Preempted` is raised.
@@ -302,10 +304,17 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
     trainable = [p for p in model.parameters() if p.requires_grad]
     masters = None if fsdp else MasterWeights.for_config(trainable, cfg.master_weights)
     optimizer = build_optimizer(model, cfg, masters)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collator,
-                                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    if curriculum is not None and cfg.max_steps != curriculum.total_steps:
+        raise ConfigError(f"max_steps {cfg.max_steps} differs from the curriculum's {curriculum.total_steps} steps")
+
+    def prepared_loader(samples: torch.utils.data.Dataset) -> Any:
+        loader = torch.utils.data.DataLoader(samples, batch_size=cfg.batch_size, shuffle=True, collate_fn=collator,
+                                             num_workers=cfg.num_workers,
+                                             generator=torch.Generator().manual_seed(cfg.seed))
+        return accelerator.prepare(loader)
+
     model.train()
-    wrapper, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    wrapper, optimizer = accelerator.prepare(model, optimizer)
     model = accelerator.unwrap_model(wrapper)
     # After prepare: under FSDP2 the optimizer now holds the sharded parameters.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -318,15 +327,28 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
         saved = load_checkpoint(accelerator, resume_from, signature)
         state = dataclasses.replace(saved, processes=world, model_signature=signature, config=state.config)
         log(f"resumed from {resume_from} at step {state.step}")
-    data = DataStream(accelerator, loader, state.epoch, state.batches_in_epoch)
+    data = None
+    if curriculum is None or state.round_indices is not None:
+        samples = dataset if curriculum is None else torch.utils.data.Subset(dataset, state.round_indices)
+        data = DataStream(accelerator, prepared_loader(samples), state.epoch, state.batches_in_epoch)
     metrics_log = MetricsLog(out_dir, resume_step=state.step if resume_from is not None else None) if main else None
     summary: dict[str, Any] = {"steps": [], "evals": {}, "best_mIoU": state.best_mIoU, "best_step": state.best_step,
-                               "checkpoint": None, "step_records": [], "accelerator": accelerator}
+                               "rounds": state.round_records, "checkpoint": None, "step_records": [],
+                               "accelerator": accelerator}
     for row in metrics_log.kept if metrics_log is not None else []:
         if any(k.startswith("eval/") for k in row):
             summary["evals"][row["step"]] = {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
-        else:
+        elif "loss" in row:
             summary["steps"].append(row)
+
+    def start_round(step: int) -> DataStream:
+        indices, record = curriculum.select(curriculum.round_of(step), model, processor)
+        state.round_indices = indices
+        state.round_records.append({"step": step, **record})
+        if main:
+            metrics_log.write({"step": step, **{k: v for k, v in record.items() if not isinstance(v, list)}})
+            curriculum.write_rounds(out_dir, state.round_records)
+        return DataStream(accelerator, prepared_loader(torch.utils.data.Subset(dataset, indices)))
 
     def run_evaluation(step: int) -> None:
         m = evaluate_held_out(cfg, accelerator, model, processor, eval_records, decode_config, f"step{step}")
@@ -356,6 +378,8 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
             elif state.step and evaluation_due(state.step) and state.last_eval_step != state.step:
                 run_evaluation(state.step)  # the evaluation a stop skipped
             for step in range(state.step + 1, cfg.max_steps + 1):
+                if curriculum is not None and (step - 1) % curriculum.steps_per_round == 0:
+                    data = start_round(step)
                 t0 = time.perf_counter()
                 lr = scheduler.get_last_lr()[0]
                 sums, per_rank, timer, ids = optimizer_step(step, accelerator, wrapper, model, objective, data,

@@ -13,6 +13,7 @@ from videoopd.data.video import DecodeConfig
 from videoopd.qwen.models import is_fsdp_sharded, lm_head_weight
 from videoopd.training.checkpoint import prepare_run_folder
 from videoopd.training.config import ConfigError, save_config
+from videoopd.training.curriculum import TVDFCurriculum, one_pass_steps
 from videoopd.training.distributed import place_teacher
 from videoopd.training.loop import evaluate_held_out, train
 
@@ -36,9 +37,9 @@ def run_distillation(cfg: Any, accelerator: Any, student: Any, teacher: Any, pro
     say = log if main_process else (lambda *a, **k: None)
     out_dir = Path(cfg.output_dir)
     resume_from = prepare_run_folder(cfg, accelerator)
-    accelerator.wait_for_everyone()
     if main_process:
-        say(f"config: {save_config(cfg, out_dir)}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     try:
         teacher = place_teacher(accelerator, teacher, cfg.teacher_placement, cfg.teacher_device)
     except ValueError as exc:
@@ -58,9 +59,21 @@ def run_distillation(cfg: Any, accelerator: Any, student: Any, teacher: Any, pro
                                       temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                                       seed=cfg.seed, vocab_size=lm_head_weight(student).shape[0])
     dataset = GroundingVideoDataset(train_records, decode_config, on_error="report")
+    curriculum = None
+    if cfg.rounds:
+        steps = cfg.steps_per_round or one_pass_steps(cfg.round_size, cfg.batch_size, cfg.grad_accum,
+                                                      accelerator.num_processes)
+        curriculum = TVDFCurriculum(cfg, accelerator, teacher, teacher_processor or processor, train_records,
+                                    decode_config, steps, log=say)
+        if cfg.max_steps != curriculum.total_steps:
+            say(f"TVDF curriculum: {cfg.rounds} rounds x {steps} steps = {curriculum.total_steps} optimizer steps "
+                f"(--max-steps {cfg.max_steps} is replaced)")
+            cfg.max_steps = curriculum.total_steps
+    if main_process:
+        say(f"config: {save_config(cfg, out_dir)}")
     summary = train(cfg, accelerator, student, processor, objective, dataset,
                     GroundingCollator(processor, prompt_style=cfg.prompt_style), eval_records,
-                    decode_config=decode_config, resume_from=resume_from, log=say)
+                    decode_config=decode_config, resume_from=resume_from, curriculum=curriculum, log=say)
     summary["teacher_eval"] = teacher_eval
     summary["teacher_sharded"] = is_fsdp_sharded(teacher)
     if eval_records and cfg.max_steps in summary["evals"]:
