@@ -1,4 +1,7 @@
-"""The sampled-token on-policy distillation loss (Video-OPD eq. 5-6, Tinker's OPD, verl's PG OPD)."""
+"""Policy-gradient losses on sampled tokens' log-probs: the one clipped policy-gradient loss
+(:func:`policy_gradient_loss`, GRPO / PPO style) and the sampled-token on-policy distillation
+loss built on it (:func:`sampled_reverse_kl_loss`: Video-OPD eq. 5-6, Tinker's OPD, verl's PG OPD).
+Both take log-probs from :func:`opd_kernels.token_logprobs` and share one reduction vocabulary."""
 
 from __future__ import annotations
 
@@ -7,6 +10,121 @@ import torch
 from . import _validation as v
 
 LOSS_REDUCTIONS = ("token_mean", "sequence_sum", "sum")
+
+
+def _check_like(name: str, t: torch.Tensor, like: torch.Tensor) -> None:
+    v.check_tensor(name, t)
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor, got dtype {t.dtype}")
+    if t.shape != like.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected the shape of logprobs, {tuple(like.shape)}")
+
+
+def policy_gradient_loss(
+    logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    old_logprobs: torch.Tensor | None = None,
+    clip_eps: float | None = None,
+    reference_logprobs: torch.Tensor | None = None,
+    beta: float = 0.0,
+    reduction: str = "token_mean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Token-level clipped policy-gradient loss (PPO / GRPO) with an optional KL penalty.
+
+    Per selected token with log-prob ``lp`` (with grad), advantage ``A`` (constant) and, when
+    ``old_logprobs`` is given, importance ratio ``r = exp(lp - lp_old)``, the loss is
+    ``-A * w * lp`` with the detached weight ``w = r``, or 0 where PPO's clipped surrogate
+    ``min(r A, clip(r, 1 - eps, 1 + eps) A)`` is flat (``A > 0, r > 1 + eps`` or
+    ``A < 0, r < 1 - eps``). Its gradient, ``-A * w * grad lp``, is exactly the gradient of the
+    clipped surrogate; without ``old_logprobs`` it is REINFORCE's (``w = 1``). With
+    ``reference_logprobs`` and ``beta > 0`` the loss adds ``beta * k3`` per token,
+    ``k3 = exp(lp_ref - lp) - (lp_ref - lp) - 1`` (Schulman's unbiased, non-negative KL
+    estimate, as GRPO uses), differentiated through ``lp``.
+
+    Args:
+        logprobs: [B, T] (any shape; the last dim is the sequence), floating, with grad.
+        advantages: same shape, constant (per-token; broadcast a sequence's advantage over
+            its tokens).
+        mask: bool, same shape; True on completion tokens. False tokens contribute exactly 0,
+            whatever the other tensors hold there (NaN / -inf included).
+        old_logprobs: optional, same shape: log-probs of the policy that sampled the tokens.
+        clip_eps: the PPO clip range (needs ``old_logprobs``); None: no clipping.
+        reference_logprobs: optional, same shape: the reference policy's log-probs.
+        beta: KL penalty coefficient (>= 0; needs ``reference_logprobs`` when > 0).
+        reduction: "token_mean" (mean over selected tokens; 0 when none), "sequence_sum"
+            (sum over each sequence's selected tokens, mean over sequences), "sum".
+
+    Returns:
+        (loss, metrics) with detached 0-dim tensors in metrics (no host sync): "tokens"
+        (selected count), "advantage" (mean over selected tokens), "importance_ratio" and
+        "clipped_fraction" (with ``old_logprobs``), "reference_kl" (mean k3, with
+        ``reference_logprobs``).
+    """
+    v.check_tensor("logprobs", logprobs)
+    if not logprobs.is_floating_point():
+        raise ValueError(f"logprobs must be a floating tensor, got dtype {logprobs.dtype}")
+    _check_like("advantages", advantages, logprobs)
+    for name, t in (("old_logprobs", old_logprobs), ("reference_logprobs", reference_logprobs)):
+        if t is not None:
+            _check_like(name, t, logprobs)
+    v.check_tensor("mask", mask)
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+    if mask.shape != logprobs.shape:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected the shape of logprobs, "
+                         f"{tuple(logprobs.shape)}")
+    v.check_choice("reduction", reduction, LOSS_REDUCTIONS)
+    if reduction == "sequence_sum" and logprobs.dim() < 1:
+        raise ValueError("reduction='sequence_sum' needs a sequence dim (the last one)")
+    if clip_eps is not None:
+        if isinstance(clip_eps, bool) or not isinstance(clip_eps, (int, float)) or not 0 < clip_eps < 1:
+            raise ValueError(f"clip_eps must be a number in (0, 1), got {clip_eps!r}")
+        if old_logprobs is None:
+            raise ValueError("clip_eps needs old_logprobs (the ratio it clips)")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0 or beta == float("inf"):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    if beta > 0 and reference_logprobs is None:
+        raise ValueError("beta > 0 needs reference_logprobs")
+
+    # Masked positions may hold -inf or NaN (padding): select them away before any arithmetic,
+    # so that they contribute exactly 0 to the loss and to the gradient.
+    def selected(t: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask, t, torch.zeros_like(t))
+
+    lp = selected(logprobs)
+    advantage = selected(advantages).detach().to(lp.dtype)
+    weight = torch.ones_like(lp)
+    metrics: dict[str, torch.Tensor] = {}
+    tokens = mask.sum()
+    denom = tokens.clamp_min(1).to(lp.dtype)
+    if old_logprobs is not None:
+        ratio = selected(torch.exp(lp.detach() - selected(old_logprobs).to(lp.dtype)))
+        weight = ratio
+        metrics["importance_ratio"] = ratio.sum() / denom
+        if clip_eps is not None:
+            flat = ((advantage > 0) & (ratio > 1 + clip_eps)) | ((advantage < 0) & (ratio < 1 - clip_eps))
+            flat = flat & mask
+            weight = torch.where(flat, torch.zeros_like(ratio), ratio)
+            metrics["clipped_fraction"] = flat.sum().to(lp.dtype) / denom
+    per_token = -advantage * weight * lp
+    if reference_logprobs is not None:
+        delta = selected(reference_logprobs).to(lp.dtype) - lp
+        k3 = selected(torch.exp(delta) - delta - 1)
+        metrics["reference_kl"] = k3.detach().sum() / denom
+        if beta > 0:
+            per_token = per_token + beta * k3
+
+    if reduction == "token_mean":
+        loss = per_token.sum() / denom
+    elif reduction == "sum":
+        loss = per_token.sum()
+    else:
+        loss = per_token.sum(dim=-1).mean() if per_token.numel() else per_token.sum()
+    metrics["tokens"] = tokens
+    metrics["advantage"] = advantage.sum() / denom
+    return loss, {k: t.detach() for k, t in metrics.items()}
 
 
 def sampled_reverse_kl_loss(
@@ -19,11 +137,11 @@ def sampled_reverse_kl_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Policy-gradient loss whose expected gradient is that of KL(student || teacher).
 
-    For each sampled token y_t with student log-prob lp_s and teacher log-prob lp_t, the
-    per-token advantage is ``A = -(lp_s - lp_t)`` (detached) and the loss is
-    ``-A * ratio * lp_s``, where ``ratio = exp(lp_s - old_logprobs)`` is the (detached)
-    importance weight of tokens sampled by an older policy, 1 when old_logprobs is None.
-    Its gradient is ``-A * ratio * grad lp_s``: the REINFORCE estimator of the reverse KL.
+    :func:`policy_gradient_loss` with the per-token advantage ``A = -(lp_s - lp_t)``
+    (detached): the loss is ``-A * ratio * lp_s``, where ``ratio = exp(lp_s - old_logprobs)``
+    is the (detached) importance weight of tokens sampled by an older policy, 1 when
+    old_logprobs is None. Its gradient is ``-A * ratio * grad lp_s``: the REINFORCE estimator
+    of the reverse KL.
 
     Args:
         student_logprobs: [B, T] (any shape), fp32, with grad (from token_logprobs).
@@ -42,12 +160,11 @@ def sampled_reverse_kl_loss(
     """
     v.check_tensor("student_logprobs", student_logprobs)
     v.check_tensor("teacher_logprobs", teacher_logprobs)
-    if old_logprobs is not None:
-        v.check_tensor("old_logprobs", old_logprobs)
     for name, t in (("student_logprobs", student_logprobs), ("teacher_logprobs", teacher_logprobs),
                     ("old_logprobs", old_logprobs)):
         if t is None:
             continue
+        v.check_tensor(name, t)
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a floating tensor, got dtype {t.dtype}")
         if t.shape != student_logprobs.shape:
@@ -59,34 +176,9 @@ def sampled_reverse_kl_loss(
     if mask.shape != student_logprobs.shape:
         raise ValueError(f"mask has shape {tuple(mask.shape)}, expected the shape of student_logprobs, "
                          f"{tuple(student_logprobs.shape)}")
-    v.check_choice("reduction", reduction, LOSS_REDUCTIONS)
-    if reduction == "sequence_sum" and student_logprobs.dim() < 1:
-        raise ValueError("reduction='sequence_sum' needs a sequence dim (the last one)")
-
-    # Masked positions may hold -inf or NaN (padding): select them away before any arithmetic,
-    # so that they contribute exactly 0 to the loss and to the gradient.
-    def selected(t):
-        return torch.where(mask, t, torch.zeros_like(t))
-
-    student = selected(student_logprobs)
-    log_ratio = (student - selected(teacher_logprobs)).detach()
-    advantage = -log_ratio
-    per_token = -advantage * student
-    metrics = {}
+    log_ratio = torch.where(mask, student_logprobs - teacher_logprobs, torch.zeros_like(student_logprobs)).detach()
+    loss, pg = policy_gradient_loss(student_logprobs, -log_ratio, mask, old_logprobs=old_logprobs, reduction=reduction)
+    metrics = {"reverse_kl": log_ratio.sum() / pg["tokens"].clamp_min(1).to(log_ratio.dtype), "tokens": pg["tokens"]}
     if old_logprobs is not None:
-        ratio = selected(torch.exp(student.detach() - selected(old_logprobs)))
-        per_token = per_token * ratio
-
-    tokens = mask.sum()
-    denom = tokens.clamp_min(1).to(per_token.dtype)
-    if reduction == "token_mean":
-        loss = per_token.sum() / denom
-    elif reduction == "sum":
-        loss = per_token.sum()
-    else:
-        loss = per_token.sum(dim=-1).mean() if per_token.numel() else per_token.sum()
-    metrics["reverse_kl"] = log_ratio.sum() / denom
-    metrics["tokens"] = tokens
-    if old_logprobs is not None:
-        metrics["importance_ratio"] = ratio.sum() / denom
-    return loss, {k: t.detach() for k, t in metrics.items()}
+        metrics["importance_ratio"] = pg["importance_ratio"]
+    return loss, metrics
