@@ -44,12 +44,24 @@ class TrainConfig(RunOptions):
     teacher_placement: str = opt("auto (sharded by FSDP2 under an FSDP2 launch, else replicated), replicate (a full "
                                  "copy per process) or shard (FSDP2 only)", default="auto")
     teacher_device: str | None = opt("one process: the teacher's device (default: the student's)", default=None)
+    algo: str = opt("opd (on-policy distillation from --teacher) or grpo (the reinforcement-learning baseline: "
+                    "IoU rewards, no teacher needed)", default="opd")
     # rollout and objective
     temperature: float = opt("sampling temperature of rollouts (also the loss temperature)", default=1.0)
     top_p: float = opt("nucleus sampling of rollouts", default=1.0)
     objective: str = opt("sampled (teacher log-probs of sampled tokens, REINFORCE reverse KL) or full (exact reverse KL over the vocabulary)", default="sampled")
     reduction: str = opt("sequence_sum (sum over each answer, mean over the step's sequences), token_mean (mean over "
-                         "the step's answer tokens) or sum", default="sequence_sum")
+                         "the step's answer tokens), sum, or auto (opd: sequence_sum, grpo: token_mean)",
+                         default="auto")
+    # GRPO
+    num_generations: int = opt("grpo: answers sampled per prompt (the group)", default=8)
+    advantage: str = opt("grpo: std (group-normalised rewards, GRPO) or mean (reward minus the group mean, Dr. GRPO)",
+                         default="std")
+    clip_eps: float = opt("grpo: PPO clip range of the importance ratio", default=0.2)
+    beta: float = opt("grpo: KL penalty to the initial student (k3 estimate); 0 (TimeLens) loads no reference",
+                      default=0.0)
+    format_reward: float = opt("grpo: reward added for an answer exactly in the prompt's 'start to end' format",
+                               default=0.0)
     eval_teacher: bool = opt("also evaluate the teacher on --eval-data once before training (the student's "
                              "ceiling)", default=False)
     # TVDF curriculum
@@ -80,9 +92,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rounds": 3, "round_size": 2500, "selector": "topk", "teacher_iou_min": 0.5,
     },
 }
-CHOICES = {**RUN_CHOICES, "objective": ("sampled", "full"), "selector": ("topk", "gwds", "random", "off"), "reduction": ("sequence_sum", "token_mean", "sum"),
+CHOICES = {**RUN_CHOICES, "objective": ("sampled", "full"), "selector": ("topk", "gwds", "random", "off"),
+           "algo": ("opd", "grpo"), "advantage": ("std", "mean"), "reduction": ("auto", "sequence_sum", "token_mean", "sum"),
            "teacher_placement": ("auto", "replicate", "shard")}
-POSITIVE = RUN_POSITIVE + ("demo_videos", "demo_steps", "round_size")
+POSITIVE = RUN_POSITIVE + ("demo_videos", "demo_steps", "round_size", "num_generations")
 PRESET_HELP = ("video-opd: temperature 0.9, lr 1e-6, effective batch 32 (1 x 32 accumulation on one process; "
                "divide --grad-accum by the process count), fps 2, 768 frames, vision frozen, sampled objective "
                "summed over completion tokens, TVDF curriculum of 3 rounds x 2,500 top-k samples (teacher IoU >= "
@@ -114,8 +127,21 @@ def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
         raise ConfigError(f"gwds_center must be finite and gwds_sigma > 0, got {cfg.gwds_center!r}, {cfg.gwds_sigma!r}")
     if cfg.preset is not None and (cfg.student is None or cfg.teacher is None):  # type: ignore[attr-defined]
         raise ConfigError(f"--preset {cfg.preset} needs --student and --teacher (local checkpoint folders)")  # type: ignore[attr-defined]
-    if (cfg.student is None) != (cfg.teacher is None):
-        raise ConfigError("give both --student and --teacher (or neither, for the CPU demo)")
+    if cfg.reduction == "auto":
+        cfg.reduction = "token_mean" if cfg.algo == "grpo" else "sequence_sum"
+    if not (0 < cfg.clip_eps < 1):
+        raise ConfigError(f"clip_eps must be in (0, 1), got {cfg.clip_eps!r}")
+    for name in ("beta", "format_reward"):
+        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
+            raise ConfigError(f"{name} must be finite and >= 0, got {getattr(cfg, name)!r}")
+    if cfg.algo == "grpo" and cfg.num_generations < 2:
+        raise ConfigError("num_generations must be >= 2 for grpo (advantages are relative to the group)")
+    teacher_needed = cfg.algo == "opd" or cfg.rounds > 0
+    if cfg.student is None and cfg.teacher is not None:
+        raise ConfigError("--teacher needs --student")
+    if cfg.student is not None and cfg.teacher is None and teacher_needed:
+        raise ConfigError("give both --student and --teacher (or neither, for the CPU demo); only --algo grpo "
+                          "without --rounds trains without a teacher")
     return cfg
 
 
@@ -131,13 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = resolve_config(argv)
         if cfg.student is None:
             if cfg.train_data is not None:
-                raise ConfigError("--train-data needs --student and --teacher")
+                raise ConfigError("--train-data needs --student (and --teacher)")
             from videoopd.demo.run import demo_config, run_demo
 
             explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
             return run_demo(demo_config(cfg, explicit))
         check_model_folder(cfg.student, "--student")
-        check_model_folder(cfg.teacher, "--teacher")
+        if cfg.teacher is not None:
+            check_model_folder(cfg.teacher, "--teacher")
         train_records = load_pool(cfg.train_data, cfg, "train_data")
         eval_records = load_pool(cfg.eval_data, cfg, "eval_data") if cfg.eval_data else None
         accelerator = make_accelerator(cfg)
@@ -149,23 +176,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     from videoopd.qwen.models import check_pair, load_policy
     from videoopd.qwen.processing import load_processor
-    from videoopd.training.opd import run_distillation
+    from videoopd.training.post_training import run_post_training
 
     device = accelerator.device
     processor = load_processor(cfg.student)
-    teacher_processor = load_processor(cfg.teacher)
     student = load_policy(cfg.student, device=device, trainable=True, dtype=cfg.dtype,
                           gradient_checkpointing=cfg.gradient_checkpointing, train_vision=cfg.train_vision)
-    teacher = load_policy(cfg.teacher, device="cpu" if cfg.teacher_device is None else cfg.teacher_device,
-                          trainable=False, dtype=cfg.dtype)
+    frozen_device = "cpu" if cfg.teacher_device is None else cfg.teacher_device  # placed by the run
+    teacher = teacher_processor = None
+    if cfg.teacher is not None:
+        teacher_processor = load_processor(cfg.teacher)
+        teacher = load_policy(cfg.teacher, device=frozen_device, trainable=False, dtype=cfg.dtype)
+        try:
+            check_pair(student, teacher, processor, teacher_processor)
+        except ValueError as exc:
+            print(f"python -m videoopd.train: error: incompatible teacher/student: {exc}", file=sys.stderr)
+            return 2
+    # GRPO's KL penalty: a frozen copy of the initial student
+    reference = (load_policy(cfg.student, device=frozen_device, trainable=False, dtype=cfg.dtype)
+                 if cfg.algo == "grpo" and cfg.beta > 0 else None)
     try:
-        check_pair(student, teacher, processor, teacher_processor)
-    except ValueError as exc:
-        print(f"python -m videoopd.train: error: incompatible teacher/student: {exc}", file=sys.stderr)
-        return 2
-    try:
-        run_distillation(cfg, accelerator, student, teacher, processor, train_records, eval_records,
-                         teacher_processor=teacher_processor)
+        run_post_training(cfg, accelerator, student, teacher, processor, train_records, eval_records,
+                          teacher_processor=teacher_processor, reference=reference)
     except ConfigError as exc:
         print(f"python -m videoopd.train: error: {exc}", file=sys.stderr)
         return 2

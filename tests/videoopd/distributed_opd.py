@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--lora-r", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=0)
     parser.add_argument("--resume", default=None)
+    parser.add_argument("--algo", default="opd")
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--round-size", type=int, default=2)
     args = parser.parse_args()
@@ -57,7 +58,7 @@ def main() -> int:
     from videoopd.train import resolve_config
     from videoopd.training import loop
     from videoopd.training.loop import make_accelerator
-    from videoopd.training.opd import run_distillation
+    from videoopd.training.post_training import run_post_training
     from videoopd.training.preemption import Preempted
 
     cfg = resolve_config(["--student", "s", "--teacher", "t", "--device", "cpu", "--objective", args.objective,
@@ -68,6 +69,7 @@ def main() -> int:
                           "--output-dir", str(run_dir), "--no-progress", "--gradient-checkpointing", "false",
                           "--lora-r", str(args.lora_r), "--save-every", str(args.save_every),
                           "--rounds", str(args.rounds), "--round-size", str(args.round_size),
+                          "--algo", args.algo, "--num-generations", "3",
                           "--teacher-iou-min", "0",  # random tiny teachers answer nothing right
                           *(["--resume", args.resume] if args.resume else [])])
     if args.unsynchronised:
@@ -81,7 +83,7 @@ def main() -> int:
     teacher = prepare_policy(build_tiny_model("qwen2_5_vl", tok, seed=2, hidden_size=64), trainable=False)
     records, _ = load_annotations(args.data)
     try:
-        summary = run_distillation(cfg, accelerator, student, teacher, proc, records, records,
+        summary = run_post_training(cfg, accelerator, student, teacher, proc, records, records,
                                    log=lambda *_: None)
     except Preempted as exc:
         print(exc, file=sys.stderr)
@@ -95,7 +97,7 @@ def main() -> int:
         "world": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
         "losses": [row["loss"] for row in summary["steps"]],
-        "reverse_kl": [row["reverse_kl"] for row in summary["steps"]],
+        "reverse_kl": [row.get("reverse_kl") for row in summary["steps"]],
         "step_records": summary["step_records"],
         "evals": summary["evals"],
         "rounds": summary["rounds"],

@@ -149,3 +149,15 @@ def test_grounding_metrics_validates_arguments():
         grounding_metrics([(0, 1)], [])
     with pytest.raises(ValueError, match="empty"):
         grounding_metrics([], [])
+
+
+@pytest.mark.parametrize("text, span", [
+    ("it starts at 3.5 seconds and ends at 7.2", (3.5, 7.2)),
+    ("The event starts at around 3.5 and ends by 7.2 seconds.", (3.5, 7.2)),
+    ("begins at 00:03 and finishes at 00:07", (3.0, 7.0)),
+    ("beginning at 2.0 then stopping at 4.0", (2.0, 4.0)),
+    ("It starts approximately at 1.25s, and it ends at 2.5s.", (1.25, 2.5)),
+])
+def test_free_form_sentences_a_learning_policy_writes(text, span):
+    """GRPO's reward reads these: a right answer in a sentence must not score 0."""
+    assert parse_span(text) == span

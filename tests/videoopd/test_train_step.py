@@ -160,7 +160,7 @@ def test_bf16_student_keeps_small_updates_in_fp32_masters(synthetic_dir, tmp_pat
     from videoopd import train as T
     from videoopd.training import precision
     from videoopd.training.loop import make_accelerator
-    from videoopd.training.opd import run_distillation
+    from videoopd.training.post_training import run_post_training
 
     tok = build_tiny_tokenizer("qwen3_vl")
     proc = build_tiny_processor("qwen3_vl", tok)
@@ -181,7 +181,7 @@ def test_bf16_student_keeps_small_updates_in_fp32_masters(synthetic_dir, tmp_pat
         created.append(self)
 
     monkeypatch.setattr(precision.MasterWeights, "__init__", spy)
-    run_distillation(cfg, make_accelerator(cfg), student, teacher, proc, records[:2], None, log=lambda *_: None)
+    run_post_training(cfg, make_accelerator(cfg), student, teacher, proc, records[:2], None, log=lambda *_: None)
     moved_model = sum(int((p.detach().float() != b).sum()) for p, b in zip(params, before))
     total = sum(b.numel() for b in before)
     if master_weights == "none":

@@ -19,6 +19,7 @@ import torch
 
 from opd_kernels import fused_reverse_kl, sampled_reverse_kl_loss, token_logprobs
 from videoopd.algo.rollout import Rollout, generate, rollout_seed
+from videoopd.evaluation.metrics import parse_span
 from videoopd.qwen.models import is_fsdp_sharded, lm_head_weight, policy_head_forward
 
 __all__ = [
@@ -182,12 +183,14 @@ class DistillationObjective:
         tokens = answer_mask.sum().double()
         sequences = torch.tensor(float(answer_mask.shape[0]), dtype=torch.float64, device=ctx.device)
         units = {"sequence_sum": sequences, "token_mean": tokens, "sum": None}[self.reduction]
+        parsed = sum(parse_span(a) is not None for a in rollout.answers)
         return MicroBatch(
             student_inputs=scoring_inputs(inputs, rollout, ctx.device),
             loss_fn=lambda hidden, weight: self.loss(hidden, weight, rollout, teacher_view),
             units=units,
             sums={"answer_tokens": tokens, "sequences": sequences,
-                  "context_tokens": rollout.attention_mask.sum().double().to(ctx.device)},
+                  "context_tokens": rollout.attention_mask.sum().double().to(ctx.device),
+                  "parsed_answers": torch.tensor(float(parsed), dtype=torch.float64, device=ctx.device)},
             records=list(records),
         )
 
@@ -197,8 +200,15 @@ class DistillationObjective:
         h, tokens, mask = answer_slice(hidden, rollout)
         if self.objective == "sampled":
             lp = token_logprobs(h, weight, tokens, temperature=self.temperature, backend=self.backend)
-            loss, m = sampled_reverse_kl_loss(lp, teacher_view["teacher_logprobs"], mask, reduction="sum")
-            return loss, {"reverse_kl_sum": (m["reverse_kl"] * m["tokens"]).double()}
+            # the sampler's own log-probs as the old policy's: the importance ratio corrects for
+            # what the sampler did differently from the scored softmax (nucleus, suppressed tokens)
+            old = rollout.sampler_logprobs.to(lp.device) if rollout.sampler_logprobs is not None else None
+            loss, m = sampled_reverse_kl_loss(lp, teacher_view["teacher_logprobs"], mask, old_logprobs=old,
+                                              reduction="sum")
+            sums = {"reverse_kl_sum": (m["reverse_kl"] * m["tokens"]).double()}
+            if "importance_ratio" in m:
+                sums["importance_ratio_sum"] = (m["importance_ratio"] * m["tokens"]).double()
+            return loss, sums
         h_t = teacher_view["teacher_hidden"].to(dtype=h.dtype)
         w_t = teacher_view["teacher_head"].to(dtype=h.dtype)
         loss = fused_reverse_kl(h, weight, h_t, w_t, mask=mask, temperature=self.temperature, reduction="sum",
@@ -207,8 +217,13 @@ class DistillationObjective:
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         tokens = sums.get("answer_tokens", 0.0)
-        return {"reverse_kl": sums.get("reverse_kl_sum", 0.0) / max(1.0, tokens), "answer_tokens": int(tokens),
-                "mean_answer_len": tokens / max(1.0, sums.get("sequences", 0.0))}
+        sequences = max(1.0, sums.get("sequences", 0.0))
+        out = {"reverse_kl": sums.get("reverse_kl_sum", 0.0) / max(1.0, tokens), "answer_tokens": int(tokens),
+               "mean_answer_len": tokens / sequences, "parsed_rate": sums.get("parsed_answers", 0.0) / sequences,
+               "rollouts": int(sums.get("sequences", 0.0))}
+        if "importance_ratio_sum" in sums:
+            out["importance_ratio"] = sums["importance_ratio_sum"] / max(1.0, tokens)
+        return out
 
 
 class SupervisedObjective:

@@ -36,6 +36,9 @@ class Rollout:
     answer_mask: torch.Tensor
     prompt_length: int
     answers: list[str]
+    # [B, A]: log-probs of the sampled answer tokens under the distribution they were drawn from
+    # (tempered, nucleus-filtered); None for greedy decoding. Meaningful where answer_mask is.
+    sampler_logprobs: torch.Tensor | None = None
 
     @property
     def num_answer_tokens(self) -> int:
@@ -54,7 +57,9 @@ class SeededSampler:
 
     Row i's noise at its k-th generated token is the k-th draw of generator i, whatever the
     other rows are. Scores: [B, V] float logits of the last position; returns
-    ``z / T + Gumbel`` (-inf outside the nucleus and on suppressed tokens).
+    ``z / T + Gumbel`` (-inf outside the nucleus and on suppressed tokens). It also records
+    the log-prob of each drawn token under the distribution it was drawn from
+    (:meth:`sampled_logprobs`), the "old" log-probs of a policy-gradient loss.
     """
 
     def __init__(self, seeds: Sequence[int], *, temperature: float = 1.0, top_p: float = 1.0,
@@ -66,10 +71,14 @@ class SeededSampler:
         self.temperature = temperature
         self.top_p = top_p
         self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.previous: torch.Tensor | None = None  # [B, V] log-softmax of the last draw's distribution
+        self.logprobs: list[torch.Tensor] = []  # [B] per drawn token, but the last
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if scores.shape[0] != len(self.generators):
             raise ValueError(f"SeededSampler has {len(self.generators)} seeds for a batch of {scores.shape[0]} rows")
+        if self.previous is not None:  # the token drawn last time is now the last input id
+            self.logprobs.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
         z = scores.float() / self.temperature
         if self.top_p < 1:
             sorted_z, order = z.sort(dim=-1, descending=True)
@@ -78,9 +87,22 @@ class SeededSampler:
             drop_sorted = probs.cumsum(dim=-1) - probs >= self.top_p
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             z = z.masked_fill(drop, float("-inf"))
+        self.previous = torch.log_softmax(z, dim=-1)
         u = torch.stack([torch.rand(z.shape[-1], generator=g, device=z.device) for g in self.generators])
         tiny = torch.finfo(torch.float32).tiny
         return z - torch.log(-torch.log(u.clamp(min=tiny, max=1 - 1e-7)))
+
+
+    def sampled_logprobs(self, answer_ids: torch.Tensor) -> torch.Tensor:
+        """[B, A] log-probs of ``answer_ids`` (the generated tokens) under their sampling
+        distributions (columns past the last draw: -inf; they are padding)."""
+        drawn = list(self.logprobs)
+        if self.previous is not None and len(drawn) < answer_ids.shape[1]:
+            drawn.append(self.previous.gather(1, answer_ids[:, len(drawn): len(drawn) + 1]).squeeze(1))
+        out = torch.full(answer_ids.shape, float("-inf"), device=answer_ids.device)
+        if drawn:
+            out[:, : len(drawn)] = torch.stack(drawn, dim=1).to(out.device)
+        return out
 
 
 def answer_mask_from(answer_ids: torch.Tensor, eos_ids: set[int], pad_id: int | None) -> torch.Tensor:
@@ -121,8 +143,8 @@ def generate(model: Any, processor: Any, inputs: dict[str, Any], *, seeds: Seque
             raise ValueError(f"seeds must have one entry per prompt: {len(seeds)} for {inputs['input_ids'].shape[0]}")
         from transformers import LogitsProcessorList
 
-        gen_kwargs["logits_processor"] = LogitsProcessorList(
-            [SeededSampler(seeds, temperature=temperature, top_p=top_p, device=inputs["input_ids"].device)])
+        sampler = SeededSampler(seeds, temperature=temperature, top_p=top_p, device=inputs["input_ids"].device)
+        gen_kwargs["logits_processor"] = LogitsProcessorList([sampler])
     was_training = model.training
     model.eval()
     try:
@@ -149,4 +171,5 @@ def generate(model: Any, processor: Any, inputs: dict[str, Any], *, seeds: Seque
     answers = tokenizer.batch_decode(torch.where(answer_mask, answer_ids, tokenizer.pad_token_id),
                                      skip_special_tokens=True)
     return Rollout(sequences=sequences, attention_mask=attention_mask.long(), answer_mask=full_answer_mask,
-                   prompt_length=prompt_length, answers=[a.strip() for a in answers])
+                   prompt_length=prompt_length, answers=[a.strip() for a in answers],
+                   sampler_logprobs=sampler.sampled_logprobs(answer_ids) if seeds is not None else None)

@@ -13,7 +13,7 @@ from videoopd.data.annotations import load_annotations
 from videoopd.data.video import DecodeConfig
 from videoopd.demo.teacher import DEMO_PIXELS, STUDENT_DIR, TEACHER_DIR, generate_split, load_demo_checkpoint
 from videoopd.qwen.models import check_pair
-from videoopd.training.opd import run_distillation
+from videoopd.training.post_training import run_post_training
 
 __all__ = ["DEMO_DEFAULTS", "demo_config", "run_demo"]
 
@@ -50,8 +50,10 @@ def run_demo(cfg: Any) -> int:
     say("videoopd.train demo (no --student/--teacher): on-policy distillation on the CPU, synthetic videos")
     say("with one coloured shape each. Teacher: a tiny Qwen3-VL trained by `python -m videoopd.sft`;")
     say("student: an earlier checkpoint of the same run. Both ship in videoopd/demo/assets; regenerate them")
-    say(f"with `python -m videoopd.demo_teacher`. Objective: {cfg.objective}, lr {cfg.lr:g}, "
-        f"{cfg.max_steps} steps x {cfg.batch_size * cfg.grad_accum * accelerator.num_processes} rollouts "
+    prompts = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    method = (f"GRPO, {cfg.num_generations} answers per prompt" if cfg.algo == "grpo"
+              else f"OPD objective {cfg.objective}")
+    say(f"with `python -m videoopd.demo_teacher`. {method}, lr {cfg.lr:g}, {cfg.max_steps} steps x {prompts} prompts "
         f"({accelerator.num_processes} process(es)).")
     say("=" * 78)
     data_dir = out_dir / "demo_data"
@@ -75,20 +77,23 @@ def run_demo(cfg: Any) -> int:
     decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
                                                min_pixels=cfg.min_pixels or DEMO_PIXELS,
                                                max_pixels=cfg.max_pixels or DEMO_PIXELS)
-    summary = run_distillation(cfg, accelerator, student, teacher, processor, train_records, eval_records,
-                               decode_config=decode_config, log=say)
+    reference = load_demo_checkpoint(STUDENT_DIR, trainable=False)[0] if cfg.algo == "grpo" and cfg.beta > 0 else None
+    summary = run_post_training(cfg, accelerator, student, teacher, processor, train_records, eval_records,
+                                reference=reference, decode_config=decode_config, log=say)
     if not main:
         return 0
     evals = summary["evals"]
     t_eval = summary["teacher_eval"]
-    s_before, s_after = evals.get(0), evals[cfg.max_steps]
-    rkl = [r["reverse_kl"] for r in summary["steps"]]
+    s_before, s_after = evals.get(0), evals[max(evals)]
+    curve_name, curve_key = (("reward (rollout IoU) per answer", "reward") if cfg.algo == "grpo"
+                             else ("reverse KL(student || teacher) per answer token", "reverse_kl"))
+    rkl = [r[curve_key] for r in summary["steps"]]
     width = max(1, len(rkl) // 10)
-    say(f"reverse KL(student || teacher) per answer token, mean over {width} steps:")
+    say(f"{curve_name}, mean over {width} steps:")
     for i in range(0, len(rkl), width):
         chunk = rkl[i: i + width]
         say(f"  steps {i + 1:>4}-{i + len(chunk):<4} {sum(chunk) / len(chunk):.4f}")
-    say("held-out mIoU of the student during OPD: "
+    say(f"held-out mIoU of the student during {cfg.algo.upper()}: "
         + ", ".join(f"step {tag}: {m['mIoU']:.2f}" for tag, m in evals.items()))
     if t_eval is not None and s_before is not None:
         say(f"held-out mIoU: teacher {t_eval['mIoU']:.2f} | student before {s_before['mIoU']:.2f} "
@@ -103,7 +108,7 @@ def run_demo(cfg: Any) -> int:
                 f"{r['teacher_mIoU_selected']:>9.2f} / {r['student_mIoU_selected']:.2f}")
     (out_dir / "demo_summary.json").write_text(json.dumps({
         "teacher": t_eval, "student_before": s_before, "student_after": s_after,
-        "student_evals": evals, "reverse_kl": rkl, "processes": accelerator.num_processes,
+        "student_evals": evals, curve_key: rkl, "algo": cfg.algo, "processes": accelerator.num_processes,
         "rounds": summary["rounds"],
     }, indent=1) + "\n", encoding="utf-8")
     say(f"run folder: {out_dir} (config.yaml, metrics.jsonl, eval_*.json, demo_summary.json)")

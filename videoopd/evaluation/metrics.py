@@ -25,6 +25,10 @@ _BEFORE = r"(?<![\w.:])"
 _AFTER = r"(?![\w:]|\.\d)"
 
 
+# Words between "starts"/"ends" and the time: "at", "is", ":", "around", "approximately", ...
+_LINK = r"(?:(?:is|:|=|at|around|about|approximately|roughly|from|by|on)\s*){0,3}"
+
+
 def _time(name: str) -> str:
     return rf"{_BEFORE}(?P<{name}>{_HMS}|{_MS}|{_NUM}){_UNIT}{_AFTER}"
 
@@ -33,15 +37,16 @@ def _time(name: str) -> str:
 #   "12.5 to 17.8", "12.5 - 17.8", "12.5s until 17.8s", "00:12 ~ 00:17"
 #   "[00:12, 00:17]" / "(12.5, 17.8)" (a comma only inside brackets: bare "2, 3" is prose)
 #   "between 12.5 and 17.8"
-#   "start time: 12.5, end time: 17.8"
+#   "start time: 12.5, end time: 17.8", "it starts at 12.5 seconds and ends at 17.8",
+#   "begins at 00:12 and finishes at 00:17" (how a policy writes while it learns the format)
 _SPAN_RE = re.compile(
     "|".join(
         [
             rf"{_time('s0')}\s*(?:to|until|till|-|–|—|~)\s*{_time('e0')}",
             rf"[\[(]\s*{_time('s1')}\s*,\s*{_time('e1')}\s*[\])]",
             rf"\bbetween\s+{_time('s2')}\s+and\s+{_time('e2')}",
-            rf"\bstart(?:ing)?(?:\s+time)?\s*(?:is|:|=|at)?\s*{_time('s3')}[^\d]{{0,40}}?"
-            rf"\bend(?:ing)?(?:\s+time)?\s*(?:is|:|=|at)?\s*{_time('e3')}",
+            rf"\b(?:start|begin)(?:s|ning|ing)?(?:\s+time)?\s*{_LINK}{_time('s3')}[^\d]{{0,40}}?"
+            rf"\b(?:end|finish|stop|conclude)(?:s|es|ed|ing|ping|ped)?(?:\s+time)?\s*{_LINK}{_time('e3')}",
         ]
     ),
     flags=re.IGNORECASE,
@@ -83,7 +88,8 @@ def parse_span(text: str) -> tuple[float, float] | None:
 
     Understands "12.54 to 17.83", "12.5 - 17.8", "from 12.5s to 17.8s", "12.5 seconds to
     17.8 seconds", mm:ss and hh:mm:ss pairs, ``\\boxed{[00:12, 00:17]}``, "between 3 and 5",
-    "start time: 3, end time: 5". ``<think>...</think>`` blocks are skipped (an unclosed one
+    "start time: 3, end time: 5", "it starts at 3 seconds and ends at 5", "begins at 00:03 and
+    finishes at 00:05". ``<think>...</think>`` blocks are skipped (an unclosed one
     yields None) and when ``<answer>`` tags are present only the last answer is read.
     A span with start > end is returned as parsed, not swapped: the metric scores it 0.
     """

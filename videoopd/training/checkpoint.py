@@ -66,6 +66,7 @@ class TrainerState:
     best_step: int | None = None
     last_eval_step: int | None = None
     processes: int = 1
+    train_time_s: float = 0.0  # seconds spent in optimizer steps so far (the time budget's clock)
     round_indices: list[int] | None = None  # the curriculum's current selection (pool indices)
     round_records: list[dict[str, Any]] = field(default_factory=list)  # one per curriculum round so far
     model_signature: str = ""

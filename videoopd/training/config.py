@@ -74,6 +74,9 @@ class RunOptions(DataOptions):
     grad_accum: int = opt("micro-batches per optimizer step (effective batch = batch_size * grad_accum * "
                           "processes)", default=1)
     max_steps: int = opt("optimizer steps", default=100)
+    time_budget_s: float = opt("also stop after the optimizer step during which the run's training time (steps, "
+                               "not evaluations) reaches this many seconds, evaluating and saving as at the end "
+                               "(0: no limit)", default=0.0)
     seed: int = opt("random seed", default=0)
     # evaluation / output
     eval_every: int = opt("evaluate on --eval-data every K steps (0: only at the end)", default=0)
@@ -125,10 +128,10 @@ def check_run_options(cfg: RunOptions) -> None:
     if not 0 <= cfg.adam_beta2 < 1:
         raise ConfigError(f"adam_beta2 must be in [0, 1), got {cfg.adam_beta2!r}")
     for name in ("warmup_steps", "eval_every", "save_every", "keep_checkpoints", "num_workers", "max_grad_norm",
-                 "weight_decay", "lora_r"):
+                 "weight_decay", "lora_r", "time_budget_s"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
-    for name in ("lr", "max_grad_norm", "weight_decay", "fps"):
+    for name in ("lr", "max_grad_norm", "weight_decay", "fps", "time_budget_s"):
         if not math.isfinite(getattr(cfg, name)):
             raise ConfigError(f"{name} must be finite, got {getattr(cfg, name)!r}")
     if cfg.lora_r:

@@ -293,6 +293,8 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
     main = accelerator.is_main_process
     world = accelerator.num_processes
     set_seed(cfg.seed)
+    if accelerator.device.type == "cuda":  # this run's peak, not an earlier one's in the same process
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
     if cfg.lora_r:
         try:
             model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -371,6 +373,7 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc=objective.name, unit="step",
                disable=not (cfg.progress and main), dynamic_ncols=True)
     start = time.perf_counter()
+    train_time = state.train_time_s
     try:
         with StopSignals(announce=main) as stop:
             if eval_records and cfg.eval_before and state.step == 0:
@@ -385,9 +388,13 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
                 sums, per_rank, timer, ids = optimizer_step(step, accelerator, wrapper, model, objective, data,
                                                             optimizer, scheduler, masters, cfg)
                 per_rank["stop_signal"] = float(stop.signum or 0)
+                per_rank["train_time_s"] = train_time + (time.perf_counter() - t0)
                 summed, ranks = reduce_step_metrics(accelerator, sums, per_rank)  # the step's one host sync
                 elapsed = time.perf_counter() - t0
+                train_time = max(ranks["train_time_s"])  # the same on every process: the budget stops them together
                 state.step, state.epoch, state.batches_in_epoch = step, data.epoch, data.batches_in_epoch
+                state.train_time_s = train_time
+                out_of_time = bool(cfg.time_budget_s) and train_time >= cfg.time_budget_s and step < cfg.max_steps
                 row: dict[str, Any] = {"step": step, "loss": summed["loss"], **objective.summarize(summed),
                                        "lr": lr, "grad_norm": ranks["grad_norm"][0] if "grad_norm" in ranks else None,
                                        "tokens_per_s": summed.get("context_tokens", 0.0) / elapsed,
@@ -395,7 +402,8 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
                                        **{f"time/{k}_s": v for k, v in timer.seconds().items()},
                                        "peak_mem_mb": max(ranks["peak_mem_mb"]),
                                        "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
-                                       "processes": world, "time_s": time.perf_counter() - start}
+                                       "processes": world, "time_s": time.perf_counter() - start,
+                                       "train_time_s": train_time}
                 if not math.isfinite(row["loss"]):
                     raise FloatingPointError(f"step {step}: non-finite loss {row['loss']}")
                 summary["steps"].append(row)
@@ -410,12 +418,16 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
                                                                       if "reverse_kl" in row else "")
                             + f"  {row['tokens_per_s']:.0f} tok/s  {elapsed:.1f}s")
                 signum = int(max(ranks["stop_signal"]))  # every process agrees, through the gather
-                if evaluation_due(step) and not signum:
+                if (evaluation_due(step) or (out_of_time and eval_records)) and not signum:
                     run_evaluation(step)
-                if signum or (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps)):
+                if signum or (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps or out_of_time)):
                     summary["checkpoint"] = save_checkpoint(accelerator, state, out_dir, cfg.keep_checkpoints)
                 if signum:
                     raise Preempted(signum, step, summary["checkpoint"])
+                if out_of_time:
+                    log(f"time budget of {cfg.time_budget_s:g} s of training reached after step {step}")
+                    summary["stopped_by_time_budget"] = step
+                    break
     finally:
         bar.close()
         if metrics_log is not None:

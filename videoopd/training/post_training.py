@@ -1,12 +1,15 @@
-"""An on-policy distillation run after its models are loaded: the teacher placed by the engine,
-held-out evaluation before, the loop with :class:`DistillationObjective`, evaluation after.
-``python -m videoopd.train`` and the demo run it."""
+"""A post-training run after its models are loaded, on-policy distillation (``cfg.algo`` "opd")
+or the GRPO baseline ("grpo"): the teacher (and GRPO's reference) placed by the engine,
+held-out evaluation before, the TVDF curriculum when asked, the one loop with the algorithm's
+objective, evaluation after. ``python -m videoopd.train``, ``videoopd.compare`` and the demo
+run it."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any, Callable
 
+from videoopd.algo.grpo import GroupedCollator, GRPOObjective
 from videoopd.algo.objectives import DistillationObjective
 from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
 from videoopd.data.video import DecodeConfig
@@ -17,15 +20,18 @@ from videoopd.training.curriculum import TVDFCurriculum, one_pass_steps
 from videoopd.training.distributed import place_teacher
 from videoopd.training.loop import evaluate_held_out, train
 
-__all__ = ["run_distillation"]
+__all__ = ["run_post_training"]
 
 
-def run_distillation(cfg: Any, accelerator: Any, student: Any, teacher: Any, processor: Any,
-                     train_records: list[Any], eval_records: list[Any] | None, *, teacher_processor: Any = None,
-                     decode_config: Any = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Place the teacher, evaluate it (``cfg.eval_teacher``), train with
-    :class:`DistillationObjective` (the loop evaluates the student before, during and after),
-    report. ``cfg``: ``videoopd.train.TrainConfig``.
+def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, processor: Any,
+                      train_records: list[Any], eval_records: list[Any] | None, *, teacher_processor: Any = None,
+                      reference: Any = None, decode_config: Any = None,
+                      log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Place the teacher, evaluate it (``cfg.eval_teacher``), train with the algorithm's
+    objective (:class:`DistillationObjective` or :class:`GRPOObjective`; the loop evaluates
+    the student before, during and after), report. ``cfg``: ``videoopd.train.TrainConfig``.
+    ``teacher``: needed by OPD, and by GRPO only for ``eval_teacher`` or the curriculum (else
+    None); ``reference``: GRPO's frozen reference policy when ``cfg.beta > 0``.
 
     Returns the loop's summary with ``teacher_eval`` (held-out metrics, or None) and
     ``teacher_sharded`` (whether FSDP2 sharded the teacher).
@@ -40,8 +46,13 @@ def run_distillation(cfg: Any, accelerator: Any, student: Any, teacher: Any, pro
     if main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
+    if teacher is None and (cfg.algo == "opd" or cfg.rounds or cfg.eval_teacher):
+        raise ConfigError("a teacher is needed (OPD, --rounds and --eval-teacher use it)")
     try:
-        teacher = place_teacher(accelerator, teacher, cfg.teacher_placement, cfg.teacher_device)
+        if teacher is not None:
+            teacher = place_teacher(accelerator, teacher, cfg.teacher_placement, cfg.teacher_device)
+        if reference is not None:
+            reference = place_teacher(accelerator, reference, cfg.teacher_placement, cfg.teacher_device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     decode_config = decode_config or DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
@@ -55,9 +66,21 @@ def run_distillation(cfg: Any, accelerator: Any, student: Any, teacher: Any, pro
         teacher_eval = evaluate_held_out(cfg, accelerator, teacher, teacher_processor or processor, eval_records,
                                          decode_config, "teacher")
         say(f"teacher held-out mIoU: {teacher_eval['mIoU']:.2f}")
-    objective = DistillationObjective(teacher, processor, objective=cfg.objective, reduction=cfg.reduction,
-                                      temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                                      seed=cfg.seed, vocab_size=lm_head_weight(student).shape[0])
+    vocab = lm_head_weight(student).shape[0]
+    collator: Any = GroundingCollator(processor, prompt_style=cfg.prompt_style)
+    if cfg.algo == "grpo":
+        if cfg.beta > 0 and reference is None:
+            raise ConfigError("--beta > 0 needs the reference policy (a frozen copy of the initial student)")
+        objective: Any = GRPOObjective(processor, num_generations=cfg.num_generations, advantage=cfg.advantage,
+                                       clip_eps=cfg.clip_eps, beta=cfg.beta, reference=reference,
+                                       format_reward=cfg.format_reward, reduction=cfg.reduction,
+                                       temperature=cfg.temperature, top_p=cfg.top_p,
+                                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, vocab_size=vocab)
+        collator = GroupedCollator(collator, cfg.num_generations)
+    else:
+        objective = DistillationObjective(teacher, processor, objective=cfg.objective, reduction=cfg.reduction,
+                                          temperature=cfg.temperature, top_p=cfg.top_p,
+                                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, vocab_size=vocab)
     dataset = GroundingVideoDataset(train_records, decode_config, on_error="report")
     curriculum = None
     if cfg.rounds:
@@ -71,13 +94,12 @@ def run_distillation(cfg: Any, accelerator: Any, student: Any, teacher: Any, pro
             cfg.max_steps = curriculum.total_steps
     if main_process:
         say(f"config: {save_config(cfg, out_dir)}")
-    summary = train(cfg, accelerator, student, processor, objective, dataset,
-                    GroundingCollator(processor, prompt_style=cfg.prompt_style), eval_records,
+    summary = train(cfg, accelerator, student, processor, objective, dataset, collator, eval_records,
                     decode_config=decode_config, resume_from=resume_from, curriculum=curriculum, log=say)
     summary["teacher_eval"] = teacher_eval
-    summary["teacher_sharded"] = is_fsdp_sharded(teacher)
-    if eval_records and cfg.max_steps in summary["evals"]:
-        say(f"student held-out mIoU after: {summary['evals'][cfg.max_steps]['mIoU']:.2f}")
+    summary["teacher_sharded"] = teacher is not None and is_fsdp_sharded(teacher)
+    if eval_records and summary["evals"]:
+        say(f"student held-out mIoU after: {summary['evals'][max(summary['evals'])]['mIoU']:.2f}")
     if cfg.save_final:
         say(f"saved {out_dir / 'final'}")
     return summary

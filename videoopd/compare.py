@@ -1,0 +1,130 @@
+"""On-policy distillation against the GRPO baseline, from the same student, on the same data,
+seed, held-out split and evaluation schedule, under the same budget.
+
+    python -m videoopd.compare                                     # the CPU demo (tiny models)
+    python -m videoopd.compare --student S --teacher T --train-data F --eval-data F \\
+        --budget samples --budget-value 20000 --eval-every 100 --output-dir runs/compare
+    accelerate launch --config_file configs/accelerate/fsdp2.yaml -m videoopd.compare ...
+
+Each method is a ``python -m videoopd.train`` run (``--algo opd`` / ``--algo grpo``; its own
+process when there is one process, so that peak memory is its own) into
+``OUTPUT_DIR/opd`` and ``OUTPUT_DIR/grpo`` with the shared options plus the method's own
+(``--opd-args``, ``--grpo-args``); any other option is passed to both. Budgets: ``steps`` (the
+same optimizer steps), ``samples`` (the same number of training prompts: steps = samples /
+prompts per step, each method's own), ``seconds`` (the same training time, optimizer steps
+only: ``--time-budget-s``). Then ``comparison.md`` / ``.json`` / ``.png``
+(:mod:`videoopd.evaluation.comparison`) are written to OUTPUT_DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["DEMO_METHOD_ARGS", "build_parser", "main", "method_argv"]
+
+# Method options the demo uses unless --opd-args / --grpo-args say otherwise. GRPO: 2 prompts x
+# 8 answers = 16 rollouts a step against OPD's 8 prompts x 1.
+DEMO_METHOD_ARGS = {"opd": [], "grpo": ["--batch-size", "2", "--num-generations", "8"]}
+METHODS = ("opd", "grpo")
+DESCRIPTION = ("Compare on-policy distillation with GRPO: same student, data, seed, held-out split, evaluation "
+               "schedule and budget. Options not listed here go to both `videoopd.train` runs.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m videoopd.compare", description=DESCRIPTION)
+    parser.add_argument("--budget", choices=("steps", "samples", "seconds"), default="steps",
+                        help="what both methods get the same amount of (default: steps)")
+    parser.add_argument("--budget-value", type=float, default=200,
+                        help="optimizer steps, training prompts or training seconds (default: 200)")
+    parser.add_argument("--eval-every", type=int, default=50, help="held-out evaluation every K steps (default: 50)")
+    parser.add_argument("--output-dir", default="runs/compare", help="folder of both runs and the comparison "
+                        "(default: runs/compare)")
+    parser.add_argument("--methods", default="opd,grpo", help="comma-separated, from opd and grpo (default: both)")
+    parser.add_argument("--opd-args", default=None, help="options of the OPD run only, one quoted string "
+                        "(default on the demo: none)")
+    parser.add_argument("--grpo-args", default=None, help="options of the GRPO run only, one quoted string "
+                        f"(default on the demo: {' '.join(DEMO_METHOD_ARGS['grpo'])})")
+    return parser
+
+
+def method_argv(method: str, shared: Sequence[str], own: Sequence[str], budget: str, value: float,
+                prompts_per_step: int, out_dir: Path, eval_every: int) -> list[str]:
+    """The ``videoopd.train`` command line of one method."""
+    argv = [*shared, *own, "--algo", method, "--output-dir", str(out_dir / method), "--eval-every", str(eval_every)]
+    if budget == "steps":
+        argv += ["--max-steps", str(int(value))]
+    elif budget == "samples":
+        argv += ["--max-steps", str(max(1, math.ceil(value / prompts_per_step)))]
+    else:
+        # the run stops on time; the step limit only has to be out of reach (constant LR schedule)
+        argv += ["--time-budget-s", str(value), "--max-steps", str(10 ** 7)]
+    return argv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args, shared = build_parser().parse_known_args(list(argv) if argv is not None else None)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        print(f"python -m videoopd.compare: error: --methods must name opd and/or grpo, got {args.methods!r}",
+              file=sys.stderr)
+        return 2
+    if not (math.isfinite(args.budget_value) and args.budget_value > 0) or args.eval_every < 1:
+        print("python -m videoopd.compare: error: --budget-value must be > 0 and --eval-every >= 1", file=sys.stderr)
+        return 2
+    demo = not any(a == "--student" or a.startswith("--student=") for a in shared)
+    out_dir = Path(args.output_dir)
+    from videoopd import train
+    from videoopd.training.config import ConfigError
+
+    runs = {}
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    for method in methods:
+        given = getattr(args, f"{method}_args")
+        own = shlex.split(given) if given is not None else (DEMO_METHOD_ARGS[method] if demo else [])
+        try:
+            cfg = train.resolve_config([*shared, *own, "--algo", method])
+        except ConfigError as exc:
+            print(f"python -m videoopd.compare: error: {method}: {exc}", file=sys.stderr)
+            return 2
+        if demo:  # the demo's own defaults (batch size, ...) where no flag is given
+            from videoopd.demo.run import demo_config
+
+            given_flags = {a.split("=")[0].lstrip("-").replace("-", "_") for a in [*shared, *own] if a.startswith("--")}
+            cfg = demo_config(cfg, given_flags)
+        prompts_per_step = cfg.batch_size * cfg.grad_accum * world
+        if method == "opd" and "--eval-teacher" not in shared and (demo or cfg.teacher is not None):
+            own = [*own, "--eval-teacher", "true"]  # the teacher's line on the plot
+        command = method_argv(method, shared, own, args.budget, args.budget_value, prompts_per_step, out_dir,
+                              args.eval_every)
+        print(f"=== {method}: python -m videoopd.train {shlex.join(command)}", flush=True)
+        if world == 1:  # its own process: its own peak memory, nothing left over from the other run
+            code = subprocess.run([sys.executable, "-m", "videoopd.train", *command]).returncode
+        else:  # under accelerate launch every process runs both, one after the other
+            code = train.main(command)
+        if code != 0:
+            print(f"python -m videoopd.compare: the {method} run failed (exit {code}); its folder keeps what it "
+                  "wrote", file=sys.stderr)
+            return code
+        runs[method] = out_dir / method
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        from videoopd.evaluation.comparison import write_comparison
+
+        result = write_comparison(runs, out_dir)
+        print(result["table"])
+        print(f"comparison: {out_dir / 'comparison.md'}, {out_dir / 'comparison.json'}"
+              + (f", {result['plot']}" if result["plot"] else " (no plot: matplotlib is not installed)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
