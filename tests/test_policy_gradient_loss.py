@@ -107,3 +107,20 @@ def test_bad_arguments(kwargs, message):
         policy_gradient_loss(lp, adv, mask, **kwargs)
     with pytest.raises(ValueError, match="advantages has shape"):
         policy_gradient_loss(lp, adv[:, :3], mask)
+
+
+def test_expected_sampled_gradient_is_the_exact_reverse_kl_gradient():
+    """On a small categorical, the sampled OPD loss's gradient averaged over every token y
+    (weighted by the student's p_y) equals the gradient of the exact KL(p || q)."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(7, generator=gen, dtype=torch.float64, requires_grad=True)
+    teacher = torch.log_softmax(torch.randn(7, generator=gen, dtype=torch.float64), dim=0)
+    log_p = torch.log_softmax(logits, dim=0)
+    (exact,) = torch.autograd.grad((log_p.exp() * (log_p - teacher)).sum(), [logits])
+    expected = torch.zeros_like(logits)
+    for y in range(7):
+        lp = torch.log_softmax(logits, dim=0)[y].reshape(1, 1)
+        loss, _ = sampled_reverse_kl_loss(lp, teacher[y].reshape(1, 1), torch.ones(1, 1, dtype=torch.bool))
+        (g,) = torch.autograd.grad(loss, [logits])
+        expected += log_p.detach()[y].exp() * g
+    torch.testing.assert_close(expected, exact, rtol=1e-12, atol=1e-14)
