@@ -182,7 +182,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     if problem is not None:
         parser.error(problem)
 
-    from videoopd.qwen.models import load_policy
+    from videoopd.qwen.models import CheckpointError, check_checkpoint, load_policy
     from videoopd.qwen.processing import load_processor
 
     try:
@@ -197,6 +197,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     if not records:
         print("no records to evaluate", file=sys.stderr)
         return 1
+    try:
+        check_checkpoint(args.model)
+    except CheckpointError as exc:
+        parser.error(f"--model: {exc}")
 
     processor = load_processor(args.model)
     try:

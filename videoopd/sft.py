@@ -101,10 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from videoopd.training.loop import make_accelerator
-    from videoopd.training.setup import load_pool
+    from videoopd.training.setup import check_model_folder, load_pool
 
     try:
         cfg = resolve_config(argv)
+        if cfg.model is not None:
+            check_model_folder(cfg.model, "--model")
         train_records = load_pool(cfg.train_data, cfg, "train_data")
         eval_records = load_pool(cfg.eval_data, cfg, "eval_data") if cfg.eval_data else None
         accelerator = make_accelerator(cfg)

@@ -10,13 +10,14 @@ __all__ = ["check_model_folder", "load_pool"]
 
 
 def check_model_folder(path: str | Path, flag: str) -> Path:
-    """``path`` as a Hugging Face checkpoint folder; ConfigError naming ``flag`` otherwise."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ConfigError(f"{flag}: model folder not found: {path}")
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{flag}: {path} has no config.json (not a Hugging Face checkpoint)")
-    return path
+    """``path`` as a loadable Hugging Face checkpoint folder
+    (:func:`videoopd.qwen.models.check_checkpoint`); ConfigError naming ``flag`` otherwise."""
+    from videoopd.qwen.models import CheckpointError, check_checkpoint
+
+    try:
+        return check_checkpoint(path)
+    except CheckpointError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
 
 
 def load_pool(path: str | None, cfg: DataOptions, what: str) -> list[Any]:

@@ -1,0 +1,101 @@
+"""Bad inputs of the commands (train, sft, eval) are one-line errors naming the flag or file and
+what is wrong, exit 2, before any work."""
+import json
+import shutil
+
+import pytest
+
+from videoopd import eval as E
+from videoopd import sft as S
+from videoopd import train as T
+from videoopd.qwen.models import CheckpointError, check_checkpoint
+
+
+def _broken_copy(checkpoint, out, breakage):
+    """A copy of ``checkpoint`` in ``out`` with one thing wrong."""
+    shutil.copytree(checkpoint, out)
+    weights = out / "model.safetensors"
+    if breakage == "no config.json":
+        for f in out.iterdir():
+            f.unlink()
+    elif breakage == "only config.json":
+        for f in out.iterdir():
+            if f.name != "config.json":
+                f.unlink()
+    elif breakage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif breakage == "garbage weights":
+        weights.write_bytes(b"\x93garbage" * 100)
+    elif breakage == "no model_type":
+        config = json.loads((out / "config.json").read_text())
+        del config["model_type"]
+        (out / "config.json").write_text(json.dumps(config))
+    elif breakage == "config.json not JSON":
+        (out / "config.json").write_text("{not json")
+    elif breakage == "missing shard":
+        weights.rename(out / "model-00001-of-00002.safetensors")
+        (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+            "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    elif breakage == "no tokenizer":
+        (out / "tokenizer.json").unlink()
+        (out / "tokenizer_config.json").unlink()
+    elif breakage == "no chat template":
+        (out / "chat_template.jinja").unlink()
+    elif breakage == "lora adapter":
+        for f in out.iterdir():
+            f.unlink()
+        (out / "adapter_config.json").write_text("{}")
+    return out
+
+
+BREAKAGES = {
+    "no config.json": "has no config.json",
+    "only config.json": "has no weights",
+    "truncated weights": "is not a readable safetensors file",
+    "garbage weights": "is not a readable safetensors file",
+    "no model_type": "has no model_type",
+    "config.json not JSON": "is not valid JSON",
+    "missing shard": "weights file missing",
+    "no tokenizer": "has no tokenizer",
+    "no chat template": "has no chat template",
+    "lora adapter": "holds a LoRA adapter",
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_check_checkpoint_names_what_is_wrong(tmp_path, tiny_qwen25_checkpoint, breakage):
+    broken = _broken_copy(tiny_qwen25_checkpoint, tmp_path / "model", breakage)
+    with pytest.raises(CheckpointError, match=BREAKAGES[breakage]):
+        check_checkpoint(broken)
+    assert check_checkpoint(tiny_qwen25_checkpoint) == tiny_qwen25_checkpoint
+
+
+def _one_line_error(capsys, code, flag, message):
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and flag in err and message in err, err
+
+
+def _exit_code(main, argv):
+    try:
+        return main(argv)
+    except SystemExit as exc:  # eval's argparse errors exit
+        return exc.code
+
+
+@pytest.mark.parametrize("breakage", ["no config.json", "only config.json", "truncated weights", "no tokenizer",
+                                      "no chat template"])
+def test_commands_refuse_a_broken_model_folder_before_any_work(tmp_path, capsys, synthetic_dir,
+                                                               tiny_qwen25_checkpoint, breakage):
+    broken = str(_broken_copy(tiny_qwen25_checkpoint, tmp_path / "model", breakage))
+    good, ann, out = str(tiny_qwen25_checkpoint), str(synthetic_dir / "annotations.jsonl"), tmp_path / "out"
+    message = BREAKAGES[breakage]
+    code = _exit_code(E.main, ["--model", broken, "--data", ann, "--output", str(out / "p.jsonl")])
+    _one_line_error(capsys, code, "--model", message)
+    code = S.main(["--model", broken, "--train-data", ann, "--output-dir", str(out)])
+    _one_line_error(capsys, code, "--model", message)
+    code = T.main(["--student", broken, "--teacher", good, "--train-data", ann, "--output-dir", str(out)])
+    _one_line_error(capsys, code, "--student", message)
+    code = T.main(["--student", good, "--teacher", broken, "--train-data", ann, "--output-dir", str(out)])
+    _one_line_error(capsys, code, "--teacher", message)
+    assert not out.exists()
