@@ -182,9 +182,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     if problem is not None:
         parser.error(problem)
 
-    from videoopd.qwen.models import CheckpointError, check_checkpoint, load_policy
+    from videoopd.qwen.models import CheckpointError, available_device, check_checkpoint, load_policy
     from videoopd.qwen.processing import load_processor
 
+    if args.device is not None:
+        try:
+            available_device(args.device)
+        except ValueError as exc:
+            parser.error(f"--device: {exc}")
     try:
         records, summary = load_annotations(
             args.data, args.format, video_root=args.video_root, durations=args.durations, strict=args.strict

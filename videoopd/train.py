@@ -100,10 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(argv) if argv is not None else sys.argv[1:]
     from videoopd.training.loop import make_accelerator
-    from videoopd.training.setup import check_model_folder, load_pool
+    from videoopd.training.setup import check_device, check_model_folder, load_pool
 
     try:
         cfg = resolve_config(argv)
+        check_device(cfg.device, "--device")
+        check_device(cfg.teacher_device, "--teacher-device")
         if cfg.student is None:
             if cfg.train_data is not None:
                 raise ConfigError("--train-data needs --student and --teacher")

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from videoopd import eval as E
 from videoopd import sft as S
@@ -98,4 +99,45 @@ def test_commands_refuse_a_broken_model_folder_before_any_work(tmp_path, capsys,
     _one_line_error(capsys, code, "--student", message)
     code = T.main(["--student", good, "--teacher", broken, "--train-data", ann, "--output-dir", str(out)])
     _one_line_error(capsys, code, "--teacher", message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("gpu", "is not a device name"),
+    ("cuda:x", "is not a device name"),
+    ("mps", "this machine has no mps device"),
+])
+def test_available_device_names_what_is_wrong(spec, message):
+    from videoopd.qwen.models import available_device
+
+    with pytest.raises(ValueError, match=message):
+        available_device(spec)
+    assert str(available_device("cpu")) == "cpu"
+
+
+def test_cuda_index_past_the_devices_there_are(monkeypatch):
+    from videoopd.qwen.models import available_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match="has 2 cuda device"):
+        available_device("cuda:3")
+    assert str(available_device("cuda:1")) == "cuda:1"
+
+
+@pytest.mark.parametrize("spec", ["nonsense", f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 3}"])
+def test_commands_refuse_a_device_this_machine_lacks(tmp_path, capsys, synthetic_dir, tiny_qwen25_checkpoint, spec):
+    good, ann, out = str(tiny_qwen25_checkpoint), str(synthetic_dir / "annotations.jsonl"), tmp_path / "out"
+    code = _exit_code(E.main, ["--model", good, "--data", ann, "--device", spec, "--output", str(out / "p.jsonl")])
+    _one_line_error(capsys, code, "--device", spec)
+    code = S.main(["--model", good, "--train-data", ann, "--device", spec, "--output-dir", str(out)])
+    _one_line_error(capsys, code, "--device", spec)
+    code = T.main(["--student", good, "--teacher", good, "--train-data", ann, "--device", spec,
+                   "--output-dir", str(out)])
+    _one_line_error(capsys, code, "--device", spec)
+    code = T.main(["--student", good, "--teacher", good, "--train-data", ann, "--teacher-device", spec,
+                   "--output-dir", str(out)])
+    _one_line_error(capsys, code, "--teacher-device", spec)
+    code = T.main(["--device", spec, "--output-dir", str(out)])  # the demo
+    _one_line_error(capsys, code, "--device", spec)
     assert not out.exists()

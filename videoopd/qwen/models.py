@@ -17,6 +17,7 @@ import torch
 
 __all__ = [
     "attn_implementation_for",
+    "available_device",
     "base_hidden_states",
     "CheckpointError",
     "call_as_forward",
@@ -111,6 +112,25 @@ def prepare_policy(model: Any, *, trainable: bool, gradient_checkpointing: bool 
             p.requires_grad_(False)
         model.eval()
     return model
+
+
+def available_device(spec: str) -> torch.device:
+    """``spec`` as a device of this machine; ValueError saying why not (not a device name, no
+    such kind of device here, or an index past the devices there are)."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{spec!r} is not a device name (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise ValueError(f"{spec!r}: this machine has no {device.type} device")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"{spec!r}: this machine has {count} {device.type} device(s), "
+                         f"{device.type}:0 to {device.type}:{count - 1}")
+    return device
 
 
 class CheckpointError(ValueError):

@@ -6,7 +6,20 @@ from typing import Any
 
 from videoopd.training.config import ConfigError, DataOptions
 
-__all__ = ["check_model_folder", "load_pool"]
+__all__ = ["check_device", "check_model_folder", "load_pool"]
+
+
+def check_device(spec: str | None, flag: str) -> None:
+    """ConfigError naming ``flag`` when ``spec`` (None: the default device) is no device of
+    this machine."""
+    from videoopd.qwen.models import available_device
+
+    if spec is None:
+        return
+    try:
+        available_device(spec)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
 
 
 def check_model_folder(path: str | Path, flag: str) -> Path:
