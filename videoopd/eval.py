@@ -140,6 +140,9 @@ def _output_problem(data: Path, output: Path) -> str | None:
     any work, so that a wrong --output never replaces the annotations."""
     if output.is_dir():
         return f"--output {output} is a folder; give a file path, e.g. {output / (data.stem + '.predictions.jsonl')}"
+    blocking = next((folder for folder in output.parents if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        return f"--output {output}: {blocking} is a file, not a folder"
     if _same_file(output, data):
         return f"--output {output} is the --data file {data}: the predictions would replace the annotations"
     for kind, path in (("metrics", _metrics_path(output)), ("identity", identity_path(output))):

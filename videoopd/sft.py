@@ -101,10 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from videoopd.training.loop import make_accelerator
-    from videoopd.training.setup import check_device, check_model_folder, load_pool
+    from videoopd.training.setup import check_device, check_model_folder, check_output_dir, load_pool
 
     try:
         cfg = resolve_config(argv)
+        check_output_dir(cfg.output_dir)
         check_device(cfg.device, "--device")
         if cfg.model is not None:
             check_model_folder(cfg.model, "--model")

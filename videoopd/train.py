@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -66,6 +67,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 CHOICES = {**RUN_CHOICES, "objective": ("sampled", "full"), "reduction": ("sequence_sum", "token_mean", "sum"),
            "teacher_placement": ("auto", "replicate", "shard")}
 POSITIVE = RUN_POSITIVE + ("demo_videos", "demo_steps")
+# One video held out for evaluation and one to train on.
+MIN_DEMO_VIDEOS = 2
 PRESET_HELP = ("video-opd: temperature 0.9, lr 1e-6, effective batch 32 (1 x 32 accumulation on one process; "
                "divide --grad-accum by the process count), fps 2, 768 frames, vision frozen, sampled objective "
                "summed over completion tokens")
@@ -83,14 +86,17 @@ def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     cfg = parse_config(TrainConfig, argv, prog="python -m videoopd.train", description=DESCRIPTION,
                        choices=CHOICES, positive=POSITIVE, presets=PRESETS, preset_help=PRESET_HELP)
     check_run_options(cfg)
-    if not cfg.temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {cfg.temperature!r}")
+    if not 0 < cfg.temperature < math.inf:
+        raise ConfigError(f"temperature must be > 0 and finite, got {cfg.temperature!r}")
     if not 0 < cfg.top_p <= 1:
         raise ConfigError(f"top_p must be in (0, 1], got {cfg.top_p!r}")
     if cfg.preset is not None and (cfg.student is None or cfg.teacher is None):  # type: ignore[attr-defined]
         raise ConfigError(f"--preset {cfg.preset} needs --student and --teacher (local checkpoint folders)")  # type: ignore[attr-defined]
     if (cfg.student is None) != (cfg.teacher is None):
         raise ConfigError("give both --student and --teacher (or neither, for the CPU demo)")
+    if cfg.demo_videos < MIN_DEMO_VIDEOS:
+        raise ConfigError(f"demo_videos must be at least {MIN_DEMO_VIDEOS} (half are held out, the rest trained "
+                          f"on), got {cfg.demo_videos}")
     return cfg
 
 
@@ -100,10 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(argv) if argv is not None else sys.argv[1:]
     from videoopd.training.loop import make_accelerator
-    from videoopd.training.setup import check_device, check_model_folder, load_pool
+    from videoopd.training.setup import check_device, check_model_folder, check_output_dir, load_pool
 
     try:
         cfg = resolve_config(argv)
+        check_output_dir(cfg.output_dir)
         check_device(cfg.device, "--device")
         check_device(cfg.teacher_device, "--teacher-device")
         if cfg.student is None:

@@ -141,3 +141,31 @@ def test_commands_refuse_a_device_this_machine_lacks(tmp_path, capsys, synthetic
     code = T.main(["--device", spec, "--output-dir", str(out)])  # the demo
     _one_line_error(capsys, code, "--device", spec)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--temperature", "inf"], "temperature must be > 0 and finite, got inf"),
+    (["--temperature", "nan"], "temperature must be > 0 and finite, got nan"),
+    (["--top-p", "nan"], "top_p must be in (0, 1], got nan"),
+    (["--demo-videos", "1"], "demo_videos must be at least 2"),
+])
+def test_sampling_and_demo_values_are_checked(tmp_path, capsys, argv, message):
+    code = T.main(argv + ["--output-dir", str(tmp_path / "run")])
+    _one_line_error(capsys, code, message.split()[0], message)
+
+
+def test_output_paths_that_are_files_are_refused_before_any_work(tmp_path, capsys, synthetic_dir,
+                                                                 tiny_qwen25_checkpoint):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    ann, good = str(synthetic_dir / "annotations.jsonl"), str(tiny_qwen25_checkpoint)
+    for output_dir in (a_file, a_file / "run"):
+        code = T.main(["--output-dir", str(output_dir), "--demo-videos", "2"])  # the demo
+        _one_line_error(capsys, code, "--output-dir", "is a file, not a folder")
+        code = T.main(["--student", good, "--teacher", good, "--train-data", ann, "--output-dir", str(output_dir)])
+        _one_line_error(capsys, code, "--output-dir", "is a file, not a folder")
+        code = S.main(["--init-tiny", "qwen3_vl", "--train-data", ann, "--output-dir", str(output_dir)])
+        _one_line_error(capsys, code, "--output-dir", "is a file, not a folder")
+    code = _exit_code(E.main, ["--model", good, "--data", ann, "--output", str(a_file / "p.jsonl")])
+    _one_line_error(capsys, code, "--output", "is a file, not a folder")
+    assert a_file.read_text() == ""

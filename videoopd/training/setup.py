@@ -6,7 +6,7 @@ from typing import Any
 
 from videoopd.training.config import ConfigError, DataOptions
 
-__all__ = ["check_device", "check_model_folder", "load_pool"]
+__all__ = ["check_device", "check_model_folder", "check_output_dir", "load_pool"]
 
 
 def check_device(spec: str | None, flag: str) -> None:
@@ -20,6 +20,17 @@ def check_device(spec: str | None, flag: str) -> None:
         available_device(spec)
     except ValueError as exc:
         raise ConfigError(f"{flag}: {exc}") from None
+
+
+def check_output_dir(path: str | Path, flag: str = "--output-dir") -> None:
+    """ConfigError when ``path`` cannot be a folder: it, or a folder it would be in, is a file."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == path else f" ({folder} is)"
+                raise ConfigError(f"{flag} {path} is a file, not a folder{where}")
+            return
 
 
 def check_model_folder(path: str | Path, flag: str) -> Path:
