@@ -30,7 +30,7 @@ from typing import Any, Iterable, NoReturn
 import torch
 
 from videoopd.data.annotations import load_annotations
-from videoopd.data.video import DecodeConfig
+from videoopd.data.video import DecodeConfig, VideoDecodeError
 from videoopd.evaluation.evaluate import (
     EvalResult,
     check_resumable,
@@ -232,21 +232,25 @@ def main(argv: Iterable[str] | None = None) -> int:
             parser.error(f"--resume: {exc}")
     model = load_policy(args.model, device=device, trainable=False, dtype=args.dtype,
                         attn_implementation=args.attn_implementation)
-    result = evaluate(
-        model,
-        processor,
-        records,
-        decode_config=decode_config,
-        prompt_style=args.prompt,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        num_workers=args.num_workers,
-        predictions_path=output,
-        resume=args.resume,
-        on_video_error=args.on_video_error,
-        progress=not args.no_progress,
-        identity=inputs,
-    )
+    try:
+        result = evaluate(
+            model,
+            processor,
+            records,
+            decode_config=decode_config,
+            prompt_style=args.prompt,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            num_workers=args.num_workers,
+            predictions_path=output,
+            resume=args.resume,
+            on_video_error=args.on_video_error,
+            progress=not args.no_progress,
+            identity=inputs,
+        )
+    except (VideoDecodeError, FileNotFoundError) as exc:  # --on-video-error raise
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     metrics_path = _metrics_path(output)
     metrics_path.write_text(
         json.dumps({"overall": result.metrics, "per_source": result.per_source, "failed_videos": len(result.failed_videos),

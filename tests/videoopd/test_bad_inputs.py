@@ -169,3 +169,27 @@ def test_output_paths_that_are_files_are_refused_before_any_work(tmp_path, capsy
     code = _exit_code(E.main, ["--model", good, "--data", ann, "--output", str(a_file / "p.jsonl")])
     _one_line_error(capsys, code, "--output", "is a file, not a folder")
     assert a_file.read_text() == ""
+
+
+@pytest.fixture
+def set_with_a_corrupt_video(tmp_path):
+    """A small synthetic set whose second video is garbage bytes; returns its annotation file."""
+    from videoopd.data.synthetic import generate_dataset
+
+    annotations = generate_dataset(tmp_path / "data", num_videos=3, seed=0, duration=4.0, fps=4, height=64,
+                                   width=96)
+    (tmp_path / "data" / "videos" / "synth_00001.mp4").write_bytes(b"\x1a\x45\xdf\xa3garbage" * 64)
+    return annotations
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_eval_on_video_error_raise_is_one_line_naming_the_video(tmp_path, capsys, set_with_a_corrupt_video,
+                                                                tiny_qwen25_checkpoint, workers):
+    code = E.main(["--model", str(tiny_qwen25_checkpoint), "--data", str(set_with_a_corrupt_video),
+                   "--output", str(tmp_path / "p.jsonl"), "--on-video-error", "raise", "--num-workers", workers,
+                   "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96), "--max-new-tokens", "4",
+                   "--no-progress"])
+    err = capsys.readouterr().err  # after the model loaded: transformers' own progress lines come first
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("python -m videoopd.eval: error: cannot decode video ")
+    assert "synth_00001.mp4" in err.strip().splitlines()[-1]

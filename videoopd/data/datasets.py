@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 
 class GroundingVideoDataset(torch.utils.data.Dataset):
     """Decodes each record's video. ``on_error="raise"`` propagates VideoDecodeError (naming
-    the file); ``"report"`` returns the item with ``video=None`` and the error message, so an
-    evaluation can count the sample as failed instead of stopping.
+    the file); ``"report"`` returns the item with ``video=None``, the error message and the
+    exception (``error``, ``exception``), so an evaluation can count the sample as failed
+    instead of stopping, or raise it in the main process.
 
     A decoded video that disagrees with its annotation (span past its end, duration far off:
     :func:`videoopd.data.annotations.video_duration_issue`) is kept, and its
@@ -58,7 +59,7 @@ class GroundingVideoDataset(torch.utils.data.Dataset):
         except (VideoDecodeError, FileNotFoundError) as exc:
             if self.on_error == "raise":
                 raise
-            return {"record": record, "video": None, "error": str(exc), "data_issue": None}
+            return {"record": record, "video": None, "error": str(exc), "exception": exc, "data_issue": None}
         issue = video_duration_issue(record, video.source_num_frames / video.source_fps)
         if issue is not None and record.id not in self.data_issues:
             self.data_issues[record.id] = issue
@@ -69,7 +70,8 @@ class GroundingVideoDataset(torch.utils.data.Dataset):
 class GroundingCollator:
     """Renders the prompt through the processor's chat template and runs the processor on a
     batch of decoded items. Items whose video failed (``video=None``) are passed through in
-    ``failed`` and left out of ``inputs``. ``system_prompt``: see
+    ``failed`` as (record, error message), their exceptions in ``failed_exceptions``, and left
+    out of ``inputs`` (None when no video of the batch decoded). ``system_prompt``: see
     :func:`videoopd.qwen.prompts.build_messages` (default: the style's own)."""
 
     def __init__(self, processor: Any, prompt_style: str = "paper", system_prompt: Any = STYLE_DEFAULT):
@@ -95,6 +97,7 @@ class GroundingCollator:
             "videos": [item["video"] for item in ok],
             "data_issues": [item.get("data_issue") for item in ok],  # per record; None when fine
             "failed": [(item["record"], item["error"]) for item in failed],
+            "failed_exceptions": [item.get("exception") for item in failed],
             "inputs": None,
         }
         if ok:

@@ -64,6 +64,11 @@ class VideoDecodeError(RuntimeError):
     def __init__(self, path: str | Path, reason: str):
         super().__init__(f"cannot decode video {path}: {reason}")
         self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # so that it crosses from a DataLoader worker (pickled) with its own arguments
+        return type(self), (self.path, self.reason)
 
 
 # --------------------------------------------------------------------------------------
