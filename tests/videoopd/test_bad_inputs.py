@@ -193,3 +193,35 @@ def test_eval_on_video_error_raise_is_one_line_naming_the_video(tmp_path, capsys
     assert code == 2 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("python -m videoopd.eval: error: cannot decode video ")
     assert "synth_00001.mp4" in err.strip().splitlines()[-1]
+
+
+def test_sft_collator_leaves_out_undecodable_videos_and_names_them(set_with_a_corrupt_video):
+    from videoopd.data.annotations import load_annotations
+    from videoopd.data.datasets import GroundingVideoDataset, SFTCollator
+    from videoopd.data.video import DecodeConfig
+    from videoopd.qwen.tiny import build_tiny_processor, build_tiny_tokenizer
+
+    processor = build_tiny_processor("qwen3_vl", build_tiny_tokenizer("qwen3_vl"))
+    records, _ = load_annotations(set_with_a_corrupt_video)
+    dataset = GroundingVideoDataset(records, DecodeConfig.for_processor(processor, min_pixels=64 * 96,
+                                                                        max_pixels=64 * 96), on_error="report")
+    items = [dataset[i] for i in range(len(records))]
+    batch = SFTCollator(processor)(items)
+    corrupt = [r.id for r in records if "synth_00001" in r.video]
+    assert [record.id for record, _ in batch["failed"]] == corrupt
+    assert all("synth_00001.mp4" in error for _, error in batch["failed"])
+    assert [r.id for r in batch["records"]] == [r.id for r in records if r.id not in corrupt]
+    assert batch["inputs"]["input_ids"].shape[0] == batch["answer_mask"].shape[0] == len(batch["records"])
+    nothing = SFTCollator(processor)([item for item in items if item["record"].id in corrupt])
+    assert nothing["inputs"] is None and nothing["answer_mask"] is None and len(nothing["failed"]) == len(corrupt)
+
+
+def test_sft_trains_past_a_corrupt_video(tmp_path, capsys, set_with_a_corrupt_video):
+    out = tmp_path / "run"
+    code = S.main(["--init-tiny", "qwen3_vl", "--train-data", str(set_with_a_corrupt_video), "--output-dir", str(out),
+                   "--tiny-hidden-size", "32", "--tiny-layers", "1", "--max-steps", "2", "--batch-size", "3",
+                   "--warmup-steps", "0", "--min-pixels", str(64 * 96), "--max-pixels", str(64 * 96),
+                   "--save-final", "false", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]

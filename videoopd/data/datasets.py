@@ -109,8 +109,11 @@ class SFTCollator:
     """Prompt + answer examples, right-padded, with the answer positions marked.
 
     Returns ``{"inputs": processor outputs, "answer_mask": bool [B, L], "records": [...],
-    "data_issues": [...]}`` (per record, see :class:`GroundingVideoDataset`);
-    ``answer_mask`` marks the answer tokens and the closing end-of-turn token. The answer is
+    "data_issues": [...], "failed": [...], "failed_exceptions": [...]}`` (per record, see
+    :class:`GroundingVideoDataset`); ``answer_mask`` marks the answer tokens and the closing
+    end-of-turn token. Items whose video failed are left out and passed through in ``failed``
+    as :class:`GroundingCollator` does; with none decodable, ``inputs`` and ``answer_mask`` are
+    None (the training loop skips such a batch). The answer is
     located by tokenizing it alone and checking it against the tail of the full sequence, so
     a tokenizer that merges across the prompt/answer boundary is an error, not a silent shift.
     """
@@ -132,10 +135,17 @@ class SFTCollator:
         return render_chat(self.processor, messages, add_generation_prompt=False).rstrip("\n")
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        bad = [item for item in items if item["video"] is None]
-        if bad:
-            raise RuntimeError(f"cannot train on undecodable videos: {[item['error'] for item in bad]}")
-        records = [item["record"] for item in items]
+        failed = [item for item in items if item["video"] is None]
+        items = [item for item in items if item["video"] is not None]
+        batch: dict[str, Any] = {
+            "inputs": None, "answer_mask": None, "records": [item["record"] for item in items],
+            "data_issues": [item.get("data_issue") for item in items],
+            "failed": [(item["record"], item["error"]) for item in failed],
+            "failed_exceptions": [item.get("exception") for item in failed],
+        }
+        if not items:
+            return batch
+        records = batch["records"]
         videos = [item["video"] for item in items]
         inputs = processor_inputs(self.processor, [self.text(r) for r in records], videos, padding_side="right")
         ids, attention = inputs["input_ids"], inputs["attention_mask"]
@@ -151,8 +161,8 @@ class SFTCollator:
                     "the tokenizer merges across the prompt/answer boundary"
                 )
             answer_mask[row, start:end] = True
-        data_issues = [item.get("data_issue") for item in items]
-        return {"inputs": inputs, "answer_mask": answer_mask, "records": records, "data_issues": data_issues}
+        batch["inputs"], batch["answer_mask"] = inputs, answer_mask
+        return batch
 
 
 class CachedDataset(torch.utils.data.Dataset):
