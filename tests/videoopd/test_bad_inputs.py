@@ -225,3 +225,16 @@ def test_sft_trains_past_a_corrupt_video(tmp_path, capsys, set_with_a_corrupt_vi
     assert code == 0, capsys.readouterr().err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+
+
+def test_pair_of_different_families_is_refused_naming_both():
+    from videoopd.qwen.models import check_pair
+    from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer("qwen3_vl")
+    student = build_tiny_model("qwen3_vl", tokenizer, hidden_size=32, num_layers=1)
+    teacher = build_tiny_model("qwen2_5_vl", tokenizer, hidden_size=32, num_layers=1)
+    processor = build_tiny_processor("qwen3_vl", tokenizer)
+    with pytest.raises(ValueError, match="student is a qwen3_vl model and the teacher a qwen2_5_vl model.*family"):
+        check_pair(student, teacher, processor, processor)
+    check_pair(student, build_tiny_model("qwen3_vl", tokenizer, hidden_size=64, num_layers=1), processor, processor)

@@ -262,10 +262,17 @@ def _tokenizer_of(processor_or_tokenizer: Any) -> Any:
 def check_pair(student: Any, teacher: Any, student_processor: Any, teacher_processor: Any) -> None:
     """Raise ValueError when the teacher cannot score the student's tokens.
 
-    The tokenizers must map the same strings to the same ids (vocabulary and special tokens),
+    Both must be of one model family (model_type): the teacher is fed the inputs the
+    student's processor made (video patches, grid and position layout are per family). The
+    tokenizers must map the same strings to the same ids (vocabulary and special tokens),
     and the teacher's head must have at least the student's vocabulary rows (a larger,
     padded head is fine: only its first rows are used).
     """
+    s_type = unwrap_peft(student).config.model_type
+    t_type = unwrap_peft(teacher).config.model_type
+    if s_type != t_type:
+        raise ValueError(f"the student is a {s_type} model and the teacher a {t_type} model: the teacher must be of "
+                         "the student's family, because the same processed video inputs are fed to both")
     s_tok, t_tok = _tokenizer_of(student_processor), _tokenizer_of(teacher_processor)
     s_vocab, t_vocab = s_tok.get_vocab(), t_tok.get_vocab()
     if s_vocab != t_vocab:
