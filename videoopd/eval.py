@@ -13,6 +13,9 @@ Files written: the predictions ``--output`` (JSONL, a row per query), its identi
 file (path, sha256, format, video root, durations file), the model path, the dtype the
 weights get (``auto`` resolved for the device) and the decoding settings (prompt,
 max_new_tokens, fps, frames, pixels; decoding is greedy).
+Frame sampling options not given take the values the checkpoint records it was trained with
+(``videoopd.sft`` and ``videoopd.train`` save them with the model:
+:func:`videoopd.qwen.processing.record_preprocessing`), else the Qwen defaults.
 ``--resume`` keeps old rows only when all of these match and is refused (exit 2, naming the
 differing fields) otherwise, or when the file has no sidecar (written by a version before
 identities were recorded: its rows cannot be told apart from another data set's).
@@ -97,17 +100,21 @@ def _build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=_positive_int, default=64,
                         help="longest answer generated, in tokens; decoding is greedy (default: %(default)s)")
-    parser.add_argument("--fps", type=float, default=2.0,
-                        help="frames sampled per second of video (default: %(default)s)")
-    parser.add_argument("--max-frames", type=_positive_int, default=768,
-                        help="most frames sampled from one video (default: %(default)s)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frames sampled per second of video (default: the checkpoint's recorded setting, "
+                        f"else {DecodeConfig.fps})")
+    parser.add_argument("--max-frames", type=_positive_int, default=None,
+                        help="most frames sampled from one video (default: the checkpoint's recorded setting, else "
+                        f"{DecodeConfig.max_frames})")
     parser.add_argument("--min-pixels", type=_positive_int, default=None,
-                        help="smallest frame area in pixels (default: 128*28*28 for Qwen2.5-VL, 128*32*32 for Qwen3-VL)")
+                        help="smallest frame area in pixels (default: the checkpoint's recorded setting, else "
+                        "128*28*28 for Qwen2.5-VL, 128*32*32 for Qwen3-VL)")
     parser.add_argument("--max-pixels", type=_positive_int, default=None,
-                        help="largest frame area in pixels (default: 768*28*28 for Qwen2.5-VL, 768*32*32 for Qwen3-VL)")
+                        help="largest frame area in pixels (default: the checkpoint's recorded setting, else "
+                        "768*28*28 for Qwen2.5-VL, 768*32*32 for Qwen3-VL)")
     parser.add_argument("--total-pixels", type=_positive_int, default=None,
-                        help="pixel budget of all frames of a video together "
-                        "(default: 115200*28*28 for Qwen2.5-VL, 115200*32*32 for Qwen3-VL)")
+                        help="pixel budget of all frames of a video together (default: the checkpoint's recorded "
+                        "setting, else 115200*28*28 for Qwen2.5-VL, 115200*32*32 for Qwen3-VL)")
     parser.add_argument("--num-workers", type=int, default=2,
                         help="DataLoader workers decoding videos; 0 decodes in this process (default: %(default)s)")
     parser.add_argument("--on-video-error", choices=("report", "raise"), default="report",

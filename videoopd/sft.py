@@ -119,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from videoopd.algo.objectives import SupervisedObjective
     from videoopd.data.datasets import CachedDataset, GroundingVideoDataset, SFTCollator
     from videoopd.data.video import DecodeConfig
+    from videoopd.qwen.processing import record_preprocessing
     from videoopd.training.checkpoint import prepare_run_folder
     from videoopd.training.loop import train
     from videoopd.training.preemption import Preempted
@@ -135,8 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {len(train_records)} training "
         "queries" + (f", {len(eval_records)} held-out" if eval_records else "")
         + f"; {accelerator.num_processes} process(es)")
-    decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
-                                               min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    try:
+        decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
+                                                   min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    except ValueError as exc:
+        print(f"python -m videoopd.sft: error: {exc}", file=sys.stderr)
+        return 2
+    record_preprocessing(processor, decode_config)  # saved with the model: eval and sft sample frames alike
     dataset: Any = GroundingVideoDataset(train_records, decode_config, on_error="report")
     if cfg.cache_videos:
         dataset = CachedDataset(dataset)

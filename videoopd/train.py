@@ -131,13 +131,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Preempted as exc:  # the demo, stopped by a signal
         print(f"python -m videoopd.train: {exc}", file=sys.stderr)
         return exc.exit_code
+    from videoopd.data.video import DecodeConfig
     from videoopd.qwen.models import check_pair, load_policy
-    from videoopd.qwen.processing import load_processor
+    from videoopd.qwen.processing import load_processor, record_preprocessing
     from videoopd.training.opd import run_distillation
 
     device = accelerator.device
     processor = load_processor(cfg.student)
     teacher_processor = load_processor(cfg.teacher)
+    try:
+        decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
+                                                   min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    except ValueError as exc:
+        print(f"python -m videoopd.train: error: {exc}", file=sys.stderr)
+        return 2
+    record_preprocessing(processor, decode_config)  # saved with the student: eval and sft sample frames alike
     student = load_policy(cfg.student, device=device, trainable=True, dtype=cfg.dtype,
                           gradient_checkpointing=cfg.gradient_checkpointing, train_vision=cfg.train_vision)
     teacher = load_policy(cfg.teacher, device="cpu" if cfg.teacher_device is None else cfg.teacher_device,
@@ -149,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         run_distillation(cfg, accelerator, student, teacher, processor, train_records, eval_records,
-                         teacher_processor=teacher_processor)
+                         teacher_processor=teacher_processor, decode_config=decode_config)
     except ConfigError as exc:
         print(f"python -m videoopd.train: error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from videoopd.data.annotations import load_annotations
 from videoopd.data.video import DecodeConfig
 from videoopd.demo.teacher import DEMO_PIXELS, STUDENT_DIR, TEACHER_DIR, generate_split, load_demo_checkpoint
 from videoopd.qwen.models import check_pair
+from videoopd.qwen.processing import record_preprocessing
 from videoopd.training.opd import run_distillation
 
 __all__ = ["DEMO_DEFAULTS", "demo_config", "run_demo"]
@@ -75,6 +76,7 @@ def run_demo(cfg: Any) -> int:
     decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
                                                min_pixels=cfg.min_pixels or DEMO_PIXELS,
                                                max_pixels=cfg.max_pixels or DEMO_PIXELS)
+    record_preprocessing(processor, decode_config)  # final/ then evaluates with videoopd.eval's defaults
     summary = run_distillation(cfg, accelerator, student, teacher, processor, train_records, eval_records,
                                decode_config=decode_config, log=say)
     if not main:

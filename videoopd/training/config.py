@@ -40,10 +40,14 @@ class DataOptions:
     format: str = opt("annotation format or auto", default="auto")
     video_root: str | None = opt("folder of the videos (default: the annotation's folder)", default=None)
     prompt_style: str = opt("paper or timelens", default="paper")
-    fps: float = opt("frames sampled per second", default=2.0)
-    max_frames: int = opt("at most this many frames per video", default=768)
-    min_pixels: int | None = opt("min pixels per frame (default: the processor's)", default=None)
-    max_pixels: int | None = opt("max pixels per frame (default: the processor's)", default=None)
+    # None: what the (student) checkpoint records it was trained with (DecodeConfig.for_processor), else Qwen's
+    fps: float | None = opt("frames sampled per second (default: the model's recorded setting, else 2)", default=None)
+    max_frames: int | None = opt("at most this many frames per video (default: the model's recorded setting, else "
+                                 "768)", default=None)
+    min_pixels: int | None = opt("min pixels per frame (default: the model's recorded setting, else 128 x "
+                                 "(patch x merge)^2)", default=None)
+    max_pixels: int | None = opt("max pixels per frame (default: the model's recorded setting, else 768 x "
+                                 "(patch x merge)^2)", default=None)
     num_workers: int = opt("DataLoader workers decoding videos", default=0)
 
 
@@ -116,7 +120,7 @@ RUN_POSITIVE = ("max_frames", "batch_size", "grad_accum", "max_steps", "eval_bat
 def check_run_options(cfg: RunOptions) -> None:
     """Range checks of the shared options; ConfigError names the option and the value."""
     for name in ("lr", "fps"):
-        if not getattr(cfg, name) > 0:
+        if getattr(cfg, name) is not None and not getattr(cfg, name) > 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
     if cfg.vision_lr is not None and not cfg.vision_lr > 0:
         raise ConfigError(f"vision_lr must be > 0, got {cfg.vision_lr!r}")
@@ -129,7 +133,7 @@ def check_run_options(cfg: RunOptions) -> None:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
     for name in ("lr", "max_grad_norm", "weight_decay", "fps"):
-        if not math.isfinite(getattr(cfg, name)):
+        if getattr(cfg, name) is not None and not math.isfinite(getattr(cfg, name)):
             raise ConfigError(f"{name} must be finite, got {getattr(cfg, name)!r}")
     if cfg.lora_r:
         if cfg.lora_alpha is not None and not (math.isfinite(cfg.lora_alpha) and cfg.lora_alpha > 0):
@@ -283,6 +287,8 @@ def parse_config(config_class: type[T], argv: Sequence[str] | None, *, prog: str
             raise ConfigError(f"{name} must be one of {tuple(allowed)}, got {getattr(cfg, name)!r}")
     for name in positive:
         value = getattr(cfg, name)
+        if value is None and names[name].default is None:  # unset: resolved later
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     cfg.preset = preset  # type: ignore[attr-defined]
