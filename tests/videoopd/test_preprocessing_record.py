@@ -2,8 +2,11 @@
 record in processor_config.json) and is what eval, sft and train sample with by default."""
 import json
 
+from videoopd import eval as E
 from videoopd import sft as S
+from videoopd.data.annotations import load_annotations
 from videoopd.data.video import PREPROCESSING_RECORD, DecodeConfig
+from videoopd.demo.teacher import DEMO_PIXELS, STUDENT_DIR, evaluate_demo_checkpoint, generate_split
 from videoopd.qwen.processing import load_processor, record_preprocessing
 from videoopd.qwen.tiny import save_tiny_checkpoint
 
@@ -35,3 +38,14 @@ def test_sft_saves_its_frame_sampling_with_the_model(tmp_path, synthetic_dir):
     config = DecodeConfig.for_processor(load_processor(out / "final"))
     assert (config.fps, config.min_pixels, config.max_pixels, config.max_frames) == (1.5, 64 * 96, 64 * 96, 768)
 
+
+def test_eval_of_the_shipped_student_with_its_defaults_matches_the_demo_evaluation(tmp_path, capsys):
+    annotations = generate_split(tmp_path / "heldout", 8, seed=5)
+    demo = evaluate_demo_checkpoint(STUDENT_DIR, load_annotations(annotations)[0]).metrics
+    assert DecodeConfig.for_processor(load_processor(STUDENT_DIR)).max_pixels == DEMO_PIXELS
+    output = tmp_path / "student.predictions.jsonl"
+    assert E.main(["--model", str(STUDENT_DIR), "--data", str(annotations), "--output", str(output),
+                   "--no-progress", "--num-workers", "0"]) == 0
+    metrics = json.loads(output.with_name("student.predictions.metrics.json").read_text())["overall"]
+    assert metrics["parsed"] == demo["parsed"] == 8
+    assert metrics["mIoU"] == demo["mIoU"]
