@@ -137,6 +137,15 @@ def test_demo_smoke(capsys, tmp_path):
     summary = json.loads((out / "demo_summary.json").read_text())
     assert len(summary["reverse_kl"]) == 2 and summary["student_after"] == summary["student_evals"]["2"]
     assert yaml.safe_load((out / "config.yaml").read_text())["max_pixels"] == 32 * 64
+    # the held-out split is a file, and the printed command scores the final student on it as the demo did
+    assert len((out / "demo_data" / "heldout.jsonl").read_text().splitlines()) == summary["student_after"]["total"]
+    command = text.split("evaluate the final student on the held-out split:\n", 1)[1].splitlines()[0].split()
+    assert command[:3] == ["python", "-m", "videoopd.eval"]
+    from videoopd.eval import main as eval_main
+
+    assert eval_main(command[3:] + ["--no-progress", "--num-workers", "0"]) == 0
+    again = json.loads((out / "final_heldout.predictions.metrics.json").read_text())["overall"]
+    assert again["mIoU"] == summary["student_after"]["mIoU"] and again["parsed"] == summary["student_after"]["parsed"]
 
 
 def test_sharded_teacher_needs_an_fsdp2_launch(capsys, tmp_path, checkpoints, synthetic_dir):
