@@ -39,7 +39,8 @@ __all__ = ["PRESETS", "TrainConfig", "build_parser", "main", "resolve_config"]
 @dataclass
 class TrainConfig(RunOptions):
     # models
-    student: str | None = opt("student checkpoint folder (local; never downloaded). None with no teacher: CPU demo", default=None)
+    student: str | None = opt("student checkpoint folder (local; never downloaded); with neither --student nor "
+                                 "--teacher: the CPU demo", default=None)
     teacher: str | None = opt("teacher checkpoint folder (same tokenizer as the student; head >= student vocab)", default=None)
     teacher_placement: str = opt("auto (sharded by FSDP2 under an FSDP2 launch, else replicated), replicate (a full "
                                  "copy per process) or shard (FSDP2 only)", default="auto")
@@ -76,15 +77,24 @@ DESCRIPTION = ("On-policy distillation of a Qwen2.5-VL / Qwen3-VL student from a
                "video grounding. With no --student/--teacher: a short CPU demo on synthetic data with tiny models.")
 
 
+def demo_help_defaults() -> dict[str, dict[str, Any]]:
+    """The CPU demo's own defaults (:func:`videoopd.demo.run.demo_config`), for ``--help``."""
+    from videoopd.demo.run import DEMO_DEFAULTS
+
+    return {"demo": {**DEMO_DEFAULTS, "max_steps": "--demo-steps", "overwrite": True}}
+
+
 def build_parser() -> argparse.ArgumentParser:
     return config.build_parser(TrainConfig, prog="python -m videoopd.train", description=DESCRIPTION,
-                               choices=CHOICES, presets=PRESETS, preset_help=PRESET_HELP)
+                               choices=CHOICES, presets=PRESETS, preset_help=PRESET_HELP,
+                               mode_defaults=demo_help_defaults())
 
 
 def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse flags, apply preset, YAML and overrides; raise ConfigError on a bad value."""
     cfg = parse_config(TrainConfig, argv, prog="python -m videoopd.train", description=DESCRIPTION,
-                       choices=CHOICES, positive=POSITIVE, presets=PRESETS, preset_help=PRESET_HELP)
+                       choices=CHOICES, positive=POSITIVE, presets=PRESETS, preset_help=PRESET_HELP,
+                       mode_defaults=demo_help_defaults())
     check_run_options(cfg)
     if not 0 < cfg.temperature < math.inf:
         raise ConfigError(f"temperature must be > 0 and finite, got {cfg.temperature!r}")

@@ -238,3 +238,28 @@ def test_pair_of_different_families_is_refused_naming_both():
     with pytest.raises(ValueError, match="student is a qwen3_vl model and the teacher a qwen2_5_vl model.*family"):
         check_pair(student, teacher, processor, processor)
     check_pair(student, build_tiny_model("qwen3_vl", tokenizer, hidden_size=64, num_layers=1), processor, processor)
+
+
+@pytest.mark.parametrize("command", ["train", "sft"])
+def test_help_states_each_default_once_and_the_demo_defaults(capsys, command):
+    import re
+
+    main = {"train": T.main, "sft": S.main}[command]
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    entries: dict[str, str] = {}
+    flag = None
+    for line in capsys.readouterr().out.split("options:", 1)[1].splitlines():
+        if re.match(r"^  -", line):
+            flag, _, rest = line.strip().partition(" ")
+            entries[flag] = rest
+        elif flag is not None:
+            entries[flag] += " " + line.strip()
+    for name, text in entries.items():
+        assert text.lower().count("default") <= 1, f"{name}: {text}"
+    if command == "train":
+        for name, demo in (("--objective", "full"), ("--lr", "0.0003"), ("--batch-size", "8"),
+                           ("--output-dir", "runs/opd-demo"), ("--max-steps", "--demo-steps")):
+            assert f"demo: {demo})" in " ".join(entries[name].split()), entries[name]
+        assert "(default: sampled; demo: full)" in " ".join(entries["--objective"].split())
