@@ -31,6 +31,7 @@ from videoopd.training.config import (
     opt,
     parse_config,
     save_config,
+    schedule_warning,
 )
 
 __all__ = ["COMMAND_DEFAULTS", "SFTConfig", "build_model", "main", "resolve_config"]
@@ -105,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = resolve_config(argv)
+        warning = schedule_warning(cfg)
+        if warning is not None and os.environ.get("RANK", "0") == "0":  # once under a launch
+            print(f"python -m videoopd.sft: warning: {warning}", file=sys.stderr)
         check_output_dir(cfg.output_dir)
         check_device(cfg.device, "--device")
         if cfg.model is not None:

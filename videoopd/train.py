@@ -30,6 +30,7 @@ from videoopd.training.config import (
     check_run_options,
     opt,
     parse_config,
+    schedule_warning,
 )
 from videoopd.training.preemption import Preempted
 
@@ -110,6 +111,12 @@ def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     return cfg
 
 
+def warn_about_schedule(cfg: TrainConfig) -> None:
+    warning = schedule_warning(cfg)
+    if warning is not None and os.environ.get("RANK", "0") == "0":  # once under a launch
+        print(f"python -m videoopd.train: warning: {warning}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -129,7 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from videoopd.demo.run import demo_config, run_demo
 
             explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
-            return run_demo(demo_config(cfg, explicit))
+            cfg = demo_config(cfg, explicit)
+            warn_about_schedule(cfg)
+            return run_demo(cfg)
+        warn_about_schedule(cfg)
         check_model_folder(cfg.student, "--student")
         check_model_folder(cfg.teacher, "--teacher")
         train_records = load_pool(cfg.train_data, cfg, "train_data")

@@ -263,3 +263,17 @@ def test_help_states_each_default_once_and_the_demo_defaults(capsys, command):
                            ("--output-dir", "runs/opd-demo"), ("--max-steps", "--demo-steps")):
             assert f"demo: {demo})" in " ".join(entries[name].split()), entries[name]
         assert "(default: sampled; demo: full)" in " ".join(entries["--objective"].split())
+
+
+def test_a_run_ending_inside_the_warm_up_is_warned_about(tmp_path, capsys, tiny_qwen25_checkpoint):
+    missing = str(tmp_path / "missing.jsonl")  # stops the command right after the warning
+    assert S.main(["--init-tiny", "qwen3_vl", "--train-data", missing, "--max-steps", "3", "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("python -m videoopd.sft: warning: --max-steps 3 ends inside --warmup-steps 50: the learning "
+                      "rate rises to 6e-05 and never reaches --lr 0.001")
+    good = str(tiny_qwen25_checkpoint)
+    assert T.main(["--student", good, "--teacher", good, "--train-data", missing, "--warmup-steps", "10",
+                   "--max-steps", "5"]) == 2
+    assert "python -m videoopd.train: warning: --max-steps 5 ends inside --warmup-steps 10" in capsys.readouterr().err
+    assert S.main(["--init-tiny", "qwen3_vl", "--train-data", missing, "--max-steps", "50"]) == 2
+    assert "warning" not in capsys.readouterr().err  # the peak is reached at the last step

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 __all__ = ["ConfigError", "DataOptions", "RunOptions", "build_parser", "check_run_options", "help_with_defaults", "opt",
-           "parse_config", "save_config", "typed_value"]
+           "parse_config", "save_config", "schedule_warning", "typed_value"]
 
 T = TypeVar("T")
 
@@ -148,6 +148,15 @@ def check_run_options(cfg: RunOptions) -> None:
         raise ConfigError("--merge-lora needs --lora-r > 0")
     if cfg.resume is not None and cfg.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: choose one")
+
+
+def schedule_warning(cfg: RunOptions) -> str | None:
+    """Why the learning rate never reaches its peak ``--lr`` (the run ends inside the warm-up),
+    or None."""
+    if cfg.warmup_steps <= cfg.max_steps:
+        return None
+    return (f"--max-steps {cfg.max_steps} ends inside --warmup-steps {cfg.warmup_steps}: the learning rate rises to "
+            f"{cfg.lr * cfg.max_steps / cfg.warmup_steps:g} and never reaches --lr {cfg.lr:g}")
 
 
 def _bool(text: str) -> bool:
