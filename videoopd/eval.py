@@ -13,6 +13,9 @@ Files written: the predictions ``--output`` (JSONL, a row per query), its identi
 file (path, sha256, format, video root, durations file), the model path, the dtype the
 weights get (``auto`` resolved for the device) and the decoding settings (prompt,
 max_new_tokens, fps, frames, pixels; decoding is greedy).
+Frame sampling options not given take the values the checkpoint records it was trained with
+(``videoopd.sft`` and ``videoopd.train`` save them with the model:
+:func:`videoopd.qwen.processing.record_preprocessing`), else the Qwen defaults.
 ``--resume`` keeps old rows only when all of these match and is refused (exit 2, naming the
 differing fields) otherwise, or when the file has no sidecar (written by a version before
 identities were recorded: its rows cannot be told apart from another data set's).
@@ -30,7 +33,7 @@ from typing import Any, Iterable, NoReturn
 import torch
 
 from videoopd.data.annotations import load_annotations
-from videoopd.data.video import DecodeConfig
+from videoopd.data.video import DecodeConfig, VideoDecodeError
 from videoopd.evaluation.evaluate import (
     EvalResult,
     check_resumable,
@@ -97,17 +100,21 @@ def _build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=_positive_int, default=64,
                         help="longest answer generated, in tokens; decoding is greedy (default: %(default)s)")
-    parser.add_argument("--fps", type=float, default=2.0,
-                        help="frames sampled per second of video (default: %(default)s)")
-    parser.add_argument("--max-frames", type=_positive_int, default=768,
-                        help="most frames sampled from one video (default: %(default)s)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frames sampled per second of video (default: the checkpoint's recorded setting, "
+                        f"else {DecodeConfig.fps})")
+    parser.add_argument("--max-frames", type=_positive_int, default=None,
+                        help="most frames sampled from one video (default: the checkpoint's recorded setting, else "
+                        f"{DecodeConfig.max_frames})")
     parser.add_argument("--min-pixels", type=_positive_int, default=None,
-                        help="smallest frame area in pixels (default: 128*28*28 for Qwen2.5-VL, 128*32*32 for Qwen3-VL)")
+                        help="smallest frame area in pixels (default: the checkpoint's recorded setting, else "
+                        "128*28*28 for Qwen2.5-VL, 128*32*32 for Qwen3-VL)")
     parser.add_argument("--max-pixels", type=_positive_int, default=None,
-                        help="largest frame area in pixels (default: 768*28*28 for Qwen2.5-VL, 768*32*32 for Qwen3-VL)")
+                        help="largest frame area in pixels (default: the checkpoint's recorded setting, else "
+                        "768*28*28 for Qwen2.5-VL, 768*32*32 for Qwen3-VL)")
     parser.add_argument("--total-pixels", type=_positive_int, default=None,
-                        help="pixel budget of all frames of a video together "
-                        "(default: 115200*28*28 for Qwen2.5-VL, 115200*32*32 for Qwen3-VL)")
+                        help="pixel budget of all frames of a video together (default: the checkpoint's recorded "
+                        "setting, else 115200*28*28 for Qwen2.5-VL, 115200*32*32 for Qwen3-VL)")
     parser.add_argument("--num-workers", type=int, default=2,
                         help="DataLoader workers decoding videos; 0 decodes in this process (default: %(default)s)")
     parser.add_argument("--on-video-error", choices=("report", "raise"), default="report",
@@ -140,6 +147,9 @@ def _output_problem(data: Path, output: Path) -> str | None:
     any work, so that a wrong --output never replaces the annotations."""
     if output.is_dir():
         return f"--output {output} is a folder; give a file path, e.g. {output / (data.stem + '.predictions.jsonl')}"
+    blocking = next((folder for folder in output.parents if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        return f"--output {output}: {blocking} is a file, not a folder"
     if _same_file(output, data):
         return f"--output {output} is the --data file {data}: the predictions would replace the annotations"
     for kind, path in (("metrics", _metrics_path(output)), ("identity", identity_path(output))):
@@ -182,9 +192,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     if problem is not None:
         parser.error(problem)
 
-    from videoopd.qwen.models import load_policy
+    from videoopd.qwen.models import CheckpointError, available_device, check_checkpoint, load_policy
     from videoopd.qwen.processing import load_processor
 
+    if args.device is not None:
+        try:
+            available_device(args.device)
+        except ValueError as exc:
+            parser.error(f"--device: {exc}")
     try:
         records, summary = load_annotations(
             args.data, args.format, video_root=args.video_root, durations=args.durations, strict=args.strict
@@ -197,6 +212,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     if not records:
         print("no records to evaluate", file=sys.stderr)
         return 1
+    try:
+        check_checkpoint(args.model)
+    except CheckpointError as exc:
+        parser.error(f"--model: {exc}")
 
     processor = load_processor(args.model)
     try:
@@ -220,21 +239,25 @@ def main(argv: Iterable[str] | None = None) -> int:
             parser.error(f"--resume: {exc}")
     model = load_policy(args.model, device=device, trainable=False, dtype=args.dtype,
                         attn_implementation=args.attn_implementation)
-    result = evaluate(
-        model,
-        processor,
-        records,
-        decode_config=decode_config,
-        prompt_style=args.prompt,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        num_workers=args.num_workers,
-        predictions_path=output,
-        resume=args.resume,
-        on_video_error=args.on_video_error,
-        progress=not args.no_progress,
-        identity=inputs,
-    )
+    try:
+        result = evaluate(
+            model,
+            processor,
+            records,
+            decode_config=decode_config,
+            prompt_style=args.prompt,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            num_workers=args.num_workers,
+            predictions_path=output,
+            resume=args.resume,
+            on_video_error=args.on_video_error,
+            progress=not args.no_progress,
+            identity=inputs,
+        )
+    except (VideoDecodeError, FileNotFoundError) as exc:  # --on-video-error raise
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     metrics_path = _metrics_path(output)
     metrics_path.write_text(
         json.dumps({"overall": result.metrics, "per_source": result.per_source, "failed_videos": len(result.failed_videos),

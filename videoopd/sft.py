@@ -31,6 +31,7 @@ from videoopd.training.config import (
     opt,
     parse_config,
     save_config,
+    schedule_warning,
 )
 
 __all__ = ["COMMAND_DEFAULTS", "SFTConfig", "build_model", "main", "resolve_config"]
@@ -101,10 +102,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from videoopd.training.loop import make_accelerator
-    from videoopd.training.setup import load_pool
+    from videoopd.training.setup import check_device, check_model_folder, check_output_dir, load_pool
 
     try:
         cfg = resolve_config(argv)
+        warning = schedule_warning(cfg)
+        if warning is not None and os.environ.get("RANK", "0") == "0":  # once under a launch
+            print(f"python -m videoopd.sft: warning: {warning}", file=sys.stderr)
+        check_output_dir(cfg.output_dir)
+        check_device(cfg.device, "--device")
+        if cfg.model is not None:
+            check_model_folder(cfg.model, "--model")
         train_records = load_pool(cfg.train_data, cfg, "train_data")
         eval_records = load_pool(cfg.eval_data, cfg, "eval_data") if cfg.eval_data else None
         accelerator = make_accelerator(cfg)
@@ -115,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from videoopd.algo.objectives import SupervisedObjective
     from videoopd.data.datasets import CachedDataset, GroundingVideoDataset, SFTCollator
     from videoopd.data.video import DecodeConfig
+    from videoopd.qwen.processing import record_preprocessing
     from videoopd.training.checkpoint import prepare_run_folder
     from videoopd.training.loop import train
     from videoopd.training.preemption import Preempted
@@ -131,8 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {len(train_records)} training "
         "queries" + (f", {len(eval_records)} held-out" if eval_records else "")
         + f"; {accelerator.num_processes} process(es)")
-    decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
-                                               min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    try:
+        decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
+                                                   min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    except ValueError as exc:
+        print(f"python -m videoopd.sft: error: {exc}", file=sys.stderr)
+        return 2
+    record_preprocessing(processor, decode_config)  # saved with the model: eval and sft sample frames alike
     dataset: Any = GroundingVideoDataset(train_records, decode_config, on_error="report")
     if cfg.cache_videos:
         dataset = CachedDataset(dataset)

@@ -30,6 +30,7 @@ from videoopd.training.config import (
     check_run_options,
     opt,
     parse_config,
+    schedule_warning,
 )
 from videoopd.training.preemption import Preempted
 
@@ -39,7 +40,8 @@ __all__ = ["PRESETS", "TrainConfig", "build_parser", "main", "resolve_config"]
 @dataclass
 class TrainConfig(RunOptions):
     # models
-    student: str | None = opt("student checkpoint folder (local; never downloaded). None with no teacher: CPU demo", default=None)
+    student: str | None = opt("student checkpoint folder (local; never downloaded); with neither --student nor "
+                                 "--teacher: the CPU demo", default=None)
     teacher: str | None = opt("teacher checkpoint folder (same tokenizer as the student; head >= student vocab)", default=None)
     teacher_placement: str = opt("auto (sharded by FSDP2 under an FSDP2 launch, else replicated), replicate (a full "
                                  "copy per process) or shard (FSDP2 only)", default="auto")
@@ -96,6 +98,8 @@ CHOICES = {**RUN_CHOICES, "objective": ("sampled", "full"), "selector": ("topk",
            "algo": ("opd", "grpo"), "advantage": ("std", "mean"), "reduction": ("auto", "sequence_sum", "token_mean", "sum"),
            "teacher_placement": ("auto", "replicate", "shard")}
 POSITIVE = RUN_POSITIVE + ("demo_videos", "demo_steps", "round_size", "num_generations")
+# One video held out for evaluation and one to train on.
+MIN_DEMO_VIDEOS = 2
 PRESET_HELP = ("video-opd: temperature 0.9, lr 1e-6, effective batch 32 (1 x 32 accumulation on one process; "
                "divide --grad-accum by the process count), fps 2, 768 frames, vision frozen, sampled objective "
                "summed over completion tokens, TVDF curriculum of 3 rounds x 2,500 top-k samples (teacher IoU >= "
@@ -104,18 +108,27 @@ DESCRIPTION = ("On-policy distillation of a Qwen2.5-VL / Qwen3-VL student from a
                "video grounding. With no --student/--teacher: a short CPU demo on synthetic data with tiny models.")
 
 
+def demo_help_defaults() -> dict[str, dict[str, Any]]:
+    """The CPU demo's own defaults (:func:`videoopd.demo.run.demo_config`), for ``--help``."""
+    from videoopd.demo.run import DEMO_DEFAULTS
+
+    return {"demo": {**DEMO_DEFAULTS, "max_steps": "--demo-steps", "overwrite": True}}
+
+
 def build_parser() -> argparse.ArgumentParser:
     return config.build_parser(TrainConfig, prog="python -m videoopd.train", description=DESCRIPTION,
-                               choices=CHOICES, presets=PRESETS, preset_help=PRESET_HELP)
+                               choices=CHOICES, presets=PRESETS, preset_help=PRESET_HELP,
+                               mode_defaults=demo_help_defaults())
 
 
 def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse flags, apply preset, YAML and overrides; raise ConfigError on a bad value."""
     cfg = parse_config(TrainConfig, argv, prog="python -m videoopd.train", description=DESCRIPTION,
-                       choices=CHOICES, positive=POSITIVE, presets=PRESETS, preset_help=PRESET_HELP)
+                       choices=CHOICES, positive=POSITIVE, presets=PRESETS, preset_help=PRESET_HELP,
+                       mode_defaults=demo_help_defaults())
     check_run_options(cfg)
-    if not cfg.temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {cfg.temperature!r}")
+    if not 0 < cfg.temperature < math.inf:
+        raise ConfigError(f"temperature must be > 0 and finite, got {cfg.temperature!r}")
     if not 0 < cfg.top_p <= 1:
         raise ConfigError(f"top_p must be in (0, 1], got {cfg.top_p!r}")
     for name in ("rounds", "steps_per_round"):
@@ -142,7 +155,16 @@ def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     if cfg.student is not None and cfg.teacher is None and teacher_needed:
         raise ConfigError("give both --student and --teacher (or neither, for the CPU demo); only --algo grpo "
                           "without --rounds trains without a teacher")
+    if cfg.demo_videos < MIN_DEMO_VIDEOS:
+        raise ConfigError(f"demo_videos must be at least {MIN_DEMO_VIDEOS} (half are held out, the rest trained "
+                          f"on), got {cfg.demo_videos}")
     return cfg
+
+
+def warn_about_schedule(cfg: TrainConfig) -> None:
+    warning = schedule_warning(cfg)
+    if warning is not None and os.environ.get("RANK", "0") == "0":  # once under a launch
+        print(f"python -m videoopd.train: warning: {warning}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,17 +173,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(argv) if argv is not None else sys.argv[1:]
     from videoopd.training.loop import make_accelerator
-    from videoopd.training.setup import check_model_folder, load_pool
+    from videoopd.training.setup import check_device, check_model_folder, check_output_dir, load_pool
 
     try:
         cfg = resolve_config(argv)
+        check_output_dir(cfg.output_dir)
+        check_device(cfg.device, "--device")
+        check_device(cfg.teacher_device, "--teacher-device")
         if cfg.student is None:
             if cfg.train_data is not None:
                 raise ConfigError("--train-data needs --student (and --teacher)")
             from videoopd.demo.run import demo_config, run_demo
 
             explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
-            return run_demo(demo_config(cfg, explicit))
+            cfg = demo_config(cfg, explicit)
+            warn_about_schedule(cfg)
+            return run_demo(cfg)
+        warn_about_schedule(cfg)
         check_model_folder(cfg.student, "--student")
         if cfg.teacher is not None:
             check_model_folder(cfg.teacher, "--teacher")
@@ -174,12 +202,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Preempted as exc:  # the demo, stopped by a signal
         print(f"python -m videoopd.train: {exc}", file=sys.stderr)
         return exc.exit_code
+    from videoopd.data.video import DecodeConfig
     from videoopd.qwen.models import check_pair, load_policy
-    from videoopd.qwen.processing import load_processor
+    from videoopd.qwen.processing import load_processor, record_preprocessing
     from videoopd.training.post_training import run_post_training
 
     device = accelerator.device
     processor = load_processor(cfg.student)
+    try:
+        decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
+                                                   min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    except ValueError as exc:
+        print(f"python -m videoopd.train: error: {exc}", file=sys.stderr)
+        return 2
+    record_preprocessing(processor, decode_config)  # saved with the student: eval and sft sample frames alike
     student = load_policy(cfg.student, device=device, trainable=True, dtype=cfg.dtype,
                           gradient_checkpointing=cfg.gradient_checkpointing, train_vision=cfg.train_vision)
     frozen_device = "cpu" if cfg.teacher_device is None else cfg.teacher_device  # placed by the run
@@ -197,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  if cfg.algo == "grpo" and cfg.beta > 0 else None)
     try:
         run_post_training(cfg, accelerator, student, teacher, processor, train_records, eval_records,
-                          teacher_processor=teacher_processor, reference=reference)
+                          teacher_processor=teacher_processor, reference=reference, decode_config=decode_config)
     except ConfigError as exc:
         print(f"python -m videoopd.train: error: {exc}", file=sys.stderr)
         return 2

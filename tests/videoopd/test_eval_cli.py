@@ -343,6 +343,6 @@ def test_help_describes_every_option_and_states_each_default_once(capsys):
         help_text = " ".join([first_help.strip()] + [line.strip() for line in entry[1:]]).strip()
         assert help_text, f"{invocation} has no help text"
         assert help_text.lower().count("default") <= 1, f"{invocation}: {help_text}"
-    for flag, default in (("--batch-size", "1"), ("--max-new-tokens", "64"), ("--fps", "2.0"), ("--prompt", "paper")):
+    for flag, default in (("--batch-size", "1"), ("--max-new-tokens", "64"), ("--fps", "the checkpoint's recorded setting, else 2.0"), ("--prompt", "paper")):
         entry = " ".join(next(e for e in entries if e[0].strip().startswith(flag)))
         assert f"default: {default}" in " ".join(entry.split()), entry

@@ -137,6 +137,15 @@ def test_demo_smoke(capsys, tmp_path):
     summary = json.loads((out / "demo_summary.json").read_text())
     assert len(summary["reverse_kl"]) == 2 and summary["student_after"] == summary["student_evals"]["2"]
     assert yaml.safe_load((out / "config.yaml").read_text())["max_pixels"] == 32 * 64
+    # the held-out split is a file, and the printed command scores the final student on it as the demo did
+    assert len((out / "demo_data" / "heldout.jsonl").read_text().splitlines()) == summary["student_after"]["total"]
+    command = text.split("evaluate the final student on the held-out split:\n", 1)[1].splitlines()[0].split()
+    assert command[:3] == ["python", "-m", "videoopd.eval"]
+    from videoopd.eval import main as eval_main
+
+    assert eval_main(command[3:] + ["--no-progress", "--num-workers", "0"]) == 0
+    again = json.loads((out / "final_heldout.predictions.metrics.json").read_text())["overall"]
+    assert again["mIoU"] == summary["student_after"]["mIoU"] and again["parsed"] == summary["student_after"]["parsed"]
 
 
 def test_sharded_teacher_needs_an_fsdp2_launch(capsys, tmp_path, checkpoints, synthetic_dir):
@@ -191,3 +200,27 @@ def test_yaml_values_are_typed_like_flags(tmp_path, text, message):
 def test_boolean_flag_alone_means_true():
     cfg = T.resolve_config(["--eval-teacher", "--overwrite", "--save-best", "false"])
     assert cfg.eval_teacher is True and cfg.overwrite is True and cfg.save_best is False
+
+
+def test_corrupt_videos_are_reported_and_a_pool_of_none_stops(capsys, tmp_path, checkpoints, synthetic_dir):
+    """A video that does not decode is left out of its batch, named once and counted in the step
+    rows; when no video of the pool decodes, the run stops with one line instead of looping."""
+    import shutil
+
+    s, t = (str(c) for c in checkpoints)
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dir, data)
+    videos = sorted((data / "videos").glob("*.mp4"))
+    videos[0].write_bytes(b"not a video at all")
+    base = ["--student", s, "--teacher", t, "--train-data", str(data / "annotations.jsonl"), "--max-steps", "3",
+            "--batch-size", "2", "--max-new-tokens", "4", "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96),
+            "--no-progress"]
+    assert T.main([*base, "--output-dir", str(tmp_path / "some")]) == 0
+    captured = capsys.readouterr()
+    assert videos[0].name in captured.out + captured.err
+    rows = [json.loads(line) for line in (tmp_path / "some" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3] and rows[-1]["skipped_videos"] >= 1
+    for video in videos:
+        video.write_bytes(b"garbage")
+    assert T.main([*base, "--output-dir", str(tmp_path / "none")]) == 2
+    assert "no decodable video in a whole epoch" in capsys.readouterr().err

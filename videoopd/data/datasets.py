@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 
 class GroundingVideoDataset(torch.utils.data.Dataset):
     """Decodes each record's video. ``on_error="raise"`` propagates VideoDecodeError (naming
-    the file); ``"report"`` returns the item with ``video=None`` and the error message, so an
-    evaluation can count the sample as failed instead of stopping.
+    the file); ``"report"`` returns the item with ``video=None``, the error message and the
+    exception (``error``, ``exception``), so an evaluation can count the sample as failed
+    instead of stopping, or raise it in the main process.
 
     A decoded video that disagrees with its annotation (span past its end, duration far off:
     :func:`videoopd.data.annotations.video_duration_issue`) is kept, and its
@@ -58,7 +59,7 @@ class GroundingVideoDataset(torch.utils.data.Dataset):
         except (VideoDecodeError, FileNotFoundError) as exc:
             if self.on_error == "raise":
                 raise
-            return {"record": record, "video": None, "error": str(exc), "data_issue": None}
+            return {"record": record, "video": None, "error": str(exc), "exception": exc, "data_issue": None}
         issue = video_duration_issue(record, video.source_num_frames / video.source_fps)
         if issue is not None and record.id not in self.data_issues:
             self.data_issues[record.id] = issue
@@ -69,7 +70,8 @@ class GroundingVideoDataset(torch.utils.data.Dataset):
 class GroundingCollator:
     """Renders the prompt through the processor's chat template and runs the processor on a
     batch of decoded items. Items whose video failed (``video=None``) are passed through in
-    ``failed`` and left out of ``inputs``. ``system_prompt``: see
+    ``failed`` as (record, error message), their exceptions in ``failed_exceptions``, and left
+    out of ``inputs`` (None when no video of the batch decoded). ``system_prompt``: see
     :func:`videoopd.qwen.prompts.build_messages` (default: the style's own)."""
 
     def __init__(self, processor: Any, prompt_style: str = "paper", system_prompt: Any = STYLE_DEFAULT):
@@ -95,6 +97,7 @@ class GroundingCollator:
             "videos": [item["video"] for item in ok],
             "data_issues": [item.get("data_issue") for item in ok],  # per record; None when fine
             "failed": [(item["record"], item["error"]) for item in failed],
+            "failed_exceptions": [item.get("exception") for item in failed],
             "inputs": None,
         }
         if ok:
@@ -106,8 +109,11 @@ class SFTCollator:
     """Prompt + answer examples, right-padded, with the answer positions marked.
 
     Returns ``{"inputs": processor outputs, "answer_mask": bool [B, L], "records": [...],
-    "data_issues": [...]}`` (per record, see :class:`GroundingVideoDataset`);
-    ``answer_mask`` marks the answer tokens and the closing end-of-turn token. The answer is
+    "data_issues": [...], "failed": [...], "failed_exceptions": [...]}`` (per record, see
+    :class:`GroundingVideoDataset`); ``answer_mask`` marks the answer tokens and the closing
+    end-of-turn token. Items whose video failed are left out and passed through in ``failed``
+    as :class:`GroundingCollator` does; with none decodable, ``inputs`` and ``answer_mask`` are
+    None (the training loop skips such a batch). The answer is
     located by tokenizing it alone and checking it against the tail of the full sequence, so
     a tokenizer that merges across the prompt/answer boundary is an error, not a silent shift.
     """
@@ -129,10 +135,17 @@ class SFTCollator:
         return render_chat(self.processor, messages, add_generation_prompt=False).rstrip("\n")
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        bad = [item for item in items if item["video"] is None]
-        if bad:
-            raise RuntimeError(f"cannot train on undecodable videos: {[item['error'] for item in bad]}")
-        records = [item["record"] for item in items]
+        failed = [item for item in items if item["video"] is None]
+        items = [item for item in items if item["video"] is not None]
+        batch: dict[str, Any] = {
+            "inputs": None, "answer_mask": None, "records": [item["record"] for item in items],
+            "data_issues": [item.get("data_issue") for item in items],
+            "failed": [(item["record"], item["error"]) for item in failed],
+            "failed_exceptions": [item.get("exception") for item in failed],
+        }
+        if not items:
+            return batch
+        records = batch["records"]
         videos = [item["video"] for item in items]
         inputs = processor_inputs(self.processor, [self.text(r) for r in records], videos, padding_side="right")
         ids, attention = inputs["input_ids"], inputs["attention_mask"]
@@ -148,8 +161,8 @@ class SFTCollator:
                     "the tokenizer merges across the prompt/answer boundary"
                 )
             answer_mask[row, start:end] = True
-        data_issues = [item.get("data_issue") for item in items]
-        return {"inputs": inputs, "answer_mask": answer_mask, "records": records, "data_issues": data_issues}
+        batch["inputs"], batch["answer_mask"] = inputs, answer_mask
+        return batch
 
 
 class CachedDataset(torch.utils.data.Dataset):

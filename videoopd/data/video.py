@@ -39,7 +39,9 @@ import torch.nn.functional as F
 
 
 __all__ = [
+    "PREPROCESSING_RECORD",
     "QWEN25_VL_FACTOR",
+    "RECORDED_SETTINGS",
     "QWEN3_VL_FACTOR",
     "DecodeConfig",
     "DecodedVideo",
@@ -55,6 +57,10 @@ __all__ = [
 QWEN25_VL_FACTOR = 28  # patch 14 x spatial merge 2
 QWEN3_VL_FACTOR = 32  # patch 16 x spatial merge 2
 MAX_ASPECT_RATIO = 200
+# The video processor attribute (saved with it in processor_config.json) holding the frame
+# sampling a checkpoint was trained with, and the DecodeConfig fields it holds.
+PREPROCESSING_RECORD = "videoopd_preprocessing"
+RECORDED_SETTINGS = ("fps", "max_frames", "min_frames", "min_pixels", "max_pixels", "total_pixels")
 _DECODE_CHUNK = 32  # frames decoded at native size at once: bounds peak memory on long videos
 
 
@@ -64,6 +70,11 @@ class VideoDecodeError(RuntimeError):
     def __init__(self, path: str | Path, reason: str):
         super().__init__(f"cannot decode video {path}: {reason}")
         self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # so that it crosses from a DataLoader worker (pickled) with its own arguments
+        return type(self), (self.path, self.reason)
 
 
 # --------------------------------------------------------------------------------------
@@ -144,7 +155,12 @@ class DecodeConfig:
 
     @classmethod
     def for_processor(cls, processor: Any, **overrides: Any) -> "DecodeConfig":
-        """The config matching ``processor``'s video patching (factor and temporal patch size)."""
+        """The config matching ``processor``'s video patching (factor and temporal patch size).
+
+        Settings left out of ``overrides`` or given as None take the values the processor's
+        checkpoint was trained with when it records them (:data:`PREPROCESSING_RECORD`,
+        written by :func:`videoopd.qwen.processing.record_preprocessing`), else the defaults.
+        """
         video_processor = getattr(processor, "video_processor", processor)
         try:
             factor = int(video_processor.patch_size) * int(video_processor.merge_size)
@@ -153,7 +169,15 @@ class DecodeConfig:
             raise TypeError(
                 f"processor must be a Qwen-VL processor or video processor, got {type(processor).__name__}"
             ) from exc
-        return cls(**{"factor": factor, "temporal_patch_size": temporal_patch_size, **overrides})
+        recorded = getattr(video_processor, PREPROCESSING_RECORD, None)
+        settings = {name: value for name, value in (recorded if isinstance(recorded, dict) else {}).items()
+                    if name in RECORDED_SETTINGS and value is not None}
+        settings.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**{"factor": factor, "temporal_patch_size": temporal_patch_size, **settings})
+
+    def recorded_settings(self) -> dict[str, Any]:
+        """The settings a checkpoint trained with this config records (:data:`RECORDED_SETTINGS`)."""
+        return {name: getattr(self, name) for name in RECORDED_SETTINGS}
 
 
 def _round_down(value: float, multiple: int) -> int:

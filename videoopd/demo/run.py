@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 from pathlib import Path
 from typing import Any
 
-from videoopd.data.annotations import load_annotations
+from videoopd.data.annotations import load_annotations, write_jsonl_records
 from videoopd.data.video import DecodeConfig
 from videoopd.demo.teacher import DEMO_PIXELS, STUDENT_DIR, TEACHER_DIR, generate_split, load_demo_checkpoint
 from videoopd.qwen.models import check_pair
+from videoopd.qwen.processing import record_preprocessing
 from videoopd.training.post_training import run_post_training
 
 __all__ = ["DEMO_DEFAULTS", "demo_config", "run_demo"]
@@ -67,6 +69,10 @@ def run_demo(cfg: Any) -> int:
     held = set(random.Random(cfg.seed).sample(videos, len(videos) // 2))
     train_records = [r for r in records if r.video not in held]
     eval_records = [r for r in records if r.video in held]
+    heldout_file = data_dir / "heldout.jsonl"
+    if main:  # so that the final student can be evaluated again, with videoopd.eval
+        write_jsonl_records(train_records, data_dir / "train.jsonl")
+        write_jsonl_records(eval_records, heldout_file)
     say(f"data: {len(train_records)} OPD prompts / {len(eval_records)} held-out queries in {data_dir}")
     teacher, processor = load_demo_checkpoint(TEACHER_DIR, trainable=False)
     student, student_processor = load_demo_checkpoint(STUDENT_DIR, trainable=True, cfg=cfg)
@@ -77,6 +83,7 @@ def run_demo(cfg: Any) -> int:
     decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
                                                min_pixels=cfg.min_pixels or DEMO_PIXELS,
                                                max_pixels=cfg.max_pixels or DEMO_PIXELS)
+    record_preprocessing(processor, decode_config)  # final/ then evaluates with videoopd.eval's defaults
     reference = load_demo_checkpoint(STUDENT_DIR, trainable=False)[0] if cfg.algo == "grpo" and cfg.beta > 0 else None
     summary = run_post_training(cfg, accelerator, student, teacher, processor, train_records, eval_records,
                                 reference=reference, decode_config=decode_config, log=say)
@@ -111,5 +118,11 @@ def run_demo(cfg: Any) -> int:
         "student_evals": evals, curve_key: rkl, "algo": cfg.algo, "processes": accelerator.num_processes,
         "rounds": summary["rounds"],
     }, indent=1) + "\n", encoding="utf-8")
-    say(f"run folder: {out_dir} (config.yaml, metrics.jsonl, eval_*.json, demo_summary.json)")
+    say(f"run folder: {out_dir} (config.yaml, metrics.jsonl, eval_*.json, demo_summary.json"
+        + (", final/)" if cfg.save_final else ")"))
+    if cfg.save_final:
+        command = ["python", "-m", "videoopd.eval", "--model", str(out_dir / "final"), "--data", str(heldout_file),
+                   "--prompt", cfg.prompt_style, "--max-new-tokens", str(cfg.max_new_tokens),
+                   "--output", str(out_dir / "final_heldout.predictions.jsonl")]
+        say(f"evaluate the final student on the held-out split:\n  {shlex.join(command)}")
     return 0

@@ -300,7 +300,9 @@ def evaluate(
     failed: list[tuple[str, str]] = []
     if todo:
         loader = torch.utils.data.DataLoader(
-            GroundingVideoDataset(todo, decode_config, on_error=on_video_error),
+            # "raise" too decodes in report mode: a worker's own exception would reach this
+            # process re-wrapped, its traceback in the message; it is raised here instead.
+            GroundingVideoDataset(todo, decode_config, on_error="report"),
             batch_size=batch_size,
             num_workers=num_workers,
             collate_fn=GroundingCollator(processor, prompt_style, system_prompt),
@@ -312,6 +314,8 @@ def evaluate(
         synced = world > 1 and is_fsdp_sharded(model)
         try:
             for batch in loader:
+                if on_video_error == "raise" and batch["failed"]:
+                    raise batch["failed_exceptions"][0] or RuntimeError(batch["failed"][0][1])
                 rows = []
                 if batch["inputs"] is not None:
                     inputs = batch["inputs"].to(_model_device(model))

@@ -9,6 +9,7 @@ W)" inside the model's forward (and the head's), where DDP and FSDP2 see the wei
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -16,8 +17,11 @@ import torch
 
 __all__ = [
     "attn_implementation_for",
+    "available_device",
     "base_hidden_states",
+    "CheckpointError",
     "call_as_forward",
+    "check_checkpoint",
     "check_pair",
     "freeze_vision",
     "is_fsdp_sharded",
@@ -110,6 +114,118 @@ def prepare_policy(model: Any, *, trainable: bool, gradient_checkpointing: bool 
     return model
 
 
+def available_device(spec: str) -> torch.device:
+    """``spec`` as a device of this machine; ValueError saying why not (not a device name, no
+    such kind of device here, or an index past the devices there are)."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{spec!r} is not a device name (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise ValueError(f"{spec!r}: this machine has no {device.type} device")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"{spec!r}: this machine has {count} {device.type} device(s), "
+                         f"{device.type}:0 to {device.type}:{count - 1}")
+    return device
+
+
+class CheckpointError(ValueError):
+    """A model folder that cannot be loaded; the message names the file and what is wrong."""
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # or vocab.json + merges.txt (byte-level BPE)
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"weights file missing: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as weights:  # reads the header only
+            weights.keys()
+    except Exception as exc:  # SafetensorError: truncated, not safetensors, bad header
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); re-save or re-download "
+                              "it") from None
+
+
+def _check_weights(path: Path) -> None:
+    index = path / "model.safetensors.index.json"
+    if (path / "model.safetensors").exists():
+        _check_safetensors(path / "model.safetensors")
+    elif index.is_file():
+        weight_map = _json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index} has no weight_map")
+        for shard in sorted(set(weight_map.values())):
+            _check_safetensors(path / shard)
+    elif (path / "pytorch_model.bin.index.json").is_file():
+        weight_map = _json_object(path / "pytorch_model.bin.index.json").get("weight_map") or {}
+        missing = sorted(shard for shard in set(weight_map.values()) if not (path / shard).is_file())
+        if not weight_map or missing:
+            raise CheckpointError(f"{path / 'pytorch_model.bin.index.json'} names missing weight shards: "
+                                  f"{missing[:3] or 'none listed'}")
+    elif not (path / "pytorch_model.bin").is_file():
+        raise CheckpointError(f"{path} has no weights (model.safetensors, a sharded model.safetensors.index.json "
+                              "with its shards, or pytorch_model.bin)")
+
+
+def _check_tokenizer(path: Path) -> None:
+    has_bpe_files = (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
+    if not (has_bpe_files or any((path / name).is_file() for name in TOKENIZER_FILES)):
+        # transformers would build an empty tokenizer here, without a word
+        raise CheckpointError(f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}, or vocab.json + "
+                              "merges.txt): copy the tokenizer files of the model it was trained from")
+    if any((path / name).is_file() for name in CHAT_TEMPLATE_FILES):
+        return
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        if (path / name).is_file() and _json_object(path / name).get("chat_template"):
+            return
+    raise CheckpointError(f"{path} has no chat template ({' or '.join(CHAT_TEMPLATE_FILES)}, or chat_template "
+                          "in tokenizer_config.json): prompts cannot be rendered; copy it from the model it was "
+                          "trained from")
+
+
+def check_checkpoint(path: str | Path) -> Path:
+    """``path`` as a loadable Hugging Face Qwen-VL checkpoint folder, checked cheaply (no
+    tensor is read): config.json with a model_type transformers knows, weights whose headers
+    read, a tokenizer and a chat template. Raises :class:`CheckpointError` naming what is wrong."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"model folder not found: {path}")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        if (path / "adapter_config.json").is_file():
+            raise CheckpointError(f"{path} holds a LoRA adapter, not a model: train with --merge-lora to get "
+                                  "a plain model, or merge the adapter into its base model")
+        raise CheckpointError(f"{path} has no config.json (not a Hugging Face checkpoint)")
+    model_type = _json_object(config_file).get("model_type")
+    if not model_type:
+        raise CheckpointError(f"{config_file} has no model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise CheckpointError(f"{config_file}: model_type {model_type!r} is unknown to this transformers")
+    _check_weights(path)
+    _check_tokenizer(path)
+    return path
+
+
 def load_policy(path: str | Path, *, device: str | torch.device = "cpu", trainable: bool,
                 dtype: str = "auto", gradient_checkpointing: bool = True, train_vision: bool = False,
                 attn_implementation: str | None = None) -> Any:
@@ -146,10 +262,17 @@ def _tokenizer_of(processor_or_tokenizer: Any) -> Any:
 def check_pair(student: Any, teacher: Any, student_processor: Any, teacher_processor: Any) -> None:
     """Raise ValueError when the teacher cannot score the student's tokens.
 
-    The tokenizers must map the same strings to the same ids (vocabulary and special tokens),
+    Both must be of one model family (model_type): the teacher is fed the inputs the
+    student's processor made (video patches, grid and position layout are per family). The
+    tokenizers must map the same strings to the same ids (vocabulary and special tokens),
     and the teacher's head must have at least the student's vocabulary rows (a larger,
     padded head is fine: only its first rows are used).
     """
+    s_type = unwrap_peft(student).config.model_type
+    t_type = unwrap_peft(teacher).config.model_type
+    if s_type != t_type:
+        raise ValueError(f"the student is a {s_type} model and the teacher a {t_type} model: the teacher must be of "
+                         "the student's family, because the same processed video inputs are fed to both")
     s_tok, t_tok = _tokenizer_of(student_processor), _tokenizer_of(teacher_processor)
     s_vocab, t_vocab = s_tok.get_vocab(), t_tok.get_vocab()
     if s_vocab != t_vocab:

@@ -18,11 +18,14 @@ from typing import Any, Sequence
 
 import torch
 
+from videoopd.data.video import PREPROCESSING_RECORD, DecodeConfig
+
 __all__ = [
     "QWEN_VIDEO_DEFAULTS",
     "TorchQwenVideoProcessor",
     "load_processor",
     "processor_inputs",
+    "record_preprocessing",
     "pil_image_processor_class",
     "torchvision_available",
     "torchvision_free_processor_class",
@@ -202,6 +205,8 @@ def _saved_settings(path: Path, key: str, filenames: tuple[str, ...]) -> dict[st
 
 # Settings the patching depends on; the resize budgets do not matter here (frames come sized).
 _PATCH_SETTINGS = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "rescale_factor")
+# Kept so that a checkpoint saved again still says how its frames were sampled and sized.
+_SAMPLING_SETTINGS = ("fps", "max_frames", "min_frames", "size", PREPROCESSING_RECORD)
 
 
 def _load_without_torchvision(path: Path) -> Any:
@@ -219,7 +224,7 @@ def _load_without_torchvision(path: Path) -> Any:
     image_settings = _saved_settings(path, "image_processor", ("preprocessor_config.json",))
     video_processor = TorchQwenVideoProcessor(
         hub_class=video_settings.get("video_processor_type", QWEN_VIDEO_DEFAULTS[model_type]["hub_class"]),
-        **{**defaults, **{k: video_settings[k] for k in _PATCH_SETTINGS if k in video_settings}},
+        **{**defaults, **{k: video_settings[k] for k in _PATCH_SETTINGS + _SAMPLING_SETTINGS if k in video_settings}},
     )
     image_processor = pil_image_processor_class()(
         **{k: v for k, v in {**defaults, **image_settings}.items() if k in _PATCH_SETTINGS}
@@ -247,6 +252,24 @@ def load_processor(path: str | Path) -> Any:
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(str(path), local_files_only=True)
+
+
+def record_preprocessing(processor: Any, decode_config: DecodeConfig) -> None:
+    """Record in ``processor`` the frame sampling a model is trained with (``decode_config``),
+    so that what ``save_pretrained`` writes carries it and ``DecodeConfig.for_processor`` of the
+    saved checkpoint (eval, sft, train) uses it where no flag overrides it.
+
+    Stored as the video processor's :data:`~videoopd.data.video.PREPROCESSING_RECORD` (in
+    ``processor_config.json``); the video processor's own ``fps`` and ``max_frames`` are set
+    too, for users of the plain transformers processor. Its ``size`` is left alone: transformers'
+    Qwen3-VL video processor reads it as a budget over several frames, ours is per frame.
+    """
+    video_processor = getattr(processor, "video_processor", None)
+    if video_processor is None:
+        raise TypeError(f"processor must be a Qwen-VL processor with a video processor, got {type(processor).__name__}")
+    setattr(video_processor, PREPROCESSING_RECORD, decode_config.recorded_settings())
+    video_processor.fps = decode_config.fps
+    video_processor.max_frames = decode_config.max_frames
 
 
 # --------------------------------------------------------------------------------------

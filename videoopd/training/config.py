@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
-__all__ = ["ConfigError", "DataOptions", "RunOptions", "build_parser", "check_run_options", "opt", "parse_config",
-           "save_config", "typed_value"]
+__all__ = ["ConfigError", "DataOptions", "RunOptions", "build_parser", "check_run_options", "help_with_defaults", "opt",
+           "parse_config", "save_config", "schedule_warning", "typed_value"]
 
 T = TypeVar("T")
 
@@ -40,10 +40,14 @@ class DataOptions:
     format: str = opt("annotation format or auto", default="auto")
     video_root: str | None = opt("folder of the videos (default: the annotation's folder)", default=None)
     prompt_style: str = opt("paper or timelens", default="paper")
-    fps: float = opt("frames sampled per second", default=2.0)
-    max_frames: int = opt("at most this many frames per video", default=768)
-    min_pixels: int | None = opt("min pixels per frame (default: the processor's)", default=None)
-    max_pixels: int | None = opt("max pixels per frame (default: the processor's)", default=None)
+    # None: what the (student) checkpoint records it was trained with (DecodeConfig.for_processor), else Qwen's
+    fps: float | None = opt("frames sampled per second (default: the model's recorded setting, else 2)", default=None)
+    max_frames: int | None = opt("at most this many frames per video (default: the model's recorded setting, else "
+                                 "768)", default=None)
+    min_pixels: int | None = opt("min pixels per frame (default: the model's recorded setting, else 128 x "
+                                 "(patch x merge)^2)", default=None)
+    max_pixels: int | None = opt("max pixels per frame (default: the model's recorded setting, else 768 x "
+                                 "(patch x merge)^2)", default=None)
     num_workers: int = opt("DataLoader workers decoding videos", default=0)
 
 
@@ -55,7 +59,7 @@ class RunOptions(DataOptions):
                              "process's device)", default=None)
     dtype: str = opt("auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16 or float32", default="auto")
     gradient_checkpointing: bool = opt("activation checkpointing of the trained model", default=True)
-    train_vision: bool = opt("also train the vision tower (frozen by default)", default=False)
+    train_vision: bool = opt("also train the vision tower (otherwise frozen)", default=False)
     # optimisation
     lr: float = opt("peak AdamW learning rate", default=1e-6)
     vision_lr: float | None = opt("peak learning rate of the vision tower when trained (default: --lr)", default=None)
@@ -119,7 +123,7 @@ RUN_POSITIVE = ("max_frames", "batch_size", "grad_accum", "max_steps", "eval_bat
 def check_run_options(cfg: RunOptions) -> None:
     """Range checks of the shared options; ConfigError names the option and the value."""
     for name in ("lr", "fps"):
-        if not getattr(cfg, name) > 0:
+        if getattr(cfg, name) is not None and not getattr(cfg, name) > 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)!r}")
     if cfg.vision_lr is not None and not cfg.vision_lr > 0:
         raise ConfigError(f"vision_lr must be > 0, got {cfg.vision_lr!r}")
@@ -132,7 +136,7 @@ def check_run_options(cfg: RunOptions) -> None:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
     for name in ("lr", "max_grad_norm", "weight_decay", "fps", "time_budget_s"):
-        if not math.isfinite(getattr(cfg, name)):
+        if getattr(cfg, name) is not None and not math.isfinite(getattr(cfg, name)):
             raise ConfigError(f"{name} must be finite, got {getattr(cfg, name)!r}")
     if cfg.lora_r:
         if cfg.lora_alpha is not None and not (math.isfinite(cfg.lora_alpha) and cfg.lora_alpha > 0):
@@ -147,6 +151,15 @@ def check_run_options(cfg: RunOptions) -> None:
         raise ConfigError("--merge-lora needs --lora-r > 0")
     if cfg.resume is not None and cfg.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: choose one")
+
+
+def schedule_warning(cfg: RunOptions) -> str | None:
+    """Why the learning rate never reaches its peak ``--lr`` (the run ends inside the warm-up),
+    or None."""
+    if cfg.warmup_steps <= cfg.max_steps:
+        return None
+    return (f"--max-steps {cfg.max_steps} ends inside --warmup-steps {cfg.warmup_steps}: the learning rate rises to "
+            f"{cfg.lr * cfg.max_steps / cfg.warmup_steps:g} and never reaches --lr {cfg.lr:g}")
 
 
 def _bool(text: str) -> bool:
@@ -200,24 +213,40 @@ def _field_type(f: dataclasses.Field) -> type:
     return int if t.startswith("int") else float if t.startswith("float") else bool if t.startswith("bool") else str
 
 
+def help_with_defaults(text: str, default: Any, mode_defaults: Mapping[str, Any]) -> str:
+    """``text`` with ``(default: X; MODE: Y)`` stated once: where ``text`` already says its
+    default in a closing ``(default ...)``, the modes' values go inside it; a default of None
+    is left unsaid (the text says what leaving the option out means)."""
+    modes = [f"{mode}: {value}" for mode, value in mode_defaults.items()]
+    if text.endswith(")") and "(default" in text:
+        return text[:-1] + "".join(f"; {m}" for m in modes) + ")" if modes else text
+    parts = ([] if default is None else [f"default: {default}"]) + modes
+    return f"{text} ({'; '.join(parts)})" if parts else text
+
+
 def build_parser(config_class: type, *, prog: str, description: str,
                  choices: Mapping[str, Sequence[Any]] | None = None,
                  presets: Mapping[str, Mapping[str, Any]] | None = None, preset_help: str = "",
-                 command_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
+                 command_defaults: Mapping[str, Any] | None = None,
+                 mode_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one flag per field of ``config_class`` (defaults suppressed, so
-    that only the flags actually given override the YAML/preset values)."""
+    that only the flags actually given override the YAML/preset values). ``mode_defaults``
+    ({mode: {field: value}}): the defaults of a mode of the command (the train demo), shown in
+    each field's help beside the default."""
     command_defaults = command_defaults or {}
+    mode_defaults = mode_defaults or {}
     choices = choices or {}
     parser = argparse.ArgumentParser(prog=prog, description=description + " Precedence: defaults < "
-                                     + ("--preset < " if presets else "") + "--config YAML < flags.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     + ("--preset < " if presets else "") + "--config YAML < flags.")
     parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file of options (keys as below, with _ or -)")
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), default=argparse.SUPPRESS, help=preset_help)
     for f in dataclasses.fields(config_class):
         kind = _field_type(f)
+        modes = {mode: values[f.name] for mode, values in mode_defaults.items() if f.name in values}
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  "help": f"{f.metadata['help']} (default: {command_defaults.get(f.name, f.default)})"}
+                                  "help": help_with_defaults(f.metadata["help"], command_defaults.get(f.name, f.default),
+                                                             modes)}
         if kind is bool:  # --flag alone means true
             kwargs.update(type=_bool, metavar="BOOL", nargs="?", const=True)
         else:
@@ -234,18 +263,20 @@ def build_parser(config_class: type, *, prog: str, description: str,
 def parse_config(config_class: type[T], argv: Sequence[str] | None, *, prog: str, description: str,
                  choices: Mapping[str, Sequence[Any]] | None = None, positive: Sequence[str] = (),
                  presets: Mapping[str, Mapping[str, Any]] | None = None, preset_help: str = "",
-                 command_defaults: Mapping[str, Any] | None = None) -> T:
+                 command_defaults: Mapping[str, Any] | None = None,
+                 mode_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> T:
     """Parse flags, apply preset, YAML and overrides; raise ConfigError on a bad value.
 
     The chosen preset (or None) is recorded as ``cfg.preset``. ``positive`` names integer
     fields that must be > 0; ``choices`` the allowed values of a field; ``command_defaults``
-    the command's own defaults for inherited fields.
+    the command's own defaults for inherited fields; ``mode_defaults`` those of its modes, for
+    ``--help`` only (:func:`build_parser`).
     """
     import yaml
 
     choices = choices or {}
     parser = build_parser(config_class, prog=prog, description=description, choices=choices, presets=presets,
-                          preset_help=preset_help, command_defaults=command_defaults)
+                          preset_help=preset_help, command_defaults=command_defaults, mode_defaults=mode_defaults)
     args = vars(parser.parse_args(list(argv) if argv is not None else None))
     names = {f.name: f for f in dataclasses.fields(config_class)}
     values: dict[str, Any] = dict(command_defaults or {})
@@ -286,6 +317,8 @@ def parse_config(config_class: type[T], argv: Sequence[str] | None, *, prog: str
             raise ConfigError(f"{name} must be one of {tuple(allowed)}, got {getattr(cfg, name)!r}")
     for name in positive:
         value = getattr(cfg, name)
+        if value is None and names[name].default is None:  # unset: resolved later
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     cfg.preset = preset  # type: ignore[attr-defined]

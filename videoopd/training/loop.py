@@ -32,6 +32,7 @@ from videoopd.algo.objectives import GenerationContext, MicroBatch, Objective
 from videoopd.evaluation.evaluate import evaluate
 from videoopd.qwen.lora import apply_lora, merged_model
 from videoopd.qwen.models import policy_head_forward
+from videoopd.qwen.processing import record_preprocessing
 from videoopd.training.checkpoint import TrainerState, install_model_hooks, load_checkpoint, model_signature, save_checkpoint
 from videoopd.training.config import ConfigError, RunOptions
 from videoopd.training.distributed import is_fsdp2, peak_memory_mb, reduce_step_metrics, unsupported_engine
@@ -124,13 +125,18 @@ class DataStream:
     """Endless batches of a prepared DataLoader, epoch after epoch, that knows its position
     (``epoch``, ``batches_in_epoch`` drawn) and can start from one: the order is accelerate's
     seedable sampler's (a function of the seed and the epoch), and a resumed stream skips the
-    epoch's first batches at the sampler (no video is decoded for them). Batches whose videos
-    all failed to decode are skipped (the dataset reports them) and counted in the position."""
+    epoch's first batches at the sampler (no video is decoded for them). Videos that fail to
+    decode are left out of their batch by the collator; they are reported here once each (file
+    and error) and kept in :attr:`failed`; a batch with none left is skipped (and counted in the
+    position); a whole epoch without a decodable video stops the run with an error."""
 
-    def __init__(self, accelerator: Any, loader: Any, epoch: int = 0, batches_in_epoch: int = 0):
+    def __init__(self, accelerator: Any, loader: Any, epoch: int = 0, batches_in_epoch: int = 0,
+                 log: Callable[[str], None] = print):
         self.accelerator, self.loader = accelerator, loader
         self.epoch, self.batches_in_epoch = epoch, batches_in_epoch
         self.iterator: Iterator[dict[str, Any]] | None = None
+        self.failed: dict[str, str] = {}  # record id -> error, this process's
+        self.log = log
 
     def __iter__(self) -> "DataStream":
         return self
@@ -149,10 +155,15 @@ class DataStream:
                 self.epoch, self.batches_in_epoch, self.iterator = self.epoch + 1, 0, None
                 empty_epochs += 1
                 if empty_epochs > 1:
-                    raise RuntimeError("no batch with a decodable video in a whole epoch of the training data "
-                                       "(the dataset reported each failure)") from None
+                    examples = "; ".join(f"{k}: {v}" for k, v in list(self.failed.items())[:3])
+                    raise ConfigError(f"no decodable video in a whole epoch of the training data ({len(self.failed)} "
+                                      f"failed, e.g. {examples})") from None
                 continue
             self.batches_in_epoch += 1
+            for record, error in batch.get("failed", []):
+                if record.id not in self.failed:
+                    self.failed[record.id] = error
+                    self.log(f"warning: training query {record.id} left out: {error}")
             if batch["inputs"] is not None:
                 return batch
 
@@ -323,6 +334,8 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
     accelerator.register_for_checkpointing(scheduler)
     if masters is not None:
         accelerator.register_for_checkpointing(masters)
+    if decode_config is not None:  # saved with the model: eval and sft then sample frames alike
+        record_preprocessing(processor, decode_config)
     install_model_hooks(accelerator, processor)
     state = TrainerState(processes=world, model_signature=signature, config=dataclasses.asdict(cfg))
     if resume_from is not None:
@@ -332,7 +345,7 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
     data = None
     if curriculum is None or state.round_indices is not None:
         samples = dataset if curriculum is None else torch.utils.data.Subset(dataset, state.round_indices)
-        data = DataStream(accelerator, prepared_loader(samples), state.epoch, state.batches_in_epoch)
+        data = DataStream(accelerator, prepared_loader(samples), state.epoch, state.batches_in_epoch, log=log)
     metrics_log = MetricsLog(out_dir, resume_step=state.step if resume_from is not None else None) if main else None
     summary: dict[str, Any] = {"steps": [], "evals": {}, "best_mIoU": state.best_mIoU, "best_step": state.best_step,
                                "rounds": state.round_records, "checkpoint": None, "step_records": [],
@@ -350,7 +363,7 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
         if main:
             metrics_log.write({"step": step, **{k: v for k, v in record.items() if not isinstance(v, list)}})
             curriculum.write_rounds(out_dir, state.round_records)
-        return DataStream(accelerator, prepared_loader(torch.utils.data.Subset(dataset, indices)))
+        return DataStream(accelerator, prepared_loader(torch.utils.data.Subset(dataset, indices)), log=log)
 
     def run_evaluation(step: int) -> None:
         m = evaluate_held_out(cfg, accelerator, model, processor, eval_records, decode_config, f"step{step}")
@@ -388,6 +401,7 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
                 sums, per_rank, timer, ids = optimizer_step(step, accelerator, wrapper, model, objective, data,
                                                             optimizer, scheduler, masters, cfg)
                 per_rank["stop_signal"] = float(stop.signum or 0)
+                per_rank["skipped_videos"] = float(len(data.failed))
                 per_rank["train_time_s"] = train_time + (time.perf_counter() - t0)
                 summed, ranks = reduce_step_metrics(accelerator, sums, per_rank)  # the step's one host sync
                 elapsed = time.perf_counter() - t0
@@ -402,6 +416,7 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
                                        **{f"time/{k}_s": v for k, v in timer.seconds().items()},
                                        "peak_mem_mb": max(ranks["peak_mem_mb"]),
                                        "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
+                                       "skipped_videos": int(sum(ranks["skipped_videos"])),
                                        "processes": world, "time_s": time.perf_counter() - start,
                                        "train_time_s": train_time}
                 if not math.isfinite(row["loss"]):

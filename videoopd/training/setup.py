@@ -6,17 +6,42 @@ from typing import Any
 
 from videoopd.training.config import ConfigError, DataOptions
 
-__all__ = ["check_model_folder", "load_pool"]
+__all__ = ["check_device", "check_model_folder", "check_output_dir", "load_pool"]
+
+
+def check_device(spec: str | None, flag: str) -> None:
+    """ConfigError naming ``flag`` when ``spec`` (None: the default device) is no device of
+    this machine."""
+    from videoopd.qwen.models import available_device
+
+    if spec is None:
+        return
+    try:
+        available_device(spec)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
+def check_output_dir(path: str | Path, flag: str = "--output-dir") -> None:
+    """ConfigError when ``path`` cannot be a folder: it, or a folder it would be in, is a file."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == path else f" ({folder} is)"
+                raise ConfigError(f"{flag} {path} is a file, not a folder{where}")
+            return
 
 
 def check_model_folder(path: str | Path, flag: str) -> Path:
-    """``path`` as a Hugging Face checkpoint folder; ConfigError naming ``flag`` otherwise."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ConfigError(f"{flag}: model folder not found: {path}")
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{flag}: {path} has no config.json (not a Hugging Face checkpoint)")
-    return path
+    """``path`` as a loadable Hugging Face checkpoint folder
+    (:func:`videoopd.qwen.models.check_checkpoint`); ConfigError naming ``flag`` otherwise."""
+    from videoopd.qwen.models import CheckpointError, check_checkpoint
+
+    try:
+        return check_checkpoint(path)
+    except CheckpointError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
 
 
 def load_pool(path: str | None, cfg: DataOptions, what: str) -> list[Any]:
