@@ -140,8 +140,6 @@ def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
         raise ConfigError(f"gwds_center must be finite and gwds_sigma > 0, got {cfg.gwds_center!r}, {cfg.gwds_sigma!r}")
     if cfg.preset is not None and (cfg.student is None or cfg.teacher is None):  # type: ignore[attr-defined]
         raise ConfigError(f"--preset {cfg.preset} needs --student and --teacher (local checkpoint folders)")  # type: ignore[attr-defined]
-    if cfg.reduction == "auto":
-        cfg.reduction = "token_mean" if cfg.algo == "grpo" else "sequence_sum"
     if not (0 < cfg.clip_eps < 1):
         raise ConfigError(f"clip_eps must be in (0, 1), got {cfg.clip_eps!r}")
     for name in ("beta", "format_reward"):

@@ -62,8 +62,10 @@ def test_grpo_options_are_checked():
         T.resolve_config(["--algo", "grpo", "--num-generations", "1"])
     with pytest.raises(T.ConfigError, match="clip_eps"):
         T.resolve_config(["--algo", "grpo", "--clip-eps", "1.5"])
-    assert T.resolve_config(["--algo", "grpo"]).reduction == "token_mean"
-    assert T.resolve_config([]).reduction == "sequence_sum"
+    from videoopd.training.post_training import default_reduction
+
+    assert T.resolve_config(["--algo", "grpo"]).reduction == "auto"
+    assert (default_reduction("grpo"), default_reduction("opd")) == ("token_mean", "sequence_sum")
 
 
 def read_jsonl(path):

@@ -52,3 +52,27 @@ def test_bad_arguments():
         SeededSampler([1], top_p=1.5)
     with pytest.raises(ValueError, match="2 seeds for a batch of 3"):
         SeededSampler([1, 2])(None, torch.zeros(3, 4))
+
+
+def test_sampler_records_the_log_probs_it_drew_from():
+    """The log-prob of each drawn token under the tempered, nucleus-filtered distribution: what
+    the policy-gradient losses use as the old policy's."""
+    gen = torch.Generator().manual_seed(0)
+    steps = [torch.randn(2, 9, generator=gen) for _ in range(3)]
+    sampler = SeededSampler([5, 6], temperature=0.7, top_p=0.8)
+    ids = torch.zeros(2, 1, dtype=torch.long)
+    drawn = []
+    for z in steps:
+        token = sampler(ids, z.clone()).argmax(dim=-1, keepdim=True)
+        drawn.append(token)
+        ids = torch.cat([ids, token], dim=1)
+    got = sampler.sampled_logprobs(ids[:, 1:])
+    for k, z in enumerate(steps):
+        scaled = z / 0.7
+        probs = scaled.softmax(-1)
+        sorted_p, order = probs.sort(-1, descending=True)
+        keep_sorted = sorted_p.cumsum(-1) - sorted_p < 0.8
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        want = scaled.masked_fill(~keep, float("-inf")).log_softmax(-1).gather(1, drawn[k]).squeeze(1)
+        torch.testing.assert_close(got[:, k], want)
+    assert (got <= 0).all()

@@ -77,7 +77,7 @@ class SeededSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if scores.shape[0] != len(self.generators):
             raise ValueError(f"SeededSampler has {len(self.generators)} seeds for a batch of {scores.shape[0]} rows")
-        if self.previous is not None:  # the token drawn last time is now the last input id
+        if self.previous is not None and input_ids is not None:  # the token drawn last time is the last input id
             self.logprobs.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
         z = scores.float() / self.temperature
         if self.top_p < 1:
