@@ -12,12 +12,23 @@ from . import _validation as v
 LOSS_REDUCTIONS = ("token_mean", "sequence_sum", "sum")
 
 
-def _check_like(name: str, t: torch.Tensor, like: torch.Tensor) -> None:
-    v.check_tensor(name, t)
-    if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating tensor, got dtype {t.dtype}")
-    if t.shape != like.shape:
-        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected the shape of logprobs, {tuple(like.shape)}")
+def _check_inputs(name: str, reference: torch.Tensor, mask: torch.Tensor, **others: torch.Tensor | None) -> None:
+    """Floating ``reference`` (called ``name``), ``others`` of its shape, a bool mask of its shape."""
+    v.check_tensor(name, reference)
+    for other_name, t in {name: reference, **others}.items():
+        if t is None:
+            continue
+        v.check_tensor(other_name, t)
+        if not t.is_floating_point():
+            raise ValueError(f"{other_name} must be a floating tensor, got dtype {t.dtype}")
+        if t.shape != reference.shape:
+            raise ValueError(f"{other_name} has shape {tuple(t.shape)}, expected the shape of {name}, "
+                             f"{tuple(reference.shape)}")
+    v.check_tensor("mask", mask)
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+    if mask.shape != reference.shape:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected the shape of {name}, {tuple(reference.shape)}")
 
 
 def policy_gradient_loss(
@@ -62,19 +73,8 @@ def policy_gradient_loss(
         "clipped_fraction" (with ``old_logprobs``), "reference_kl" (mean k3, with
         ``reference_logprobs``).
     """
-    v.check_tensor("logprobs", logprobs)
-    if not logprobs.is_floating_point():
-        raise ValueError(f"logprobs must be a floating tensor, got dtype {logprobs.dtype}")
-    _check_like("advantages", advantages, logprobs)
-    for name, t in (("old_logprobs", old_logprobs), ("reference_logprobs", reference_logprobs)):
-        if t is not None:
-            _check_like(name, t, logprobs)
-    v.check_tensor("mask", mask)
-    if mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
-    if mask.shape != logprobs.shape:
-        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected the shape of logprobs, "
-                         f"{tuple(logprobs.shape)}")
+    _check_inputs("logprobs", logprobs, mask, advantages=advantages, old_logprobs=old_logprobs,
+                  reference_logprobs=reference_logprobs)
     v.check_choice("reduction", reduction, LOSS_REDUCTIONS)
     if reduction == "sequence_sum" and logprobs.dim() < 1:
         raise ValueError("reduction='sequence_sum' needs a sequence dim (the last one)")
@@ -158,24 +158,8 @@ def sampled_reverse_kl_loss(
         estimate), "tokens" (selected token count), and "importance_ratio" (mean) when
         old_logprobs is given.
     """
-    v.check_tensor("student_logprobs", student_logprobs)
-    v.check_tensor("teacher_logprobs", teacher_logprobs)
-    for name, t in (("student_logprobs", student_logprobs), ("teacher_logprobs", teacher_logprobs),
-                    ("old_logprobs", old_logprobs)):
-        if t is None:
-            continue
-        v.check_tensor(name, t)
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating tensor, got dtype {t.dtype}")
-        if t.shape != student_logprobs.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected the shape of student_logprobs, "
-                             f"{tuple(student_logprobs.shape)}")
-    v.check_tensor("mask", mask)
-    if mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
-    if mask.shape != student_logprobs.shape:
-        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected the shape of student_logprobs, "
-                         f"{tuple(student_logprobs.shape)}")
+    _check_inputs("student_logprobs", student_logprobs, mask, teacher_logprobs=teacher_logprobs,
+                  old_logprobs=old_logprobs)
     log_ratio = torch.where(mask, student_logprobs - teacher_logprobs, torch.zeros_like(student_logprobs)).detach()
     loss, pg = policy_gradient_loss(student_logprobs, -log_ratio, mask, old_logprobs=old_logprobs, reduction=reduction)
     metrics = {"reverse_kl": log_ratio.sum() / pg["tokens"].clamp_min(1).to(log_ratio.dtype), "tokens": pg["tokens"]}
