@@ -73,7 +73,8 @@ class TVDFCurriculum:
         result = evaluate(model, processor, self.pool, decode_config=self.decode_config,
                           prompt_style=self.cfg.prompt_style, batch_size=self.cfg.eval_batch_size,
                           max_new_tokens=self.cfg.max_new_tokens, predictions_path=path, resume=reuse,
-                          on_video_error="report", progress=False, accelerator=self.accelerator,
+                          on_video_error="report", progress=self.cfg.progress and self.accelerator.is_main_process,
+                          accelerator=self.accelerator,
                           identity={"pool": [r.id for r in self.pool], "scored_by": tag})
         by_id = {row["id"]: row["iou"] for row in result.predictions}
         return [float(by_id[r.id]) for r in self.pool]

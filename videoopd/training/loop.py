@@ -203,7 +203,8 @@ def evaluate_held_out(cfg: RunOptions, accelerator: Any, model: Any, processor: 
     metrics = evaluate(model, processor, records[: cfg.eval_limit] if cfg.eval_limit else records,
                        decode_config=decode_config, prompt_style=cfg.prompt_style, batch_size=cfg.eval_batch_size,
                        max_new_tokens=cfg.max_new_tokens, predictions_path=out_dir / f"eval_{tag}.predictions.jsonl",
-                       on_video_error="report", progress=False, accelerator=accelerator).metrics
+                       on_video_error="report", progress=cfg.progress and accelerator.is_main_process,
+                       accelerator=accelerator).metrics
     if accelerator.is_main_process:
         (out_dir / f"eval_{tag}.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics
@@ -383,6 +384,9 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
     def evaluation_due(step: int) -> bool:
         return bool(eval_records) and (step == cfg.max_steps or (cfg.eval_every > 0 and step % cfg.eval_every == 0))
 
+    # say what each number is per: the loss is normalised by the step's units, KL per token
+    per = {"sequence_sum": "/seq", "token_mean": "/token"}.get(getattr(objective, "reduction", ""), "")
+    postfix_labels = {"loss": f"loss{per}", "reverse_kl": "rkl/token", "reward": "reward/answer"}
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc=objective.name, unit="step",
                disable=not (cfg.progress and main), dynamic_ncols=True)
     start = time.perf_counter()
@@ -425,7 +429,7 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
                 summary["step_records"].append(ids)
                 if main:
                     metrics_log.write(row)
-                    bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "reverse_kl") if k in row}
+                    bar.set_postfix({label: f"{row[k]:.4f}" for k, label in postfix_labels.items() if k in row}
                                     | {"tok_s": f"{row['tokens_per_s']:.0f}"})
                     bar.update(1)
                     if not cfg.progress and (step == 1 or step % 10 == 0 or step == cfg.max_steps):
