@@ -212,7 +212,7 @@ def run_accuracy_case(case: Case, ctx: BenchContext) -> Row:
         inputs = leaves = output = None
         _give_up(case, ctx, row, failure)
 
-    reference, reference_leaves = reference_output(op, inputs)
+    reference, reference_leaves = reference_output(op, inputs, case.provider.quantity)
     index_error = None
     if op.kernel == "topk_logprobs":
         values, indices = output
