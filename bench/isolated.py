@@ -21,6 +21,10 @@ providers, so a load change on a shared machine hits all of them alike):
 Prints one line per provider: the median over repeats of each child's median time, its ratio to
 the first provider's, and the memory figures with their ratio to the first provider's steady
 peak. ``--json PATH`` writes every figure. Linux only (/proc).
+
+A provider written ``NAME@DIR`` runs with ``opd_kernels`` imported from DIR instead, to compare
+revisions in one run: ``git archive REV opd_kernels | tar -x -C DIR`` then
+``--providers naive,ours-torch@DIR,ours-torch``.
 """
 
 from __future__ import annotations
@@ -72,7 +76,9 @@ def _child(args) -> dict:
                          temperature=args.temperature)
     call, reset = make_call(op, provider, inputs)
     gc.collect()
-    result: dict = {"threads": torch.get_num_threads()}
+    import opd_kernels
+
+    result: dict = {"threads": torch.get_num_threads(), "opd_kernels": str(Path(opd_kernels.__file__).parent)}
     if args.child == "memory":
         before = _proc_status("VmRSS")
         reset()
@@ -102,6 +108,7 @@ def _child(args) -> dict:
 
 
 def _run_child(args, provider: str, kind: str) -> dict:
+    provider, _, kernels_dir = provider.partition("@")
     cmd = [sys.executable, "-m", "bench.isolated", "--child", kind, "--provider", provider, "--op", args.op,
            "--shape", ",".join(map(str, args.shape)), "--dtype", args.dtype, "--calls", str(args.calls),
            "--temperature", str(args.temperature)]
@@ -110,6 +117,8 @@ def _run_child(args, provider: str, kind: str) -> dict:
         env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
     repo = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if kernels_dir:
+        env["PYTHONPATH"] = str(Path(kernels_dir).resolve()) + os.pathsep + env["PYTHONPATH"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=repo)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -152,7 +161,7 @@ def main(argv=None) -> int:
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     kernel = OP_MODES[args.op].kernel
     known = {p.name for p in PROVIDERS if kernel in p.kernels}
-    unknown = [p for p in providers if p not in known]
+    unknown = [p for p in providers if p.partition("@")[0] not in known]
     if unknown:
         parser.error(f"providers {unknown} do not run {kernel}; choose from {sorted(known)}")
 
@@ -163,7 +172,8 @@ def main(argv=None) -> int:
             memory = _run_child(args, provider, "memory")
             runs[provider].append({"time": timing, "memory": memory})
             print(f"# repeat {repeat + 1}/{args.repeats} {provider}: "
-                  f"{timing.get('error') or format(timing['median_ms'], '.1f') + ' ms'}", file=sys.stderr, flush=True)
+                  f"{timing.get('error') or format(timing['median_ms'], '.1f') + ' ms'} "
+                  f"(opd_kernels from {timing.get('opd_kernels', '?')})", file=sys.stderr, flush=True)
 
     summary = {}
     for provider in providers:
