@@ -117,9 +117,12 @@ def _run_child(args, provider: str, kind: str) -> dict:
         env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
     repo = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cwd = repo
     if kernels_dir:
-        env["PYTHONPATH"] = str(Path(kernels_dir).resolve()) + os.pathsep + env["PYTHONPATH"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=repo)
+        # python -m puts the working directory first on sys.path: start in DIR, not the repo.
+        cwd = str(Path(kernels_dir).resolve())
+        env["PYTHONPATH"] = cwd + os.pathsep + env["PYTHONPATH"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-1:])
