@@ -90,11 +90,24 @@ class RowFunction:
 # ---------------------------------------------------------------------------------------
 
 
+# Columns per block of the eager forms' exp sums: a [C, 8192] temporary, not a third [C, V] block.
+EXP_BLOCK = 8192
+
+
+def _logsumexp_blocked(z: torch.Tensor) -> torch.Tensor:
+    """torch.logsumexp(z, dim=1) with a [C, EXP_BLOCK] temporary instead of a [C, V] one."""
+    m = z.amax(dim=1)
+    s = torch.zeros_like(m)
+    for c0 in range(0, z.shape[1], EXP_BLOCK):
+        s += torch.exp(z[:, c0:c0 + EXP_BLOCK] - m[:, None]).sum(dim=1)
+    return m + torch.log(s)
+
+
 def _rkl_eager(z_s, z_t, inv_tau, scale):
     if inv_tau != 1.0:
         z_s.mul_(inv_tau)
         z_t.mul_(inv_tau)
-    lse_t = torch.logsumexp(z_t, dim=1)
+    lse_t = _logsumexp_blocked(z_t)
     m_s = z_s.amax(dim=1)
     neg_d = z_t.sub_(z_s)  # z_t now holds -d = zt - zs
     e = z_s.sub_(m_s[:, None]).exp_()  # z_s now holds e = exp(zs - max)
@@ -149,10 +162,14 @@ def reverse_kl_rows(z_s: torch.Tensor, z_t: torch.Tensor, inv_tau: float, scale:
 def _lse_eager(z, inv_tau, with_mean):
     if inv_tau != 1.0:
         z.mul_(inv_tau)
-    lse = torch.logsumexp(z, dim=1)
+    lse = _logsumexp_blocked(z)
     if not with_mean:
         return lse, None
-    return lse, torch.exp(z - lse[:, None]).mul_(z).sum(dim=1)
+    mean = torch.zeros_like(lse)
+    for c0 in range(0, z.shape[1], EXP_BLOCK):
+        block = z[:, c0:c0 + EXP_BLOCK]
+        mean += torch.exp(block - lse[:, None]).mul_(block).sum(dim=1)
+    return lse, mean
 
 
 def _lse_fused(z, inv_tau, with_mean):
@@ -178,8 +195,11 @@ def _softmax_grad_eager(z, inv_tau, lse, entropy, go_lp, go_ent):
     log_p = z.mul_(inv_tau).sub_(lse[:, None])
     if go_ent is None:
         return log_p.exp_().mul_((-inv_tau * go_lp)[:, None])
-    p = torch.exp(log_p)
-    return log_p.add_(entropy[:, None]).mul_(go_ent[:, None]).add_(go_lp[:, None]).mul_(p).mul_(-inv_tau)
+    for c0 in range(0, log_p.shape[1], EXP_BLOCK):  # p block by block: no [C, V] temporary
+        block = log_p[:, c0:c0 + EXP_BLOCK]
+        p = torch.exp(block)
+        block.add_(entropy[:, None]).mul_(go_ent[:, None]).add_(go_lp[:, None]).mul_(p).mul_(-inv_tau)
+    return log_p
 
 
 def _softmax_grad_fused(z, inv_tau, lse, entropy, go_lp, go_ent):
