@@ -105,11 +105,12 @@ def topk_torch(h, W, k, inv_tau, chunk_size=None):
     chunk = chunk_size or default_chunk_size(vocab, h.shape[1])
     for r0 in range(0, n, chunk):
         z = mm_acc(h[r0 : r0 + chunk], W_acc.t())
-        if inv_tau != 1.0:
-            z.mul_(inv_tau)
+        # The order of the top k does not change under the positive 1/tau; the row function
+        # then consumes z for lse (no [C, V] temporary).
         best_z, best_i = z.topk(k, dim=1)
         rows = z.shape[0]
-        values[r0 : r0 + rows] = best_z - torch.logsumexp(z, dim=1)[:, None]
-        indices[r0 : r0 + rows] = best_i
+        lse, _ = logsumexp_rows(z, inv_tau, False)
         del z
+        values[r0 : r0 + rows] = best_z * inv_tau - lse[:, None]
+        indices[r0 : r0 + rows] = best_i
     return values, indices
