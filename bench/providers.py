@@ -3,7 +3,10 @@
 An *op mode* is one kernel in one mode ("forward", or "full" = forward + backward, Liger's
 naming). A *provider* is one implementation of it: ours (Triton / torch backends), naive
 PyTorch with materialised fp32 logits, the same ``torch.compile``d, and the peers
-(Liger-Kernel for reverse KL, Cut Cross-Entropy for token log-probs).
+(Liger-Kernel for reverse KL: its fused linear JSD at beta = 1, also with fp32 weight-gradient
+accumulation, its chunked JSD loss, and its fused linear KL divergence, which takes teacher
+probabilities and computes the forward KL; Cut Cross-Entropy for token log-probs). A peer the
+installed version lacks is a row saying so.
 
 Every provider's ``compute`` returns the op's output in one form per kernel, so one
 objective, one accuracy check and one reference serve them all:
@@ -139,16 +142,23 @@ def objective(op: OpMode, inputs: dict, output) -> torch.Tensor:
 # float64 references (materialised logits; accuracy figures only)
 
 
-def reference_output(op: OpMode, inputs: dict):
+def reference_output(op: OpMode, inputs: dict, quantity: str = ""):
     """float64 output of the op from the same (already rounded) inputs, differentiable w.r.t.
-    the returned leaves. For top-k: (values, indices, all log-probs)."""
-    from opd_kernels.testing import reverse_kl_reference
+    the returned leaves. For top-k: (values, indices, all log-probs). ``quantity`` names what a
+    provider computes when it is not the op itself ("forward_kl": KL(teacher || student))."""
+    from opd_kernels.testing import reference_logits, reverse_kl_reference
 
     tau = inputs["temperature"]
     leaves = {name: inputs[name].detach().double().requires_grad_(name in inputs["grad_leaves"])
               for name in ("student_hidden", "student_weight", "teacher_hidden", "teacher_weight", "hidden", "weight")
               if name in inputs}
-    if op.kernel == "fused_reverse_kl":
+    if quantity == "forward_kl":
+        vocab = leaves["student_weight"].shape[0]
+        log_p = torch.log_softmax(reference_logits(leaves["student_hidden"], leaves["student_weight"], tau), dim=-1)
+        log_q = torch.log_softmax(reference_logits(leaves["teacher_hidden"], leaves["teacher_weight"][:vocab], tau),
+                                  dim=-1)
+        out = (log_q.exp() * (log_q - log_p)).sum(dim=-1).mean()
+    elif op.kernel == "fused_reverse_kl":
         out = reverse_kl_reference(leaves["student_hidden"], leaves["student_weight"], leaves["teacher_hidden"],
                                    leaves["teacher_weight"], temperature=tau, reduction="mean")
     else:
@@ -221,6 +231,12 @@ class Provider:
     needs_cuda: bool = False
     module: str | None = None  # an import that must succeed
     attribute: str | None = None  # ... and provide this name (ops still being written)
+    # Run after the import: why the installed version cannot run this provider, or None.
+    check: Callable[[], str | None] | None = None
+    # What the provider computes when it is not the op itself (reference_output's quantity), and
+    # the note printed under the tables it appears in.
+    quantity: str = ""
+    note: str = ""
 
     def unavailable(self, op: OpMode, device: torch.device) -> str | None:
         """Why this provider cannot run here (the row's status), or None."""
@@ -234,6 +250,8 @@ class Provider:
             attribute = self.attribute.format(kernel=op.kernel) if self.attribute else None
             if attribute and not hasattr(mod, attribute):
                 return f"skipped: {self.module}.{attribute} does not exist yet"
+        if self.check is not None:
+            return self.check()
         return None
 
     def compute(self, op: OpMode, x: dict):
@@ -265,6 +283,27 @@ def _liger_fused_linear_jsd(op: OpMode, x: dict):
     return loss(x["student_hidden"], x["student_weight"], x["teacher_hidden"], x["teacher_weight"], None)
 
 
+def _liger_fused_linear_jsd_fp32_accum(op: OpMode, x: dict):
+    from liger_kernel.transformers import LigerFusedLinearJSD
+
+    # accum_dtype=float32: the weight gradient is accumulated over token chunks in fp32.
+    loss = LigerFusedLinearJSD(jsd_beta=1.0, temperature=x["temperature"], accum_dtype=torch.float32)
+    return loss(x["student_hidden"], x["student_weight"], x["teacher_hidden"], x["teacher_weight"], None)
+
+
+def _liger_fused_linear_kldiv(op: OpMode, x: dict):
+    from liger_kernel.transformers import LigerFusedLinearKLDivLoss
+
+    # Liger's fused linear KL takes the teacher's distribution as probabilities, not as hidden
+    # states and a head: a user builds them first, so the [N, V] softmax is part of the call.
+    tau = x["temperature"]
+    vocab = x["student_weight"].shape[0]
+    with torch.no_grad():
+        target = torch.softmax((x["teacher_hidden"] @ x["teacher_weight"][:vocab].t()).float() / tau, dim=-1)
+    loss = LigerFusedLinearKLDivLoss(reduction="batchmean", temperature=tau)
+    return loss(x["student_hidden"], x["student_weight"], target)
+
+
 def _liger_chunked_jsd(op: OpMode, x: dict):
     from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
@@ -293,10 +332,40 @@ _COMPUTE: dict[str, Callable] = {
     "naive": lambda op, x: _call_kernel(NAIVE[op.kernel], op, x),
     "naive-compiled": lambda op, x: _call_kernel(_compiled(op.kernel), op, x),
     "liger-fused-linear-jsd": _liger_fused_linear_jsd,
+    "liger-fused-linear-jsd-fp32-accum": _liger_fused_linear_jsd_fp32_accum,
+    "liger-fused-linear-kldiv": _liger_fused_linear_kldiv,
     "liger-chunked-jsd-loss": _liger_chunked_jsd,
     "cce": _cce("cce"),
     "cce-torch-compile": _cce("torch_compile"),
 }
+
+def _needs(module: str, name: str, option: str | None = None) -> Callable[[], str | None]:
+    """A Provider.check: the installed ``module`` has ``name`` (and ``name`` takes ``option``)."""
+
+    def check() -> str | None:
+        import inspect
+
+        mod = importlib.import_module(module)
+        target = getattr(mod, name, None)
+        version = _installed_version(module)
+        if target is None:
+            return f"skipped: {module}.{name} does not exist in the installed version ({version})"
+        if option is not None and option not in inspect.signature(target).parameters:
+            return f"skipped: {module}.{name} has no {option} option in the installed version ({version})"
+        return None
+
+    return check
+
+
+def _installed_version(module: str) -> str:
+    import importlib.metadata
+
+    dist = {"liger_kernel": "liger-kernel", "cut_cross_entropy": "cut-cross-entropy"}.get(module.split(".")[0])
+    try:
+        return f"{dist} {importlib.metadata.version(dist)}" if dist else module
+    except importlib.metadata.PackageNotFoundError:
+        return f"{dist} version unknown"
+
 
 _ALL = ("fused_reverse_kl", "token_logprobs", "topk_logprobs")
 _LOGPROB_OPS = ("token_logprobs", "topk_logprobs")
@@ -321,6 +390,18 @@ PROVIDERS = (
     Provider("liger-fused-linear-jsd", "peer", ("fused_reverse_kl",),
              "Liger-Kernel LigerFusedLinearJSD(jsd_beta=1.0) (Triton)", needs_cuda=True,
              module="liger_kernel.transformers"),
+    Provider("liger-fused-linear-jsd-fp32-accum", "peer", ("fused_reverse_kl",),
+             "Liger-Kernel LigerFusedLinearJSD(jsd_beta=1.0, accum_dtype=torch.float32) (Triton)", needs_cuda=True,
+             module="liger_kernel.transformers",
+             check=_needs("liger_kernel.transformers", "LigerFusedLinearJSD", "accum_dtype")),
+    Provider("liger-fused-linear-kldiv", "peer", ("fused_reverse_kl",),
+             "Liger-Kernel LigerFusedLinearKLDivLoss(reduction='batchmean') (Triton) against the teacher's "
+             "probabilities softmax(h_t W_t^T / tau), built [N, V] fp32 inside the timed call", needs_cuda=True,
+             module="liger_kernel.transformers", check=_needs("liger_kernel.transformers", "LigerFusedLinearKLDivLoss"),
+             quantity="forward_kl",
+             note="`liger-fused-linear-kldiv` computes KL(teacher ‖ student), the forward KL, from teacher "
+                  "probabilities it must be given: the [N, V] fp32 softmax of the teacher's logits is built inside "
+                  "the timed call; its error columns compare with the float64 forward KL."),
     Provider("liger-chunked-jsd-loss", "peer", ("fused_reverse_kl",),
              "Liger-Kernel chunked_loss.LigerFusedLinearJSDLoss(beta=1.0, weight_hard_loss=0.0, "
              "weight_soft_loss=1.0) (PyTorch + torch.compile)", module="liger_kernel.chunked_loss"),
@@ -338,3 +419,4 @@ def providers_for(kernel: str) -> list[Provider]:
 
 
 PROVIDER_NAMES = tuple(dict.fromkeys(p.name for p in PROVIDERS))
+PROVIDER_NOTES = {p.name: p.note for p in PROVIDERS if p.note}

@@ -10,12 +10,11 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .providers import OP_MODES, PROVIDER_NAMES
+from .providers import OP_MODES, PROVIDER_NAMES, PROVIDER_NOTES
 
 # Liger-Kernel's benchmark CSV columns (benchmark/data/all_benchmark_data.csv upstream names the
 # last one liger_version and adds x_label; this project's issue 5 fixes the list below).
@@ -250,6 +249,7 @@ def markdown(rows: list[Row], meta: dict) -> str:
                 row_cells.append(_fmt_error(a.grad_max_rel_error) if a is not None and a.ok else "–")
             lines.append("| " + " | ".join(row_cells) + " |")
         full_notes = [status for short, status in notes.items() if status != short]
+        full_notes += [PROVIDER_NOTES[p] for p in _provider_order(table_rows) if p in PROVIDER_NOTES]
         if full_notes:
             lines += ["", *[f"- {status}" for status in full_notes]]
         lines.append("")

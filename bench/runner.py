@@ -90,7 +90,7 @@ def _check_finite(op: OpMode, inputs: dict, output) -> None:
             raise NonFiniteOutput(f"non-finite gradient of {name}")
 
 
-def _make_call(op: OpMode, provider: Provider, inputs: dict):
+def make_call(op: OpMode, provider: Provider, inputs: dict):
     """(call, reset): call runs the op once (forward, or forward + backward) and returns its
     output; reset clears the gradients a previous call accumulated (not timed)."""
 
@@ -149,7 +149,7 @@ def run_speed_case(case: Case, ctx: BenchContext, benchmark) -> Row:
     try:
         inputs = make_inputs(case.op, case.shape, dtype=ctx.dtype, device=device, topk=ctx.grid.topk,
                              temperature=ctx.grid.temperature)
-        call, reset = _make_call(case.op, case.provider, inputs)
+        call, reset = make_call(case.op, case.provider, inputs)
         reset()
         _check_finite(case.op, inputs, call())  # also the warm-up: compiles, autotunes, fills caches
         reset()
@@ -212,7 +212,7 @@ def run_accuracy_case(case: Case, ctx: BenchContext) -> Row:
         inputs = leaves = output = None
         _give_up(case, ctx, row, failure)
 
-    reference, reference_leaves = reference_output(op, inputs)
+    reference, reference_leaves = reference_output(op, inputs, case.provider.quantity)
     index_error = None
     if op.kernel == "topk_logprobs":
         values, indices = output

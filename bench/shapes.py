@@ -75,6 +75,14 @@ GRIDS: dict[str, Grid] = {
         model_pairs=tuple(zip(REFERENCE_STUDENT_DIMS, REFERENCE_TEACHER_DIMS)),
         accuracy_shape=Shape(512, QWEN_VL_VOCAB, 2048, 4096),
     ),
+    "gpu-check": Grid(
+        name="gpu-check",
+        description="the one-device-call GPU check (bench/gpu_check.sh): an 8B-class student, a 72B-class teacher",
+        token_counts=(4096, 16_384),
+        vocab=QWEN_VL_VOCAB,
+        model_pairs=((4096, 8192),),
+        accuracy_shape=Shape(512, QWEN_VL_VOCAB, 4096, 8192),
+    ),
     "reference-full": Grid(
         name="reference-full",
         description="DESIGN.md section 5 shapes, every (D_s, D_t) pair",

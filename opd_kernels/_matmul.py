@@ -20,6 +20,23 @@ def _native_fp32_out(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.is_cuda and a.dtype in _HALF and a.dtype == b.dtype
 
 
+def acc_operand(t: torch.Tensor) -> torch.Tensor:
+    """t ready to be multiplied many times with an fp32 (fp64) result: t itself where the
+    device multiplies its dtype into fp32 natively (CUDA bf16/fp16) or it is fp32/fp64
+    already, else its fp32 copy. For an LM head reused by every token chunk: upcast once, not
+    once per chunk."""
+    if t.dtype in _HALF and not t.is_cuda:
+        return t.float()
+    return t
+
+
+def grad_operand(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """An fp32 logit gradient g as the partner of ``weight`` (an :func:`acc_operand`) in a
+    matmul: rounded to the weight's 16-bit dtype where the device multiplies that into fp32
+    natively (CUDA; the Triton chunked schedule stores g the same way), else g as it is."""
+    return g.to(weight.dtype) if weight.dtype in _HALF and weight.is_cuda else g
+
+
 def mm_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b with an fp32 (fp64 for fp64 inputs) result."""
     if _native_fp32_out(a, b):

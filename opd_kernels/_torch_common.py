@@ -21,3 +21,29 @@ def fold_logsumexp_tile(m: torch.Tensor, s: torch.Tensor, z: torch.Tensor):
     rescale = torch.exp(m - new_m)
     e = torch.exp(z - new_m[:, None])
     return new_m, s * rescale + e.sum(dim=1), rescale, e
+
+
+MIN_TOKEN_CHUNK = 16
+MAX_TOKEN_CHUNK = 4096
+MAX_CHUNK_BYTES = 1 << 30
+
+
+def default_token_chunk(vocab: int, head_dim: int, row_buffers: int) -> int:
+    """Tokens per chunk of the torch backend when the caller gives no ``chunk_size``.
+
+    A chunk of C tokens holds ``row_buffers`` fp32 [C, V] blocks of logits (2 for the reverse
+    KL, student and teacher; 1 for log-probs), the logit gradient written over one of them.
+    Their size, 4 * row_buffers * C * V bytes, is held to twice the fp32 size of the LM head,
+    2 * 4 * V * D bytes (the class of the fp32 weight gradient the op builds anyway), and to
+    1 GiB:
+
+        C = min(2 * D / row_buffers, 2^30 / (4 * row_buffers * V)),
+
+    rounded down to a multiple of 16 and clamped to [16, 4096]. Reverse KL: C = D_s (256 tokens
+    for D_s = 256: 66 MB of logits at V = 32,000); log-probs: C = 2 D. The row math adds no
+    [C, V] temporary (the eager form sums exponentials 8,192 columns at a time).
+    """
+    by_head = 2 * head_dim // row_buffers
+    by_cap = MAX_CHUNK_BYTES // (4 * row_buffers * max(vocab, 1))
+    chunk = min(by_head, by_cap) // MIN_TOKEN_CHUNK * MIN_TOKEN_CHUNK
+    return max(MIN_TOKEN_CHUNK, min(chunk, MAX_TOKEN_CHUNK))

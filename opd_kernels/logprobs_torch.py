@@ -1,15 +1,29 @@
 """Chunked pure-PyTorch token log-probs, entropy and top-k: any device, bounded memory.
 
-Same tiling as reverse_kl_torch: ``chunk_size`` tokens by VOCAB_CHUNK columns at a time.
+Like reverse_kl_torch: per chunk of C tokens one matmul gives the fp32 logits over the whole
+vocabulary ([C, V]) and a row function (``_torch_rows``) reduces them; C from
+``_torch_common.default_token_chunk`` with one [C, V] block (C = 2 D by default). The forward
+keeps lse (and E_p[z] for the entropy), 1-2 floats a token; the backward recomputes each
+chunk's logits once (one matmul), forms the logit gradient over them in place and adds g W
+into dh and g^T h into dW: 4 matmuls for forward + backward, the least that never keeps
+[N, V] values between the two.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._matmul import accumulate_dtype, addmm_acc_, mm_acc
-from ._torch_common import fold_logsumexp_tile
-from .reverse_kl_torch import DEFAULT_CHUNK_SIZE, VOCAB_CHUNK
+from ._matmul import acc_operand, accumulate_dtype, addmm_acc_, grad_operand, mm_acc
+from ._torch_common import default_token_chunk
+from ._torch_rows import logsumexp_rows, softmax_grad_rows
+
+# fp32 [C, V] blocks a chunk holds: the logits (the gradient overwrites them).
+ROW_BUFFERS = 1
+
+
+def default_chunk_size(vocab: int, hidden_dim: int) -> int:
+    """Tokens per chunk: ``default_token_chunk`` with one [C, V] block (C = 2 D, 16 to 4096)."""
+    return default_token_chunk(vocab, hidden_dim, ROW_BUFFERS)
 
 
 def target_logits(h: torch.Tensor, W: torch.Tensor, tokens: torch.Tensor, inv_tau: float) -> torch.Tensor:
@@ -33,23 +47,18 @@ def logsumexp_stats_torch(h, W, inv_tau, with_mean, chunk_size=None):
     """Per row: lse of z = h W^T / tau and, with_mean, E_p[z] (for the entropy lse - E_p[z])."""
     n, vocab = h.shape[0], W.shape[0]
     dtype = accumulate_dtype(h.dtype)
+    W_acc = acc_operand(W)
     lse = torch.empty(n, dtype=dtype, device=h.device)
-    mean_z = torch.empty(n, dtype=dtype, device=h.device)
-    chunk = chunk_size or DEFAULT_CHUNK_SIZE
+    mean_z = torch.empty(n, dtype=dtype, device=h.device) if with_mean else None
+    chunk = chunk_size or default_chunk_size(vocab, h.shape[1])
     for r0 in range(0, n, chunk):
-        hc = h[r0 : r0 + chunk]
-        m = torch.full((hc.shape[0],), float("-inf"), dtype=dtype, device=h.device)
-        s = torch.zeros_like(m)
-        sz = torch.zeros_like(m)
-        for v0 in range(0, vocab, VOCAB_CHUNK):
-            z = mm_acc(hc, W[v0 : v0 + VOCAB_CHUNK].t()).mul_(inv_tau)
-            m, s, rescale, e = fold_logsumexp_tile(m, s, z)
-            if with_mean:
-                sz = sz * rescale + (e * z).sum(dim=1)
-        lse[r0 : r0 + chunk] = m + torch.log(s)
+        z = mm_acc(h[r0 : r0 + chunk], W_acc.t())
+        lse_c, mean_c = logsumexp_rows(z, inv_tau, with_mean)
+        del z
+        lse[r0 : r0 + chunk] = lse_c
         if with_mean:
-            mean_z[r0 : r0 + chunk] = sz / s
-    return lse, (mean_z if with_mean else None)
+            mean_z[r0 : r0 + chunk] = mean_c
+    return lse, mean_z
 
 
 def softmax_grads_torch(h, W, inv_tau, lse, entropy, grad_lp, grad_entropy, need_dh, need_dw, chunk_size=None):
@@ -60,54 +69,48 @@ def softmax_grads_torch(h, W, inv_tau, lse, entropy, grad_lp, grad_entropy, need
     """
     n, vocab = h.shape[0], W.shape[0]
     dtype = accumulate_dtype(h.dtype)
-    dh = torch.zeros(h.shape, dtype=dtype, device=h.device) if need_dh else None
+    W_acc = acc_operand(W)
+    dh = torch.empty(h.shape, dtype=dtype, device=h.device) if need_dh else None
     dW = torch.zeros(W.shape, dtype=dtype, device=W.device) if need_dw else None
-    chunk = chunk_size or DEFAULT_CHUNK_SIZE
+    chunk = chunk_size or default_chunk_size(vocab, h.shape[1])
+    # Rows with zero upstream gradient (masked tokens) may hold NaN/inf (padding): select them
+    # away before the matmuls (0 * NaN = NaN) so they add exactly 0 to dh and dW.
+    live = grad_lp != 0 if grad_entropy is None else (grad_lp != 0) | (grad_entropy != 0)
+    h = torch.where(live[:, None], acc_operand(h), 0.0)
+    lse = torch.where(live, lse, 0.0)
+    entropy = torch.where(live, entropy, 0.0) if grad_entropy is not None else None
     for r0 in range(0, n, chunk):
         r1 = min(r0 + chunk, n)
-        go_lp = grad_lp[r0:r1, None]
-        go_ent = grad_entropy[r0:r1, None] if grad_entropy is not None else None
-        # Rows with zero upstream gradient (masked tokens) may hold NaN/inf (padding): select
-        # them away before the matmuls (0 * NaN = NaN) so they add exactly 0 to dh and dW.
-        live = go_lp != 0 if go_ent is None else (go_lp != 0) | (go_ent != 0)
-        hc = torch.where(live, h[r0:r1], 0.0)
-        lse_c = torch.where(live, lse[r0:r1, None], 0.0)
-        ent_c = torch.where(live, entropy[r0:r1, None], 0.0) if entropy is not None else None
-        for v0 in range(0, vocab, VOCAB_CHUNK):
-            v1 = min(v0 + VOCAB_CHUNK, vocab)
-            log_p = mm_acc(hc, W[v0:v1].t()).mul_(inv_tau).sub_(lse_c)
-            weight = go_lp if go_ent is None else go_lp + go_ent * (log_p + ent_c)
-            g = torch.exp(log_p).mul_(weight).mul_(-inv_tau)
-            if need_dh:
-                addmm_acc_(dh[r0:r1], g, W[v0:v1])
-            if need_dw:
-                addmm_acc_(dW[v0:v1], g.t(), hc)
+        go_ent = grad_entropy[r0:r1] if grad_entropy is not None else None
+        ent_c = entropy[r0:r1] if entropy is not None else None
+        hc = h[r0:r1]
+        z = mm_acc(hc, W_acc.t())
+        g = grad_operand(softmax_grad_rows(z, inv_tau, lse[r0:r1], ent_c, grad_lp[r0:r1], go_ent), W_acc)
+        del z
+        if need_dh:
+            dh[r0:r1] = mm_acc(g, W_acc)
+        if need_dw:
+            addmm_acc_(dW, g.t(), hc)
+        del g
     return dh, dW
 
 
 def topk_torch(h, W, k, inv_tau, chunk_size=None):
-    """Exact top-k of log_softmax(h W^T / tau) per row, by a running merge over vocab tiles."""
+    """Exact top-k of log_softmax(h W^T / tau) per row, from whole-vocabulary logit rows."""
     n, vocab = h.shape[0], W.shape[0]
     dtype = accumulate_dtype(h.dtype)
+    W_acc = acc_operand(W)
     values = torch.empty((n, k), dtype=dtype, device=h.device)
     indices = torch.empty((n, k), dtype=torch.int64, device=h.device)
-    chunk = chunk_size or DEFAULT_CHUNK_SIZE
+    chunk = chunk_size or default_chunk_size(vocab, h.shape[1])
     for r0 in range(0, n, chunk):
-        hc = h[r0 : r0 + chunk]
-        rows = hc.shape[0]
-        best_z = torch.full((rows, 0), float("-inf"), dtype=dtype, device=h.device)
-        best_i = torch.empty((rows, 0), dtype=torch.int64, device=h.device)
-        m = torch.full((rows,), float("-inf"), dtype=dtype, device=h.device)
-        s = torch.zeros_like(m)
-        for v0 in range(0, vocab, VOCAB_CHUNK):
-            z = mm_acc(hc, W[v0 : v0 + VOCAB_CHUNK].t()).mul_(inv_tau)
-            # Sliced so that the exp tile is freed before the top-k merge allocates its own.
-            m, s = fold_logsumexp_tile(m, s, z)[:2]
-            tile_z, tile_i = z.topk(min(k, z.shape[1]), dim=1)
-            merged_z = torch.cat([best_z, tile_z], dim=1)
-            merged_i = torch.cat([best_i, tile_i + v0], dim=1)
-            best_z, pos = merged_z.topk(min(k, merged_z.shape[1]), dim=1)
-            best_i = merged_i.gather(1, pos)
-        values[r0 : r0 + rows] = best_z - (m + torch.log(s))[:, None]
+        z = mm_acc(h[r0 : r0 + chunk], W_acc.t())
+        # The order of the top k does not change under the positive 1/tau; the row function
+        # then consumes z for lse (no [C, V] temporary).
+        best_z, best_i = z.topk(k, dim=1)
+        rows = z.shape[0]
+        lse, _ = logsumexp_rows(z, inv_tau, False)
+        del z
+        values[r0 : r0 + rows] = best_z * inv_tau - lse[:, None]
         indices[r0 : r0 + rows] = best_i
     return values, indices

@@ -44,8 +44,8 @@ class _ReverseKLFunction(torch.autograd.Function):
         if reduction == "mean":
             scale = 1.0 / weights.sum().clamp_min(1.0).to(rkl.dtype)
             loss = loss * scale
-            dh = dh * scale if dh is not None else None
-            dW = dW * scale if dW is not None else None
+            dh = dh.mul_(scale) if dh is not None else None
+            dW = dW.mul_(scale) if dW is not None else None
         ctx.grads = (
             dh.to(h_s.dtype) if dh is not None else None,
             dW.to(W_s.dtype) if dW is not None else None,
@@ -106,15 +106,19 @@ def fused_reverse_kl(
         reduction: "mean" over selected tokens (0 when none), "sum", or "none" (fp32 [...],
             0 where masked).
         backend: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (chunked
-            PyTorch, any device), "auto" (triton on CUDA, torch elsewhere).
+            PyTorch, any device: one pass, whole-vocabulary logit rows per token chunk, the
+            row math compiled by torch.compile on CPU, see ``OPD_KERNELS_TORCH_COMPILE``),
+            "auto" (triton on CUDA, torch elsewhere).
         schedule: Triton only. "chunked": cuBLAS logits for ``chunk_size`` tokens at a time
             plus one fused row kernel; extra memory chunk_size * V_s * (8 + itemsize) bytes.
             "fused": logits never leave the chip; extra memory O(N + V). "auto": chunked
             when gradients are needed, fused otherwise.
-        chunk_size: tokens per chunk for the chunked schedule and the torch backend. Default:
-            triton chunked, the largest power of two in [64, 4096] with
-            chunk_size * V_s * (8 + itemsize) <= 1 GiB; torch, 1024 tokens (with 8192-wide
-            vocabulary tiles: about 6 * 1024 * 8192 * 4 B = 200 MB of temporaries).
+        chunk_size: tokens per chunk for the chunked schedule and the torch backend; each
+            chunk is multiplied by the whole vocabulary. Default: triton chunked, the largest
+            power of two in [64, 4096] with chunk_size * V_s * (8 + itemsize) <= 1 GiB; torch,
+            C = min(D_s, 2^27 / V_s) rounded down to a multiple of 16, within [16, 4096]: its
+            two fp32 [C, V_s] logit blocks, 8 * C * V_s bytes, stay within twice the fp32 size
+            of the student head and 1 GiB (256 tokens, 66 MB, at D_s = 256, V_s = 32,000).
 
     Returns:
         fp32 loss (fp64 for fp64 inputs): a scalar for "mean"/"sum", the leading shape for "none". Gradients flow to

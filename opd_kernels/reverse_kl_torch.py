@@ -1,46 +1,35 @@
-"""Chunked pure-PyTorch reverse KL: any device, bounded memory.
+"""Chunked pure-PyTorch reverse KL in one pass: any device, bounded memory.
 
-Tokens are processed ``chunk_size`` rows at a time and the vocabulary
-``VOCAB_CHUNK`` columns at a time, with flash-attention style running statistics,
-so the largest temporaries are a few [chunk_size, VOCAB_CHUNK] fp32 tiles.
-The gradient pass recomputes each tile once more (2 extra matmuls per tile).
+Per chunk of C tokens, two matmuls give both models' logits over the *whole* vocabulary in
+fp32 ([C, V] each); one row function (``_torch_rows.reverse_kl_rows``: a few fused loops
+under torch.compile on CPU, in-place ATen ops otherwise) turns them into lse_s, lse_t, the
+reverse KL and the logit gradient g, written over the student's logits; two more matmuls give
+dh = g W_s and dW += g^T h_s. Four matmuls in all, as many as naive PyTorch's forward and
+backward, and each logit is computed once (the loss is terminal: the gradient is formed in
+the forward call). A 16-bit LM head is upcast to fp32 once per call where the device cannot
+multiply it into fp32 natively (CPU), not once per chunk.
+
+Extra memory: the two [C, V] fp32 blocks, 8 * C * V bytes (C from
+``_torch_common.default_token_chunk``: C = D_s by default, so about twice the fp32 size of the
+student head), plus the fp32 accumulators dh [N, D_s] and dW [V, D_s], and the fp32 copies of
+16-bit heads on CPU, 4 * V * (D_s + D_t) bytes.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._matmul import accumulate_dtype, addmm_acc_, mm_acc
-from ._torch_common import fold_logsumexp_tile
+from ._matmul import acc_operand, accumulate_dtype, addmm_acc_, grad_operand, mm_acc
+from ._torch_common import default_token_chunk
+from ._torch_rows import reverse_kl_rows
 
-DEFAULT_CHUNK_SIZE = 1024
-VOCAB_CHUNK = 8192
-
-
-def _logit_tiles(h_s, W_s, h_t, W_t, inv_tau, v0, v1):
-    z_s = mm_acc(h_s, W_s[v0:v1].t()).mul_(inv_tau)
-    z_t = mm_acc(h_t, W_t[v0:v1].t()).mul_(inv_tau)
-    return z_s, z_t
+# fp32 [C, V] blocks a chunk holds: the student's and the teacher's logits (g overwrites one).
+ROW_BUFFERS = 2
 
 
-def _chunk_stats(h_s, W_s, h_t, W_t, inv_tau, vocab):
-    """Per-row lse_s, lse_t and E_p[z_s - z_t] by one streaming pass over vocabulary tiles."""
-    rows = h_s.shape[0]
-    dtype = accumulate_dtype(h_s.dtype)
-    m_s = torch.full((rows,), float("-inf"), dtype=dtype, device=h_s.device)
-    m_t = torch.full_like(m_s, float("-inf"))
-    s_s = torch.zeros_like(m_s)
-    s_t = torch.zeros_like(m_s)
-    a = torch.zeros_like(m_s)
-    for v0 in range(0, vocab, VOCAB_CHUNK):
-        z_s, z_t = _logit_tiles(h_s, W_s, h_t, W_t, inv_tau, v0, min(v0 + VOCAB_CHUNK, vocab))
-        m_s, s_s, rescale_s, e_s = fold_logsumexp_tile(m_s, s_s, z_s)
-        a = a * rescale_s + (e_s * (z_s - z_t)).sum(dim=1)
-        # Sliced so that the teacher's exp tile is freed now, not held until the next tile.
-        m_t, s_t = fold_logsumexp_tile(m_t, s_t, z_t)[:2]
-    lse_s = m_s + torch.log(s_s)
-    lse_t = m_t + torch.log(s_t)
-    return lse_s, lse_t, a / s_s - lse_s + lse_t
+def default_chunk_size(vocab: int, student_dim: int) -> int:
+    """Tokens per chunk when none is given: ``default_token_chunk`` with two [C, V] blocks (C = D_s, 16 to 4096)."""
+    return default_token_chunk(vocab, student_dim, ROW_BUFFERS)
 
 
 def reverse_kl_torch(
@@ -61,37 +50,36 @@ def reverse_kl_torch(
     weights == 0, dh [N, D_s] | None, dW [V, D_s] | None), gradients in the accumulation dtype.
     """
     n, vocab = h_s.shape[0], W_s.shape[0]
-    chunk = chunk_size or DEFAULT_CHUNK_SIZE
+    chunk = chunk_size or default_chunk_size(vocab, h_s.shape[1])
     dtype = accumulate_dtype(h_s.dtype)
+    device = h_s.device
+    need_grad = need_dh or need_dw
+    W_s_acc, W_t_acc = acc_operand(W_s), acc_operand(W_t)
     active = weights != 0
-    rkl = torch.empty(n, dtype=dtype, device=h_s.device)
-    dh = torch.empty(h_s.shape, dtype=dtype, device=h_s.device) if need_dh else None
-    dW = torch.zeros(W_s.shape, dtype=dtype, device=W_s.device) if need_dw else None
+    # Masked rows (padding) may hold NaN/inf: select them away (not multiply, 0 * NaN = NaN)
+    # before the matmuls, so they contribute exactly 0 to rkl, dh and dW. Done once for all
+    # rows, in the matmul dtype ([N, D] copies, small beside the [C, V] blocks).
+    h_s = torch.where(active[:, None], acc_operand(h_s), 0.0)
+    h_t = torch.where(active[:, None], acc_operand(h_t), 0.0)
+    # d(w * rkl)/dz_s = w * p * (log p - log q - rkl); the 1/tau of z = h W^T / tau folds in here.
+    scale = torch.where(active, weights.to(dtype), 0.0) * inv_tau if need_grad else None
+    rkl = torch.empty(n, dtype=dtype, device=device)
+    dh = torch.empty(h_s.shape, dtype=dtype, device=device) if need_dh else None
+    dW = torch.zeros(W_s.shape, dtype=dtype, device=device) if need_dw else None
     for r0 in range(0, n, chunk):
         r1 = min(r0 + chunk, n)
-        # Masked rows (padding) may hold NaN/inf: select them away (not multiply, 0 * NaN = NaN)
-        # before the matmuls, so they contribute exactly 0 to rkl, dh and dW.
-        live = active[r0:r1, None]
-        hs = torch.where(live, h_s[r0:r1], 0.0)
-        ht = torch.where(live, h_t[r0:r1], 0.0)
-        lse_s, lse_t, rkl_chunk = _chunk_stats(hs, W_s, ht, W_t, inv_tau, vocab)
+        hs = h_s[r0:r1]
+        z_s = mm_acc(hs, W_s_acc.t())
+        z_t = mm_acc(h_t[r0:r1], W_t_acc.t())
+        rkl_chunk, g = reverse_kl_rows(z_s, z_t, inv_tau, scale[r0:r1] if need_grad else None)
+        del z_s, z_t  # g holds one of the two blocks; the other is freed here
         rkl[r0:r1] = torch.where(active[r0:r1], rkl_chunk, 0.0)
-        if not (need_dh or need_dw):
+        if not need_grad:
             continue
-        # d(w * rkl)/dz_s = w * p * (log p - log q - rkl); the 1/tau of z = h W^T / tau folds in here.
-        row_scale = torch.where(active[r0:r1], weights[r0:r1].to(dtype), 0.0) * inv_tau
+        g = grad_operand(g, W_s_acc)
         if need_dh:
-            dh_chunk = torch.zeros((r1 - r0, h_s.shape[1]), dtype=dtype, device=h_s.device)
-        for v0 in range(0, vocab, VOCAB_CHUNK):
-            v1 = min(v0 + VOCAB_CHUNK, vocab)
-            z_s, z_t = _logit_tiles(hs, W_s, ht, W_t, inv_tau, v0, v1)
-            log_p = z_s.sub_(lse_s[:, None])
-            log_ratio = log_p - z_t.sub_(lse_t[:, None])
-            g = torch.exp(log_p).mul_(log_ratio.sub_(rkl_chunk[:, None])).mul_(row_scale[:, None])
-            if need_dh:
-                addmm_acc_(dh_chunk, g, W_s[v0:v1])
-            if need_dw:
-                addmm_acc_(dW[v0:v1], g.t(), hs)
-        if need_dh:
-            dh[r0:r1] = dh_chunk
+            dh[r0:r1] = mm_acc(g, W_s_acc)
+        if need_dw:
+            addmm_acc_(dW, g.t(), hs)
+        del g
     return rkl, dh, dW

@@ -232,11 +232,12 @@ def _rkl_bwd_fused_kernel(
 ROW_BLOCK_V = 2048
 ROW_NUM_WARPS = 8
 
-# Keyed by input dtype. fp32 inputs use exact fp32 dots (no TF32), so smaller tiles.
+# Keyed by input dtype. fp32 inputs use exact fp32 dots (no TF32), so smaller tiles; the fp32
+# forward uses 8 warps: with 4, Triton 3.6's ptxas gives it an 8-byte stack frame on sm_80.
 FWD_CONFIGS = {
     torch.bfloat16: TileConfig(block_n=64, block_v=128, block_d=64, num_warps=8, num_stages=3),
     torch.float16: TileConfig(block_n=64, block_v=128, block_d=64, num_warps=8, num_stages=3),
-    torch.float32: TileConfig(block_n=32, block_v=64, block_d=32, num_warps=4, num_stages=2),
+    torch.float32: TileConfig(block_n=32, block_v=64, block_d=32, num_warps=8, num_stages=2),
 }
 BWD_CONFIGS = {
     torch.bfloat16: TileConfig(block_n=64, block_v=128, block_d=64, num_warps=8, num_stages=2),

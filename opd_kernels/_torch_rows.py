@@ -1,0 +1,220 @@
+"""Row math of the torch backend: whole fp32 logit rows [C, V] in, per-row statistics and logit gradients out.
+
+The torch backend multiplies a chunk of C tokens by the *whole* vocabulary (cuBLAS / MKL /
+oneDNN), then one of these functions turns the logit rows into what the op needs, writing the
+logit gradient over one of its input buffers so that a chunk never holds more than the two
+(reverse KL) or one (log-probs) [C, V] fp32 blocks it was given.
+
+Each function has an eager form, a sequence of in-place ATen ops, and a fused form for
+``torch.compile`` (inductor generates a few vectorised C++ loops per chunk instead of a dozen
+passes over [C, V]). Which one runs is decided per call by :func:`compile_mode`:
+
+- environment variable ``OPD_KERNELS_TORCH_COMPILE``: ``auto`` (default) compiles for fp32 CPU
+  tensors only, ``1`` also on other devices, ``0`` never;
+- eager is used anyway for fp64 (gradchecks), inside a caller's own ``torch.compile`` trace,
+  and under a ``TorchDispatchMode`` (compiled graphs do not run under one);
+- if compiling or running the compiled form raises, a warning says why and the process keeps
+  to the eager form from then on.
+
+Contract of every function: the [C, V] inputs are consumed (their contents are unspecified
+afterwards); a returned gradient may share storage with one of them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+COMPILE_ENV = "OPD_KERNELS_TORCH_COMPILE"
+_COMPILE_CHOICES = ("auto", "0", "1")
+
+
+def compile_mode() -> str:
+    """The ``OPD_KERNELS_TORCH_COMPILE`` setting: "auto", "0" or "1" (an unknown value warns and reads as "auto")."""
+    value = os.environ.get(COMPILE_ENV, "auto").strip().lower() or "auto"
+    if value not in _COMPILE_CHOICES:
+        warnings.warn(f"{COMPILE_ENV}={value!r} is not one of {_COMPILE_CHOICES}; using 'auto'", stacklevel=3)
+        return "auto"
+    return value
+
+
+def _dispatch_mode_active() -> bool:
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+
+
+def _wants_compiled(t: torch.Tensor) -> bool:
+    mode = compile_mode()
+    if mode == "0" or t.dtype != torch.float32:
+        return False
+    if mode == "auto" and t.device.type != "cpu":
+        return False
+    return not (torch.compiler.is_compiling() or _dispatch_mode_active())
+
+
+class RowFunction:
+    """An eager function and its fused twin under torch.compile, with a one-way fallback to eager."""
+
+    def __init__(self, name: str, eager, fused):
+        self.name = name
+        self.eager = eager
+        self.fused = fused
+        self._compiled = None
+        self.broken: str | None = None  # why the compiled form is not used any more
+
+    def __call__(self, *args):
+        if self.broken is None and _wants_compiled(args[0]):
+            if self._compiled is None:
+                # dynamic: one graph for every chunk height and vocabulary size.
+                self._compiled = torch.compile(self.fused, dynamic=True)
+            try:
+                return self._compiled(*args)
+            except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
+                self.broken = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+                warnings.warn(f"opd_kernels: torch.compile of the {self.name} row math failed ({self.broken}); "
+                              f"using eager PyTorch from now on (set {COMPILE_ENV}=0 to skip compiling)",
+                              RuntimeWarning, stacklevel=2)
+        return self.eager(*args)
+
+
+# ---------------------------------------------------------------------------------------
+# Reverse KL: z_s, z_t [C, V] raw logits (before 1/tau) -> rkl [C] and g = dL/dz_s [C, V]
+#
+# With zs = z_s / tau, d = zs - zt, e = exp(zs - max zs), s_s = sum e:
+#   E_p[d] = sum(e d) / s_s,   rkl = E_p[d] - lse_s + lse_t,
+#   g = scale * p * (log p - log q - rkl) = (scale / s_s) * e * (d - E_p[d]),
+# where scale = w / tau carries the token weight and the 1/tau of z = h W^T / tau.
+# ---------------------------------------------------------------------------------------
+
+
+# Columns per block of the eager forms' exp sums: a [C, 8192] temporary, not a third [C, V] block.
+EXP_BLOCK = 8192
+
+
+def _logsumexp_blocked(z: torch.Tensor) -> torch.Tensor:
+    """torch.logsumexp(z, dim=1) with a [C, EXP_BLOCK] temporary instead of a [C, V] one."""
+    m = z.amax(dim=1)
+    s = torch.zeros_like(m)
+    for c0 in range(0, z.shape[1], EXP_BLOCK):
+        s += torch.exp(z[:, c0:c0 + EXP_BLOCK] - m[:, None]).sum(dim=1)
+    return m + torch.log(s)
+
+
+def _rkl_eager(z_s, z_t, inv_tau, scale):
+    if inv_tau != 1.0:
+        z_s.mul_(inv_tau)
+        z_t.mul_(inv_tau)
+    lse_t = _logsumexp_blocked(z_t)
+    m_s = z_s.amax(dim=1)
+    neg_d = z_t.sub_(z_s)  # z_t now holds -d = zt - zs
+    e = z_s.sub_(m_s[:, None]).exp_()  # z_s now holds e = exp(zs - max)
+    s_s = e.sum(dim=1)
+    # torch.sum's cascade summation, not a BLAS dot (whose error grows with V), for E_p[d].
+    e_neg_d = neg_d.mul_(e)  # z_t now holds -e d
+    mean_d = -e_neg_d.sum(dim=1) / s_s
+    rkl = mean_d - (m_s + torch.log(s_s)) + lse_t
+    if scale is None:
+        return rkl, None
+    # g = (scale / s_s) e (d - E_p[d]) = -(scale / s_s) (-e d + E_p[d] e), in place in z_t.
+    g = e_neg_d.add_(e.mul_(mean_d[:, None])).mul_((-scale / s_s)[:, None])
+    return rkl, g
+
+
+def _rkl_fused(z_s, z_t, inv_tau, scale):
+    # exp(zs - m_s) is spelled out in each of its three uses: inductor keeps an exp that has
+    # several users in a [C, V] buffer on CPU; one use each, it recomputes it in every loop.
+    zs = z_s * inv_tau
+    zt = z_t * inv_tau
+    m_s = zs.amax(dim=1, keepdim=True)
+    m_t = zt.amax(dim=1, keepdim=True)
+    s_s = torch.exp(zs - m_s).sum(dim=1, keepdim=True)
+    s_t = torch.exp(zt - m_t).sum(dim=1, keepdim=True)
+    mean_d = (torch.exp(zs - m_s) * (zs - zt)).sum(dim=1, keepdim=True) / s_s
+    rkl = (mean_d - m_s - torch.log(s_s) + m_t + torch.log(s_t)).squeeze(1)
+    if scale is None:
+        return rkl, None
+    z_s.copy_(torch.exp(zs - m_s) * (scale[:, None] / s_s) * (zs - zt - mean_d))
+    return rkl, z_s
+
+
+_RKL = RowFunction("reverse-KL", _rkl_eager, _rkl_fused)
+
+
+def reverse_kl_rows(z_s: torch.Tensor, z_t: torch.Tensor, inv_tau: float, scale: torch.Tensor | None):
+    """Per-row reverse KL of softmax(z_s / tau) from softmax(z_t / tau), and its logit gradient.
+
+    z_s, z_t: [C, V] fp32/fp64 raw logits (consumed). scale: [C] (token weight / tau, 0 on
+    masked rows), or None for no gradient. Returns (rkl [C], g [C, V] or None) with
+    g = d(sum_i w_i rkl_i) / d(raw z_s).
+    """
+    return _RKL(z_s, z_t, inv_tau, scale)
+
+
+# ---------------------------------------------------------------------------------------
+# Log-probs: z [C, V] raw logits -> lse [C] (and E_p[z / tau] for the entropy), and the
+# softmax part of the gradient, -p * (go_lp + go_ent * (log p + H)) / tau.
+# ---------------------------------------------------------------------------------------
+
+
+def _lse_eager(z, inv_tau, with_mean):
+    if inv_tau != 1.0:
+        z.mul_(inv_tau)
+    lse = _logsumexp_blocked(z)
+    if not with_mean:
+        return lse, None
+    mean = torch.zeros_like(lse)
+    for c0 in range(0, z.shape[1], EXP_BLOCK):
+        block = z[:, c0:c0 + EXP_BLOCK]
+        mean += torch.exp(block - lse[:, None]).mul_(block).sum(dim=1)
+    return lse, mean
+
+
+def _lse_fused(z, inv_tau, with_mean):
+    z = z * inv_tau
+    m = z.amax(dim=1, keepdim=True)
+    s = torch.exp(z - m).sum(dim=1, keepdim=True)
+    lse = (m + torch.log(s)).squeeze(1)
+    if not with_mean:
+        return lse, None
+    # exp spelled out again rather than shared: see _rkl_fused.
+    return lse, ((torch.exp(z - m) * z).sum(dim=1, keepdim=True) / s).squeeze(1)
+
+
+_LSE = RowFunction("log-sum-exp", _lse_eager, _lse_fused)
+
+
+def logsumexp_rows(z: torch.Tensor, inv_tau: float, with_mean: bool):
+    """lse [C] of z / tau and, with_mean, E_p[z / tau] [C] (entropy = lse - E_p[z / tau]). z is consumed."""
+    return _LSE(z, inv_tau, with_mean)
+
+
+def _softmax_grad_eager(z, inv_tau, lse, entropy, go_lp, go_ent):
+    log_p = z.mul_(inv_tau).sub_(lse[:, None])
+    if go_ent is None:
+        return log_p.exp_().mul_((-inv_tau * go_lp)[:, None])
+    for c0 in range(0, log_p.shape[1], EXP_BLOCK):  # p block by block: no [C, V] temporary
+        block = log_p[:, c0:c0 + EXP_BLOCK]
+        p = torch.exp(block)
+        block.add_(entropy[:, None]).mul_(go_ent[:, None]).add_(go_lp[:, None]).mul_(p).mul_(-inv_tau)
+    return log_p
+
+
+def _softmax_grad_fused(z, inv_tau, lse, entropy, go_lp, go_ent):
+    log_p = z * inv_tau - lse[:, None]
+    weight = go_lp[:, None] if go_ent is None else go_lp[:, None] + go_ent[:, None] * (log_p + entropy[:, None])
+    z.copy_(torch.exp(log_p) * weight * -inv_tau)
+    return z
+
+
+_SOFTMAX_GRAD = RowFunction("log-prob gradient", _softmax_grad_eager, _softmax_grad_fused)
+
+
+def softmax_grad_rows(z, inv_tau: float, lse, entropy, go_lp, go_ent):
+    """g = -p * (go_lp + go_ent * (log p + H)) / tau over [C, V] raw logits z (consumed; g may be z).
+
+    lse, go_lp: [C]; entropy, go_ent: [C] or None (no entropy term).
+    """
+    return _SOFTMAX_GRAD(z, inv_tau, lse, entropy, go_lp, go_ent)
