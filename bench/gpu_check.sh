@@ -9,9 +9,10 @@
 #   env        nvidia-smi, versions; installs .whl/*.whl (pure-Python peers) if the folder exists
 #   tests      the kernel tests on CUDA, compiled Triton (tests/ without tests/videoopd)   GPU_CHECK_TESTS_S=140
 #   bench-*    pytest bench/ on grid gpu-check: N 4,096 and 16,384, V 151,936, D_s 4,096,
-#              D_t 8,192, bf16; one pytest run per op, results merged  GPU_CHECK_BENCH_S=100,75,50
+#              D_t 8,192, bf16; one pytest run per op, results merged  GPU_CHECK_BENCH_S=110,100,80
 #   opd-step   one OPD training step, Qwen3-VL 8B/32B-class widths, ~16k-token video        GPU_CHECK_STEP_S=120
 #   summary    python -m bench.gpu_summary: prints the summary, writes summary.md
+# GPU_CHECK_SKIP=opd-step,tests (say) skips those parts: a second call that measures only what changed.
 # Everything lands in $OUT (at most 8 files, what the device tool brings back):
 #   gpu_check.log (all output but the tests'), kernel_tests.log, <device>-<date>.{json,csv,md}
 #   (+ .png with matplotlib), opd_step.json, summary.md.
@@ -32,7 +33,7 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 START=$SECONDS
 TOTAL="${GPU_CHECK_TOTAL_S:-540}"
-IFS=, read -r BENCH_RKL_S BENCH_LP_S BENCH_REST_S <<< "${GPU_CHECK_BENCH_S:-100,75,50}"
+IFS=, read -r BENCH_RKL_S BENCH_LP_S BENCH_REST_S <<< "${GPU_CHECK_BENCH_S:-110,100,80}"
 TESTS_S="${GPU_CHECK_TESTS_S:-140}"
 STEP_S="${GPU_CHECK_STEP_S:-120}"
 SUMMARY_S=20  # kept back for the summary
@@ -42,6 +43,11 @@ part() {
   local name=$1 budget=$2 output=$3
   shift 3
   local left=$(( TOTAL - SUMMARY_S - (SECONDS - START) ))
+  if [[ ",${GPU_CHECK_SKIP:-}," == *",$name,"* ]]; then
+    printf 'PART\t%s\tskipped: GPU_CHECK_SKIP\t0\n' "$name" >> "$LOG"
+    echo "[gpu-check] $name: skipped (GPU_CHECK_SKIP)"
+    return
+  fi
   if (( left < 10 )); then
     printf 'PART\t%s\tskipped: no time left\t0\n' "$name" >> "$LOG"
     echo "[gpu-check] $name: skipped, no time left"
@@ -90,7 +96,7 @@ if (( DRY )); then
   part tests 150 "$OUT/kernel_tests.log" env OPD_TEST_DEVICE=cpu-copy "$PY" -m pytest -q -p no:cacheprovider -rfE \
     tests/test_test_device.py tests/test_reverse_kl.py tests/test_token_logprobs.py tests/test_empty_inputs.py \
     tests/test_reverse_kl_memory.py -k "torch or empty or test_test_device"
-  SHAPES=(--bench-shapes smoke --bench-seconds 0.02 --bench-providers ours-torch,ours-triton-chunked,naive,liger-fused-linear-kldiv)
+  SHAPES=(--bench-shapes smoke --bench-seconds 0.02 --bench-providers ours-torch,ours-torch-compiled,ours-triton-chunked,matmul-floor,naive,liger-fused-linear-kldiv)
   part bench-rkl-full 90 "$LOG" "${BENCH[@]}" bench/test_reverse_kl.py "${SHAPES[@]}" --bench-ops fused_reverse_kl-full
   part bench-logprobs 60 "$LOG" "${BENCH[@]}" bench/test_token_logprobs.py "${SHAPES[@]}"
   part bench-rest 60 "$LOG" "${BENCH[@]}" bench/test_reverse_kl.py bench/test_topk_logprobs.py "${SHAPES[@]}" \
@@ -103,11 +109,12 @@ else
   SHAPES=(--bench-shapes gpu-check --bench-seconds 0.5)
   part bench-rkl-full "$BENCH_RKL_S" "$LOG" "${BENCH[@]}" bench/test_reverse_kl.py "${SHAPES[@]}" \
     --bench-ops fused_reverse_kl-full --bench-providers \
-    ours-triton-chunked,ours-triton-fused,ours-torch,naive,liger-fused-linear-jsd,liger-fused-linear-jsd-fp32-accum,liger-fused-linear-kldiv
+    ours-triton-chunked,ours-triton-fused,ours-torch,ours-torch-compiled,matmul-floor,naive,liger-fused-linear-jsd,liger-fused-linear-jsd-fp32-accum,liger-fused-linear-kldiv
   part bench-logprobs "$BENCH_LP_S" "$LOG" "${BENCH[@]}" bench/test_token_logprobs.py "${SHAPES[@]}" \
-    --bench-providers ours-triton,ours-torch,naive,cce
+    --bench-providers ours-triton,ours-torch,ours-torch-compiled,matmul-floor,naive,cce
   part bench-rest "$BENCH_REST_S" "$LOG" "${BENCH[@]}" bench/test_reverse_kl.py bench/test_topk_logprobs.py "${SHAPES[@]}" \
-    --bench-ops fused_reverse_kl-forward,topk_logprobs --bench-providers ours-triton-chunked,ours-triton-fused,ours-triton,naive
+    --bench-ops fused_reverse_kl-forward,topk_logprobs \
+    --bench-providers ours-triton-chunked,ours-triton-fused,ours-triton,ours-torch,ours-torch-compiled,matmul-floor,naive
   part opd-step "$STEP_S" "$LOG" "$PY" -m bench.gpu_step --out "$OUT"
 fi
 

@@ -108,6 +108,9 @@ def goal_lines(rows: list[Row]) -> list[str]:
                     text += f"; {speedup:.2f}x `{peer}` (goal >= {factor:g}x): {'met' if speedup >= factor else 'NOT met'}"
                 else:
                     text += f"; `{peer}`: {theirs.status if theirs else 'no row'}"
+            floor = _row(rows, kernel, mode, tokens, "matmul-floor")
+            if floor is not None and floor.ok:
+                text += f"; at {100 * floor.median_ms / best.median_ms:.0f}% of the speed of its matmuls alone"
             lines.append(text)
     return lines
 

@@ -18,8 +18,10 @@ objective, one accuracy check and one reference serve them all:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -237,6 +239,21 @@ class Provider:
     # the note printed under the tables it appears in.
     quantity: str = ""
     note: str = ""
+    timing_only: bool = False  # no output of the op to judge: speed and memory rows only
+    env: tuple[tuple[str, str], ...] = ()  # environment variables set around each call (its backward too)
+
+    @contextlib.contextmanager
+    def environment(self):
+        saved = {name: os.environ.get(name) for name, _ in self.env}
+        os.environ.update(dict(self.env))
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     def unavailable(self, op: OpMode, device: torch.device) -> str | None:
         """Why this provider cannot run here (the row's status), or None."""
@@ -324,11 +341,68 @@ def _cce(impl: str):
     return compute
 
 
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b into fp32: cuBLAS's fp32 output for 16-bit CUDA operands, else upcast operands."""
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a.float(), b.float())
+
+
+class _MatmulFloor(torch.autograd.Function):
+    """The matmuls of our fastest schedule and nothing else, each over all N tokens at once,
+    16-bit operands into fp32 outputs (as ``opd_kernels._matmul`` asks cuBLAS for them).
+
+    Forward: the logits h W^T of every model. fused_reverse_kl with grad: also its gradient
+    matmuls dh = g W_s and dW_s = g^T h_s, in the forward, as the chunked schedule does (g is
+    the student's logits rounded to the weight's dtype, the rounding the schedule does too).
+    token_logprobs' backward: the logits again (recomputed), then dh and dW. The returned
+    zeros stand in for the op's output; their gradient flows to h_s and W_s.
+    """
+
+    @staticmethod
+    def forward(ctx, out_shape, recompute, h_s, W_s, *teacher):
+        z_s = _mm_fp32(h_s, W_s.t())
+        for h_t, W_t in zip(teacher[::2], teacher[1::2]):
+            _mm_fp32(h_t, W_t.t())
+        ctx.recompute, ctx.num_teacher, ctx.grads = recompute, len(teacher), None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            if recompute:
+                ctx.save_for_backward(h_s, W_s)
+            else:
+                g = z_s.to(W_s.dtype)
+                ctx.grads = (_mm_fp32(g, W_s).to(h_s.dtype), _mm_fp32(g.t(), h_s).to(W_s.dtype))
+        del z_s
+        return h_s.new_zeros(out_shape, dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.recompute:
+            h_s, W_s = ctx.saved_tensors
+            g = _mm_fp32(h_s, W_s.t()).to(W_s.dtype)
+            dh, dW = _mm_fp32(g, W_s).to(h_s.dtype), _mm_fp32(g.t(), h_s).to(W_s.dtype)
+        else:
+            dh, dW = ctx.grads
+        return (None, None, dh, dW, *([None] * ctx.num_teacher))
+
+
+def _matmul_floor(op: OpMode, x: dict):
+    if op.kernel == "fused_reverse_kl":
+        vocab = x["student_weight"].shape[0]
+        return _MatmulFloor.apply((), False, x["student_hidden"], x["student_weight"], x["teacher_hidden"],
+                                  x["teacher_weight"][:vocab])
+    if op.kernel == "token_logprobs":
+        return _MatmulFloor.apply(x["hidden"].shape[:1], True, x["hidden"], x["weight"])
+    _mm_fp32(x["hidden"], x["weight"].t())
+    shape = (x["hidden"].shape[0], x["k"])
+    return x["hidden"].new_zeros(shape, dtype=torch.float32), x["hidden"].new_zeros(shape, dtype=torch.int64)
+
+
 _COMPUTE: dict[str, Callable] = {
     "ours-triton-chunked": _ours("triton", "chunked"),
     "ours-triton-fused": _ours("triton", "fused"),
     "ours-triton": _ours("triton"),
     "ours-torch": _ours("torch"),
+    "ours-torch-compiled": _ours("torch"),
     "naive": lambda op, x: _call_kernel(NAIVE[op.kernel], op, x),
     "naive-compiled": lambda op, x: _call_kernel(_compiled(op.kernel), op, x),
     "liger-fused-linear-jsd": _liger_fused_linear_jsd,
@@ -337,6 +411,7 @@ _COMPUTE: dict[str, Callable] = {
     "liger-chunked-jsd-loss": _liger_chunked_jsd,
     "cce": _cce("cce"),
     "cce-torch-compile": _cce("torch_compile"),
+    "matmul-floor": _matmul_floor,
 }
 
 def _needs(module: str, name: str, option: str | None = None) -> Callable[[], str | None]:
@@ -385,6 +460,16 @@ PROVIDERS = (
              "opd_kernels, backend='torch' (chunked PyTorch, any device)"),
     Provider("ours-torch", "ours", _LOGPROB_OPS, "opd_kernels, backend='torch' (chunked PyTorch, any device)",
              module="opd_kernels", attribute="{kernel}"),
+    Provider("ours-torch-compiled", "ours", _ALL,
+             "opd_kernels, backend='torch' with OPD_KERNELS_TORCH_COMPILE=1: the row math compiled by torch.compile "
+             "on every device (the default compiles it on CPU only)", env=(("OPD_KERNELS_TORCH_COMPILE", "1"),)),
+    Provider("matmul-floor", "floor", _ALL,
+             "the logit (and gradient) matmuls of our schedule alone, each over all N tokens at once: "
+             "the time the op cannot beat", timing_only=True,
+             note="`matmul-floor` is no implementation: it times only the matmuls our fastest schedule does "
+                  "(logits; with grad, dh and dW, and for token_logprobs the recomputed logits), 16-bit operands "
+                  "into fp32 outputs, each over all N tokens at once. An op's time over this row is its overhead "
+                  "beyond its matmuls."),
     Provider("naive", "naive", _ALL, "PyTorch: logits = (h @ W.T).float(), log_softmax over all of V"),
     Provider("naive-compiled", "naive", _ALL, "the naive code under torch.compile(dynamic=False)"),
     Provider("liger-fused-linear-jsd", "peer", ("fused_reverse_kl",),

@@ -32,7 +32,7 @@ class Row:
     kernel: str
     mode: str  # "forward" | "full"
     provider: str
-    family: str  # "ours" | "naive" | "peer"
+    family: str  # "ours" | "floor" | "naive" | "peer"
     tokens: int
     vocab: int
     student_dim: int
@@ -183,7 +183,7 @@ def _speed_cell(row: Row) -> str:
 
 
 def _provider_order(rows: list[Row]) -> list[str]:
-    family_rank = {"ours": 0, "naive": 1, "peer": 2}
+    family_rank = {"ours": 0, "floor": 1, "naive": 2, "peer": 3}
     first_seen = {}
     for i, r in enumerate(rows):
         first_seen.setdefault(r.provider, (family_rank.get(r.family, 3), i))

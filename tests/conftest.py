@@ -125,3 +125,19 @@ def _kernel_ops_on_test_device(request, monkeypatch):
             continue
         wrapped = _module_on_device(fn, device) if isinstance(fn, type) else _on_device(fn, device)
         monkeypatch.setattr(request.module, name, wrapped)
+
+
+@pytest.fixture
+def on_test_device():
+    """Wraps a peer's callable (a function or a module instance) as the ops are wrapped: on
+    CUDA it takes CUDA copies of its inputs and gives CPU outputs; on the CPU it is the callable."""
+    if TEST_DEVICE == "cpu":
+        return lambda fn: fn
+    device = torch.device(_OP_DEVICE)
+    return lambda fn: _on_device(fn, device)
+
+
+@pytest.fixture
+def test_device() -> str:
+    """Where the kernel tests run their ops: "cpu", "cuda" or "cpu-copy" (see TEST_DEVICE)."""
+    return TEST_DEVICE

@@ -186,7 +186,10 @@ def test_triton_topk_allocates_only_its_outputs():
         (lambda h, W, y: topk_logprobs(h, W, 2.0), ValueError, "k must be"),
     ],
 )
-def test_bad_input(call, error, match):
+def test_bad_input(call, error, match, test_device):
+    if error is IndexError and test_device == "cuda":
+        pytest.skip("on CUDA an out-of-range token is a device-side assert (as in torch.gather), which ends the "
+                    "process's CUDA context; check_tokens=True is the ValueError tested here")
     h, W, tokens = _inputs((2, 4), 50, 8)
     with pytest.raises(error, match=match):
         call(h, W, tokens)

@@ -15,10 +15,10 @@ def _inputs():
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_matches_cut_cross_entropy(backend):
+def test_matches_cut_cross_entropy(backend, on_test_device):
     cce = pytest.importorskip("cut_cross_entropy")
     h, W, tokens = _inputs()
-    theirs = -cce.linear_cross_entropy(h, W, tokens, reduction="none", impl="torch_compile")
+    theirs = -on_test_device(cce.linear_cross_entropy)(h, W, tokens, reduction="none", impl="torch_compile")
     theirs_grads = torch.autograd.grad(theirs.sum(), [h, W])
     ours = token_logprobs(h, W, tokens, backend=backend)
     ours_grads = torch.autograd.grad(ours.sum(), [h, W])
@@ -28,10 +28,10 @@ def test_matches_cut_cross_entropy(backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_matches_liger_fused_linear_cross_entropy(backend):
+def test_matches_liger_fused_linear_cross_entropy(backend, on_test_device):
     liger = pytest.importorskip("liger_kernel.transformers")
     h, W, tokens = _inputs()
-    theirs = liger.LigerFusedLinearCrossEntropyLoss(reduction="sum")(W, h, tokens)
+    theirs = on_test_device(liger.LigerFusedLinearCrossEntropyLoss(reduction="sum"))(W, h, tokens)
     theirs_grad = torch.autograd.grad(theirs, [h])[0]
     ours = token_logprobs(h, W, tokens, backend=backend)
     ours_grad = torch.autograd.grad(-ours.sum(), [h])[0]
