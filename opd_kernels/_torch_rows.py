@@ -10,7 +10,8 @@ Each function has an eager form, a sequence of in-place ATen ops, and a fused fo
 passes over [C, V]). Which one runs is decided per call by :func:`compile_mode`:
 
 - environment variable ``OPD_KERNELS_TORCH_COMPILE``: ``auto`` (default) compiles for fp32 CPU
-  tensors only, ``1`` also on other devices, ``0`` never;
+  and CUDA tensors (on an H200 it takes token_logprobs' forward from 54% to 63% of the bf16
+  peak, 92% of the speed of its matmul alone; see the README), ``1`` on every device, ``0`` never;
 - eager is used anyway for fp64 (gradchecks), inside a caller's own ``torch.compile`` trace,
   and under a ``TorchDispatchMode`` (compiled graphs do not run under one);
 - if compiling or running the compiled form raises, a warning says why and the process keeps
@@ -50,7 +51,7 @@ def _wants_compiled(t: torch.Tensor) -> bool:
     mode = compile_mode()
     if mode == "0" or t.dtype != torch.float32:
         return False
-    if mode == "auto" and t.device.type != "cpu":
+    if mode == "auto" and t.device.type not in ("cpu", "cuda"):
         return False
     return not (torch.compiler.is_compiling() or _dispatch_mode_active())
 

@@ -122,11 +122,13 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def resolve_backend(backend: str, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> str:
-    """'auto' is Triton on CUDA and the chunked torch backend elsewhere."""
+def resolve_backend(backend: str, device: torch.device, dtypes: tuple[torch.dtype, ...], *,
+                    auto_triton_on_cuda: bool = True) -> str:
+    """'auto' is Triton on CUDA (where ``auto_triton_on_cuda``) and the chunked torch backend elsewhere."""
     check_choice("backend", backend, BACKENDS)
     if backend == "auto":
-        return "triton" if device.type == "cuda" and all(d in TRITON_DTYPES for d in dtypes) else "torch"
+        on_cuda = auto_triton_on_cuda and device.type == "cuda"
+        return "triton" if on_cuda and all(d in TRITON_DTYPES for d in dtypes) else "torch"
     if backend == "triton":
         if device.type != "cuda" and not triton_interpreting():
             raise ValueError(

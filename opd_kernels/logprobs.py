@@ -19,7 +19,9 @@ def _prepare(name_hidden, hidden, weight, temperature, backend, vocab_size):
             raise ValueError(f"vocab_size must be an int in [1, {weight.shape[0]}] (weight has shape "
                              f"{tuple(weight.shape)}), got {vocab_size!r}")
         weight = weight[:vocab_size]
-    backend = v.resolve_backend(backend, hidden.device, (hidden.dtype,))
+    # Measured on an H200 (README): cuBLAS logits per token chunk with the row math compiled beat
+    # our fused Triton kernels, 1.8x (token_logprobs forward), 2.8x (its backward), 9x (top-k).
+    backend = v.resolve_backend(backend, hidden.device, (hidden.dtype,), auto_triton_on_cuda=False)
     h = hidden.reshape(-1, hidden.shape[-1])
     h = h if h.stride(-1) == 1 else h.contiguous()
     weight = weight if weight.stride(-1) == 1 else weight.contiguous()
@@ -93,7 +95,9 @@ def token_logprobs(
             checks up front with a ValueError (this costs one host synchronisation).
         temperature: tau > 0; logits are divided by it.
         return_entropy: also return the entropy of softmax(z / tau) per token.
-        backend: "triton" (fused kernels), "torch" (chunked), "auto" (triton on CUDA).
+        backend: "torch" (chunked: cuBLAS / CPU logits for a token chunk times the whole
+            vocabulary, row math compiled by torch.compile on CPU and CUDA), "triton" (fused
+            kernels, logits never leave the chip: less memory, slower), "auto" (torch).
 
     Returns:
         fp32 log-probs [...] (<= 0), or (log-probs, entropy >= 0) with return_entropy. Both are

@@ -106,7 +106,7 @@ def fused_reverse_kl(
             0 where masked).
         backend: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (chunked
             PyTorch, any device: one pass, whole-vocabulary logit rows per token chunk, the
-            row math compiled by torch.compile on CPU, see ``OPD_KERNELS_TORCH_COMPILE``),
+            row math compiled by torch.compile on CPU and CUDA, see ``OPD_KERNELS_TORCH_COMPILE``),
             "auto" (triton on CUDA, torch elsewhere).
         schedule: Triton only. "chunked": cuBLAS logits for ``chunk_size`` tokens at a time
             plus one fused row kernel; extra memory chunk_size * V_s * (8 + itemsize) bytes.

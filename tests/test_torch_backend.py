@@ -113,3 +113,15 @@ def test_unknown_compile_setting_warns(monkeypatch):
     monkeypatch.setenv(rows.COMPILE_ENV, "yes please")
     with pytest.warns(UserWarning, match="OPD_KERNELS_TORCH_COMPILE"):
         assert rows.compile_mode() == "auto"
+
+
+def test_auto_backend_per_op():
+    """'auto' follows the H200 measurements (README): the reverse KL takes Triton's chunked
+    schedule on CUDA, the log-prob ops the torch backend everywhere."""
+    from opd_kernels import _validation as v
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert v.resolve_backend("auto", cuda, (torch.bfloat16,)) == "triton"
+    assert v.resolve_backend("auto", cuda, (torch.bfloat16,), auto_triton_on_cuda=False) == "torch"
+    assert v.resolve_backend("auto", cuda, (torch.float64,)) == "torch"
+    assert v.resolve_backend("auto", cpu, (torch.bfloat16,)) == "torch"
