@@ -133,6 +133,8 @@ def sampled_reverse_kl_loss(
     mask: torch.Tensor,
     *,
     old_logprobs: torch.Tensor | None = None,
+    baseline: torch.Tensor | None = None,
+    advantage_clip: float | None = None,
     reduction: str = "token_mean",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Policy-gradient loss whose expected gradient is that of KL(student || teacher).
@@ -141,13 +143,19 @@ def sampled_reverse_kl_loss(
     (detached): the loss is ``-A * ratio * lp_s``, where ``ratio = exp(lp_s - old_logprobs)``
     is the (detached) importance weight of tokens sampled by an older policy, 1 when
     old_logprobs is None. Its gradient is ``-A * ratio * grad lp_s``: the REINFORCE estimator
-    of the reverse KL.
+    of the reverse KL. Two variance reductions, both off by default: ``baseline`` is subtracted
+    from A (a constant per sequence, e.g. the mean of A over the other answers to the same
+    prompt, leaves the expected gradient as it is), then ``advantage_clip`` clamps A to
+    [-c, c] (biased: it bounds the push of rare tokens the teacher finds very unlikely).
 
     Args:
         student_logprobs: [B, T] (any shape), fp32, with grad (from token_logprobs).
         teacher_logprobs: same shape; treated as constant.
         mask: bool, same shape; True on completion tokens. False tokens contribute exactly 0.
         old_logprobs: optional, same shape: log-probs of the policy that sampled the tokens.
+        baseline: optional floating tensor broadcastable to that shape ([B, 1]: one value per
+            sequence), subtracted from the advantage; treated as constant.
+        advantage_clip: optional c > 0: the advantage (after the baseline) is clamped to [-c, c].
         reduction: "token_mean" (mean over selected tokens; 0 when none), "sequence_sum"
             (sum over each sequence's completion tokens, mean over sequences, the paper's;
             the last dim is the sequence), "sum".
@@ -155,14 +163,37 @@ def sampled_reverse_kl_loss(
     Returns:
         (loss, metrics) with detached 0-dim tensors in metrics (no host sync):
         "reverse_kl" (mean of lp_s - lp_t over selected tokens, the sampled reverse-KL
-        estimate), "tokens" (selected token count), and "importance_ratio" (mean) when
-        old_logprobs is given.
+        estimate, before baseline and clip), "tokens" (selected token count),
+        "importance_ratio" (mean) when old_logprobs is given, and "advantage_clipped_fraction"
+        (the share of selected tokens whose advantage was clamped) with advantage_clip.
     """
     _check_inputs("student_logprobs", student_logprobs, mask, teacher_logprobs=teacher_logprobs,
                   old_logprobs=old_logprobs)
+    if baseline is not None:
+        v.check_tensor("baseline", baseline)
+        if not baseline.is_floating_point():
+            raise ValueError(f"baseline must be a floating tensor, got dtype {baseline.dtype}")
+        try:
+            torch.broadcast_shapes(baseline.shape, student_logprobs.shape)
+        except RuntimeError:
+            raise ValueError(f"baseline has shape {tuple(baseline.shape)}, which does not broadcast to the shape of "
+                             f"student_logprobs, {tuple(student_logprobs.shape)}") from None
+    if advantage_clip is not None and (isinstance(advantage_clip, bool) or not isinstance(advantage_clip, (int, float))
+                                       or not 0 < advantage_clip < float("inf")):
+        raise ValueError(f"advantage_clip must be a finite number > 0, got {advantage_clip!r}")
     log_ratio = torch.where(mask, student_logprobs - teacher_logprobs, torch.zeros_like(student_logprobs)).detach()
-    loss, pg = policy_gradient_loss(student_logprobs, -log_ratio, mask, old_logprobs=old_logprobs, reduction=reduction)
-    metrics = {"reverse_kl": log_ratio.sum() / pg["tokens"].clamp_min(1).to(log_ratio.dtype), "tokens": pg["tokens"]}
+    advantage = -log_ratio
+    if baseline is not None:
+        advantage = advantage - baseline.detach().to(advantage.dtype)
+    clipped = None
+    if advantage_clip is not None:
+        clipped = (advantage.abs() > advantage_clip) & mask
+        advantage = advantage.clamp(-advantage_clip, advantage_clip)
+    loss, pg = policy_gradient_loss(student_logprobs, advantage, mask, old_logprobs=old_logprobs, reduction=reduction)
+    denom = pg["tokens"].clamp_min(1).to(log_ratio.dtype)
+    metrics = {"reverse_kl": log_ratio.sum() / denom, "tokens": pg["tokens"]}
     if old_logprobs is not None:
         metrics["importance_ratio"] = pg["importance_ratio"]
+    if clipped is not None:
+        metrics["advantage_clipped_fraction"] = clipped.sum().to(log_ratio.dtype) / denom
     return loss, metrics

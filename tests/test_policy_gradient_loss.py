@@ -109,9 +109,11 @@ def test_bad_arguments(kwargs, message):
         policy_gradient_loss(lp, adv[:, :3], mask)
 
 
-def test_expected_sampled_gradient_is_the_exact_reverse_kl_gradient():
+@pytest.mark.parametrize("baseline", [None, -0.7])
+def test_expected_sampled_gradient_is_the_exact_reverse_kl_gradient(baseline):
     """On a small categorical, the sampled OPD loss's gradient averaged over every token y
-    (weighted by the student's p_y) equals the gradient of the exact KL(p || q)."""
+    (weighted by the student's p_y) equals the gradient of the exact KL(p || q), with or
+    without a constant baseline."""
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(7, generator=gen, dtype=torch.float64, requires_grad=True)
     teacher = torch.log_softmax(torch.randn(7, generator=gen, dtype=torch.float64), dim=0)
@@ -120,7 +122,43 @@ def test_expected_sampled_gradient_is_the_exact_reverse_kl_gradient():
     expected = torch.zeros_like(logits)
     for y in range(7):
         lp = torch.log_softmax(logits, dim=0)[y].reshape(1, 1)
-        loss, _ = sampled_reverse_kl_loss(lp, teacher[y].reshape(1, 1), torch.ones(1, 1, dtype=torch.bool))
+        b = None if baseline is None else torch.full((1, 1), baseline, dtype=torch.float64)
+        loss, _ = sampled_reverse_kl_loss(lp, teacher[y].reshape(1, 1), torch.ones(1, 1, dtype=torch.bool), baseline=b)
         (g,) = torch.autograd.grad(loss, [logits])
         expected += log_p.detach()[y].exp() * g
     torch.testing.assert_close(expected, exact, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", ["token_mean", "sequence_sum", "sum"])
+def test_sampled_opd_baseline_and_advantage_clip_against_float64(reduction):
+    lp, _, old, teacher, mask = _batch(2)
+    baseline = torch.linspace(-1.0, 1.0, lp.shape[0], dtype=torch.float64)[:, None]
+    loss, metrics = sampled_reverse_kl_loss(lp, teacher, mask, old_logprobs=old, baseline=baseline,
+                                            advantage_clip=0.5, reduction=reduction)
+    (grad,) = torch.autograd.grad(loss, [lp])
+    lp64 = lp.detach().double().requires_grad_()
+    m = mask.double()
+    advantage = ((teacher.double() - lp64.detach()) - baseline).clamp(-0.5, 0.5) * m
+    ratio = torch.exp(lp64.detach() - old.double()) * m
+    per_token = -advantage * ratio * lp64 * m
+    want = {"token_mean": per_token.sum() / m.sum(), "sum": per_token.sum(),
+            "sequence_sum": per_token.sum(dim=-1).mean()}[reduction]
+    (want_grad,) = torch.autograd.grad(want, [lp64])
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-6, atol=1e-7)
+    raw = ((teacher.double() - lp.detach().double()) - baseline) * m
+    torch.testing.assert_close(metrics["advantage_clipped_fraction"].double(),
+                               ((raw.abs() > 0.5) & mask).sum().double() / m.sum())
+    torch.testing.assert_close(metrics["reverse_kl"].double(), ((lp.detach().double() - teacher) * m).sum() / m.sum())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"advantage_clip": 0.0}, "advantage_clip must be a finite number > 0"),
+    ({"advantage_clip": True}, "advantage_clip must be"),
+    ({"baseline": torch.zeros(3, 2)}, "baseline has shape"),
+    ({"baseline": torch.zeros(1, 1, dtype=torch.long)}, "baseline must be a floating tensor"),
+])
+def test_sampled_opd_bad_variance_options(kwargs, message):
+    lp, _, _, teacher, mask = _batch()
+    with pytest.raises(ValueError, match=message):
+        sampled_reverse_kl_loss(lp, teacher, mask, **kwargs)

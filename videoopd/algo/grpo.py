@@ -12,7 +12,6 @@ and an optional k3 KL penalty to a frozen reference policy (``beta``, default 0 
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, Callable
 
 import torch
@@ -28,7 +27,7 @@ from videoopd.algo.objectives import (
     to_device,
 )
 from videoopd.algo.rewards import iou_reward, is_exact_format
-from videoopd.algo.rollout import Rollout, generate, rollout_seed
+from videoopd.algo.rollout import Rollout, generate, group_rollout_seeds
 from videoopd.qwen.models import lm_head_weight
 
 __all__ = ["ADVANTAGES", "GRPOObjective", "GroupedCollator", "group_advantages"]
@@ -102,11 +101,7 @@ class GRPOObjective:
             raise ValueError(f"a GRPO batch holds groups of {self.num_generations} copies of a prompt "
                              f"(GroupedCollator), got {len(records)} rows")
         inputs = to_device(batch["inputs"], ctx.device)
-        seen: Counter[str] = Counter()
-        seeds = []
-        for record in records:  # copy g of a prompt samples with its own seed
-            seeds.append(rollout_seed(self.seed, ctx.step, f"{record.id}#{seen[record.id]}"))
-            seen[record.id] += 1
+        seeds = group_rollout_seeds(self.seed, ctx.step, records)  # copy g of a prompt: its own seed
         rollout = generate(ctx.model, self.processor, inputs, seeds=seeds, temperature=self.temperature,
                            top_p=self.top_p, max_new_tokens=self.max_new_tokens, synced_gpus=ctx.synced_gpus)
         return inputs, rollout, records

@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from opd_kernels import fused_reverse_kl, sampled_reverse_kl_loss, token_logprobs
-from videoopd.algo.rollout import Rollout, generate, rollout_seed
+from videoopd.algo.rollout import Rollout, generate, group_rollout_seeds, rollout_seed
 from videoopd.evaluation.metrics import parse_span
 from videoopd.qwen.models import is_fsdp_sharded, lm_head_weight, policy_head_forward
 
@@ -31,6 +31,7 @@ __all__ = [
     "Objective",
     "SupervisedObjective",
     "answer_slice",
+    "group_mean_baseline",
     "score_rollout",
     "scoring_inputs",
     "to_device",
@@ -135,21 +136,39 @@ def score_rollout(teacher: Any, teacher_wrapper: Any, inputs: dict[str, Any], ro
     return {k: v.to(device) for k, v in out.items()}
 
 
+def group_mean_baseline(values: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[B, 1]: for each row of ``values`` [B, T], the mean of ``values`` over the masked tokens
+    of its group (``group_size`` adjacent rows: the answers to one prompt); 0 for a group
+    without tokens. Masked-out positions are never read (they may hold NaN)."""
+    if values.dim() != 2 or values.shape[0] % group_size:
+        raise ValueError(f"values must be [groups * {group_size}, T], got shape {tuple(values.shape)}")
+    picked = torch.where(mask, values, torch.zeros_like(values)).reshape(-1, group_size * values.shape[1])
+    counts = mask.reshape(-1, group_size * values.shape[1]).sum(dim=1, keepdim=True).clamp_min(1)
+    means = picked.sum(dim=1, keepdim=True) / counts
+    return means.repeat_interleave(group_size, dim=0)
+
+
 class DistillationObjective:
-    """On-policy distillation: the student samples one answer per prompt, the frozen teacher
-    scores it, the student minimises the reverse KL on its own tokens.
+    """On-policy distillation: the student samples ``num_generations`` answers per prompt (1:
+    the paper's), the frozen teacher scores them, the student minimises the reverse KL on its
+    own tokens.
 
     ``objective`` "sampled" (the paper's): ``sampled_reverse_kl_loss`` on the sampled tokens'
-    log-probs; "full": the exact reverse KL over the vocabulary (``fused_reverse_kl``).
-    ``reduction`` "sequence_sum" (the paper's: summed over each answer, averaged over the
-    step's sequences), "token_mean" (averaged over the step's answer tokens) or "sum".
+    log-probs, optionally with two variance reductions: with ``num_generations`` G > 1 (batches
+    from a :class:`videoopd.algo.grpo.GroupedCollator`) each answer's per-token advantage
+    ``lp_t - lp_s`` is taken relative to its prompt's group (minus the group's mean over its
+    answer tokens), and ``advantage_clip`` c clamps it to [-c, c]. "full": the exact reverse KL
+    over the vocabulary (``fused_reverse_kl``; G > 1 only adds rollouts). ``reduction``
+    "sequence_sum" (the paper's: summed over each answer, averaged over the step's sequences),
+    "token_mean" (averaged over the step's answer tokens) or "sum".
     """
 
     name = "opd"
 
     def __init__(self, teacher: Any, processor: Any, *, teacher_wrapper: Any = None, objective: str = "sampled",
                  reduction: str = "sequence_sum", temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto"):
+                 max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto",
+                 num_generations: int = 1, advantage_clip: float | None = None):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if reduction not in REDUCTIONS:
@@ -165,10 +184,21 @@ class DistillationObjective:
         self.seed = seed
         self.vocab_size = vocab_size
         self.backend = backend
+        if num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {num_generations!r}")
+        self.num_generations = num_generations
+        self.advantage_clip = advantage_clip
 
     def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> tuple[dict[str, Any], Rollout, list[Any]]:
         inputs = to_device(batch["inputs"], ctx.device)
-        seeds = [rollout_seed(self.seed, ctx.step, record.id) for record in batch["records"]]
+        records = batch["records"]
+        if self.num_generations > 1:
+            if len(records) % self.num_generations:
+                raise ValueError(f"with num_generations={self.num_generations} a batch holds groups of copies of a "
+                                 f"prompt (GroupedCollator), got {len(records)} rows")
+            seeds = group_rollout_seeds(self.seed, ctx.step, records)
+        else:
+            seeds = [rollout_seed(self.seed, ctx.step, record.id) for record in records]
         rollout = generate(ctx.model, self.processor, inputs, seeds=seeds, temperature=self.temperature,
                            top_p=self.top_p, max_new_tokens=self.max_new_tokens, synced_gpus=ctx.synced_gpus)
         return inputs, rollout, batch["records"]
@@ -203,11 +233,16 @@ class DistillationObjective:
             # the sampler's own log-probs as the old policy's: the importance ratio corrects for
             # what the sampler did differently from the scored softmax (nucleus, suppressed tokens)
             old = rollout.sampler_logprobs.to(lp.device) if rollout.sampler_logprobs is not None else None
-            loss, m = sampled_reverse_kl_loss(lp, teacher_view["teacher_logprobs"], mask, old_logprobs=old,
-                                              reduction="sum")
+            teacher_lp = teacher_view["teacher_logprobs"]
+            baseline = None
+            if self.num_generations > 1:
+                baseline = group_mean_baseline((teacher_lp - lp).detach(), mask, self.num_generations)
+            loss, m = sampled_reverse_kl_loss(lp, teacher_lp, mask, old_logprobs=old, baseline=baseline,
+                                              advantage_clip=self.advantage_clip, reduction="sum")
             sums = {"reverse_kl_sum": (m["reverse_kl"] * m["tokens"]).double()}
-            if "importance_ratio" in m:
-                sums["importance_ratio_sum"] = (m["importance_ratio"] * m["tokens"]).double()
+            for name in ("importance_ratio", "advantage_clipped_fraction"):
+                if name in m:
+                    sums[f"{name}_sum"] = (m[name] * m["tokens"]).double()
             return loss, sums
         h_t = teacher_view["teacher_hidden"].to(dtype=h.dtype)
         w_t = teacher_view["teacher_head"].to(dtype=h.dtype)
@@ -221,8 +256,9 @@ class DistillationObjective:
         out = {"reverse_kl": sums.get("reverse_kl_sum", 0.0) / max(1.0, tokens), "answer_tokens": int(tokens),
                "mean_answer_len": tokens / sequences, "parsed_rate": sums.get("parsed_answers", 0.0) / sequences,
                "rollouts": int(sums.get("sequences", 0.0))}
-        if "importance_ratio_sum" in sums:
-            out["importance_ratio"] = sums["importance_ratio_sum"] / max(1.0, tokens)
+        for name in ("importance_ratio", "advantage_clipped_fraction"):
+            if f"{name}_sum" in sums:
+                out[name] = sums[f"{name}_sum"] / max(1.0, tokens)
         return out
 
 

@@ -10,6 +10,7 @@ batch nor the number of processes: a run on 2 processes with batch b samples wha
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -17,7 +18,7 @@ import torch
 
 from videoopd.qwen.models import call_as_forward, is_fsdp_sharded
 
-__all__ = ["Rollout", "SeededSampler", "answer_mask_from", "generate", "rollout_seed"]
+__all__ = ["Rollout", "SeededSampler", "answer_mask_from", "generate", "group_rollout_seeds", "rollout_seed"]
 
 VISION_TOKEN_ATTRS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 
@@ -49,6 +50,17 @@ def rollout_seed(seed: int, step: int, record_id: str) -> int:
     """A stable 63-bit seed for one prompt's sample at one step (same on every process and run)."""
     digest = hashlib.blake2b(f"{seed}/{step}/{record_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def group_rollout_seeds(seed: int, step: int, records: list[Any]) -> list[int]:
+    """Seeds of a batch that repeats prompts (:class:`videoopd.algo.grpo.GroupedCollator`):
+    the g-th copy of a prompt samples with the seed of ``"{record.id}#{g}"``."""
+    seen: Counter[str] = Counter()
+    seeds = []
+    for record in records:
+        seeds.append(rollout_seed(seed, step, f"{record.id}#{seen[record.id]}"))
+        seen[record.id] += 1
+    return seeds
 
 
 class SeededSampler:

@@ -54,7 +54,8 @@ def run_demo(cfg: Any) -> int:
     say("student: an earlier checkpoint of the same run. Both ship in videoopd/demo/assets; regenerate them")
     prompts = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     method = (f"GRPO, {cfg.num_generations} answers per prompt" if cfg.algo == "grpo"
-              else f"OPD objective {cfg.objective}")
+              else f"OPD objective {cfg.objective}" + (f", {cfg.num_generations} answers per prompt"
+                                                       if cfg.num_generations > 1 else ""))
     say(f"with `python -m videoopd.demo_teacher`. {method}, lr {cfg.lr:g}, {cfg.max_steps} steps x {prompts} prompts "
         f"({accelerator.num_processes} process(es)).")
     say("=" * 78)

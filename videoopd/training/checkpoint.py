@@ -48,7 +48,8 @@ RUN_DEFINING = ("student", "teacher", "model", "init_tiny", "train_data", "forma
                 "warmup_steps", "min_lr_ratio", "adam_beta2", "weight_decay", "max_grad_norm", "master_weights",
                 "batch_size", "grad_accum", "seed", "max_new_tokens", "objective", "reduction", "temperature",
                 "top_p", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "rounds", "round_size", "selector",
-                "teacher_iou_min", "gwds_center", "gwds_sigma", "steps_per_round")
+                "teacher_iou_min", "gwds_center", "gwds_sigma", "steps_per_round", "algo", "num_generations",
+                "advantage", "clip_eps", "beta", "format_reward", "advantage_clip")
 
 # What a run writes into its folder (removed by --overwrite; anything else is left alone).
 RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "rounds.jsonl", "summary.json", "demo_summary.json", "final", "best",

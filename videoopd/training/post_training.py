@@ -88,7 +88,11 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
     else:
         objective = DistillationObjective(teacher, processor, objective=cfg.objective, reduction=cfg.reduction,
                                           temperature=cfg.temperature, top_p=cfg.top_p,
-                                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, vocab_size=vocab)
+                                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, vocab_size=vocab,
+                                          num_generations=cfg.num_generations,
+                                          advantage_clip=cfg.advantage_clip or None)
+        if cfg.num_generations > 1:
+            collator = GroupedCollator(collator, cfg.num_generations)
     dataset = GroundingVideoDataset(train_records, decode_config, on_error="report")
     curriculum = None
     if cfg.rounds:
