@@ -56,7 +56,7 @@ class TrainConfig(RunOptions):
                          "the step's answer tokens), sum, or auto (opd: sequence_sum, grpo: token_mean)",
                          default="auto")
     # GRPO
-    num_generations: int | None = opt("answers sampled per prompt: grpo's group (default 8); opd: default 1 (the "
+    num_generations: int | None = opt("answers sampled per prompt: grpo's group (8 if unset); opd: 1 if unset (the "
                                       "paper's), with more the sampled objective's advantages are taken relative to "
                                       "the prompt's group mean", default=None)
     advantage_clip: float = opt("opd sampled: clamp each token's advantage lp_teacher - lp_student to [-c, c] "
@@ -149,13 +149,11 @@ def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     for name in ("beta", "format_reward"):
         if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
             raise ConfigError(f"{name} must be finite and >= 0, got {getattr(cfg, name)!r}")
-    if cfg.num_generations is None:
-        cfg.num_generations = 8 if cfg.algo == "grpo" else 1
     if not (math.isfinite(cfg.advantage_clip) and cfg.advantage_clip >= 0):
         raise ConfigError(f"advantage_clip must be finite and >= 0 (0: off), got {cfg.advantage_clip!r}")
     if cfg.advantage_clip > 0 and (cfg.algo != "opd" or cfg.objective != "sampled"):
         raise ConfigError("--advantage-clip applies to --algo opd --objective sampled only")
-    if cfg.algo == "grpo" and cfg.num_generations < 2:
+    if cfg.algo == "grpo" and cfg.num_generations is not None and cfg.num_generations < 2:
         raise ConfigError("num_generations must be >= 2 for grpo (advantages are relative to the group)")
     teacher_needed = cfg.algo == "opd" or cfg.rounds > 0
     if cfg.student is None and cfg.teacher is not None:

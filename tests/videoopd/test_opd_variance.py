@@ -34,8 +34,10 @@ def test_group_copies_sample_with_their_own_seeds():
 
 
 def test_variance_options_are_checked():
-    assert T.resolve_config([]).num_generations == 1
-    assert T.resolve_config(["--algo", "grpo"]).num_generations == 8
+    from videoopd.training.post_training import default_num_generations
+
+    assert T.resolve_config([]).num_generations is None  # resolved by the run, as --reduction auto
+    assert (default_num_generations("opd"), default_num_generations("grpo")) == (1, 8)
     with pytest.raises(T.ConfigError, match="advantage_clip must be finite and >= 0"):
         T.resolve_config(["--advantage-clip", "-1"])
     with pytest.raises(T.ConfigError, match="--objective sampled only"):

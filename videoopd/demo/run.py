@@ -15,7 +15,7 @@ from videoopd.data.video import DecodeConfig
 from videoopd.demo.teacher import DEMO_PIXELS, STUDENT_DIR, TEACHER_DIR, generate_split, load_demo_checkpoint
 from videoopd.qwen.models import check_pair
 from videoopd.qwen.processing import record_preprocessing
-from videoopd.training.post_training import run_post_training
+from videoopd.training.post_training import default_num_generations, run_post_training
 
 __all__ = ["DEMO_DEFAULTS", "demo_config", "run_demo"]
 
@@ -53,9 +53,9 @@ def run_demo(cfg: Any) -> int:
     say("with one coloured shape each. Teacher: a tiny Qwen3-VL trained by `python -m videoopd.sft`;")
     say("student: an earlier checkpoint of the same run. Both ship in videoopd/demo/assets; regenerate them")
     prompts = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
-    method = (f"GRPO, {cfg.num_generations} answers per prompt" if cfg.algo == "grpo"
-              else f"OPD objective {cfg.objective}" + (f", {cfg.num_generations} answers per prompt"
-                                                       if cfg.num_generations > 1 else ""))
+    answers = cfg.num_generations or default_num_generations(cfg.algo)
+    method = (f"GRPO, {answers} answers per prompt" if cfg.algo == "grpo"
+              else f"OPD objective {cfg.objective}" + (f", {answers} answers per prompt" if answers > 1 else ""))
     say(f"with `python -m videoopd.demo_teacher`. {method}, lr {cfg.lr:g}, {cfg.max_steps} steps x {prompts} prompts "
         f"({accelerator.num_processes} process(es)).")
     say("=" * 78)

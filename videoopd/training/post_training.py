@@ -20,13 +20,18 @@ from videoopd.training.curriculum import TVDFCurriculum, one_pass_steps
 from videoopd.training.distributed import place_teacher
 from videoopd.training.loop import evaluate_held_out, train
 
-__all__ = ["default_reduction", "run_post_training"]
+__all__ = ["default_num_generations", "default_reduction", "run_post_training"]
 
 
 def default_reduction(algo: str) -> str:
     """``--reduction auto``: OPD sums each answer's loss (the paper's), GRPO averages over the
     step's answer tokens (token-level, as TRL's and DAPO's)."""
     return "token_mean" if algo == "grpo" else "sequence_sum"
+
+
+def default_num_generations(algo: str) -> int:
+    """``--num-generations`` unset: GRPO's group of 8 answers per prompt, OPD's one (the paper's)."""
+    return 8 if algo == "grpo" else 1
 
 
 def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, processor: Any,
@@ -50,6 +55,8 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
     out_dir = Path(cfg.output_dir)
     if cfg.reduction == "auto":  # resolved first: the saved config and a resume compare the real one
         cfg.reduction = default_reduction(cfg.algo)
+    if cfg.num_generations is None:
+        cfg.num_generations = default_num_generations(cfg.algo)
     resume_from = prepare_run_folder(cfg, accelerator)
     if main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
