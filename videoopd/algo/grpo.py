@@ -22,12 +22,12 @@ from videoopd.algo.objectives import (
     GenerationContext,
     MicroBatch,
     answer_slice,
+    sample_rollout,
     score_rollout,
     scoring_inputs,
-    to_device,
 )
 from videoopd.algo.rewards import iou_reward, is_exact_format
-from videoopd.algo.rollout import Rollout, generate, group_rollout_seeds
+from videoopd.algo.rollout import Rollout
 from videoopd.qwen.models import lm_head_weight
 
 __all__ = ["ADVANTAGES", "GRPOObjective", "GroupedCollator", "group_advantages"]
@@ -96,15 +96,8 @@ class GRPOObjective:
         self.backend = backend
 
     def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> tuple[dict[str, Any], Rollout, list[Any]]:
-        records = batch["records"]
-        if len(records) % self.num_generations:
-            raise ValueError(f"a GRPO batch holds groups of {self.num_generations} copies of a prompt "
-                             f"(GroupedCollator), got {len(records)} rows")
-        inputs = to_device(batch["inputs"], ctx.device)
-        seeds = group_rollout_seeds(self.seed, ctx.step, records)  # copy g of a prompt: its own seed
-        rollout = generate(ctx.model, self.processor, inputs, seeds=seeds, temperature=self.temperature,
-                           top_p=self.top_p, max_new_tokens=self.max_new_tokens, synced_gpus=ctx.synced_gpus)
-        return inputs, rollout, records
+        return sample_rollout(ctx, batch, self.processor, seed=self.seed, num_generations=self.num_generations,
+                              temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
 
     def score(self, ctx: GenerationContext, rolled: tuple[dict[str, Any], Rollout, list[Any]]) -> MicroBatch:
         inputs, rollout, records = rolled

@@ -32,6 +32,7 @@ __all__ = [
     "SupervisedObjective",
     "answer_slice",
     "group_mean_baseline",
+    "sample_rollout",
     "score_rollout",
     "scoring_inputs",
     "to_device",
@@ -136,6 +137,26 @@ def score_rollout(teacher: Any, teacher_wrapper: Any, inputs: dict[str, Any], ro
     return {k: v.to(device) for k, v in out.items()}
 
 
+def sample_rollout(ctx: GenerationContext, batch: dict[str, Any], processor: Any, *, seed: int, num_generations: int,
+                   temperature: float, top_p: float, max_new_tokens: int) -> tuple[dict[str, Any], Rollout, list[Any]]:
+    """(inputs on the device, the rollout, the records) of a collated batch, one answer per row.
+    With ``num_generations`` > 1 the rows are groups of copies of a prompt
+    (:class:`videoopd.algo.grpo.GroupedCollator`) and copy g samples with its own seed
+    (``group_rollout_seeds``); else each row with its record's seed."""
+    records = batch["records"]
+    if num_generations > 1:
+        if len(records) % num_generations:
+            raise ValueError(f"with num_generations={num_generations} a batch holds groups of copies of a prompt "
+                             f"(GroupedCollator), got {len(records)} rows")
+        seeds = group_rollout_seeds(seed, ctx.step, records)
+    else:
+        seeds = [rollout_seed(seed, ctx.step, record.id) for record in records]
+    inputs = to_device(batch["inputs"], ctx.device)
+    rollout = generate(ctx.model, processor, inputs, seeds=seeds, temperature=temperature, top_p=top_p,
+                       max_new_tokens=max_new_tokens, synced_gpus=ctx.synced_gpus)
+    return inputs, rollout, records
+
+
 def group_mean_baseline(values: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
     """[B, 1]: for each row of ``values`` [B, T], the mean of ``values`` over the masked tokens
     of its group (``group_size`` adjacent rows: the answers to one prompt); 0 for a group
@@ -190,18 +211,8 @@ class DistillationObjective:
         self.advantage_clip = advantage_clip
 
     def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> tuple[dict[str, Any], Rollout, list[Any]]:
-        inputs = to_device(batch["inputs"], ctx.device)
-        records = batch["records"]
-        if self.num_generations > 1:
-            if len(records) % self.num_generations:
-                raise ValueError(f"with num_generations={self.num_generations} a batch holds groups of copies of a "
-                                 f"prompt (GroupedCollator), got {len(records)} rows")
-            seeds = group_rollout_seeds(self.seed, ctx.step, records)
-        else:
-            seeds = [rollout_seed(self.seed, ctx.step, record.id) for record in records]
-        rollout = generate(ctx.model, self.processor, inputs, seeds=seeds, temperature=self.temperature,
-                           top_p=self.top_p, max_new_tokens=self.max_new_tokens, synced_gpus=ctx.synced_gpus)
-        return inputs, rollout, batch["records"]
+        return sample_rollout(ctx, batch, self.processor, seed=self.seed, num_generations=self.num_generations,
+                              temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
 
     def score(self, ctx: GenerationContext, rolled: tuple[dict[str, Any], Rollout, list[Any]]) -> MicroBatch:
         inputs, rollout, records = rolled
