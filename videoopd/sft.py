@@ -141,8 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "queries" + (f", {len(eval_records)} held-out" if eval_records else "")
         + f"; {accelerator.num_processes} process(es)")
     try:
-        decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
-                                                   min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        decode_config = DecodeConfig.for_run(processor, cfg)
     except ValueError as exc:
         print(f"python -m videoopd.sft: error: {exc}", file=sys.stderr)
         return 2

@@ -216,8 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = accelerator.device
     processor = load_processor(cfg.student)
     try:
-        decode_config = DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
-                                                   min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        decode_config = DecodeConfig.for_run(processor, cfg)
     except ValueError as exc:
         print(f"python -m videoopd.train: error: {exc}", file=sys.stderr)
         return 2

@@ -154,6 +154,13 @@ class DecodeConfig:
         return self.total_pixels if self.total_pixels is not None else int(128000 * 0.9 * self.factor**2)
 
     @classmethod
+    def for_run(cls, processor: Any, options: Any) -> "DecodeConfig":
+        """:meth:`for_processor` with a run's frame options (``options.fps``, ``max_frames``,
+        ``min_pixels``, ``max_pixels``; None: what the processor records, else the defaults)."""
+        return cls.for_processor(processor, fps=options.fps, max_frames=options.max_frames,
+                                 min_pixels=options.min_pixels, max_pixels=options.max_pixels)
+
+    @classmethod
     def for_processor(cls, processor: Any, **overrides: Any) -> "DecodeConfig":
         """The config matching ``processor``'s video patching (factor and temporal patch size).
 

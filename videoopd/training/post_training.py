@@ -70,8 +70,7 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
             reference = place_teacher(accelerator, reference, cfg.teacher_placement, cfg.teacher_device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    decode_config = decode_config or DecodeConfig.for_processor(processor, fps=cfg.fps, max_frames=cfg.max_frames,
-                                                                min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    decode_config = decode_config or DecodeConfig.for_run(processor, cfg)
 
     teacher_eval = None
     earlier_teacher_eval = out_dir / "eval_teacher.json"
