@@ -18,7 +18,7 @@ from videoopd.qwen.models import check_pair
 
 @pytest.fixture(scope="module")
 def fresh_heldout(tmp_path_factory):
-    # 40 videos x 2 events, from a seed neither the teacher's training nor its held-out set used
+    # 40 videos x 2 events (the demo's), from a seed neither the teacher's training nor its held-out sets used
     records, _ = load_annotations(generate_split(tmp_path_factory.mktemp("demo_heldout"), 40, seed=777))
     return records
 
@@ -54,7 +54,8 @@ def test_demo_pair_is_compatible():
 
 
 def test_regeneration_command_runs_end_to_end(tmp_path):
-    """The shipped command, shrunk (tiny data, model and step count): data -> SFT -> export."""
+    """The shipped command, shrunk (tiny data, model and step count): data -> SFT stage 1 ->
+    SFT stage 2 from stage 1's best -> export."""
     from videoopd import demo_teacher
 
     work, teacher, student = tmp_path / "work", tmp_path / "teacher", tmp_path / "student"
@@ -62,11 +63,18 @@ def test_regeneration_command_runs_end_to_end(tmp_path):
                               "--train-videos", "4", "--heldout-videos", "2", "--max-steps", "4", "--eval-every", "2",
                               "--save-every", "2", "--batch-size", "2", "--tiny-hidden-size", "32",
                               "--tiny-layers", "1", "--max-new-tokens", "4", "--no-progress"])
-    run = work / "sft"
-    assert code in (0, 1)  # 1: no checkpoint 30 mIoU below the best, expected after 4 steps
+    run = work / "sft_query"
+    assert code in (0, 1)  # 1: no checkpoint 25 mIoU below the best, expected after 4 steps
     assert (work / "train.jsonl").read_text().count("\n") == 4 * 2 + 4  # two-event + one-event videos
     assert (work / "heldout" / "annotations.jsonl").read_text().count("\n") == 2  # one event per video
-    assert (run / "checkpoints" / "step-2" / "model" / "model.safetensors").is_file() and (run / "best" / "model.safetensors").is_file()
+    # stage 2: all two-event videos, half of the one-event ones; held out on two-event videos
+    assert (work / "train_query.jsonl").read_text().count("\n") == 4 * 2 + 2
+    assert (work / "heldout_two_events" / "annotations.jsonl").read_text().count("\n") == 2 * 2
+    for stage in (work / "sft", run):
+        assert (stage / "checkpoints" / "step-2" / "model" / "model.safetensors").is_file()
+        assert (stage / "best" / "model.safetensors").is_file()
+    stage2_config = (run / "config.yaml").read_text()
+    assert str(work / "sft" / "best") in stage2_config and "init_tiny: null" in stage2_config
 
     # The student rule on this run's real checkpoints, with its evaluations set by hand.
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -74,12 +82,15 @@ def test_regeneration_command_runs_end_to_end(tmp_path):
         if "eval/mIoU" in row:
             row["eval/mIoU"] = {2: 5.0, 4: 40.0}[row["step"]]
     (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert demo_teacher.main(["--export-only", str(run), "--out", str(teacher), "--student-out", str(student)]) == 0
+    assert demo_teacher.main(["--export-only", str(run), "--out", str(teacher), "--student-out", str(student),
+                              "--first-stage", str(work / "sft")]) == 0
     training = json.loads((teacher / "training.json").read_text())
     assert (training["teacher_step"], training["student_step"]) == (4, 2)
     assert (student / "model.safetensors").is_file() and (teacher / "model.safetensors").is_file()
-    assert {step: m["mIoU"] for step, m in training["heldout_by_step"].items()} == {"2": 5.0, "4": 40.0}
-    # Re-evaluated on a held-out file (the real, untrained mIoUs): no 30-point gap, no export.
+    first, second = training["stages"]
+    assert {step: m["mIoU"] for step, m in second["heldout_by_step"].items()} == {"2": 5.0, "4": 40.0}
+    assert first["steps_trained"] == second["steps_trained"] == 4 and "--init-tiny" in first["sft_arguments"]
+    # Re-evaluated on a held-out file (the real, untrained mIoUs): no 25-point gap, no export.
     heldout = work / "heldout" / "annotations.jsonl"
     assert demo_teacher.main(["--export-only", str(run), "--heldout", str(heldout), "--out", str(tmp_path / "t2"),
                               "--student-out", str(tmp_path / "s2")]) == 1

@@ -1,7 +1,7 @@
 """The CPU demo of ``python -m videoopd.train`` with no models: on-policy distillation of the
 shipped tiny Qwen3-VL student from the shipped tiny teacher (:mod:`videoopd.demo.teacher`) on
-freshly generated one-event synthetic videos, on one process or, through ``accelerate launch
---cpu``, several."""
+freshly generated synthetic videos with two events each (the query's colour picks one), on one
+process or, through ``accelerate launch --cpu``, several."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from typing import Any
 
 from videoopd.data.annotations import load_annotations, write_jsonl_records
 from videoopd.data.video import DecodeConfig
-from videoopd.demo.teacher import DEMO_PIXELS, STUDENT_DIR, TEACHER_DIR, generate_split, load_demo_checkpoint
+from videoopd.demo.teacher import DEMO_EVENTS, DEMO_PIXELS, STUDENT_DIR, TEACHER_DIR, generate_split, load_demo_checkpoint
 from videoopd.qwen.models import check_pair
 from videoopd.qwen.processing import record_preprocessing
 from videoopd.training.post_training import default_num_generations, run_post_training
@@ -50,20 +50,21 @@ def run_demo(cfg: Any) -> int:
     out_dir = Path(cfg.output_dir)
     say("=" * 78)
     say("videoopd.train demo (no --student/--teacher): on-policy distillation on the CPU, synthetic videos")
-    say("with one coloured shape each. Teacher: a tiny Qwen3-VL trained by `python -m videoopd.sft`;")
-    say("student: an earlier checkpoint of the same run. Both ship in videoopd/demo/assets; regenerate them")
+    say(f"with {DEMO_EVENTS} coloured shapes each (the query's colour picks one). Teacher: a tiny Qwen3-VL trained")
+    say("by `python -m videoopd.sft`; student: an earlier checkpoint of the same run. Both ship in")
+    say("videoopd/demo/assets; `python -m videoopd.demo_teacher` regenerates them.")
     prompts = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     answers = cfg.num_generations or default_num_generations(cfg.algo)
     method = (f"GRPO, {answers} answers per prompt" if cfg.algo == "grpo"
               else f"OPD objective {cfg.objective}" + (f", {answers} answers per prompt" if answers > 1 else ""))
-    say(f"with `python -m videoopd.demo_teacher`. {method}, lr {cfg.lr:g}, {cfg.max_steps} steps x {prompts} prompts "
+    say(f"{method}, lr {cfg.lr:g}, {cfg.max_steps} steps x {prompts} prompts "
         f"({accelerator.num_processes} process(es)).")
     say("=" * 78)
     data_dir = out_dir / "demo_data"
     # Fresh videos (a seed the teacher never saw): half for OPD prompts, half held out. The
     # main process writes them; the others wait and read the same files.
     if main:
-        generate_split(data_dir, cfg.demo_videos, seed=1000 + cfg.seed)  # one event per video
+        generate_split(data_dir, cfg.demo_videos, seed=1000 + cfg.seed, events=DEMO_EVENTS)
     accelerator.wait_for_everyone()
     records, _ = load_annotations(data_dir / "annotations.jsonl")
     videos = sorted({r.video for r in records})
