@@ -16,7 +16,7 @@ from videoopd import train as T
 from videoopd.training import curriculum as C
 from videoopd.training import loop as L
 
-ROUNDS = ["--demo-videos", "16", "--rounds", "2", "--round-size", "4", "--steps-per-round", "2", "--batch-size", "2",
+ROUNDS = ["--demo-videos", "8", "--rounds", "2", "--round-size", "4", "--steps-per-round", "2", "--batch-size", "2",
           "--eval-limit", "2", "--eval-before", "false", "--eval-teacher", "false", "--no-progress"]
 
 

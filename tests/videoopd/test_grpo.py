@@ -72,7 +72,8 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-SMALL = ["--demo-videos", "8", "--eval-limit", "2", "--eval-before", "false", "--no-progress"]
+# 4 two-event videos: 4 prompts, 4 held-out queries
+SMALL = ["--demo-videos", "4", "--eval-limit", "2", "--eval-before", "false", "--no-progress"]
 
 
 @pytest.mark.slow
