@@ -158,15 +158,25 @@ def evaluate_checkpoints(run: Path, heldout: Path) -> dict[int, dict[str, float]
     return results
 
 
+def run_metrics(run: Path) -> list[dict[str, Any]]:
+    """The rows of an SFT run's ``metrics.jsonl``."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def run_evaluations(rows: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """{step: held-out metrics} of an SFT run's own evaluations (its ``eval/`` rows)."""
+    return {row["step"]: {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
+            for row in rows if "eval/mIoU" in row}
+
+
 def run_record(run: Path, recipe: Sequence[str], train: dict[str, Any], heldout: tuple[int, int],
                metrics: dict[int, dict[str, float]] | None = None) -> dict[str, Any]:
     """What ``training.json`` keeps of one SFT stage: recipe, data, held-out metrics per
     evaluated step (the run's own, unless ``metrics`` is given) and the loss curve."""
-    curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    losses = [row["loss"] for row in curve if "loss" in row]
+    rows = run_metrics(run)
+    losses = [row["loss"] for row in rows if "loss" in row]
     if metrics is None:
-        metrics = {row["step"]: {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
-                   for row in curve if "eval/mIoU" in row}
+        metrics = run_evaluations(rows)
     return {"sft_arguments": list(recipe), "train": train, "heldout": heldout, "steps_trained": len(losses),
             "heldout_by_step": metrics,
             "loss_mean_per_50_steps": [sum(losses[i:i + 50]) / len(losses[i:i + 50]) for i in range(0, len(losses), 50)]}
@@ -185,8 +195,7 @@ def export(run: Path, out: Path = TEACHER_DIR, student_out: Path = STUDENT_DIR, 
     if heldout is not None:
         metrics = evaluate_checkpoints(run, heldout)
     else:
-        metrics = {step: m for step, m in run_record(run, [], {}, QUERY_HELDOUT)["heldout_by_step"].items()
-                   if step in models}
+        metrics = {step: m for step, m in run_evaluations(run_metrics(run)).items() if step in models}
     if not metrics:
         print(f"{run}: no evaluated step checkpoints (run the SFT with --eval-every = --save-every)")
         return 1
