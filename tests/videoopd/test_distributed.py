@@ -230,8 +230,9 @@ def test_grpo_two_processes_step_like_one(tmp_path):
     assert [r["reward"] for r in two] == pytest.approx([r["reward"] for r in one], rel=1e-6)
     assert any(r["equal_reward_groups"] < 1 for r in one), "no group with different rewards: nothing tested"
     assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5, abs=1e-7)
-    # step 2 starts from weights that differ by AdamW's amplified rounding (below): measured 1.1e-5
-    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4, abs=1e-7)
+    # step 2 starts from weights that differ by AdamW's amplified rounding (below, ~0.2% of the
+    # move): its loss differed by 1.1e-5 to 1.3e-4 relative over three fresh-clone runs
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-3, abs=1e-7)
     a, b = (load_file(str(tmp_path / n / "final" / "model.safetensors")) for n in ("one", "two"))
     # AdamW divides each gradient entry by its own running scale: an entry whose gradient is ~0
     # turns fp32 summation-order differences into an update difference up to lr (3e-4) a step,
