@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     from videoopd.data.annotations import GroundingRecord
-    from videoopd.data.datasets import GroundingCollator
+    from videoopd.qwen.collators import GroundingCollator
     from videoopd.qwen.models import prepare_policy
     from videoopd.qwen.tiny import build_tiny_processor, build_tiny_tokenizer
 

@@ -35,18 +35,16 @@ import torch
 from videoopd.data.annotations import load_annotations
 from videoopd.data.video import DecodeConfig, VideoDecodeError
 from videoopd.evaluation.evaluate import (
-    EvalResult,
     check_resumable,
     evaluate,
     file_sha256,
     format_metrics_table,
     identity_path,
     predictions_identity,
-    read_predictions,
 )
 from videoopd.qwen.prompts import PROMPT_STYLES, STYLE_DEFAULT
 
-__all__ = ["EvalResult", "evaluate", "format_metrics_table", "main", "read_predictions"]
+__all__ = ["main"]
 
 # --------------------------------------------------------------------------------------
 # command line

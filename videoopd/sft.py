@@ -121,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m videoopd.sft: error: {exc}", file=sys.stderr)
         return 2
     from videoopd.algo.objectives import SupervisedObjective
-    from videoopd.data.datasets import CachedDataset, GroundingVideoDataset, SFTCollator
+    from videoopd.data.datasets import CachedDataset, GroundingVideoDataset
+    from videoopd.qwen.collators import SFTCollator
     from videoopd.data.video import DecodeConfig
     from videoopd.qwen.processing import record_preprocessing
     from videoopd.training.checkpoint import prepare_run_folder

@@ -5,7 +5,7 @@
     accelerate launch --config_file configs/accelerate/fsdp2.yaml -m videoopd.train --preset video-opd ...
     python -m videoopd.train                      # CPU demo: synthetic data, tiny models
 
-Each step: the student samples answers (:mod:`videoopd.algo.rollout`), the frozen teacher
+Each step: the student samples answers (:mod:`videoopd.qwen.generation`), the frozen teacher
 scores them and the student's loss is taken on answer tokens from base-model hidden states
 (:class:`videoopd.algo.objectives.DistillationObjective`), in the one loop of
 :mod:`videoopd.training.loop`. Config: defaults < ``--preset`` < ``--config`` YAML < CLI flags;

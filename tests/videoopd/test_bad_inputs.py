@@ -197,7 +197,8 @@ def test_eval_on_video_error_raise_is_one_line_naming_the_video(tmp_path, capsys
 
 def test_sft_collator_leaves_out_undecodable_videos_and_names_them(set_with_a_corrupt_video):
     from videoopd.data.annotations import load_annotations
-    from videoopd.data.datasets import GroundingVideoDataset, SFTCollator
+    from videoopd.data.datasets import GroundingVideoDataset
+    from videoopd.qwen.collators import SFTCollator
     from videoopd.data.video import DecodeConfig
     from videoopd.qwen.tiny import build_tiny_processor, build_tiny_tokenizer
 

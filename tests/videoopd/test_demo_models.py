@@ -12,7 +12,7 @@ from videoopd.demo.teacher import (
     generate_split,
     load_demo_checkpoint,
 )
-from videoopd.evaluation.metrics import temporal_iou
+from videoopd.grounding.metrics import temporal_iou
 from videoopd.qwen.models import check_pair
 
 

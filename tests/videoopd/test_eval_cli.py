@@ -6,8 +6,9 @@ import torch
 from types import SimpleNamespace
 
 from videoopd.data.annotations import load_annotations
-from videoopd.eval import evaluate, format_metrics_table, main, read_predictions
-from videoopd.evaluation.metrics import parse_span, temporal_iou
+from videoopd.eval import main
+from videoopd.evaluation.evaluate import evaluate, format_metrics_table, read_predictions
+from videoopd.grounding.metrics import parse_span, temporal_iou
 from videoopd.data.video import DecodeConfig, VideoDecodeError
 
 SMALL = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from videoopd.evaluation.metrics import grounding_metrics, parse_span, parse_time, temporal_iou
+from videoopd.grounding.metrics import grounding_metrics, parse_span, parse_time, temporal_iou
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from opd_kernels import policy_gradient_loss
 from videoopd import compare as CMP
 from videoopd import train as T
 from videoopd.algo.grpo import GroupedCollator, group_advantages
-from videoopd.algo.rewards import iou_reward, is_exact_format
+from videoopd.grounding.rewards import iou_reward, is_exact_format
 
 
 def test_rewards():

@@ -9,7 +9,7 @@ import torch
 
 from videoopd import train as T
 from videoopd.algo.objectives import group_mean_baseline
-from videoopd.algo.rollout import group_rollout_seeds, rollout_seed
+from videoopd.qwen.generation import group_rollout_seeds, rollout_seed
 
 
 def test_group_mean_baseline_by_hand():

@@ -1,6 +1,6 @@
 import pytest
 
-from videoopd.evaluation.metrics import parse_span
+from videoopd.grounding.metrics import parse_span
 from videoopd.qwen.prompts import (
     PAPER_PROMPT,
     SYSTEM_PROMPT,

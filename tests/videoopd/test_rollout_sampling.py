@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from videoopd.algo.rollout import SeededSampler, rollout_seed
+from videoopd.qwen.generation import SeededSampler, rollout_seed
 
 
 def _draws(z, seeds, **kw):

@@ -12,7 +12,8 @@ from videoopd.qwen.prompts import format_answer
 from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 from videoopd.data.video import DecodeConfig
 from videoopd.algo.objectives import GenerationContext, SupervisedObjective
-from videoopd.data.datasets import GroundingVideoDataset, SFTCollator
+from videoopd.data.datasets import GroundingVideoDataset
+from videoopd.qwen.collators import SFTCollator
 from videoopd.qwen.models import policy_head_forward
 from videoopd.training.loop import lr_lambda
 

@@ -10,7 +10,8 @@ from videoopd.algo.objectives import DistillationObjective, GenerationContext
 from videoopd.data.synthetic import generate_dataset
 from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 from videoopd.data.video import DecodeConfig
-from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
+from videoopd.data.datasets import GroundingVideoDataset
+from videoopd.qwen.collators import GroundingCollator
 
 SMALL_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}  # as in conftest.py
 
@@ -96,10 +97,10 @@ def test_hidden_states_are_the_base_models(pair, synthetic_dir):
 
 
 def test_answer_mask_stops_after_eos():
-    from videoopd.algo.rollout import answer_mask_from
+    from videoopd.qwen.generation import answer_mask_from
 
     ids = torch.tensor([[5, 6, 9, 0, 0], [5, 9, 7, 9, 0], [1, 2, 3, 4, 5]])
-    mask = answer_mask_from(ids, {9}, 0)
+    mask = answer_mask_from(ids, {9})
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
 
 

@@ -7,7 +7,8 @@ import torch
 
 from videoopd.data.annotations import load_annotations
 from videoopd.data.synthetic import COLOURS
-from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
+from videoopd.data.datasets import GroundingVideoDataset
+from videoopd.qwen.collators import GroundingCollator
 from videoopd.data.video import (
     QWEN3_VL_FACTOR,
     DecodeConfig,

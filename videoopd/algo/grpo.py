@@ -1,7 +1,7 @@
 """GRPO, the reinforcement-learning baseline, as an objective of the one loop.
 
 Each prompt is answered ``num_generations`` (G) times (the collator repeats it, each copy with
-its own rollout seed), each answer is rewarded by its temporal IoU (:mod:`videoopd.algo.rewards`),
+its own rollout seed), each answer is rewarded by its temporal IoU (:mod:`videoopd.grounding.rewards`),
 and the rewards are normalised within the prompt's group into one advantage per answer:
 ``(r - mean) / (std + eps)`` (``advantage="std"``, GRPO's) or ``r - mean`` (``"mean"``,
 Dr. GRPO's). The student's log-probs of its own tokens come from base-model hidden states
@@ -26,8 +26,8 @@ from videoopd.algo.objectives import (
     score_rollout,
     scoring_inputs,
 )
-from videoopd.algo.rewards import iou_reward, is_exact_format
-from videoopd.algo.rollout import Rollout
+from videoopd.grounding.rewards import iou_reward, is_exact_format
+from videoopd.qwen.generation import Rollout
 from videoopd.qwen.models import lm_head_weight
 
 __all__ = ["ADVANTAGES", "GRPOObjective", "GroupedCollator", "group_advantages"]

@@ -18,8 +18,8 @@ from typing import Any, Callable, Protocol
 import torch
 
 from opd_kernels import fused_reverse_kl, sampled_reverse_kl_loss, token_logprobs
-from videoopd.algo.rollout import Rollout, generate, group_rollout_seeds, rollout_seed
-from videoopd.evaluation.metrics import parse_span
+from videoopd.qwen.generation import Rollout, generate, group_rollout_seeds, rollout_seed
+from videoopd.grounding.metrics import parse_span
 from videoopd.qwen.models import is_fsdp_sharded, lm_head_weight, policy_head_forward
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Grounding data: annotation loaders, video decoding, datasets + collators, synthetic videos."""
+"""Grounding data: annotation loaders, video decoding, datasets of decoded videos, synthetic videos."""
 from videoopd.data.annotations import (
     AnnotationError,
     DataIssue,

@@ -1,8 +1,8 @@
-"""Datasets and collators: decoding and the processor run in DataLoader workers.
+"""Datasets of decoded videos (decoding runs in DataLoader workers).
 
-:class:`GroundingVideoDataset` decodes each record's video; :class:`GroundingCollator` renders
-the grounding prompt for generation (left-padded: rollouts, evaluation); :class:`SFTCollator`
-renders prompt + perfect answer for supervised fine-tuning (right-padded, answer marked).
+:class:`GroundingVideoDataset` decodes each record's video; :class:`CachedDataset` keeps the
+decoded items of a small data set in memory. The collators that turn the items into model
+inputs are the model family's: :mod:`videoopd.qwen.collators`.
 """
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ import torch
 
 from videoopd.data.annotations import DataIssue, video_duration_issue
 from videoopd.data.video import DecodeConfig, VideoDecodeError, decode_video
-from videoopd.qwen.processing import processor_inputs
-from videoopd.qwen.prompts import PROMPT_STYLES, STYLE_DEFAULT, build_messages, format_answer, render_chat
 
-__all__ = ["CachedDataset", "GroundingCollator", "GroundingVideoDataset", "SFTCollator"]
+__all__ = ["CachedDataset", "GroundingVideoDataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,104 +63,6 @@ class GroundingVideoDataset(torch.utils.data.Dataset):
             self.data_issues[record.id] = issue
             logger.warning("%s", issue)
         return {"record": record, "video": video, "error": None, "data_issue": issue}
-
-
-class GroundingCollator:
-    """Renders the prompt through the processor's chat template and runs the processor on a
-    batch of decoded items. Items whose video failed (``video=None``) are passed through in
-    ``failed`` as (record, error message), their exceptions in ``failed_exceptions``, and left
-    out of ``inputs`` (None when no video of the batch decoded). ``system_prompt``: see
-    :func:`videoopd.qwen.prompts.build_messages` (default: the style's own)."""
-
-    def __init__(self, processor: Any, prompt_style: str = "paper", system_prompt: Any = STYLE_DEFAULT):
-        if not callable(processor):
-            raise TypeError(f"processor must be a callable Qwen-VL processor, got {type(processor).__name__}")
-        if prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"prompt_style must be one of {sorted(PROMPT_STYLES)}, got {prompt_style!r}")
-        self.processor = processor
-        self.prompt_style = prompt_style
-        self.system_prompt = system_prompt
-
-    def texts(self, records: Sequence[Any]) -> list[str]:
-        return [
-            render_chat(self.processor, build_messages(record.query, self.prompt_style, self.system_prompt))
-            for record in records
-        ]
-
-    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        ok = [item for item in items if item["video"] is not None]
-        failed = [item for item in items if item["video"] is None]
-        batch: dict[str, Any] = {
-            "records": [item["record"] for item in ok],
-            "videos": [item["video"] for item in ok],
-            "data_issues": [item.get("data_issue") for item in ok],  # per record; None when fine
-            "failed": [(item["record"], item["error"]) for item in failed],
-            "failed_exceptions": [item.get("exception") for item in failed],
-            "inputs": None,
-        }
-        if ok:
-            batch["inputs"] = processor_inputs(self.processor, self.texts(batch["records"]), batch["videos"])
-        return batch
-
-
-class SFTCollator:
-    """Prompt + answer examples, right-padded, with the answer positions marked.
-
-    Returns ``{"inputs": processor outputs, "answer_mask": bool [B, L], "records": [...],
-    "data_issues": [...], "failed": [...], "failed_exceptions": [...]}`` (per record, see
-    :class:`GroundingVideoDataset`); ``answer_mask`` marks the answer tokens and the closing
-    end-of-turn token. Items whose video failed are left out and passed through in ``failed``
-    as :class:`GroundingCollator` does; with none decodable, ``inputs`` and ``answer_mask`` are
-    None (the training loop skips such a batch). The answer is
-    located by tokenizing it alone and checking it against the tail of the full sequence, so
-    a tokenizer that merges across the prompt/answer boundary is an error, not a silent shift.
-    """
-
-    def __init__(self, processor: Any, prompt_style: str = "paper"):
-        if prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"prompt_style must be one of {sorted(PROMPT_STYLES)}, got {prompt_style!r}")
-        self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.prompt_style = prompt_style
-        self.end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-
-    def answer(self, record: Any) -> str:
-        return format_answer(record.span, self.prompt_style)
-
-    def text(self, record: Any) -> str:
-        messages = build_messages(record.query, self.prompt_style, answer=self.answer(record))
-        # The template closes the turn with "<|im_end|>\n"; training stops at <|im_end|>.
-        return render_chat(self.processor, messages, add_generation_prompt=False).rstrip("\n")
-
-    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        failed = [item for item in items if item["video"] is None]
-        items = [item for item in items if item["video"] is not None]
-        batch: dict[str, Any] = {
-            "inputs": None, "answer_mask": None, "records": [item["record"] for item in items],
-            "data_issues": [item.get("data_issue") for item in items],
-            "failed": [(item["record"], item["error"]) for item in failed],
-            "failed_exceptions": [item.get("exception") for item in failed],
-        }
-        if not items:
-            return batch
-        records = batch["records"]
-        videos = [item["video"] for item in items]
-        inputs = processor_inputs(self.processor, [self.text(r) for r in records], videos, padding_side="right")
-        ids, attention = inputs["input_ids"], inputs["attention_mask"]
-        answer_mask = torch.zeros_like(ids, dtype=torch.bool)
-        lengths = attention.sum(dim=1).tolist()
-        for row, record in enumerate(records):
-            answer_ids = self.tokenizer(self.answer(record), add_special_tokens=False)["input_ids"] + [self.end_of_turn]
-            end = lengths[row]
-            start = end - len(answer_ids)
-            if ids[row, start:end].tolist() != answer_ids:
-                raise ValueError(
-                    f"{record.id}: the answer's tokens differ from the tail of the tokenized example; "
-                    "the tokenizer merges across the prompt/answer boundary"
-                )
-            answer_mask[row, start:end] = True
-        batch["inputs"], batch["answer_mask"] = inputs, answer_mask
-        return batch
 
 
 class CachedDataset(torch.utils.data.Dataset):

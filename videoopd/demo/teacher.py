@@ -131,9 +131,10 @@ STUDENT_GAP = 25.0  # the student is at least this many mIoU points below the te
 
 
 def evaluate_demo_checkpoint(path: str | Path, records: list[Any]) -> Any:
-    """``videoopd.eval.evaluate`` of a demo checkpoint on ``records`` with the demo's decoding."""
-    from videoopd.eval import evaluate
+    """:func:`videoopd.evaluation.evaluate.evaluate` of a demo checkpoint on ``records`` with the
+    demo's decoding."""
     from videoopd.data.video import DecodeConfig
+    from videoopd.evaluation.evaluate import evaluate
 
     model, processor = load_demo_checkpoint(path, trainable=False)
     config = DecodeConfig.for_processor(processor, fps=2.0, min_pixels=DEMO_PIXELS, max_pixels=DEMO_PIXELS)

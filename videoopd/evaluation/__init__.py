@@ -1,1 +1,2 @@
-"""Evaluation: answer parsing, IoU metrics, batched greedy evaluation (one or many processes)."""
+"""Evaluation: batched greedy evaluation on one or many processes, predictions files, run comparisons
+(the answer parsing and IoU metrics it scores with: :mod:`videoopd.grounding`)."""

@@ -32,11 +32,12 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import torch
 
-from videoopd.algo.rollout import generate
+from videoopd.qwen.generation import generate
 from videoopd.data.annotations import DataIssue, GroundingRecord
-from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
+from videoopd.data.datasets import GroundingVideoDataset
+from videoopd.qwen.collators import GroundingCollator
 from videoopd.data.video import DecodeConfig
-from videoopd.evaluation.metrics import grounding_metrics, parse_span, temporal_iou
+from videoopd.grounding.metrics import grounding_metrics, parse_span, temporal_iou
 from videoopd.qwen.models import is_fsdp_sharded
 from videoopd.qwen.prompts import DEFAULT_SYSTEM_PROMPTS, PROMPT_STYLES, STYLE_DEFAULT
 
@@ -297,7 +298,6 @@ def evaluate(
     stream = predictions_path is not None and world == 1  # one process writes rows as they come
 
     new_rows: list[dict[str, Any]] = []
-    failed: list[tuple[str, str]] = []
     if todo:
         loader = torch.utils.data.DataLoader(
             # "raise" too decodes in report mode: a worker's own exception would reach this
@@ -325,7 +325,6 @@ def evaluate(
                              for record, answer, issue in zip(batch["records"], answers, batch["data_issues"])]
                 for record, error in batch["failed"]:
                     logger.warning("%s: %s", record.id, error)
-                    failed.append((record.id, error))
                     rows.append(_prediction_row(record, None, error=error))
                 new_rows += rows
                 if handle is not None:

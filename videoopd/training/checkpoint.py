@@ -25,7 +25,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -52,8 +52,9 @@ RUN_DEFINING = ("student", "teacher", "model", "init_tiny", "train_data", "forma
                 "advantage", "clip_eps", "beta", "format_reward", "advantage_clip")
 
 # What a run writes into its folder (removed by --overwrite; anything else is left alone).
-RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "rounds.jsonl", "summary.json", "demo_summary.json", "final", "best",
-                 "checkpoints", "curriculum", "tensorboard")
+# A command above the loop that writes more names them (prepare_run_folder's extra_artifacts).
+RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "rounds.jsonl", "summary.json", "final", "best", "checkpoints",
+                 "curriculum", "tensorboard")
 
 
 @dataclass
@@ -123,7 +124,7 @@ def config_differences(saved: dict[str, Any], cfg: Any) -> list[str]:
             if name in now and name in saved and saved[name] != now[name]]
 
 
-def prepare_run_folder(cfg: Any, accelerator: Any) -> Path | None:
+def prepare_run_folder(cfg: Any, accelerator: Any, extra_artifacts: Sequence[str] = ()) -> Path | None:
     """Check the run folder against ``cfg.resume`` / ``cfg.overwrite`` before any work; return the
     checkpoint to resume from (None: a fresh start).
 
@@ -131,7 +132,7 @@ def prepare_run_folder(cfg: Any, accelerator: Any) -> Path | None:
       :data:`RUN_DEFINING` (unless ``--resume-override``);
     - ``--resume auto``: the newest complete checkpoint of OUTPUT_DIR, or a fresh start;
     - fresh start: OUTPUT_DIR must hold no earlier run, unless ``--overwrite`` (which removes
-      the earlier run's files, :data:`RUN_ARTIFACTS`, and nothing else).
+      the earlier run's files, :data:`RUN_ARTIFACTS` and ``extra_artifacts``, and nothing else).
 
     Raises ConfigError. Every process checks; the main process removes files.
     """
@@ -151,7 +152,8 @@ def prepare_run_folder(cfg: Any, accelerator: Any) -> Path | None:
                                   f"{accelerator.num_processes}: the data order and sharded state would not continue "
                                   "exactly (pass --resume-override to resume anyway)")
             return folder
-    earlier = [name for name in RUN_ARTIFACTS if (out_dir / name).exists()] if out_dir.is_dir() else []
+    artifacts = (*RUN_ARTIFACTS, *extra_artifacts)
+    earlier = [name for name in artifacts if (out_dir / name).exists()] if out_dir.is_dir() else []
     earlier += sorted(p.name for p in out_dir.glob("eval_*.json*")) if out_dir.is_dir() else []
     if earlier and cfg.resume is None:
         if not cfg.overwrite:

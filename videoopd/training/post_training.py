@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from videoopd.algo.grpo import GroupedCollator, GRPOObjective
 from videoopd.algo.objectives import DistillationObjective
-from videoopd.data.datasets import GroundingCollator, GroundingVideoDataset
+from videoopd.data.datasets import GroundingVideoDataset
+from videoopd.qwen.collators import GroundingCollator
 from videoopd.data.video import DecodeConfig
 from videoopd.qwen.models import is_fsdp_sharded, lm_head_weight
 from videoopd.training.checkpoint import prepare_run_folder
@@ -36,13 +37,15 @@ def default_num_generations(algo: str) -> int:
 
 def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, processor: Any,
                       train_records: list[Any], eval_records: list[Any] | None, *, teacher_processor: Any = None,
-                      reference: Any = None, decode_config: Any = None,
+                      reference: Any = None, decode_config: Any = None, extra_artifacts: Sequence[str] = (),
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """Place the teacher, evaluate it (``cfg.eval_teacher``), train with the algorithm's
     objective (:class:`DistillationObjective` or :class:`GRPOObjective`; the loop evaluates
     the student before, during and after), report. ``cfg``: ``videoopd.train.TrainConfig``.
     ``teacher``: needed by OPD, and by GRPO only for ``eval_teacher`` or the curriculum (else
-    None); ``reference``: GRPO's frozen reference policy when ``cfg.beta > 0``.
+    None); ``reference``: GRPO's frozen reference policy when ``cfg.beta > 0``;
+    ``extra_artifacts``: what the caller writes into the run folder besides the loop's files
+    (removed with them by ``--overwrite``).
 
     Returns the loop's summary with ``teacher_eval`` (held-out metrics, or None) and
     ``teacher_sharded`` (whether FSDP2 sharded the teacher).
@@ -57,7 +60,7 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
         cfg.reduction = default_reduction(cfg.algo)
     if cfg.num_generations is None:
         cfg.num_generations = default_num_generations(cfg.algo)
-    resume_from = prepare_run_folder(cfg, accelerator)
+    resume_from = prepare_run_folder(cfg, accelerator, extra_artifacts)
     if main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()

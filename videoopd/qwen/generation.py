@@ -1,4 +1,6 @@
-"""Generation: on-policy rollouts (sampled) and evaluation answers (greedy), one wrapper for both.
+"""Generation: on-policy rollouts (sampled) and evaluation answers (greedy), one wrapper of HF
+``generate`` for both; the training algorithms (:mod:`videoopd.algo`) and the evaluation
+(:mod:`videoopd.evaluation`) sit above it.
 
 Sampling is the Gumbel-max trick with one random generator per prompt:
 ``argmax(z / T + g)`` with ``g ~ Gumbel(0, 1)`` draws from ``softmax(z / T)`` exactly (after
@@ -117,7 +119,7 @@ class SeededSampler:
         return out
 
 
-def answer_mask_from(answer_ids: torch.Tensor, eos_ids: set[int], pad_id: int | None) -> torch.Tensor:
+def answer_mask_from(answer_ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
     """True on answer tokens up to and including the first EOS of each row."""
     is_eos = torch.zeros_like(answer_ids, dtype=torch.bool)
     for eos in eos_ids:
@@ -177,7 +179,7 @@ def generate(model: Any, processor: Any, inputs: dict[str, Any], *, seeds: Seque
     eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
     if tokenizer.eos_token_id is not None:
         eos_ids.add(tokenizer.eos_token_id)
-    answer_mask = answer_mask_from(answer_ids, eos_ids, tokenizer.pad_token_id)
+    answer_mask = answer_mask_from(answer_ids, eos_ids)
     attention_mask = torch.cat([inputs["attention_mask"].to(torch.bool), answer_mask], dim=1)
     full_answer_mask = torch.cat([torch.zeros_like(inputs["attention_mask"], dtype=torch.bool), answer_mask], dim=1)
     answers = tokenizer.batch_decode(torch.where(answer_mask, answer_ids, tokenizer.pad_token_id),

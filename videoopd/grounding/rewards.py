@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from videoopd.evaluation.metrics import parse_span, temporal_iou
+from videoopd.grounding.metrics import parse_span, temporal_iou
 
 __all__ = ["iou_reward", "is_exact_format"]
 
