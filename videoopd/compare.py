@@ -26,12 +26,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from videoopd.training.post_training import ALGORITHMS
+
 __all__ = ["DEMO_METHOD_ARGS", "build_parser", "main", "method_argv"]
 
 # Method options the demo uses unless --opd-args / --grpo-args say otherwise. GRPO: 2 prompts x
 # 8 answers = 16 rollouts a step against OPD's 8 prompts x 1.
 DEMO_METHOD_ARGS = {"opd": [], "grpo": ["--batch-size", "2", "--num-generations", "8"]}
-METHODS = ("opd", "grpo")
 DESCRIPTION = ("Compare on-policy distillation with GRPO: same student, data, seed, held-out split, evaluation "
                "schedule and budget. Options not listed here go to both `videoopd.train` runs.")
 
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args, shared = build_parser().parse_known_args(list(argv) if argv is not None else None)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in ALGORITHMS]
     if bad or not methods:
         print(f"python -m videoopd.compare: error: --methods must name opd and/or grpo, got {args.methods!r}",
               file=sys.stderr)
@@ -79,10 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (math.isfinite(args.budget_value) and args.budget_value > 0) or args.eval_every < 1:
         print("python -m videoopd.compare: error: --budget-value must be > 0 and --eval-every >= 1", file=sys.stderr)
         return 2
-    demo = not any(a == "--student" or a.startswith("--student=") for a in shared)
     out_dir = Path(args.output_dir)
     from videoopd import train
     from videoopd.training.config import ConfigError
+
+    try:  # the demo preset: no --student, by flag or YAML
+        demo = train.resolve_config(shared).preset == "demo"
+    except ConfigError as exc:
+        print(f"python -m videoopd.compare: error: {exc}", file=sys.stderr)
+        return 2
 
     runs = {}
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -94,11 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"python -m videoopd.compare: error: {method}: {exc}", file=sys.stderr)
             return 2
-        if demo:  # the demo's own defaults (batch size, ...) where no flag is given
-            from videoopd.demo.run import demo_config
-
-            given_flags = {a.split("=")[0].lstrip("-").replace("-", "_") for a in [*shared, *own] if a.startswith("--")}
-            cfg = demo_config(cfg, given_flags)
         prompts_per_step = cfg.batch_size * cfg.grad_accum * world
         if method == "opd" and "--eval-teacher" not in shared and (demo or cfg.teacher is not None):
             own = [*own, "--eval-teacher", "true"]  # the teacher's line on the plot

@@ -20,33 +20,35 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
-from videoopd.training.config import (
-    RUN_CHOICES,
-    RUN_POSITIVE,
-    ConfigError,
-    RunOptions,
-    check_run_options,
-    opt,
-    parse_config,
-    save_config,
-    schedule_warning,
-)
+from videoopd.qwen.tiny import FAMILIES
+from videoopd.training.config import ConfigError, RunOptions, fail, opt, parse_config, save_config, schedule_warning
 
 __all__ = ["COMMAND_DEFAULTS", "SFTConfig", "build_model", "main", "resolve_config"]
+
+PROG = "python -m videoopd.sft"
 
 
 @dataclass
 class SFTConfig(RunOptions):
-    model: str | None = opt("checkpoint folder to fine-tune (local; never downloaded)", default=None)
-    init_tiny: str | None = opt("instead of --model: a randomly initialised tiny model of this family "
-                                "(qwen2_5_vl or qwen3_vl)", default=None)
-    tiny_hidden_size: int = opt("--init-tiny: text hidden size", default=128)
-    tiny_layers: int = opt("--init-tiny: text layers", default=4)
-    tiny_vision_hidden_size: int = opt("--init-tiny: vision hidden size", default=64)
-    tiny_vision_depth: int = opt("--init-tiny: vision layers", default=2)
-    cache_videos: bool = opt("keep decoded videos in memory (small datasets: decode once)", default=False)
+    """model to fine-tune"""
+
+    model: str | None = opt("checkpoint folder to fine-tune (local; never downloaded)", run_defining=True)
+    init_tiny: Literal[FAMILIES] | None = opt("instead of --model: a randomly initialised tiny model of this family",
+                                              run_defining=True)
+    tiny_hidden_size: int = opt("--init-tiny: text hidden size", 128, gt=0, run_defining=True)
+    tiny_layers: int = opt("--init-tiny: text layers", 4, gt=0, run_defining=True)
+    tiny_vision_hidden_size: int = opt("--init-tiny: vision hidden size", 64, gt=0, run_defining=True)
+    tiny_vision_depth: int = opt("--init-tiny: vision layers", 2, gt=0, run_defining=True)
+    cache_videos: bool = opt("keep decoded videos in memory (small datasets: decode once)", False)
+
+    def validate(self) -> None:
+        super().validate()
+        if (self.model is None) == (self.init_tiny is None):
+            raise ConfigError("give exactly one of --model (a checkpoint folder) and --init-tiny FAMILY")
+        if self.train_data is None:
+            raise ConfigError("--train-data is required")
 
 
 # SFT's own defaults for the options it shares with videoopd.train.
@@ -55,21 +57,12 @@ COMMAND_DEFAULTS: dict[str, Any] = {
     "max_steps": 1000, "eval_batch_size": 8, "max_new_tokens": 32, "gradient_checkpointing": False,
     "output_dir": "runs/sft", "save_best": True, "eval_before": False,
 }
-CHOICES = {**RUN_CHOICES, "init_tiny": (None, "qwen2_5_vl", "qwen3_vl")}
-POSITIVE = RUN_POSITIVE + ("tiny_hidden_size", "tiny_layers", "tiny_vision_hidden_size", "tiny_vision_depth")
 DESCRIPTION = ("Supervised fine-tuning of a Qwen2.5-VL / Qwen3-VL model on temporal video grounding (prompt + "
                "perfect answer, loss on answer tokens).")
 
 
 def resolve_config(argv: Sequence[str] | None = None) -> SFTConfig:
-    cfg = parse_config(SFTConfig, argv, prog="python -m videoopd.sft", description=DESCRIPTION, choices=CHOICES,
-                       positive=POSITIVE, command_defaults=COMMAND_DEFAULTS)
-    check_run_options(cfg)
-    if (cfg.model is None) == (cfg.init_tiny is None):
-        raise ConfigError("give exactly one of --model (a checkpoint folder) and --init-tiny FAMILY")
-    if cfg.train_data is None:
-        raise ConfigError("--train-data is required")
-    return cfg
+    return parse_config(SFTConfig, argv, prog=PROG, description=DESCRIPTION, command_defaults=COMMAND_DEFAULTS)
 
 
 def build_model(cfg: SFTConfig, device: Any) -> tuple[Any, Any]:
@@ -92,7 +85,7 @@ def build_model(cfg: SFTConfig, device: Any) -> tuple[Any, Any]:
     from videoopd.training.setup import check_model_folder
 
     path = check_model_folder(cfg.model, "--model")
-    model = load_policy(path, device=device, trainable=True, dtype=cfg.dtype,
+    model = load_policy(path, device=device, trainable=True, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
                         gradient_checkpointing=cfg.gradient_checkpointing, train_vision=cfg.train_vision)
     return model, load_processor(path)
 
@@ -108,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = resolve_config(argv)
         warning = schedule_warning(cfg)
         if warning is not None and os.environ.get("RANK", "0") == "0":  # once under a launch
-            print(f"python -m videoopd.sft: warning: {warning}", file=sys.stderr)
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
         check_output_dir(cfg.output_dir)
         check_device(cfg.device, "--device")
         if cfg.model is not None:
@@ -118,8 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         accelerator = make_accelerator(cfg)
         model, processor = build_model(cfg, accelerator.device)
     except ConfigError as exc:
-        print(f"python -m videoopd.sft: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(PROG, exc)
     from videoopd.algo.objectives import SupervisedObjective
     from videoopd.data.datasets import CachedDataset, GroundingVideoDataset
     from videoopd.qwen.collators import SFTCollator
@@ -134,8 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         resume_from = prepare_run_folder(cfg, accelerator)
     except ConfigError as exc:
-        print(f"python -m videoopd.sft: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(PROG, exc)
     if accelerator.is_main_process:
         say(f"config: {save_config(cfg, out_dir)}")
     say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {len(train_records)} training "
@@ -144,8 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         decode_config = DecodeConfig.for_run(processor, cfg)
     except ValueError as exc:
-        print(f"python -m videoopd.sft: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(PROG, exc)
     record_preprocessing(processor, decode_config)  # saved with the model: eval and sft sample frames alike
     dataset: Any = GroundingVideoDataset(train_records, decode_config, on_error="report")
     if cfg.cache_videos:
@@ -155,10 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         SFTCollator(processor, cfg.prompt_style), eval_records, decode_config=decode_config,
                         resume_from=resume_from, log=say)
     except ConfigError as exc:
-        print(f"python -m videoopd.sft: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(PROG, exc)
     except Preempted as exc:
-        print(f"python -m videoopd.sft: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.exit_code
     if summary["best_step"] is not None:
         say(f"best held-out mIoU {summary['best_mIoU']:.2f} at step {summary['best_step']} -> {out_dir / 'best'}")

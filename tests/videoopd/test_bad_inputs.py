@@ -147,7 +147,7 @@ def test_commands_refuse_a_device_this_machine_lacks(tmp_path, capsys, synthetic
     (["--temperature", "inf"], "temperature must be > 0 and finite, got inf"),
     (["--temperature", "nan"], "temperature must be > 0 and finite, got nan"),
     (["--top-p", "nan"], "top_p must be in (0, 1], got nan"),
-    (["--demo-videos", "1"], "demo_videos must be at least 2"),
+    (["--demo-videos", "1"], "demo_videos must be >= 2, got 1"),
 ])
 def test_sampling_and_demo_values_are_checked(tmp_path, capsys, argv, message):
     code = T.main(argv + ["--output-dir", str(tmp_path / "run")])
@@ -261,9 +261,9 @@ def test_help_states_each_default_once_and_the_demo_defaults(capsys, command):
         assert text.lower().count("default") <= 1, f"{name}: {text}"
     if command == "train":
         for name, demo in (("--objective", "full"), ("--lr", "0.0003"), ("--batch-size", "8"),
-                           ("--output-dir", "runs/opd-demo"), ("--max-steps", "--demo-steps")):
-            assert f"demo: {demo})" in " ".join(entries[name].split()), entries[name]
-        assert "(default: sampled; demo: full)" in " ".join(entries["--objective"].split())
+                           ("--output-dir", "runs/opd-demo"), ("--max-steps", "200")):
+            assert f"demo: {demo}" in " ".join(entries[name].split()), entries[name]
+        assert "(default: sampled; demo: full;" in " ".join(entries["--objective"].split())
 
 
 def test_a_run_ending_inside_the_warm_up_is_warned_about(tmp_path, capsys, tiny_qwen25_checkpoint):

@@ -181,7 +181,7 @@ def test_command_line_end_to_end_on_the_tiny_model(tmp_path, synthetic_dir, tiny
 def test_command_line_rejects_bad_arguments(tmp_path, synthetic_dir, capsys):
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path), "--data", str(synthetic_dir / "annotations.jsonl"), "--batch-size", "0"])
-    assert "batch-size" in capsys.readouterr().err
+    assert "batch_size must be > 0, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path), "--data", str(tmp_path / "missing.jsonl")])
     assert "missing.jsonl" in capsys.readouterr().err
@@ -344,6 +344,6 @@ def test_help_describes_every_option_and_states_each_default_once(capsys):
         help_text = " ".join([first_help.strip()] + [line.strip() for line in entry[1:]]).strip()
         assert help_text, f"{invocation} has no help text"
         assert help_text.lower().count("default") <= 1, f"{invocation}: {help_text}"
-    for flag, default in (("--batch-size", "1"), ("--max-new-tokens", "64"), ("--fps", "the checkpoint's recorded setting, else 2.0"), ("--prompt", "paper")):
+    for flag, default in (("--batch-size", "1"), ("--max-new-tokens", "64"), ("--fps", "the model's recorded setting, else 2"), ("--prompt", "paper")):
         entry = " ".join(next(e for e in entries if e[0].strip().startswith(flag)))
         assert f"default: {default}" in " ".join(entry.split()), entry

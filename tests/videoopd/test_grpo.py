@@ -64,7 +64,7 @@ def test_grpo_options_are_checked():
         T.resolve_config(["--algo", "grpo", "--clip-eps", "1.5"])
     from videoopd.training.post_training import default_reduction
 
-    assert T.resolve_config(["--algo", "grpo"]).reduction == "auto"
+    assert T.resolve_config(["--algo", "grpo"]).reduction == "token_mean"  # auto, resolved when parsed
     assert (default_reduction("grpo"), default_reduction("opd")) == ("token_mean", "sequence_sum")
 
 

@@ -36,9 +36,9 @@ def test_group_copies_sample_with_their_own_seeds():
 def test_variance_options_are_checked():
     from videoopd.training.post_training import default_num_generations
 
-    assert T.resolve_config([]).num_generations is None  # resolved by the run, as --reduction auto
+    assert T.resolve_config([]).num_generations == 1  # unset: resolved when parsed (opd: 1), as --reduction auto
     assert (default_num_generations("opd"), default_num_generations("grpo")) == (1, 8)
-    with pytest.raises(T.ConfigError, match="advantage_clip must be finite and >= 0"):
+    with pytest.raises(T.ConfigError, match="advantage_clip must be >= 0 and finite"):
         T.resolve_config(["--advantage-clip", "-1"])
     with pytest.raises(T.ConfigError, match="--objective sampled only"):
         T.resolve_config(["--objective", "full", "--advantage-clip", "2"])

@@ -32,6 +32,37 @@ def test_yaml_then_override_then_saved(tmp_path):
     assert T.TrainConfig(**{k: v for k, v in saved.items() if k != "preset"}) == cfg
 
 
+@pytest.mark.parametrize("models", [[], ["--student", "s", "--teacher", "t"]], ids=["demo", "model-paths"])
+def test_precedence_defaults_preset_yaml_flags(tmp_path, models):
+    """One rule everywhere: field defaults < preset < YAML < flags, in demo mode (the demo preset,
+    which no --student resolves to) as with model paths (--preset video-opd)."""
+    preset = "demo" if not models else "video-opd"
+    cfg_file = tmp_path / "y.yaml"
+    cfg_file.write_text("lr: 1.0e-4\nbatch_size: 2\nseed: 5\n")
+    preset_flag = [] if not models else ["--preset", preset]
+    cfg = T.resolve_config([*models, *preset_flag, "--config", str(cfg_file), "--seed", "7"])
+    assert cfg.preset == preset
+    assert cfg.lr == 1e-4 and cfg.batch_size == 2  # YAML over the preset
+    assert cfg.seed == 7  # the flag over YAML
+    untouched = {"demo": ("eval_every", 50), "video-opd": ("grad_accum", 32)}[preset]
+    assert getattr(cfg, untouched[0]) == untouched[1]  # the preset over the field default
+    assert T.resolve_config([*models, *preset_flag]).lr == T.PRESETS[preset]["lr"]
+    assert T.TrainConfig().lr == 1e-6 and T.TrainConfig().batch_size == 1  # the field defaults
+
+
+def test_demo_config_saved_is_what_ran(tmp_path):
+    """The bug this guards against: in demo mode, values from --config YAML were replaced by the
+    demo's after parsing; the saved config.yaml then disagreed with the YAML."""
+    cfg_file = tmp_path / "y.yaml"
+    cfg_file.write_text("lr: 1.0e-4\nbatch_size: 2\n")
+    out = tmp_path / "runs" / "y"
+    assert T.main(["--config", str(cfg_file), "--max-steps", "1", "--demo-videos", "4", "--eval-every", "0",
+                   "--eval-teacher", "false", "--eval-before", "false", "--no-progress", "--output-dir", str(out)]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["lr"] == 1e-4 and saved["batch_size"] == 2 and saved["preset"] == "demo"
+    assert saved["reduction"] == "sequence_sum" and saved["num_generations"] == 1  # auto resolved when parsed
+
+
 def test_preset_video_opd(tmp_path):
     cfg = T.resolve_config(["--preset", "video-opd", "--student", "s", "--teacher", "t", "--lr", "2e-6"])
     assert (cfg.temperature, cfg.batch_size * cfg.grad_accum, cfg.fps, cfg.max_frames) == (0.9, 32, 2.0, 768)
@@ -125,7 +156,7 @@ def test_train_with_model_paths(capsys, tmp_path, checkpoints, synthetic_dir):
 
 def test_demo_smoke(capsys, tmp_path):
     out = tmp_path / "demo"
-    code = T.main(["--output-dir", str(out), "--demo-steps", "2", "--demo-videos", "4", "--eval-every", "1",
+    code = T.main(["--output-dir", str(out), "--max-steps", "2", "--demo-videos", "4", "--eval-every", "1",
                    "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0
@@ -182,7 +213,7 @@ def test_attention_choice_on_cpu():
     ("batch_size: 2.5\n", "batch_size must be an integer, got 2.5"),
     ("batch_size: true\n", "batch_size must be an integer, got True"),
     ("lr: [1]\n", "lr must be a number"),
-    ("lr: inf\n", "lr must be finite"),
+    ("lr: inf\n", "lr must be > 0 and finite, got inf"),
     ("lr: 1e-5\nmax_steps: 3\n  bad: indentation\n", "run.yaml:3: YAML syntax error"),
 ])
 def test_yaml_values_are_typed_like_flags(tmp_path, text, message):

@@ -156,9 +156,11 @@ class DecodeConfig:
     @classmethod
     def for_run(cls, processor: Any, options: Any) -> "DecodeConfig":
         """:meth:`for_processor` with a run's frame options (``options.fps``, ``max_frames``,
-        ``min_pixels``, ``max_pixels``; None: what the processor records, else the defaults)."""
+        ``min_pixels``, ``max_pixels``, ``total_pixels``; None: what the processor records, else
+        the defaults)."""
         return cls.for_processor(processor, fps=options.fps, max_frames=options.max_frames,
-                                 min_pixels=options.min_pixels, max_pixels=options.max_pixels)
+                                 min_pixels=options.min_pixels, max_pixels=options.max_pixels,
+                                 total_pixels=options.total_pixels)
 
     @classmethod
     def for_processor(cls, processor: Any, **overrides: Any) -> "DecodeConfig":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +16,26 @@ from videoopd.data.video import DecodeConfig
 from videoopd.demo.teacher import DEMO_EVENTS, DEMO_PIXELS, STUDENT_DIR, TEACHER_DIR, generate_split, load_demo_checkpoint
 from videoopd.qwen.models import check_pair
 from videoopd.qwen.processing import record_preprocessing
-from videoopd.training.post_training import default_num_generations, run_post_training
+from videoopd.training.config import Options, opt
+from videoopd.training.post_training import run_post_training
 
-__all__ = ["DEMO_DEFAULTS", "demo_config", "run_demo"]
-
-# The demo's settings where the command line and YAML leave them unset. The exact objective:
-# at 8 rollouts a step the sampled estimator is too noisy to move a tiny student in a few CPU
-# minutes (README, "The demo"); --objective sampled runs it.
-DEMO_DEFAULTS: dict[str, Any] = {"objective": "full", "lr": 3e-4, "batch_size": 8, "eval_every": 50,
-                                 "max_new_tokens": 16, "min_pixels": DEMO_PIXELS, "max_pixels": DEMO_PIXELS,
-                                 "output_dir": "runs/opd-demo", "eval_teacher": True, "device": "cpu"}
+__all__ = ["DEMO_PRESET", "DemoOptions", "run_demo"]
 
 
-def demo_config(cfg: Any, explicit: set[str]) -> Any:
-    """``cfg`` with the demo's defaults for every option not in ``explicit`` (the flags given);
-    ``--max-steps`` defaults to ``--demo-steps``."""
-    if "max_steps" not in explicit:
-        cfg.max_steps = cfg.demo_steps
-    for name, value in DEMO_DEFAULTS.items():
-        if name not in explicit:
-            setattr(cfg, name, value)
-    if cfg.resume is None and "overwrite" not in explicit:
-        cfg.overwrite = True  # the demo is run again and again: each run replaces the last
-    return cfg
+@dataclass
+class DemoOptions(Options):
+    """demo"""
+
+    demo_videos: int = opt("demo: synthetic videos (half for OPD prompts, half held out)", 160, ge=2)
+
+
+# The demo's settings (``--preset demo``, what ``python -m videoopd.train`` without models
+# resolves to). The exact objective: at 8 rollouts a step the sampled estimator is too noisy to
+# move a tiny student in a few CPU minutes (docs/training.md, "The demo"); --objective sampled
+# runs it.
+DEMO_PRESET: dict[str, Any] = {"objective": "full", "lr": 3e-4, "batch_size": 8, "max_steps": 200, "eval_every": 50,
+                               "max_new_tokens": 16, "min_pixels": DEMO_PIXELS, "max_pixels": DEMO_PIXELS,
+                               "output_dir": "runs/opd-demo", "eval_teacher": True, "device": "cpu"}
 
 
 def run_demo(cfg: Any) -> int:
@@ -54,7 +52,7 @@ def run_demo(cfg: Any) -> int:
     say("by `python -m videoopd.sft`; student: an earlier checkpoint of the same run. Both ship in")
     say("videoopd/demo/assets; `python -m videoopd.demo_teacher` regenerates them.")
     prompts = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
-    answers = cfg.num_generations or default_num_generations(cfg.algo)
+    answers = cfg.num_generations
     method = (f"GRPO, {answers} answers per prompt" if cfg.algo == "grpo"
               else f"OPD objective {cfg.objective}" + (f", {answers} answers per prompt" if answers > 1 else ""))
     say(f"{method}, lr {cfg.lr:g}, {cfg.max_steps} steps x {prompts} prompts "

@@ -30,9 +30,9 @@ from typing import Any, Sequence
 import torch
 
 from videoopd.qwen.lora import is_lora
-from videoopd.training.config import ConfigError
+from videoopd.training.config import ConfigError, run_defining_options
 
-__all__ = ["CHECKPOINTS", "MODEL_FOLDER", "RUN_DEFINING", "STATE_FILE", "TrainerState", "complete_checkpoints", "config_differences",
+__all__ = ["CHECKPOINTS", "MODEL_FOLDER", "STATE_FILE", "TrainerState", "complete_checkpoints", "config_differences",
            "install_model_hooks", "latest_checkpoint", "load_checkpoint", "model_signature", "prepare_run_folder",
            "save_checkpoint"]
 
@@ -41,17 +41,6 @@ STATE_FILE = "trainer_state.json"
 MODEL_FOLDER = "model"
 _STEP_NAME = re.compile(r"^step-(\d+)$")
 
-# Options that change what a run computes: a resume that changes one is refused (unless
-# --resume-override). max_steps, evaluation, saving and output options may change.
-RUN_DEFINING = ("student", "teacher", "model", "init_tiny", "train_data", "format", "prompt_style", "fps",
-                "max_frames", "min_pixels", "max_pixels", "dtype", "train_vision", "lr", "vision_lr", "lr_schedule",
-                "warmup_steps", "min_lr_ratio", "adam_beta2", "weight_decay", "max_grad_norm", "master_weights",
-                "batch_size", "grad_accum", "seed", "max_new_tokens", "objective", "reduction", "temperature",
-                "top_p", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "rounds", "round_size", "selector",
-                "teacher_iou_min", "gwds_center", "gwds_sigma", "steps_per_round", "algo", "num_generations",
-                "advantage", "clip_eps", "beta", "format_reward", "advantage_clip")
-
-# What a run writes into its folder (removed by --overwrite; anything else is left alone).
 # A command above the loop that writes more names them (prepare_run_folder's extra_artifacts).
 RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "rounds.jsonl", "summary.json", "final", "best", "checkpoints",
                  "curriculum", "tensorboard")
@@ -117,10 +106,11 @@ def read_state(folder: Path) -> TrainerState:
 
 
 def config_differences(saved: dict[str, Any], cfg: Any) -> list[str]:
-    """The run-defining options (:data:`RUN_DEFINING`) on which ``cfg`` differs from a
-    checkpoint's saved config, as "name: saved -> now"."""
+    """The run-defining options (declared ``run_defining``: what changes what a run computes;
+    max_steps, evaluation, saving and output options may change) on which ``cfg`` differs from
+    a checkpoint's saved config, as "name: saved -> now"."""
     now = dataclasses.asdict(cfg)
-    return [f"{name}: {saved[name]!r} -> {now[name]!r}" for name in RUN_DEFINING
+    return [f"{name}: {saved[name]!r} -> {now[name]!r}" for name in run_defining_options(cfg)
             if name in now and name in saved and saved[name] != now[name]]
 
 
@@ -129,7 +119,7 @@ def prepare_run_folder(cfg: Any, accelerator: Any, extra_artifacts: Sequence[str
     checkpoint to resume from (None: a fresh start).
 
     - ``--resume PATH``: PATH must be a complete checkpoint whose config agrees with ``cfg`` on
-      :data:`RUN_DEFINING` (unless ``--resume-override``);
+      :func:`config_differences` (unless ``--resume-override``);
     - ``--resume auto``: the newest complete checkpoint of OUTPUT_DIR, or a fresh start;
     - fresh start: OUTPUT_DIR must hold no earlier run, unless ``--overwrite`` (which removes
       the earlier run's files, :data:`RUN_ARTIFACTS` and ``extra_artifacts``, and nothing else).

@@ -21,7 +21,9 @@ from videoopd.training.curriculum import TVDFCurriculum, one_pass_steps
 from videoopd.training.distributed import place_teacher
 from videoopd.training.loop import evaluate_held_out, train
 
-__all__ = ["default_num_generations", "default_reduction", "run_post_training"]
+__all__ = ["ALGORITHMS", "default_num_generations", "default_reduction", "run_post_training"]
+
+ALGORITHMS = ("opd", "grpo")
 
 
 def default_reduction(algo: str) -> str:
@@ -56,10 +58,6 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
     main_process = accelerator.is_main_process
     say = log if main_process else (lambda *a, **k: None)
     out_dir = Path(cfg.output_dir)
-    if cfg.reduction == "auto":  # resolved first: the saved config and a resume compare the real one
-        cfg.reduction = default_reduction(cfg.algo)
-    if cfg.num_generations is None:
-        cfg.num_generations = default_num_generations(cfg.algo)
     resume_from = prepare_run_folder(cfg, accelerator, extra_artifacts)
     if main_process:
         out_dir.mkdir(parents=True, exist_ok=True)

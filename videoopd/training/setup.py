@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from videoopd.training.config import ConfigError, DataOptions
+from videoopd.training.config import AnnotationOptions, ConfigError
 
 __all__ = ["check_device", "check_model_folder", "check_output_dir", "load_pool"]
 
@@ -44,7 +44,7 @@ def check_model_folder(path: str | Path, flag: str) -> Path:
         raise ConfigError(f"{flag}: {exc}") from None
 
 
-def load_pool(path: str | None, cfg: DataOptions, what: str) -> list[Any]:
+def load_pool(path: str | None, cfg: AnnotationOptions, what: str) -> list[Any]:
     """Records of an annotation file; ConfigError when it is missing, empty or its videos are."""
     from videoopd.data.annotations import load_annotations
 
