@@ -17,19 +17,21 @@ only: ``--time-budget-s``). Then ``comparison.md`` / ``.json`` / ``.png``
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
+from videoopd.training.config import ConfigError, Options, fail, opt, parse_config
 from videoopd.training.post_training import ALGORITHMS
 
-__all__ = ["DEMO_METHOD_ARGS", "build_parser", "main", "method_argv"]
+__all__ = ["CompareConfig", "DEMO_METHOD_ARGS", "main", "method_argv"]
 
+PROG = "python -m videoopd.compare"
 # Method options the demo uses unless --opd-args / --grpo-args say otherwise. GRPO: 2 prompts x
 # 8 answers = 16 rollouts a step against OPD's 8 prompts x 1.
 DEMO_METHOD_ARGS = {"opd": [], "grpo": ["--batch-size", "2", "--num-generations", "8"]}
@@ -37,21 +39,28 @@ DESCRIPTION = ("Compare on-policy distillation with GRPO: same student, data, se
                "schedule and budget. Options not listed here go to both `videoopd.train` runs.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m videoopd.compare", description=DESCRIPTION)
-    parser.add_argument("--budget", choices=("steps", "samples", "seconds"), default="steps",
-                        help="what both methods get the same amount of (default: steps)")
-    parser.add_argument("--budget-value", type=float, default=200,
-                        help="optimizer steps, training prompts or training seconds (default: 200)")
-    parser.add_argument("--eval-every", type=int, default=50, help="held-out evaluation every K steps (default: 50)")
-    parser.add_argument("--output-dir", default="runs/compare", help="folder of both runs and the comparison "
-                        "(default: runs/compare)")
-    parser.add_argument("--methods", default="opd,grpo", help="comma-separated, from opd and grpo (default: both)")
-    parser.add_argument("--opd-args", default=None, help="options of the OPD run only, one quoted string "
-                        "(default on the demo: none)")
-    parser.add_argument("--grpo-args", default=None, help="options of the GRPO run only, one quoted string "
-                        f"(default on the demo: {' '.join(DEMO_METHOD_ARGS['grpo'])})")
-    return parser
+@dataclass
+class CompareConfig(Options):
+    """comparison (every other option goes to both videoopd.train runs)"""
+
+    budget: Literal["steps", "samples", "seconds"] = opt("what both methods get the same amount of", "steps")
+    budget_value: float = opt("optimizer steps, training prompts or training seconds", 200.0, gt=0)
+    eval_every: int = opt("both runs' held-out evaluation every K steps", 50, gt=0)
+    output_dir: str = opt("folder of both runs (OUTPUT_DIR/opd, OUTPUT_DIR/grpo) and the comparison",
+                          "runs/compare")
+    methods: str = opt("comma-separated, from " + " and ".join(ALGORITHMS), ",".join(ALGORITHMS))
+    opd_args: str | None = opt("options of the OPD run only, one quoted string (default on the demo: none)")
+    grpo_args: str | None = opt("options of the GRPO run only, one quoted string (default on the demo: "
+                                f"{' '.join(DEMO_METHOD_ARGS['grpo'])})")
+
+    @property
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.method_list or any(m not in ALGORITHMS for m in self.method_list):
+            raise ConfigError(f"--methods must name opd and/or grpo, got {self.methods!r}")
 
 
 def method_argv(method: str, shared: Sequence[str], own: Sequence[str], budget: str, value: float,
@@ -70,25 +79,20 @@ def method_argv(method: str, shared: Sequence[str], own: Sequence[str], budget: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args, shared = build_parser().parse_known_args(list(argv) if argv is not None else None)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in ALGORITHMS]
-    if bad or not methods:
-        print(f"python -m videoopd.compare: error: --methods must name opd and/or grpo, got {args.methods!r}",
-              file=sys.stderr)
-        return 2
-    if not (math.isfinite(args.budget_value) and args.budget_value > 0) or args.eval_every < 1:
-        print("python -m videoopd.compare: error: --budget-value must be > 0 and --eval-every >= 1", file=sys.stderr)
-        return 2
+    shared: list[str] = []
+    try:
+        args = parse_config(CompareConfig, argv, prog=PROG, description=DESCRIPTION, rest=shared,
+                            config_file=False)
+    except ConfigError as exc:
+        return fail(PROG, exc)
+    methods = args.method_list
     out_dir = Path(args.output_dir)
     from videoopd import train
-    from videoopd.training.config import ConfigError
 
     try:  # the demo preset: no --student, by flag or YAML
         demo = train.resolve_config(shared).preset == "demo"
     except ConfigError as exc:
-        print(f"python -m videoopd.compare: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(PROG, exc)
 
     runs = {}
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -98,8 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             cfg = train.resolve_config([*shared, *own, "--algo", method])
         except ConfigError as exc:
-            print(f"python -m videoopd.compare: error: {method}: {exc}", file=sys.stderr)
-            return 2
+            return fail(PROG, f"{method}: {exc}")
         prompts_per_step = cfg.batch_size * cfg.grad_accum * world
         if method == "opd" and "--eval-teacher" not in shared and (demo or cfg.teacher is not None):
             own = [*own, "--eval-teacher", "true"]  # the teacher's line on the plot

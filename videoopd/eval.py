@@ -49,7 +49,7 @@ from videoopd.training.config import (
     DecodeOptions,
     LoggingOptions,
     ModelOptions,
-    OneLineErrorParser,
+    fail,
     opt,
     parse_config,
 )
@@ -141,15 +141,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = OneLineErrorParser(prog=PROG)
     try:
         cfg = parse_config(EvalConfig, argv, prog=PROG, description=DESCRIPTION, command_defaults=COMMAND_DEFAULTS)
     except ConfigError as exc:
-        parser.error(str(exc))
+        return fail(PROG, exc)
     output = Path(cfg.output) if cfg.output else Path(f"{Path(cfg.data).stem}.predictions.jsonl")
     problem = _output_problem(Path(cfg.data), output)
     if problem is not None:
-        parser.error(problem)
+        return fail(PROG, problem)
 
     from videoopd.qwen.models import CheckpointError, available_device, check_checkpoint, load_policy
     from videoopd.qwen.processing import load_processor
@@ -158,13 +157,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         try:
             available_device(cfg.device)
         except ValueError as exc:
-            parser.error(f"--device: {exc}")
+            return fail(PROG, f"--device: {exc}")
     try:
         records, summary = load_annotations(
             cfg.data, cfg.format, video_root=cfg.video_root, durations=cfg.durations, strict=cfg.strict
         )
     except (FileNotFoundError, ValueError) as exc:  # AnnotationError is a ValueError
-        parser.error(str(exc))
+        return fail(PROG, str(exc))
     print(summary.report(max_issues=20))
     if cfg.limit is not None:
         records = records[: cfg.limit]
@@ -174,7 +173,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     try:
         check_checkpoint(cfg.model)
     except CheckpointError as exc:
-        parser.error(f"--model: {exc}")
+        return fail(PROG, f"--model: {exc}")
 
     processor = load_processor(cfg.model)
     try:
@@ -187,7 +186,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             total_pixels=cfg.total_pixels,
         )
     except ValueError as exc:
-        parser.error(str(exc))
+        return fail(PROG, str(exc))
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     inputs = _input_identity(cfg, summary.format, device)
     if cfg.resume:
@@ -195,7 +194,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             check_resumable(output, predictions_identity(decode_config, cfg.prompt_style, STYLE_DEFAULT,
                                                          cfg.max_new_tokens, inputs))
         except ValueError as exc:
-            parser.error(f"--resume: {exc}")
+            return fail(PROG, f"--resume: {exc}")
     model = load_policy(cfg.model, device=device, trainable=False, dtype=cfg.dtype,
                         attn_implementation=cfg.attn_implementation)
     try:
@@ -215,8 +214,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             identity=inputs,
         )
     except (VideoDecodeError, FileNotFoundError) as exc:  # --on-video-error raise
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(PROG, exc)
     metrics_path = _metrics_path(output)
     metrics_path.write_text(
         json.dumps({"overall": result.metrics, "per_source": result.per_source, "failed_videos": len(result.failed_videos),

@@ -74,9 +74,12 @@ def build_model(cfg: SFTConfig, device: Any) -> tuple[Any, Any]:
 
         tokenizer = build_tiny_tokenizer(cfg.init_tiny)
         processor = build_tiny_processor(cfg.init_tiny, tokenizer)
-        model = build_tiny_model(cfg.init_tiny, tokenizer, seed=cfg.seed, hidden_size=cfg.tiny_hidden_size,
-                                 num_layers=cfg.tiny_layers, vision_hidden_size=cfg.tiny_vision_hidden_size,
-                                 vision_depth=cfg.tiny_vision_depth)
+        try:
+            model = build_tiny_model(cfg.init_tiny, tokenizer, seed=cfg.seed, hidden_size=cfg.tiny_hidden_size,
+                                     num_layers=cfg.tiny_layers, vision_hidden_size=cfg.tiny_vision_hidden_size,
+                                     vision_depth=cfg.tiny_vision_depth)
+        except ValueError as exc:  # e.g. a hidden size that is no multiple of the head size
+            raise ConfigError(f"--init-tiny with the --tiny-* sizes given: {exc}") from None
         model.to(device)
         prepare_policy(model, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
                        train_vision=cfg.train_vision)

@@ -1,7 +1,50 @@
-"""``python -m videoopd.tiny``: write a tiny random Qwen-VL checkpoint for dry runs (:mod:`videoopd.qwen.tiny`)."""
-import sys
+"""``python -m videoopd.tiny``: write a tiny randomly initialised Qwen-VL checkpoint (model,
+tokenizer, processor) for dry runs (:func:`videoopd.qwen.tiny.save_tiny_checkpoint`); no downloads.
 
-from videoopd.qwen.tiny import main
+    python -m videoopd.tiny --out DIR [--family qwen2_5_vl|qwen3_vl] [--seed S]
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+from videoopd.qwen.tiny import FAMILIES, save_tiny_checkpoint
+from videoopd.training.config import ConfigError, Options, fail, opt, parse_config
+
+__all__ = ["TinyConfig", "main"]
+
+PROG = "python -m videoopd.tiny"
+
+
+@dataclass
+class TinyConfig(Options):
+    """tiny checkpoint"""
+
+    out: str | None = opt("checkpoint folder to write; required")
+    family: Literal[FAMILIES] = opt("model family", "qwen2_5_vl")
+    seed: int = opt("random seed of the weights", 0)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.out is None:
+            raise ConfigError("--out is required")
+        out = Path(self.out)
+        blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg = parse_config(TinyConfig, argv, prog=PROG,
+                           description="Write a tiny randomly initialised Qwen-VL checkpoint; no downloads.")
+    except ConfigError as exc:
+        return fail(PROG, exc)
+    print(f"wrote {save_tiny_checkpoint(cfg.out, cfg.family, seed=cfg.seed)}")
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

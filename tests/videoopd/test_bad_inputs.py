@@ -77,13 +77,6 @@ def _one_line_error(capsys, code, flag, message):
     assert len(err.splitlines()) == 1 and flag in err and message in err, err
 
 
-def _exit_code(main, argv):
-    try:
-        return main(argv)
-    except SystemExit as exc:  # eval's argparse errors exit
-        return exc.code
-
-
 @pytest.mark.parametrize("breakage", ["no config.json", "only config.json", "truncated weights", "no tokenizer",
                                       "no chat template"])
 def test_commands_refuse_a_broken_model_folder_before_any_work(tmp_path, capsys, synthetic_dir,
@@ -91,7 +84,7 @@ def test_commands_refuse_a_broken_model_folder_before_any_work(tmp_path, capsys,
     broken = str(_broken_copy(tiny_qwen25_checkpoint, tmp_path / "model", breakage))
     good, ann, out = str(tiny_qwen25_checkpoint), str(synthetic_dir / "annotations.jsonl"), tmp_path / "out"
     message = BREAKAGES[breakage]
-    code = _exit_code(E.main, ["--model", broken, "--data", ann, "--output", str(out / "p.jsonl")])
+    code = E.main(["--model", broken, "--data", ann, "--output", str(out / "p.jsonl")])
     _one_line_error(capsys, code, "--model", message)
     code = S.main(["--model", broken, "--train-data", ann, "--output-dir", str(out)])
     _one_line_error(capsys, code, "--model", message)
@@ -128,7 +121,7 @@ def test_cuda_index_past_the_devices_there_are(monkeypatch):
 @pytest.mark.parametrize("spec", ["nonsense", f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 3}"])
 def test_commands_refuse_a_device_this_machine_lacks(tmp_path, capsys, synthetic_dir, tiny_qwen25_checkpoint, spec):
     good, ann, out = str(tiny_qwen25_checkpoint), str(synthetic_dir / "annotations.jsonl"), tmp_path / "out"
-    code = _exit_code(E.main, ["--model", good, "--data", ann, "--device", spec, "--output", str(out / "p.jsonl")])
+    code = E.main(["--model", good, "--data", ann, "--device", spec, "--output", str(out / "p.jsonl")])
     _one_line_error(capsys, code, "--device", spec)
     code = S.main(["--model", good, "--train-data", ann, "--device", spec, "--output-dir", str(out)])
     _one_line_error(capsys, code, "--device", spec)
@@ -144,10 +137,10 @@ def test_commands_refuse_a_device_this_machine_lacks(tmp_path, capsys, synthetic
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--temperature", "inf"], "temperature must be > 0 and finite, got inf"),
-    (["--temperature", "nan"], "temperature must be > 0 and finite, got nan"),
-    (["--top-p", "nan"], "top_p must be in (0, 1], got nan"),
-    (["--demo-videos", "1"], "demo_videos must be >= 2, got 1"),
+    (["--temperature", "inf"], "--temperature must be > 0 and finite, got inf"),
+    (["--temperature", "nan"], "--temperature must be > 0 and finite, got nan"),
+    (["--top-p", "nan"], "--top-p must be in (0, 1], got nan"),
+    (["--demo-videos", "1"], "--demo-videos must be >= 2, got 1"),
 ])
 def test_sampling_and_demo_values_are_checked(tmp_path, capsys, argv, message):
     code = T.main(argv + ["--output-dir", str(tmp_path / "run")])
@@ -166,7 +159,7 @@ def test_output_paths_that_are_files_are_refused_before_any_work(tmp_path, capsy
         _one_line_error(capsys, code, "--output-dir", "is a file, not a folder")
         code = S.main(["--init-tiny", "qwen3_vl", "--train-data", ann, "--output-dir", str(output_dir)])
         _one_line_error(capsys, code, "--output-dir", "is a file, not a folder")
-    code = _exit_code(E.main, ["--model", good, "--data", ann, "--output", str(a_file / "p.jsonl")])
+    code = E.main(["--model", good, "--data", ann, "--output", str(a_file / "p.jsonl")])
     _one_line_error(capsys, code, "--output", "is a file, not a folder")
     assert a_file.read_text() == ""
 
@@ -278,3 +271,29 @@ def test_a_run_ending_inside_the_warm_up_is_warned_about(tmp_path, capsys, tiny_
     assert "python -m videoopd.train: warning: --max-steps 5 ends inside --warmup-steps 10" in capsys.readouterr().err
     assert S.main(["--init-tiny", "qwen3_vl", "--train-data", missing, "--max-steps", "50"]) == 2
     assert "warning" not in capsys.readouterr().err  # the peak is reached at the last step
+
+
+def test_writing_commands_refuse_a_file_where_a_folder_goes(tmp_path, capsys):
+    """No traceback: a file given as the output folder of synthetic / tiny is one line, exit 2."""
+    from videoopd import synthetic, tiny
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    for out in (a_file, a_file / "sub"):
+        _one_line_error(capsys, synthetic.main(["--out", str(out), "--videos", "1"]), "--out", "is a file, not a folder")
+        _one_line_error(capsys, tiny.main(["--out", str(out)]), "--out", "is a file, not a folder")
+    assert a_file.read_text() == "keep"
+
+
+def test_synthetic_refuses_events_longer_than_the_video(tmp_path, capsys):
+    from videoopd import synthetic
+
+    code = synthetic.main(["--out", str(tmp_path / "o"), "--videos", "1", "--duration", "3", "--max-event", "4"])
+    _one_line_error(capsys, code, "--max-event", "is longer than --duration 3")
+    assert not (tmp_path / "o").exists()
+
+
+def test_sft_tiny_sizes_that_do_not_build_are_one_line(tmp_path, capsys, synthetic_dir):
+    code = S.main(["--init-tiny", "qwen3_vl", "--tiny-hidden-size", "100", "--train-data",
+                   str(synthetic_dir / "annotations.jsonl"), "--output-dir", str(tmp_path / "run")])
+    _one_line_error(capsys, code, "--tiny-", "multiples of 16")

@@ -1,6 +1,7 @@
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -140,6 +141,22 @@ def test_write_jsonl_records_round_trips(tmp_path, synthetic_dir):
     write_jsonl_records(records, tmp_path / "copy.jsonl")
     again, summary = load_annotations(tmp_path / "copy.jsonl")
     assert again == records and summary.issues == []
+
+
+def test_written_records_load_from_any_folder(tmp_path, synthetic_dir, monkeypatch):
+    """Records loaded through a relative path hold working-folder-relative videos; written into
+    another folder they still name the same files wherever the file is read from (the demo's
+    held-out split under a relative --output-dir)."""
+    shutil.copytree(synthetic_dir, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    records, _ = load_annotations("data/annotations.jsonl")
+    assert not Path(records[0].video).is_absolute()
+    (tmp_path / "runs" / "split").mkdir(parents=True)
+    write_jsonl_records(records, "runs/split/heldout.jsonl")
+    monkeypatch.chdir(tmp_path / "runs")
+    again, summary = load_annotations("split/heldout.jsonl")
+    assert summary.issues == []
+    assert [Path(r.video).resolve() for r in again] == [(tmp_path / r.video).resolve() for r in records]
 
 
 def test_source_override(synthetic_dir):

@@ -60,7 +60,7 @@ def test_grouped_collator_repeats_each_prompt():
 def test_grpo_options_are_checked():
     with pytest.raises(T.ConfigError, match="num_generations must be >= 2"):
         T.resolve_config(["--algo", "grpo", "--num-generations", "1"])
-    with pytest.raises(T.ConfigError, match="clip_eps"):
+    with pytest.raises(T.ConfigError, match="--clip-eps"):
         T.resolve_config(["--algo", "grpo", "--clip-eps", "1.5"])
     from videoopd.training.post_training import default_reduction
 

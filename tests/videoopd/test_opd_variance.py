@@ -38,7 +38,7 @@ def test_variance_options_are_checked():
 
     assert T.resolve_config([]).num_generations == 1  # unset: resolved when parsed (opd: 1), as --reduction auto
     assert (default_num_generations("opd"), default_num_generations("grpo")) == (1, 8)
-    with pytest.raises(T.ConfigError, match="advantage_clip must be >= 0 and finite"):
+    with pytest.raises(T.ConfigError, match="--advantage-clip must be >= 0 and finite"):
         T.resolve_config(["--advantage-clip", "-1"])
     with pytest.raises(T.ConfigError, match="--objective sampled only"):
         T.resolve_config(["--objective", "full", "--advantage-clip", "2"])

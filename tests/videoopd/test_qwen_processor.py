@@ -166,7 +166,7 @@ def test_checkpoint_in_the_transformers_4_layout_loads(tmp_path, synthetic_dir, 
 
 
 def test_tiny_checkpoint_command_line(tmp_path, capsys):
-    from videoopd.qwen.tiny import main
+    from videoopd.tiny import main
 
     assert main(["--out", str(tmp_path / "ckpt"), "--family", "qwen3_vl", "--seed", "1"]) == 0
     assert "wrote" in capsys.readouterr().out

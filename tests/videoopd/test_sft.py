@@ -135,7 +135,7 @@ def test_cli_trains_evaluates_and_saves(synthetic_dir, tmp_path):
     (["--init-tiny", "qwen3_vl"], "--train-data is required"),
     (["--init-tiny", "qwen3_vl", "--model", "x", "--train-data", "a.jsonl"], "exactly one of --model"),
     (["--init-tiny", "qwen3_vl", "--train-data", "missing.jsonl"], "annotation file not found"),
-    (["--init-tiny", "qwen3_vl", "--train-data", "a.jsonl", "--batch-size", "0"], "batch_size must be > 0, got 0"),
+    (["--init-tiny", "qwen3_vl", "--train-data", "a.jsonl", "--batch-size", "0"], "--batch-size must be > 0, got 0"),
     (["--model", "nowhere", "--train-data", "ANN"], "--model: model folder not found"),
 ])
 def test_bad_input_stops_before_training(synthetic_dir, capsys, argv, message):

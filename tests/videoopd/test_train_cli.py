@@ -209,11 +209,11 @@ def test_attention_choice_on_cpu():
 
 @pytest.mark.parametrize("text, message", [
     ('train_vision: "false"\n', None),
-    ("train_vision: maybe\n", "train_vision must be true or false, got 'maybe'"),
-    ("batch_size: 2.5\n", "batch_size must be an integer, got 2.5"),
-    ("batch_size: true\n", "batch_size must be an integer, got True"),
-    ("lr: [1]\n", "lr must be a number"),
-    ("lr: inf\n", "lr must be > 0 and finite, got inf"),
+    ("train_vision: maybe\n", "--train-vision must be true or false, got 'maybe'"),
+    ("batch_size: 2.5\n", "--batch-size must be an integer, got 2.5"),
+    ("batch_size: true\n", "--batch-size must be an integer, got True"),
+    ("lr: [1]\n", "--lr must be a number"),
+    ("lr: inf\n", "--lr must be > 0 and finite, got inf"),
     ("lr: 1e-5\nmax_steps: 3\n  bad: indentation\n", "run.yaml:3: YAML syntax error"),
 ])
 def test_yaml_values_are_typed_like_flags(tmp_path, text, message):

@@ -70,6 +70,7 @@ import csv
 import json
 import logging
 import math
+import os
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -798,12 +799,18 @@ def load_annotations(
 
 
 def write_jsonl_records(records: list[GroundingRecord], path: str | Path) -> None:
-    """Write records in the plain ``jsonl`` format (video paths as stored in the records)."""
-    with Path(path).open("w", encoding="utf-8") as handle:
+    """Write records in the plain ``jsonl`` format. A relative video path (as a record loaded
+    through a relative annotation path holds it: relative to the working folder) is written
+    relative to ``path``'s folder, where the loader resolves it; an absolute one as it is."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as handle:
         for record in records:
+            video = record.video
+            if not os.path.isabs(video):
+                video = os.path.relpath(os.path.abspath(video), os.path.abspath(path.parent))
             row = {
                 "id": record.id,
-                "video": record.video,
+                "video": video,
                 "query": record.query,
                 "start": record.span[0],
                 "end": record.span[1],

@@ -1,6 +1,6 @@
 """Synthetic temporal-grounding data: short videos where coloured shapes appear during known spans.
 
-``python -m videoopd.data.synthetic --out DIR --videos N [--seed S]`` writes ``DIR/videos/*.mp4``
+``python -m videoopd.synthetic --out DIR --videos N [--seed S]`` writes ``DIR/videos/*.mp4``
 and ``DIR/annotations.jsonl`` (the plain ``jsonl`` format of :mod:`videoopd.data`, video
 paths relative to DIR). Each video has ``--events`` events; each event is a shape of a
 named colour ("a red circle appears"; colours differ within a video) visible exactly on the frames whose time t
@@ -10,14 +10,12 @@ so a seed reproduces the same annotations and the same frames.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -230,82 +228,3 @@ def generate_dataset(
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     return annotations
-
-
-class _OneLineErrorParser(argparse.ArgumentParser):
-    """Reports a command-line error in one line (no usage block), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite positive number of seconds, got {text}")
-    return value
-
-
-def _video_codec(text: str) -> str:
-    try:
-        check_video_codec(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _OneLineErrorParser(
-        prog="python -m videoopd.data.synthetic",
-        description="Write short mp4 videos where coloured shapes appear during known spans, "
-        "with annotations in the plain JSONL grounding format.",
-    )
-    parser.add_argument("--out", required=True, help="output folder (videos/ and annotations.jsonl)")
-    parser.add_argument("--videos", type=_positive_int, required=True, help="number of videos")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--duration", type=_positive_seconds, default=8.0, help="seconds per video (default 8)")
-    parser.add_argument("--fps", type=_positive_int, default=4, help="source frame rate (default 4)")
-    parser.add_argument("--height", type=int, default=64)
-    parser.add_argument("--width", type=int, default=96)
-    parser.add_argument("--events", type=_positive_int, default=2, help="events (queries) per video (default 2)")
-    parser.add_argument("--min-event", type=_positive_seconds, default=1.5, help="shortest event in seconds")
-    parser.add_argument("--max-event", type=_positive_seconds, default=4.0, help="longest event in seconds")
-    parser.add_argument("--codec", type=_video_codec, default=None,
-                        help="PyAV video encoder (default libx264, else mpeg4)")
-    args = parser.parse_args(argv)
-    try:
-        annotations = generate_dataset(
-            args.out,
-            args.videos,
-            seed=args.seed,
-            duration=args.duration,
-            fps=args.fps,
-            height=args.height,
-            width=args.width,
-            events_per_video=args.events,
-            min_event=args.min_event,
-            max_event=args.max_event,
-            codec=args.codec,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    count = sum(1 for _ in annotations.open())
-    print(f"wrote {args.videos} videos and {count} queries: {annotations}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -123,7 +123,7 @@ def run_demo(cfg: Any) -> int:
         + (", final/)" if cfg.save_final else ")"))
     if cfg.save_final:
         command = ["python", "-m", "videoopd.eval", "--model", str(out_dir / "final"), "--data", str(heldout_file),
-                   "--prompt", cfg.prompt_style, "--max-new-tokens", str(cfg.max_new_tokens),
+                   "--prompt-style", cfg.prompt_style, "--max-new-tokens", str(cfg.max_new_tokens),
                    "--output", str(out_dir / "final_heldout.predictions.jsonl")]
         say(f"evaluate the final student on the held-out split:\n  {shlex.join(command)}")
     return 0

@@ -273,22 +273,3 @@ def save_tiny_checkpoint(out: str | Path, family: str = "qwen2_5_vl", seed: int 
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m videoopd.qwen.tiny",
-        description="Write a tiny randomly initialised Qwen-VL checkpoint (model, tokenizer, processor); no downloads.",
-    )
-    parser.add_argument("--out", required=True, help="checkpoint folder")
-    parser.add_argument("--family", choices=FAMILIES, default="qwen2_5_vl")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(f"wrote {save_tiny_checkpoint(args.out, args.family, seed=args.seed)}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

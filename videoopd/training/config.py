@@ -33,7 +33,7 @@ from videoopd.qwen.prompts import PROMPT_STYLES
 
 __all__ = ["AnnotationOptions", "CheckpointOptions", "ConfigError", "DTYPES", "DecodeOptions", "EvalOptions",
            "LoggingOptions", "LoraOptions", "ModelOptions", "OptimOptions", "Options", "RunOptions", "build_parser",
-           "opt", "parse_config", "run_defining_options", "save_config", "schedule_warning"]
+           "flag_name", "opt", "parse_config", "run_defining_options", "save_config", "schedule_warning"]
 
 T = TypeVar("T")
 
@@ -72,6 +72,12 @@ def _base_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:
         choices = get_args(annotation)
         return type(choices[0]), choices
     return annotation, None
+
+
+def flag_name(name: str) -> str:
+    """The command-line spelling of option ``name`` (``batch_size`` -> ``--batch-size``), as
+    error messages name it (a YAML key may be spelt either way)."""
+    return "--" + name.replace("_", "-")
 
 
 def _bool(text: str) -> bool:
@@ -149,15 +155,16 @@ class Options:
             if value is None:
                 continue
             kind, choices = _base_type(_field_types(type(self))[f.name])
-            value = coerce(f.name, kind, value)
+            flag = flag_name(f.name)
+            value = coerce(flag, kind, value)
             setattr(self, f.name, value)
             if choices is not None and value not in choices:
-                raise ConfigError(f"{f.name} must be one of {choices}, got {value!r}")
+                raise ConfigError(f"{flag} must be one of {choices}, got {value!r}")
             bounds = f.metadata.get("bounds", {})
             if kind is float and not math.isfinite(value):
-                raise ConfigError(f"{f.name} must be {describe_bounds(bounds, kind) or 'finite'}, got {value!r}")
+                raise ConfigError(f"{flag} must be {describe_bounds(bounds, kind) or 'finite'}, got {value!r}")
             if bounds and not _within(value, bounds):
-                raise ConfigError(f"{f.name} must be {describe_bounds(bounds, kind)}, got {value!r}")
+                raise ConfigError(f"{flag} must be {describe_bounds(bounds, kind)}, got {value!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -299,7 +306,7 @@ class LoraOptions(Options):
         super().validate()
         if self.lora_r:
             if not [t for t in self.lora_targets.split(",") if t.strip()]:
-                raise ConfigError("lora_targets names no module")
+                raise ConfigError("--lora-targets names no module")
             if getattr(self, "train_vision", False):
                 raise ConfigError("--train-vision with LoRA is not supported: adapters go into the language model "
                                   "only")
@@ -337,11 +344,12 @@ def schedule_warning(cfg: OptimOptions) -> str | None:
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """Reports a command-line error in one line (no usage block), exit status 2, as every
-    videoopd command does."""
+    """Turns a command-line error (an unknown flag, a value of the wrong type) into a
+    ConfigError, which the command reports in one line with exit status 2 (:func:`fail`), as it
+    does every other bad input."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        raise ConfigError(message)
 
 
 def _group_of(config_class: type) -> dict[str, str]:
@@ -373,16 +381,20 @@ def _help(f: dataclasses.Field, kind: type, default: Any, presets: Mapping[str, 
 
 def build_parser(config_class: type, *, prog: str, description: str,
                  presets: Mapping[str, Mapping[str, Any]] | None = None, preset_help: str = "",
-                 command_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
-    """A parser with one flag per field of ``config_class``, in its option groups. Defaults are
-    suppressed, so that only the flags actually given override the YAML/preset values; each
-    option's help states its default (the command's) and the presets' values once."""
+                 command_defaults: Mapping[str, Any] | None = None, config_file: bool = True) -> argparse.ArgumentParser:
+    """A parser with one flag per field of ``config_class``, in its option groups, and
+    ``--config`` (unless ``config_file`` is False). Defaults are suppressed, so that only the
+    flags actually given override the YAML/preset values; each option's help states its default
+    (the command's) and the presets' values once."""
     command_defaults = command_defaults or {}
     presets = presets or {}
-    parser = OneLineErrorParser(prog=prog, usage="%(prog)s [--preset NAME] [--config YAML] [options]" if presets else
-                                "%(prog)s [--config YAML] [options]", description=description + " Precedence: defaults < "
-                                + ("--preset < " if presets else "") + "--config YAML < flags.")
-    parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file of options (keys as below, with _ or -)")
+    usage = "%(prog)s" + (" [--preset NAME]" if presets else "") + (" [--config YAML]" if config_file else "")
+    parser = OneLineErrorParser(prog=prog, usage=usage + " [options]", description=description + (
+        " Precedence: defaults < " + ("--preset < " if presets else "") + "--config YAML < flags." if config_file
+        else ""))
+    if config_file:
+        parser.add_argument("--config", default=argparse.SUPPRESS,
+                            help="YAML file of options (keys as below, with _ or -)")
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), default=argparse.SUPPRESS, help=preset_help)
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -402,7 +414,7 @@ def build_parser(config_class: type, *, prog: str, description: str,
             kwargs["type"] = kind
             if choices is not None:
                 kwargs["choices"] = choices
-        group.add_argument("--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()), **kwargs)
+        group.add_argument(flag_name(f.name), *f.metadata.get("aliases", ()), **kwargs)
         if f.name == "progress":
             group.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
                                help="no progress bars")
@@ -437,16 +449,25 @@ def read_yaml_options(path: Path, names: Sequence[str]) -> dict[str, Any]:
 def parse_config(config_class: type[T], argv: Sequence[str] | None, *, prog: str, description: str,
                  presets: Mapping[str, Mapping[str, Any]] | None = None, preset_help: str = "",
                  command_defaults: Mapping[str, Any] | None = None,
-                 default_preset: Any = None) -> T:
+                 default_preset: Any = None, rest: list[str] | None = None, config_file: bool = True) -> T:
     """Parse flags, YAML and preset into ``config_class`` with one precedence rule: field
     defaults < ``command_defaults`` < preset < ``--config`` YAML < flags. ``default_preset``
-    (given the YAML's and the flags' values) names the preset used when none is chosen.
+    (given the YAML's and the flags' values) names the preset used when none is chosen. With
+    ``rest`` (a list), flags that are not options of ``config_class`` are appended to it
+    instead of refused (a command that passes them on); ``config_file=False``: no ``--config``
+    (it is passed on too).
 
     The chosen preset (or None) is recorded as ``cfg.preset``. Raises ConfigError on a bad
     value or combination (the dataclass's own checks)."""
     parser = build_parser(config_class, prog=prog, description=description, presets=presets,
-                          preset_help=preset_help, command_defaults=command_defaults)
-    flags = vars(parser.parse_args(list(argv) if argv is not None else None))
+                          preset_help=preset_help, command_defaults=command_defaults, config_file=config_file)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if rest is None:
+        flags = vars(parser.parse_args(argv))
+    else:
+        namespace, unknown = parser.parse_known_args(argv)
+        flags = vars(namespace)
+        rest.extend(unknown)
     names = [f.name for f in dataclasses.fields(config_class)]
     file_values = read_yaml_options(Path(flags.pop("config")), names) if "config" in flags else {}
     preset = flags.pop("preset", None) or file_values.pop("preset", None)
