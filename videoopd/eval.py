@@ -71,6 +71,7 @@ class EvalConfig(LoggingOptions, ModelOptions, DecodeOptions, AnnotationOptions)
     limit: int | None = opt("evaluate the first N queries (default: all)", gt=0)
     resume: bool = opt("keep the rows already in --output and evaluate the rest; refused when --output was written "
                        "for another data file, model or decoding settings (its .meta.json)", False)
+    overwrite: bool = opt("replace an existing --output (without it, or --resume, an existing one is refused)", False)
     output: str | None = opt("predictions JSONL, with <output>.meta.json and <stem>.metrics.json beside it "
                              "(default: <data stem>.predictions.jsonl in the current folder)")
     batch_size: int = opt("prompts per generate call, left-padded", 1, gt=0)
@@ -82,6 +83,8 @@ class EvalConfig(LoggingOptions, ModelOptions, DecodeOptions, AnnotationOptions)
         for name in ("model", "data"):
             if getattr(self, name) is None:
                 raise ConfigError(f"--{name} is required")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other: choose one")
 
 
 # eval's own defaults for the options it shares with videoopd.train and videoopd.sft
@@ -147,6 +150,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         return fail(PROG, exc)
     output = Path(cfg.output) if cfg.output else Path(f"{Path(cfg.data).stem}.predictions.jsonl")
     problem = _output_problem(Path(cfg.data), output)
+    if problem is None and output.exists() and not (cfg.resume or cfg.overwrite):
+        problem = (f"--output {output} already holds predictions: continue it with --resume, replace it with "
+                   "--overwrite, or choose another --output")
     if problem is not None:
         return fail(PROG, problem)
 
@@ -168,8 +174,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     if cfg.limit is not None:
         records = records[: cfg.limit]
     if not records:
-        print("no records to evaluate", file=sys.stderr)
-        return 1
+        return fail(PROG, f"--data {cfg.data}: no records to evaluate (the report above says what was left out)")
     try:
         check_checkpoint(cfg.model)
     except CheckpointError as exc:

@@ -59,7 +59,7 @@ BREAKAGES = {
     "missing shard": "weights file missing",
     "no tokenizer": "has no tokenizer",
     "no chat template": "has no chat template",
-    "lora adapter": "holds a LoRA adapter",
+    "lora adapter": "names no base_model_name_or_path",
 }
 
 

@@ -318,6 +318,16 @@ def test_rows_whose_video_disagrees_with_the_annotation_are_flagged_and_counted(
     assert metrics["data_issues"] == {"span_beyond_video": 1, "duration_mismatch": 1}
     assert [json.loads(line)["data_issue"] is not None for line in output.read_text().splitlines()] == [
         False, True, True]
+    # an existing predictions file is never replaced without being asked to
+    argv = ["--model", str(tiny_qwen25_checkpoint), "--data", str(data), "--output", str(output),
+            "--max-new-tokens", "2", "--num-workers", "0", "--min-pixels", str(56 * 56), "--max-pixels",
+            str(64 * 96), "--no-progress"]
+    before = output.read_text()
+    assert main(argv) == 2
+    assert "already holds predictions" in capsys.readouterr().err and output.read_text() == before
+    assert main([*argv, "--overwrite"]) == 0 and output.read_text() == before  # the same model and data
+    capsys.readouterr()
+    assert main([*argv, "--overwrite", "--limit", "1"]) == 0 and len(output.read_text().splitlines()) == 1
 
 
 def test_help_describes_every_option_and_states_each_default_once(capsys):
@@ -343,3 +353,12 @@ def test_help_describes_every_option_and_states_each_default_once(capsys):
     for flag, default in (("--batch-size", "1"), ("--max-new-tokens", "64"), ("--fps", "the model's recorded setting, else 2"), ("--prompt", "paper")):
         entry = " ".join(next(e for e in entries if e[0].strip().startswith(flag)))
         assert f"default: {default}" in " ".join(entry.split()), entry
+
+
+def test_no_usable_record_is_a_one_line_error(tmp_path, capsys, tiny_qwen25_checkpoint):
+    data = tmp_path / "all_missing.jsonl"
+    data.write_text(json.dumps({"video": "nowhere.mp4", "query": "q", "start": 0, "end": 1, "duration": 3}) + "\n")
+    assert main(["--model", str(tiny_qwen25_checkpoint), "--data", str(data), "--output", str(tmp_path / "p.jsonl"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("python -m videoopd.eval: error: --data ") and "no records" in err

@@ -71,3 +71,32 @@ def test_lora_demo_changes_only_adapters_and_merges(tmp_path):
     with torch.no_grad():
         a, b = adapted(input_ids=ids).logits, merged(input_ids=ids).logits
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), float((a - b).abs().max())
+
+
+def test_an_adapter_folder_loads_over_its_base_and_evaluates(tmp_path, tiny_qwen25_checkpoint, synthetic_dir):
+    """A LoRA run's final/ (the adapter and the processor) is a model folder to eval: its base,
+    recorded by peft, is loaded and the adapter merged in, outputs as the adapter model's."""
+    from videoopd.eval import main as eval_main
+    from videoopd.qwen.models import check_checkpoint, load_policy
+    from videoopd.qwen.processing import load_processor
+
+    base = load_policy(tiny_qwen25_checkpoint, trainable=False)
+    adapted = apply_lora(base, r=4)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # as trained: B = 0 would make the adapter a no-op
+    folder = tmp_path / "final"
+    adapted.save_pretrained(folder)
+    load_processor(tiny_qwen25_checkpoint).save_pretrained(folder)
+    assert check_checkpoint(folder) == folder
+    loaded = load_policy(folder, trainable=False)
+    ids = torch.randint(0, 200, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, adapted.eval()(input_ids=ids).logits,
+                                   atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="holds a LoRA adapter"):
+        load_policy(folder, trainable=True)
+    assert eval_main(["--model", str(folder), "--data", str(synthetic_dir / "annotations.jsonl"), "--output",
+                      str(tmp_path / "p.jsonl"), "--max-new-tokens", "2", "--num-workers", "0", "--min-pixels",
+                      str(56 * 56), "--max-pixels", str(64 * 96), "--no-progress"]) == 0

@@ -16,6 +16,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 __all__ = [
+    "adapter_base",
     "attn_implementation_for",
     "available_device",
     "base_hidden_states",
@@ -211,10 +212,15 @@ def check_checkpoint(path: str | Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"model folder not found: {path}")
     config_file = path / "config.json"
+    if not config_file.is_file() and (path / "adapter_config.json").is_file():
+        base = adapter_base(path)
+        try:
+            check_checkpoint(base)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path} holds a LoRA adapter over {base}, which does not load: {exc}") from None
+        _check_tokenizer(path)
+        return path
     if not config_file.is_file():
-        if (path / "adapter_config.json").is_file():
-            raise CheckpointError(f"{path} holds a LoRA adapter, not a model: train with --merge-lora to get "
-                                  "a plain model, or merge the adapter into its base model")
         raise CheckpointError(f"{path} has no config.json (not a Hugging Face checkpoint)")
     model_type = _json_object(config_file).get("model_type")
     if not model_type:
@@ -226,10 +232,26 @@ def check_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def adapter_base(path: str | Path) -> Path:
+    """The base model folder a peft LoRA adapter folder records (``adapter_config.json``'s
+    ``base_model_name_or_path``: as the training run gave it, absolute or relative to the
+    working folder it ran in; a relative one is also looked for beside the adapter folder)."""
+    path = Path(path)
+    recorded = _json_object(path / "adapter_config.json").get("base_model_name_or_path")
+    if not recorded:
+        raise CheckpointError(f"{path / 'adapter_config.json'} names no base_model_name_or_path")
+    base = Path(recorded)
+    if not base.is_absolute() and not base.is_dir() and (path / base).is_dir():
+        base = path / base
+    return base
+
+
 def load_policy(path: str | Path, *, device: str | torch.device = "cpu", trainable: bool,
                 dtype: str = "auto", gradient_checkpointing: bool = True, train_vision: bool = False,
                 attn_implementation: str | None = None) -> Any:
-    """A local checkpoint as ``AutoModelForImageTextToText`` (never downloads).
+    """A local checkpoint as ``AutoModelForImageTextToText`` (never downloads); a LoRA adapter
+    folder (a ``--lora-r`` run's ``final/``) loads its base model with the adapter merged in
+    (frozen models only).
 
     dtype "auto": bfloat16 on CUDA, float32 elsewhere. The teacher (``trainable=False``) is
     frozen and in eval mode; the student has its vision tower frozen unless ``train_vision``.
@@ -239,6 +261,16 @@ def load_policy(path: str | Path, *, device: str | torch.device = "cpu", trainab
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder not found: {path}")
+    if not (path / "config.json").is_file() and (path / "adapter_config.json").is_file():
+        if trainable:
+            raise ValueError(f"{path} holds a LoRA adapter: train from its base model with --lora-r, or from a "
+                             "model written with --merge-lora")
+        from peft import PeftModel
+
+        base = load_policy(adapter_base(path), device=device, trainable=False, dtype=dtype,
+                           attn_implementation=attn_implementation)
+        merged = PeftModel.from_pretrained(base, str(path)).merge_and_unload()  # plain weights: plain inference
+        return prepare_policy(merged, trainable=False)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in model folder {path}")
     on_cuda = torch.device(device).type == "cuda"

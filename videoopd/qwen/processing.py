@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from videoopd.data.video import PREPROCESSING_RECORD, DecodeConfig
+from videoopd.qwen.models import adapter_base
 
 __all__ = [
     "QWEN_VIDEO_DEFAULTS",
@@ -212,7 +213,10 @@ _SAMPLING_SETTINGS = ("fps", "max_frames", "min_frames", "size", PREPROCESSING_R
 def _load_without_torchvision(path: Path) -> Any:
     from transformers import AutoConfig, AutoTokenizer
 
-    model_type = AutoConfig.from_pretrained(str(path), local_files_only=True).model_type
+    # a LoRA adapter folder holds the processor, and its base model the config
+    config_folder = path if (path / "config.json").is_file() or not (path / "adapter_config.json").is_file() \
+        else adapter_base(path)
+    model_type = AutoConfig.from_pretrained(str(config_folder), local_files_only=True).model_type
     if model_type not in QWEN_VIDEO_DEFAULTS:
         raise ValueError(
             f"{path}: loading a processor without torchvision supports {sorted(QWEN_VIDEO_DEFAULTS)} checkpoints, "
