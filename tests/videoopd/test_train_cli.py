@@ -154,9 +154,10 @@ def test_train_with_model_paths(capsys, tmp_path, checkpoints, synthetic_dir):
     assert (out / "final" / "config.json").is_file()
 
 
-def test_demo_smoke(capsys, tmp_path):
-    out = tmp_path / "demo"
-    code = T.main(["--output-dir", str(out), "--max-steps", "2", "--demo-videos", "4", "--eval-every", "1",
+def test_demo_smoke(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --output-dir, as the default one is
+    out = tmp_path / "runs" / "demo"
+    code = T.main(["--output-dir", "runs/demo", "--max-steps", "2", "--demo-videos", "4", "--eval-every", "1",
                    "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0
@@ -172,9 +173,17 @@ def test_demo_smoke(capsys, tmp_path):
     assert len((out / "demo_data" / "heldout.jsonl").read_text().splitlines()) == summary["student_after"]["total"]
     command = text.split("evaluate the final student on the held-out split:\n", 1)[1].splitlines()[0].split()
     assert command[:3] == ["python", "-m", "videoopd.eval"]
-    from videoopd.eval import main as eval_main
+    import subprocess
+    import sys
 
-    assert eval_main(command[3:] + ["--no-progress", "--num-workers", "0"]) == 0
+    # pasted as printed, in the folder the demo ran in
+    run = subprocess.run([sys.executable, *command[1:], "--no-progress", "--num-workers", "0"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    # the same command again does not replace the finished run
+    kept = sorted(p.name for p in out.iterdir())
+    assert T.main(["--output-dir", "runs/demo", "--max-steps", "2", "--demo-videos", "4", "--no-progress"]) == 2
+    assert "holds an earlier run" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == kept
     again = json.loads((out / "final_heldout.predictions.metrics.json").read_text())["overall"]
     assert again["mIoU"] == summary["student_after"]["mIoU"] and again["parsed"] == summary["student_after"]["parsed"]
 

@@ -16,6 +16,7 @@ from videoopd.data.video import DecodeConfig
 from videoopd.demo.teacher import DEMO_EVENTS, DEMO_PIXELS, STUDENT_DIR, TEACHER_DIR, generate_split, load_demo_checkpoint
 from videoopd.qwen.models import check_pair
 from videoopd.qwen.processing import record_preprocessing
+from videoopd.training.checkpoint import prepare_run_folder
 from videoopd.training.config import Options, opt
 from videoopd.training.post_training import run_post_training
 
@@ -26,7 +27,8 @@ __all__ = ["DEMO_PRESET", "DemoOptions", "run_demo"]
 class DemoOptions(Options):
     """demo"""
 
-    demo_videos: int = opt("demo: synthetic videos (half for OPD prompts, half held out)", 160, ge=2)
+    demo_videos: int = opt("demo: synthetic videos (half for OPD prompts, half held out)", 160, ge=2,
+                           run_defining=True)
 
 
 # The demo's settings (``--preset demo``, what ``python -m videoopd.train`` without models
@@ -38,11 +40,19 @@ DEMO_PRESET: dict[str, Any] = {"objective": "full", "lr": 3e-4, "batch_size": 8,
                                "output_dir": "runs/opd-demo", "eval_teacher": True, "device": "cpu"}
 
 
+# What the demo writes besides the run's own files (replaced with them by --overwrite).
+DEMO_ARTIFACTS = ("demo_summary.json", "demo_data", "final_heldout.predictions.jsonl",
+                  "final_heldout.predictions.jsonl.meta.json", "final_heldout.predictions.metrics.json")
+
+
 def run_demo(cfg: Any) -> int:
     """Generate the data, load the pair, distil, print the curves; writes demo_summary.json."""
     from videoopd.training.loop import make_accelerator
 
     accelerator = make_accelerator(cfg)
+    # Before anything is written: a folder holding an earlier run is refused (or, with
+    # --overwrite, emptied of it), the demo's own files included.
+    prepare_run_folder(cfg, accelerator, DEMO_ARTIFACTS)
     main = accelerator.is_main_process
     say = print if main else (lambda *a, **k: None)
     out_dir = Path(cfg.output_dir)
@@ -87,7 +97,7 @@ def run_demo(cfg: Any) -> int:
     reference = load_demo_checkpoint(STUDENT_DIR, trainable=False)[0] if cfg.algo == "grpo" and cfg.beta > 0 else None
     summary = run_post_training(cfg, accelerator, student, teacher, processor, train_records, eval_records,
                                 reference=reference, decode_config=decode_config,
-                                extra_artifacts=("demo_summary.json",), log=say)
+                                log=say)
     if not main:
         return 0
     evals = summary["evals"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from videoopd.algo.grpo import GroupedCollator, GRPOObjective
 from videoopd.algo.objectives import DistillationObjective
@@ -39,15 +39,13 @@ def default_num_generations(algo: str) -> int:
 
 def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, processor: Any,
                       train_records: list[Any], eval_records: list[Any] | None, *, teacher_processor: Any = None,
-                      reference: Any = None, decode_config: Any = None, extra_artifacts: Sequence[str] = (),
+                      reference: Any = None, decode_config: Any = None,
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """Place the teacher, evaluate it (``cfg.eval_teacher``), train with the algorithm's
     objective (:class:`DistillationObjective` or :class:`GRPOObjective`; the loop evaluates
     the student before, during and after), report. ``cfg``: ``videoopd.train.TrainConfig``.
     ``teacher``: needed by OPD, and by GRPO only for ``eval_teacher`` or the curriculum (else
-    None); ``reference``: GRPO's frozen reference policy when ``cfg.beta > 0``;
-    ``extra_artifacts``: what the caller writes into the run folder besides the loop's files
-    (removed with them by ``--overwrite``).
+    None); ``reference``: GRPO's frozen reference policy when ``cfg.beta > 0``.
 
     Returns the loop's summary with ``teacher_eval`` (held-out metrics, or None) and
     ``teacher_sharded`` (whether FSDP2 sharded the teacher).
@@ -58,7 +56,7 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
     main_process = accelerator.is_main_process
     say = log if main_process else (lambda *a, **k: None)
     out_dir = Path(cfg.output_dir)
-    resume_from = prepare_run_folder(cfg, accelerator, extra_artifacts)
+    resume_from = prepare_run_folder(cfg, accelerator)
     if main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
