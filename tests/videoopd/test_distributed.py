@@ -30,15 +30,15 @@ CONFIGS = ROOT / "configs" / "accelerate"
 
 
 def launch(args: list[str], processes: int, config: str | None = None, timeout: int = 420,
-           mixed_precision: str = "no") -> None:
+           mixed_precision: str | None = "no") -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)  # the torch backend on CPU either way
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
+        precision = [] if mixed_precision is None else ["--mixed_precision", mixed_precision]  # None: the config's
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-               "--config_file", str(CONFIGS / config), "--mixed_precision", mixed_precision, "--main_process_port", "0",
-               *args]
+               "--config_file", str(CONFIGS / config), *precision, "--main_process_port", "0", *args]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
 
@@ -133,13 +133,21 @@ def test_fsdp2_mixed_precision_keeps_fp32_sharded_masters(data, reference, tmp_p
 
 
 def test_accelerate_launch_demo_cli(tmp_path):
-    """The command users run: the demo, shortened, on 2 processes with FSDP2."""
+    """The command users run: the demo, shortened, on 2 processes with FSDP2 and the config as it
+    is (mixed_precision bf16): the demo computes in fp32 there too, so its held-out score
+    before training is the one-process demo's."""
     out = tmp_path / "demo"
     launch(["-m", "videoopd.train", "--max-steps", "3", "--demo-videos", "8", "--eval-every", "3",
-            "--output-dir", str(out), "--no-progress"], 2, "fsdp2.yaml")
+            "--output-dir", str(out), "--no-progress"], 2, "fsdp2.yaml", mixed_precision=None)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
     assert all(r["processes"] == 2 for r in rows if "loss" in r)
+    one = tmp_path / "one"
+    launch(["-m", "videoopd.train", "--max-steps", "1", "--demo-videos", "8", "--eval-every", "0",
+            "--eval-teacher", "false", "--output-dir", str(one), "--no-progress"], 1)
+    step0 = [[r for r in (json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines())
+              if r["step"] == 0 and "eval/mIoU" in r][0] for folder in (out, one)]
+    assert step0[0] == step0[1]
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["processes"] == 2 and len(summary["reverse_kl"]) == 3
     from videoopd.qwen.models import load_policy

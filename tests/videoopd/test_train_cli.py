@@ -57,10 +57,27 @@ def test_demo_config_saved_is_what_ran(tmp_path):
     cfg_file.write_text("lr: 1.0e-4\nbatch_size: 2\n")
     out = tmp_path / "runs" / "y"
     assert T.main(["--config", str(cfg_file), "--max-steps", "1", "--demo-videos", "4", "--eval-every", "0",
-                   "--eval-teacher", "false", "--eval-before", "false", "--no-progress", "--output-dir", str(out)]) == 0
+                   "--eval-teacher", "false", "--eval-before", "false", "--no-progress", "--output-dir", str(out),
+                   "--report-to", "tensorboard"]) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["lr"] == 1e-4 and saved["batch_size"] == 2 and saved["preset"] == "demo"
     assert saved["reduction"] == "sequence_sum" and saved["num_generations"] == 1  # auto resolved when parsed
+    # --report-to: the rows reach accelerate's TensorBoard tracker too
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert {"loss", "reverse_kl", "eval/mIoU"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == [1]
+
+
+def test_report_to_names_only_trackers_that_are_there(tmp_path, capsys, monkeypatch):
+    with pytest.raises(ConfigError, match="--report-to must be none, all or names from"):
+        T.resolve_config(["--report-to", "tensorbored"])
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
+    assert T.main(["--report-to", "wandb", "--output-dir", str(tmp_path / "run")]) == 2
+    assert "wandb is not installed here" in capsys.readouterr().err
 
 
 def test_preset_video_opd(tmp_path):

@@ -5,6 +5,7 @@ process or, through ``accelerate launch --cpu``, several."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shlex
 from dataclasses import dataclass
@@ -49,7 +50,12 @@ def run_demo(cfg: Any) -> int:
     """Generate the data, load the pair, distil, print the curves; writes demo_summary.json."""
     from videoopd.training.loop import make_accelerator
 
-    accelerator = make_accelerator(cfg)
+    launch_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    # The demo is defined in fp32: the same numbers on one process and under any launch config
+    # (configs/accelerate/fsdp2.yaml asks for bf16, meant for GPUs).
+    accelerator = make_accelerator(cfg, mixed_precision="no")
+    if launch_precision != "no" and accelerator.is_main_process:
+        print(f"note: the demo computes in fp32; the launch's mixed_precision {launch_precision} is not used")
     # Before anything is written: a folder holding an earlier run is refused (or, with
     # --overwrite, emptied of it), the demo's own files included.
     prepare_run_folder(cfg, accelerator, DEMO_ARTIFACTS)

@@ -32,7 +32,7 @@ from videoopd.data.annotations import FORMATS
 from videoopd.qwen.prompts import PROMPT_STYLES
 
 __all__ = ["AnnotationOptions", "CheckpointOptions", "ConfigError", "DTYPES", "DecodeOptions", "EvalOptions",
-           "LoggingOptions", "LoraOptions", "ModelOptions", "OptimOptions", "Options", "RunOptions", "build_parser",
+           "LoggingOptions", "LoraOptions", "ModelOptions", "OptimOptions", "Options", "RunOptions", "TRACKERS", "TrackingOptions", "build_parser",
            "flag_name", "opt", "parse_config", "run_defining_options", "save_config", "schedule_warning"]
 
 T = TypeVar("T")
@@ -314,9 +314,35 @@ class LoraOptions(Options):
             raise ConfigError("--merge-lora needs --lora-r > 0")
 
 
+# accelerate's trackers (the names transformers' report_to takes)
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
+
 @dataclass
-class RunOptions(LoggingOptions, LoraOptions, CheckpointOptions, EvalOptions, OptimOptions, ModelOptions,
-                 DecodeOptions, AnnotationOptions):
+class TrackingOptions(Options):
+    """logging"""
+
+    report_to: str = opt("where the step and evaluation rows go besides metrics.jsonl, as transformers' report_to: "
+                         "none, all (every tracker installed) or comma-separated accelerate trackers (" +
+                         ", ".join(TRACKERS) + "); TensorBoard writes OUTPUT_DIR/tensorboard", "none")
+
+    @property
+    def trackers(self) -> list[str]:
+        """``report_to`` as a list of accelerate tracker names (empty for none)."""
+        names = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        return [] if names == ["none"] else names
+
+    def validate(self) -> None:
+        super().validate()
+        unknown = [name for name in self.trackers if name not in (*TRACKERS, "all")]
+        if unknown or (len(self.trackers) > 1 and "all" in self.trackers):
+            raise ConfigError(f"--report-to must be none, all or names from {', '.join(TRACKERS)}, got "
+                              f"{self.report_to!r}")
+
+
+@dataclass
+class RunOptions(TrackingOptions, LoggingOptions, LoraOptions, CheckpointOptions, EvalOptions, OptimOptions,
+                 ModelOptions, DecodeOptions, AnnotationOptions):
     """data
 
     What every training command (OPD, GRPO, SFT) shares: one loop reads these."""

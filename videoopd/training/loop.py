@@ -43,17 +43,26 @@ from videoopd.training.preemption import Preempted, StopSignals
 __all__ = ["DataStream", "PhaseTimer", "build_optimizer", "enable_fsdp_on_cpu", "evaluate_held_out", "lr_lambda", "make_accelerator", "save_model", "train"]
 
 
-def make_accelerator(cfg: RunOptions) -> Any:
+def make_accelerator(cfg: RunOptions, mixed_precision: str | None = None) -> Any:
     """The run's ``accelerate.Accelerator``: the launch's engine (``accelerate launch`` config:
-    DDP, FSDP2), or one process on ``cfg.device``'s kind of device."""
+    DDP, FSDP2), or one process on ``cfg.device``'s kind of device. ``mixed_precision``
+    ("no", "bf16", ...) overrides the launch's."""
     from accelerate import Accelerator
 
     from accelerate.utils import DataLoaderConfiguration
 
+    from accelerate.tracking import get_available_trackers
+
     cpu = cfg.device is not None and torch.device(cfg.device).type == "cpu"
+    installed = [str(t) for t in get_available_trackers()]
+    missing = [name for name in cfg.trackers if name != "all" and name not in installed]
+    if missing:  # accelerate would leave them out without a word
+        raise ConfigError(f"--report-to {cfg.report_to}: {', '.join(missing)} is not installed here "
+                          f"(installed trackers: {', '.join(installed) or 'none'})")
     # The seedable sampler orders each epoch by (seed, epoch) alone: a resumed run can find its place.
-    accelerator = Accelerator(cpu=cpu, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
-                                                                                 data_seed=cfg.seed))
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with=cfg.trackers or None,
+                              project_dir=cfg.output_dir,
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
     enable_fsdp_on_cpu(accelerator)
     reason = unsupported_engine(accelerator)
     if reason is not None:
@@ -347,7 +356,8 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
     if curriculum is None or state.round_indices is not None:
         samples = dataset if curriculum is None else torch.utils.data.Subset(dataset, state.round_indices)
         data = DataStream(accelerator, prepared_loader(samples), state.epoch, state.batches_in_epoch, log=log)
-    metrics_log = MetricsLog(out_dir, resume_step=state.step if resume_from is not None else None) if main else None
+    metrics_log = (MetricsLog(out_dir, resume_step=state.step if resume_from is not None else None,
+                              accelerator=accelerator, config=dataclasses.asdict(cfg)) if main else None)
     summary: dict[str, Any] = {"steps": [], "evals": {}, "best_mIoU": state.best_mIoU, "best_step": state.best_step,
                                "rounds": state.round_records, "checkpoint": None, "step_records": [],
                                "accelerator": accelerator}

@@ -1,4 +1,4 @@
-"""The run's metrics file."""
+"""The run's metrics: ``metrics.jsonl``, and the trackers of ``--report-to``."""
 from __future__ import annotations
 
 import json
@@ -10,15 +10,19 @@ __all__ = ["MetricsLog"]
 
 
 class MetricsLog:
-    """``metrics.jsonl`` (one JSON object a line, flushed per row) and, when installed,
-    TensorBoard scalars. Only the main process creates one.
+    """``metrics.jsonl`` (one JSON object a line, flushed per row) and the run's accelerate
+    trackers (``--report-to``: the accelerator's ``log_with``; TensorBoard under
+    ``OUTPUT_DIR/tensorboard``), which get every number of every row at its step. Only the main
+    process creates one.
 
     A fresh run starts the file; a run resumed from step K (``resume_step``) keeps the rows of
     steps <= K (:attr:`kept`), drops those written after the checkpoint (they are computed
-    again) and appends: no step is missing or repeated.
+    again) and appends: no step is missing or repeated. TensorBoard hides what an earlier
+    attempt logged after step K.
     """
 
-    def __init__(self, out_dir: Path, resume_step: int | None = None):
+    def __init__(self, out_dir: Path, resume_step: int | None = None, accelerator: Any = None,
+                 config: dict[str, Any] | None = None):
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "metrics.jsonl"
         self.kept: list[dict[str, Any]] = []
@@ -34,25 +38,22 @@ class MetricsLog:
             tmp.write_text("".join(json.dumps(row) + "\n" for row in self.kept), encoding="utf-8")
             os.replace(tmp, path)
         self.handle = path.open("a" if resume_step is not None else "w", encoding="utf-8")
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step: TensorBoard hides what an earlier attempt logged after the checkpoint
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"),
-                                    purge_step=None if resume_step is None else resume_step + 1)
-        except Exception:  # tensorboard not installed
-            self.tb = None
+        self.accelerator = accelerator if accelerator is not None and accelerator.log_with else None
+        if self.accelerator is not None:
+            # trackers take numbers and strings only (TensorBoard's hparams refuse None)
+            hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in (config or {}).items()}
+            self.accelerator.init_trackers("tensorboard", config=hparams, init_kwargs={"tensorboard": {
+                "purge_step": None if resume_step is None else resume_step + 1}})
 
     def write(self, row: dict[str, Any]) -> None:
         self.handle.write(json.dumps(row) + "\n")
         self.handle.flush()
-        if self.tb is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.tb.add_scalar(key, value, row["step"])
+        if self.accelerator is not None:
+            numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and k != "step"}
+            self.accelerator.log(numbers, step=row["step"])
 
     def close(self) -> None:
         self.handle.close()
-        if self.tb is not None:
-            self.tb.close()
+        if self.accelerator is not None:
+            self.accelerator.end_training()
