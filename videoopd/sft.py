@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from videoopd.qwen.tiny import FAMILIES
-from videoopd.training.config import ConfigError, RunOptions, fail, opt, parse_config, save_config, schedule_warning
+from videoopd.training.config import ConfigError, RunOptions, fail, opt, parse_config, save_config, warn_about_schedule
 
 __all__ = ["COMMAND_DEFAULTS", "SFTConfig", "build_model", "main", "resolve_config"]
 
@@ -88,7 +88,8 @@ def build_model(cfg: SFTConfig, device: Any) -> tuple[Any, Any]:
     from videoopd.training.setup import check_model_folder
 
     path = check_model_folder(cfg.model, "--model")
-    model = load_policy(path, device=device, trainable=True, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
+    model = load_policy(path, device=device, trainable=True, dtype=cfg.dtype,
+                        attn_implementation=cfg.attn_implementation,
                         gradient_checkpointing=cfg.gradient_checkpointing, train_vision=cfg.train_vision)
     return model, load_processor(path)
 
@@ -102,9 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = resolve_config(argv)
-        warning = schedule_warning(cfg)
-        if warning is not None and os.environ.get("RANK", "0") == "0":  # once under a launch
-            print(f"{PROG}: warning: {warning}", file=sys.stderr)
+        warn_about_schedule(cfg, PROG)
         check_output_dir(cfg.output_dir)
         check_device(cfg.device, "--device")
         if cfg.model is not None:

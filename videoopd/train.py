@@ -23,7 +23,7 @@ from videoopd.algo.curriculum import SELECTORS
 from videoopd.algo.grpo import ADVANTAGES
 from videoopd.algo.objectives import OBJECTIVES, REDUCTIONS
 from videoopd.demo.run import DEMO_PRESET, DemoOptions
-from videoopd.training.config import ConfigError, Options, RunOptions, fail, opt, parse_config, schedule_warning
+from videoopd.training.config import ConfigError, Options, RunOptions, fail, opt, parse_config, warn_about_schedule
 from videoopd.training.distributed import TEACHER_PLACEMENTS
 from videoopd.training.post_training import ALGORITHMS, default_num_generations, default_reduction
 from videoopd.training.preemption import Preempted
@@ -158,17 +158,11 @@ def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse flags, apply preset, YAML and overrides; raise ConfigError on a bad value."""
     cfg = parse_config(TrainConfig, argv, prog=PROG, description=DESCRIPTION, presets=PRESETS,
                        preset_help=PRESET_HELP, default_preset=default_preset)
-    if cfg.preset not in (None, "demo") and (cfg.student is None or cfg.teacher is None):  # type: ignore[attr-defined]
-        raise ConfigError(f"--preset {cfg.preset} needs --student and --teacher (local checkpoint folders)")  # type: ignore[attr-defined]
-    if cfg.preset == "demo" and cfg.student is not None:  # type: ignore[attr-defined]
+    if cfg.preset not in (None, "demo") and (cfg.student is None or cfg.teacher is None):
+        raise ConfigError(f"--preset {cfg.preset} needs --student and --teacher (local checkpoint folders)")
+    if cfg.preset == "demo" and cfg.student is not None:
         raise ConfigError("--preset demo trains the shipped tiny models: leave out --student and --teacher")
     return cfg
-
-
-def warn_about_schedule(cfg: TrainConfig) -> None:
-    warning = schedule_warning(cfg)
-    if warning is not None and os.environ.get("RANK", "0") == "0":  # once under a launch
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -184,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_dir(cfg.output_dir)
         check_device(cfg.device, "--device")
         check_device(cfg.teacher_device, "--teacher-device")
-        warn_about_schedule(cfg)
+        warn_about_schedule(cfg, PROG)
         if cfg.student is None:
             from videoopd.demo.run import run_demo
 
@@ -212,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         return fail(PROG, exc)
     record_preprocessing(processor, decode_config)  # saved with the student: eval and sft sample frames alike
-    student = load_policy(cfg.student, device=device, trainable=True, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
+    student = load_policy(cfg.student, device=device, trainable=True, dtype=cfg.dtype,
+                          attn_implementation=cfg.attn_implementation,
                           gradient_checkpointing=cfg.gradient_checkpointing, train_vision=cfg.train_vision)
     frozen_device = "cpu" if cfg.teacher_device is None else cfg.teacher_device  # placed by the run
     teacher = teacher_processor = None

@@ -280,7 +280,8 @@ def test_writing_commands_refuse_a_file_where_a_folder_goes(tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("keep")
     for out in (a_file, a_file / "sub"):
-        _one_line_error(capsys, synthetic.main(["--out", str(out), "--videos", "1"]), "--out", "is a file, not a folder")
+        code = synthetic.main(["--out", str(out), "--videos", "1"])
+        _one_line_error(capsys, code, "--out", "is a file, not a folder")
         _one_line_error(capsys, tiny.main(["--out", str(out)]), "--out", "is a file, not a folder")
     assert a_file.read_text() == "keep"
 

@@ -118,7 +118,10 @@ def check_video_codec(codec: str) -> None:
 def write_video(path: str | Path, frames: np.ndarray, fps: int, codec: str | None = None) -> Path:
     """Encode uint8 [T, H, W, 3] ``frames`` to an mp4 at integer ``fps`` with PyAV.
 
-    Single-threaded encoding, so the same frames give the same bytes.
+    The same frames give the same bytes: single-threaded, and libx264's macroblock-tree rate
+    control off (``mbtree=0``). With it on, some clips encoded differently from one encode to
+    the next (one of the demo's 16-video split 1 time in 4, ~1 in 8 demo processes), so the
+    demo's regenerated videos, and its losses, differed from process to process.
     """
     import av
 
@@ -137,7 +140,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int, codec: str | Non
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.thread_count = 1
         if codec == "libx264":
-            stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
+            stream.options = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
         for array in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 container.mux(packet)

@@ -21,19 +21,21 @@ import argparse
 import dataclasses
 import functools
 import math
+import os
 import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, NoReturn, Sequence, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, Mapping, NoReturn, Sequence, TypeVar, get_args, get_origin
 
 from videoopd.data.annotations import FORMATS
 from videoopd.qwen.prompts import PROMPT_STYLES
 
 __all__ = ["AnnotationOptions", "CheckpointOptions", "ConfigError", "DTYPES", "DecodeOptions", "EvalOptions",
-           "LoggingOptions", "LoraOptions", "ModelOptions", "OptimOptions", "Options", "RunOptions", "TRACKERS", "TrackingOptions", "build_parser",
-           "flag_name", "opt", "parse_config", "run_defining_options", "save_config", "schedule_warning"]
+           "LoggingOptions", "LoraOptions", "ModelOptions", "OptimOptions", "Options", "RunOptions", "TRACKERS",
+           "TrackingOptions", "build_parser",
+           "flag_name", "opt", "parse_config", "run_defining_options", "save_config", "warn_about_schedule"]
 
 T = TypeVar("T")
 
@@ -148,6 +150,9 @@ def _within(value: float, bounds: Mapping[str, float]) -> bool:
 class Options:
     """Base of the option groups: checks every field against its declaration when built, then
     the cross-field rules of :meth:`validate`."""
+
+    # The preset a parsed config was built from (set by parse_config; not an option).
+    preset: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -356,13 +361,13 @@ def run_defining_options(cfg: Any) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cfg) if f.metadata.get("run_defining"))
 
 
-def schedule_warning(cfg: OptimOptions) -> str | None:
-    """Why the learning rate never reaches its peak ``--lr`` (the run ends inside the warm-up),
-    or None."""
-    if cfg.warmup_steps <= cfg.max_steps:
-        return None
-    return (f"--max-steps {cfg.max_steps} ends inside --warmup-steps {cfg.warmup_steps}: the learning rate rises to "
-            f"{cfg.lr * cfg.max_steps / cfg.warmup_steps:g} and never reaches --lr {cfg.lr:g}")
+def warn_about_schedule(cfg: OptimOptions, prog: str) -> None:
+    """Say (on stderr, once under a launch) when the learning rate never reaches its peak
+    ``--lr`` because the run ends inside the warm-up."""
+    if cfg.warmup_steps > cfg.max_steps and os.environ.get("RANK", "0") == "0":
+        print(f"{prog}: warning: --max-steps {cfg.max_steps} ends inside --warmup-steps {cfg.warmup_steps}: the "
+              f"learning rate rises to {cfg.lr * cfg.max_steps / cfg.warmup_steps:g} and never reaches --lr "
+              f"{cfg.lr:g}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------
@@ -407,7 +412,8 @@ def _help(f: dataclasses.Field, kind: type, default: Any, presets: Mapping[str, 
 
 def build_parser(config_class: type, *, prog: str, description: str,
                  presets: Mapping[str, Mapping[str, Any]] | None = None, preset_help: str = "",
-                 command_defaults: Mapping[str, Any] | None = None, config_file: bool = True) -> argparse.ArgumentParser:
+                 command_defaults: Mapping[str, Any] | None = None,
+                 config_file: bool = True) -> argparse.ArgumentParser:
     """A parser with one flag per field of ``config_class``, in its option groups, and
     ``--config`` (unless ``config_file`` is False). Defaults are suppressed, so that only the
     flags actually given override the YAML/preset values; each option's help states its default
@@ -503,7 +509,7 @@ def parse_config(config_class: type[T], argv: Sequence[str] | None, *, prog: str
         raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(presets or {})}")
     values = {**(command_defaults or {}), **(presets[preset] if preset is not None else {}), **file_values, **flags}
     cfg = config_class(**values)
-    cfg.preset = preset  # type: ignore[attr-defined]
+    cfg.preset = preset
     return cfg
 
 
