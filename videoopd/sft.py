@@ -151,13 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Preempted as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.exit_code
-    if summary["best_step"] is not None:
-        say(f"best held-out mIoU {summary['best_mIoU']:.2f} at step {summary['best_step']} -> {out_dir / 'best'}")
+    if summary.best_step is not None:
+        say(f"best held-out mIoU {summary.best_mIoU:.2f} at step {summary.best_step} -> {out_dir / 'best'}")
     if cfg.save_final:
         say(f"final model -> {out_dir / 'final'}")
     if accelerator.is_main_process:
-        kept = {k: v for k, v in summary.items() if k not in ("model", "accelerator", "step_records")}
-        (out_dir / "summary.json").write_text(json.dumps(kept, indent=2, default=str) + "\n", encoding="utf-8")
+        (out_dir / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str) + "\n",
+                                              encoding="utf-8")
     return 0
 
 

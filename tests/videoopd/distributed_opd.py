@@ -82,30 +82,37 @@ def main() -> int:
     student = prepare_policy(student, trainable=True, gradient_checkpointing=False)
     teacher = prepare_policy(build_tiny_model("qwen2_5_vl", tok, seed=2, hidden_size=64), trainable=False)
     records, _ = load_annotations(args.data)
+    seen: dict = {"step_records": []}
+
+    def on_step(run, row, record_ids):  # the trained model, the records this process drew for the step
+        seen["model"] = run.model
+        seen["step_records"].append(record_ids)
+
     try:
         summary = run_post_training(cfg, accelerator, student, teacher, proc, records, records,
-                                   log=lambda *_: None)
+                                   log=lambda *_: None, on_step=on_step)
     except Preempted as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
-    state = accelerator.get_state_dict(summary["model"]) if accelerator.is_fsdp2 else None
+    model = seen["model"]
+    state = accelerator.get_state_dict(model) if accelerator.is_fsdp2 else None
     if accelerator.is_main_process:
         if state is None:
-            state = accelerator.unwrap_model(summary["model"]).state_dict()
+            state = accelerator.unwrap_model(model).state_dict()
         torch.save({k: v.detach().cpu() for k, v in state.items()}, out / "weights.pt")
     (out / f"rank{accelerator.process_index}.json").write_text(json.dumps({
         "world": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
-        "losses": [row["loss"] for row in summary["steps"]],
-        "reverse_kl": [row.get("reverse_kl") for row in summary["steps"]],
-        "step_records": summary["step_records"],
-        "evals": summary["evals"],
-        "rounds": summary["rounds"],
-        "rows": summary["steps"],
+        "losses": [row["loss"] for row in summary.steps],
+        "reverse_kl": [row.get("reverse_kl") for row in summary.steps],
+        "step_records": seen["step_records"],
+        "evals": summary.evals,
+        "rounds": summary.rounds,
+        "rows": summary.steps,
         "opened_for_writing": sorted(set(opened)),
-        "student_sharded": is_fsdp_sharded(summary["model"]),
-        "teacher_sharded": summary["teacher_sharded"],
-        "trained_dtypes": sorted({str(p.dtype) for p in summary["model"].parameters() if p.requires_grad}),
+        "student_sharded": is_fsdp_sharded(model),
+        "teacher_sharded": is_fsdp_sharded(teacher),  # placed in place by the run
+        "trained_dtypes": sorted({str(p.dtype) for p in model.parameters() if p.requires_grad}),
     }, default=str) + "\n")
     accelerator.wait_for_everyone()
     return 0

@@ -17,18 +17,10 @@ from typing import Any, Callable
 import torch
 
 from opd_kernels import policy_gradient_loss, token_logprobs
-from videoopd.algo.objectives import (
-    REDUCTIONS,
-    GenerationContext,
-    MicroBatch,
-    answer_slice,
-    sample_rollout,
-    score_rollout,
-    scoring_inputs,
-)
+from videoopd.algo.objectives import (GenerationContext, MicroBatch, SampledObjective, answer_slice, score_rollout,
+                                     scoring_inputs)
 from videoopd.grounding.rewards import iou_reward, is_exact_format
 from videoopd.qwen.generation import Rollout
-from videoopd.qwen.models import lm_head_weight
 
 __all__ = ["ADVANTAGES", "GRPOObjective", "GroupedCollator", "group_advantages"]
 
@@ -63,7 +55,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, mode: str = "std", 
     return centred.reshape(-1)
 
 
-class GRPOObjective:
+class GRPOObjective(SampledObjective):
     """Group-relative policy optimisation on temporal-grounding rewards (see the module
     docstring). Batches come from a :class:`GroupedCollator`. ``reference``: the frozen
     reference policy (needed when ``beta > 0``)."""
@@ -76,28 +68,16 @@ class GRPOObjective:
                  max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto"):
         if advantage not in ADVANTAGES:
             raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        super().__init__(processor, reduction=reduction, temperature=temperature, top_p=top_p,
+                         max_new_tokens=max_new_tokens, seed=seed, vocab_size=vocab_size, backend=backend,
+                         num_generations=num_generations)
         if beta > 0 and reference is None:
             raise ValueError("beta > 0 needs a reference model")
-        self.processor = processor
-        self.num_generations = num_generations
         self.advantage = advantage
         self.clip_eps = clip_eps
         self.beta = beta
         self.reference = reference
         self.format_reward = format_reward
-        self.reduction = reduction
-        self.temperature = temperature
-        self.top_p = top_p
-        self.max_new_tokens = max_new_tokens
-        self.seed = seed
-        self.vocab_size = vocab_size
-        self.backend = backend
-
-    def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> tuple[dict[str, Any], Rollout, list[Any]]:
-        return sample_rollout(ctx, batch, self.processor, seed=self.seed, num_generations=self.num_generations,
-                              temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
 
     def score(self, ctx: GenerationContext, rolled: tuple[dict[str, Any], Rollout, list[Any]]) -> MicroBatch:
         inputs, rollout, records = rolled
@@ -110,14 +90,10 @@ class GRPOObjective:
         grouped = rewards.view(-1, self.num_generations)
         reference_view = None
         if self.beta > 0:
-            vocab = self.vocab_size if self.vocab_size is not None else lm_head_weight(ctx.model).shape[0]
             reference_view = score_rollout(self.reference, self.reference, inputs, rollout, objective="sampled",
-                                           temperature=self.temperature, vocab_size=vocab, device=ctx.device,
+                                           temperature=self.temperature, vocab_size=self.vocab(ctx), device=ctx.device,
                                            backend=self.backend)["teacher_logprobs"]
-        answer_mask = rollout.answer_mask[:, rollout.prompt_length:].to(ctx.device)
-        tokens = answer_mask.sum().double()
-        sequences = torch.tensor(float(answer_mask.shape[0]), dtype=torch.float64, device=ctx.device)
-        units = {"sequence_sum": sequences, "token_mean": tokens, "sum": None}[self.reduction]
+        tokens, sequences, units = self.units(ctx, rollout)
         sums = {"answer_tokens": tokens, "sequences": sequences,
                 "context_tokens": rollout.attention_mask.sum().double().to(ctx.device),
                 "reward_sum": rewards.sum(), "iou_sum": ious.sum(),

@@ -29,6 +29,7 @@ __all__ = [
     "GenerationContext",
     "MicroBatch",
     "Objective",
+    "SampledObjective",
     "SupervisedObjective",
     "answer_slice",
     "group_mean_baseline",
@@ -169,7 +170,42 @@ def group_mean_baseline(values: torch.Tensor, mask: torch.Tensor, group_size: in
     return means.repeat_interleave(group_size, dim=0)
 
 
-class DistillationObjective:
+class SampledObjective:
+    """What the objectives that sample answers share (:class:`DistillationObjective`,
+    :class:`videoopd.algo.grpo.GRPOObjective`): the sampling settings, ``rollout`` (the student
+    answers each row of a batch, :func:`sample_rollout`) and the step's units of a rollout per
+    ``reduction``. ``vocab_size``: the student's head rows a scoring model's log-probs are
+    taken over (None: the student's head's)."""
+
+    def __init__(self, processor: Any, *, reduction: str, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto",
+                 num_generations: int = 1):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {num_generations!r}")
+        self.processor, self.reduction, self.vocab_size, self.backend = processor, reduction, vocab_size, backend
+        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.seed, self.num_generations = seed, num_generations
+
+    def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> tuple[dict[str, Any], Rollout, list[Any]]:
+        return sample_rollout(ctx, batch, self.processor, seed=self.seed, num_generations=self.num_generations,
+                              temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
+
+    def vocab(self, ctx: GenerationContext) -> int:
+        """The vocabulary a scoring model's log-probs are taken over."""
+        return self.vocab_size if self.vocab_size is not None else lm_head_weight(ctx.model).shape[0]
+
+    def units(self, ctx: GenerationContext, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(answer tokens, sequences, the units per ``reduction``) of a rollout, 0-dim float64
+        tensors on the device (units None for "sum")."""
+        answer_mask = rollout.answer_mask[:, rollout.prompt_length:].to(ctx.device)
+        tokens = answer_mask.sum().double()
+        sequences = torch.tensor(float(answer_mask.shape[0]), dtype=torch.float64, device=ctx.device)
+        return tokens, sequences, {"sequence_sum": sequences, "token_mean": tokens, "sum": None}[self.reduction]
+
+
+class DistillationObjective(SampledObjective):
     """On-policy distillation: the student samples ``num_generations`` answers per prompt (1:
     the paper's), the frozen teacher scores them, the student minimises the reverse KL on its
     own tokens.
@@ -192,38 +228,20 @@ class DistillationObjective:
                  num_generations: int = 1, advantage_clip: float | None = None):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        super().__init__(processor, reduction=reduction, temperature=temperature, top_p=top_p,
+                         max_new_tokens=max_new_tokens, seed=seed, vocab_size=vocab_size, backend=backend,
+                         num_generations=num_generations)
         self.teacher = teacher
         self.teacher_wrapper = teacher_wrapper if teacher_wrapper is not None else teacher
-        self.processor = processor
         self.objective = objective
-        self.reduction = reduction
-        self.temperature = temperature
-        self.top_p = top_p
-        self.max_new_tokens = max_new_tokens
-        self.seed = seed
-        self.vocab_size = vocab_size
-        self.backend = backend
-        if num_generations < 1:
-            raise ValueError(f"num_generations must be >= 1, got {num_generations!r}")
-        self.num_generations = num_generations
         self.advantage_clip = advantage_clip
-
-    def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> tuple[dict[str, Any], Rollout, list[Any]]:
-        return sample_rollout(ctx, batch, self.processor, seed=self.seed, num_generations=self.num_generations,
-                              temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
 
     def score(self, ctx: GenerationContext, rolled: tuple[dict[str, Any], Rollout, list[Any]]) -> MicroBatch:
         inputs, rollout, records = rolled
-        vocab = self.vocab_size if self.vocab_size is not None else lm_head_weight(ctx.model).shape[0]
         teacher_view = score_rollout(self.teacher, self.teacher_wrapper, inputs, rollout, objective=self.objective,
-                                     temperature=self.temperature, vocab_size=vocab, device=ctx.device,
+                                     temperature=self.temperature, vocab_size=self.vocab(ctx), device=ctx.device,
                                      backend=self.backend)
-        answer_mask = rollout.answer_mask[:, rollout.prompt_length:].to(ctx.device)
-        tokens = answer_mask.sum().double()
-        sequences = torch.tensor(float(answer_mask.shape[0]), dtype=torch.float64, device=ctx.device)
-        units = {"sequence_sum": sequences, "token_mean": tokens, "sum": None}[self.reduction]
+        tokens, sequences, units = self.units(ctx, rollout)
         parsed = sum(parse_span(a) is not None for a in rollout.answers)
         return MicroBatch(
             student_inputs=scoring_inputs(inputs, rollout, ctx.device),

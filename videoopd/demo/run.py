@@ -106,12 +106,12 @@ def run_demo(cfg: Any) -> int:
                                 log=say)
     if not main:
         return 0
-    evals = summary["evals"]
-    t_eval = summary["teacher_eval"]
+    evals = summary.evals
+    t_eval = summary.teacher_eval
     s_before, s_after = evals.get(0), evals[max(evals)]
     curve_name, curve_key = (("reward (rollout IoU) per answer", "reward") if cfg.algo == "grpo"
                              else ("reverse KL(student || teacher) per answer token", "reverse_kl"))
-    rkl = [r[curve_key] for r in summary["steps"]]
+    rkl = [r[curve_key] for r in summary.steps]
     width = max(1, len(rkl) // 10)
     say(f"{curve_name}, mean over {width} steps:")
     for i in range(0, len(rkl), width):
@@ -123,17 +123,17 @@ def run_demo(cfg: Any) -> int:
         say(f"held-out mIoU: teacher {t_eval['mIoU']:.2f} | student before {s_before['mIoU']:.2f} "
             f"-> after {s_after['mIoU']:.2f}  (R1@0.5: teacher {t_eval['R1@0.5']:.2f} | student "
             f"{s_before['R1@0.5']:.2f} -> {s_after['R1@0.5']:.2f})")
-    if summary["rounds"]:
+    if summary.rounds:
         say("TVDF rounds (mIoU on the OPD pool; delta = teacher IoU - student IoU):")
         say("  round  step  dropped  selected  teacher/student pool  teacher/student selected")
-        for r in summary["rounds"]:
+        for r in summary.rounds:
             say(f"  {r['round']:>5}  {r['step']:>4}  {r['dropped_by_teacher']:>7}  {r['selected']:>8}  "
                 f"{r['teacher_mIoU_pool']:>8.2f} / {r['student_mIoU_pool']:<8.2f}  "
                 f"{r['teacher_mIoU_selected']:>9.2f} / {r['student_mIoU_selected']:.2f}")
     (out_dir / "demo_summary.json").write_text(json.dumps({
         "teacher": t_eval, "student_before": s_before, "student_after": s_after,
         "student_evals": evals, curve_key: rkl, "algo": cfg.algo, "processes": accelerator.num_processes,
-        "rounds": summary["rounds"],
+        "rounds": summary.rounds,
     }, indent=1) + "\n", encoding="utf-8")
     say(f"run folder: {out_dir} (config.yaml, metrics.jsonl, eval_*.json, demo_summary.json"
         + (", final/)" if cfg.save_final else ")"))

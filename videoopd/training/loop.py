@@ -1,8 +1,9 @@
 """The one training loop: OPD and SFT (any :class:`videoopd.algo.objectives.Objective`), on one
 process or many (accelerate: DDP, FSDP2).
 
-Read top to bottom: :func:`train` sets up (optimizer, schedule, engine, data), then each
-optimizer step runs :func:`optimizer_step`:
+Read :func:`train`: :func:`setup_run` prepares the run (LoRA, optimizer, schedule, engine,
+state, data, metrics log) as one :class:`PreparedRun`, then each optimizer step runs
+:func:`optimizer_step`:
 
 1. ``rollout``: for each of ``grad_accum`` micro-batches, the objective generates (OPD: the
    student samples one answer per prompt; SFT: nothing);
@@ -13,8 +14,10 @@ optimizer step runs :func:`optimizer_step`:
    synchronised on the last micro-batch only;
 4. ``optimizer``: clip, AdamW step, schedule step;
 
-then logs (one collective + one host sync), evaluates and saves. Only the main process
-writes files and shows progress; every process evaluates its share of the held-out set.
+then logs its row (:func:`step_row`; one collective + one host sync), evaluates and saves
+(:class:`PreparedRun`'s methods). :func:`train` returns the results, a :class:`TrainSummary`.
+Only the main process writes files and shows progress; every process evaluates its share of
+the held-out set.
 """
 from __future__ import annotations
 
@@ -40,7 +43,9 @@ from videoopd.training.metrics_log import MetricsLog
 from videoopd.training.precision import MasterWeights
 from videoopd.training.preemption import Preempted, StopSignals
 
-__all__ = ["DataStream", "PhaseTimer", "build_optimizer", "enable_fsdp_on_cpu", "evaluate_held_out", "lr_lambda", "make_accelerator", "save_model", "train"]
+__all__ = ["DataStream", "PhaseTimer", "PreparedRun", "TrainSummary", "build_optimizer", "enable_fsdp_on_cpu",
+           "evaluate_held_out", "lr_lambda", "make_accelerator", "optimizer_step", "save_model", "setup_run",
+           "step_row", "train"]
 
 
 def make_accelerator(cfg: RunOptions, mixed_precision: str | None = None) -> Any:
@@ -286,33 +291,166 @@ def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, object
     return sums, per_rank, timer, ids
 
 
-def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: Any, objective: Objective,
-          dataset: torch.utils.data.Dataset, collator: Callable[[list[Any]], dict[str, Any]],
-          eval_records: list[Any] | None = None, *, decode_config: Any = None, resume_from: Path | None = None,
-          curriculum: Any = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``model`` (prepared by ``videoopd.qwen.models.prepare_policy``, possibly a peft
-    LoRA model) with ``objective`` up to ``cfg.max_steps`` optimizer steps on
-    ``dataset``/``collator``; evaluate on ``eval_records`` every ``cfg.eval_every`` steps and at
-    the end; save per ``cfg``; continue from checkpoint ``resume_from`` (see
-    :func:`videoopd.training.checkpoint.prepare_run_folder`) when given. With a ``curriculum``
-    (:class:`videoopd.training.curriculum.TVDFCurriculum`; ``cfg.max_steps`` must be its
-    ``total_steps``) each round starts by selecting the samples of ``dataset`` it trains on.
+@dataclasses.dataclass
+class TrainSummary:
+    """What a run produced, results only: ``steps`` (the logged rows, earlier attempts' included
+    when resumed), ``evals`` ({step: held-out metrics}), ``best_mIoU`` and ``best_step`` (of the
+    evaluations, earlier attempts' included), ``rounds`` (the curriculum's round records),
+    ``checkpoint`` (the last one saved, or None) and ``stopped_by_time_budget`` (the step after
+    which the time budget stopped the run, or None)."""
 
-    On SIGTERM/SIGINT the current optimizer step finishes, a checkpoint is saved and
-    :class:`videoopd.training.preemption.Preempted` is raised.
+    steps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    evals: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
+    best_mIoU: float | None = None
+    best_step: int | None = None
+    rounds: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    checkpoint: Path | None = None
+    stopped_by_time_budget: int | None = None
 
-    Returns a summary: ``steps`` (the logged rows, earlier attempts' included when resumed),
-    ``evals`` ({step: metrics}), ``best_mIoU``, ``best_step``, ``checkpoint`` (the last one
-    saved, or None), ``model`` (the trained model, unwrapped: full parameters on one process or
-    DDP, the FSDP2 module under FSDP2) and ``accelerator``.
-    """
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as ``summary.json`` holds them (``stopped_by_time_budget`` only when set)."""
+        out = dataclasses.asdict(self)
+        if out["stopped_by_time_budget"] is None:
+            del out["stopped_by_time_budget"]
+        return out
+
+
+@dataclasses.dataclass
+class PreparedRun:
+    """A run ready to step (:func:`setup_run`): the engine's objects, the run's position
+    (``state``, saved in checkpoints), the data stream, the metrics log and progress bar of the
+    main process (None on the others) and the results so far (``summary``). ``model`` is the
+    trained model unwrapped (full parameters on one process or DDP, the FSDP2 module under
+    FSDP2), ``wrapper`` the engine's."""
+
+    cfg: RunOptions
+    accelerator: Any
+    wrapper: Any
+    model: Any
+    processor: Any
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    masters: MasterWeights | None
+    state: TrainerState
+    data: DataStream | None
+    metrics_log: MetricsLog | None
+    bar: Any
+    summary: TrainSummary
+    dataset: torch.utils.data.Dataset
+    collator: Callable[[list[Any]], dict[str, Any]]
+    eval_records: list[Any] | None
+    decode_config: Any
+    curriculum: Any
+    log: Callable[[str], None]
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def stream(self, samples: torch.utils.data.Dataset, epoch: int = 0, batches_in_epoch: int = 0) -> DataStream:
+        """Batches of ``samples`` in the run's shuffled, process-split order, from a position."""
+        cfg = self.cfg
+        loader = torch.utils.data.DataLoader(samples, batch_size=cfg.batch_size, shuffle=True, collate_fn=self.collator,
+                                             num_workers=cfg.num_workers,
+                                             generator=torch.Generator().manual_seed(cfg.seed))
+        return DataStream(self.accelerator, self.accelerator.prepare(loader), epoch, batches_in_epoch, log=self.log)
+
+    def starts_round(self, step: int) -> bool:
+        return self.curriculum is not None and (step - 1) % self.curriculum.steps_per_round == 0
+
+    def start_round(self, step: int) -> None:
+        """Select the curriculum round's samples (recorded, and logged by the main process) and
+        stream them from their start."""
+        indices, record = self.curriculum.select(self.curriculum.round_of(step), self.model, self.processor)
+        self.state.round_indices = indices
+        self.state.round_records.append({"step": step, **record})
+        if self.main:
+            self.metrics_log.write({"step": step, **{k: v for k, v in record.items() if not isinstance(v, list)}})
+            self.curriculum.write_rounds(Path(self.cfg.output_dir), self.state.round_records)
+        self.data = self.stream(torch.utils.data.Subset(self.dataset, indices))
+
+    def evaluation_due(self, step: int) -> bool:
+        cfg = self.cfg
+        return bool(self.eval_records) and (step == cfg.max_steps
+                                            or (cfg.eval_every > 0 and step % cfg.eval_every == 0))
+
+    def evaluate_on_entry(self) -> None:
+        """Before the first step: the evaluation before training (``eval_before``), or on resuming
+        the evaluation a stop skipped."""
+        step = self.state.step
+        if self.eval_records and self.cfg.eval_before and step == 0:
+            self.evaluate(0)
+        elif step and self.evaluation_due(step) and self.state.last_eval_step != step:
+            self.evaluate(step)
+
+    def evaluate(self, step: int) -> None:
+        """Evaluate on the held-out records (every process its share), keep the best (saved to
+        ``best/`` with ``save_best``), log the metrics."""
+        cfg, state, summary = self.cfg, self.state, self.summary
+        m = evaluate_held_out(cfg, self.accelerator, self.model, self.processor, self.eval_records,
+                              self.decode_config, f"step{step}")
+        summary.evals[step] = m
+        state.last_eval_step = step
+        improved = state.best_mIoU is None or m["mIoU"] > state.best_mIoU
+        if improved:
+            state.best_mIoU, state.best_step = m["mIoU"], step
+            summary.best_mIoU, summary.best_step = m["mIoU"], step
+            if cfg.save_best:
+                save_model(self.accelerator, self.wrapper, self.processor, Path(cfg.output_dir) / "best",
+                           merge_lora=cfg.merge_lora)
+        if self.main:
+            self.metrics_log.write({"step": step, **{f"eval/{k}": v for k, v in m.items()}})
+            self.log(f"[eval step {step}] held-out mIoU {m['mIoU']:.2f}  R1@0.5 {m['R1@0.5']:.2f}  "
+                     f"R1@0.7 {m['R1@0.7']:.2f}" + ("  (best so far)" if improved else ""))
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Keep a step's row; the main process writes it to ``metrics.jsonl`` and shows it."""
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"step {row['step']}: non-finite loss {row['loss']}")
+        self.summary.steps.append(row)
+        if not self.main:
+            return
+        self.metrics_log.write(row)
+        # say what each number is per: the loss is normalised by the step's units, KL per token
+        per = {"sequence_sum": "/seq", "token_mean": "/token"}.get(getattr(self.objective, "reduction", ""), "")
+        labels = {"loss": f"loss{per}", "reverse_kl": "rkl/token", "reward": "reward/answer"}
+        self.bar.set_postfix({label: f"{row[k]:.4f}" for k, label in labels.items() if k in row}
+                             | {"tok_s": f"{row['tokens_per_s']:.0f}"})
+        self.bar.update(1)
+        step = row["step"]
+        if not self.cfg.progress and (step == 1 or step % 10 == 0 or step == self.cfg.max_steps):
+            self.log(f"step {step}: loss {row['loss']:.4f}"
+                     + (f"  reverse KL {row['reverse_kl']:.4f}" if "reverse_kl" in row else "")
+                     + f"  {row['tokens_per_s']:.0f} tok/s  {row['step_time_s']:.1f}s")
+
+    def save_checkpoint(self) -> None:
+        self.summary.checkpoint = save_checkpoint(self.accelerator, self.state, Path(self.cfg.output_dir),
+                                                  self.cfg.keep_checkpoints)
+
+    def save_final(self) -> None:
+        save_model(self.accelerator, self.wrapper, self.processor, Path(self.cfg.output_dir) / "final",
+                   merge_lora=self.cfg.merge_lora)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.metrics_log is not None:
+            self.metrics_log.close()
+
+
+def setup_run(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: Any, objective: Objective,
+              dataset: torch.utils.data.Dataset, collator: Callable[[list[Any]], dict[str, Any]],
+              eval_records: list[Any] | None = None, *, decode_config: Any = None, resume_from: Path | None = None,
+              curriculum: Any = None, log: Callable[[str], None] = print) -> PreparedRun:
+    """Everything :func:`train` steps with (its arguments are :func:`train`'s): the seed, LoRA
+    (``cfg.lora_r``), the optimizer over fp32 masters or the parameters, the engine's prepared
+    model, optimizer and schedule, the run's state (from ``resume_from`` when given), the data
+    (none yet when a curriculum round is to select it), the metrics log (with the rows of the
+    attempts before a resume) and the progress bar."""
     from tqdm.auto import tqdm
 
     from accelerate.utils import set_seed
 
-    out_dir = Path(cfg.output_dir)
-    main = accelerator.is_main_process
-    world = accelerator.num_processes
     set_seed(cfg.seed)
     if accelerator.device.type == "cuda":  # this run's peak, not an earlier one's in the same process
         torch.cuda.reset_peak_memory_stats(accelerator.device)
@@ -323,22 +461,13 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
         except ValueError as exc:
             raise ConfigError(f"--lora-targets: {exc}") from None
     signature = model_signature(model)  # of the model as built, before the engine wraps it
-    fsdp = is_fsdp2(accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    masters = None if fsdp else MasterWeights.for_config(trainable, cfg.master_weights)
+    masters = None if is_fsdp2(accelerator) else MasterWeights.for_config(trainable, cfg.master_weights)
     optimizer = build_optimizer(model, cfg, masters)
     if curriculum is not None and cfg.max_steps != curriculum.total_steps:
         raise ConfigError(f"max_steps {cfg.max_steps} differs from the curriculum's {curriculum.total_steps} steps")
-
-    def prepared_loader(samples: torch.utils.data.Dataset) -> Any:
-        loader = torch.utils.data.DataLoader(samples, batch_size=cfg.batch_size, shuffle=True, collate_fn=collator,
-                                             num_workers=cfg.num_workers,
-                                             generator=torch.Generator().manual_seed(cfg.seed))
-        return accelerator.prepare(loader)
-
     model.train()
     wrapper, optimizer = accelerator.prepare(model, optimizer)
-    model = accelerator.unwrap_model(wrapper)
     # After prepare: under FSDP2 the optimizer now holds the sharded parameters.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     accelerator.register_for_checkpointing(scheduler)
@@ -347,121 +476,111 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
     if decode_config is not None:  # saved with the model: eval and sft then sample frames alike
         record_preprocessing(processor, decode_config)
     install_model_hooks(accelerator, processor)
-    state = TrainerState(processes=world, model_signature=signature, config=dataclasses.asdict(cfg))
+    state = TrainerState(processes=accelerator.num_processes, model_signature=signature,
+                         config=dataclasses.asdict(cfg))
     if resume_from is not None:
         saved = load_checkpoint(accelerator, resume_from, signature)
-        state = dataclasses.replace(saved, processes=world, model_signature=signature, config=state.config)
+        state = dataclasses.replace(saved, processes=state.processes, model_signature=signature, config=state.config)
         log(f"resumed from {resume_from} at step {state.step}")
-    data = None
-    if curriculum is None or state.round_indices is not None:
-        samples = dataset if curriculum is None else torch.utils.data.Subset(dataset, state.round_indices)
-        data = DataStream(accelerator, prepared_loader(samples), state.epoch, state.batches_in_epoch, log=log)
-    metrics_log = (MetricsLog(out_dir, resume_step=state.step if resume_from is not None else None,
+    main = accelerator.is_main_process
+    metrics_log = (MetricsLog(Path(cfg.output_dir), resume_step=state.step if resume_from is not None else None,
                               accelerator=accelerator, config=dataclasses.asdict(cfg)) if main else None)
-    summary: dict[str, Any] = {"steps": [], "evals": {}, "best_mIoU": state.best_mIoU, "best_step": state.best_step,
-                               "rounds": state.round_records, "checkpoint": None, "step_records": [],
-                               "accelerator": accelerator}
+    summary = TrainSummary(best_mIoU=state.best_mIoU, best_step=state.best_step, rounds=state.round_records)
     for row in metrics_log.kept if metrics_log is not None else []:
         if any(k.startswith("eval/") for k in row):
-            summary["evals"][row["step"]] = {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
+            summary.evals[row["step"]] = {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
         elif "loss" in row:
-            summary["steps"].append(row)
+            summary.steps.append(row)
+    run = PreparedRun(cfg=cfg, accelerator=accelerator, wrapper=wrapper, model=accelerator.unwrap_model(wrapper),
+                      processor=processor, objective=objective, optimizer=optimizer, scheduler=scheduler,
+                      masters=masters, state=state, data=None, metrics_log=metrics_log, bar=None, summary=summary,
+                      dataset=dataset, collator=collator, eval_records=eval_records, decode_config=decode_config,
+                      curriculum=curriculum, log=log)
+    if curriculum is None or state.round_indices is not None:
+        samples = dataset if curriculum is None else torch.utils.data.Subset(dataset, state.round_indices)
+        run.data = run.stream(samples, state.epoch, state.batches_in_epoch)
+    run.bar = tqdm(total=cfg.max_steps, initial=state.step, desc=objective.name, unit="step",
+                   disable=not (cfg.progress and main), dynamic_ncols=True)
+    return run
 
-    def start_round(step: int) -> DataStream:
-        indices, record = curriculum.select(curriculum.round_of(step), model, processor)
-        state.round_indices = indices
-        state.round_records.append({"step": step, **record})
-        if main:
-            metrics_log.write({"step": step, **{k: v for k, v in record.items() if not isinstance(v, list)}})
-            curriculum.write_rounds(out_dir, state.round_records)
-        return DataStream(accelerator, prepared_loader(torch.utils.data.Subset(dataset, indices)), log=log)
 
-    def run_evaluation(step: int) -> None:
-        m = evaluate_held_out(cfg, accelerator, model, processor, eval_records, decode_config, f"step{step}")
-        summary["evals"][step] = m
-        state.last_eval_step = step
-        improved = state.best_mIoU is None or m["mIoU"] > state.best_mIoU
-        if improved:
-            state.best_mIoU, state.best_step = m["mIoU"], step
-            summary["best_mIoU"], summary["best_step"] = m["mIoU"], step
-            if cfg.save_best:
-                save_model(accelerator, wrapper, processor, out_dir / "best", merge_lora=cfg.merge_lora)
-        if main:
-            metrics_log.write({"step": step, **{f"eval/{k}": v for k, v in m.items()}})
-            log(f"[eval step {step}] held-out mIoU {m['mIoU']:.2f}  R1@0.5 {m['R1@0.5']:.2f}  R1@0.7 {m['R1@0.7']:.2f}"
-                + ("  (best so far)" if improved else ""))
+def step_row(step: int, objective: Objective, summed: dict[str, float], ranks: dict[str, list[float]],
+             timer: PhaseTimer, *, lr: float, step_time: float, processes: int, time_s: float,
+             train_time: float) -> dict[str, Any]:
+    """A step's row of ``metrics.jsonl`` from its reduced metrics (:func:`reduce_step_metrics`)."""
+    return {"step": step, "loss": summed["loss"], **objective.summarize(summed),
+            "lr": lr, "grad_norm": ranks["grad_norm"][0] if "grad_norm" in ranks else None,
+            "tokens_per_s": summed.get("context_tokens", 0.0) / step_time,
+            "step_time_s": step_time,
+            **{f"time/{k}_s": v for k, v in timer.seconds().items()},
+            "peak_mem_mb": max(ranks["peak_mem_mb"]),
+            "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
+            "skipped_videos": int(sum(ranks["skipped_videos"])),
+            "processes": processes, "time_s": time_s,
+            "train_time_s": train_time}
 
-    def evaluation_due(step: int) -> bool:
-        return bool(eval_records) and (step == cfg.max_steps or (cfg.eval_every > 0 and step % cfg.eval_every == 0))
 
-    # say what each number is per: the loss is normalised by the step's units, KL per token
-    per = {"sequence_sum": "/seq", "token_mean": "/token"}.get(getattr(objective, "reduction", ""), "")
-    postfix_labels = {"loss": f"loss{per}", "reverse_kl": "rkl/token", "reward": "reward/answer"}
-    bar = tqdm(total=cfg.max_steps, initial=state.step, desc=objective.name, unit="step",
-               disable=not (cfg.progress and main), dynamic_ncols=True)
-    start = time.perf_counter()
-    train_time = state.train_time_s
+def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: Any, objective: Objective,
+          dataset: torch.utils.data.Dataset, collator: Callable[[list[Any]], dict[str, Any]],
+          eval_records: list[Any] | None = None, *, decode_config: Any = None, resume_from: Path | None = None,
+          curriculum: Any = None, log: Callable[[str], None] = print,
+          on_step: Callable[[PreparedRun, dict[str, Any], list[str]], None] | None = None) -> TrainSummary:
+    """Train ``model`` (prepared by ``videoopd.qwen.models.prepare_policy``, possibly a peft
+    LoRA model) with ``objective`` up to ``cfg.max_steps`` optimizer steps on
+    ``dataset``/``collator``; evaluate on ``eval_records`` every ``cfg.eval_every`` steps and at
+    the end; save per ``cfg``; continue from checkpoint ``resume_from`` (see
+    :func:`videoopd.training.checkpoint.prepare_run_folder`) when given. With a ``curriculum``
+    (:class:`videoopd.training.curriculum.TVDFCurriculum`; ``cfg.max_steps`` must be its
+    ``total_steps``) each round starts by selecting the samples of ``dataset`` it trains on.
+    ``on_step(run, row, record_ids)``, when given, is called on every process after each
+    logged step with the :class:`PreparedRun` (its model, engine, ...), the step's row and the
+    ids of the records this process drew for it.
+
+    On SIGTERM/SIGINT the current optimizer step finishes, a checkpoint is saved and
+    :class:`videoopd.training.preemption.Preempted` is raised. Returns the run's results.
+    """
+    run = setup_run(cfg, accelerator, model, processor, objective, dataset, collator, eval_records,
+                    decode_config=decode_config, resume_from=resume_from, curriculum=curriculum, log=log)
+    state, start = run.state, time.perf_counter()
     try:
-        with StopSignals(announce=main) as stop:
-            if eval_records and cfg.eval_before and state.step == 0:
-                run_evaluation(0)
-            elif state.step and evaluation_due(state.step) and state.last_eval_step != state.step:
-                run_evaluation(state.step)  # the evaluation a stop skipped
+        with StopSignals(announce=run.main) as stop:
+            run.evaluate_on_entry()
             for step in range(state.step + 1, cfg.max_steps + 1):
-                if curriculum is not None and (step - 1) % curriculum.steps_per_round == 0:
-                    data = start_round(step)
+                if run.starts_round(step):
+                    run.start_round(step)
                 t0 = time.perf_counter()
-                lr = scheduler.get_last_lr()[0]
-                sums, per_rank, timer, ids = optimizer_step(step, accelerator, wrapper, model, objective, data,
-                                                            optimizer, scheduler, masters, cfg)
+                lr = run.scheduler.get_last_lr()[0]
+                sums, per_rank, timer, ids = optimizer_step(step, accelerator, run.wrapper, run.model, objective,
+                                                            run.data, run.optimizer, run.scheduler, run.masters, cfg)
                 per_rank["stop_signal"] = float(stop.signum or 0)
-                per_rank["skipped_videos"] = float(len(data.failed))
-                per_rank["train_time_s"] = train_time + (time.perf_counter() - t0)
+                per_rank["skipped_videos"] = float(len(run.data.failed))
+                per_rank["train_time_s"] = state.train_time_s + (time.perf_counter() - t0)
                 summed, ranks = reduce_step_metrics(accelerator, sums, per_rank)  # the step's one host sync
                 elapsed = time.perf_counter() - t0
-                train_time = max(ranks["train_time_s"])  # the same on every process: the budget stops them together
-                state.step, state.epoch, state.batches_in_epoch = step, data.epoch, data.batches_in_epoch
-                state.train_time_s = train_time
-                out_of_time = bool(cfg.time_budget_s) and train_time >= cfg.time_budget_s and step < cfg.max_steps
-                row: dict[str, Any] = {"step": step, "loss": summed["loss"], **objective.summarize(summed),
-                                       "lr": lr, "grad_norm": ranks["grad_norm"][0] if "grad_norm" in ranks else None,
-                                       "tokens_per_s": summed.get("context_tokens", 0.0) / elapsed,
-                                       "step_time_s": elapsed,
-                                       **{f"time/{k}_s": v for k, v in timer.seconds().items()},
-                                       "peak_mem_mb": max(ranks["peak_mem_mb"]),
-                                       "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
-                                       "skipped_videos": int(sum(ranks["skipped_videos"])),
-                                       "processes": world, "time_s": time.perf_counter() - start,
-                                       "train_time_s": train_time}
-                if not math.isfinite(row["loss"]):
-                    raise FloatingPointError(f"step {step}: non-finite loss {row['loss']}")
-                summary["steps"].append(row)
-                summary["step_records"].append(ids)
-                if main:
-                    metrics_log.write(row)
-                    bar.set_postfix({label: f"{row[k]:.4f}" for k, label in postfix_labels.items() if k in row}
-                                    | {"tok_s": f"{row['tokens_per_s']:.0f}"})
-                    bar.update(1)
-                    if not cfg.progress and (step == 1 or step % 10 == 0 or step == cfg.max_steps):
-                        log(f"step {step}: loss {row['loss']:.4f}" + (f"  reverse KL {row['reverse_kl']:.4f}"
-                                                                      if "reverse_kl" in row else "")
-                            + f"  {row['tokens_per_s']:.0f} tok/s  {elapsed:.1f}s")
+                # the same on every process: the budget stops them together
+                state.step, state.epoch, state.batches_in_epoch = step, run.data.epoch, run.data.batches_in_epoch
+                state.train_time_s = max(ranks["train_time_s"])
+                out_of_time = (bool(cfg.time_budget_s) and state.train_time_s >= cfg.time_budget_s
+                               and step < cfg.max_steps)
+                row = step_row(step, objective, summed, ranks, timer, lr=lr, step_time=elapsed,
+                               processes=accelerator.num_processes, time_s=time.perf_counter() - start,
+                               train_time=state.train_time_s)
+                run.record(row)
+                if on_step is not None:
+                    on_step(run, row, ids)
                 signum = int(max(ranks["stop_signal"]))  # every process agrees, through the gather
-                if (evaluation_due(step) or (out_of_time and eval_records)) and not signum:
-                    run_evaluation(step)
+                if (run.evaluation_due(step) or (out_of_time and eval_records)) and not signum:
+                    run.evaluate(step)
                 if signum or (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps or out_of_time)):
-                    summary["checkpoint"] = save_checkpoint(accelerator, state, out_dir, cfg.keep_checkpoints)
+                    run.save_checkpoint()
                 if signum:
-                    raise Preempted(signum, step, summary["checkpoint"])
+                    raise Preempted(signum, step, run.summary.checkpoint)
                 if out_of_time:
                     log(f"time budget of {cfg.time_budget_s:g} s of training reached after step {step}")
-                    summary["stopped_by_time_budget"] = step
+                    run.summary.stopped_by_time_budget = step
                     break
     finally:
-        bar.close()
-        if metrics_log is not None:
-            metrics_log.close()
+        run.close()
     if cfg.save_final:
-        save_model(accelerator, wrapper, processor, out_dir / "final", merge_lora=cfg.merge_lora)
-    summary["model"] = model
-    return summary
+        run.save_final()
+    return run.summary

@@ -5,6 +5,7 @@ objective, evaluation after. ``python -m videoopd.train``, ``videoopd.compare`` 
 run it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -14,14 +15,23 @@ from videoopd.algo.objectives import DistillationObjective
 from videoopd.data.datasets import GroundingVideoDataset
 from videoopd.qwen.collators import GroundingCollator
 from videoopd.data.video import DecodeConfig
-from videoopd.qwen.models import is_fsdp_sharded, lm_head_weight
+from videoopd.qwen.models import lm_head_weight
 from videoopd.training.checkpoint import prepare_run_folder
 from videoopd.training.config import ConfigError, save_config
 from videoopd.training.curriculum import TVDFCurriculum, one_pass_steps
 from videoopd.training.distributed import place_teacher
-from videoopd.training.loop import evaluate_held_out, train
+from videoopd.training.loop import PreparedRun, TrainSummary, evaluate_held_out, train
 
-__all__ = ["ALGORITHMS", "default_num_generations", "default_reduction", "run_post_training"]
+__all__ = ["ALGORITHMS", "PostTrainingSummary", "default_num_generations", "default_reduction", "run_post_training"]
+
+
+@dataclasses.dataclass
+class PostTrainingSummary(TrainSummary):
+    """The loop's :class:`videoopd.training.loop.TrainSummary` and ``teacher_eval``: the
+    teacher's held-out metrics (``cfg.eval_teacher``), or None."""
+
+    teacher_eval: dict[str, float] | None = None
+
 
 ALGORITHMS = ("opd", "grpo")
 
@@ -40,15 +50,17 @@ def default_num_generations(algo: str) -> int:
 def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, processor: Any,
                       train_records: list[Any], eval_records: list[Any] | None, *, teacher_processor: Any = None,
                       reference: Any = None, decode_config: Any = None,
-                      log: Callable[[str], None] = print) -> dict[str, Any]:
+                      log: Callable[[str], None] = print,
+                      on_step: Callable[[PreparedRun, dict[str, Any], list[str]], None] | None = None
+                      ) -> PostTrainingSummary:
     """Place the teacher, evaluate it (``cfg.eval_teacher``), train with the algorithm's
     objective (:class:`DistillationObjective` or :class:`GRPOObjective`; the loop evaluates
     the student before, during and after), report. ``cfg``: ``videoopd.train.TrainConfig``.
     ``teacher``: needed by OPD, and by GRPO only for ``eval_teacher`` or the curriculum (else
-    None); ``reference``: GRPO's frozen reference policy when ``cfg.beta > 0``.
+    None); ``reference``: GRPO's frozen reference policy when ``cfg.beta > 0``; ``on_step``:
+    passed to :func:`videoopd.training.loop.train`.
 
-    Returns the loop's summary with ``teacher_eval`` (held-out metrics, or None) and
-    ``teacher_sharded`` (whether FSDP2 sharded the teacher).
+    Returns the loop's summary with ``teacher_eval``.
     Raises ConfigError for a teacher placement the launch cannot give or a run folder /
     checkpoint that does not fit the config (:func:`videoopd.training.checkpoint.prepare_run_folder`);
     :class:`videoopd.training.preemption.Preempted` when a signal stopped the run.
@@ -112,11 +124,10 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
     if main_process:
         say(f"config: {save_config(cfg, out_dir)}")
     summary = train(cfg, accelerator, student, processor, objective, dataset, collator, eval_records,
-                    decode_config=decode_config, resume_from=resume_from, curriculum=curriculum, log=say)
-    summary["teacher_eval"] = teacher_eval
-    summary["teacher_sharded"] = teacher is not None and is_fsdp_sharded(teacher)
-    if eval_records and summary["evals"]:
-        say(f"student held-out mIoU after: {summary['evals'][max(summary['evals'])]['mIoU']:.2f}")
+                    decode_config=decode_config, resume_from=resume_from, curriculum=curriculum, log=say,
+                    on_step=on_step)
+    if eval_records and summary.evals:
+        say(f"student held-out mIoU after: {summary.evals[max(summary.evals)]['mIoU']:.2f}")
     if cfg.save_final:
         say(f"saved {out_dir / 'final'}")
-    return summary
+    return PostTrainingSummary(**vars(summary), teacher_eval=teacher_eval)
