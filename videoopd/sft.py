@@ -14,7 +14,6 @@ The best held-out checkpoint (by mIoU) is kept in ``OUTPUT_DIR/best``, the last 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -121,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from videoopd.qwen.processing import record_preprocessing
     from videoopd.training.checkpoint import prepare_run_folder
     from videoopd.training.loop import train
+    from videoopd.training.metrics_log import write_run_report
     from videoopd.training.preemption import Preempted
 
     out_dir = Path(cfg.output_dir)
@@ -156,8 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.save_final:
         say(f"final model -> {out_dir / 'final'}")
     if accelerator.is_main_process:
-        (out_dir / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str) + "\n",
-                                              encoding="utf-8")
+        say(f"run report: {', '.join(str(p) for p in write_run_report(out_dir, summary))}")
     return 0
 
 

@@ -197,6 +197,11 @@ def test_demo_smoke(capsys, tmp_path, monkeypatch):
     run = subprocess.run([sys.executable, *command[1:], "--no-progress", "--num-workers", "0"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+    # the run's report: summary.json (every step row, the evaluations) and its curves
+    report = json.loads((out / "summary.json").read_text())
+    assert [r["step"] for r in report["steps"]] == [1, 2] and set(report["evals"]) == {"0", "1", "2"}
+    assert report["teacher_eval"]["mIoU"] == summary["teacher"]["mIoU"]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the same command again does not replace the finished run
     kept = sorted(p.name for p in out.iterdir())
     assert T.main(["--output-dir", "runs/demo", "--max-steps", "2", "--demo-videos", "4", "--no-progress"]) == 2

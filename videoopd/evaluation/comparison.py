@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["RunCurve", "comparison_table", "plot_curves", "read_run", "write_comparison"]
+__all__ = ["RunCurve", "comparison_table", "plot_curves", "plot_run", "read_run", "write_comparison"]
 
 
 @dataclass
@@ -97,6 +97,43 @@ def plot_curves(curves: Sequence[RunCurve], path: str | Path) -> None:
         ax.set_ylabel("held-out mIoU")
         ax.grid(alpha=0.3)
     axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# The training curve a run's plot shows beside its held-out mIoU: the first of these its rows carry.
+TRAINING_CURVES = (("reverse_kl", "reverse KL per answer token"), ("reward", "reward per answer"),
+                   ("loss", "loss"))
+
+
+def plot_run(folder: str | Path, path: str | Path) -> None:
+    """A PNG of one run (``folder``'s ``metrics.jsonl``): its training curve (reverse KL for OPD,
+    the reward for GRPO, else the loss) and its held-out mIoU against optimizer steps, the
+    teacher's as a horizontal line (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    steps = [r for r in rows if "loss" in r]
+    key, label = next(((k, name) for k, name in TRAINING_CURVES if any(k in r for r in steps)), TRAINING_CURVES[-1])
+    curve = read_run(folder.name, folder)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot([r["step"] for r in steps if key in r], [r[key] for r in steps if key in r])
+    left.set_xlabel("optimizer steps")
+    left.set_ylabel(label)
+    right.plot([e["step"] for e in curve.evals], [e["mIoU"] for e in curve.evals], marker="o", label="student")
+    if curve.teacher_mIoU is not None:
+        right.axhline(curve.teacher_mIoU, color="gray", linestyle="--", label="teacher")
+    right.set_xlabel("optimizer steps")
+    right.set_ylabel("held-out mIoU")
+    right.legend()
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

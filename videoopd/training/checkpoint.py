@@ -42,8 +42,8 @@ MODEL_FOLDER = "model"
 _STEP_NAME = re.compile(r"^step-(\d+)$")
 
 # A command above the loop that writes more names them (prepare_run_folder's extra_artifacts).
-RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "rounds.jsonl", "summary.json", "final", "best", "checkpoints",
-                 "curriculum", "tensorboard")
+RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "rounds.jsonl", "summary.json", "curves.png", "final", "best",
+                 "checkpoints", "curriculum", "tensorboard")
 
 
 @dataclass

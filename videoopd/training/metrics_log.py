@@ -1,4 +1,5 @@
-"""The run's metrics: ``metrics.jsonl``, and the trackers of ``--report-to``."""
+"""The run's metrics: ``metrics.jsonl``, the trackers of ``--report-to``, and the report at the
+end (``summary.json``, ``curves.png``)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog"]
+__all__ = ["MetricsLog", "write_run_report"]
 
 
 class MetricsLog:
@@ -57,3 +58,19 @@ class MetricsLog:
         self.handle.close()
         if self.accelerator is not None:
             self.accelerator.end_training()
+
+
+def write_run_report(out_dir: Path, summary: Any) -> list[Path]:
+    """Write ``out_dir/summary.json`` (``summary.as_dict()``: every step row, the evaluations,
+    the best, the rounds, the last checkpoint, ...) and, with matplotlib installed, the run's
+    curves as ``out_dir/curves.png``; returns the files written. The main process calls it."""
+    from videoopd.evaluation.comparison import plot_run
+
+    written = [out_dir / "summary.json"]
+    written[0].write_text(json.dumps(summary.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+    try:
+        plot_run(out_dir, out_dir / "curves.png")
+        written.append(out_dir / "curves.png")
+    except ImportError:  # matplotlib is not installed: summary.json and metrics.jsonl still stand
+        pass
+    return written

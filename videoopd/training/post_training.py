@@ -21,6 +21,7 @@ from videoopd.training.config import ConfigError, save_config
 from videoopd.training.curriculum import TVDFCurriculum, one_pass_steps
 from videoopd.training.distributed import place_teacher
 from videoopd.training.loop import PreparedRun, TrainSummary, evaluate_held_out, train
+from videoopd.training.metrics_log import write_run_report
 
 __all__ = ["ALGORITHMS", "PostTrainingSummary", "default_num_generations", "default_reduction", "run_post_training"]
 
@@ -130,4 +131,7 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
         say(f"student held-out mIoU after: {summary.evals[max(summary.evals)]['mIoU']:.2f}")
     if cfg.save_final:
         say(f"saved {out_dir / 'final'}")
-    return PostTrainingSummary(**vars(summary), teacher_eval=teacher_eval)
+    result = PostTrainingSummary(**vars(summary), teacher_eval=teacher_eval)
+    if main_process:
+        say(f"run report: {', '.join(str(p) for p in write_run_report(out_dir, result))}")
+    return result
