@@ -27,7 +27,7 @@ def test_default_chunk_rule(vocab, dim, buffers, want):
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_default_chunk_keeps_under_the_tracker_limit(reduction):
-    # tests/test_reverse_kl_memory.py's shapes, but with the default chunk size (C = D_s = 32).
+    # tests/opd_kernels/test_reverse_kl_memory.py's shapes, but with the default chunk size (C = D_s = 32).
     n, vocab = 1024, 32003
     h_s, W_s, h_t, W_t = make_rkl_inputs(n, vocab, 32, 48, dtype=torch.bfloat16)
     mask = torch.rand(n, generator=torch.Generator().manual_seed(0)) < 0.7
