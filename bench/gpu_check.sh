@@ -7,7 +7,7 @@
 # Parts, each under `timeout` with its own budget (seconds, overridable by the variables named),
 # all inside GPU_CHECK_TOTAL_S (default 540): a part that hangs is killed and the next one runs.
 #   env        nvidia-smi, versions; installs .whl/*.whl (pure-Python peers) if the folder exists
-#   tests      the kernel tests on CUDA, compiled Triton (tests/ without tests/videoopd)   GPU_CHECK_TESTS_S=140
+#   tests      the kernel tests on CUDA, compiled Triton (tests/opd_kernels)   GPU_CHECK_TESTS_S=140
 #   bench-*    pytest bench/ on grid gpu-check: N 4,096 and 16,384, V 151,936, D_s 4,096,
 #              D_t 8,192, bf16; one pytest run per op, results merged  GPU_CHECK_BENCH_S=110,100,80
 #   opd-step   one OPD training step, Qwen3-VL 8B/32B-class widths, ~16k-token video        GPU_CHECK_STEP_S=120
@@ -94,8 +94,8 @@ BENCH=("$PY" -m pytest -q -p no:cacheprovider --bench-results-dir "$OUT")
 if (( DRY )); then
   # CPU: the ops wrapped as on CUDA (OPD_TEST_DEVICE=cpu-copy), a few tests; the smoke grid.
   part tests 150 "$OUT/kernel_tests.log" env OPD_TEST_DEVICE=cpu-copy "$PY" -m pytest -q -p no:cacheprovider -rfE \
-    tests/test_test_device.py tests/test_reverse_kl.py tests/test_token_logprobs.py tests/test_empty_inputs.py \
-    tests/test_reverse_kl_memory.py -k "torch or empty or test_test_device"
+    tests/opd_kernels/test_test_device.py tests/opd_kernels/test_reverse_kl.py tests/opd_kernels/test_token_logprobs.py \
+    tests/opd_kernels/test_empty_inputs.py tests/opd_kernels/test_reverse_kl_memory.py -k "torch or empty or test_test_device"
   SHAPES=(--bench-shapes smoke --bench-seconds 0.02 --bench-providers ours-torch,ours-torch-compiled,ours-triton-chunked,matmul-floor,naive,liger-fused-linear-kldiv)
   part bench-rkl-full 90 "$LOG" "${BENCH[@]}" bench/test_reverse_kl.py "${SHAPES[@]}" --bench-ops fused_reverse_kl-full
   part bench-logprobs 60 "$LOG" "${BENCH[@]}" bench/test_token_logprobs.py "${SHAPES[@]}"
@@ -105,7 +105,7 @@ if (( DRY )); then
   part timeout-selftest 2 "$LOG" sleep 30  # must read "timed out": the budget machinery works
 else
   part tests "$TESTS_S" "$OUT/kernel_tests.log" "$PY" -m pytest -q -p no:cacheprovider -rfE --durations=15 \
-    tests/ --ignore=tests/videoopd
+    tests/opd_kernels
   SHAPES=(--bench-shapes gpu-check --bench-seconds 0.5)
   part bench-rkl-full "$BENCH_RKL_S" "$LOG" "${BENCH[@]}" bench/test_reverse_kl.py "${SHAPES[@]}" \
     --bench-ops fused_reverse_kl-full --bench-providers \

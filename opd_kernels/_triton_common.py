@@ -84,8 +84,6 @@ def scatter_logit_grads(
     D,
     stride_h,
     stride_w,
-    BLOCK_N: tl.constexpr,
-    BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
     COMPUTE_DH: tl.constexpr,
     COMPUTE_DW: tl.constexpr,

@@ -1,10 +1,16 @@
-"""Argument checks shared by every op: clear errors that name the argument and the shapes seen."""
+"""Argument checks shared by every op: clear errors that name the argument and the shapes seen.
+
+Also the one place where the ops' option vocabularies are declared: backends, schedules,
+reductions (:data:`Reduction` / :data:`REDUCTIONS`, shared by every op) and :data:`MAX_TOPK`.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import sys
+import warnings
+from typing import Literal
 
 import torch
 
@@ -12,6 +18,21 @@ SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 TRITON_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 BACKENDS = ("auto", "triton", "torch")
 SCHEDULES = ("auto", "chunked", "fused")
+
+Reduction = Literal["mean", "sum", "sequence_sum", "none"]
+#: How every op (fused_reverse_kl, policy_gradient_loss, sampled_reverse_kl_loss) reduces its
+#: per-token values, PyTorch's / Liger's names plus one sequence-level mode:
+#: "mean" over the selected tokens (0 when none; PyTorch's mean over non-ignored targets),
+#: "sum" over the selected tokens, "sequence_sum" (sum over each sequence's selected tokens,
+#: the last leading dim, then mean over the sequences; verl's "seq-mean-token-sum", the
+#: Video-OPD paper's), "none" (per-token values in the leading shape, 0 where not selected).
+REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum", "sequence_sum", "none")
+#: Old names still accepted, with a DeprecationWarning: the loss functions' "token_mean".
+DEPRECATED_REDUCTIONS: dict[str, Reduction] = {"token_mean": "mean"}
+
+#: The most log-probs topk_logprobs returns per token: the Triton top-k kernel keeps k keys
+#: (padded to a power of two) per row in registers, and is compiled and tested up to 64.
+MAX_TOPK = 64
 
 
 def _dtensor_class():
@@ -108,6 +129,16 @@ def check_choice(name: str, value, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def check_reduction(reduction, *, stacklevel: int = 3) -> Reduction:
+    """One of :data:`REDUCTIONS`; an old name of :data:`DEPRECATED_REDUCTIONS` warns and maps to its new one."""
+    if isinstance(reduction, str) and reduction in DEPRECATED_REDUCTIONS:
+        new = DEPRECATED_REDUCTIONS[reduction]
+        warnings.warn(f"reduction={reduction!r} is deprecated; use reduction={new!r}, which means the same",
+                      DeprecationWarning, stacklevel=stacklevel)
+        return new
+    return check_choice("reduction", reduction, REDUCTIONS)
 
 
 def check_chunk_size(chunk_size) -> int | None:

@@ -2,7 +2,7 @@
 
 Like reverse_kl_torch: per chunk of C tokens one matmul gives the fp32 logits over the whole
 vocabulary ([C, V]) and a row function (``_torch_rows``) reduces them; C from
-``_torch_common.default_token_chunk`` with one [C, V] block (C = 2 D by default). The forward
+``_params.default_chunk_size`` with one fp32 [C, V] block (C = 2 D by default). The forward
 keeps lse (and E_p[z] for the entropy), 1-2 floats a token; the backward recomputes each
 chunk's logits once (one matmul), forms the logit gradient over them in place and adds g W
 into dh and g^T h into dW: 4 matmuls for forward + backward, the least that never keeps
@@ -14,17 +14,11 @@ from __future__ import annotations
 import torch
 
 from ._matmul import acc_operand, accumulate_dtype, addmm_acc_, grad_operand, mm_acc
-from ._torch_common import default_token_chunk
+from ._params import KernelParams, LogprobParams
 from ._torch_rows import logsumexp_rows, softmax_grad_rows
 
-# fp32 [C, V] blocks a chunk holds: the logits (the gradient overwrites them).
-ROW_BUFFERS = 1
-
-
-def default_chunk_size(vocab: int, hidden_dim: int) -> int:
-    """Tokens per chunk: ``default_token_chunk`` with one [C, V] block (C = 2 D, 16 to 4096)."""
-    return default_token_chunk(vocab, hidden_dim, ROW_BUFFERS)
-
+# Bytes a chunk holds per logit: one fp32 block of logits (the gradient overwrites it).
+LOGIT_BYTES = 4
 
 def target_logits(h: torch.Tensor, W: torch.Tensor, tokens: torch.Tensor, inv_tau: float) -> torch.Tensor:
     """z[y] = h . W[y] / tau for every row: a gather and a row dot, O(N * D)."""
@@ -43,14 +37,15 @@ def add_target_grads(dh, dW, h, W, tokens, row_scale):
         dW.index_add_(0, tokens, scaled_h)
 
 
-def logsumexp_stats_torch(h, W, inv_tau, with_mean, chunk_size=None):
-    """Per row: lse of z = h W^T / tau and, with_mean, E_p[z] (for the entropy lse - E_p[z])."""
+def logsumexp_stats_torch(h, W, params: LogprobParams):
+    """Per row: lse of z = h W^T / tau and, with params.return_entropy, E_p[z] (for the entropy lse - E_p[z])."""
     n, vocab = h.shape[0], W.shape[0]
+    inv_tau, with_mean = params.inv_tau, params.return_entropy
     dtype = accumulate_dtype(h.dtype)
     W_acc = acc_operand(W)
     lse = torch.empty(n, dtype=dtype, device=h.device)
     mean_z = torch.empty(n, dtype=dtype, device=h.device) if with_mean else None
-    chunk = chunk_size or default_chunk_size(vocab, h.shape[1])
+    chunk = params.tokens_per_chunk(vocab, h.shape[1], LOGIT_BYTES)
     for r0 in range(0, n, chunk):
         z = mm_acc(h[r0 : r0 + chunk], W_acc.t())
         lse_c, mean_c = logsumexp_rows(z, inv_tau, with_mean)
@@ -61,18 +56,20 @@ def logsumexp_stats_torch(h, W, inv_tau, with_mean, chunk_size=None):
     return lse, mean_z
 
 
-def softmax_grads_torch(h, W, inv_tau, lse, entropy, grad_lp, grad_entropy, need_dh, need_dw, chunk_size=None):
+def softmax_grads_torch(h, W, lse, entropy, grad_lp, grad_entropy, params: KernelParams):
     """Gradients of sum_i (grad_lp_i * lp_i + grad_entropy_i * H_i) through the softmax part.
 
     d lp / dz = onehot(y) - p (the one-hot part is add_target_grads), dH / dz = -p (log p + H).
-    So here g = -p * (grad_lp + grad_entropy * (log p + H)) / tau.
+    So here g = -p * (grad_lp + grad_entropy * (log p + H)) / tau. grad_entropy None: no
+    entropy term. Returns (dh | None, dW | None) as params.need_dh / need_dw ask.
     """
     n, vocab = h.shape[0], W.shape[0]
+    inv_tau, need_dh, need_dw = params.inv_tau, params.need_dh, params.need_dw
     dtype = accumulate_dtype(h.dtype)
     W_acc = acc_operand(W)
     dh = torch.empty(h.shape, dtype=dtype, device=h.device) if need_dh else None
     dW = torch.zeros(W.shape, dtype=dtype, device=W.device) if need_dw else None
-    chunk = chunk_size or default_chunk_size(vocab, h.shape[1])
+    chunk = params.tokens_per_chunk(vocab, h.shape[1], LOGIT_BYTES)
     # Rows with zero upstream gradient (masked tokens) may hold NaN/inf (padding): select them
     # away before the matmuls (0 * NaN = NaN) so they add exactly 0 to dh and dW.
     live = grad_lp != 0 if grad_entropy is None else (grad_lp != 0) | (grad_entropy != 0)
@@ -95,14 +92,15 @@ def softmax_grads_torch(h, W, inv_tau, lse, entropy, grad_lp, grad_entropy, need
     return dh, dW
 
 
-def topk_torch(h, W, k, inv_tau, chunk_size=None):
+def topk_torch(h, W, k, params: KernelParams):
     """Exact top-k of log_softmax(h W^T / tau) per row, from whole-vocabulary logit rows."""
     n, vocab = h.shape[0], W.shape[0]
+    inv_tau = params.inv_tau
     dtype = accumulate_dtype(h.dtype)
     W_acc = acc_operand(W)
     values = torch.empty((n, k), dtype=dtype, device=h.device)
     indices = torch.empty((n, k), dtype=torch.int64, device=h.device)
-    chunk = chunk_size or default_chunk_size(vocab, h.shape[1])
+    chunk = params.tokens_per_chunk(vocab, h.shape[1], LOGIT_BYTES)
     for r0 in range(0, n, chunk):
         z = mm_acc(h[r0 : r0 + chunk], W_acc.t())
         # The order of the top k does not change under the positive 1/tau; the row function

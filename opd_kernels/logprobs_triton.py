@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._params import KernelParams, LogprobParams
 from ._triton_common import (
     TileConfig,
     combine_split_stats,
@@ -27,8 +28,7 @@ from ._triton_common import (
     tile_program_ids,
     vocab_splits,
 )
-
-MAX_TOPK = 64
+from ._validation import MAX_TOPK
 
 
 @triton.jit
@@ -126,7 +126,7 @@ def _softmax_bwd_kernel(
         # Dead rows of a partially live block may hold NaN/inf (padding): as the row mask,
         # live_rows loads their h as 0 (0 * NaN would be NaN in g^T h) and leaves their dh at 0.
         scatter_logit_grads(g, h_ptr, w_ptr, dh_ptr, dw_ptr, rows, cols, row_ok & live_rows, col_ok, D, stride_h,
-                            stride_w, BLOCK_N, BLOCK_V, BLOCK_D, COMPUTE_DH, COMPUTE_DW, DOT_PRECISION)
+                            stride_w, BLOCK_D, COMPUTE_DH, COMPUTE_DW, DOT_PRECISION)
 
 
 @triton.jit
@@ -215,12 +215,13 @@ def _pow2_at_least(k: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# Host functions (same contracts as logprobs_torch)
+# Host functions (same contracts as logprobs_torch; params.chunk_size is not used: no chunks)
 # ---------------------------------------------------------------------------------------
 
 
-def logsumexp_stats_triton(h, W, inv_tau, with_mean):
+def logsumexp_stats_triton(h, W, params: LogprobParams):
     n, vocab = h.shape[0], W.shape[0]
+    inv_tau, with_mean = params.inv_tau, params.return_entropy
     if n == 0:  # no tokens: nothing to launch (an empty grid, and no splits to size)
         empty = torch.empty(0, dtype=torch.float32, device=h.device)
         return empty, (empty if with_mean else None)
@@ -237,8 +238,9 @@ def logsumexp_stats_triton(h, W, inv_tau, with_mean):
     return combine_split_stats(parts[0], parts[1])
 
 
-def softmax_grads_triton(h, W, inv_tau, lse, entropy, grad_lp, grad_entropy, need_dh, need_dw):
+def softmax_grads_triton(h, W, lse, entropy, grad_lp, grad_entropy, params: KernelParams):
     n, vocab = h.shape[0], W.shape[0]
+    inv_tau, need_dh, need_dw = params.inv_tau, params.need_dh, params.need_dw
     dh = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need_dh else None
     dW = torch.zeros(W.shape, dtype=torch.float32, device=h.device) if need_dw else None
     if n == 0:
@@ -257,8 +259,9 @@ def softmax_grads_triton(h, W, inv_tau, lse, entropy, grad_lp, grad_entropy, nee
     return dh, dW
 
 
-def topk_triton(h, W, k, inv_tau):
+def topk_triton(h, W, k, params: KernelParams):
     n, vocab = h.shape[0], W.shape[0]
+    inv_tau = params.inv_tau
     cfg = TOPK_CONFIGS[h.dtype]
     padded_k = _pow2_at_least(k)
     block_v = max(cfg.block_v, padded_k)

@@ -1,15 +1,14 @@
 """Policy-gradient losses on sampled tokens' log-probs: the one clipped policy-gradient loss
 (:func:`policy_gradient_loss`, GRPO / PPO style) and the sampled-token on-policy distillation
 loss built on it (:func:`sampled_reverse_kl_loss`: Video-OPD eq. 5-6, Tinker's OPD, verl's PG OPD).
-Both take log-probs from :func:`opd_kernels.token_logprobs` and share one reduction vocabulary."""
+Both take log-probs from :func:`opd_kernels.token_logprobs` and reduce with the reduction
+vocabulary of every op (:data:`opd_kernels.REDUCTIONS`)."""
 
 from __future__ import annotations
 
 import torch
 
 from . import _validation as v
-
-LOSS_REDUCTIONS = ("token_mean", "sequence_sum", "sum")
 
 
 def _check_inputs(name: str, reference: torch.Tensor, mask: torch.Tensor, **others: torch.Tensor | None) -> None:
@@ -40,7 +39,7 @@ def policy_gradient_loss(
     clip_eps: float | None = None,
     reference_logprobs: torch.Tensor | None = None,
     beta: float = 0.0,
-    reduction: str = "token_mean",
+    reduction: v.Reduction = "mean",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Token-level clipped policy-gradient loss (PPO / GRPO) with an optional KL penalty.
 
@@ -64,8 +63,10 @@ def policy_gradient_loss(
         clip_eps: the PPO clip range (needs ``old_logprobs``); None: no clipping.
         reference_logprobs: optional, same shape: the reference policy's log-probs.
         beta: KL penalty coefficient (>= 0; needs ``reference_logprobs`` when > 0).
-        reduction: "token_mean" (mean over selected tokens; 0 when none), "sequence_sum"
-            (sum over each sequence's selected tokens, mean over sequences), "sum".
+        reduction: one of :data:`opd_kernels.REDUCTIONS`: "mean" (over selected tokens; 0 when
+            none), "sum", "sequence_sum" (sum over each sequence's selected tokens, mean over
+            sequences), "none" (the per-token loss, the shape of logprobs, 0 where not selected).
+            "token_mean", the old name of "mean", still works with a DeprecationWarning.
 
     Returns:
         (loss, metrics) with detached 0-dim tensors in metrics (no host sync): "tokens"
@@ -75,7 +76,7 @@ def policy_gradient_loss(
     """
     _check_inputs("logprobs", logprobs, mask, advantages=advantages, old_logprobs=old_logprobs,
                   reference_logprobs=reference_logprobs)
-    v.check_choice("reduction", reduction, LOSS_REDUCTIONS)
+    reduction = v.check_reduction(reduction)
     if reduction == "sequence_sum" and logprobs.dim() < 1:
         raise ValueError("reduction='sequence_sum' needs a sequence dim (the last one)")
     if clip_eps is not None:
@@ -116,10 +117,12 @@ def policy_gradient_loss(
         if beta > 0:
             per_token = per_token + beta * k3
 
-    if reduction == "token_mean":
+    if reduction == "mean":
         loss = per_token.sum() / denom
     elif reduction == "sum":
         loss = per_token.sum()
+    elif reduction == "none":
+        loss = per_token
     else:
         loss = per_token.sum(dim=-1).mean() if per_token.numel() else per_token.sum()
     metrics["tokens"] = tokens
@@ -135,7 +138,7 @@ def sampled_reverse_kl_loss(
     old_logprobs: torch.Tensor | None = None,
     baseline: torch.Tensor | None = None,
     advantage_clip: float | None = None,
-    reduction: str = "token_mean",
+    reduction: v.Reduction = "mean",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Policy-gradient loss whose expected gradient is that of KL(student || teacher).
 
@@ -156,9 +159,10 @@ def sampled_reverse_kl_loss(
         baseline: optional floating tensor broadcastable to that shape ([B, 1]: one value per
             sequence), subtracted from the advantage; treated as constant.
         advantage_clip: optional c > 0: the advantage (after the baseline) is clamped to [-c, c].
-        reduction: "token_mean" (mean over selected tokens; 0 when none), "sequence_sum"
-            (sum over each sequence's completion tokens, mean over sequences, the paper's;
-            the last dim is the sequence), "sum".
+        reduction: one of :data:`opd_kernels.REDUCTIONS`: "mean" (over selected tokens; 0 when
+            none), "sum", "sequence_sum" (sum over each sequence's completion tokens, mean over
+            sequences, the paper's; the last dim is the sequence), "none" (per-token losses).
+            "token_mean", the old name of "mean", still works with a DeprecationWarning.
 
     Returns:
         (loss, metrics) with detached 0-dim tensors in metrics (no host sync):
@@ -169,6 +173,7 @@ def sampled_reverse_kl_loss(
     """
     _check_inputs("student_logprobs", student_logprobs, mask, teacher_logprobs=teacher_logprobs,
                   old_logprobs=old_logprobs)
+    reduction = v.check_reduction(reduction)  # here, so a deprecated name warns at the caller's line
     if baseline is not None:
         v.check_tensor("baseline", baseline)
         if not baseline.is_floating_point():

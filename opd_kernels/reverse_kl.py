@@ -2,46 +2,59 @@
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from . import _validation as v
 from ._matmul import accumulate_dtype
+from ._params import ReverseKLParams
 from .reverse_kl_torch import reverse_kl_torch
 
-REDUCTIONS = ("mean", "sum", "none")
 
-
-def _implementation(backend: str, schedule: str, needs_grad: bool):
-    if backend == "torch":
+def _implementation(params: ReverseKLParams):
+    if params.backend == "torch":
         return reverse_kl_torch
     from .reverse_kl_triton import reverse_kl_triton_chunked, reverse_kl_triton_fused
 
-    del needs_grad  # measured on an H200 (README): chunked wins forward-only too, 2.5-2.7x
-    # cuBLAS on token chunks plus one row kernel beats the fused kernel's tl.dot tiles with and
-    # without gradients; "fused" stays for the memory it saves (O(N + V) against a chunk's logits).
-    return reverse_kl_triton_fused if schedule == "fused" else reverse_kl_triton_chunked
+    # Measured on an H200 (README): cuBLAS on token chunks plus one row kernel beats the fused
+    # kernel's tl.dot tiles, 2.5-2.7x, with and without gradients; "fused" stays for the memory
+    # it saves (O(N + V) against a chunk's logits).
+    return reverse_kl_triton_fused if params.schedule == "fused" else reverse_kl_triton_chunked
+
+
+class _ReverseKLGrads(NamedTuple):
+    """What _ReverseKLFunction.backward returns: one slot per input of its forward, in order."""
+
+    student_hidden: torch.Tensor | None
+    student_weight: torch.Tensor | None
+    teacher_hidden: None = None  # the teacher never gets a gradient
+    teacher_weight: None = None
+    mask: None = None
+    params: None = None
 
 
 class _ReverseKLFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h_s, W_s, h_t, W_t, mask, inv_tau, reduction, impl, chunk_size, grad_enabled):
+    def forward(ctx, h_s, W_s, h_t, W_t, mask, params: ReverseKLParams):
         n = h_s.shape[0]
+        impl = _implementation(params)
         weights = mask.to(torch.float32) if mask is not None else h_s.new_ones(n, dtype=torch.float32)
-        need_dh = grad_enabled and ctx.needs_input_grad[0]
-        need_dw = grad_enabled and ctx.needs_input_grad[1]
-        if reduction == "none":
-            rkl, _, _ = impl(h_s, W_s, h_t, W_t, weights, inv_tau, False, False, chunk_size)
+        if params.reduction == "none":
+            rkl, _, _ = impl(h_s, W_s, h_t, W_t, weights, params.forward_only())
             ctx.save_for_backward(h_s, W_s, h_t, W_t, mask)
-            ctx.setup = (inv_tau, impl, chunk_size, need_dh, need_dw)
+            ctx.params = params
             return rkl
 
         # The loss is terminal: the gradient is formed in the same pass as the loss and the
         # backward only scales it by grad_output (no second pass over the vocabulary).
-        rkl, dh, dW = impl(h_s, W_s, h_t, W_t, weights, inv_tau, need_dh, need_dw, chunk_size)
+        rkl, dh, dW = impl(h_s, W_s, h_t, W_t, weights, params)
         loss = rkl.sum()
-        if reduction == "mean":
-            scale = 1.0 / weights.sum().clamp_min(1.0).to(rkl.dtype)
+        if params.reduction in ("mean", "sequence_sum"):
+            count = weights.sum().clamp_min(1.0) if params.reduction == "mean" else float(max(params.sequences, 1))
+            scale = 1.0 / torch.as_tensor(count, dtype=rkl.dtype, device=rkl.device)
             loss = loss * scale
             dh = dh.mul_(scale) if dh is not None else None
             dW = dW.mul_(scale) if dW is not None else None
@@ -59,15 +72,14 @@ class _ReverseKLFunction(torch.autograd.Function):
             dW = dW * grad_output.to(dW.dtype) if dW is not None else None
         else:
             h_s, W_s, h_t, W_t, mask = ctx.saved_tensors
-            inv_tau, impl, chunk_size, need_dh, need_dw = ctx.setup
             # grad_output may be an expanded view (stride 0, from .sum()); kernels need real rows.
             weights = grad_output.to(accumulate_dtype(h_s.dtype)).contiguous()
             if mask is not None:
                 weights = torch.where(mask, weights, 0.0)
-            _, dh, dW = impl(h_s, W_s, h_t, W_t, weights, inv_tau, need_dh, need_dw, chunk_size)
+            _, dh, dW = _implementation(ctx.params)(h_s, W_s, h_t, W_t, weights, ctx.params)
             dh = dh.to(h_s.dtype) if dh is not None else None
             dW = dW.to(W_s.dtype) if dW is not None else None
-        return dh, dW, None, None, None, None, None, None, None, None
+        return _ReverseKLGrads(student_hidden=dh, student_weight=dW)
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -82,7 +94,7 @@ def fused_reverse_kl(
     *,
     mask: torch.Tensor | None = None,
     temperature: float = 1.0,
-    reduction: str = "mean",
+    reduction: v.Reduction = "mean",
     backend: str = "auto",
     schedule: str = "auto",
     chunk_size: int | None = None,
@@ -102,27 +114,31 @@ def fused_reverse_kl(
             padded teacher head (152,064 vs 151,936 rows) works as is.
         mask: optional bool [...]; False tokens contribute exactly 0 and get zero gradient.
         temperature: tau > 0; both models' logits are divided by it.
-        reduction: "mean" over selected tokens (0 when none), "sum", or "none" (fp32 [...],
-            0 where masked).
+        reduction: one of :data:`opd_kernels.REDUCTIONS`: "mean" over selected tokens (0 when
+            none), "sum", "sequence_sum" (summed over the last leading dim, the sequence, then
+            averaged over the other leading dims: needs student_hidden of at least 2 dims), or
+            "none" (fp32 [...], 0 where masked).
         backend: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (chunked
             PyTorch, any device: one pass, whole-vocabulary logit rows per token chunk, the
             row math compiled by torch.compile on CPU and CUDA, see ``OPD_KERNELS_TORCH_COMPILE``),
-            "auto" (triton on CUDA, torch elsewhere).
+            "auto" (triton with the chunked schedule on CUDA, torch elsewhere; measured on an
+            H200, the README).
         schedule: Triton only. "chunked": cuBLAS logits for ``chunk_size`` tokens at a time
             plus one fused row kernel; extra memory chunk_size * V_s * (8 + itemsize) bytes.
             "fused": logits never leave the chip; extra memory O(N + V), but 2.5-6x slower than
             chunked on an H200 (README). "auto": chunked.
         chunk_size: tokens per chunk for the chunked schedule and the torch backend; each
-            chunk is multiplied by the whole vocabulary. Default: triton chunked, the largest
-            power of two in [64, 4096] with chunk_size * V_s * (8 + itemsize) <= 1 GiB; torch,
-            C = min(D_s, 2^27 / V_s) rounded down to a multiple of 16, within [16, 4096]: its
-            two fp32 [C, V_s] logit blocks, 8 * C * V_s bytes, stay within twice the fp32 size
-            of the student head and 1 GiB (256 tokens, 66 MB, at D_s = 256, V_s = 32,000).
+            chunk is multiplied by the whole vocabulary. Default: ``default_chunk_size`` (in
+            ``opd_kernels._params``), the one policy of every chunked backend: the chunk's
+            logit buffers (torch: two fp32 [C, V_s] blocks, 8 bytes a logit; Triton chunked:
+            8 + itemsize bytes a logit) stay within twice the fp32 size of the student head and
+            1 GiB, C a multiple of 16 in [16, 4096]. Torch: C = D_s (256 tokens, 66 MB, at
+            D_s = 256, V_s = 32,000); at V_s = 151,936 the cap gives 880 (torch), 704 (Triton, bf16).
 
     Returns:
-        fp32 loss (fp64 for fp64 inputs): a scalar for "mean"/"sum", the leading shape for "none". Gradients flow to
-        student_hidden and student_weight (in their dtype; fp32 accumulation throughout),
-        never to the teacher. A frozen student_weight gets no weight-gradient work at all.
+        fp32 loss (fp64 for fp64 inputs): a scalar for "mean" / "sum" / "sequence_sum", the
+        leading shape for "none". Gradients flow to student_hidden and student_weight (in their
+        dtype; fp32 accumulation throughout), never to the teacher. A frozen student_weight gets no weight-gradient work at all.
     """
     v.check_hidden_and_weight("student_hidden", student_hidden, "student_weight", student_weight)
     v.check_hidden_and_weight("teacher_hidden", teacher_hidden, "teacher_weight", teacher_weight)
@@ -142,7 +158,10 @@ def fused_reverse_kl(
     v.check_same_device(student_hidden=student_hidden, student_weight=student_weight,
                         teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, mask=mask)
     inv_tau = 1.0 / v.check_temperature(temperature)
-    v.check_choice("reduction", reduction, REDUCTIONS)
+    reduction = v.check_reduction(reduction)
+    if reduction == "sequence_sum" and len(leading) < 1:
+        raise ValueError(f"reduction='sequence_sum' needs a sequence dim: student_hidden must be at least 2-D "
+                         f"([..., T, D_s]), got shape {tuple(student_hidden.shape)}")
     v.check_choice("schedule", schedule, v.SCHEDULES)
     chunk_size = v.check_chunk_size(chunk_size)
     backend = v.resolve_backend(backend, student_hidden.device,
@@ -156,22 +175,26 @@ def fused_reverse_kl(
     h_t = h_t.detach()
     flat_mask = mask.reshape(-1) if mask is not None else None
 
-    grad_enabled = torch.is_grad_enabled() and (student_hidden.requires_grad or student_weight.requires_grad)
-    impl = _implementation(backend, schedule, grad_enabled)
-    out = _ReverseKLFunction.apply(h_s, W_s, h_t, W_t, flat_mask, inv_tau, reduction, impl,
-                                   chunk_size, grad_enabled)
+    grad_enabled = torch.is_grad_enabled()
+    params = ReverseKLParams(
+        inv_tau=inv_tau, backend=backend, chunk_size=chunk_size,
+        need_dh=grad_enabled and student_hidden.requires_grad, need_dw=grad_enabled and student_weight.requires_grad,
+        schedule="fused" if schedule == "fused" else "chunked", reduction=reduction,
+        sequences=math.prod(leading[:-1]),
+    )
+    out = _ReverseKLFunction.apply(h_s, W_s, h_t, W_t, flat_mask, params)
     return out.reshape(leading) if reduction == "none" else out
 
 
 class FusedReverseKL(nn.Module):
     """Module form of :func:`fused_reverse_kl`; the options are fixed at construction."""
 
-    def __init__(self, temperature: float = 1.0, reduction: str = "mean", backend: str = "auto",
+    def __init__(self, temperature: float = 1.0, reduction: v.Reduction = "mean", backend: str = "auto",
                  schedule: str = "auto", chunk_size: int | None = None):
         super().__init__()
         v.check_temperature(temperature)
         self.temperature = temperature
-        self.reduction = v.check_choice("reduction", reduction, REDUCTIONS)
+        self.reduction = v.check_reduction(reduction)
         self.backend = v.check_choice("backend", backend, v.BACKENDS)
         self.schedule = v.check_choice("schedule", schedule, v.SCHEDULES)
         self.chunk_size = v.check_chunk_size(chunk_size)

@@ -10,8 +10,8 @@ the forward call). A 16-bit LM head is upcast to fp32 once per call where the de
 multiply it into fp32 natively (CPU), not once per chunk.
 
 Extra memory: the two [C, V] fp32 blocks, 8 * C * V bytes (C from
-``_torch_common.default_token_chunk``: C = D_s by default, so about twice the fp32 size of the
-student head), plus the fp32 accumulators dh [N, D_s] and dW [V, D_s], and the fp32 copies of
+``_params.default_chunk_size`` with LOGIT_BYTES = 8: C = D_s by default, so about twice the fp32
+size of the student head), plus the fp32 accumulators dh [N, D_s] and dW [V, D_s], and the fp32 copies of
 16-bit heads on CPU, 4 * V * (D_s + D_t) bytes.
 """
 
@@ -20,16 +20,11 @@ from __future__ import annotations
 import torch
 
 from ._matmul import acc_operand, accumulate_dtype, addmm_acc_, grad_operand, mm_acc
-from ._torch_common import default_token_chunk
+from ._params import KernelParams
 from ._torch_rows import reverse_kl_rows
 
-# fp32 [C, V] blocks a chunk holds: the student's and the teacher's logits (g overwrites one).
-ROW_BUFFERS = 2
-
-
-def default_chunk_size(vocab: int, student_dim: int) -> int:
-    """Tokens per chunk when none is given: ``default_token_chunk`` with two [C, V] blocks (C = D_s, 16 to 4096)."""
-    return default_token_chunk(vocab, student_dim, ROW_BUFFERS)
+# Bytes a chunk holds per logit: the student's and the teacher's fp32 logits (g overwrites one).
+LOGIT_BYTES = 8
 
 
 def reverse_kl_torch(
@@ -38,22 +33,19 @@ def reverse_kl_torch(
     h_t: torch.Tensor,
     W_t: torch.Tensor,
     weights: torch.Tensor,
-    inv_tau: float,
-    need_dh: bool,
-    need_dw: bool,
-    chunk_size: int | None = None,
+    params: KernelParams,
 ):
-    """Per-token reverse KL and, on request, the weighted gradients.
+    """Per-token reverse KL and, as ``params.need_dh`` / ``need_dw`` ask, the weighted gradients.
 
     h_s [N, D_s], W_s [V, D_s], h_t [N, D_t], W_t [V, D_t] (already cut to V rows),
     weights [N] fp32: the loss is sum_i weights_i * rkl_i. Returns (rkl [N] with 0 where
     weights == 0, dh [N, D_s] | None, dW [V, D_s] | None), gradients in the accumulation dtype.
     """
     n, vocab = h_s.shape[0], W_s.shape[0]
-    chunk = chunk_size or default_chunk_size(vocab, h_s.shape[1])
+    chunk = params.tokens_per_chunk(vocab, h_s.shape[1], LOGIT_BYTES)
+    inv_tau, need_dh, need_dw, need_grad = params.inv_tau, params.need_dh, params.need_dw, params.need_grad
     dtype = accumulate_dtype(h_s.dtype)
     device = h_s.device
-    need_grad = need_dh or need_dw
     W_s_acc, W_t_acc = acc_operand(W_s), acc_operand(W_t)
     active = weights != 0
     # Masked rows (padding) may hold NaN/inf: select them away (not multiply, 0 * NaN = NaN)

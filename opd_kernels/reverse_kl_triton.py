@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from ._matmul import addmm_acc_, mm_acc
+from ._params import KernelParams
 from ._triton_common import (
     TileConfig,
     combine_split_stats,
@@ -220,7 +221,7 @@ def _rkl_bwd_fused_kernel(
         # as the row mask loads their h as 0 (0 * NaN would be NaN in g^T h) and leaves their
         # dh at its zero initial value.
         scatter_logit_grads(tl.where(live, g, 0.0), hs_ptr, ws_ptr, dh_ptr, dw_ptr, rows, cols, live_rows,
-                            col_ok, DS, stride_hs, stride_ws, BLOCK_N, BLOCK_V, BLOCK_D, COMPUTE_DH, COMPUTE_DW,
+                            col_ok, DS, stride_hs, stride_ws, BLOCK_D, COMPUTE_DH, COMPUTE_DW,
                             DOT_PRECISION)
 
 
@@ -246,25 +247,21 @@ BWD_CONFIGS = {
 }
 
 
-def default_chunk_size(vocab: int, itemsize: int) -> int:
-    """Largest power of two C in [64, 4096] with C * V * (8 + itemsize) bytes <= 1 GiB."""
-    budget_rows = (1 << 30) // (vocab * (8 + itemsize))
-    chunk = 64
-    while chunk * 2 <= min(budget_rows, 4096):
-        chunk *= 2
-    return chunk
-
-
 # ---------------------------------------------------------------------------------------
 # Schedules (same contract as reverse_kl_torch.reverse_kl_torch)
 # ---------------------------------------------------------------------------------------
 
 
-def reverse_kl_triton_chunked(h_s, W_s, h_t, W_t, weights, inv_tau, need_dh, need_dw, chunk_size=None):
+def chunk_logit_bytes(dtype: torch.dtype) -> int:
+    """Bytes the chunked schedule holds per logit of a chunk: both models' fp32 logits and g in the input dtype."""
+    return 8 + dtype.itemsize
+
+
+def reverse_kl_triton_chunked(h_s, W_s, h_t, W_t, weights, params: KernelParams):
     n, vocab = h_s.shape[0], W_s.shape[0]
     device = h_s.device
-    chunk = min(chunk_size or default_chunk_size(vocab, h_s.element_size()), max(n, 1))
-    need_grad = need_dh or need_dw
+    chunk = min(params.tokens_per_chunk(vocab, h_s.shape[1], chunk_logit_bytes(h_s.dtype)), max(n, 1))
+    inv_tau, need_dh, need_dw, need_grad = params.inv_tau, params.need_dh, params.need_dw, params.need_grad
     rkl = torch.empty(n, dtype=torch.float32, device=device)
     dh = torch.empty(h_s.shape, dtype=torch.float32, device=device) if need_dh else None
     dW = torch.zeros(W_s.shape, dtype=torch.float32, device=device) if need_dw else None
@@ -312,10 +309,11 @@ def _fused_stats(h_s, W_s, h_t, W_t, weights, inv_tau):
     return lse_s, lse_t, rkl
 
 
-def reverse_kl_triton_fused(h_s, W_s, h_t, W_t, weights, inv_tau, need_dh, need_dw, chunk_size=None):
-    del chunk_size  # the fused schedule holds no [tokens, vocab] buffer to size
+def reverse_kl_triton_fused(h_s, W_s, h_t, W_t, weights, params: KernelParams):
+    """params.chunk_size is not used: the fused schedule holds no [tokens, vocab] buffer to size."""
     n, vocab = h_s.shape[0], W_s.shape[0]
     device = h_s.device
+    inv_tau, need_dh, need_dw = params.inv_tau, params.need_dh, params.need_dw
     if n == 0:
         rkl = torch.zeros(0, dtype=torch.float32, device=device)
     else:

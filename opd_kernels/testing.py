@@ -22,6 +22,8 @@ def _masked_reduce(per_token: torch.Tensor, mask: torch.Tensor | None, reduction
     total = per_token.sum()
     if reduction == "sum":
         return total
+    if reduction == "sequence_sum":  # the last dim is the sequence
+        return per_token.sum(dim=-1).mean() if per_token.numel() else total
     count = mask.sum() if mask is not None else torch.tensor(per_token.numel())
     return total / count.clamp_min(1).to(total.dtype)
 

@@ -1,16 +1,15 @@
-"""The kernel tests follow OPD_TEST_DEVICE (tests/conftest.py): on CUDA their ops take CUDA copies."""
+"""The kernel tests follow OPD_TEST_DEVICE (tests/opd_kernels/conftest.py): on CUDA their ops take CUDA copies."""
 
 import torch
 
-import conftest
 from opd_kernels import fused_reverse_kl, token_logprobs
 
 from helpers import make_rkl_inputs
 
 
-def test_ops_are_wrapped_only_off_the_plain_cpu_run():
-    assert hasattr(fused_reverse_kl, "__wrapped__") == (conftest.TEST_DEVICE != "cpu")
-    assert hasattr(token_logprobs, "__wrapped__") == (conftest.TEST_DEVICE != "cpu")
+def test_ops_are_wrapped_only_off_the_plain_cpu_run(test_device):
+    assert hasattr(fused_reverse_kl, "__wrapped__") == (test_device != "cpu")
+    assert hasattr(token_logprobs, "__wrapped__") == (test_device != "cpu")
 
 
 def test_wrapped_ops_give_cpu_outputs_and_cpu_gradients():

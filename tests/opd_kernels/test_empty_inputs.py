@@ -66,7 +66,7 @@ def test_sampled_loss_pipeline_of_no_tokens(backend):
     with torch.no_grad():
         teacher_lp = token_logprobs(h_t, W_t, tokens, backend=backend)
     student_lp = token_logprobs(h_s, W_s, tokens, backend=backend)
-    for reduction in ("token_mean", "sequence_sum", "sum"):
+    for reduction in ("mean", "sequence_sum", "sum"):
         loss, metrics = sampled_reverse_kl_loss(student_lp, teacher_lp, torch.zeros((2, 0), dtype=torch.bool),
                                                 reduction=reduction)
         assert loss.item() == 0.0 and metrics["tokens"].item() == 0 and metrics["reverse_kl"].item() == 0.0

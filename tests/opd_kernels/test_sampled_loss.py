@@ -16,7 +16,7 @@ def _batch(seed=0):
     return student.requires_grad_(), teacher, old, mask
 
 
-@pytest.mark.parametrize("reduction", ["token_mean", "sequence_sum", "sum"])
+@pytest.mark.parametrize("reduction", ["mean", "sequence_sum", "sum"])
 @pytest.mark.parametrize("with_old", [False, True])
 def test_gradient_is_the_policy_gradient(reduction, with_old):
     student, teacher, old, mask = _batch()
@@ -28,7 +28,7 @@ def test_gradient_is_the_policy_gradient(reduction, with_old):
     s, m = student.detach(), mask.double()
     ratio = torch.exp(s - old) if with_old else torch.ones_like(s)
     per_token_grad = -(teacher - s) * ratio * m
-    norm = {"token_mean": 1 / m.sum(), "sequence_sum": 1 / s.shape[0], "sum": 1.0}[reduction]
+    norm = {"mean": 1 / m.sum(), "sequence_sum": 1 / s.shape[0], "sum": 1.0}[reduction]
     torch.testing.assert_close(grad, per_token_grad * norm, rtol=1e-12, atol=1e-12)
     want_loss = (-(teacher - s) * ratio * s * m).sum() * norm
     torch.testing.assert_close(loss.detach(), want_loss, rtol=1e-12, atol=1e-12)
@@ -58,7 +58,7 @@ def test_masked_tokens_contribute_exactly_zero_even_if_infinite():
 
 def test_all_masked_gives_zero_not_nan():
     student, teacher, _, mask = _batch()
-    for reduction in ("token_mean", "sequence_sum", "sum"):
+    for reduction in ("mean", "sequence_sum", "sum"):
         loss, metrics = sampled_reverse_kl_loss(student, teacher, torch.zeros_like(mask), reduction=reduction)
         (grad,) = torch.autograd.grad(loss, [student])
         assert loss.item() == 0 and (grad == 0).all() and metrics["reverse_kl"].item() == 0
@@ -71,7 +71,7 @@ def test_all_masked_gives_zero_not_nan():
         (dict(mask=torch.ones(3, 7)), "mask must be a bool"),
         (dict(mask=torch.ones(3, 6, dtype=torch.bool)), "mask has shape"),
         (dict(old_logprobs=torch.zeros(7)), "old_logprobs has shape"),
-        (dict(reduction="mean"), "reduction"),
+        (dict(reduction="batchmean"), "reduction"),
         (dict(teacher_logprobs=torch.zeros(3, 7, dtype=torch.long)), "teacher_logprobs must be a floating"),
     ],
 )

@@ -1,4 +1,4 @@
-"""The one-pass torch backend: its default chunk rule, eager vs torch.compile row math, and the fallback."""
+"""The one-pass torch backend: the default chunk rule (of every chunked backend), eager vs torch.compile row math, and the fallback."""
 
 import warnings
 
@@ -7,27 +7,38 @@ import torch
 
 from opd_kernels import fused_reverse_kl, token_logprobs
 from opd_kernels import _torch_rows as rows
-from opd_kernels._torch_common import default_token_chunk
+from opd_kernels._params import default_chunk_size
 from opd_kernels.testing import MemoryTracker, reverse_kl_reference
 
 from helpers import assert_close_grad, float64_leaves, make_rkl_inputs
 
 
-@pytest.mark.parametrize("vocab,dim,buffers,want", [
-    (32000, 256, 2, 256),  # reverse KL: C = D_s
-    (32003, 32, 2, 32),  # the memory test's shapes
-    (16384, 256, 1, 512),  # log-probs: C = 2 D
-    (151_936, 4096, 2, 880),  # 1 GiB cap: 2^30 / (8 * 151,936) = 883 -> 880
-    (2048, 8, 2, 16),  # floor
-    (64, 8192, 1, 4096),  # ceiling
+@pytest.mark.parametrize("vocab,dim,logit_bytes,want", [
+    (32000, 256, 8, 256),  # torch reverse KL (two fp32 blocks): C = D_s
+    (32003, 32, 8, 32),  # the memory test's shapes
+    (16384, 256, 4, 512),  # torch log-probs (one fp32 block): C = 2 D
+    (151_936, 4096, 8, 880),  # 1 GiB cap: 2^30 / (8 * 151,936) = 883 -> 880
+    (151_936, 4096, 10, 704),  # Triton chunked reverse KL, bf16: 2^30 / (10 * 151,936) = 706 -> 704
+    (151_936, 4096, 12, 576),  # Triton chunked reverse KL, fp32: 588 -> 576
+    (32000, 2048, 10, 1632),  # Triton chunked, bf16: the head bound 8 * 2048 / 10 = 1638 -> 1632
+    (2048, 8, 8, 16),  # floor
+    (64, 8192, 4, 4096),  # ceiling
 ])
-def test_default_chunk_rule(vocab, dim, buffers, want):
-    assert default_token_chunk(vocab, dim, buffers) == want
+def test_default_chunk_rule(vocab, dim, logit_bytes, want):
+    assert default_chunk_size(vocab, dim, logit_bytes) == want
+
+
+def test_every_chunked_backend_takes_the_one_rule():
+    from opd_kernels import logprobs_torch, reverse_kl_torch, reverse_kl_triton
+
+    assert reverse_kl_torch.LOGIT_BYTES == 8 and logprobs_torch.LOGIT_BYTES == 4
+    assert [reverse_kl_triton.chunk_logit_bytes(d) for d in (torch.bfloat16, torch.float16, torch.float32)] == [
+        10, 10, 12]
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_default_chunk_keeps_under_the_tracker_limit(reduction):
-    # tests/test_reverse_kl_memory.py's shapes, but with the default chunk size (C = D_s = 32).
+    # tests/opd_kernels/test_reverse_kl_memory.py's shapes, but with the default chunk size (C = D_s = 32).
     n, vocab = 1024, 32003
     h_s, W_s, h_t, W_t = make_rkl_inputs(n, vocab, 32, 48, dtype=torch.bfloat16)
     mask = torch.rand(n, generator=torch.Generator().manual_seed(0)) < 0.7
