@@ -23,7 +23,7 @@ import torch
 
 pytestmark = pytest.mark.multiprocess
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 STUDENT = ROOT / "videoopd" / "demo" / "assets" / "demo_student" / "model.safetensors"
 RUNNER = Path(__file__).with_name("distributed_opd.py")
 CONFIGS = ROOT / "configs" / "accelerate"

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from videoopd import train as T
 from videoopd.training.checkpoint import STATE_FILE, complete_checkpoints
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DEMO = ["--demo-videos", "8", "--max-steps", "6", "--batch-size", "2", "--eval-limit", "2", "--eval-before", "false",
         "--eval-teacher", "false", "--max-new-tokens", "8", "--no-progress"]
 
