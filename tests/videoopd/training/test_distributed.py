@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.multiprocess
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]  # 2-process launches: not in the fast lane
 
 ROOT = Path(__file__).resolve().parents[3]
 STUDENT = ROOT / "videoopd" / "demo" / "assets" / "demo_student" / "model.safetensors"
