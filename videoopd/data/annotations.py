@@ -184,7 +184,7 @@ class LoadSummary:
         shown = self.issues if max_issues is None else self.issues[:max_issues]
         lines.extend(f"  {issue}" for issue in shown)
         if len(shown) < len(self.issues):
-            lines.append(f"  ... {len(self.issues) - len(shown)} more (see LoadSummary.issues)")
+            lines.append(f"  ... and {len(self.issues) - len(shown)} more (counted in the issues line above)")
         return "\n".join(lines)
 
 
