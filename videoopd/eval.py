@@ -63,9 +63,9 @@ PROG = "python -m videoopd.eval"
 class EvalConfig(LoggingOptions, ModelOptions, DecodeOptions, AnnotationOptions):
     """evaluation"""
 
-    model: str | None = opt("local checkpoint folder (never downloaded); required")
+    model: str | None = opt("local checkpoint folder (never downloaded)", required=True)
     data: str | None = opt("annotation file: Charades-STA .txt, ActivityNet Captions or TimeLens-Bench JSON, "
-                           "TimeLens-100K JSONL or plain JSONL; required")
+                           "TimeLens-100K JSONL or plain JSONL", required=True)
     durations: str | None = opt("Charades-STA: CSV with id and length columns (default: probe each video)")
     strict: bool = opt("stop at the first annotation problem instead of reporting it and going on", False)
     limit: int | None = opt("evaluate the first N queries (default: all)", gt=0)
@@ -80,9 +80,6 @@ class EvalConfig(LoggingOptions, ModelOptions, DecodeOptions, AnnotationOptions)
 
     def validate(self) -> None:
         super().validate()
-        for name in ("model", "data"):
-            if getattr(self, name) is None:
-                raise ConfigError(f"--{name} is required")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: choose one")
 

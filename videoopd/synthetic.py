@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 from videoopd.data.synthetic import check_video_codec, generate_dataset
 from videoopd.training.config import ConfigError, Options, fail, opt, parse_config
+from videoopd.training.setup import check_output_dir
 
 __all__ = ["SyntheticConfig", "main"]
 
@@ -24,8 +24,8 @@ DESCRIPTION = ("Write short mp4 videos where coloured shapes appear during known
 class SyntheticConfig(Options):
     """synthetic videos"""
 
-    out: str | None = opt("output folder (videos/ and annotations.jsonl); required")
-    videos: int | None = opt("number of videos; required", gt=0)
+    out: str | None = opt("output folder (videos/ and annotations.jsonl)", required=True)
+    videos: int | None = opt("number of videos", gt=0, required=True)
     seed: int = opt("random seed: the same seed writes the same annotations and frames", 0)
     duration: float = opt("seconds per video", 8.0, gt=0)
     fps: int = opt("source frame rate", 4, gt=0)
@@ -38,13 +38,7 @@ class SyntheticConfig(Options):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("out", "videos"):
-            if getattr(self, name) is None:
-                raise ConfigError(f"--{name} is required")
-        out = Path(self.out)
-        blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-        if blocking is not None:
-            raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
+        check_output_dir(self.out, "--out")
         if self.max_event > self.duration:
             raise ConfigError(f"--max-event {self.max_event:g} is longer than --duration {self.duration:g}")
         if self.codec is not None:

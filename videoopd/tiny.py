@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Sequence
 
 from videoopd.qwen.tiny import FAMILIES, save_tiny_checkpoint
 from videoopd.training.config import ConfigError, Options, fail, opt, parse_config
+from videoopd.training.setup import check_output_dir
 
 __all__ = ["TinyConfig", "main"]
 
@@ -22,18 +22,13 @@ PROG = "python -m videoopd.tiny"
 class TinyConfig(Options):
     """tiny checkpoint"""
 
-    out: str | None = opt("checkpoint folder to write; required")
+    out: str | None = opt("checkpoint folder to write", required=True)
     family: Literal[FAMILIES] = opt("model family", "qwen2_5_vl")
     seed: int = opt("random seed of the weights", 0)
 
     def validate(self) -> None:
         super().validate()
-        if self.out is None:
-            raise ConfigError("--out is required")
-        out = Path(self.out)
-        blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-        if blocking is not None:
-            raise ConfigError(f"--out {out}: {blocking} is a file, not a folder")
+        check_output_dir(self.out, "--out")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,14 +48,15 @@ class ConfigError(ValueError):
 
 
 def opt(help: str, default: Any = None, *, gt: float | None = None, ge: float | None = None,
-        lt: float | None = None, le: float | None = None, run_defining: bool = False,
+        lt: float | None = None, le: float | None = None, run_defining: bool = False, required: bool = False,
         aliases: Sequence[str] = ()) -> Any:
     """A dataclass field for an option: its ``--help`` text, default and bounds (a value of None
     is "unset" and not bounded; a float must also be finite); ``run_defining``: a resumed run
-    must agree on it (:func:`run_defining_options`); ``aliases``: further flag spellings."""
+    must agree on it (:func:`run_defining_options`); ``required``: None is refused (by flag,
+    YAML or code alike); ``aliases``: further flag spellings."""
     bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
     return field(default=default, metadata={"help": help, "bounds": bounds, "run_defining": run_defining,
-                                            "aliases": tuple(aliases)})
+                                            "required": required, "aliases": tuple(aliases)})
 
 
 @functools.lru_cache(maxsize=None)
@@ -158,6 +159,8 @@ class Options:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is None:
+                if f.metadata.get("required"):
+                    raise ConfigError(f"{flag_name(f.name)} is required")
                 continue
             kind, choices = _base_type(_field_types(type(self))[f.name])
             flag = flag_name(f.name)
@@ -398,7 +401,7 @@ def _help(f: dataclasses.Field, kind: type, default: Any, presets: Mapping[str, 
     """The field's help with its bounds and ``(default: X; PRESET: Y)`` stated once: where the
     text already says its default in a closing ``(default ...)``, the presets' values go inside
     it; a default of None is left unsaid (the text says what leaving the option out means)."""
-    text = f.metadata["help"]
+    text = f.metadata["help"] + ("; required" if f.metadata.get("required") else "")
     bounds = f.metadata.get("bounds")
     if bounds:  # said before a closing "(default ...)"
         head, paren, tail = text.rpartition(" (default") if text.endswith(")") else (text, "", "")
