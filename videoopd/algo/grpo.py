@@ -102,7 +102,7 @@ class GRPOObjective(SampledObjective):
                 "groups": torch.tensor(float(grouped.shape[0]), dtype=torch.float64, device=ctx.device),
                 "equal_reward_groups": (grouped.max(dim=1).values == grouped.min(dim=1).values).sum().double()}
         return MicroBatch(
-            student_inputs=scoring_inputs(inputs, rollout, ctx.device),
+            student_inputs=scoring_inputs(inputs, rollout, ctx.device, sampler=True),
             loss_fn=lambda hidden, weight: self.loss(hidden, weight, rollout, advantages, reference_view),
             units=units, sums=sums, records=list(records))
 

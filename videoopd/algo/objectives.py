@@ -20,7 +20,13 @@ import torch
 from opd_kernels import fused_reverse_kl, sampled_reverse_kl_loss, token_logprobs
 from videoopd.qwen.generation import Rollout, generate, group_rollout_seeds, rollout_seed
 from videoopd.grounding.metrics import parse_span
-from videoopd.qwen.models import is_fsdp_sharded, lm_head_weight, policy_head_forward
+from videoopd.qwen.models import (
+    encode_vision,
+    is_fsdp_sharded,
+    lm_head_weight,
+    policy_head_forward,
+    with_encoded_vision,
+)
 
 __all__ = [
     "OBJECTIVES",
@@ -93,8 +99,11 @@ def to_device(inputs: Any, device: torch.device | str) -> dict[str, Any]:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in dict(inputs).items()}
 
 
-def scoring_inputs(inputs: dict[str, Any], rollout: Rollout, device: torch.device | str) -> dict[str, Any]:
-    """Inputs of the scoring forward pass: prompt + answer ids, the vision tensors, on ``device``."""
+def scoring_inputs(inputs: dict[str, Any], rollout: Rollout, device: torch.device | str, *,
+                   sampler: bool = False) -> dict[str, Any]:
+    """Inputs of the scoring forward pass: prompt + answer ids, the vision tensors, on ``device``.
+    ``sampler``: for the model that sampled the rollout (the student's training forward), whose
+    vision tower output of the rollout (``rollout.student_vision``) stands in for the pixels."""
     out = {"input_ids": rollout.sequences.to(device), "attention_mask": rollout.attention_mask.to(device)}
     for key in VISION_KEYS:
         if key in inputs and inputs[key] is not None:
@@ -103,7 +112,7 @@ def scoring_inputs(inputs: dict[str, Any], rollout: Rollout, device: torch.devic
         types = inputs["mm_token_type_ids"]
         pad = types.new_zeros(types.shape[0], rollout.sequences.shape[1] - types.shape[1])
         out["mm_token_type_ids"] = torch.cat([types, pad], dim=1).to(device)
-    return out
+    return with_encoded_vision(out, rollout.student_vision) if sampler else out
 
 
 def answer_slice(hidden: torch.Tensor, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -139,11 +148,15 @@ def score_rollout(teacher: Any, teacher_wrapper: Any, inputs: dict[str, Any], ro
 
 
 def sample_rollout(ctx: GenerationContext, batch: dict[str, Any], processor: Any, *, seed: int, num_generations: int,
-                   temperature: float, top_p: float, max_new_tokens: int) -> tuple[dict[str, Any], Rollout, list[Any]]:
+                   temperature: float, top_p: float, max_new_tokens: int,
+                   reuse_vision: bool = True) -> tuple[dict[str, Any], Rollout, list[Any]]:
     """(inputs on the device, the rollout, the records) of a collated batch, one answer per row.
     With ``num_generations`` > 1 the rows are groups of copies of a prompt
     (:class:`videoopd.algo.grpo.GroupedCollator`) and copy g samples with its own seed
-    (``group_rollout_seeds``); else each row with its record's seed."""
+    (``group_rollout_seeds``); else each row with its record's seed. ``reuse_vision``: the
+    student's frozen vision tower encodes the video once, for the rollout and for the training
+    forward (``rollout.student_vision``; :func:`videoopd.qwen.models.encode_vision` says when it
+    cannot); False re-encodes it in the training forward (measurements)."""
     records = batch["records"]
     if num_generations > 1:
         if len(records) % num_generations:
@@ -153,8 +166,11 @@ def sample_rollout(ctx: GenerationContext, batch: dict[str, Any], processor: Any
     else:
         seeds = [rollout_seed(seed, ctx.step, record.id) for record in records]
     inputs = to_device(batch["inputs"], ctx.device)
-    rollout = generate(ctx.model, processor, inputs, seeds=seeds, temperature=temperature, top_p=top_p,
-                       max_new_tokens=max_new_tokens, synced_gpus=ctx.synced_gpus)
+    encoded = encode_vision(ctx.model, inputs) if reuse_vision else None
+    rollout = generate(ctx.model, processor, with_encoded_vision(inputs, encoded), seeds=seeds,
+                       temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                       synced_gpus=ctx.synced_gpus)
+    rollout.student_vision = encoded
     return inputs, rollout, records
 
 
@@ -179,18 +195,19 @@ class SampledObjective:
 
     def __init__(self, processor: Any, *, reduction: str, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto",
-                 num_generations: int = 1):
+                 num_generations: int = 1, reuse_vision: bool = True):
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {num_generations!r}")
         self.processor, self.reduction, self.vocab_size, self.backend = processor, reduction, vocab_size, backend
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
-        self.seed, self.num_generations = seed, num_generations
+        self.seed, self.num_generations, self.reuse_vision = seed, num_generations, reuse_vision
 
     def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> tuple[dict[str, Any], Rollout, list[Any]]:
         return sample_rollout(ctx, batch, self.processor, seed=self.seed, num_generations=self.num_generations,
-                              temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
+                              temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                              reuse_vision=self.reuse_vision)
 
     def vocab(self, ctx: GenerationContext) -> int:
         """The vocabulary a scoring model's log-probs are taken over."""
@@ -225,12 +242,12 @@ class DistillationObjective(SampledObjective):
     def __init__(self, teacher: Any, processor: Any, *, teacher_wrapper: Any = None, objective: str = "sampled",
                  reduction: str = "sequence_sum", temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto",
-                 num_generations: int = 1, advantage_clip: float | None = None):
+                 num_generations: int = 1, advantage_clip: float | None = None, reuse_vision: bool = True):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         super().__init__(processor, reduction=reduction, temperature=temperature, top_p=top_p,
                          max_new_tokens=max_new_tokens, seed=seed, vocab_size=vocab_size, backend=backend,
-                         num_generations=num_generations)
+                         num_generations=num_generations, reuse_vision=reuse_vision)
         self.teacher = teacher
         self.teacher_wrapper = teacher_wrapper if teacher_wrapper is not None else teacher
         self.objective = objective
@@ -244,7 +261,7 @@ class DistillationObjective(SampledObjective):
         tokens, sequences, units = self.units(ctx, rollout)
         parsed = sum(parse_span(a) is not None for a in rollout.answers)
         return MicroBatch(
-            student_inputs=scoring_inputs(inputs, rollout, ctx.device),
+            student_inputs=scoring_inputs(inputs, rollout, ctx.device, sampler=True),
             loss_fn=lambda hidden, weight: self.loss(hidden, weight, rollout, teacher_view),
             units=units,
             sums={"answer_tokens": tokens, "sequences": sequences,

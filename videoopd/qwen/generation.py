@@ -42,6 +42,10 @@ class Rollout:
     # [B, A]: log-probs of the sampled answer tokens under the distribution they were drawn from
     # (tempered, nucleus-filtered); None for greedy decoding. Meaningful where answer_mask is.
     sampler_logprobs: torch.Tensor | None = None
+    # The sampler's frozen vision tower output for this batch (``mm_encoder_outputs``,
+    # :func:`videoopd.qwen.models.encode_vision`), for its training forward to reuse; None: that
+    # forward encodes the pixels itself.
+    student_vision: dict[str, Any] | None = None
 
     @property
     def num_answer_tokens(self) -> int:

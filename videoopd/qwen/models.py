@@ -9,6 +9,7 @@ W)" inside the model's forward (and the head's), where DDP and FSDP2 see the wei
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -24,6 +25,7 @@ __all__ = [
     "call_as_forward",
     "check_checkpoint",
     "check_pair",
+    "encode_vision",
     "freeze_vision",
     "is_fsdp_sharded",
     "lm_head_module",
@@ -32,6 +34,8 @@ __all__ = [
     "load_policy",
     "policy_head_forward",
     "unwrap_peft",
+    "VISION_PIXEL_INPUTS",
+    "with_encoded_vision",
 ]
 
 T = TypeVar("T")
@@ -92,6 +96,47 @@ def freeze_vision(model: Any, frozen: bool = True) -> None:
         raise TypeError(f"{type(model).__name__} has no vision tower at .model.visual")
     for p in visual.parameters():
         p.requires_grad_(not frozen)
+
+
+# The processor's pixel tensors of each modality, and the grid its encoder reads with them.
+VISION_PIXEL_INPUTS = {"video": ("pixel_values_videos", "video_grid_thw"), "image": ("pixel_values", "image_grid_thw")}
+
+
+def encode_vision(model: Any, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The frozen vision tower's output for ``inputs``' pixels, as the base model's forward
+    takes it back (``mm_encoder_outputs``: {"video": ..., "image": ...}), so that a step that
+    runs the same video through the model twice (the rollout's generate, then the training
+    forward) encodes it once; the forward then gives what it gives from the pixels.
+
+    None where that does not hold or cannot be done: no pixels, a vision tower with any
+    trainable parameter (``train_vision``, adapters on it), an FSDP2-sharded model (its
+    weights exist only inside its forward), or a transformers version whose forward takes no
+    ``mm_encoder_outputs``.
+    """
+    if is_fsdp_sharded(model):
+        return None
+    base = _base_model(model)
+    visual = getattr(base, "visual", None)
+    if visual is None or "mm_encoder_outputs" not in inspect.signature(base.forward).parameters:
+        return None
+    if any(p.requires_grad for p in visual.parameters()):
+        return None
+    encoded = {}
+    with torch.no_grad():
+        for modality, (pixels, grid) in VISION_PIXEL_INPUTS.items():
+            if inputs.get(pixels) is not None:
+                features = getattr(base, f"get_{modality}_features")
+                encoded[modality] = features(inputs[pixels], inputs[grid], return_dict=True)
+    return encoded or None
+
+
+def with_encoded_vision(inputs: dict[str, Any], encoded: dict[str, Any] | None) -> dict[str, Any]:
+    """``inputs`` with the pixels of each modality in ``encoded`` replaced by its encoder
+    output (``mm_encoder_outputs``; the grids stay: the position ids need them)."""
+    if not encoded:
+        return inputs
+    dropped = {VISION_PIXEL_INPUTS[modality][0] for modality in encoded}
+    return {**{k: v for k, v in inputs.items() if k not in dropped}, "mm_encoder_outputs": dict(encoded)}
 
 
 def prepare_policy(model: Any, *, trainable: bool, gradient_checkpointing: bool = True,
