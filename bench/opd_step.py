@@ -134,7 +134,7 @@ PRESETS: dict[str, Grid] = {
     "cpu-smoke": Grid(_shape(64, 1, 64, 1), _shape(96, 1, 64, 1), vocab=4096, video_tokens=(64, 256),
                       answer_tokens=8, steps=2),
     "cpu": Grid(_shape(256, 2, 256, 2), _shape(512, 2, 256, 2), vocab=QWEN_VOCAB,
-                video_tokens=(1024, 4096, 8192), steps=3, memory_limit_gib=18.0),
+                video_tokens=(1024, 4096, 8192), steps=3, memory_limit_gib=16.0),
     "gpu": Grid(ARCHITECTURES["qwen3-vl-2b"], ARCHITECTURES["qwen3-vl-8b"], vocab=QWEN_VOCAB,
                 video_tokens=(4096, 16384, 32768, 65536, 131072), steps=8, dtype="bf16"),
 }
