@@ -10,7 +10,10 @@
 #   tests      the kernel tests on CUDA, compiled Triton (tests/opd_kernels)   GPU_CHECK_TESTS_S=140
 #   bench-*    pytest bench/ on grid gpu-check: N 4,096 and 16,384, V 151,936, D_s 4,096,
 #              D_t 8,192, bf16; one pytest run per op, results merged  GPU_CHECK_BENCH_S=110,100,80
-#   opd-step   one OPD training step, Qwen3-VL 8B/32B-class widths, ~16k-token video        GPU_CHECK_STEP_S=120
+#   opd-step   python -m bench.opd_step --preset gpu: OPD steps of a Qwen3-VL-2B student and an 8B teacher (full
+#              depth, random init, bf16), ours against TRL's recipes, 4k-token video and up   GPU_CHECK_STEP_S=120
+#              (the whole grid takes a call of its own: GPU_CHECK_SKIP=tests,bench-rkl-full,bench-logprobs,bench-rest
+#              GPU_CHECK_STEP_S=500; each provider's finished rows are kept when its budget ends)
 #   summary    python -m bench.gpu_summary: prints the summary, writes summary.md
 # GPU_CHECK_SKIP=opd-step,tests (say) skips those parts: a second call that measures only what changed.
 # Everything lands in $OUT (at most 8 files, what the device tool brings back):
@@ -101,7 +104,8 @@ if (( DRY )); then
   part bench-logprobs 60 "$LOG" "${BENCH[@]}" bench/test_token_logprobs.py "${SHAPES[@]}"
   part bench-rest 60 "$LOG" "${BENCH[@]}" bench/test_reverse_kl.py bench/test_topk_logprobs.py "${SHAPES[@]}" \
     --bench-ops fused_reverse_kl-forward,topk_logprobs
-  part opd-step 180 "$LOG" "$PY" -m bench.gpu_step --out "$OUT" --dry-run
+  part opd-step 180 "$LOG" "$PY" -m bench.opd_step --preset cpu-smoke --steps 2 --video-tokens 64 --budget-s 160 \
+    --out "$OUT" --stem opd_step --formats json
   part timeout-selftest 2 "$LOG" sleep 30  # must read "timed out": the budget machinery works
 else
   part tests "$TESTS_S" "$OUT/kernel_tests.log" "$PY" -m pytest -q -p no:cacheprovider -rfE --durations=15 \
@@ -115,7 +119,8 @@ else
   part bench-rest "$BENCH_REST_S" "$LOG" "${BENCH[@]}" bench/test_reverse_kl.py bench/test_topk_logprobs.py "${SHAPES[@]}" \
     --bench-ops fused_reverse_kl-forward,topk_logprobs \
     --bench-providers ours-triton-chunked,ours-triton-fused,ours-triton,ours-torch,ours-torch-compiled,matmul-floor,naive
-  part opd-step "$STEP_S" "$LOG" "$PY" -m bench.gpu_step --out "$OUT"
+  part opd-step "$STEP_S" "$LOG" "$PY" -m bench.opd_step --preset gpu --budget-s $(( STEP_S - 15 )) \
+    --out "$OUT" --stem opd_step --formats json
 fi
 
 timeout 30 "$PY" -m bench.gpu_summary "$OUT" || echo "[gpu-check] summary failed (see $LOG)"

@@ -116,24 +116,27 @@ def goal_lines(rows: list[Row]) -> list[str]:
 
 
 def step_lines(path: Path) -> list[str]:
+    """The OPD step grid (``python -m bench.opd_step``'s JSON report): a line per row, then
+    the longest video each provider ran."""
     if not path.exists():
         return ["- no opd_step.json (the step did not start or was stopped before writing)"]
     record = json.loads(path.read_text())
-    head = (f"- {record.get('device')}: student {record.get('student_params_b', 0):.3g}B params "
-            f"(hidden {record['student']['hidden']}), teacher {record.get('teacher_params_b', 0):.3g}B "
-            f"(hidden {record['teacher']['hidden']}), V = {record['vocab']:,}, {record['video']['frames']} frames of "
-            f"{record['video']['size']} px")
-    lines = [head]
-    if record.get("status"):
-        lines.append(f"  - {record['status']}")
-    for step in record.get("steps", []):
-        if step["status"] == "ok":
-            lines.append(f"  - {step['objective']}: step {step['step_s']:.2f} s (generate {step['generate_s']:.2f}, "
-                         f"teacher {step['teacher_s']:.2f}, student fwd+bwd {step['student_fwd_bwd_s']:.2f}, AdamW "
-                         f"{step['optimizer_s']:.2f}), peak {step['peak_memory_gib']:.1f} GiB, "
-                         f"{step['sequence_tokens']:,} tokens ({step['answer_tokens']} answer)")
-        else:
-            lines.append(f"  - {step['objective']}: {step['status']}")
+    meta, rows = record["meta"], record["rows"]
+    lines = [f"- {meta['device']}: student {meta['student']}, teacher {meta['teacher']}, V = {meta['vocab']:,}, "
+             f"{meta['dtype']}, at most {meta['answer_tokens']} answer tokens; trl {meta.get('trl') or 'not installed'}"]
+    longest: dict[str, int] = {}
+    for row in rows:
+        name = row["provider"] if row["provider"] != "ours" else f"ours ({row['objective']})"
+        if row["status"] != "ok":
+            lines.append(f"  - {name}, {row['video_tokens_requested']:,} video tokens: {row['status']}")
+            continue
+        longest[name] = max(longest.get(name, 0), row["video_tokens"])
+        mfu = f", MFU {100 * row['mfu']:.1f}%" if row.get("mfu") is not None else ""
+        lines.append(f"  - {name}, {row['video_tokens']:,} video tokens: step {row['step_s']:.2f} s (rollout "
+                     f"{row['rollout_s']:.2f}, teacher {row['teacher_s']:.2f}, student {row['student_s']:.2f}, "
+                     f"optimizer {row['optimizer_s']:.2f}), peak growth {row['peak_growth_mib'] / 1024:.1f} GiB{mfu}")
+    if longest:
+        lines.append("  - longest video run: " + ", ".join(f"{k} {v:,}" for k, v in longest.items()))
     return lines
 
 

@@ -470,8 +470,8 @@ def step_flops(grid: Grid, prompt_tokens: int, answer_tokens: int, video_tokens:
     return b * (rollout + teacher + student)
 
 
-def run_provider(provider: str, objective: str, grid: Grid, device_name: str) -> list[StepRow]:
-    """Every video length of ``grid`` for one provider, in this process."""
+def run_provider(provider: str, objective: str, grid: Grid, device_name: str, on_row=None) -> list[StepRow]:
+    """Every video length of ``grid`` for one provider, in this process; ``on_row(rows)`` after each."""
     import torch
 
     from bench.measure import DeviceInfo, is_out_of_memory
@@ -538,6 +538,8 @@ def run_provider(provider: str, objective: str, grid: Grid, device_name: str) ->
         if peak_tflops:
             flops = step_flops(grid, row.prompt_tokens, row.answer_tokens, row.video_tokens, provider)
             row.mfu = flops / row.step_s / (peak_tflops * 1e12)
+        if on_row is not None:  # a process killed at its time limit keeps the rows it finished
+            on_row(rows)
     return rows
 
 
@@ -554,8 +556,13 @@ def child_main(spec: dict) -> int:
     grid = grid_from_json(spec["grid"])
     if spec["device"] == "cpu":
         _limit_memory(grid.memory_limit_gib)
-    rows = run_provider(spec["provider"], spec["objective"], grid, spec["device"])
-    Path(spec["out"]).write_text(json.dumps([asdict(r) for r in rows]))
+    out = Path(spec["out"])
+
+    def write(rows: list[StepRow]) -> None:
+        out.with_suffix(".tmp").write_text(json.dumps([asdict(r) for r in rows]))
+        out.with_suffix(".tmp").replace(out)
+
+    write(run_provider(spec["provider"], spec["objective"], grid, spec["device"], on_row=write))
     return 0
 
 
@@ -569,9 +576,11 @@ def run_grid(grid: Grid, device: str, *, budget_s: float | None, log=print) -> l
     """Each (provider, objective) in its own process; a process that dies leaves failed rows."""
     import tempfile
 
-    start, rows = time.monotonic(), []
-    for provider, objective in grid.rows():
+    start, rows, processes = time.monotonic(), [], grid.rows()
+    for index, (provider, objective) in enumerate(processes):
         left = None if budget_s is None else budget_s - (time.monotonic() - start)
+        if left is not None:  # a fair share of what is left: every provider gets its shorter videos in
+            left /= len(processes) - index
         if left is not None and left < 5:
             rows += [StepRow(provider, objective, "", n, status="skipped: time budget spent")
                      for n in grid.video_tokens]
@@ -666,20 +675,32 @@ def merge_reports(old: dict, rows: list[StepRow], meta: dict) -> tuple[list[Step
     return merged, meta
 
 
-def write_reports(rows: list[StepRow], meta: dict, out_dir: Path, stem: str) -> list[Path]:
+FORMATS = ("json", "csv", "md", "png")
+
+
+def write_reports(rows: list[StepRow], meta: dict, out_dir: Path, stem: str,
+                  formats: tuple[str, ...] = FORMATS) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.csv", out_dir / f"{stem}.md"]
-    paths[0].write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
-    with paths[1].open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS + ("loss_impl",))
-        for r in rows:
-            d = asdict(r)
-            d["video_tokens"] = r.video_tokens or r.video_tokens_requested
-            writer.writerow([d[k] for k in COLUMNS] + [r.loss_impl])
-    paths[2].write_text(markdown(rows, meta))
-    png = write_plot(rows, meta, out_dir / f"{stem}.png")
-    return paths + ([png] if png else [])
+    paths = []
+    if "json" in formats:
+        paths.append(out_dir / f"{stem}.json")
+        paths[-1].write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+    if "csv" in formats:
+        paths.append(out_dir / f"{stem}.csv")
+        with paths[-1].open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS + ("loss_impl",))
+            for r in rows:
+                d = asdict(r)
+                d["video_tokens"] = r.video_tokens or r.video_tokens_requested
+                writer.writerow([d[k] for k in COLUMNS] + [r.loss_impl])
+    if "md" in formats:
+        paths.append(out_dir / f"{stem}.md")
+        paths[-1].write_text(markdown(rows, meta))
+    if "png" in formats:
+        png = write_plot(rows, meta, out_dir / f"{stem}.png")
+        paths += [png] if png else []
+    return paths
 
 
 def write_plot(rows: list[StepRow], meta: dict, path: Path) -> Path | None:
@@ -770,6 +791,8 @@ def parse_args(argv) -> tuple[Grid, argparse.Namespace]:
     parser.add_argument("--budget-s", type=float, default=None, help="start no process after this many seconds")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the reports (default bench/results)")
     parser.add_argument("--stem", default=None, help="file name of the reports (default opd-step-<preset>-<device>-<date>)")
+    parser.add_argument("--formats", type=_names(FORMATS), default=FORMATS,
+                        help="reports to write (default json,csv,md,png)")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON report here")
     parser.add_argument("--merge-into", type=Path, default=None,
                         help="a report's JSON: this run's rows replace its rows of the same provider, objective "
@@ -806,8 +829,10 @@ def main(argv=None) -> int:
     from bench.measure import DeviceInfo
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    info = DeviceInfo.detect() if device != "cpu" or not torch.cuda.is_available() else None
-    device_name = info.name if info and (device != "cpu") == (info.device.type == "cuda") else f"CPU ({device})"
+    info = DeviceInfo.detect()
+    if (info.device.type == "cuda") != device.startswith("cuda"):  # the CPU of a CUDA machine
+        info = replace(info, name="CPU", slug="cpu")
+    device_name = info.name
     today = date.today().isoformat()
     meta = {"device": device_name, "date": today, "commit": _commit(), "torch": torch.__version__,
             "transformers": transformers.__version__, "trl": trl_version(),
@@ -816,15 +841,14 @@ def main(argv=None) -> int:
             "answer_tokens": grid.answer_tokens, "steps": grid.steps, "grid": asdict(grid)}
     print(f"opd step: {meta['command']} on {device_name}", flush=True)
     rows = run_grid(grid, device, budget_s=args.budget_s, log=lambda line: print(line, flush=True))
-    stem = args.stem or f"opd-step-{args.preset}-{info.slug if info else 'cpu'}-{today}"
+    stem = args.stem or f"opd-step-{args.preset}-{info.slug}-{today}"
     if args.merge_into is not None:
         rows, meta = merge_reports(json.loads(args.merge_into.read_text()), rows, meta)
         args.out, stem = args.merge_into.parent, args.merge_into.stem
-    for path in write_reports(rows, meta, args.out, stem):
+    for path in write_reports(rows, meta, args.out, stem, args.formats):
         print(f"wrote {path}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text((args.out / f"{stem}.json").read_text())
+        write_reports(rows, meta, args.json.parent, args.json.stem, ("json",))
     return 0 if all(r.status == "ok" or r.status.startswith(("out of memory", "skipped", "not run")) for r in rows) \
         else 1
 

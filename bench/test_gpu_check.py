@@ -38,18 +38,22 @@ def test_summary_checks_the_goals(tmp_path):
     write_json(tmp_path / "nvidia-h100-2026-11-26.json", rows,
                {"device_name": "NVIDIA H100", "grid": "gpu-check", "dtype": "bfloat16"})
     (tmp_path / "opd_step.json").write_text(json.dumps({
-        "device": "NVIDIA H100", "vocab": 151_936, "student": {"hidden": 4096}, "teacher": {"hidden": 5120},
-        "video": {"frames": 160, "size": 448}, "student_params_b": 2.1, "teacher_params_b": 3.5,
-        "steps": [{"objective": "full", "status": "ok", "step_s": 5.0, "generate_s": 1.0, "teacher_s": 1.0,
-                   "student_fwd_bwd_s": 2.5, "optimizer_s": 0.5, "peak_memory_gib": 40.0, "sequence_tokens": 15_800,
-                   "answer_tokens": 32}]}))
+        "meta": {"device": "NVIDIA H100", "vocab": 151_936, "student": "width 2048 x 28 layers",
+                 "teacher": "width 4096 x 36 layers", "dtype": "bf16", "answer_tokens": 16, "trl": None},
+        "rows": [{"provider": "ours", "objective": "full", "status": "ok", "video_tokens_requested": 4096,
+                  "video_tokens": 4096, "step_s": 5.0, "rollout_s": 1.0, "teacher_s": 1.0, "student_s": 2.5,
+                  "optimizer_s": 0.5, "peak_growth_mib": 40960.0, "mfu": 0.41},
+                 {"provider": "trl-full-logits", "objective": "full", "video_tokens_requested": 16384,
+                  "status": "out of memory (OutOfMemoryError: CUDA out of memory)"}]}))
     text = summary(tmp_path)
     assert "| opd-step | timed out after 120s (killed) | 130 |" in text
     assert "1 failed, 5 passed, 1 skipped in 80.0s" in text
     assert "62% of peak (goal >= 60%): met; 2.50x `liger-fused-linear-jsd` (goal >= 3x): NOT met" in text
     assert "50% of peak (goal >= 65%): NOT met" in text
     assert "`naive` OOM" in text
-    assert "full: step 5.00 s" in text
+    assert "ours (full), 4,096 video tokens: step 5.00 s" in text and "MFU 41.0%" in text
+    assert "trl-full-logits, 16,384 video tokens: out of memory" in text
+    assert "longest video run: ours (full) 4,096" in text
 
 
 def test_summary_of_a_killed_test_run_counts_what_it_saw(tmp_path):
