@@ -244,7 +244,7 @@ def test_every_rule_is_reported_with_file_and_line(bad_jsonl, videos):
     records, summary = load_annotations(bad_jsonl, video_root=videos)
     assert issue_kinds(summary) == [
         ("line 2", "inverted_span", "skipped"),
-        ("line 3", "inverted_span", "skipped"),
+        ("line 3", "zero_length_span", "skipped"),
         ("line 4", "span_out_of_range", "clipped"),
         ("line 5", "span_out_of_range", "clipped"),
         ("line 6", "span_out_of_range", "skipped"),
@@ -268,7 +268,7 @@ def test_every_rule_is_reported_with_file_and_line(bad_jsonl, videos):
     assert summary.kept + summary.skipped == summary.read
     assert summary.clipped == 2
     assert summary.counts == {
-        "inverted_span": 2, "span_out_of_range": 3, "missing_video": 1, "empty_query": 2,
+        "inverted_span": 1, "zero_length_span": 1, "span_out_of_range": 3, "missing_video": 1, "empty_query": 2,
         "malformed": 3, "bad_duration": 1, "duplicate_id": 1,
     }
     report = summary.report()
