@@ -11,7 +11,9 @@ normalisation, the frame budget (where --fps / --min-pixels / --total-pixels are
 how answers are parsed and how IoUs are compared: what that project's evaluation does. The
 predictions keep the raw answers, and ``<stem>.metrics.json`` scores them under every
 protocol (``protocols``: one block each) besides the chosen one (``overall``, ``per_source``).
-Zero-length ground truths are loaded (reported) and scored by each protocol's rule.
+Zero-length ground truths are loaded (reported) and scored by each protocol's rule. On
+QVHighlights every block also holds its moment-retrieval metrics (MR-R1@0.5/0.7, MR-mAP@0.5,
+@0.75 and averaged, as moment_detr's standalone_eval defines them; with --multi-span any).
 
 The library entry point is :func:`videoopd.evaluation.evaluate.evaluate`, which the training
 loop calls for held-out evaluation with its in-memory model and processor.
@@ -249,6 +251,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             progress=cfg.progress,
             identity=inputs,
             protocol=cfg.protocol,
+            moment_retrieval=summary.format == "qvhighlights",
         )
     except (VideoDecodeError, FileNotFoundError) as exc:  # --on-video-error raise
         return fail(PROG, exc)

@@ -204,23 +204,26 @@ def _model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _metrics_for(rows: Sequence[dict[str, Any]], protocol: str = "paper") -> dict[str, Any]:
+def _metrics_for(rows: Sequence[dict[str, Any]], protocol: str = "paper",
+                 moment_retrieval: bool = False) -> dict[str, Any]:
     """Metrics of ``rows`` under ``protocol``, reading each raw answer with its parser (so that
     the rows of one run are scored under every protocol's rules)."""
     parse = get_protocol(protocol).parse
     preds = [parse(row["answer"]) if row["answer"] is not None else None for row in rows]
-    return grounding_metrics(preds, [row["gt"] for row in rows], protocol)
+    return grounding_metrics(preds, [row["gt"] for row in rows], protocol, moment_retrieval=moment_retrieval)
 
 
-def protocol_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def protocol_metrics(rows: Sequence[dict[str, Any]], moment_retrieval: bool = False) -> dict[str, dict[str, Any]]:
     """``{protocol: {"overall": metrics, "per_source": {source: metrics}}}`` of prediction
-    rows, for every protocol of :data:`videoopd.grounding.protocols.PROTOCOL_NAMES`."""
+    rows, for every protocol of :data:`videoopd.grounding.protocols.PROTOCOL_NAMES`
+    (``moment_retrieval``: with QVHighlights' own metrics)."""
     by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_source[row["source"]].append(row)
     return {
-        name: {"overall": _metrics_for(rows, name),
-               "per_source": {source: _metrics_for(group, name) for source, group in sorted(by_source.items())}}
+        name: {"overall": _metrics_for(rows, name, moment_retrieval),
+               "per_source": {source: _metrics_for(group, name, moment_retrieval)
+                              for source, group in sorted(by_source.items())}}
         for name in PROTOCOL_NAMES
     }
 
@@ -243,6 +246,7 @@ def evaluate(
     accelerator: Any = None,
     identity: Mapping[str, Any] | None = None,
     protocol: str = "paper",
+    moment_retrieval: bool = False,
 ) -> EvalResult:
     """Generate an answer for every record greedily, parse it and score it.
 
@@ -278,6 +282,8 @@ def evaluate(
             the prompt and frames are ``prompt_style`` and ``decode_config``, which
             ``python -m videoopd.eval --protocol`` sets from it. ``EvalResult.protocols``
             scores the same answers under every protocol.
+        moment_retrieval: also QVHighlights' moment-retrieval metrics (MR-R1, MR-mAP; see
+            :func:`videoopd.grounding.metrics.moment_retrieval_metrics`) in every block.
     """
     rules = get_protocol(protocol)
     if not isinstance(batch_size, int) or batch_size <= 0:
@@ -379,12 +385,13 @@ def evaluate(
         by_source[row["source"]].append(row)
     return EvalResult(
         predictions=rows,
-        metrics=_metrics_for(rows, rules.name),
-        per_source={source: _metrics_for(group, rules.name) for source, group in sorted(by_source.items())},
+        metrics=_metrics_for(rows, rules.name, moment_retrieval),
+        per_source={source: _metrics_for(group, rules.name, moment_retrieval)
+                    for source, group in sorted(by_source.items())},
         failed_videos=failed,
         resumed=len(done),
         data_issues=[(row["id"], DataIssue(**row["data_issue"])) for row in rows if row.get("data_issue")],
-        protocols=protocol_metrics(rows),
+        protocols=protocol_metrics(rows, moment_retrieval),
     )
 
 

@@ -17,9 +17,12 @@ from typing import Any
 from videoopd.grounding.parsing import parse_time
 from videoopd.grounding.protocols import Protocol, get_protocol
 
-__all__ = ["parse_span", "parse_time", "sample_iou", "temporal_iou", "grounding_metrics", "THRESHOLDS"]
+__all__ = ["MR_AP_THRESHOLDS", "THRESHOLDS", "grounding_metrics", "moment_retrieval_metrics", "parse_span",
+           "parse_time", "sample_iou", "temporal_iou"]
 
 THRESHOLDS = (0.3, 0.5, 0.7)
+# moment_detr's standalone_eval: mAP over tIoU 0.5:0.05:0.95, reported at 0.5, 0.75 and on average.
+MR_AP_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
 
 
 def parse_span(text: str, protocol: str | Protocol = "paper") -> tuple[float, float] | None:
@@ -91,6 +94,7 @@ def grounding_metrics(
     preds: Sequence[Sequence[float] | None],
     gts: Sequence[Any],
     protocol: str | Protocol = "paper",
+    moment_retrieval: bool = False,
 ) -> dict[str, Any]:
     """R1@0.3/0.5/0.7 and mIoU in percent, plus ``parsed`` and ``total`` counts, under
     ``protocol``'s rules.
@@ -101,7 +105,8 @@ def grounding_metrics(
     is IoU >= m (``paper``, ``timelens``) or IoU > m (``time-r1``). A zero-length ground truth
     (start == end) scores 0 and counts (``timelens``, ``time-r1``) or is left out of the
     denominator (``paper``: its IoU is undefined), counted as ``zero_length_excluded``; when
-    nothing is left, R1 and mIoU are None.
+    nothing is left, R1 and mIoU are None. ``moment_retrieval``: also QVHighlights' own
+    metrics (:func:`moment_retrieval_metrics`) over the same predictions.
     """
     rules = get_protocol(protocol)
     if len(preds) != len(gts):
@@ -125,4 +130,35 @@ def grounding_metrics(
     metrics["total"] = total
     if excluded:
         metrics["zero_length_excluded"] = excluded
+    if moment_retrieval:
+        metrics.update(moment_retrieval_metrics(preds, gts))
     return metrics
+
+
+def moment_retrieval_metrics(preds: Sequence[Sequence[float] | None], gts: Sequence[Any]) -> dict[str, float]:
+    """QVHighlights' moment-retrieval metrics as moment_detr's ``standalone_eval`` defines
+    them, for one predicted window per query, in percent: ``MR-R1@0.5`` / ``MR-R1@0.7`` (the
+    IoU with the window it overlaps most, >= the threshold) and ``MR-mAP@0.5``,
+    ``MR-mAP@0.75``, ``MR-mAP`` (the mean over :data:`MR_AP_THRESHOLDS`) of the per-query
+    average precision. With one prediction a query's interpolated AP at threshold t is
+    1 / (its number of windows) when the best IoU reaches t, else 0. An unparsed answer is a
+    query without a prediction (AP 0, no hit); moment_detr asks for one per query. Unrounded
+    (moment_detr prints two decimals)."""
+    if len(preds) != len(gts):
+        raise ValueError(f"preds and gts must have the same length, got {len(preds)} and {len(gts)}")
+    if len(gts) == 0:
+        raise ValueError("gts must not be empty: metrics over no samples are undefined")
+    best, counts = [], []
+    for index, (pred, gt) in enumerate(zip(preds, gts)):
+        windows = _windows(gt, f"gts[{index}]")
+        best.append(sample_iou(pred, windows))
+        counts.append(len(windows))
+    total = len(best)
+    ap = {t: 100.0 * sum(1.0 / n for iou, n in zip(best, counts) if iou >= t) / total for t in MR_AP_THRESHOLDS}
+    return {
+        "MR-R1@0.5": 100.0 * sum(iou >= 0.5 for iou in best) / total,
+        "MR-R1@0.7": 100.0 * sum(iou >= 0.7 for iou in best) / total,
+        "MR-mAP@0.5": ap[0.5],
+        "MR-mAP@0.75": ap[0.75],
+        "MR-mAP": sum(ap.values()) / len(ap),
+    }

@@ -416,3 +416,21 @@ def test_command_line_protocol_sets_prompt_and_budget_and_reports_every_protocol
     assert "protocol time-r1; the same answers under paper R1@0.5" in printed
     err = _one_line_exit_2(capsys, argv[:-2] + ["--protocol", "timelens", "--prompt-style", "time-r1", "--overwrite"])
     assert "--prompt-style time-r1 contradicts it" in err
+
+
+def test_qvhighlights_windows_are_scored_by_the_best_window_with_moment_retrieval_metrics(tmp_path, synthetic_dir,
+                                                                                        tiny_qwen25):
+    _, processor = tiny_qwen25
+    lines = [{"qid": 7, "query": "a shape", "duration": 8, "vid": "synth_00000", "relevant_windows": [[0, 2], [4, 8]]},
+             {"qid": 8, "query": "another", "duration": 8, "vid": "synth_00001", "relevant_windows": [[1, 3]]}]
+    path = tmp_path / "highlight_val_release.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    records, summary = load_annotations(path, video_root=synthetic_dir / "videos", multi_span="any")
+    assert summary.format == "qvhighlights" and summary.multi_window == 1
+    result = evaluate(ScriptedModel(processor.tokenizer, ["4 to 8", "0 to 2"]), processor, records,
+                      decode_config=_config(processor), moment_retrieval=True, progress=False)
+    rows = result.predictions
+    assert rows[0]["gt"] == [[0.0, 2.0], [4.0, 8.0]] and rows[0]["iou"] == 1.0
+    assert rows[1]["iou"] == pytest.approx(1 / 3)
+    assert result.metrics["MR-mAP@0.5"] == pytest.approx(100 * (1 / 2) / 2)
+    assert result.metrics["MR-R1@0.5"] == 50.0 and result.protocols["time-r1"]["overall"]["MR-R1@0.7"] == 50.0

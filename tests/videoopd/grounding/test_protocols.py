@@ -239,3 +239,52 @@ def test_the_table_of_protocols_is_consistent():
                                                       "total_pixels": 14336 * 32**2}
     assert PROTOCOLS["time-r1"].pixel_budget(28)["total_pixels"] == 3584 * 28**2
     assert PROTOCOLS["paper"].pixel_budget(28) == {"fps": None, "min_pixels": None, "total_pixels": None}
+
+
+# ------------------------------------------------------ QVHighlights moment retrieval
+
+
+def voc_interpolated_ap(ious_ranked, num_windows, threshold):
+    """Average precision of ranked predictions, as detection benchmarks compute it: each
+    prediction takes the unmatched window it overlaps most if that reaches the threshold
+    (true positive), else is a false positive; precision made monotone from the right,
+    summed over the steps of recall. ``ious_ranked``: per prediction, its IoU with each window."""
+    matched, tp, fp = set(), [], []
+    for ious in ious_ranked:
+        order = sorted(range(num_windows), key=lambda j: -ious[j])
+        hit = next((j for j in order if ious[j] >= threshold and j not in matched), None)
+        if hit is not None:
+            matched.add(hit)
+        tp.append(1 if hit is not None else 0)
+        fp.append(0 if hit is not None else 1)
+    precision, recall, cum_tp, cum_fp = [], [], 0, 0
+    for t, f in zip(tp, fp):
+        cum_tp, cum_fp = cum_tp + t, cum_fp + f
+        precision.append(cum_tp / (cum_tp + cum_fp))
+        recall.append(cum_tp / num_windows)
+    p, r = [0.0] + precision + [0.0], [0.0] + recall + [1.0]
+    for i in range(len(p) - 2, -1, -1):
+        p[i] = max(p[i], p[i + 1])
+    return sum((r[i] - r[i - 1]) * p[i] for i in range(1, len(r)) if r[i] != r[i - 1])
+
+
+def test_moment_retrieval_metrics_equal_the_detection_ap_definition():
+    from videoopd.grounding.metrics import MR_AP_THRESHOLDS, moment_retrieval_metrics
+
+    gts = [[[0, 10]], [[0, 10], [20, 30]], [[0, 4], [6, 8], [10, 20]], [[5, 15]], [[2, 4]]]
+    preds = [(0, 6), (21, 30), (10, 19), None, (4, 9)]
+    metrics = moment_retrieval_metrics(preds, gts)
+    ious = [[reference_iou(p, w) for w in g] for p, g in zip(preds, gts)]
+    aps = {t: [voc_interpolated_ap([row], len(row), t) if p is not None else 0.0 for p, row in zip(preds, ious)]
+           for t in MR_AP_THRESHOLDS}
+    assert metrics["MR-mAP@0.5"] == pytest.approx(100 * sum(aps[0.5]) / 5)
+    assert metrics["MR-mAP@0.75"] == pytest.approx(100 * sum(aps[0.75]) / 5)
+    assert metrics["MR-mAP"] == pytest.approx(100 * sum(sum(v) / 5 for v in aps.values()) / 10)
+    best = [max(row) for row in ious]
+    assert metrics["MR-R1@0.5"] == pytest.approx(100 * sum(b >= 0.5 for b in best) / 5)
+    assert metrics["MR-R1@0.7"] == pytest.approx(100 * sum(b >= 0.7 for b in best) / 5)
+    # By hand: IoUs 0.6, 0.9, 0.9 (of three windows), 0, 0; AP@0.5 = (1 + 1/2 + 1/3) / 5.
+    assert metrics["MR-mAP@0.5"] == pytest.approx(100 * (1 + 1 / 2 + 1 / 3) / 5)
+    assert metrics["MR-R1@0.5"] == pytest.approx(60.0) and metrics["MR-R1@0.7"] == pytest.approx(40.0)
+    assert MR_AP_THRESHOLDS == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+    assert set(grounding_metrics(preds, gts, moment_retrieval=True)) >= set(metrics)
