@@ -12,7 +12,14 @@ from typing import Any, Callable, Sequence
 import torch
 
 from videoopd.qwen.processing import processor_inputs
-from videoopd.qwen.prompts import PROMPT_STYLES, STYLE_DEFAULT, build_messages, format_answer, render_chat
+from videoopd.qwen.prompts import (
+    ANSWER_PREFIXES,
+    PROMPT_STYLES,
+    STYLE_DEFAULT,
+    build_messages,
+    format_answer,
+    render_chat,
+)
 
 __all__ = ["GroundingCollator", "SFTCollator"]
 
@@ -38,8 +45,10 @@ class GroundingCollator:
 
     def texts(self, records: Sequence[Any]) -> list[str]:
         normalize = self.normalize_query or (lambda query: query)
+        prefix = ANSWER_PREFIXES.get(self.prompt_style, "")
         return [
             render_chat(self.processor, build_messages(normalize(record.query), self.prompt_style, self.system_prompt))
+            + prefix
             for record in records
         ]
 

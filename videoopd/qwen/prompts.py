@@ -10,7 +10,8 @@ Three styles:
   the chat template's default system prompt applies.
 - ``time-r1``: Time-R1's evaluation prompt (its ``r1`` prompt: reasoning in ``<think>``,
   the answer "start to end" in ``<answer>`` tags) with its system prompt "You are a helpful
-  assistant.".
+  assistant.", and its answer started with an empty ``<think>\n</think>\n`` (its
+  ``scripts/test.sh`` passes ``--use_nothink``): :data:`ANSWER_PREFIXES`.
 
 Each evaluation protocol (:mod:`videoopd.grounding.protocols`) names its style here.
 
@@ -47,6 +48,11 @@ PROMPT_STYLES: dict[str, str] = {"paper": PAPER_PROMPT, "timelens": TIMELENS_PRO
 # The system prompt each style was trained/evaluated with; None means "no system message".
 DEFAULT_SYSTEM_PROMPTS: dict[str, str | None] = {
     "paper": SYSTEM_PROMPT, "timelens": None, "time-r1": "You are a helpful assistant."}
+
+# Text the assistant turn starts with, after the chat template's generation prompt; the
+# model's answer is what it generates after it.
+ANSWER_PREFIXES: dict[str, str] = {"time-r1": "<think>\n</think>\n"}
+
 
 class _StyleDefault:
     def __repr__(self) -> str:

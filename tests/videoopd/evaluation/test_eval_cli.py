@@ -434,3 +434,14 @@ def test_qvhighlights_windows_are_scored_by_the_best_window_with_moment_retrieva
     assert rows[1]["iou"] == pytest.approx(1 / 3)
     assert result.metrics["MR-mAP@0.5"] == pytest.approx(100 * (1 / 2) / 2)
     assert result.metrics["MR-R1@0.5"] == 50.0 and result.protocols["time-r1"]["overall"]["MR-R1@0.7"] == 50.0
+
+
+def test_time_r1_prompt_is_its_own_with_its_system_prompt_and_empty_thinking(records, tiny_qwen25):
+    _, processor = tiny_qwen25
+    model = PromptRecordingModel(processor.tokenizer, ["<think>x</think><answer>1.00 to 2.00</answer>"] * 2)
+    result = evaluate(model, processor, records[:2], decode_config=_config(processor), prompt_style="time-r1",
+                      protocol="time-r1", batch_size=2, progress=False)
+    for prompt, record in zip(model.prompts, records[:2]):
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n</think>\n")
+        assert "You are a helpful assistant." in prompt and f'pinpoint the event "{record.query}"' in prompt
+    assert [row["pred"] for row in result.predictions] == [[1.0, 2.0]] * 2
