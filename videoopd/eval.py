@@ -75,8 +75,8 @@ class EvalConfig(LoggingOptions, ModelOptions, DecodeOptions, AnnotationOptions)
     """evaluation"""
 
     model: str | None = opt("local checkpoint folder (never downloaded)", required=True)
-    data: str | None = opt("annotation file: Charades-STA .txt, ActivityNet Captions or TimeLens-Bench JSON, "
-                           "TimeLens-100K JSONL or plain JSONL", required=True)
+    data: str | None = opt("annotation file: Charades-STA .txt, ActivityNet Captions, TimeLens-Bench or TVGBench "
+                           "JSON, TimeLens-100K, QVHighlights or plain JSONL", required=True)
     durations: str | None = opt("Charades-STA: CSV with id and length columns (default: probe each video)")
     strict: bool = opt("stop at the first annotation problem instead of reporting it and going on", False)
     limit: int | None = opt("evaluate the first N queries (default: all)", gt=0)

@@ -10,7 +10,8 @@ Formats (``format=`` name, what one sample looks like):
 - ``timelens_100k``: TimeLens-100K JSONL, a line per video
   ``{source, video_path, duration, events: [{query, span}]}``.
 - ``jsonl``: plain JSONL, a line per query ``{video, query, start, end, duration}``
-  (optional ``id`` and ``source``).
+  (optional ``id``, ``source``, and ``windows`` for a query with several: ``start``/``end``
+  are then its first, as :func:`write_jsonl_records` writes them).
 - ``qvhighlights``: QVHighlights (moment_detr's ``highlight_{train,val}_release.jsonl``), a
   line per query ``{qid, query, duration, vid, relevant_windows: [[s, e], ...], ...}``;
   the video is ``{vid}.mp4`` under ``video_root``. A query may have several windows.
@@ -254,6 +255,11 @@ class _Reporter:
         self.summary.issues.append(issue)
         if len(self.summary.issues) <= _MAX_LOGGED_ISSUES:
             logger.warning("%s", issue)
+
+    def malformed(self, location: str, message: str) -> None:
+        """An entry that cannot be read as a query: counted as read once, reported, skipped."""
+        self.summary.read += 1
+        self(location, "malformed", message, "skipped")
 
 
 # --------------------------------------------------------------------------------------
@@ -583,12 +589,10 @@ def _read_plain_jsonl(path: Path, report: _Reporter, source: str) -> Iterator[_C
     for line_number, obj in _iter_jsonl(path, report):
         location = f"line {line_number}"
         if not isinstance(obj, dict) or not isinstance(obj.get("video"), str):
-            report.summary.read += 1
-            report(location, "malformed", "expected an object with a 'video' string", "skipped")
+            report.malformed(location, "expected an object with a 'video' string")
             continue
         if "start" not in obj or "end" not in obj:
-            report.summary.read += 1
-            report(location, "malformed", "missing 'start' or 'end'", "skipped")
+            report.malformed(location, "missing 'start' or 'end'")
             continue
         video = obj["video"]
         key = Path(video).stem
@@ -599,7 +603,7 @@ def _read_plain_jsonl(path: Path, report: _Reporter, source: str) -> Iterator[_C
             location,
             video,
             obj.get("query"),
-            [obj["start"], obj["end"]],
+            obj["windows"] if obj.get("windows") is not None else [obj["start"], obj["end"]],
             obj.get("duration"),
             str(obj.get("source") or source),
             str(record_id) if record_id is not None else generated_id,
@@ -610,12 +614,10 @@ def _read_qvhighlights(path: Path, report: _Reporter) -> Iterator[_Candidate]:
     for line_number, obj in _iter_jsonl(path, report):
         location = f"line {line_number}"
         if not isinstance(obj, dict) or not isinstance(obj.get("vid"), str):
-            report.summary.read += 1
-            report(location, "malformed", "expected an object with a 'vid' string", "skipped")
+            report.malformed(location, "expected an object with a 'vid' string")
             continue
         if "relevant_windows" not in obj:
-            report.summary.read += 1
-            report(location, "malformed", "no 'relevant_windows' (the test split does not publish them)", "skipped")
+            report.malformed(location, "no 'relevant_windows' (the test split does not publish them)")
             continue
         qid = obj.get("qid")
         yield _Candidate(location, obj["vid"], obj.get("query"), obj["relevant_windows"], obj.get("duration"),
@@ -637,13 +639,11 @@ def _read_tvgbench(path: Path, report: _Reporter) -> Iterator[_Candidate]:
     for index, (line_number, item) in enumerate(_json_list_items(text)):
         location = f"line {line_number} item[{index}]"
         if not isinstance(item, dict) or not isinstance(item.get("path"), str):
-            report.summary.read += 1
-            report(location, "malformed", "expected an object with a 'path' string", "skipped")
+            report.malformed(location, "expected an object with a 'path' string")
             continue
         span = _tvgbench_span(item.get("answer"))
         if span is None:
-            report.summary.read += 1
-            report(location, "malformed", f"answer must be 'start-end', got {item.get('answer')!r}", "skipped")
+            report.malformed(location, f"answer must be 'start-end', got {item.get('answer')!r}")
             continue
         key = Path(item["path"]).stem
         generated_id = f"{key}#{per_video[key]}"
@@ -978,4 +978,6 @@ def write_jsonl_records(records: list[GroundingRecord], path: str | Path) -> Non
                 "duration": record.duration,
                 "source": record.source,
             }
+            if record.windows is not None:
+                row["windows"] = [list(window) for window in record.windows]
             handle.write(json.dumps(row) + "\n")

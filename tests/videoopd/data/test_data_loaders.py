@@ -560,6 +560,10 @@ def test_multi_span_policies(qvh_file, videos, policy, spans, windows):
     assert f"multi-window 2 (multi_span={policy})" in summary.report()
     if policy == "any":
         assert records[1].gt == [[0.0, 2.0], [4.0, 8.0]] and records[0].gt == [2.0, 6.0]
+        # Written as plain JSONL and read back, every window is still there.
+        write_jsonl_records(records, videos / "copy.jsonl")
+        again, _ = load_annotations(videos / "copy.jsonl", multi_span="any")
+        assert again == records
 
 
 def test_zero_length_spans_are_kept_when_asked(qvh_file, videos):
