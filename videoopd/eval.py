@@ -3,7 +3,17 @@
 Command line::
 
     python -m videoopd.eval --model PATH --data FILE [--format auto] [--video-root DIR]
-        [--limit N] [--resume] [--output FILE] [--batch-size B] [--prompt-style paper|timelens]
+        [--limit N] [--resume] [--output FILE] [--batch-size B] [--protocol paper|timelens|time-r1]
+        [--multi-span skip|first|longest|any] [--prompt-style paper|timelens|time-r1]
+
+``--protocol`` (:mod:`videoopd.grounding.protocols`) sets the prompt, the query's
+normalisation, the frame budget (where --fps / --min-pixels / --total-pixels are not given),
+how answers are parsed and how IoUs are compared: what that project's evaluation does. The
+predictions keep the raw answers, and ``<stem>.metrics.json`` scores them under every
+protocol (``protocols``: one block each) besides the chosen one (``overall``, ``per_source``).
+Zero-length ground truths are loaded (reported) and scored by each protocol's rule. On
+QVHighlights every block also holds its moment-retrieval metrics (MR-R1@0.5/0.7, MR-mAP@0.5,
+@0.75 and averaged, as moment_detr's standalone_eval defines them; with --multi-span any).
 
 The library entry point is :func:`videoopd.evaluation.evaluate.evaluate`, which the training
 loop calls for held-out evaluation with its in-memory model and processor.
@@ -32,7 +42,7 @@ from typing import Any, Iterable, Literal
 
 import torch
 
-from videoopd.data.annotations import load_annotations
+from videoopd.data.annotations import MULTI_SPAN_POLICIES, load_annotations
 from videoopd.data.video import DecodeConfig, VideoDecodeError
 from videoopd.evaluation.evaluate import (
     check_resumable,
@@ -42,6 +52,7 @@ from videoopd.evaluation.evaluate import (
     identity_path,
     predictions_identity,
 )
+from videoopd.grounding.protocols import PROTOCOL_NAMES, PROTOCOLS
 from videoopd.qwen.prompts import STYLE_DEFAULT
 from videoopd.training.config import (
     AnnotationOptions,
@@ -64,8 +75,8 @@ class EvalConfig(LoggingOptions, ModelOptions, DecodeOptions, AnnotationOptions)
     """evaluation"""
 
     model: str | None = opt("local checkpoint folder (never downloaded)", required=True)
-    data: str | None = opt("annotation file: Charades-STA .txt, ActivityNet Captions or TimeLens-Bench JSON, "
-                           "TimeLens-100K JSONL or plain JSONL", required=True)
+    data: str | None = opt("annotation file: Charades-STA .txt, ActivityNet Captions, TimeLens-Bench or TVGBench "
+                           "JSON, TimeLens-100K, QVHighlights or plain JSONL", required=True)
     durations: str | None = opt("Charades-STA: CSV with id and length columns (default: probe each video)")
     strict: bool = opt("stop at the first annotation problem instead of reporting it and going on", False)
     limit: int | None = opt("evaluate the first N queries (default: all)", gt=0)
@@ -75,6 +86,13 @@ class EvalConfig(LoggingOptions, ModelOptions, DecodeOptions, AnnotationOptions)
     output: str | None = opt("predictions JSONL, with <output>.meta.json and <stem>.metrics.json beside it "
                              "(default: <data stem>.predictions.jsonl in the current folder)")
     batch_size: int = opt("prompts per generate call, left-padded", 1, gt=0)
+    protocol: Literal[PROTOCOL_NAMES] = opt(
+        "evaluation protocol: paper (ours), timelens or time-r1: that evaluation's prompt, query normalisation, "
+        "frame budget (unless --fps/--min-pixels/--total-pixels are given), answer parsing and threshold rule; "
+        "metrics.json also scores the answers under every protocol", "paper")
+    multi_span: Literal[MULTI_SPAN_POLICIES] = opt(
+        "a query with several windows (QVHighlights): skip it (reported), take the first or the longest, or any "
+        "(a prediction scores its best IoU over the windows)", "skip")
     on_video_error: Literal["report", "raise"] = opt("report: count an undecodable video as a failed (IoU 0) row; "
                                                      "raise: stop", "report")
 
@@ -82,11 +100,24 @@ class EvalConfig(LoggingOptions, ModelOptions, DecodeOptions, AnnotationOptions)
         super().validate()
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: choose one")
+        style = PROTOCOLS[self.protocol].prompt_style
+        if self.protocol != "paper" and self.prompt_style not in ("paper", style):
+            raise ConfigError(f"--protocol {self.protocol} prompts with its own style ({style}); "
+                              f"--prompt-style {self.prompt_style} contradicts it")
+
+    @property
+    def effective_prompt_style(self) -> str:
+        """The prompt: --prompt-style under the paper protocol, else the protocol's own."""
+        return self.prompt_style if self.protocol == "paper" else PROTOCOLS[self.protocol].prompt_style
 
 
 # eval's own defaults for the options it shares with videoopd.train and videoopd.sft
 COMMAND_DEFAULTS: dict[str, Any] = {"num_workers": 2}
 DESCRIPTION = "Evaluate a local Qwen2.5-VL / Qwen3-VL checkpoint on temporal video grounding."
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _metrics_path(output: Path) -> Path:
@@ -133,6 +164,9 @@ def _input_identity(cfg: EvalConfig, format_name: str, device: str) -> dict[str,
         "durations_sha256": file_sha256(durations) if durations else None,
         "model": str(Path(cfg.model).resolve()),
         "dtype": dtype,
+        # Recorded where it is not the paper's, so that files written before protocols existed resume.
+        **({"protocol": cfg.protocol} if cfg.protocol != "paper" else {}),
+        **({"multi_span": cfg.multi_span} if cfg.multi_span != "skip" else {}),
     }
 
 
@@ -163,7 +197,8 @@ def main(argv: Iterable[str] | None = None) -> int:
             return fail(PROG, f"--device: {exc}")
     try:
         records, summary = load_annotations(
-            cfg.data, cfg.format, video_root=cfg.video_root, durations=cfg.durations, strict=cfg.strict
+            cfg.data, cfg.format, video_root=cfg.video_root, durations=cfg.durations, strict=cfg.strict,
+            multi_span=cfg.multi_span, zero_length="keep",
         )
     except (FileNotFoundError, ValueError) as exc:  # AnnotationError is a ValueError
         return fail(PROG, str(exc))
@@ -179,13 +214,14 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     processor = load_processor(cfg.model)
     try:
+        budget = PROTOCOLS[cfg.protocol].pixel_budget(DecodeConfig.for_processor(processor).factor)
         decode_config = DecodeConfig.for_processor(
             processor,
-            fps=cfg.fps,
+            fps=cfg.fps if cfg.fps is not None else budget["fps"],
             max_frames=cfg.max_frames,
-            min_pixels=cfg.min_pixels,
+            min_pixels=cfg.min_pixels if cfg.min_pixels is not None else budget["min_pixels"],
             max_pixels=cfg.max_pixels,
-            total_pixels=cfg.total_pixels,
+            total_pixels=cfg.total_pixels if cfg.total_pixels is not None else budget["total_pixels"],
         )
     except ValueError as exc:
         return fail(PROG, str(exc))
@@ -193,7 +229,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     inputs = _input_identity(cfg, summary.format, device)
     if cfg.resume:
         try:
-            check_resumable(output, predictions_identity(decode_config, cfg.prompt_style, STYLE_DEFAULT,
+            check_resumable(output, predictions_identity(decode_config, cfg.effective_prompt_style, STYLE_DEFAULT,
                                                          cfg.max_new_tokens, inputs))
         except ValueError as exc:
             return fail(PROG, f"--resume: {exc}")
@@ -205,7 +241,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             processor,
             records,
             decode_config=decode_config,
-            prompt_style=cfg.prompt_style,
+            prompt_style=cfg.effective_prompt_style,
             batch_size=cfg.batch_size,
             max_new_tokens=cfg.max_new_tokens,
             num_workers=cfg.num_workers,
@@ -214,13 +250,16 @@ def main(argv: Iterable[str] | None = None) -> int:
             on_video_error=cfg.on_video_error,
             progress=cfg.progress,
             identity=inputs,
+            protocol=cfg.protocol,
+            moment_retrieval=summary.format == "qvhighlights",
         )
     except (VideoDecodeError, FileNotFoundError) as exc:  # --on-video-error raise
         return fail(PROG, exc)
     metrics_path = _metrics_path(output)
     metrics_path.write_text(
-        json.dumps({"overall": result.metrics, "per_source": result.per_source, "failed_videos": len(result.failed_videos),
-                    "data_issues": result.data_issue_counts}, indent=2)
+        json.dumps({"protocol": cfg.protocol, "overall": result.metrics, "per_source": result.per_source,
+                    "failed_videos": len(result.failed_videos), "data_issues": result.data_issue_counts,
+                    "protocols": result.protocols}, indent=2)
         + "\n",
         encoding="utf-8",
     )
@@ -237,6 +276,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         for _, issue in result.data_issues[:10]:
             print(f"  {issue}", file=sys.stderr)
     print(format_metrics_table(result.metrics, result.per_source))
+    others = ", ".join(f"{name} R1@0.5 {_number(block['overall']['R1@0.5'])}"
+                       for name, block in result.protocols.items() if name != cfg.protocol)
+    print(f"protocol {cfg.protocol}; the same answers under {others} (metrics.json: protocols)")
     print(f"predictions: {output}\nmetrics: {metrics_path}")
     return 0 if len(result.failed_videos) < len(records) else 1
 

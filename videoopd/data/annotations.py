@@ -10,7 +10,25 @@ Formats (``format=`` name, what one sample looks like):
 - ``timelens_100k``: TimeLens-100K JSONL, a line per video
   ``{source, video_path, duration, events: [{query, span}]}``.
 - ``jsonl``: plain JSONL, a line per query ``{video, query, start, end, duration}``
-  (optional ``id`` and ``source``).
+  (optional ``id``, ``source``, and ``windows`` for a query with several: ``start``/``end``
+  are then its first, as :func:`write_jsonl_records` writes them).
+- ``qvhighlights``: QVHighlights (moment_detr's ``highlight_{train,val}_release.jsonl``), a
+  line per query ``{qid, query, duration, vid, relevant_windows: [[s, e], ...], ...}``;
+  the video is ``{vid}.mp4`` under ``video_root``. A query may have several windows.
+- ``tvgbench``: Time-R1's TVGBench, a JSON list of ``{path, question, answer: "13.4-28.1",
+  duration, dataset_name, ...}``; the video is ``path`` (relative paths against
+  ``video_root``: for the file as published, the folder its ``./dataset/...`` paths start
+  from), the source ``dataset_name``.
+
+Queries with several windows follow ``multi_span=``: ``"skip"`` (the default: reported as
+``multi_span`` and skipped), ``"first"`` (the first window), ``"longest"`` (the longest, the
+first of equals) or ``"any"`` (all kept in :attr:`GroundingRecord.windows`: a prediction
+scores its best IoU against any window; ``span`` is the first). Every such query is counted
+in :attr:`LoadSummary.multi_window`, whatever the policy. A zero-length span (start ==
+end: Ego4D-NLQ items of TVGBench) is a ``zero_length_span``, skipped, or kept with
+``zero_length="keep"`` (metrics then score it by the protocol's rule). A span end past the
+duration by float noise (ActivityNet's 95.03999999999999 against 95.04: at most
+``FLOAT_NOISE_S``) is within the video, not reported.
 
 ``format="auto"`` detects the format from the file's content.
 
@@ -34,8 +52,9 @@ kind                  condition                                                 
 ``bad_encoding``      a line (a JSON document) that is not valid UTF-8            skipped
 ``malformed``         unparsable line/JSON, missing field, non-numeric time       skipped
 ``empty_query``       query missing or only whitespace                            skipped
-``multi_span``        more than one span for one query (single-span metrics)      skipped
-``inverted_span``     start >= end                                                skipped
+``multi_span``        more than one span for one query, ``multi_span="skip"``     skipped
+``inverted_span``     start > end                                                 skipped
+``zero_length_span``  start == end (``zero_length="keep"``: kept)                 skipped
 ``missing_video``     the video file does not exist (``check_videos=True``)       skipped
 ``bad_duration``      duration missing/non-positive and not probeable             skipped
                       (probeable: replaced by the probed duration)                probed
@@ -79,7 +98,9 @@ from typing import Any, Iterator, NamedTuple
 
 __all__ = [
     "FORMATS",
+    "MULTI_SPAN_POLICIES",
     "VIDEO_EXTENSIONS",
+    "ZERO_LENGTH_POLICIES",
     "AnnotationError",
     "DataIssue",
     "GroundingRecord",
@@ -94,10 +115,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("charades", "activitynet", "timelens_bench", "timelens_100k", "jsonl")
+FORMATS = ("charades", "activitynet", "timelens_bench", "timelens_100k", "jsonl", "qvhighlights", "tvgbench")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 SPAN_POLICIES = ("clip", "skip")
-_JSON_DOCUMENT_FORMATS = ("activitynet", "timelens_bench")
+MULTI_SPAN_POLICIES = ("skip", "first", "longest", "any")
+ZERO_LENGTH_POLICIES = ("skip", "keep")
+_JSON_DOCUMENT_FORMATS = ("activitynet", "timelens_bench", "tvgbench")
+# Float noise between a span end and the duration (95.03999999999999 vs 95.04), in seconds.
+FLOAT_NOISE_S = 1e-6
 _MAX_LOGGED_ISSUES = 20
 SPAN_END_SLACK_S = 1.0
 DURATION_TOLERANCE_S = 1.0
@@ -115,6 +140,8 @@ class GroundingRecord:
     span: tuple[float, float]
     duration: float
     source: str
+    # All windows of a query with several (multi_span="any"; span is the first), else None.
+    windows: tuple[tuple[float, float], ...] | None = None
     # Where the record was read (for reports); not part of its identity.
     annotation_file: str | None = field(default=None, compare=False, repr=False)
     annotation_location: str | None = field(default=None, compare=False, repr=False)
@@ -122,7 +149,13 @@ class GroundingRecord:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["span"] = list(self.span)
+        data["windows"] = None if self.windows is None else [list(w) for w in self.windows]
         return data
+
+    @property
+    def gt(self) -> list[float] | list[list[float]]:
+        """The ground truth as the metrics take it: the span, or every window."""
+        return list(self.span) if self.windows is None else [list(w) for w in self.windows]
 
 
 @dataclass(frozen=True)
@@ -159,6 +192,9 @@ class LoadSummary:
     read: int = 0
     kept: int = 0
     issues: list[DataIssue] = field(default_factory=list)
+    # Queries with several windows (whatever the multi_span policy did with them).
+    multi_window: int = 0
+    multi_span: str = "skip"
 
     @property
     def counts(self) -> dict[str, int]:
@@ -178,6 +214,7 @@ class LoadSummary:
         lines = [
             f"{self.file} ({self.format}): read {self.read}, kept {self.kept}, "
             f"skipped {self.skipped}, clipped {self.clipped}"
+            + (f", multi-window {self.multi_window} (multi_span={self.multi_span})" if self.multi_window else "")
         ]
         if self.issues:
             lines.append("  issues: " + ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())))
@@ -219,16 +256,28 @@ class _Reporter:
         if len(self.summary.issues) <= _MAX_LOGGED_ISSUES:
             logger.warning("%s", issue)
 
+    def malformed(self, location: str, message: str) -> None:
+        """An entry that cannot be read as a query: counted as read once, reported, skipped."""
+        self.summary.read += 1
+        self(location, "malformed", message, "skipped")
+
 
 # --------------------------------------------------------------------------------------
 # format detection
 
 
 def _classify_json_object(obj: Any) -> str | None:
+    if isinstance(obj, list):
+        first = obj[0] if obj else None
+        if isinstance(first, dict) and {"path", "question", "answer"} <= first.keys():
+            return "tvgbench"
+        return None
     if not isinstance(obj, dict):
         return None
     if "events" in obj and "video_path" in obj:
         return "timelens_100k"
+    if "vid" in obj and "query" in obj and ("relevant_windows" in obj or "qid" in obj):
+        return "qvhighlights"
     if "video" in obj and "query" in obj:
         return "jsonl"
     first = next(iter(obj.values()), None)
@@ -420,7 +469,7 @@ def _read_charades(path: Path, report: _Reporter, source: str) -> Iterator[_Cand
         )
 
 
-def _read_json_document(path: Path, report: _Reporter) -> dict[str, Any] | None:
+def _read_json_document(path: Path, report: _Reporter, kind: type = dict) -> Any:
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -435,10 +484,26 @@ def _read_json_document(path: Path, report: _Reporter) -> dict[str, Any] | None:
         report.summary.read += 1
         report(f"line {exc.lineno}", "malformed", f"invalid JSON: {exc.msg} (column {exc.colno})", "skipped")
         return None
-    if not isinstance(document, dict):
-        report("top level", "malformed", f"expected a JSON object keyed by video id, got {type(document).__name__}", "skipped")
+    if not isinstance(document, kind):
+        expected = "a JSON object keyed by video id" if kind is dict else "a JSON list of items"
+        report("top level", "malformed", f"expected {expected}, got {type(document).__name__}", "skipped")
         return None
-    return document
+    return text if kind is list else document
+
+
+def _json_list_items(text: str) -> Iterator[tuple[int, Any]]:
+    """(line the item starts on, item) of every item of a JSON list (``text`` is known to be
+    one), so that a bad item is reported with its line."""
+    decoder = json.JSONDecoder()
+    position = text.index("[") + 1
+    while True:
+        while text[position] in " \t\r\n,":
+            position += 1
+        if text[position] == "]":
+            return
+        item, end = decoder.raw_decode(text, position)
+        yield text.count("\n", 0, position) + 1, item
+        position = end
 
 
 def _read_keyed_json(
@@ -524,12 +589,10 @@ def _read_plain_jsonl(path: Path, report: _Reporter, source: str) -> Iterator[_C
     for line_number, obj in _iter_jsonl(path, report):
         location = f"line {line_number}"
         if not isinstance(obj, dict) or not isinstance(obj.get("video"), str):
-            report.summary.read += 1
-            report(location, "malformed", "expected an object with a 'video' string", "skipped")
+            report.malformed(location, "expected an object with a 'video' string")
             continue
         if "start" not in obj or "end" not in obj:
-            report.summary.read += 1
-            report(location, "malformed", "missing 'start' or 'end'", "skipped")
+            report.malformed(location, "missing 'start' or 'end'")
             continue
         video = obj["video"]
         key = Path(video).stem
@@ -540,29 +603,74 @@ def _read_plain_jsonl(path: Path, report: _Reporter, source: str) -> Iterator[_C
             location,
             video,
             obj.get("query"),
-            [obj["start"], obj["end"]],
+            obj["windows"] if obj.get("windows") is not None else [obj["start"], obj["end"]],
             obj.get("duration"),
             str(obj.get("source") or source),
             str(record_id) if record_id is not None else generated_id,
         )
 
 
+def _read_qvhighlights(path: Path, report: _Reporter) -> Iterator[_Candidate]:
+    for line_number, obj in _iter_jsonl(path, report):
+        location = f"line {line_number}"
+        if not isinstance(obj, dict) or not isinstance(obj.get("vid"), str):
+            report.malformed(location, "expected an object with a 'vid' string")
+            continue
+        if "relevant_windows" not in obj:
+            report.malformed(location, "no 'relevant_windows' (the test split does not publish them)")
+            continue
+        qid = obj.get("qid")
+        yield _Candidate(location, obj["vid"], obj.get("query"), obj["relevant_windows"], obj.get("duration"),
+                         "qvhighlights", None if qid is None else str(qid))
+
+
+def _tvgbench_span(answer: Any) -> list[str] | None:
+    if not isinstance(answer, str):
+        return None
+    parts = answer.split("-")
+    return parts if len(parts) == 2 else None
+
+
+def _read_tvgbench(path: Path, report: _Reporter) -> Iterator[_Candidate]:
+    text = _read_json_document(path, report, kind=list)
+    if text is None:
+        return
+    per_video: Counter[str] = Counter()
+    for index, (line_number, item) in enumerate(_json_list_items(text)):
+        location = f"line {line_number} item[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+            report.malformed(location, "expected an object with a 'path' string")
+            continue
+        span = _tvgbench_span(item.get("answer"))
+        if span is None:
+            report.malformed(location, f"answer must be 'start-end', got {item.get('answer')!r}")
+            continue
+        key = Path(item["path"]).stem
+        generated_id = f"{key}#{per_video[key]}"
+        per_video[key] += 1
+        qid = item.get("qid")
+        yield _Candidate(location, item["path"], item.get("question"), span, item.get("duration"),
+                         str(item.get("dataset_name") or "tvgbench"), str(qid) if qid is not None else generated_id)
+
+
 # --------------------------------------------------------------------------------------
 # validation
 
 
-def _parse_span(raw: Any) -> tuple[float, float] | str:
-    """(start, end), or the kind of problem: 'malformed' or 'multi_span'."""
-    if isinstance(raw, (list, tuple)) and raw and all(isinstance(s, (list, tuple)) for s in raw):
-        if len(raw) > 1:
-            return "multi_span"
-        raw = raw[0]  # TimeLens writes single spans as [[start, end]]
-    if not isinstance(raw, (list, tuple)) or len(raw) != 2:
-        return "malformed"
-    try:
-        return _as_float(raw[0]), _as_float(raw[1])
-    except ValueError:
-        return "malformed"
+def _parse_windows(raw: Any) -> list[tuple[float, float]] | None:
+    """The (start, end) windows of a query (TimeLens writes single spans as [[start, end]],
+    QVHighlights several), or None when they are not pairs of numbers."""
+    windows = raw if isinstance(raw, (list, tuple)) and raw and all(isinstance(s, (list, tuple)) for s in raw) \
+        else [raw]
+    parsed = []
+    for window in windows:
+        if not isinstance(window, (list, tuple)) or len(window) != 2:
+            return None
+        try:
+            parsed.append((_as_float(window[0]), _as_float(window[1])))
+        except ValueError:
+            return None
+    return parsed
 
 
 class _Validator:
@@ -575,12 +683,18 @@ class _Validator:
         span_policy: str,
         strip_prefix: str | None,
         source: str | None,
+        multi_span: str = "skip",
+        zero_length: str = "skip",
+        durations_name: str = "the durations table",
     ):
         self.report = report
         self.base = base
         self.durations = durations
+        self.durations_name = durations_name
         self.check_videos = check_videos
         self.span_policy = span_policy
+        self.multi_span = multi_span
+        self.zero_length = zero_length
         self.strip_prefix = strip_prefix
         self.source = source  # overrides the file's own source names
         self.seen_ids: set[str] = set()
@@ -603,17 +717,28 @@ class _Validator:
         if not query:
             report(location, "empty_query", f"query is {candidate.query!r}", "skipped")
             return None
-        span = _parse_span(candidate.span)
-        if span == "multi_span":
-            report(location, "multi_span", f"{len(candidate.span)} spans {candidate.span!r} for one query", "skipped")
-            return None
-        if span == "malformed":
+        windows = _parse_windows(candidate.span)
+        if windows is None:
             report(location, "malformed", f"span must be two numbers, got {candidate.span!r}", "skipped")
             return None
-        start, end = span
-        if start >= end:
-            report(location, "inverted_span", f"start {start} >= end {end}", "skipped")
-            return None
+        if len(windows) > 1:
+            report.summary.multi_window += 1
+            if self.multi_span == "skip":
+                report(location, "multi_span", f"{len(windows)} spans {candidate.span!r} for one query", "skipped")
+                return None
+            if self.multi_span == "first":
+                windows = windows[:1]
+            elif self.multi_span == "longest":
+                windows = [max(windows, key=lambda w: w[1] - w[0])]  # max keeps the first of equals
+        for start, end in windows:
+            if start > end:
+                report(location, "inverted_span", f"start {start} > end {end}", "skipped")
+                return None
+            if start == end:
+                if self.zero_length == "skip":
+                    report(location, "zero_length_span", f"start {start} == end {end}", "skipped")
+                    return None
+                report(location, "zero_length_span", f"start {start} == end {end}", "kept")
         video, exists = _resolve_video(candidate.video, self.base, self.strip_prefix)
         if self.check_videos and not exists:
             report(location, "missing_video", f"video file not found: {video}", "skipped")
@@ -621,20 +746,13 @@ class _Validator:
         duration = self._duration(candidate, video, exists)
         if duration is None:
             return None
-        if start < 0 or end > duration:
-            clipped = (max(0.0, start), min(duration, end))
-            if self.span_policy == "skip" or clipped[0] >= clipped[1]:
-                report(
-                    location, "span_out_of_range", f"span ({start}, {end}) outside [0, {duration}]", "skipped"
-                )
+        kept_windows = []
+        for window in windows:
+            window = self._within(location, window, duration)
+            if window is None:
                 return None
-            report(
-                location,
-                "span_out_of_range",
-                f"span ({start}, {end}) outside [0, {duration}], clipped to ({clipped[0]}, {clipped[1]})",
-                "clipped",
-            )
-            start, end = clipped
+            kept_windows.append(window)
+        start, end = kept_windows[0]
         record_id = candidate.id or f"{Path(candidate.video).stem}@{location}"
         if record_id in self.seen_ids:
             report(location, "duplicate_id", f"id {record_id!r} was already loaded", "skipped")
@@ -642,7 +760,27 @@ class _Validator:
         self.seen_ids.add(record_id)
         source = self.source or candidate.source
         return GroundingRecord(record_id, str(video), query, (start, end), duration, source,
+                               windows=tuple(kept_windows) if len(kept_windows) > 1 else None,
                                annotation_file=report.summary.file, annotation_location=location)
+
+    def _within(self, location: str, window: tuple[float, float], duration: float) -> tuple[float, float] | None:
+        """``window`` inside [0, duration] (float noise absorbed silently, more clipped and
+        reported), or None when it is skipped."""
+        start, end = window
+        if -FLOAT_NOISE_S <= start < 0:
+            start = 0.0
+        if duration < end <= duration + FLOAT_NOISE_S:
+            end = duration
+        if not (start < 0 or end > duration):
+            return start, end
+        clipped = (max(0.0, start), min(duration, end))
+        if self.span_policy == "skip" or clipped[0] >= clipped[1]:
+            self.report(location, "span_out_of_range", f"span ({start}, {end}) outside [0, {duration}]", "skipped")
+            return None
+        self.report(location, "span_out_of_range",
+                    f"span ({start}, {end}) outside [0, {duration}], clipped to ({clipped[0]}, {clipped[1]})",
+                    "clipped")
+        return clipped
 
     def _duration(self, candidate: _Candidate, video: Path, exists: bool) -> float | None:
         report, location = self.report, candidate.location
@@ -663,7 +801,12 @@ class _Validator:
             if raw is not None:
                 report(location, "bad_duration", f"duration {raw!r} replaced by the probed {probed:.3f}", "probed")
             return probed
-        reason = f"duration {raw!r} is not a positive number" if raw is not None else "no duration given"
+        if raw is not None:
+            reason = f"duration {raw!r} is not a positive number"
+        elif self.durations:
+            reason = f"video id {candidate.video!r} is not in {self.durations_name}"
+        else:
+            reason = "no duration given"
         report(location, "bad_duration", f"{reason} and the video {video} cannot be probed", "skipped")
         return None
 
@@ -705,6 +848,8 @@ def load_annotations(
     check_videos: bool = True,
     span_policy: str = "clip",
     source: str | None = None,
+    multi_span: str = "skip",
+    zero_length: str = "skip",
 ) -> LoadResult:
     """Read a grounding annotation file into :class:`GroundingRecord` s.
 
@@ -718,6 +863,11 @@ def load_annotations(
             inspect annotations without the videos.
         span_policy: ``"clip"`` spans reaching outside [0, duration] to it, or ``"skip"`` them.
         source: override the per-record source name.
+        multi_span: what a query with several windows becomes: ``"skip"`` (reported),
+            ``"first"``, ``"longest"`` or ``"any"`` (all windows; best IoU scores). Counted in
+            ``summary.multi_window`` whatever the policy.
+        zero_length: ``"skip"`` a zero-length span (start == end) or ``"keep"`` it; reported
+            as ``zero_length_span`` either way.
 
     Returns:
         ``LoadResult(records, summary)``.
@@ -738,6 +888,10 @@ def load_annotations(
         raise ValueError(f"format must be 'auto' or one of {', '.join(FORMATS)}, got {format!r}")
     if span_policy not in SPAN_POLICIES:
         raise ValueError(f"span_policy must be one of {SPAN_POLICIES}, got {span_policy!r}")
+    if multi_span not in MULTI_SPAN_POLICIES:
+        raise ValueError(f"multi_span must be one of {MULTI_SPAN_POLICIES}, got {multi_span!r}")
+    if zero_length not in ZERO_LENGTH_POLICIES:
+        raise ValueError(f"zero_length must be one of {ZERO_LENGTH_POLICIES}, got {zero_length!r}")
     if source is not None and not (isinstance(source, str) and source):
         raise ValueError(f"source must be a non-empty string or None, got {source!r}")
     if video_root is not None and not Path(video_root).is_dir():
@@ -751,7 +905,7 @@ def load_annotations(
     else:
         raise TypeError(f"durations must be a CSV path, a dict or None, got {type(durations).__name__}")
 
-    summary = LoadSummary(file=str(path), format=format)
+    summary = LoadSummary(file=str(path), format=format, multi_span=multi_span)
     report = _Reporter(summary, strict)
     if format == "charades":
         candidates = _read_charades(path, report, "charades_sta")
@@ -761,6 +915,10 @@ def load_annotations(
         candidates = _read_keyed_json(path, report, path.stem, "spans", "queries")
     elif format == "timelens_100k":
         candidates = _read_timelens_100k(path, report)
+    elif format == "qvhighlights":
+        candidates = _read_qvhighlights(path, report)
+    elif format == "tvgbench":
+        candidates = _read_tvgbench(path, report)
     else:
         candidates = _read_plain_jsonl(path, report, path.stem)
 
@@ -772,6 +930,9 @@ def load_annotations(
         span_policy=span_policy,
         strip_prefix="v_" if format == "activitynet" else None,
         source=source,
+        multi_span=multi_span,
+        zero_length=zero_length,
+        durations_name=f"the durations CSV {durations}" if isinstance(durations, (str, Path)) else "the durations table",
     )
     records = [record for record in map(validate, candidates) if record is not None]
     summary.kept = len(records)
@@ -817,4 +978,6 @@ def write_jsonl_records(records: list[GroundingRecord], path: str | Path) -> Non
                 "duration": record.duration,
                 "source": record.source,
             }
+            if record.windows is not None:
+                row["windows"] = [list(window) for window in record.windows]
             handle.write(json.dumps(row) + "\n")

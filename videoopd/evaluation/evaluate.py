@@ -37,7 +37,8 @@ from videoopd.data.annotations import DataIssue, GroundingRecord
 from videoopd.data.datasets import GroundingVideoDataset
 from videoopd.qwen.collators import GroundingCollator
 from videoopd.data.video import DecodeConfig
-from videoopd.grounding.metrics import grounding_metrics, parse_span, temporal_iou
+from videoopd.grounding.metrics import grounding_metrics, parse_span, sample_iou
+from videoopd.grounding.protocols import PROTOCOL_NAMES, get_protocol
 from videoopd.qwen.models import is_fsdp_sharded
 from videoopd.qwen.prompts import DEFAULT_SYSTEM_PROMPTS, PROMPT_STYLES, STYLE_DEFAULT
 
@@ -50,6 +51,7 @@ __all__ = [
     "gather_shards",
     "identity_path",
     "predictions_identity",
+    "protocol_metrics",
     "read_predictions",
     "shard_evenly",
 ]
@@ -69,6 +71,8 @@ class EvalResult:
     resumed: int = 0  # rows taken from an existing predictions file
     # Scored rows whose video disagrees with the annotation (span past its end, duration off).
     data_issues: list[tuple[str, DataIssue]] = field(default_factory=list)  # (record id, issue)
+    # The same answers scored under every protocol's rules: {protocol: {"overall", "per_source"}}.
+    protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def data_issue_counts(self) -> dict[str, int]:
@@ -76,18 +80,18 @@ class EvalResult:
 
 
 def _prediction_row(record: GroundingRecord, answer: str | None, error: str | None = None,
-                    data_issue: DataIssue | None = None) -> dict[str, Any]:
-    pred = parse_span(answer) if answer is not None else None
+                    data_issue: DataIssue | None = None, protocol: str = "paper") -> dict[str, Any]:
+    pred = parse_span(answer, protocol) if answer is not None else None
     return {
         "id": record.id,
         "source": record.source,
         "video": record.video,
         "query": record.query,
-        "gt": list(record.span),
+        "gt": record.gt,
         "duration": record.duration,
         "answer": answer,
         "pred": list(pred) if pred is not None else None,
-        "iou": temporal_iou(pred, record.span),
+        "iou": sample_iou(pred, record.gt),
         "error": error,
         "data_issue": asdict(data_issue) if data_issue is not None else None,
     }
@@ -200,8 +204,28 @@ def _model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _metrics_for(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    return grounding_metrics([row["pred"] for row in rows], [row["gt"] for row in rows])
+def _metrics_for(rows: Sequence[dict[str, Any]], protocol: str = "paper",
+                 moment_retrieval: bool = False) -> dict[str, Any]:
+    """Metrics of ``rows`` under ``protocol``, reading each raw answer with its parser (so that
+    the rows of one run are scored under every protocol's rules)."""
+    parse = get_protocol(protocol).parse
+    preds = [parse(row["answer"]) if row["answer"] is not None else None for row in rows]
+    return grounding_metrics(preds, [row["gt"] for row in rows], protocol, moment_retrieval=moment_retrieval)
+
+
+def protocol_metrics(rows: Sequence[dict[str, Any]], moment_retrieval: bool = False) -> dict[str, dict[str, Any]]:
+    """``{protocol: {"overall": metrics, "per_source": {source: metrics}}}`` of prediction
+    rows, for every protocol of :data:`videoopd.grounding.protocols.PROTOCOL_NAMES`
+    (``moment_retrieval``: with QVHighlights' own metrics)."""
+    by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_source[row["source"]].append(row)
+    return {
+        name: {"overall": _metrics_for(rows, name, moment_retrieval),
+               "per_source": {source: _metrics_for(group, name, moment_retrieval)
+                              for source, group in sorted(by_source.items())}}
+        for name in PROTOCOL_NAMES
+    }
 
 
 def evaluate(
@@ -221,6 +245,8 @@ def evaluate(
     progress: bool = True,
     accelerator: Any = None,
     identity: Mapping[str, Any] | None = None,
+    protocol: str = "paper",
+    moment_retrieval: bool = False,
 ) -> EvalResult:
     """Generate an answer for every record greedily, parse it and score it.
 
@@ -251,7 +277,15 @@ def evaluate(
         identity: what the caller knows of the inputs beyond the decoding settings (data file,
             its hash, model path, ...): recorded in ``predictions_path``'s ``.meta.json``
             sidecar with :func:`predictions_identity` and checked on resume.
+        protocol: how queries are shown (its query normalisation) and answers parsed and
+            scored for ``pred``, ``iou`` and ``metrics`` (:mod:`videoopd.grounding.protocols`);
+            the prompt and frames are ``prompt_style`` and ``decode_config``, which
+            ``python -m videoopd.eval --protocol`` sets from it. ``EvalResult.protocols``
+            scores the same answers under every protocol.
+        moment_retrieval: also QVHighlights' moment-retrieval metrics (MR-R1, MR-mAP; see
+            :func:`videoopd.grounding.metrics.moment_retrieval_metrics`) in every block.
     """
+    rules = get_protocol(protocol)
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
@@ -305,7 +339,7 @@ def evaluate(
             GroundingVideoDataset(todo, decode_config, on_error="report"),
             batch_size=batch_size,
             num_workers=num_workers,
-            collate_fn=GroundingCollator(processor, prompt_style, system_prompt),
+            collate_fn=GroundingCollator(processor, prompt_style, system_prompt, rules.normalize_query),
         )
         bar = _progress_bar(len(todo) * world, enabled=progress and main)
         handle = predictions_path.open("a", encoding="utf-8") if stream else None
@@ -321,11 +355,11 @@ def evaluate(
                     inputs = batch["inputs"].to(_model_device(model))
                     answers = generate(model, processor, inputs, max_new_tokens=max_new_tokens,
                                        synced_gpus=synced).answers
-                    rows += [_prediction_row(record, answer, data_issue=issue)
+                    rows += [_prediction_row(record, answer, data_issue=issue, protocol=rules.name)
                              for record, answer, issue in zip(batch["records"], answers, batch["data_issues"])]
                 for record, error in batch["failed"]:
                     logger.warning("%s: %s", record.id, error)
-                    rows.append(_prediction_row(record, None, error=error))
+                    rows.append(_prediction_row(record, None, error=error, protocol=rules.name))
                 new_rows += rows
                 if handle is not None:
                     for row in rows:
@@ -351,11 +385,13 @@ def evaluate(
         by_source[row["source"]].append(row)
     return EvalResult(
         predictions=rows,
-        metrics=_metrics_for(rows),
-        per_source={source: _metrics_for(group) for source, group in sorted(by_source.items())},
+        metrics=_metrics_for(rows, rules.name, moment_retrieval),
+        per_source={source: _metrics_for(group, rules.name, moment_retrieval)
+                    for source, group in sorted(by_source.items())},
         failed_videos=failed,
         resumed=len(done),
         data_issues=[(row["id"], DataIssue(**row["data_issue"])) for row in rows if row.get("data_issue")],
+        protocols=protocol_metrics(rows, moment_retrieval),
     )
 
 
@@ -384,7 +420,7 @@ def format_metrics_table(metrics: dict[str, float], per_source: dict[str, dict[s
     for name, values in entries:
         lines.append(
             f"{name:<{width}}  {int(values['total']):>6}  {int(values['parsed']):>6}  "
-            + "  ".join(f"{values[c]:>7.2f}" for c in columns)
+            + "  ".join(f"{values[c]:>7.2f}" if values[c] is not None else f"{'-':>7}" for c in columns)
         )
     return "\n".join(lines)
 

@@ -1,3 +1,5 @@
-"""Temporal grounding's pure pieces, beneath every other package: answer parsing, temporal IoU,
-R1@m / mIoU (:mod:`videoopd.grounding.metrics`) and the IoU rewards of GRPO
+"""Temporal grounding's pure pieces, beneath every other package: answer parsing
+(:mod:`videoopd.grounding.parsing`), the evaluation protocols of published benchmarks
+(:mod:`videoopd.grounding.protocols`), temporal IoU, R1@m / mIoU and QVHighlights'
+moment-retrieval metrics (:mod:`videoopd.grounding.metrics`) and the IoU rewards of GRPO
 (:mod:`videoopd.grounding.rewards`). No models, no torch."""

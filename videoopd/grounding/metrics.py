@@ -1,111 +1,43 @@
-"""Answer parsing and temporal-grounding metrics (R1@{0.3,0.5,0.7}, mIoU).
+"""Answer parsing and temporal-grounding metrics (R1@{0.3,0.5,0.7}, mIoU), under a protocol.
 
 Conventions (DESIGN.md section 6): IoU = max(0, min(e1, e2) - max(s1, s2)) /
 (max(e1, e2) - min(s1, s2)); an answer that does not parse scores IoU 0 and is counted,
 never dropped; a parsed span with start > end is kept as parsed and scores 0.
+
+``protocol=`` (:mod:`videoopd.grounding.protocols`: ``paper``, ``timelens``, ``time-r1``)
+chooses how an answer is read, whether a hit is IoU >= m or IoU > m, and what a zero-length
+ground truth does; ``paper`` (ours) is the default everywhere.
 """
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["parse_span", "parse_time", "temporal_iou", "grounding_metrics", "THRESHOLDS"]
+from videoopd.grounding.parsing import parse_time
+from videoopd.grounding.protocols import Protocol, get_protocol
+
+__all__ = ["MR_AP_THRESHOLDS", "THRESHOLDS", "grounding_metrics", "moment_retrieval_metrics", "parse_span",
+           "parse_time", "sample_iou", "temporal_iou"]
 
 THRESHOLDS = (0.3, 0.5, 0.7)
-
-# One time value: hh:mm:ss, mm:ss (both with optional fractional seconds) or plain seconds.
-_HMS = r"\d+:[0-5]?\d:[0-5]?\d(?:\.\d+)?"
-_MS = r"\d+:[0-5]?\d(?:\.\d+)?"
-_NUM = r"\d+(?:\.\d+)?|\.\d+"
-_UNIT = r"(?:\s*(?:seconds?|secs?|s)\b)?"
-# A time must not continue a word or a number ("Qwen2.5", "v1.2.3") and must not stop in
-# the middle of one ("17.83" is not "17.8" followed by "3").
-_BEFORE = r"(?<![\w.:])"
-_AFTER = r"(?![\w:]|\.\d)"
+# moment_detr's standalone_eval: mAP over tIoU 0.5:0.05:0.95, reported at 0.5, 0.75 and on average.
+MR_AP_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
 
 
-# Words between "starts"/"ends" and the time: "at", "is", ":", "around", "approximately", ...
-_LINK = r"(?:(?:is|:|=|at|around|about|approximately|roughly|from|by|on)\s*){0,3}"
+def parse_span(text: str, protocol: str | Protocol = "paper") -> tuple[float, float] | None:
+    """The (start, end) span ``protocol`` reads in a model answer, in seconds, or None.
 
-
-def _time(name: str) -> str:
-    return rf"{_BEFORE}(?P<{name}>{_HMS}|{_MS}|{_NUM}){_UNIT}{_AFTER}"
-
-
-# Alternatives, tried at each position left to right (the first span in the text wins):
-#   "12.5 to 17.8", "12.5 - 17.8", "12.5s until 17.8s", "00:12 ~ 00:17"
-#   "[00:12, 00:17]" / "(12.5, 17.8)" (a comma only inside brackets: bare "2, 3" is prose)
-#   "between 12.5 and 17.8"
-#   "start time: 12.5, end time: 17.8", "it starts at 12.5 seconds and ends at 17.8",
-#   "begins at 00:12 and finishes at 00:17" (how a policy writes while it learns the format)
-_SPAN_RE = re.compile(
-    "|".join(
-        [
-            rf"{_time('s0')}\s*(?:to|until|till|-|–|—|~)\s*{_time('e0')}",
-            rf"[\[(]\s*{_time('s1')}\s*,\s*{_time('e1')}\s*[\])]",
-            rf"\bbetween\s+{_time('s2')}\s+and\s+{_time('e2')}",
-            rf"\b(?:start|begin)(?:s|ning|ing)?(?:\s+time)?\s*{_LINK}{_time('s3')}[^\d]{{0,40}}?"
-            rf"\b(?:end|finish|stop|conclude)(?:s|es|ed|ing|ping|ped)?(?:\s+time)?\s*{_LINK}{_time('e3')}",
-        ]
-    ),
-    flags=re.IGNORECASE,
-)
-
-
-def parse_time(token: str) -> float:
-    """Seconds in ``token``: "12.5", "12.5s", "00:12", "1:02:03.5"."""
-    if not isinstance(token, str):
-        raise TypeError(f"token must be a str, got {type(token).__name__}")
-    value = re.sub(r"\s*(?:seconds?|secs?|s)$", "", token.strip(), flags=re.IGNORECASE)
-    if not re.fullmatch(rf"{_HMS}|{_MS}|{_NUM}", value):
-        raise ValueError(f"token is not a time value: {token!r}")
-    seconds = 0.0
-    for part in value.split(":"):
-        seconds = seconds * 60.0 + float(part)
-    return seconds
-
-
-def _answer_region(text: str) -> str | None:
-    # Reasoning comes first: the answer is what follows the last closed <think> block.
-    # An unclosed <think> means generation stopped mid-reasoning: there is no answer.
-    lowered = text.lower()
-    if "</think>" in lowered:
-        text = text[lowered.rindex("</think>") + len("</think>") :]
-    elif "<think>" in lowered:
-        return None
-    # The last <answer> wins (models sometimes restate); it may be cut off before </answer>.
-    lowered = text.lower()
-    if "<answer>" not in lowered:
-        return text
-    answer = text[lowered.rindex("<answer>") + len("<answer>") :]
-    close = answer.lower().find("</answer>")
-    return answer if close < 0 else answer[:close]
-
-
-def parse_span(text: str) -> tuple[float, float] | None:
-    """The first (start, end) time span a model answer states, in seconds, or None.
-
-    Understands "12.54 to 17.83", "12.5 - 17.8", "from 12.5s to 17.8s", "12.5 seconds to
-    17.8 seconds", mm:ss and hh:mm:ss pairs, ``\\boxed{[00:12, 00:17]}``, "between 3 and 5",
-    "start time: 3, end time: 5", "it starts at 3 seconds and ends at 5", "begins at 00:03 and
-    finishes at 00:05". ``<think>...</think>`` blocks are skipped (an unclosed one
+    ``paper`` (the default): :func:`videoopd.grounding.parsing.parse_paper`, which reads
+    "12.54 to 17.83", "12.5 - 17.8", "from 12.5s to 17.8s", mm:ss and hh:mm:ss pairs,
+    ``\\boxed{[00:12, 00:17]}``, "between 3 and 5", "it starts at 3 seconds and ends at 5",
+    "happens at 39.2 seconds and ends at 46.9 seconds", "from second 33 to second 40", a bare
+    pair when it is the whole answer, ...; ``<think>`` blocks are skipped (an unclosed one
     yields None) and when ``<answer>`` tags are present only the last answer is read.
-    A span with start > end is returned as parsed, not swapped: the metric scores it 0.
+    ``timelens`` / ``time-r1``: what those evaluations read (see their parsers). A span with
+    start > end is returned as parsed, not swapped: the metric scores it 0.
     """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    region = _answer_region(text)
-    if region is None:
-        return None
-    match = _SPAN_RE.search(region)
-    if match is None:
-        return None
-    groups = match.groupdict()
-    for k in range(4):
-        if groups[f"s{k}"] is not None:
-            return parse_time(groups[f"s{k}"]), parse_time(groups[f"e{k}"])
-    raise AssertionError("unreachable: the span regex matched without a start group")  # pragma: no cover
+    return get_protocol(protocol).parse(text)
 
 
 def _as_span(value: object, name: str) -> tuple[float, float]:
@@ -139,22 +71,94 @@ def temporal_iou(pred: Sequence[float] | None, gt: Sequence[float]) -> float:
     return intersection / union if union > 0 else 0.0
 
 
+def _windows(gt: Any, name: str) -> list[tuple[float, float]]:
+    """``gt`` as its list of windows: one (start, end) pair, or a sequence of them (a query
+    with several windows: a prediction scores its best IoU against any of them)."""
+    if isinstance(gt, (tuple, list)) and gt and all(isinstance(w, (tuple, list)) for w in gt):
+        windows = [_as_span(w, name) for w in gt]
+    else:
+        windows = [_as_span(gt, name)]
+    for start, end in windows:
+        if start > end:
+            raise ValueError(f"{name} must have start <= end, got {gt!r}")
+    return windows
+
+
+def sample_iou(pred: Sequence[float] | None, gt: Any) -> float:
+    """The IoU one prediction scores: its best over ``gt``'s windows (a pair, or a sequence
+    of pairs), a zero-length window scoring 0."""
+    return max(temporal_iou(pred, w) if w[0] < w[1] else 0.0 for w in _windows(gt, "gt"))
+
+
 def grounding_metrics(
-    preds: Sequence[Sequence[float] | None], gts: Sequence[Sequence[float]]
-) -> dict[str, float]:
-    """R1@0.3/0.5/0.7 and mIoU in percent, plus ``parsed`` and ``total`` counts.
+    preds: Sequence[Sequence[float] | None],
+    gts: Sequence[Any],
+    protocol: str | Protocol = "paper",
+    moment_retrieval: bool = False,
+) -> dict[str, Any]:
+    """R1@0.3/0.5/0.7 and mIoU in percent, plus ``parsed`` and ``total`` counts, under
+    ``protocol``'s rules.
 
     Every prediction counts in the denominator: None (unparsed) and inverted spans score
-    IoU 0. ``parsed`` is the number of predictions that are not None.
+    IoU 0. ``parsed`` is the number of scored predictions that are not None. A ground truth
+    is a (start, end) pair or a sequence of them (best IoU over the windows). A hit at R1@m
+    is IoU >= m (``paper``, ``timelens``) or IoU > m (``time-r1``). A zero-length ground truth
+    (start == end) scores 0 and counts (``timelens``, ``time-r1``) or is left out of the
+    denominator (``paper``: its IoU is undefined), counted as ``zero_length_excluded``; when
+    nothing is left, R1 and mIoU are None. ``moment_retrieval``: also QVHighlights' own
+    metrics (:func:`moment_retrieval_metrics`) over the same predictions.
     """
+    rules = get_protocol(protocol)
     if len(preds) != len(gts):
         raise ValueError(f"preds and gts must have the same length, got {len(preds)} and {len(gts)}")
     if len(gts) == 0:
         raise ValueError("gts must not be empty: metrics over no samples are undefined")
-    ious = [temporal_iou(p, g) for p, g in zip(preds, gts)]
+    ious, parsed, excluded = [], 0, 0
+    for index, (pred, gt) in enumerate(zip(preds, gts)):
+        windows = [w for w in _windows(gt, f"gts[{index}]") if w[0] < w[1] or rules.zero_length == "score_zero"]
+        if not windows:
+            excluded += 1
+            continue
+        parsed += pred is not None
+        ious.append(sample_iou(pred, windows))
     total = len(ious)
-    metrics = {f"R1@{t}": 100.0 * sum(iou >= t for iou in ious) / total for t in THRESHOLDS}
-    metrics["mIoU"] = 100.0 * sum(ious) / total
-    metrics["parsed"] = sum(p is not None for p in preds)
+    metrics: dict[str, Any] = {
+        f"R1@{t}": 100.0 * sum(rules.hit(iou, t) for iou in ious) / total if total else None for t in THRESHOLDS
+    }
+    metrics["mIoU"] = 100.0 * sum(ious) / total if total else None
+    metrics["parsed"] = parsed
     metrics["total"] = total
+    if excluded:
+        metrics["zero_length_excluded"] = excluded
+    if moment_retrieval:
+        metrics.update(moment_retrieval_metrics(preds, gts))
     return metrics
+
+
+def moment_retrieval_metrics(preds: Sequence[Sequence[float] | None], gts: Sequence[Any]) -> dict[str, float]:
+    """QVHighlights' moment-retrieval metrics as moment_detr's ``standalone_eval`` defines
+    them, for one predicted window per query, in percent: ``MR-R1@0.5`` / ``MR-R1@0.7`` (the
+    IoU with the window it overlaps most, >= the threshold) and ``MR-mAP@0.5``,
+    ``MR-mAP@0.75``, ``MR-mAP`` (the mean over :data:`MR_AP_THRESHOLDS`) of the per-query
+    average precision. With one prediction a query's interpolated AP at threshold t is
+    1 / (its number of windows) when the best IoU reaches t, else 0. An unparsed answer is a
+    query without a prediction (AP 0, no hit); moment_detr asks for one per query. Unrounded
+    (moment_detr prints two decimals)."""
+    if len(preds) != len(gts):
+        raise ValueError(f"preds and gts must have the same length, got {len(preds)} and {len(gts)}")
+    if len(gts) == 0:
+        raise ValueError("gts must not be empty: metrics over no samples are undefined")
+    best, counts = [], []
+    for index, (pred, gt) in enumerate(zip(preds, gts)):
+        windows = _windows(gt, f"gts[{index}]")
+        best.append(sample_iou(pred, windows))
+        counts.append(len(windows))
+    total = len(best)
+    ap = {t: 100.0 * sum(1.0 / n for iou, n in zip(best, counts) if iou >= t) / total for t in MR_AP_THRESHOLDS}
+    return {
+        "MR-R1@0.5": 100.0 * sum(iou >= 0.5 for iou in best) / total,
+        "MR-R1@0.7": 100.0 * sum(iou >= 0.7 for iou in best) / total,
+        "MR-mAP@0.5": ap[0.5],
+        "MR-mAP@0.75": ap[0.75],
+        "MR-mAP": sum(ap.values()) / len(ap),
+    }

@@ -7,12 +7,19 @@ evaluation); :class:`SFTCollator` renders prompt + perfect answer for supervised
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from videoopd.qwen.processing import processor_inputs
-from videoopd.qwen.prompts import PROMPT_STYLES, STYLE_DEFAULT, build_messages, format_answer, render_chat
+from videoopd.qwen.prompts import (
+    ANSWER_PREFIXES,
+    PROMPT_STYLES,
+    STYLE_DEFAULT,
+    build_messages,
+    format_answer,
+    render_chat,
+)
 
 __all__ = ["GroundingCollator", "SFTCollator"]
 
@@ -22,9 +29,11 @@ class GroundingCollator:
     batch of decoded items. Items whose video failed (``video=None``) are passed through in
     ``failed`` as (record, error message), their exceptions in ``failed_exceptions``, and left
     out of ``inputs`` (None when no video of the batch decoded). ``system_prompt``: see
-    :func:`videoopd.qwen.prompts.build_messages` (default: the style's own)."""
+    :func:`videoopd.qwen.prompts.build_messages` (default: the style's own). ``normalize_query``:
+    how the query is shown (an evaluation protocol's rule, e.g. TimeLens strips its periods)."""
 
-    def __init__(self, processor: Any, prompt_style: str = "paper", system_prompt: Any = STYLE_DEFAULT):
+    def __init__(self, processor: Any, prompt_style: str = "paper", system_prompt: Any = STYLE_DEFAULT,
+                 normalize_query: Callable[[str], str] | None = None):
         if not callable(processor):
             raise TypeError(f"processor must be a callable Qwen-VL processor, got {type(processor).__name__}")
         if prompt_style not in PROMPT_STYLES:
@@ -32,10 +41,14 @@ class GroundingCollator:
         self.processor = processor
         self.prompt_style = prompt_style
         self.system_prompt = system_prompt
+        self.normalize_query = normalize_query
 
     def texts(self, records: Sequence[Any]) -> list[str]:
+        normalize = self.normalize_query or (lambda query: query)
+        prefix = ANSWER_PREFIXES.get(self.prompt_style, "")
         return [
-            render_chat(self.processor, build_messages(record.query, self.prompt_style, self.system_prompt))
+            render_chat(self.processor, build_messages(normalize(record.query), self.prompt_style, self.system_prompt))
+            + prefix
             for record in records
         ]
 

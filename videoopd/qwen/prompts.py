@@ -1,6 +1,6 @@
 """Prompts for temporal video grounding, rendered as chat messages for Qwen-VL processors.
 
-Two styles:
+Three styles:
 
 - ``paper``: the Video-OPD paper's template (its Figure 7) with the system prompt
   "You are a video analysis expert." The model is asked for "start time to end time",
@@ -8,6 +8,12 @@ Two styles:
 - ``timelens``: the TimeLens evaluation prompt, answered as
   "The event happens in <start> - <end> seconds". TimeLens uses no system message, so
   the chat template's default system prompt applies.
+- ``time-r1``: Time-R1's evaluation prompt (its ``r1`` prompt: reasoning in ``<think>``,
+  the answer "start to end" in ``<answer>`` tags) with its system prompt "You are a helpful
+  assistant.", and its answer started with an empty ``<think>\n</think>\n`` (its
+  ``scripts/test.sh`` passes ``--use_nothink``): :data:`ANSWER_PREFIXES`.
+
+Each evaluation protocol (:mod:`videoopd.grounding.protocols`) names its style here.
 
 The messages contain one ``{"type": "video"}`` item; the frames themselves are handed to
 the processor separately (see :mod:`videoopd.data.video`), so rendering never touches a file.
@@ -29,10 +35,24 @@ TIMELENS_PROMPT = (
     "The format should be: 'The event happens in <start time> - <end time> seconds'."
 )
 
-PROMPT_STYLES: dict[str, str] = {"paper": PAPER_PROMPT, "timelens": TIMELENS_PROMPT}
+TIME_R1_PROMPT = (
+    'To accurately pinpoint the event "{query}" in the video, determine the precise time period of the event.\n\n'
+    "Output your thought process within the <think> </think> tags, including analysis with either specific time "
+    "ranges (xx.xx to xx.xx) in <timestep> </timestep> tags.\n\n"
+    "Then, provide the start and end times (in seconds, precise to two decimal places) in the format "
+    '"start time to end time" within the <answer> </answer> tags. For example: "12.54 to 17.83".'
+)
+
+PROMPT_STYLES: dict[str, str] = {"paper": PAPER_PROMPT, "timelens": TIMELENS_PROMPT, "time-r1": TIME_R1_PROMPT}
 
 # The system prompt each style was trained/evaluated with; None means "no system message".
-DEFAULT_SYSTEM_PROMPTS: dict[str, str | None] = {"paper": SYSTEM_PROMPT, "timelens": None}
+DEFAULT_SYSTEM_PROMPTS: dict[str, str | None] = {
+    "paper": SYSTEM_PROMPT, "timelens": None, "time-r1": "You are a helpful assistant."}
+
+# Text the assistant turn starts with, after the chat template's generation prompt; the
+# model's answer is what it generates after it.
+ANSWER_PREFIXES: dict[str, str] = {"time-r1": "<think>\n</think>\n"}
+
 
 class _StyleDefault:
     def __repr__(self) -> str:
@@ -100,6 +120,8 @@ def format_answer(span: tuple[float, float], style: str = "paper") -> str:
     start, end = float(span[0]), float(span[1])
     if style == "paper":
         return f"{start:.2f} to {end:.2f}"
+    if style == "time-r1":
+        return f"<answer>{start:.2f} to {end:.2f}</answer>"
     return f"The event happens in {start:.1f} - {end:.1f} seconds."
 
 

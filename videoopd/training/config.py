@@ -197,7 +197,7 @@ class DecodeOptions(Options):
     """frames and decoding"""
 
     prompt_style: Literal[tuple(PROMPT_STYLES)] = opt(
-        "prompt: paper (the Video-OPD template, 'start to end') or timelens", "paper", run_defining=True,
+        "prompt: paper (the Video-OPD template, 'start to end'), timelens or time-r1 (those evaluations' own)", "paper", run_defining=True,
         aliases=("--prompt",))
     # None: what the (student) checkpoint records it was trained with (DecodeConfig.for_processor), else Qwen's
     fps: float | None = opt("frames sampled per second (default: the model's recorded setting, else 2)", gt=0,

@@ -244,7 +244,7 @@ def test_every_rule_is_reported_with_file_and_line(bad_jsonl, videos):
     records, summary = load_annotations(bad_jsonl, video_root=videos)
     assert issue_kinds(summary) == [
         ("line 2", "inverted_span", "skipped"),
-        ("line 3", "inverted_span", "skipped"),
+        ("line 3", "zero_length_span", "skipped"),
         ("line 4", "span_out_of_range", "clipped"),
         ("line 5", "span_out_of_range", "clipped"),
         ("line 6", "span_out_of_range", "skipped"),
@@ -268,7 +268,7 @@ def test_every_rule_is_reported_with_file_and_line(bad_jsonl, videos):
     assert summary.kept + summary.skipped == summary.read
     assert summary.clipped == 2
     assert summary.counts == {
-        "inverted_span": 2, "span_out_of_range": 3, "missing_video": 1, "empty_query": 2,
+        "inverted_span": 1, "zero_length_span": 1, "span_out_of_range": 3, "missing_video": 1, "empty_query": 2,
         "malformed": 3, "bad_duration": 1, "duplicate_id": 1,
     }
     report = summary.report()
@@ -501,3 +501,146 @@ def test_a_span_beyond_the_video_or_a_wrong_duration_is_reported_counted_and_kep
     assert dataset.data_issue_counts == {"span_beyond_video": 1, "duration_mismatch": 1}
     assert caplog.text.count("disagree.jsonl: line 2: span_beyond_video (kept)") == 1  # once per record
     assert "line 3: duration_mismatch" in caplog.text
+
+
+# --------------------------------------------------- QVHighlights, TVGBench, small rules
+
+
+def qvh_line(qid, windows, vid="clip1", **fields):
+    row = {"qid": qid, "query": f"query {qid}.", "duration": 8, "vid": vid, "relevant_clip_ids": [1, 2],
+           "saliency_scores": [[1, 2, 3], [2, 3, 4]], "relevant_windows": windows}
+    row.update(fields)
+    return json.dumps(row) + "\n"
+
+
+@pytest.fixture()
+def qvh_file(tmp_path):
+    no_windows = json.loads(qvh_line(5, []))
+    del no_windows["relevant_windows"]  # the test split's shape
+    lines = [
+        qvh_line(1, [[2, 6]]),  # line 1: one window
+        qvh_line(2, [[0, 2], [4, 8]]),  # line 2: two windows
+        qvh_line(3, [[4, 4]]),  # line 3: zero length
+        "{broken\n",  # line 4
+        json.dumps(no_windows) + "\n",  # line 5
+        qvh_line(6, [["a", 2]]),  # line 6: not numbers
+        qvh_line(7, [[0, 1], [3, 7.5], [5, 6]]),  # line 7: three windows, the second longest
+    ]
+    return write(tmp_path / "highlight_val_release.jsonl", "".join(lines))
+
+
+def test_qvhighlights_is_detected_and_read_with_every_problem_reported(qvh_file, videos):
+    assert detect_format(qvh_file) == "qvhighlights"
+    records, summary = load_annotations(qvh_file, video_root=videos)
+    assert summary.format == "qvhighlights"
+    assert issue_kinds(summary) == [
+        ("line 2", "multi_span", "skipped"),
+        ("line 3", "zero_length_span", "skipped"),
+        ("line 4", "malformed", "skipped"),
+        ("line 5", "malformed", "skipped"),
+        ("line 6", "malformed", "skipped"),
+        ("line 7", "multi_span", "skipped"),
+    ]
+    assert "relevant_windows" in summary.issues[3].message
+    assert [(r.id, r.span, r.windows, r.source) for r in records] == [("1", (2.0, 6.0), None, "qvhighlights")]
+    assert records[0].video == str(videos / "clip1.mp4") and records[0].query == "query 1."
+    assert summary.multi_window == 2 and summary.read == 7 and summary.kept + summary.skipped == summary.read
+    assert "multi-window 2 (multi_span=skip)" in summary.report()
+
+
+@pytest.mark.parametrize("policy, spans, windows", [
+    ("first", [(2.0, 6.0), (0.0, 2.0), (0.0, 1.0)], [None, None, None]),
+    ("longest", [(2.0, 6.0), (4.0, 8.0), (3.0, 7.5)], [None, None, None]),
+    ("any", [(2.0, 6.0), (0.0, 2.0), (0.0, 1.0)], [None, ((0.0, 2.0), (4.0, 8.0)), ((0.0, 1.0), (3.0, 7.5), (5.0, 6.0))]),
+])
+def test_multi_span_policies(qvh_file, videos, policy, spans, windows):
+    records, summary = load_annotations(qvh_file, video_root=videos, multi_span=policy)
+    assert [r.span for r in records] == spans and [r.windows for r in records] == windows
+    assert summary.multi_window == 2 and "multi_span" not in summary.counts
+    assert f"multi-window 2 (multi_span={policy})" in summary.report()
+    if policy == "any":
+        assert records[1].gt == [[0.0, 2.0], [4.0, 8.0]] and records[0].gt == [2.0, 6.0]
+        # Written as plain JSONL and read back, every window is still there.
+        write_jsonl_records(records, videos / "copy.jsonl")
+        again, _ = load_annotations(videos / "copy.jsonl", multi_span="any")
+        assert again == records
+
+
+def test_zero_length_spans_are_kept_when_asked(qvh_file, videos):
+    records, summary = load_annotations(qvh_file, video_root=videos, zero_length="keep")
+    assert ("line 3", "zero_length_span", "kept") in issue_kinds(summary)
+    assert [r.span for r in records] == [(2.0, 6.0), (4.0, 4.0)]
+
+
+def tvgbench_text():
+    items = [
+        {"path": "clip1.mp4", "question": "a dog runs", "answer": "1.5-4.0", "duration": 8.0,
+         "dataset_name": "charades", "start": 0, "end": 8},
+        {"path": "clip2.mkv", "question": "I put the cup down", "answer": "3.2-3.2", "duration": 8.0,
+         "dataset_name": "ego4d_nlq"},
+        {"path": "clip1.mp4", "question": "later", "answer": "soon", "duration": 8.0, "dataset_name": "charades"},
+        "not an object",
+        {"path": "missing.mp4", "question": "gone", "answer": "1-2", "duration": 8.0, "dataset_name": "didemo"},
+        {"path": "clip1.mp4", "question": "to the end", "answer": "2-8.0000000001", "duration": 8.0},
+    ]
+    return json.dumps(items, indent=2)
+
+
+def test_tvgbench_is_detected_and_read_with_lines(tmp_path, videos):
+    text = tvgbench_text()
+    path = write(tmp_path / "tvgbench.json", text)
+    assert detect_format(path) == "tvgbench"
+    records, summary = load_annotations(path, video_root=videos)
+    lines = text.splitlines()
+    starts = [number for number, line in enumerate(lines, start=1) if line in ("  {", '  "not an object",')]
+    assert len(starts) == 6
+    assert issue_kinds(summary) == [
+        (f"line {starts[1]} item[1]", "zero_length_span", "skipped"),
+        (f"line {starts[2]} item[2]", "malformed", "skipped"),
+        (f"line {starts[3]} item[3]", "malformed", "skipped"),
+        (f"line {starts[4]} item[4]", "missing_video", "skipped"),
+    ]
+    assert "'soon'" in summary.issues[1].message
+    # The last span ends past the duration by float noise only: inside the video, not reported.
+    assert [(r.span, r.source, r.query) for r in records] == [
+        ((1.5, 4.0), "charades", "a dog runs"), ((2.0, 8.0), "tvgbench", "to the end")]
+    assert records[0].video == str(videos / "clip1.mp4")
+    kept, summary = load_annotations(path, video_root=videos, zero_length="keep")
+    assert [r.source for r in kept] == ["charades", "ego4d_nlq", "tvgbench"] and kept[1].span == (3.2, 3.2)
+
+
+def test_tvgbench_on_one_line_and_broken(tmp_path, videos):
+    one_line = write(tmp_path / "one.json", json.dumps(json.loads(tvgbench_text())))
+    assert detect_format(one_line) == "tvgbench"
+    records, summary = load_annotations(one_line, video_root=videos)
+    assert len(records) == 2 and all(issue.location.startswith("line 1 item[") for issue in summary.issues)
+    broken = write(tmp_path / "broken.json", tvgbench_text()[:-40])
+    _, summary = load_annotations(broken, "tvgbench", video_root=videos)
+    assert summary.issues[0].kind == "malformed" and summary.issues[0].location.startswith("line ")
+    _, summary = load_annotations(write(tmp_path / "obj.json", "{}"), "tvgbench", video_root=videos)
+    assert issue_kinds(summary) == [("top level", "malformed", "skipped")]
+
+
+def test_activitynet_float_noise_is_not_a_span_outside_the_video(tmp_path, videos):
+    document = {"v_abc": {"duration": 95.03999999999999, "timestamps": [[90.0, 95.04], [94.0, 96.0]],
+                          "sentences": ["to the end", "past it"]}}
+    path = write(tmp_path / "anet.json", json.dumps(document))
+    records, summary = load_annotations(path, "activitynet", video_root=videos)
+    assert records[0].span == (90.0, 95.03999999999999)
+    assert issue_kinds(summary) == [("key 'v_abc' sentences[1]", "span_out_of_range", "clipped")]
+
+
+def test_charades_id_missing_from_the_durations_csv_says_so(tmp_path):
+    csv_path = write(tmp_path / "Charades_v1_test.csv", "id,length\nAO8RW,8.0\n")
+    annotations = write(tmp_path / "sta.txt", "AO8RW 0.0 1.0##fine\nZZZZZ 0.0 1.0##no such id\n")
+    records, summary = load_annotations(annotations, "charades", durations=csv_path, check_videos=False)
+    assert len(records) == 1
+    assert issue_kinds(summary) == [("line 2", "bad_duration", "skipped")]
+    assert f"video id 'ZZZZZ' is not in the durations CSV {csv_path}" in summary.issues[0].message
+
+
+def test_new_policies_are_validated(qvh_file):
+    with pytest.raises(ValueError, match="multi_span"):
+        load_annotations(qvh_file, multi_span="all")
+    with pytest.raises(ValueError, match="zero_length"):
+        load_annotations(qvh_file, zero_length="maybe")

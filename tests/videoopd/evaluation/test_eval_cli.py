@@ -362,3 +362,86 @@ def test_no_usable_record_is_a_one_line_error(tmp_path, capsys, tiny_qwen25_chec
                  "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.splitlines()[-1].startswith("python -m videoopd.eval: error: --data ") and "no records" in err
+
+
+class PromptRecordingModel(ScriptedModel):
+    """A ScriptedModel that also keeps the prompts it was given, as text."""
+
+    def generate(self, input_ids, **kwargs):
+        self.prompts = getattr(self, "prompts", []) + self.tokenizer.batch_decode(input_ids, skip_special_tokens=False)
+        return super().generate(input_ids, **kwargs)
+
+
+def test_evaluate_under_a_protocol_prompts_parses_and_scores_by_its_rules(records, tiny_qwen25):
+    from videoopd.grounding.metrics import grounding_metrics, sample_iou
+
+    _, processor = tiny_qwen25
+    chosen = [dataclasses.replace(record, query="a shape appears.") for record in records[:3]]
+    answers = ["from 1.5s to 4.5s", "The event happens in 0.00 - 8.00 seconds.", "<think>1 to 2</think> 2.5 to 3.5"]
+    model = PromptRecordingModel(processor.tokenizer, answers)
+    result = evaluate(model, processor, chosen, decode_config=_config(processor), prompt_style="timelens",
+                      protocol="timelens", batch_size=3, progress=False)
+    assert all("sentence 'a shape appears'," in prompt for prompt in model.prompts)  # its periods stripped
+    assert [row["query"] for row in result.predictions] == ["a shape appears."] * 3  # the record's own
+    for row, answer in zip(result.predictions, answers):
+        pred = parse_span(answer, "timelens")
+        assert row["pred"] == (list(pred) if pred else None) and row["iou"] == sample_iou(pred, row["gt"])
+    assert result.predictions[0]["pred"] == [1.0, 4.0]  # TimeLens reads "1.5s" as 1
+    gts = [row["gt"] for row in result.predictions]
+    assert result.metrics == result.protocols["timelens"]["overall"]
+    for name in ("paper", "timelens", "time-r1"):
+        assert result.protocols[name]["overall"] == grounding_metrics([parse_span(a, name) for a in answers], gts, name)
+    assert result.protocols["time-r1"]["overall"]["parsed"] == 1  # only "2.5 to 3.5" has its shape
+
+
+def test_command_line_protocol_sets_prompt_and_budget_and_reports_every_protocol(tmp_path, synthetic_dir,
+                                                                                 tiny_qwen25_checkpoint, capsys):
+    output = tmp_path / "preds.jsonl"
+    argv = ["--model", str(tiny_qwen25_checkpoint), "--data", str(synthetic_dir / "annotations.jsonl"),
+            "--video-root", str(synthetic_dir), "--output", str(output), "--batch-size", "2", "--max-new-tokens", "4",
+            "--max-pixels", str(112 * 140), "--no-progress", "--limit", "2", "--protocol", "time-r1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    identity = json.loads((tmp_path / "preds.jsonl.meta.json").read_text())["identity"]
+    assert identity["protocol"] == "time-r1" and identity["prompt_style"] == "time-r1"
+    assert identity["system_prompt"] == "You are a helpful assistant."
+    assert (identity["min_pixels"], identity["total_pixels"], identity["fps"]) == (16 * 28**2, 3584 * 28**2, 2.0)
+    metrics = json.loads((tmp_path / "preds.metrics.json").read_text())
+    assert metrics["protocol"] == "time-r1" and list(metrics["protocols"]) == ["paper", "timelens", "time-r1"]
+    assert metrics["overall"] == metrics["protocols"]["time-r1"]["overall"]
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    for name, block in metrics["protocols"].items():
+        assert block["overall"]["parsed"] == sum(parse_span(row["answer"], name) is not None for row in rows)
+        assert block["per_source"]["synthetic"]["total"] == 2
+    assert "protocol time-r1; the same answers under paper R1@0.5" in printed
+    err = _one_line_exit_2(capsys, argv[:-2] + ["--protocol", "timelens", "--prompt-style", "time-r1", "--overwrite"])
+    assert "--prompt-style time-r1 contradicts it" in err
+
+
+def test_qvhighlights_windows_are_scored_by_the_best_window_with_moment_retrieval_metrics(tmp_path, synthetic_dir,
+                                                                                        tiny_qwen25):
+    _, processor = tiny_qwen25
+    lines = [{"qid": 7, "query": "a shape", "duration": 8, "vid": "synth_00000", "relevant_windows": [[0, 2], [4, 8]]},
+             {"qid": 8, "query": "another", "duration": 8, "vid": "synth_00001", "relevant_windows": [[1, 3]]}]
+    path = tmp_path / "highlight_val_release.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    records, summary = load_annotations(path, video_root=synthetic_dir / "videos", multi_span="any")
+    assert summary.format == "qvhighlights" and summary.multi_window == 1
+    result = evaluate(ScriptedModel(processor.tokenizer, ["4 to 8", "0 to 2"]), processor, records,
+                      decode_config=_config(processor), moment_retrieval=True, progress=False)
+    rows = result.predictions
+    assert rows[0]["gt"] == [[0.0, 2.0], [4.0, 8.0]] and rows[0]["iou"] == 1.0
+    assert rows[1]["iou"] == pytest.approx(1 / 3)
+    assert result.metrics["MR-mAP@0.5"] == pytest.approx(100 * (1 / 2) / 2)
+    assert result.metrics["MR-R1@0.5"] == 50.0 and result.protocols["time-r1"]["overall"]["MR-R1@0.7"] == 50.0
+
+
+def test_time_r1_prompt_is_its_own_with_its_system_prompt_and_empty_thinking(records, tiny_qwen25):
+    _, processor = tiny_qwen25
+    model = PromptRecordingModel(processor.tokenizer, ["<think>x</think><answer>1.00 to 2.00</answer>"] * 2)
+    result = evaluate(model, processor, records[:2], decode_config=_config(processor), prompt_style="time-r1",
+                      protocol="time-r1", batch_size=2, progress=False)
+    for prompt, record in zip(model.prompts, records[:2]):
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n</think>\n")
+        assert "You are a helpful assistant." in prompt and f'pinpoint the event "{record.query}"' in prompt
+    assert [row["pred"] for row in result.predictions] == [[1.0, 2.0]] * 2

@@ -161,3 +161,32 @@ def test_grounding_metrics_validates_arguments():
 def test_free_form_sentences_a_learning_policy_writes(text, span):
     """GRPO's reward reads these: a right answer in a sentence must not score 0."""
     assert parse_span(text) == span
+
+
+@pytest.mark.parametrize("text, span", [
+    ("33.54 and 37.89", (33.54, 37.89)),
+    ("50.87, 79.83", (50.87, 79.83)),
+    ("Timestamps: 61.4, 94.7", (61.4, 94.7)),
+    ("<answer>12.5, 17</answer>", (12.5, 17.0)),
+    ("Answer: 3 and 5.", (3.0, 5.0)),
+    ("The event happens at 39.2 seconds and ends at 46.9 seconds.", (39.2, 46.9)),
+    ("It occurs at 4 and stops at 9.5", (4.0, 9.5)),
+    ("from the 63.2 second mark to the 84.7 second mark", (63.2, 84.7)),
+    ("from second 33 to second 40", (33.0, 40.0)),
+    ("It begins at 1.7s and lasts until 16.5s.", (1.7, 16.5)),
+    ("started at 00:03 and lasted until 00:09", (3.0, 9.0)),
+])
+def test_shapes_whose_span_is_obvious(text, span):
+    assert parse_span(text) == pytest.approx(span)
+
+
+@pytest.mark.parametrize("text", [
+    "There are 2, 3 or 4 people.", "I count 2 and 3 chairs", "Scores: 2, 3 and 4", "2, 3 people", "Version 1.2, 3",
+])
+def test_a_bare_pair_inside_prose_is_no_span(text):
+    assert parse_span(text) is None
+
+
+def test_parse_span_default_is_the_paper_protocol():
+    for text in ("12.54 to 17.83", "from 12s to 17s", "33.54 and 37.89"):
+        assert parse_span(text) == parse_span(text, protocol="paper")
