@@ -157,14 +157,15 @@ def check_ignore_index(ignore_index) -> int:
     return ignore_index
 
 
-def check_token_ids(tokens, leading_shape: torch.Size, vocab: int, *, ignore_index: int,
+def check_token_ids(tokens, leading_shape: torch.Size, vocab: int, *, ignore_index: int, mask=None,
                     check: bool = False, hidden_name: str = "hidden") -> tuple[torch.Tensor, torch.Tensor]:
     """int64 token ids of ``leading_shape``, ids in [0, vocab) or ``ignore_index`` (HF's -100).
 
-    Returns (ids, keep), both flat [N]: ``ids`` with ignored positions replaced by 0 (safe to
-    gather), ``keep`` False where the id was ``ignore_index``; an op masks those positions
-    (value 0, no gradient, not counted) and ANDs ``keep`` with its ``mask`` if it has one.
-    ``check=True`` validates the range up front (one host synchronisation).
+    Returns (ids, keep), both flat [N]: ``keep`` is False where the id is ``ignore_index`` or
+    ``mask`` (an optional bool tensor of ``leading_shape``, checked here) is False; ``ids`` has
+    0 there, so that it is safe to gather whatever those positions held. An op with token ids
+    masks the positions ``keep`` drops: value 0, no gradient, not counted.
+    ``check=True`` validates the kept ids' range up front (one host synchronisation).
     """
     check_tensor("tokens", tokens)
     if tokens.dtype != torch.int64:
@@ -172,8 +173,11 @@ def check_token_ids(tokens, leading_shape: torch.Size, vocab: int, *, ignore_ind
     if tokens.shape != leading_shape:
         raise ValueError(f"tokens must have the leading shape of {hidden_name}, {tuple(leading_shape)}, "
                          f"got {tuple(tokens.shape)}")
+    check_mask(mask, leading_shape, hidden_name)
     flat = tokens.reshape(-1)
     keep = flat != ignore_index
+    if mask is not None:
+        keep = keep & mask.reshape(-1)
     if check and flat.numel() and not bool((~keep | ((flat >= 0) & (flat < vocab))).all()):
         bad = flat[keep & ((flat < 0) | (flat >= vocab))]
         raise ValueError(f"tokens must lie in [0, {vocab}) or be ignore_index={ignore_index}, found {bad[:5].tolist()}")
