@@ -63,7 +63,8 @@ def _trainer(cls, models, tmp_path, *, student_config=None, **args):
     student, teacher = copy.deepcopy(models[0]), copy.deepcopy(models[1])
     for key, value in (student_config or {}).items():
         setattr(student.config, key, value)
-    config = DistillationConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to="none", bf16=False,
+    args = dict(dict(bf16=False), **args)
+    config = DistillationConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to="none",
                                 use_cpu=True, gradient_checkpointing=False, logging_steps=1, save_strategy="no",
                                 max_completion_length=6, **args)
     prompts = Dataset.from_dict({"prompt": ["the cat", "a b c", "tiny model", "hello"]})
@@ -136,6 +137,25 @@ def test_loss_and_gradients_equal_trls(models, tmp_path, temperature, tools, mon
     eval_batch = {k: v for k, v in batch.items() if k != "num_items_in_batch"}
     torch.testing.assert_close(_loss_and_grads(ours, eval_batch, train=False)[0],
                                _loss_and_grads(theirs, eval_batch, train=False)[0], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("precision", ["bf16-weights", "fp32-weights-bf16-autocast"])
+def test_mixed_precision_equals_trls(models, tmp_path, precision):
+    """bf16 models, or fp32 ones under bf16 autocast (TRL's matmuls then follow autocast, ours too)."""
+    if precision == "bf16-weights":
+        models = tuple(copy.deepcopy(m).to(torch.bfloat16) for m in models)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "bf16-weights")
+    batch = _batch(tools=True)
+    with amp:
+        loss_t, grads_t, entropy_t = _loss_and_grads(_trainer(DistillationTrainer, models, tmp_path), batch)
+        loss_o, grads_o, entropy_o = _loss_and_grads(_trainer(FusedDistillationTrainer, models, tmp_path), batch)
+    assert loss_o.dtype == torch.float32
+    torch.testing.assert_close(loss_o, loss_t, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(entropy_o, entropy_t, rtol=1e-3, atol=1e-4)
+    for name in grads_t:
+        assert grads_o[name].dtype == grads_t[name].dtype == next(models[0].parameters()).dtype
+        a, b = grads_o[name].double().flatten(), grads_t[name].double().flatten()
+        assert float(a @ b / (a.norm() * b.norm())) > 0.999, name
 
 
 def test_all_masked_batch_gives_zero(models, tmp_path):
