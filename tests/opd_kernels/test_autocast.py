@@ -121,7 +121,7 @@ def test_token_logprobs_under_autocast_against_float64(backend, h_dtype, w_dtype
 
 @backends
 def test_topk_under_autocast_is_topk_on_cast_inputs(backend, test_device):
-    h, W, _, _ = make_rkl_inputs(N, V, D_S, D_S, seed=11, requires_grad=False)
+    h, W, _, _ = make_rkl_inputs(4, 64, 16, 16, seed=11, requires_grad=False)  # the interpreter's top-k is slow
     with _autocast(test_device):
         values, ids = topk_logprobs(h.to(AMP), W, 5, backend=backend)  # bf16 hidden, fp32 head
     want_values, want_ids = topk_logprobs(h.to(AMP), W.to(AMP), 5, backend=backend)
