@@ -34,7 +34,8 @@ from pathlib import Path
 from bench.isolated import proc_status, reset_peak_rss, run_json_child
 
 MIB = 2**20
-PATHS = {"trl": "TRL DistillationTrainer (its chunked divergence)", "ours": "FusedDistillationTrainer (fused_reverse_kl)"}
+PATHS = {"trl": "TRL DistillationTrainer (its chunked divergence)",
+         "ours": "FusedDistillationTrainer (fused_reverse_kl)"}
 
 
 def _step_setup(args):

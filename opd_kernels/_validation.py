@@ -116,11 +116,9 @@ def check_hidden_and_weight(hidden_name: str, hidden, weight_name: str, weight) 
         hidden = hidden.to(target) if hidden.dtype in AUTOCAST_ELIGIBLE else hidden
         weight = weight.to(target) if weight.dtype in AUTOCAST_ELIGIBLE else weight
     if hidden.dtype != weight.dtype:
-        where = "" if target is None else f" (under torch.autocast({hidden.device.type}, {target}), which leaves float64 as it is)"
-        raise ValueError(
-            f"{hidden_name} ({hidden.dtype}) and {weight_name} ({weight.dtype}) must share a dtype{where}; "
-            "run under torch.autocast to mix them"
-        )
+        hint = ("; run under torch.autocast to mix them" if target is None else
+                f" (under torch.autocast({hidden.device.type}, {target}), which leaves float64 as it is)")
+        raise ValueError(f"{hidden_name} ({hidden.dtype}) and {weight_name} ({weight.dtype}) must share a dtype{hint}")
     if weight.shape[0] == 0:
         raise ValueError(f"{weight_name} has an empty vocabulary (shape {tuple(weight.shape)})")
     return hidden, weight

@@ -50,7 +50,8 @@ def _assert_grad(got, want, dtype, name):
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_reverse_kl_under_autocast_against_float64(backend, schedule, h_dtype, w_dtype, reduction, test_device):
     h_s, W_s, h_t, W_t = make_rkl_inputs((3, 13), V, D_S, D_T, seed=4, requires_grad=False)
-    h_s, W_s, h_t, W_t = _leaf(h_s, h_dtype), _leaf(W_s, w_dtype), _leaf(h_t, h_dtype, False), _leaf(W_t, w_dtype, False)
+    h_s, W_s = _leaf(h_s, h_dtype), _leaf(W_s, w_dtype)
+    h_t, W_t = _leaf(h_t, h_dtype, grad=False), _leaf(W_t, w_dtype, grad=False)
     mask = torch.rand(h_s.shape[:-1], generator=torch.Generator().manual_seed(5)) < 0.7
     with _autocast(test_device):
         got = fused_reverse_kl(h_s, W_s, h_t, W_t, mask=mask, temperature=0.8, reduction=reduction,
