@@ -43,7 +43,8 @@ MIB = 2**20
 _DTYPES = ("fp32", "bf16", "fp16")
 
 
-def _proc_status(key: str) -> int:
+def proc_status(key: str) -> int:
+    """A /proc/self/status field in bytes (VmRSS, VmHWM)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(key + ":"):
@@ -51,7 +52,8 @@ def _proc_status(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
+    """Resets VmHWM to the current RSS (False where /proc/self/clear_refs is not writable)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -80,16 +82,16 @@ def _child(args) -> dict:
 
     result: dict = {"threads": torch.get_num_threads(), "opd_kernels": str(Path(opd_kernels.__file__).parent)}
     if args.child == "memory":
-        before = _proc_status("VmRSS")
+        before = proc_status("VmRSS")
         reset()
         call()
-        result["first_call_rss_growth_mib"] = (_proc_status("VmHWM") - before) / MIB
+        result["first_call_rss_growth_mib"] = (proc_status("VmHWM") - before) / MIB
         reset()
         gc.collect()
-        if _reset_peak_rss():
-            before = _proc_status("VmRSS")
+        if reset_peak_rss():
+            before = proc_status("VmRSS")
             call()
-            result["steady_rss_growth_mib"] = (_proc_status("VmHWM") - before) / MIB
+            result["steady_rss_growth_mib"] = (proc_status("VmHWM") - before) / MIB
         reset()
         gc.collect()
         result["allocator_peak_mib"] = cpu_peak_bytes(call) / MIB
@@ -107,27 +109,34 @@ def _child(args) -> dict:
     return result
 
 
-def _run_child(args, provider: str, kind: str) -> dict:
-    provider, _, kernels_dir = provider.partition("@")
-    cmd = [sys.executable, "-m", "bench.isolated", "--child", kind, "--provider", provider, "--op", args.op,
-           "--shape", ",".join(map(str, args.shape)), "--dtype", args.dtype, "--calls", str(args.calls),
-           "--temperature", str(args.temperature)]
+def run_json_child(cmd: list[str], kind: str, *, cwd: str | None = None, pythonpath: str | None = None) -> dict:
+    """Runs ``cmd`` (a child that prints one JSON line) from the repository, with glibc's mmap
+    threshold pinned for a "memory" child; returns its JSON, or {"error": ...}."""
     env = dict(os.environ)
     if kind == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
     repo = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cwd = repo
-    if kernels_dir:
-        # python -m puts the working directory first on sys.path: start in DIR, not the repo.
-        cwd = str(Path(kernels_dir).resolve())
-        env["PYTHONPATH"] = cwd + os.pathsep + env["PYTHONPATH"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath + os.pathsep + env["PYTHONPATH"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd or repo)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-1:])
         return {"error": f"exit {done.returncode}: {tail[:300]}"}
     return json.loads(lines[-1])
+
+
+def _run_child(args, provider: str, kind: str) -> dict:
+    provider, _, kernels_dir = provider.partition("@")
+    cmd = [sys.executable, "-m", "bench.isolated", "--child", kind, "--provider", provider, "--op", args.op,
+           "--shape", ",".join(map(str, args.shape)), "--dtype", args.dtype, "--calls", str(args.calls),
+           "--temperature", str(args.temperature)]
+    if kernels_dir:
+        # python -m puts the working directory first on sys.path: start in DIR, not the repo.
+        kernels_dir = str(Path(kernels_dir).resolve())
+        return run_json_child(cmd, kind, cwd=kernels_dir, pythonpath=kernels_dir)
+    return run_json_child(cmd, kind)
 
 
 def _fmt(value, spec: str) -> str:

@@ -6,6 +6,8 @@ reductions (:data:`Reduction` / :data:`REDUCTIONS`, shared by every op) and :dat
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import sys
@@ -77,8 +79,28 @@ def check_floating(name: str, value: torch.Tensor) -> None:
         )
 
 
-def check_hidden_and_weight(hidden_name: str, hidden, weight_name: str, weight) -> None:
-    """hidden [..., D], weight [V, D], same floating dtype."""
+#: The dtypes autocast casts (float64 it leaves alone, as it does for torch.nn.functional.linear).
+AUTOCAST_ELIGIBLE = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """autocast's dtype for matmuls on ``device``'s type when ``torch.autocast`` is on there, else None."""
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
+def check_hidden_and_weight(hidden_name: str, hidden, weight_name: str, weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [..., D], weight [V, D]; returns the pair in the dtype the op's matmuls run in.
+
+    Under ``torch.autocast`` on the tensors' device type that is autocast's dtype, as for
+    ``torch.nn.functional.linear``: bf16 / fp16 / fp32 operands are cast (differentiably: the
+    gradient goes back to each input in its own dtype, an fp32 LM head gets an fp32 gradient),
+    fp64 ones are left as they are. Outside autocast both must already share a dtype. Every op
+    takes its matmul operands from here and runs its autograd Function under
+    :func:`autocast_off`, so that what happens inside (fp32 accumulation, fp32 losses) does not
+    depend on the caller's autocast state.
+    """
     check_tensor(hidden_name, hidden, min_ndim=1)
     check_tensor(weight_name, weight, ndim=2)
     check_floating(hidden_name, hidden)
@@ -89,12 +111,75 @@ def check_hidden_and_weight(hidden_name: str, hidden, weight_name: str, weight) 
             f"{weight_name} has {weight.shape[1]} columns (shape {tuple(weight.shape)}); expected "
             f"{weight_name} of shape [vocab, {hidden.shape[-1]}]"
         )
+    target = autocast_dtype(hidden.device)
+    if target is not None:
+        hidden = hidden.to(target) if hidden.dtype in AUTOCAST_ELIGIBLE else hidden
+        weight = weight.to(target) if weight.dtype in AUTOCAST_ELIGIBLE else weight
     if hidden.dtype != weight.dtype:
-        raise ValueError(
-            f"{hidden_name} ({hidden.dtype}) and {weight_name} ({weight.dtype}) must share a dtype"
-        )
+        hint = ("; run under torch.autocast to mix them" if target is None else
+                f" (under torch.autocast({hidden.device.type}, {target}), which leaves float64 as it is)")
+        raise ValueError(f"{hidden_name} ({hidden.dtype}) and {weight_name} ({weight.dtype}) must share a dtype{hint}")
     if weight.shape[0] == 0:
         raise ValueError(f"{weight_name} has an empty vocabulary (shape {tuple(weight.shape)})")
+    return hidden, weight
+
+
+def no_autocast(device: torch.device):
+    """A context with autocast off on ``device``'s type: the backends' own matmuls keep the
+    dtypes they ask for (fp32 logits) whatever autocast state the caller is in. The operands
+    were cast before, by :func:`check_hidden_and_weight`."""
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
+
+
+def autocast_off(fn):
+    """Decorates an autograd Function's forward / backward: runs it under :func:`no_autocast`
+    for the device of its first tensor argument (the backward too: it may run inside the
+    caller's autocast region)."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx, *args):
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+        if device is None:
+            return fn(ctx, *args)
+        with no_autocast(device):
+            return fn(ctx, *args)
+
+    return wrapper
+
+
+def check_ignore_index(ignore_index) -> int:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    return ignore_index
+
+
+def check_token_ids(tokens, leading_shape: torch.Size, vocab: int, *, ignore_index: int, mask=None,
+                    check: bool = False, hidden_name: str = "hidden") -> tuple[torch.Tensor, torch.Tensor]:
+    """int64 token ids of ``leading_shape``, ids in [0, vocab) or ``ignore_index`` (HF's -100).
+
+    Returns (ids, keep), both flat [N]: ``keep`` is False where the id is ``ignore_index`` or
+    ``mask`` (an optional bool tensor of ``leading_shape``, checked here) is False; ``ids`` has
+    0 there, so that it is safe to gather whatever those positions held. An op with token ids
+    masks the positions ``keep`` drops: value 0, no gradient, not counted.
+    ``check=True`` validates the kept ids' range up front (one host synchronisation).
+    """
+    check_tensor("tokens", tokens)
+    if tokens.dtype != torch.int64:
+        raise ValueError(f"tokens must be int64 (torch.long), got dtype {tokens.dtype}")
+    if tokens.shape != leading_shape:
+        raise ValueError(f"tokens must have the leading shape of {hidden_name}, {tuple(leading_shape)}, "
+                         f"got {tuple(tokens.shape)}")
+    check_mask(mask, leading_shape, hidden_name)
+    flat = tokens.reshape(-1)
+    keep = flat != ignore_index
+    if mask is not None:
+        keep = keep & mask.reshape(-1)
+    if check and flat.numel() and not bool((~keep | ((flat >= 0) & (flat < vocab))).all()):
+        bad = flat[keep & ((flat < 0) | (flat >= vocab))]
+        raise ValueError(f"tokens must lie in [0, {vocab}) or be ignore_index={ignore_index}, found {bad[:5].tolist()}")
+    return torch.where(keep, flat, 0), keep
 
 
 def check_same_device(**tensors: torch.Tensor | None) -> None:

@@ -13,7 +13,8 @@ from .logprobs_torch import add_target_grads, logsumexp_stats_torch, softmax_gra
 
 
 def _prepare(hidden, weight, temperature, backend, vocab_size):
-    v.check_hidden_and_weight("hidden", hidden, "weight", weight)
+    # Under torch.autocast the operands come back in autocast's dtype (differentiably cast).
+    hidden, weight = v.check_hidden_and_weight("hidden", hidden, "weight", weight)
     inv_tau = 1.0 / v.check_temperature(temperature)
     if vocab_size is not None:
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 0 < vocab_size <= weight.shape[0]:
@@ -43,32 +44,39 @@ class _TokenLogprobsGrads(NamedTuple):
     hidden: torch.Tensor | None
     weight: torch.Tensor | None
     tokens: None = None  # integer ids: no gradient
+    keep: None = None
     params: None = None
 
 
 class _TokenLogprobsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, W, tokens, params: LogprobParams):
+    @v.autocast_off
+    def forward(ctx, h, W, tokens, keep, params: LogprobParams):
         lse, mean_z = _stats(h, W, params)
         # A log-prob is never positive and an entropy never negative; rounding can cross 0.
-        logprobs = (target_logits(h, W, tokens, params.inv_tau) - lse).clamp_max(0.0)
-        entropy = (lse - mean_z).clamp_min(0.0) if params.return_entropy else None
+        # Ignored positions (keep False) are selected away: exactly 0, even on a NaN row.
+        logprobs = torch.where(keep, target_logits(h, W, tokens, params.inv_tau) - lse, 0.0).clamp_max(0.0)
+        entropy = torch.where(keep, lse - mean_z, 0.0).clamp_min(0.0) if params.return_entropy else None
         ctx.params = params
         if params.need_grad:
-            ctx.save_for_backward(h, W, tokens, lse, entropy)
+            ctx.save_for_backward(h, W, tokens, keep, lse, entropy)
         if entropy is None:
             return logprobs
         return logprobs, entropy
 
     @staticmethod
+    @v.autocast_off
     def backward(ctx, grad_logprobs, grad_entropy=None):
-        h, W, tokens, lse, entropy = ctx.saved_tensors
+        h, W, tokens, keep, lse, entropy = ctx.saved_tensors
         params = ctx.params
         dtype = accumulate_dtype(h.dtype)
         # Upstream gradients may be expanded views (stride 0, from .sum()); kernels need real rows.
-        grad_logprobs = (grad_logprobs if grad_logprobs is not None else torch.zeros_like(lse)).to(dtype).contiguous()
+        # An ignored position gets a zero upstream gradient, which every backend turns into exactly
+        # zero rows of dh / dW (rows with zero upstream gradient are selected away).
+        grad_logprobs = grad_logprobs if grad_logprobs is not None else torch.zeros_like(lse)
+        grad_logprobs = torch.where(keep, grad_logprobs.to(dtype), 0.0).contiguous()
         if grad_entropy is not None and entropy is not None:
-            grad_entropy = grad_entropy.to(dtype).contiguous()
+            grad_entropy = torch.where(keep, grad_entropy.to(dtype), 0.0).contiguous()
         else:
             grad_entropy = None
         if params.backend == "triton":
@@ -92,16 +100,27 @@ def token_logprobs(
     backend: str = "auto",
     vocab_size: int | None = None,
     check_tokens: bool = False,
+    ignore_index: int = -100,
+    mask: torch.Tensor | None = None,
 ):
     """log softmax(hidden @ weight.T / temperature)[token] without building [tokens, vocab].
 
     Args:
         hidden: [..., D] bf16 / fp16 / fp32 (fp64 on the torch backend).
-        weight: [V, D] LM head, same dtype. With ``vocab_size`` only its first rows are used
-            (a padded head: 152,064 rows for a 151,936-token vocabulary).
-        tokens: int64 [...] (the leading shape of hidden), ids in [0, V). An out-of-range id
-            raises IndexError on CPU and a device-side assert on CUDA; ``check_tokens=True``
-            checks up front with a ValueError (this costs one host synchronisation).
+        weight: [V, D] LM head, same dtype (any mix under ``torch.autocast``: the matmuls run in
+            autocast's dtype, each input gets its gradient in its own dtype). With
+            ``vocab_size`` only its first rows are used (a padded head: 152,064 rows for a
+            151,936-token vocabulary).
+        tokens: int64 [...] (the leading shape of hidden), ids in [0, V) or ``ignore_index``.
+            An out-of-range id raises IndexError on CPU and a device-side assert on CUDA;
+            ``check_tokens=True`` checks up front with a ValueError (this costs one host
+            synchronisation).
+        ignore_index: positions whose id is this (Hugging Face's and PyTorch's -100 by
+            default, so labels go in as they are) get log-prob 0 and entropy 0 and pass no
+            gradient, even where their hidden state is NaN; the caller's loss should not
+            count them (``mask=labels != ignore_index``).
+        mask: optional bool [...]; False positions are treated as ignored ones, whatever id
+            they hold (a position is kept where mask is True and its id is not ignore_index).
         temperature: tau > 0; logits are divided by it.
         return_entropy: also return the entropy of softmax(z / tau) per token.
         backend: "torch" (chunked: cuBLAS / CPU logits for a token chunk times the whole
@@ -117,21 +136,17 @@ def token_logprobs(
         no grad nothing is saved for backward (the teacher's case).
     """
     h, W, inv_tau, backend = _prepare(hidden, weight, temperature, backend, vocab_size)
+    ignore_index = v.check_ignore_index(ignore_index)
     v.check_tensor("tokens", tokens)
-    if tokens.dtype != torch.int64:
-        raise ValueError(f"tokens must be int64 (torch.long), got dtype {tokens.dtype}")
-    if tokens.shape != hidden.shape[:-1]:
-        raise ValueError(f"tokens must have the leading shape of hidden, {tuple(hidden.shape[:-1])}, "
-                         f"got {tuple(tokens.shape)}")
-    v.check_same_device(hidden=hidden, weight=weight, tokens=tokens)
-    flat_tokens = tokens.reshape(-1)
-    if check_tokens and flat_tokens.numel() and not bool(((flat_tokens >= 0) & (flat_tokens < W.shape[0])).all()):
-        bad = flat_tokens[(flat_tokens < 0) | (flat_tokens >= W.shape[0])]
-        raise ValueError(f"tokens must lie in [0, {W.shape[0]}), found {bad[:5].tolist()}")
+    if mask is not None:
+        v.check_tensor("mask", mask)
+    v.check_same_device(hidden=hidden, weight=weight, tokens=tokens, mask=mask)
+    flat_tokens, keep = v.check_token_ids(tokens, hidden.shape[:-1], W.shape[0], ignore_index=ignore_index,
+                                          mask=mask, check=check_tokens)
     grad_enabled = torch.is_grad_enabled()
     params = LogprobParams(inv_tau=inv_tau, backend=backend, need_dh=grad_enabled and hidden.requires_grad,
                            need_dw=grad_enabled and weight.requires_grad, return_entropy=bool(return_entropy))
-    out = _TokenLogprobsFunction.apply(h, W, flat_tokens, params)
+    out = _TokenLogprobsFunction.apply(h, W, flat_tokens, keep, params)
     leading = hidden.shape[:-1]
     if return_entropy:
         return out[0].reshape(leading), out[1].reshape(leading)
@@ -151,7 +166,8 @@ def topk_logprobs(
     """The k largest log-probs of softmax(hidden @ weight.T / temperature) and their token ids.
 
     Args:
-        hidden: [..., D]; weight: [V, D] (first ``vocab_size`` rows if given).
+        hidden: [..., D]; weight: [V, D] (first ``vocab_size`` rows if given); the same dtype,
+            or any mix under ``torch.autocast`` (the matmul runs in autocast's dtype).
         k: 1 <= k <= min(MAX_TOPK, V), MAX_TOPK = 64.
         backend: "torch" (chunked whole-vocabulary logit rows and torch.topk), "triton" (one
             fused kernel: a running merge of tl.topk, logits never leave the chip), "auto"
@@ -167,11 +183,12 @@ def topk_logprobs(
         raise ValueError(f"k must be an int in [1, {min(v.MAX_TOPK, W.shape[0])}] (vocabulary {W.shape[0]}, "
                          f"at most {v.MAX_TOPK}), got {k!r}")
     params = LogprobParams(inv_tau=inv_tau, backend=backend)
-    if backend == "triton":
-        from .logprobs_triton import topk_triton
+    with v.no_autocast(h.device):
+        if backend == "triton":
+            from .logprobs_triton import topk_triton
 
-        values, indices = topk_triton(h, W, k, params)
-    else:
-        values, indices = topk_torch(h, W, k, params)
+            values, indices = topk_triton(h, W, k, params)
+        else:
+            values, indices = topk_torch(h, W, k, params)
     leading = hidden.shape[:-1]
     return values.clamp_max(0.0).reshape(*leading, k), indices.reshape(*leading, k)

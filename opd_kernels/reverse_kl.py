@@ -38,6 +38,7 @@ class _ReverseKLGrads(NamedTuple):
 
 class _ReverseKLFunction(torch.autograd.Function):
     @staticmethod
+    @v.autocast_off
     def forward(ctx, h_s, W_s, h_t, W_t, mask, params: ReverseKLParams):
         n = h_s.shape[0]
         impl = _implementation(params)
@@ -65,6 +66,7 @@ class _ReverseKLFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @v.autocast_off
     def backward(ctx, grad_output):
         if hasattr(ctx, "grads"):
             dh, dW = ctx.grads
@@ -108,11 +110,15 @@ def fused_reverse_kl(
 
     Args:
         student_hidden: [..., D_s] bf16 / fp16 / fp32 (fp64 on the torch backend).
-        student_weight: [V_s, D_s] the student's LM head, same dtype as student_hidden.
+        student_weight: [V_s, D_s] the student's LM head, same dtype as student_hidden; under
+            ``torch.autocast`` any mix of bf16 / fp16 / fp32: the matmuls run in autocast's
+            dtype, as ``torch.nn.functional.linear``'s would, and each input gets its gradient
+            in its own dtype (an fp32 head an fp32 gradient).
         teacher_hidden: [..., D_t], the same leading shape as student_hidden.
         teacher_weight: [V_t, D_t] with V_t >= V_s; only its first V_s rows are used, so a
             padded teacher head (152,064 vs 151,936 rows) works as is.
         mask: optional bool [...]; False tokens contribute exactly 0 and get zero gradient.
+            The op takes no token ids: from Hugging Face labels pass ``mask=labels != -100``.
         temperature: tau > 0; both models' logits are divided by it.
         reduction: one of :data:`opd_kernels.REDUCTIONS`: "mean" over selected tokens (0 when
             none), "sum", "sequence_sum" (summed over the last leading dim, the sequence, then
@@ -140,8 +146,11 @@ def fused_reverse_kl(
         leading shape for "none". Gradients flow to student_hidden and student_weight (in their
         dtype; fp32 accumulation throughout), never to the teacher. A frozen student_weight gets no weight-gradient work at all.
     """
-    v.check_hidden_and_weight("student_hidden", student_hidden, "student_weight", student_weight)
-    v.check_hidden_and_weight("teacher_hidden", teacher_hidden, "teacher_weight", teacher_weight)
+    # Under torch.autocast the operands come back in autocast's dtype (differentiably cast).
+    student_hidden, student_weight = v.check_hidden_and_weight("student_hidden", student_hidden,
+                                                               "student_weight", student_weight)
+    teacher_hidden, teacher_weight = v.check_hidden_and_weight("teacher_hidden", teacher_hidden,
+                                                               "teacher_weight", teacher_weight)
     if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
         raise ValueError(
             "student_hidden and teacher_hidden must share leading (token) dims, got "
