@@ -126,7 +126,7 @@ def step_lines(path: Path) -> list[str]:
              f"{meta['dtype']}, at most {meta['answer_tokens']} answer tokens; trl {meta.get('trl') or 'not installed'}"]
     longest: dict[str, int] = {}
     for row in rows:
-        name = row["provider"] if row["provider"] != "ours" else f"ours ({row['objective']})"
+        name = row["provider"] if not row["provider"].startswith("ours") else f"{row['provider']} ({row['objective']})"
         if row["status"] != "ok":
             lines.append(f"  - {name}, {row['video_tokens_requested']:,} video tokens: {row['status']}")
             continue

@@ -15,7 +15,9 @@ forward + backward (gradient checkpointing) computes the loss, AdamW steps. What
 - ``ours`` (``--objectives full,sampled``): exactly videoopd's loop
   (``videoopd.algo.objectives.DistillationObjective``): the loss inside the student's forward from
   hidden states (``fused_reverse_kl``, exact; or the paper's sampled-token estimator), the frozen
-  vision tower's output of the rollout reused by the training forward.
+  vision tower's output of the rollout reused by the training forward. ``ours-vision-reencoded``
+  (not in the default grid): the same, the video encoded again in the training forward, to
+  measure what the reuse saves (``--providers ours,ours-vision-reencoded``).
 - ``trl-full-logits``: the recipe of TRL's ``GKDTrainer.compute_loss`` (and of its on-policy
   ``DistillationTrainer`` before TRL 1.16): ``.logits`` of student and teacher over the whole
   prompt + completion ([B, L, V] each), the completion picked by ``labels``, TRL's own
@@ -55,6 +57,10 @@ from typing import Any
 
 QWEN_VOCAB = 151_936
 PROVIDERS = ("ours", "trl-full-logits", "trl-chunked")
+# ours with the student's video encoded again in its training forward (the loop before it reused
+# the rollout's): what the reuse saves, measured beside "ours"; not in the default grid
+OURS_REENCODED = "ours-vision-reencoded"
+OURS = ("ours", OURS_REENCODED)
 OBJECTIVES = ("full", "sampled")  # ours only; TRL's recipes are the exact reverse KL (beta = 1)
 FRAME_SIDE = 256  # pixels; Qwen3-VL: one video token per 32 x 32 pixels of a pair of frames
 MIB = 2**20
@@ -117,13 +123,12 @@ class Grid:
     dtype: str = "fp32"
     providers: tuple[str, ...] = PROVIDERS
     objectives: tuple[str, ...] = OBJECTIVES
-    reuse_vision: bool = True
     memory_limit_gib: float | None = None
     temperature: float = 1.0
 
     def rows(self) -> list[tuple[str, str]]:
         """(provider, objective) of each process."""
-        return [(p, o) for p in self.providers for o in (self.objectives if p == "ours" else ("full",))]
+        return [(p, o) for p in self.providers for o in (self.objectives if p in OURS else ("full",))]
 
 
 def _shape(width, layers, vision_width, vision_blocks):
@@ -372,11 +377,11 @@ class StepRunner:
         self.provider, self.objective, self.grid, self.device = provider, objective, grid, device
         self.student, self.teacher = student, teacher
         self.optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
-        reuse = grid.reuse_vision and provider == "ours"  # TRL's trainers encode the video in each forward
+        reuse = provider == "ours"  # TRL's trainers encode the video in each forward
         self.opd = DistillationObjective(teacher, processor, objective=objective, reduction="sum",
                                          max_new_tokens=grid.answer_tokens, temperature=grid.temperature,
                                          reuse_vision=reuse)
-        if provider == "ours":
+        if provider in OURS:
             self.loss_impl = f"videoopd DistillationObjective ({objective})" + ("" if reuse else ", vision re-encoded")
         elif provider == "trl-full-logits":
             self.jsd, self.loss_impl = full_logits_loss()
@@ -396,7 +401,7 @@ class StepRunner:
         ctx = GenerationContext(model=self.student, device=self.device, step=step)
         rolled = self.opd.rollout(ctx, batch)
         clock.lap("rollout")
-        if self.provider == "ours":
+        if self.provider in OURS:
             micro = self.opd.score(ctx, rolled)
             clock.lap("teacher")
             loss, _ = policy_head_forward(self.student, self.student, micro.student_inputs, micro.loss_fn)
@@ -465,7 +470,7 @@ def step_flops(grid: Grid, prompt_tokens: int, answer_tokens: int, video_tokens:
         sum(forward(grid.student, 1, 1) + 4 * grid.student.layers * (prompt_tokens + i) * grid.student.width
             for i in range(answer_tokens))
     teacher = vision(grid.teacher) + forward(grid.teacher, length, head_tokens)
-    student = (0 if provider == "ours" and grid.reuse_vision else vision(grid.student)) + \
+    student = (0 if provider == "ours" else vision(grid.student)) + \
         3 * forward(grid.student, length, head_tokens)
     return b * (rollout + teacher + student)
 
@@ -716,7 +721,7 @@ def write_plot(rows: list[StepRow], meta: dict, path: Path) -> Path | None:
         ok = [r for r in rows if (r.provider, r.objective) == key and r.status == "ok"]
         if not ok:
             continue
-        label = key[0] if key[0] != "ours" else f"ours ({key[1]})"
+        label = key[0] if key[0] not in OURS else f"{key[0]} ({key[1]})"
         xs = [r.video_tokens for r in ok]
         ax_mem.plot(xs, [r.peak_growth_mib / 1024 for r in ok], marker="o", label=label)
         ax_time.plot(xs, [r.step_s for r in ok], marker="o", label=label)
@@ -782,10 +787,9 @@ def parse_args(argv) -> tuple[Grid, argparse.Namespace]:
     parser.add_argument("--batch", type=int)
     parser.add_argument("--steps", type=int, help="steps per row; the first warms up")
     parser.add_argument("--dtype", choices=("fp32", "bf16"))
-    parser.add_argument("--providers", type=_names(PROVIDERS), help=f"some of {', '.join(PROVIDERS)}")
+    parser.add_argument("--providers", type=_names(PROVIDERS + (OURS_REENCODED,)),
+                        help=f"some of {', '.join(PROVIDERS + (OURS_REENCODED,))} (default: all but the last)")
     parser.add_argument("--objectives", type=_names(OBJECTIVES), help="ours' objectives (default full,sampled)")
-    parser.add_argument("--reuse-vision", choices=("on", "off"),
-                        help="ours: the rollout's vision output reused by the training forward (default on)")
     parser.add_argument("--memory-limit-gib", type=float, help="CPU: each process's address-space limit")
     parser.add_argument("--device", default=None, help="cuda when available, else cpu")
     parser.add_argument("--budget-s", type=float, default=None, help="start no process after this many seconds")
@@ -810,8 +814,6 @@ def parse_args(argv) -> tuple[Grid, argparse.Namespace]:
         "vocab": args.vocab, "video_tokens": args.video_tokens, "answer_tokens": args.answer_tokens,
         "batch": args.batch, "steps": args.steps, "dtype": args.dtype, "providers": args.providers,
         "objectives": args.objectives, "memory_limit_gib": args.memory_limit_gib}.items() if v is not None}
-    if args.reuse_vision is not None:
-        changes["reuse_vision"] = args.reuse_vision == "on"
     for name in ("vocab", "answer_tokens", "batch", "steps"):
         if name in changes and changes[name] <= 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0, got {changes[name]}")

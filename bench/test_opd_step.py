@@ -17,9 +17,10 @@ def test_presets_and_flags():
     assert (gpu.student.width, gpu.student.layers, gpu.student.tied) == (2048, 28, True)  # Qwen3-VL-2B
     assert (gpu.teacher.width, gpu.teacher.layers, gpu.teacher.tied) == (4096, 36, False)  # Qwen3-VL-8B
     grid, _ = parse_args(["--preset", "cpu-smoke", "--width", "128", "--video-tokens", "32,64", "--providers",
-                          "ours,trl-chunked", "--objectives", "full", "--reuse-vision", "off"])
-    assert grid.student.width == 128 and grid.video_tokens == (32, 64) and not grid.reuse_vision
-    assert grid.rows() == [("ours", "full"), ("trl-chunked", "full")]
+                          "ours,ours-vision-reencoded,trl-chunked", "--objectives", "full"])
+    assert grid.student.width == 128 and grid.video_tokens == (32, 64)
+    assert grid.rows() == [("ours", "full"), ("ours-vision-reencoded", "full"), ("trl-chunked", "full")]
+    assert "ours-vision-reencoded" not in PRESETS["cpu"].providers
     for bad in (["--providers", "liger"], ["--video-tokens", "0"], ["--steps", "0"], ["--width", "100"]):
         with pytest.raises((SystemExit, ValueError)):
             parse_args(["--preset", "cpu-smoke", *bad])
