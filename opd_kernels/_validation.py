@@ -226,6 +226,64 @@ def check_reduction(reduction, *, stacklevel: int = 3) -> Reduction:
     return check_choice("reduction", reduction, REDUCTIONS)
 
 
+def check_like(name: str, reference: torch.Tensor, mask: torch.Tensor, **others: torch.Tensor | None) -> None:
+    """Per-token values: a floating ``reference`` (called ``name``), ``others`` of its shape, a bool mask of its shape."""
+    check_tensor(name, reference)
+    for other_name, t in {name: reference, **others}.items():
+        if t is None:
+            continue
+        check_tensor(other_name, t)
+        if not t.is_floating_point():
+            raise ValueError(f"{other_name} must be a floating tensor, got dtype {t.dtype}")
+        if t.shape != reference.shape:
+            raise ValueError(f"{other_name} has shape {tuple(t.shape)}, expected the shape of {name}, "
+                             f"{tuple(reference.shape)}")
+    check_tensor("mask", mask)
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+    if mask.shape != reference.shape:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected the shape of {name}, {tuple(reference.shape)}")
+
+
+def check_baseline(baseline, shape: torch.Size, name: str) -> None:
+    """An optional floating tensor broadcastable to ``shape`` (the shape of ``name``)."""
+    if baseline is None:
+        return
+    check_tensor("baseline", baseline)
+    if not baseline.is_floating_point():
+        raise ValueError(f"baseline must be a floating tensor, got dtype {baseline.dtype}")
+    try:
+        torch.broadcast_shapes(baseline.shape, shape)
+    except RuntimeError:
+        raise ValueError(f"baseline has shape {tuple(baseline.shape)}, which does not broadcast to the shape of "
+                         f"{name}, {tuple(shape)}") from None
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def check_clip_eps(clip_eps) -> float | None:
+    """PPO's clip range: None (no clip) or a number in (0, 1)."""
+    if clip_eps is not None and (not _is_number(clip_eps) or not 0 < clip_eps < 1):
+        raise ValueError(f"clip_eps must be a number in (0, 1), got {clip_eps!r}")
+    return clip_eps
+
+
+def check_advantage_clip(advantage_clip) -> float | None:
+    """None (no clamp) or a finite number c > 0 (advantages clamped to [-c, c])."""
+    if advantage_clip is not None and (not _is_number(advantage_clip) or not 0 < advantage_clip < math.inf):
+        raise ValueError(f"advantage_clip must be a finite number > 0, got {advantage_clip!r}")
+    return advantage_clip
+
+
+def check_beta(beta) -> float:
+    """The KL penalty coefficient: a finite number >= 0."""
+    if not _is_number(beta) or not beta >= 0 or beta == math.inf:
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    return beta
+
+
 def check_chunk_size(chunk_size) -> int | None:
     if chunk_size is None:
         return None

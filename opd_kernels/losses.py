@@ -11,25 +11,6 @@ import torch
 from . import _validation as v
 
 
-def _check_inputs(name: str, reference: torch.Tensor, mask: torch.Tensor, **others: torch.Tensor | None) -> None:
-    """Floating ``reference`` (called ``name``), ``others`` of its shape, a bool mask of its shape."""
-    v.check_tensor(name, reference)
-    for other_name, t in {name: reference, **others}.items():
-        if t is None:
-            continue
-        v.check_tensor(other_name, t)
-        if not t.is_floating_point():
-            raise ValueError(f"{other_name} must be a floating tensor, got dtype {t.dtype}")
-        if t.shape != reference.shape:
-            raise ValueError(f"{other_name} has shape {tuple(t.shape)}, expected the shape of {name}, "
-                             f"{tuple(reference.shape)}")
-    v.check_tensor("mask", mask)
-    if mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
-    if mask.shape != reference.shape:
-        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected the shape of {name}, {tuple(reference.shape)}")
-
-
 def policy_gradient_loss(
     logprobs: torch.Tensor,
     advantages: torch.Tensor,
@@ -74,18 +55,14 @@ def policy_gradient_loss(
         "clipped_fraction" (with ``old_logprobs``), "reference_kl" (mean k3, with
         ``reference_logprobs``).
     """
-    _check_inputs("logprobs", logprobs, mask, advantages=advantages, old_logprobs=old_logprobs,
+    v.check_like("logprobs", logprobs, mask, advantages=advantages, old_logprobs=old_logprobs,
                   reference_logprobs=reference_logprobs)
     reduction = v.check_reduction(reduction)
     if reduction == "sequence_sum" and logprobs.dim() < 1:
         raise ValueError("reduction='sequence_sum' needs a sequence dim (the last one)")
-    if clip_eps is not None:
-        if isinstance(clip_eps, bool) or not isinstance(clip_eps, (int, float)) or not 0 < clip_eps < 1:
-            raise ValueError(f"clip_eps must be a number in (0, 1), got {clip_eps!r}")
-        if old_logprobs is None:
-            raise ValueError("clip_eps needs old_logprobs (the ratio it clips)")
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0 or beta == float("inf"):
-        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    if v.check_clip_eps(clip_eps) is not None and old_logprobs is None:
+        raise ValueError("clip_eps needs old_logprobs (the ratio it clips)")
+    v.check_beta(beta)
     if beta > 0 and reference_logprobs is None:
         raise ValueError("beta > 0 needs reference_logprobs")
 
@@ -171,21 +148,11 @@ def sampled_reverse_kl_loss(
         "importance_ratio" (mean) when old_logprobs is given, and "advantage_clipped_fraction"
         (the share of selected tokens whose advantage was clamped) with advantage_clip.
     """
-    _check_inputs("student_logprobs", student_logprobs, mask, teacher_logprobs=teacher_logprobs,
+    v.check_like("student_logprobs", student_logprobs, mask, teacher_logprobs=teacher_logprobs,
                   old_logprobs=old_logprobs)
     reduction = v.check_reduction(reduction)  # here, so a deprecated name warns at the caller's line
-    if baseline is not None:
-        v.check_tensor("baseline", baseline)
-        if not baseline.is_floating_point():
-            raise ValueError(f"baseline must be a floating tensor, got dtype {baseline.dtype}")
-        try:
-            torch.broadcast_shapes(baseline.shape, student_logprobs.shape)
-        except RuntimeError:
-            raise ValueError(f"baseline has shape {tuple(baseline.shape)}, which does not broadcast to the shape of "
-                             f"student_logprobs, {tuple(student_logprobs.shape)}") from None
-    if advantage_clip is not None and (isinstance(advantage_clip, bool) or not isinstance(advantage_clip, (int, float))
-                                       or not 0 < advantage_clip < float("inf")):
-        raise ValueError(f"advantage_clip must be a finite number > 0, got {advantage_clip!r}")
+    v.check_baseline(baseline, student_logprobs.shape, "student_logprobs")
+    v.check_advantage_clip(advantage_clip)
     log_ratio = torch.where(mask, student_logprobs - teacher_logprobs, torch.zeros_like(student_logprobs)).detach()
     advantage = -log_ratio
     if baseline is not None:
