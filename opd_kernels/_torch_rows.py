@@ -17,8 +17,9 @@ passes over [C, V]). Which one runs is decided per call by :func:`compile_mode`:
 - if compiling or running the compiled form raises, a warning says why and the process keeps
   to the eager form from then on.
 
-Contract of every function: the [C, V] inputs are consumed (their contents are unspecified
-afterwards); a returned gradient may share storage with one of them.
+Contract of every function but ``logsumexp_rows`` (which keeps its input): the [C, V] inputs
+are consumed (their contents are unspecified afterwards); a returned gradient may share
+storage with one of them.
 """
 
 from __future__ import annotations
@@ -95,12 +96,18 @@ class RowFunction:
 EXP_BLOCK = 8192
 
 
-def _logsumexp_blocked(z: torch.Tensor) -> torch.Tensor:
-    """torch.logsumexp(z, dim=1) with a [C, EXP_BLOCK] temporary instead of a [C, V] one."""
-    m = z.amax(dim=1)
+def _scaled_block(z: torch.Tensor, c0: int, inv_tau: float) -> torch.Tensor:
+    """Columns [c0, c0 + EXP_BLOCK) of z / tau, z itself left as it is."""
+    block = z[:, c0:c0 + EXP_BLOCK]
+    return block if inv_tau == 1.0 else block * inv_tau
+
+
+def _logsumexp_blocked(z: torch.Tensor, inv_tau: float = 1.0) -> torch.Tensor:
+    """torch.logsumexp(z / tau, dim=1) with a [C, EXP_BLOCK] temporary instead of a [C, V] one; z is kept."""
+    m = z.amax(dim=1) * inv_tau  # 1/tau > 0 commutes with the max
     s = torch.zeros_like(m)
     for c0 in range(0, z.shape[1], EXP_BLOCK):
-        s += torch.exp(z[:, c0:c0 + EXP_BLOCK] - m[:, None]).sum(dim=1)
+        s += torch.exp(_scaled_block(z, c0, inv_tau) - m[:, None]).sum(dim=1)
     return m + torch.log(s)
 
 
@@ -161,14 +168,12 @@ def reverse_kl_rows(z_s: torch.Tensor, z_t: torch.Tensor, inv_tau: float, scale:
 
 
 def _lse_eager(z, inv_tau, with_mean):
-    if inv_tau != 1.0:
-        z.mul_(inv_tau)
-    lse = _logsumexp_blocked(z)
+    lse = _logsumexp_blocked(z, inv_tau)
     if not with_mean:
         return lse, None
     mean = torch.zeros_like(lse)
     for c0 in range(0, z.shape[1], EXP_BLOCK):
-        block = z[:, c0:c0 + EXP_BLOCK]
+        block = _scaled_block(z, c0, inv_tau)
         mean += torch.exp(block - lse[:, None]).mul_(block).sum(dim=1)
     return lse, mean
 
@@ -188,7 +193,10 @@ _LSE = RowFunction("log-sum-exp", _lse_eager, _lse_fused)
 
 
 def logsumexp_rows(z: torch.Tensor, inv_tau: float, with_mean: bool):
-    """lse [C] of z / tau and, with_mean, E_p[z / tau] [C] (entropy = lse - E_p[z / tau]). z is consumed."""
+    """lse [C] of z / tau and, with_mean, E_p[z / tau] [C] (entropy = lse - E_p[z / tau]).
+
+    Unlike the other row functions it keeps z as it was, so that a terminal loss can form its
+    logit gradient from the same block once the lse (and so the log-probs) of the chunk are known."""
     return _LSE(z, inv_tau, with_mean)
 
 

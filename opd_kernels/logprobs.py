@@ -12,7 +12,9 @@ from ._params import LogprobParams
 from .logprobs_torch import add_target_grads, logsumexp_stats_torch, softmax_grads_torch, target_logits, topk_torch
 
 
-def _prepare(hidden, weight, temperature, backend, vocab_size):
+def prepare_head(hidden, weight, temperature, backend, vocab_size):
+    """The checks and layout of every op from one model's hidden states and LM head: (h [N, D], W [V, D] cut to
+    ``vocab_size`` rows, 1 / temperature, the resolved backend)."""
     # Under torch.autocast the operands come back in autocast's dtype (differentiably cast).
     hidden, weight = v.check_hidden_and_weight("hidden", hidden, "weight", weight)
     inv_tau = 1.0 / v.check_temperature(temperature)
@@ -135,7 +137,7 @@ def token_logprobs(
         differentiable w.r.t. hidden and weight; under torch.no_grad() or for inputs that need
         no grad nothing is saved for backward (the teacher's case).
     """
-    h, W, inv_tau, backend = _prepare(hidden, weight, temperature, backend, vocab_size)
+    h, W, inv_tau, backend = prepare_head(hidden, weight, temperature, backend, vocab_size)
     ignore_index = v.check_ignore_index(ignore_index)
     v.check_tensor("tokens", tokens)
     if mask is not None:
@@ -178,7 +180,7 @@ def topk_logprobs(
         (values [..., k] fp32, sorted descending; indices [..., k] int64). Ties go to the lower
         token id on the Triton backend. Not differentiable (computed under no_grad).
     """
-    h, W, inv_tau, backend = _prepare(hidden, weight, temperature, backend, vocab_size)
+    h, W, inv_tau, backend = prepare_head(hidden, weight, temperature, backend, vocab_size)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(v.MAX_TOPK, W.shape[0]):
         raise ValueError(f"k must be an int in [1, {min(v.MAX_TOPK, W.shape[0])}] (vocabulary {W.shape[0]}, "
                          f"at most {v.MAX_TOPK}), got {k!r}")
