@@ -7,6 +7,7 @@ Public API:
     topk_logprobs         the k most likely tokens and their log-probs, from hidden states
     policy_gradient_loss  the token-level clipped policy-gradient loss (GRPO / PPO), on log-probs
     sampled_reverse_kl_loss   the sampled-token OPD loss: policy_gradient_loss with A = lp_t - lp_s
+    fused_policy_gradient_loss  either of the two from hidden states, forward and backward in one pass
     Reduction, REDUCTIONS     the one reduction vocabulary of every op: "mean" (over selected
                           tokens), "sum", "sequence_sum" (sum per sequence, mean over sequences),
                           "none" (per token); the losses' old "token_mean" warns (DeprecationWarning)
@@ -28,8 +29,9 @@ slower, 1.8-9x); pass ``backend="triton"`` for the memory they save. Off CUDA "a
 from ._validation import MAX_TOPK, REDUCTIONS, Reduction
 from .logprobs import token_logprobs, topk_logprobs
 from .losses import policy_gradient_loss, sampled_reverse_kl_loss
+from .policy_gradient import fused_policy_gradient_loss
 from .reverse_kl import FusedReverseKL, fused_reverse_kl
 
 __all__ = ["fused_reverse_kl", "FusedReverseKL", "token_logprobs", "topk_logprobs", "policy_gradient_loss",
-           "sampled_reverse_kl_loss", "Reduction", "REDUCTIONS", "MAX_TOPK"]
+           "sampled_reverse_kl_loss", "fused_policy_gradient_loss", "Reduction", "REDUCTIONS", "MAX_TOPK"]
 __version__ = "0.1.0"

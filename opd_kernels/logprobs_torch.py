@@ -20,6 +20,7 @@ from ._torch_rows import logsumexp_rows, softmax_grad_rows
 # Bytes a chunk holds per logit: one fp32 block of logits (the gradient overwrites it).
 LOGIT_BYTES = 4
 
+
 def target_logits(h: torch.Tensor, W: torch.Tensor, tokens: torch.Tensor, inv_tau: float) -> torch.Tensor:
     """z[y] = h . W[y] / tau for every row: a gather and a row dot, O(N * D)."""
     dtype = accumulate_dtype(h.dtype)
@@ -90,6 +91,56 @@ def softmax_grads_torch(h, W, lse, entropy, grad_lp, grad_entropy, params: Kerne
             addmm_acc_(dW, g.t(), hc)
         del g
     return dh, dW
+
+
+def terminal_logprobs_torch(h, W, tokens, live, coefficient, params: KernelParams):
+    """Log-probs of ``tokens`` and, in the same pass, the gradients of a terminal loss of them.
+
+    The loss is sum_i L_i(lp_i) with dL_i/dlp_i = ``coefficient(r0, r1, lp[r0:r1])`` known once
+    a chunk's log-probs are (a policy-gradient loss: its advantage, importance ratio and clip
+    are functions of lp_i and of constants). Per chunk: one matmul gives the fp32 logits z,
+    ``logsumexp_rows`` their lse (z kept), lp = z[y] / tau - lse, then c = dL/dlp, and the
+    logit gradient c (onehot(y) - p) / tau is formed over z in place and multiplied out:
+    dh = g W, dW += g^T h. Three matmuls in all, each logit computed once, one fp32 [C, V]
+    block held (the loss is terminal, so no backward pass recomputes them). The one-hot part
+    is a gather / index_add over all rows at the end, O(N * D).
+
+    live [N] bool: rows that may enter the loss; the others (padding, possibly NaN) are
+    selected away before any matmul and get lp and gradient rows the coefficient makes 0.
+    Returns (lp [N] <= 0, dh [N, D] | None, dW [V, D] | None) in the accumulation dtype.
+    """
+    n, vocab = h.shape[0], W.shape[0]
+    inv_tau, need_dh, need_dw, need_grad = params.inv_tau, params.need_dh, params.need_dw, params.need_grad
+    dtype = accumulate_dtype(h.dtype)
+    W_acc = acc_operand(W)
+    h = torch.where(live[:, None], acc_operand(h), 0.0)
+    target = target_logits(h, W, tokens, inv_tau)
+    lp = torch.empty(n, dtype=dtype, device=h.device)
+    coefficients = torch.empty(n, dtype=dtype, device=h.device) if need_grad else None
+    dh = torch.empty(h.shape, dtype=dtype, device=h.device) if need_dh else None
+    dW = torch.zeros(W.shape, dtype=dtype, device=W.device) if need_dw else None
+    chunk = params.tokens_per_chunk(vocab, h.shape[1], LOGIT_BYTES)
+    for r0 in range(0, n, chunk):
+        r1 = min(r0 + chunk, n)
+        hc = h[r0:r1]
+        z = mm_acc(hc, W_acc.t())
+        lse, _ = logsumexp_rows(z, inv_tau, False)
+        # A log-prob is never positive; rounding can cross 0 (as token_logprobs).
+        lp_c = (target[r0:r1] - lse).clamp_max(0.0)
+        lp[r0:r1] = lp_c
+        if not need_grad:
+            continue
+        c = coefficients[r0:r1] = coefficient(r0, r1, lp_c)
+        g = grad_operand(softmax_grad_rows(z, inv_tau, lse, None, c, None), W_acc)
+        del z
+        if need_dh:
+            dh[r0:r1] = mm_acc(g, W_acc)
+        if need_dw:
+            addmm_acc_(dW, g.t(), hc)
+        del g
+    if need_grad:
+        add_target_grads(dh, dW, h, W, tokens, coefficients * inv_tau)
+    return lp, dh, dW
 
 
 def topk_torch(h, W, k, params: KernelParams):

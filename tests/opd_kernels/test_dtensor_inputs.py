@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from opd_kernels import FusedReverseKL, fused_reverse_kl, sampled_reverse_kl_loss, token_logprobs, topk_logprobs
+from opd_kernels import (FusedReverseKL, fused_policy_gradient_loss, fused_reverse_kl, sampled_reverse_kl_loss,
+                         token_logprobs, topk_logprobs)
 
 from helpers import make_rkl_inputs
 
@@ -83,6 +84,15 @@ def test_sampled_reverse_kl_loss(shard, name):
                 mask=torch.ones(2, 3, dtype=torch.bool), old_logprobs=-torch.rand(2, 3))
     args[name] = shard(args[name])
     _expect_dtensor_error(name, lambda: sampled_reverse_kl_loss(**args))
+
+
+@pytest.mark.parametrize("name", ["hidden", "weight", "tokens", "mask", "teacher_logprobs", "old_logprobs"])
+def test_fused_policy_gradient_loss(shard, name):
+    args = dict(hidden=torch.randn(2, 3, 8), weight=torch.randn(50, 8), tokens=torch.zeros(2, 3, dtype=torch.long),
+                mask=torch.ones(2, 3, dtype=torch.bool), teacher_logprobs=-torch.rand(2, 3),
+                old_logprobs=-torch.rand(2, 3))
+    args[name] = shard(args[name])
+    _expect_dtensor_error(name, lambda: fused_policy_gradient_loss(**args))
 
 
 def test_full_tensor_is_accepted(shard):
