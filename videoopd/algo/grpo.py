@@ -5,7 +5,8 @@ its own rollout seed), each answer is rewarded by its temporal IoU (:mod:`videoo
 and the rewards are normalised within the prompt's group into one advantage per answer:
 ``(r - mean) / (std + eps)`` (``advantage="std"``, GRPO's) or ``r - mean`` (``"mean"``,
 Dr. GRPO's). The student's log-probs of its own tokens come from base-model hidden states
-(``token_logprobs``) and enter :func:`opd_kernels.policy_gradient_loss`, the same token-level
+and enter :func:`opd_kernels.policy_gradient_loss` (computed with them in one pass from the
+hidden states, :func:`opd_kernels.fused_policy_gradient_loss`), the same token-level
 clipped policy-gradient loss as on-policy distillation's sampled objective (whose advantage is
 the per-token ``lp_teacher - lp_student``), with the sampler's log-probs as the old policy's
 and an optional k3 KL penalty to a frozen reference policy (``beta``, default 0 as in TimeLens).
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from opd_kernels import policy_gradient_loss, token_logprobs
+from opd_kernels import fused_policy_gradient_loss
 from videoopd.algo.objectives import (GenerationContext, MicroBatch, SampledObjective, answer_slice, score_rollout,
                                      scoring_inputs)
 from videoopd.grounding.rewards import iou_reward, is_exact_format
@@ -110,12 +111,13 @@ class GRPOObjective(SampledObjective):
              reference_logprobs: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss summed over this micro-batch's answer tokens, metric sums)."""
         h, tokens, mask = answer_slice(hidden, rollout)
-        lp = token_logprobs(h, weight, tokens, temperature=self.temperature, backend=self.backend)
-        old = rollout.sampler_logprobs.to(lp.device) if rollout.sampler_logprobs is not None else None
-        per_token_advantage = advantages.to(lp.dtype)[:, None].expand_as(lp)
-        loss, m = policy_gradient_loss(lp, per_token_advantage, mask, old_logprobs=old,
-                                       clip_eps=self.clip_eps if old is not None else None,
-                                       reference_logprobs=reference_logprobs, beta=self.beta, reduction="sum")
+        old = rollout.sampler_logprobs.to(h.device) if rollout.sampler_logprobs is not None else None
+        per_token_advantage = advantages.to(torch.float32)[:, None].expand(mask.shape)
+        # policy_gradient_loss on token_logprobs, in one pass from the hidden states
+        loss, m = fused_policy_gradient_loss(h, weight, tokens, mask, advantages=per_token_advantage,
+                                             old_logprobs=old, clip_eps=self.clip_eps,
+                                             reference_logprobs=reference_logprobs, beta=self.beta,
+                                             temperature=self.temperature, reduction="sum", backend=self.backend)
         count = m["tokens"].double()
         sums = {f"{name}_sum": (m[name] * count).double()
                 for name in ("importance_ratio", "clipped_fraction", "reference_kl") if name in m}

@@ -17,7 +17,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from opd_kernels import fused_reverse_kl, sampled_reverse_kl_loss, token_logprobs
+from opd_kernels import fused_policy_gradient_loss, fused_reverse_kl, token_logprobs
 from videoopd.qwen.generation import Rollout, generate, group_rollout_seeds, rollout_seed
 from videoopd.grounding.metrics import parse_span
 from videoopd.qwen.models import (
@@ -228,7 +228,7 @@ class DistillationObjective(SampledObjective):
     own tokens.
 
     ``objective`` "sampled" (the paper's): ``sampled_reverse_kl_loss`` on the sampled tokens'
-    log-probs, optionally with two variance reductions: with ``num_generations`` G > 1 (batches
+    log-probs (computed as ``fused_policy_gradient_loss``, one pass from the hidden states), optionally with two variance reductions: with ``num_generations`` G > 1 (batches
     from a :class:`videoopd.algo.grpo.GroupedCollator`) each answer's per-token advantage
     ``lp_t - lp_s`` is taken relative to its prompt's group (minus the group's mean over its
     answer tokens), and ``advantage_clip`` c clamps it to [-c, c]. "full": the exact reverse KL
@@ -275,16 +275,22 @@ class DistillationObjective(SampledObjective):
         """(loss summed over this micro-batch's answer tokens, {"reverse_kl_sum": ...})."""
         h, tokens, mask = answer_slice(hidden, rollout)
         if self.objective == "sampled":
-            lp = token_logprobs(h, weight, tokens, temperature=self.temperature, backend=self.backend)
             # the sampler's own log-probs as the old policy's: the importance ratio corrects for
             # what the sampler did differently from the scored softmax (nucleus, suppressed tokens)
-            old = rollout.sampler_logprobs.to(lp.device) if rollout.sampler_logprobs is not None else None
+            old = rollout.sampler_logprobs.to(h.device) if rollout.sampler_logprobs is not None else None
             teacher_lp = teacher_view["teacher_logprobs"]
             baseline = None
             if self.num_generations > 1:
-                baseline = group_mean_baseline((teacher_lp - lp).detach(), mask, self.num_generations)
-            loss, m = sampled_reverse_kl_loss(lp, teacher_lp, mask, old_logprobs=old, baseline=baseline,
-                                              advantage_clip=self.advantage_clip, reduction="sum")
+                # the group's mean advantage needs every answer's log-probs before any coefficient
+                # of the fused pass: one forward-only pass (1 matmul a chunk; the fused one adds 3)
+                with torch.no_grad():
+                    lp = token_logprobs(h, weight, tokens, temperature=self.temperature, backend=self.backend)
+                baseline = group_mean_baseline(teacher_lp - lp, mask, self.num_generations)
+            # sampled_reverse_kl_loss on token_logprobs, in one pass: the ratio is not clipped
+            loss, m = fused_policy_gradient_loss(h, weight, tokens, mask, teacher_logprobs=teacher_lp,
+                                                 old_logprobs=old, baseline=baseline, clip_eps=None,
+                                                 advantage_clip=self.advantage_clip, temperature=self.temperature,
+                                                 reduction="sum", backend=self.backend)
             sums = {"reverse_kl_sum": (m["reverse_kl"] * m["tokens"]).double()}
             for name in ("importance_ratio", "advantage_clipped_fraction"):
                 if name in m:
