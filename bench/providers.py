@@ -13,7 +13,10 @@ objective, one accuracy check and one reference serve them all:
 
 - fused_reverse_kl: the mean reverse KL over the N tokens (a scalar);
 - token_logprobs:   log p(token) per token, [N] fp32;
-- topk_logprobs:    the k largest log-probs per token, ([N, k] values, [N, k] indices).
+- topk_logprobs:    the k largest log-probs per token, ([N, k] values, [N, k] indices);
+- policy_gradient_loss: GRPO's clipped policy-gradient loss on the sampled tokens (a scalar, the
+  mean over the N tokens; sequences of ``PG_SEQUENCE`` tokens, one advantage each, the sampler's
+  log-probs near the policy's so that a few ratios clip), from hidden states and the head.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class OpMode:
 
     def flops(self, shape: Shape) -> int:
         n, v, d_s, d_t = shape.tokens, shape.vocab, shape.student_dim, shape.teacher_dim
+        if self.kernel == "policy_gradient_loss":
+            # The logits and dh = g W, dW = g^T h: the loss is terminal, nothing is recomputed.
+            return 6 * n * v * self.hidden_dim(shape)
         if self.kernel == "fused_reverse_kl":
             # Issue 5's count: the two logit GEMMs, and for the backward their recompute plus
             # dh = g W_s and dW_s = g^T h_s.
@@ -77,6 +83,8 @@ OP_MODES: dict[str, OpMode] = {
         OpMode("token_logprobs", "forward", "teacher", "2NVD_t"),
         OpMode("token_logprobs", "full", "student", "8NVD_s"),
         OpMode("topk_logprobs", "forward", "teacher", "2NVD_t"),
+        # The student's side of sampled OPD and of GRPO: log-probs, the loss and its gradient.
+        OpMode("policy_gradient_loss", "full", "student", "6NVD_s"),
     )
 }
 KERNELS = tuple(dict.fromkeys(m.kernel for m in OP_MODES.values()))
@@ -103,6 +111,8 @@ def make_inputs(op: OpMode, shape: Shape, *, dtype: torch.dtype, device: torch.d
 
     n, v = shape.tokens, shape.vocab
     inputs: dict = {"temperature": temperature}
+    if op.kernel == "policy_gradient_loss":
+        return _policy_gradient_inputs(op, shape, inputs, randn, gen, device)
     if op.kernel == "fused_reverse_kl":
         d_s, d_t = shape.student_dim, shape.teacher_dim
         inputs.update(
@@ -131,9 +141,31 @@ def make_inputs(op: OpMode, shape: Shape, *, dtype: torch.dtype, device: torch.d
     return inputs
 
 
+# Tokens per sequence of the policy-gradient inputs (one advantage per sequence, GRPO's).
+PG_SEQUENCE = 512
+PG_CLIP_EPS = 0.2
+
+
+def _policy_gradient_inputs(op: OpMode, shape: Shape, inputs: dict, randn, gen, device) -> dict:
+    import opd_kernels
+
+    n, v, d = shape.tokens, shape.vocab, op.hidden_dim(shape)
+    seq = PG_SEQUENCE if n % PG_SEQUENCE == 0 else n
+    hidden, weight = randn(n, d), randn(v, d, scale=2.0 / d**0.5)
+    tokens = torch.randint(0, v, (n,), generator=gen, device=device)
+    with torch.no_grad():
+        policy = opd_kernels.token_logprobs(hidden, weight, tokens, temperature=inputs["temperature"])
+    old = policy + 0.1 * torch.randn(n, generator=gen, device=device)
+    inputs.update(hidden=hidden.requires_grad_(), weight=weight.requires_grad_(), tokens=tokens,
+                  sequence_advantages=torch.randn(max(n // seq, 1) if n else 0, generator=gen, device=device),
+                  old_logprobs=old, sequence=seq, grad_leaves=("hidden", "weight"))
+    inputs["advantages"] = inputs["sequence_advantages"].repeat_interleave(seq)
+    return inputs
+
+
 def objective(op: OpMode, inputs: dict, output) -> torch.Tensor:
     """The scalar a training step would call .backward() on."""
-    if op.kernel == "fused_reverse_kl":
+    if op.kernel in ("fused_reverse_kl", "policy_gradient_loss"):
         return output
     if op.kernel == "token_logprobs":
         return -(inputs["advantage"] * output).mean()
@@ -154,6 +186,17 @@ def reference_output(op: OpMode, inputs: dict, quantity: str = ""):
     leaves = {name: inputs[name].detach().double().requires_grad_(name in inputs["grad_leaves"])
               for name in ("student_hidden", "student_weight", "teacher_hidden", "teacher_weight", "hidden", "weight")
               if name in inputs}
+    if op.kernel == "policy_gradient_loss":
+        log_probs = torch.log_softmax(leaves["hidden"] @ leaves["weight"].t() / tau, dim=-1)
+        lp = log_probs.gather(-1, inputs["tokens"][:, None]).squeeze(-1)
+        advantages, ratio = inputs["advantages"].double(), torch.exp(lp - inputs["old_logprobs"].double())
+        clipped = ratio.clamp(1 - PG_CLIP_EPS, 1 + PG_CLIP_EPS)
+        if quantity == "ppo_surrogate":  # its value; the gradient is the same
+            out = -torch.minimum(ratio * advantages, clipped * advantages).mean()
+        else:  # -A w lp, w = the detached ratio, 0 where the clip is flat
+            flat = torch.minimum(ratio * advantages, clipped * advantages) != ratio * advantages
+            out = -(advantages * torch.where(flat, 0.0, ratio.detach()) * lp).mean()
+        return out, leaves
     if quantity == "forward_kl":
         vocab = leaves["student_weight"].shape[0]
         log_p = torch.log_softmax(reference_logits(leaves["student_hidden"], leaves["student_weight"], tau), dim=-1)
@@ -197,10 +240,23 @@ def naive_topk_logprobs(hidden, weight, k: int, temperature):
     return values, indices
 
 
+def _policy_gradient_loss(lp, advantages, old_logprobs):
+    from opd_kernels import policy_gradient_loss
+
+    mask = torch.ones_like(lp, dtype=torch.bool)
+    return policy_gradient_loss(lp, advantages, mask, old_logprobs=old_logprobs, clip_eps=PG_CLIP_EPS,
+                                reduction="mean")[0]
+
+
+def naive_policy_gradient_loss(hidden, weight, tokens, advantages, old_logprobs, temperature):
+    return _policy_gradient_loss(naive_token_logprobs(hidden, weight, tokens, temperature), advantages, old_logprobs)
+
+
 NAIVE = {
     "fused_reverse_kl": naive_reverse_kl,
     "token_logprobs": naive_token_logprobs,
     "topk_logprobs": naive_topk_logprobs,
+    "policy_gradient_loss": naive_policy_gradient_loss,
 }
 
 
@@ -217,6 +273,8 @@ def _call_kernel(fn, op: OpMode, x: dict):
         return fn(x["student_hidden"], x["student_weight"], x["teacher_hidden"], x["teacher_weight"], tau)
     if op.kernel == "token_logprobs":
         return fn(x["hidden"], x["weight"], x["tokens"], tau)
+    if op.kernel == "policy_gradient_loss":
+        return fn(x["hidden"], x["weight"], x["tokens"], x["advantages"], x["old_logprobs"], tau)
     return fn(x["hidden"], x["weight"], x["k"], tau)
 
 
@@ -287,6 +345,13 @@ def _ours(backend: str, schedule: str = "auto"):
         if op.kernel == "token_logprobs":
             return opd_kernels.token_logprobs(x["hidden"], x["weight"], x["tokens"], temperature=tau,
                                               backend=backend)
+        if op.kernel == "policy_gradient_loss":
+            shape = (-1, x["sequence"])
+            return opd_kernels.fused_policy_gradient_loss(
+                x["hidden"].view(*shape, x["hidden"].shape[-1]), x["weight"], x["tokens"].view(shape),
+                torch.ones_like(x["tokens"], dtype=torch.bool).view(shape), advantages=x["advantages"].view(shape),
+                old_logprobs=x["old_logprobs"].view(shape), clip_eps=PG_CLIP_EPS, temperature=tau,
+                reduction="mean", backend=backend)[0]
         return opd_kernels.topk_logprobs(x["hidden"], x["weight"], x["k"], temperature=tau, backend=backend)
 
     return compute
@@ -319,6 +384,27 @@ def _liger_fused_linear_kldiv(op: OpMode, x: dict):
         target = torch.softmax((x["teacher_hidden"] @ x["teacher_weight"][:vocab].t()).float() / tau, dim=-1)
     loss = LigerFusedLinearKLDivLoss(reduction="batchmean", temperature=tau)
     return loss(x["student_hidden"], x["student_weight"], target)
+
+
+def _ours_unfused_policy_gradient(op: OpMode, x: dict):
+    import opd_kernels
+
+    lp = opd_kernels.token_logprobs(x["hidden"], x["weight"], x["tokens"], temperature=x["temperature"])
+    return _policy_gradient_loss(lp, x["advantages"], x["old_logprobs"])
+
+
+def _liger_fused_linear_grpo(op: OpMode, x: dict):
+    from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+
+    # GRPO without a reference model (beta = 0), token-level ratios clipped at 1 -/+ 0.2, and
+    # loss_type "bnpo": the sum over tokens divided by their count, our reduction "mean".
+    loss = LigerFusedLinearGRPOLoss(beta=0.0, use_ref_model=False, epsilon_low=PG_CLIP_EPS, epsilon_high=PG_CLIP_EPS,
+                                    loss_type="bnpo", temperature=x["temperature"])
+    seq = x["sequence"]
+    out = loss(x["hidden"].view(-1, seq, x["hidden"].shape[-1]), x["weight"], x["tokens"].view(-1, seq),
+               torch.ones_like(x["tokens"]).view(-1, seq), x["sequence_advantages"],
+               old_per_token_logps=x["old_logprobs"].view(-1, seq))
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _liger_chunked_jsd(op: OpMode, x: dict):
@@ -392,6 +478,8 @@ def _matmul_floor(op: OpMode, x: dict):
                                   x["teacher_weight"][:vocab])
     if op.kernel == "token_logprobs":
         return _MatmulFloor.apply(x["hidden"].shape[:1], True, x["hidden"], x["weight"])
+    if op.kernel == "policy_gradient_loss":
+        return _MatmulFloor.apply((), False, x["hidden"], x["weight"])
     _mm_fp32(x["hidden"], x["weight"].t())
     shape = (x["hidden"].shape[0], x["k"])
     return x["hidden"].new_zeros(shape, dtype=torch.float32), x["hidden"].new_zeros(shape, dtype=torch.int64)
@@ -409,6 +497,8 @@ _COMPUTE: dict[str, Callable] = {
     "liger-fused-linear-jsd-fp32-accum": _liger_fused_linear_jsd_fp32_accum,
     "liger-fused-linear-kldiv": _liger_fused_linear_kldiv,
     "liger-chunked-jsd-loss": _liger_chunked_jsd,
+    "liger-fused-linear-grpo": _liger_fused_linear_grpo,
+    "ours-unfused": _ours_unfused_policy_gradient,
     "cce": _cce("cce"),
     "cce-torch-compile": _cce("torch_compile"),
     "matmul-floor": _matmul_floor,
@@ -442,7 +532,8 @@ def _installed_version(module: str) -> str:
         return f"{dist} version unknown"
 
 
-_ALL = ("fused_reverse_kl", "token_logprobs", "topk_logprobs")
+_ALL = ("fused_reverse_kl", "token_logprobs", "topk_logprobs", "policy_gradient_loss")
+_PG = ("policy_gradient_loss",)
 _LOGPROB_OPS = ("token_logprobs", "topk_logprobs")
 
 # A name may have one entry per kernel: "ours-torch" of reverse KL exists now, that of the
@@ -458,6 +549,11 @@ PROVIDERS = (
              module="opd_kernels", attribute="{kernel}"),
     Provider("ours-torch", "ours", ("fused_reverse_kl",),
              "opd_kernels, backend='torch' (chunked PyTorch, any device)"),
+    Provider("ours-torch", "ours", _PG,
+             "opd_kernels.fused_policy_gradient_loss, backend='torch': log-probs, loss and gradients in one pass"),
+    Provider("ours-unfused", "ours", _PG,
+             "opd_kernels.token_logprobs then policy_gradient_loss: what the loop did before the fused op "
+             "(the backward recomputes the logits)"),
     Provider("ours-torch", "ours", _LOGPROB_OPS, "opd_kernels, backend='torch' (chunked PyTorch, any device)",
              module="opd_kernels", attribute="{kernel}"),
     Provider("ours-torch-compiled", "ours", _ALL,
@@ -490,6 +586,13 @@ PROVIDERS = (
     Provider("liger-chunked-jsd-loss", "peer", ("fused_reverse_kl",),
              "Liger-Kernel chunked_loss.LigerFusedLinearJSDLoss(beta=1.0, weight_hard_loss=0.0, "
              "weight_soft_loss=1.0) (PyTorch + torch.compile)", module="liger_kernel.chunked_loss"),
+    Provider("liger-fused-linear-grpo", "peer", _PG,
+             "Liger-Kernel chunked_loss.LigerFusedLinearGRPOLoss(beta=0, loss_type='bnpo', epsilon 0.2) "
+             "(PyTorch + torch.compile)", module="liger_kernel.chunked_loss",
+             check=_needs("liger_kernel.chunked_loss", "LigerFusedLinearGRPOLoss"), quantity="ppo_surrogate",
+             note="`liger-fused-linear-grpo` returns the value of PPO's clipped surrogate, -min(r A, clip(r) A), "
+                  "where ours returns -A w lp (w the detached ratio, 0 where the clip is flat): the same "
+                  "gradient, another value; its error column compares with the float64 surrogate."),
     Provider("cce", "peer", ("token_logprobs",),
              "Cut Cross-Entropy linear_cross_entropy(reduction='none', impl='cce'), negated (Triton)",
              needs_cuda=True, module="cut_cross_entropy"),

@@ -148,7 +148,8 @@ def write_csv(path: Path, rows: list[Row], meta: dict) -> None:
 # --------------------------------------------------------------------------------------------
 # Markdown
 
-_OUTPUT_NAME = {"fused_reverse_kl": "loss", "token_logprobs": "log-probs", "topk_logprobs": "top-k values"}
+_OUTPUT_NAME = {"fused_reverse_kl": "loss", "token_logprobs": "log-probs", "topk_logprobs": "top-k values",
+                "policy_gradient_loss": "loss"}
 
 
 def _fmt_number(x: float) -> str:
