@@ -9,10 +9,11 @@
 #   env        nvidia-smi, versions; installs .whl/*.whl (pure-Python peers) if the folder exists
 #   tests      the kernel tests on CUDA, compiled Triton (tests/opd_kernels)   GPU_CHECK_TESTS_S=140
 #   bench-*    pytest bench/ on grid gpu-check: N 4,096 and 16,384, V 151,936, D_s 4,096,
-#              D_t 8,192, bf16; one pytest run per op, results merged  GPU_CHECK_BENCH_S=110,100,80
+#              D_t 8,192, bf16; one pytest run per op, results merged  GPU_CHECK_BENCH_S=110,100,80,70
+#              (bench-pg: fused_policy_gradient_loss against naive, the unfused ours and Liger's GRPO loss)
 #   opd-step   python -m bench.opd_step --preset gpu: OPD steps of a Qwen3-VL-2B student and an 8B teacher (full
 #              depth, random init, bf16), ours against TRL's recipes, 4k-token video and up   GPU_CHECK_STEP_S=120
-#              (the whole grid takes a call of its own: GPU_CHECK_SKIP=tests,bench-rkl-full,bench-logprobs,bench-rest
+#              (the whole grid takes a call of its own: GPU_CHECK_SKIP=tests,bench-rkl-full,bench-logprobs,bench-pg,bench-rest
 #              GPU_CHECK_STEP_S=500; each provider's finished rows are kept when its budget ends)
 #   summary    python -m bench.gpu_summary: prints the summary, writes summary.md
 # GPU_CHECK_SKIP=opd-step,tests (say) skips those parts: a second call that measures only what changed.
@@ -36,7 +37,8 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 START=$SECONDS
 TOTAL="${GPU_CHECK_TOTAL_S:-540}"
-IFS=, read -r BENCH_RKL_S BENCH_LP_S BENCH_REST_S <<< "${GPU_CHECK_BENCH_S:-110,100,80}"
+IFS=, read -r BENCH_RKL_S BENCH_LP_S BENCH_REST_S BENCH_PG_S <<< "${GPU_CHECK_BENCH_S:-110,100,80,70}"
+BENCH_PG_S="${BENCH_PG_S:-70}"
 TESTS_S="${GPU_CHECK_TESTS_S:-140}"
 STEP_S="${GPU_CHECK_STEP_S:-120}"
 SUMMARY_S=20  # kept back for the summary
@@ -102,6 +104,8 @@ if (( DRY )); then
   SHAPES=(--bench-shapes smoke --bench-seconds 0.02 --bench-providers ours-torch,ours-torch-compiled,ours-triton-chunked,matmul-floor,naive,liger-fused-linear-kldiv)
   part bench-rkl-full 90 "$LOG" "${BENCH[@]}" bench/test_reverse_kl.py "${SHAPES[@]}" --bench-ops fused_reverse_kl-full
   part bench-logprobs 60 "$LOG" "${BENCH[@]}" bench/test_token_logprobs.py "${SHAPES[@]}"
+  part bench-pg 60 "$LOG" "${BENCH[@]}" bench/test_policy_gradient_loss.py --bench-shapes smoke --bench-seconds 0.02 \
+    --bench-providers ours-torch,ours-unfused,matmul-floor,naive,liger-fused-linear-grpo
   part bench-rest 60 "$LOG" "${BENCH[@]}" bench/test_reverse_kl.py bench/test_topk_logprobs.py "${SHAPES[@]}" \
     --bench-ops fused_reverse_kl-forward,topk_logprobs
   part opd-step 180 "$LOG" "$PY" -m bench.opd_step --preset cpu-smoke --steps 2 --video-tokens 64 --budget-s 160 \
@@ -116,6 +120,8 @@ else
     ours-triton-chunked,ours-triton-fused,ours-torch,ours-torch-compiled,matmul-floor,naive,liger-fused-linear-jsd,liger-fused-linear-jsd-fp32-accum,liger-fused-linear-kldiv
   part bench-logprobs "$BENCH_LP_S" "$LOG" "${BENCH[@]}" bench/test_token_logprobs.py "${SHAPES[@]}" \
     --bench-providers ours-triton,ours-torch,ours-torch-compiled,matmul-floor,naive,cce
+  part bench-pg "$BENCH_PG_S" "$LOG" "${BENCH[@]}" bench/test_policy_gradient_loss.py "${SHAPES[@]}" \
+    --bench-providers ours-torch,ours-torch-compiled,ours-triton,ours-unfused,matmul-floor,naive,liger-fused-linear-grpo
   part bench-rest "$BENCH_REST_S" "$LOG" "${BENCH[@]}" bench/test_reverse_kl.py bench/test_topk_logprobs.py "${SHAPES[@]}" \
     --bench-ops fused_reverse_kl-forward,topk_logprobs \
     --bench-providers ours-triton-chunked,ours-triton-fused,ours-triton,ours-torch,ours-torch-compiled,matmul-floor,naive

@@ -4,7 +4,10 @@ Reads the part lines of OUT/gpu_check.log, the last line of OUT/kernel_tests.log
 results (OUT/<device>-<date>.json, the ``pytest bench/`` format) and OUT/opd_step.json; prints
 the summary and writes it to OUT/summary.md. The issue's GPU goals are checked where the rows
 exist: fused_reverse_kl forward + backward at >= 60% of the bf16 dense peak and >= 3x Liger's
-fused linear JSD at the same shape; token_logprobs forward at >= 65% of the peak.
+fused linear JSD at the same shape; token_logprobs forward at >= 65% of the peak; and the
+speed goals relative to another row (issue 25): fused_policy_gradient_loss >= 1.25x naive and
+faster than Liger's fused linear GRPO loss, fused_reverse_kl forward + backward at >= 90% and
+topk_logprobs at >= 85% of the speed of their matmuls alone (``matmul-floor``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ GOALS = (
     # (kernel, mode, minimum fraction of the bf16 dense peak, peer to beat, by how much)
     ("fused_reverse_kl", "full", 0.60, "liger-fused-linear-jsd", 3.0),
     ("token_logprobs", "forward", 0.65, None, None),
+)
+RELATIVE_GOALS = (
+    # (kernel, mode, our provider (None: our fastest row), the other row, its time / ours at least)
+    ("policy_gradient_loss", "full", "ours-torch", "naive", 1.25),
+    ("policy_gradient_loss", "full", "ours-torch", "liger-fused-linear-grpo", 1.0),
+    ("fused_reverse_kl", "full", None, "matmul-floor", 0.90),
+    ("topk_logprobs", "forward", None, "matmul-floor", 0.85),
 )
 
 
@@ -115,6 +125,22 @@ def goal_lines(rows: list[Row]) -> list[str]:
     return lines
 
 
+def relative_goal_lines(rows: list[Row]) -> list[str]:
+    lines = []
+    for kernel, mode, ours, other, factor in RELATIVE_GOALS:
+        for tokens in sorted({r.tokens for r in rows if (r.kernel, r.mode) == (kernel, mode) and r.kind == "speed"}):
+            mine = _best_ours(rows, kernel, mode, tokens) if ours is None else _row(rows, kernel, mode, tokens, ours)
+            theirs = _row(rows, kernel, mode, tokens, other)
+            head = f"- {kernel} {mode} N = {tokens:,}, `{mine.provider if mine else ours}` against `{other}`"
+            if mine is None or not mine.ok or theirs is None or not theirs.ok:
+                why = "no row" if mine is None or theirs is None else (mine.status if not mine.ok else theirs.status)
+                lines.append(f"{head}: {why}")
+                continue
+            ratio = theirs.median_ms / mine.median_ms
+            lines.append(f"{head}: {ratio:.2f}x its speed (goal >= {factor:g}x): {'met' if ratio >= factor else 'NOT met'}")
+    return lines
+
+
 def step_lines(path: Path) -> list[str]:
     """The OPD step grid (``python -m bench.opd_step``'s JSON report): a line per row, then
     the longest video each provider ran."""
@@ -159,7 +185,7 @@ def summary(out: Path) -> str:
         lines += [f"## Kernel benchmarks ({path.name}: {meta.get('device_name')}, grid {meta.get('grid')}, "
                   f"{meta.get('dtype')})", ""]
     if rows:
-        lines += bench_lines(rows) + ["", "Goals:", *goal_lines(rows), ""]
+        lines += bench_lines(rows) + ["", "Goals:", *goal_lines(rows), *relative_goal_lines(rows), ""]
     else:
         lines += ["## Kernel benchmarks", "", "- no results file", ""]
     lines += ["## OPD training step", "", *step_lines(out / "opd_step.json"), ""]

@@ -551,6 +551,9 @@ PROVIDERS = (
              "opd_kernels, backend='torch' (chunked PyTorch, any device)"),
     Provider("ours-torch", "ours", _PG,
              "opd_kernels.fused_policy_gradient_loss, backend='torch': log-probs, loss and gradients in one pass"),
+    Provider("ours-triton", "ours", _PG,
+             "opd_kernels.fused_policy_gradient_loss, backend='triton' (cuBLAS logits per chunk + two Triton row "
+             "kernels)", needs_cuda=True),
     Provider("ours-unfused", "ours", _PG,
              "opd_kernels.token_logprobs then policy_gradient_loss: what the loop did before the fused op "
              "(the backward recomputes the logits)"),

@@ -34,6 +34,11 @@ def test_summary_checks_the_goals(tmp_path):
         _row("fused_reverse_kl", "full", "liger-fused-linear-jsd", "peer", 250.0),
         _row("fused_reverse_kl", "full", "naive", "naive", 0.0, status="OOM (OutOfMemoryError)"),
         _row("token_logprobs", "forward", "ours-triton", "ours", 10.0, 0.5),
+        _row("fused_reverse_kl", "full", "matmul-floor", "floor", 85.0),
+        _row("policy_gradient_loss", "full", "ours-torch", "ours", 80.0),
+        _row("policy_gradient_loss", "full", "ours-unfused", "ours", 70.0),
+        _row("policy_gradient_loss", "full", "naive", "naive", 120.0),
+        _row("policy_gradient_loss", "full", "liger-fused-linear-grpo", "peer", 0.0, status="skipped: not installed"),
     ]
     write_json(tmp_path / "nvidia-h100-2026-11-26.json", rows,
                {"device_name": "NVIDIA H100", "grid": "gpu-check", "dtype": "bfloat16"})
@@ -54,6 +59,11 @@ def test_summary_checks_the_goals(tmp_path):
     assert "ours (full), 4,096 video tokens: step 5.00 s" in text and "MFU 41.0%" in text
     assert "trl-full-logits, 16,384 video tokens: out of memory" in text
     assert "longest video run: ours (full) 4,096" in text
+    # the relative goals name the row they judge, not our fastest one where a provider is named
+    assert "- fused_reverse_kl full N = 4,096, `ours-triton-chunked` against `matmul-floor`: 0.85x its speed " \
+           "(goal >= 0.9x): NOT met" in text
+    assert "`ours-torch` against `naive`: 1.50x its speed (goal >= 1.25x): met" in text
+    assert "`ours-torch` against `liger-fused-linear-grpo`: skipped: not installed" in text
 
 
 def test_summary_of_a_killed_test_run_counts_what_it_saw(tmp_path):

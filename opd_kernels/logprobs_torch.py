@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._matmul import acc_operand, accumulate_dtype, addmm_acc_, grad_operand, mm_acc
+from ._matmul import acc_operand, accumulate_dtype, grad_operand, mm_acc, multiply_out_
 from ._params import KernelParams, LogprobParams
 from ._torch_rows import logsumexp_rows, softmax_grad_rows
 
@@ -85,15 +85,30 @@ def softmax_grads_torch(h, W, lse, entropy, grad_lp, grad_entropy, params: Kerne
         z = mm_acc(hc, W_acc.t())
         g = grad_operand(softmax_grad_rows(z, inv_tau, lse[r0:r1], ent_c, grad_lp[r0:r1], go_ent), W_acc)
         del z
-        if need_dh:
-            dh[r0:r1] = mm_acc(g, W_acc)
-        if need_dw:
-            addmm_acc_(dW, g.t(), hc)
+        multiply_out_(g, W_acc, hc, dh[r0:r1] if need_dh else None, dW)
         del g
     return dh, dW
 
 
-def terminal_logprobs_torch(h, W, tokens, live, coefficient, params: KernelParams):
+class TorchTerminalRows:
+    """The row math of :func:`terminal_logprobs` on the torch backend (``_torch_rows``): the gradient
+    is written over the chunk's fp32 logits, so a chunk holds one fp32 [C, V] block."""
+
+    @staticmethod
+    def logit_bytes(dtype: torch.dtype) -> int:
+        return LOGIT_BYTES
+
+    def __init__(self, rows: int, vocab: int, W_acc: torch.Tensor):
+        self.W_acc = W_acc
+
+    def lse(self, z, inv_tau):
+        return logsumexp_rows(z, inv_tau, False)[0]
+
+    def grad(self, z, inv_tau, lse, c):
+        return grad_operand(softmax_grad_rows(z, inv_tau, lse, None, c, None), self.W_acc)
+
+
+def terminal_logprobs(h, W, tokens, live, coefficient, params: KernelParams, rows_class=TorchTerminalRows):
     """Log-probs of ``tokens`` and, in the same pass, the gradients of a terminal loss of them.
 
     The loss is sum_i L_i(lp_i) with dL_i/dlp_i = ``coefficient(r0, r1, lp[r0:r1])`` known once
@@ -103,7 +118,9 @@ def terminal_logprobs_torch(h, W, tokens, live, coefficient, params: KernelParam
     logit gradient c (onehot(y) - p) / tau is formed over z in place and multiplied out:
     dh = g W, dW += g^T h. Three matmuls in all, each logit computed once, one fp32 [C, V]
     block held (the loss is terminal, so no backward pass recomputes them). The one-hot part
-    is a gather / index_add over all rows at the end, O(N * D).
+    is a gather / index_add over all rows at the end, O(N * D). ``rows_class`` does the row
+    math (lse, then g = -c p / tau): :class:`TorchTerminalRows`, or the Triton row kernels
+    (``policy_gradient_triton.TritonTerminalRows``), whose ``logit_bytes`` size the chunk.
 
     live [N] bool: rows that may enter the loss; the others (padding, possibly NaN) are
     selected away before any matmul and get lp and gradient rows the coefficient makes 0.
@@ -119,24 +136,22 @@ def terminal_logprobs_torch(h, W, tokens, live, coefficient, params: KernelParam
     coefficients = torch.empty(n, dtype=dtype, device=h.device) if need_grad else None
     dh = torch.empty(h.shape, dtype=dtype, device=h.device) if need_dh else None
     dW = torch.zeros(W.shape, dtype=dtype, device=W.device) if need_dw else None
-    chunk = params.tokens_per_chunk(vocab, h.shape[1], LOGIT_BYTES)
+    chunk = min(params.tokens_per_chunk(vocab, h.shape[1], rows_class.logit_bytes(W_acc.dtype)), max(n, 1))
+    rows = rows_class(chunk, vocab, W_acc)
     for r0 in range(0, n, chunk):
         r1 = min(r0 + chunk, n)
         hc = h[r0:r1]
         z = mm_acc(hc, W_acc.t())
-        lse, _ = logsumexp_rows(z, inv_tau, False)
+        lse = rows.lse(z, inv_tau)
         # A log-prob is never positive; rounding can cross 0 (as token_logprobs).
         lp_c = (target[r0:r1] - lse).clamp_max(0.0)
         lp[r0:r1] = lp_c
         if not need_grad:
             continue
         c = coefficients[r0:r1] = coefficient(r0, r1, lp_c)
-        g = grad_operand(softmax_grad_rows(z, inv_tau, lse, None, c, None), W_acc)
+        g = rows.grad(z, inv_tau, lse, c)
         del z
-        if need_dh:
-            dh[r0:r1] = mm_acc(g, W_acc)
-        if need_dw:
-            addmm_acc_(dW, g.t(), hc)
+        multiply_out_(g, W_acc, hc, dh[r0:r1] if need_dh else None, dW)
         del g
     if need_grad:
         add_target_grads(dh, dW, h, W, tokens, coefficients * inv_tau)

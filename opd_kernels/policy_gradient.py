@@ -13,7 +13,7 @@ where n, the reduction's normaliser (1, the selected-token count, or the number 
 is known before the pass (the token count as a tensor: no host sync). So one pass per token
 chunk suffices: the chunk's logits give lse and lp, then c, then the logit gradient over the
 same logits and the two gradient matmuls, the logits held for that chunk only
-(``logprobs_torch.terminal_logprobs_torch``). Against ``token_logprobs`` followed by the loss
+(``logprobs_torch.terminal_logprobs``). Against ``token_logprobs`` followed by the loss
 (4 matmuls: the backward recomputes the logits) this is 3, the count of naive PyTorch which
 keeps the [N, V] logits instead.
 """
@@ -30,7 +30,7 @@ from . import _validation as v
 from ._matmul import accumulate_dtype
 from ._params import KernelParams
 from .logprobs import prepare_head, prepare_tokens, token_logprobs
-from .logprobs_torch import terminal_logprobs_torch
+from .logprobs_torch import TorchTerminalRows, terminal_logprobs
 
 
 class TokenTerms(NamedTuple):
@@ -125,6 +125,14 @@ class _Grads(NamedTuple):
     params: None = None
 
 
+def _rows_class(backend: str):
+    if backend == "triton":
+        from .policy_gradient_triton import TritonTerminalRows
+
+        return TritonTerminalRows
+    return TorchTerminalRows
+
+
 class _FusedPolicyGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, W, tokens, inputs: PolicyGradientInputs, params: PolicyGradientParams):
@@ -138,7 +146,7 @@ class _FusedPolicyGradient(torch.autograd.Function):
         def coefficient(r0: int, r1: int, lp: torch.Tensor) -> torch.Tensor:
             return inputs.rows(r0, r1).terms(lp).dloss_dlp * scale
 
-        lp, dh, dW = terminal_logprobs_torch(h, W, tokens, inputs.live, coefficient, params)
+        lp, dh, dW = terminal_logprobs(h, W, tokens, inputs.live, coefficient, params, _rows_class(params.backend))
         # The loss is terminal: its gradients were formed in the pass; backward only scales them.
         ctx.grads = (dh.to(h.dtype) if dh is not None else None, dW.to(W.dtype) if dW is not None else None)
         ctx.mark_non_differentiable(lp)
@@ -224,10 +232,12 @@ def fused_policy_gradient_loss(
             terminal (its gradient depends on what follows), so it runs ``token_logprobs`` and
             the per-token loss unfused. "token_mean" warns (DeprecationWarning) and means "mean".
         vocab_size: use only the first rows of ``weight`` (a padded head).
-        backend: "auto" or "torch" (the chunked PyTorch backend on every device, row math
-            compiled on CPU and CUDA). There is no Triton backend for this op yet.
-        chunk_size: tokens per chunk (default: ``_params.default_chunk_size`` for one fp32
-            [C, V] block: C = 2 D, 1 GiB cap).
+        backend: "torch" (chunked PyTorch on every device, row math compiled on CPU and CUDA),
+            "triton" (the same chunked schedule with two Triton row kernels, g stored in the
+            weight's dtype; CUDA, or CPU under TRITON_INTERPRET=1), "auto" (torch everywhere:
+            the Triton rows are not timed on a GPU yet).
+        chunk_size: tokens per chunk (default: ``_params.default_chunk_size`` for the chunk's
+            buffers: one fp32 [C, V] block on torch, C = 2 D; fp32 logits and g on Triton).
 
     Returns:
         (loss, metrics): loss fp32 (fp64 for fp64 inputs), 0-dim or [..., T] for "none";
@@ -239,8 +249,6 @@ def fused_policy_gradient_loss(
         Gradients flow to ``hidden`` and ``weight`` (none to a frozen weight, and no work for it).
     """
     h, W, inv_tau, backend = prepare_head(hidden, weight, temperature, backend, vocab_size)
-    if backend != "torch":
-        raise ValueError(f"fused_policy_gradient_loss has no {backend!r} backend yet; use backend='torch' or 'auto'")
     flat_tokens = prepare_tokens(tokens, hidden, weight, W.shape[0], False)
     if (advantages is None) == (teacher_logprobs is None):
         raise ValueError("pass exactly one of advantages (GRPO / PPO) and teacher_logprobs (sampled OPD), got "

@@ -19,9 +19,9 @@ from ._validation import triton_interpreting
 
 def shipped_kernels() -> list:
     """Every shipped Triton configuration (``_aot.KernelSpec``), as the kernel modules list them."""
-    from . import logprobs_triton, reverse_kl_triton
+    from . import logprobs_triton, policy_gradient_triton, reverse_kl_triton
 
-    return [*reverse_kl_triton.kernel_specs(), *logprobs_triton.kernel_specs()]
+    return [*reverse_kl_triton.kernel_specs(), *logprobs_triton.kernel_specs(), *policy_gradient_triton.kernel_specs()]
 
 
 def failures(results) -> list[str]:

@@ -9,6 +9,8 @@ from opd_kernels.testing import MemoryTracker, reference_logits
 
 from helpers import assert_close_grad, float64_leaves, make_rkl_inputs
 
+backends = pytest.mark.parametrize("backend", ["torch", "triton"])
+
 
 def _batch(leading, vocab, d, *, dtype=torch.float32, padded_vocab=None, seed=0, kind="teacher", with_old=True):
     """hidden, head, sampled tokens, a ragged mask (one empty sequence), and the per-token signals."""
@@ -79,7 +81,7 @@ def _signal_kwargs(kind, signal):
 
 
 def _check(leading, vocab, d, *, dtype=torch.float32, kind="teacher", with_old=True, reduction="sequence_sum",
-           temperature=1.0, padded_vocab=None, frozen_weight=False, chunk_size=None):
+           temperature=1.0, padded_vocab=None, frozen_weight=False, chunk_size=None, backend="torch"):
     h, W, tokens, mask, signal, old = _batch(leading, vocab, d, dtype=dtype, padded_vocab=padded_vocab, kind=kind,
                                              with_old=with_old)
     if frozen_weight:
@@ -89,7 +91,8 @@ def _check(leading, vocab, d, *, dtype=torch.float32, kind="teacher", with_old=T
     common = dict(old=old, temperature=temperature, reduction=reduction, vocab=vocab if padded_vocab else None)
     loss, metrics = fused_policy_gradient_loss(
         h, W, tokens, mask, **_signal_kwargs(kind, signal), old_logprobs=old, clip_eps=clip_eps,
-        temperature=temperature, reduction=reduction, vocab_size=common["vocab"], chunk_size=chunk_size)
+        temperature=temperature, reduction=reduction, vocab_size=common["vocab"], chunk_size=chunk_size,
+        backend=backend)
     want, want_metrics = _unfused(h, W, tokens, mask, kind=kind, signal=signal, clip_eps=clip_eps, **common)
     wrt = [t for t in (h, W) if t.requires_grad]
     assert loss.dtype == torch.float32 and loss.shape == want.shape
@@ -117,44 +120,59 @@ def _check(leading, vocab, d, *, dtype=torch.float32, kind="teacher", with_old=T
         assert W.grad is None
 
 
+@backends
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("kind", ["teacher", "advantages"])
 @pytest.mark.parametrize("with_old", [False, True])
-def test_matches_unfused_and_float64(reduction, kind, with_old):
-    _check((3, 23), 1423, 48, kind=kind, with_old=with_old, reduction=reduction)
+def test_matches_unfused_and_float64(reduction, kind, with_old, backend):
+    _check((3, 23), 1423, 48, kind=kind, with_old=with_old, reduction=reduction, backend=backend)
 
 
+@backends
 @pytest.mark.parametrize("kind", ["teacher", "advantages"])
 @pytest.mark.parametrize("reduction", ["sequence_sum", "mean"])
-def test_bf16(kind, reduction):
-    _check((2, 37), 1423, 64, dtype=torch.bfloat16, kind=kind, reduction=reduction)
+def test_bf16(kind, reduction, backend):
+    _check((2, 37), 1423, 64, dtype=torch.bfloat16, kind=kind, reduction=reduction, backend=backend)
 
 
+@backends
 @pytest.mark.parametrize("temperature", [0.7, 2.0])
 @pytest.mark.parametrize("kind", ["teacher", "advantages"])
-def test_temperatures(temperature, kind):
-    _check((2, 17), 1423, 48, kind=kind, temperature=temperature)
+def test_temperatures(temperature, kind, backend):
+    _check((2, 17), 1423, 48, kind=kind, temperature=temperature, backend=backend)
 
 
+@backends
 @pytest.mark.parametrize("leading", [1, 37, (1, 1), (2, 3, 5)])
-def test_odd_shapes(leading):
-    _check(leading, 257, 24, reduction="sequence_sum" if not isinstance(leading, int) else "mean")
+def test_odd_shapes(leading, backend):
+    _check(leading, 257, 24, reduction="sequence_sum" if not isinstance(leading, int) else "mean", backend=backend)
 
 
-def test_many_chunks():
+@backends
+def test_many_chunks(backend):
     """Chunks of 16 rows over 101 tokens: the per-chunk coefficient reads the right rows."""
-    _check((1, 101), 1423, 48, chunk_size=16, kind="advantages")
-    _check((1, 101), 1423, 48, chunk_size=16, kind="teacher", reduction="mean")
+    _check((1, 101), 1423, 48, chunk_size=16, kind="advantages", backend=backend)
+    _check((1, 101), 1423, 48, chunk_size=16, kind="teacher", reduction="mean", backend=backend)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["teacher", "advantages"])
-def test_padded_vocabulary(kind):
-    _check((2, 19), 1000, 32, padded_vocab=1024, kind=kind)
+def test_triton_rows_over_several_column_blocks(kind):
+    """V = 5,003: the row kernels' online lse and gradient loop over three 2,048-column blocks."""
+    _check((2, 41), 5003, 32, kind=kind, backend="triton")
+    _check((2, 41), 5003, 32, kind=kind, dtype=torch.bfloat16, backend="triton")
 
 
+@backends
 @pytest.mark.parametrize("kind", ["teacher", "advantages"])
-def test_frozen_weight(kind):
-    _check((2, 19), 1000, 32, frozen_weight=True, kind=kind)
+def test_padded_vocabulary(kind, backend):
+    _check((2, 19), 1000, 32, padded_vocab=1024, kind=kind, backend=backend)
+
+
+@backends
+@pytest.mark.parametrize("kind", ["teacher", "advantages"])
+def test_frozen_weight(kind, backend):
+    _check((2, 19), 1000, 32, frozen_weight=True, kind=kind, backend=backend)
 
 
 @pytest.mark.parametrize("kind", ["teacher", "advantages"])
@@ -209,8 +227,9 @@ def test_deprecated_token_mean_warns_and_means_mean():
     torch.testing.assert_close(old_name, new_name, rtol=0, atol=0)
 
 
+@backends
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_masked_rows_with_nan_contribute_exactly_zero(reduction):
+def test_masked_rows_with_nan_contribute_exactly_zero(reduction, backend):
     h, W, tokens, mask, signal, old = _batch((3, 15), 400, 24)
     with torch.no_grad():
         h[~mask] = float("nan")
@@ -219,7 +238,7 @@ def test_masked_rows_with_nan_contribute_exactly_zero(reduction):
         old = old.clone()
         old[~mask] = float("-inf")
     loss, metrics = fused_policy_gradient_loss(h, W, tokens, mask, teacher_logprobs=signal, old_logprobs=old,
-                                               reduction=reduction)
+                                               reduction=reduction, backend=backend)
     loss.sum().backward()
     assert torch.isfinite(loss).all() and all(torch.isfinite(m).all() for m in metrics.values())
     assert (h.grad[~mask] == 0).all() and torch.isfinite(h.grad).all() and torch.isfinite(W.grad).all()
@@ -227,39 +246,42 @@ def test_masked_rows_with_nan_contribute_exactly_zero(reduction):
         assert (loss[~mask] == 0).all()
 
 
+@backends
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("kind", ["teacher", "advantages"])
-def test_all_masked_gives_zero_loss_and_zero_gradients(reduction, kind):
+def test_all_masked_gives_zero_loss_and_zero_gradients(reduction, kind, backend):
     h, W, tokens, mask, signal, old = _batch((2, 7), 300, 16, kind=kind)
     mask = torch.zeros_like(mask)
     loss, metrics = fused_policy_gradient_loss(h, W, tokens, mask, **_signal_kwargs(kind, signal), old_logprobs=old,
-                                               reduction=reduction)
+                                               reduction=reduction, backend=backend)
     loss.sum().backward()
     assert (loss == 0).all() and (h.grad == 0).all() and (W.grad == 0).all()
     assert metrics["tokens"] == 0 and all(torch.isfinite(m) for m in metrics.values())
 
 
+@backends
 @pytest.mark.parametrize("leading", [(0,), (0, 5), (3, 0)])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_no_tokens(leading, reduction):
+def test_no_tokens(leading, reduction, backend):
     h = torch.randn(*leading, 8, requires_grad=True)
     W = torch.randn(40, 8, requires_grad=True)
     tokens = torch.zeros(leading, dtype=torch.long)
     mask = torch.ones(leading, dtype=torch.bool)
     loss, metrics = fused_policy_gradient_loss(h, W, tokens, mask, advantages=torch.ones(leading),
-                                               reduction=reduction)
+                                               reduction=reduction, backend=backend)
     loss.sum().backward()
     assert loss.shape == (leading if reduction == "none" else ())
     assert (loss == 0).all() and h.grad.shape == h.shape and (W.grad == 0).all()
     assert metrics["tokens"] == 0
 
 
-def test_no_vocabulary_sized_tensor_and_no_host_sync():
+@backends
+def test_no_vocabulary_sized_tensor_and_no_host_sync(backend):
     h, W, tokens, mask, signal, old = _batch((4, 64), 2000, 32)
     # chunks of 32 rows: a [32, 2000] block is the largest allowed, [N = 256, V] would fail at once
     with MemoryTracker(numel_limit=64 * 2000) as tracker:
         loss, metrics = fused_policy_gradient_loss(h, W, tokens, mask, teacher_logprobs=signal, old_logprobs=old,
-                                                   chunk_size=32, reduction="mean")
+                                                   chunk_size=32, reduction="mean", backend=backend)
         loss.backward()
     assert tracker.host_syncs == []
 
@@ -314,6 +336,8 @@ def _valid():
     (dict(vocab_size=51), ValueError, "vocab_size must be an int in \\[1, 50\\]"),
     (dict(baseline=torch.zeros(3, 1)), ValueError, "baseline has shape \\(3, 1\\)"),
     (dict(backend="cuda"), ValueError, "backend must be one of"),
+    (dict(hidden=torch.randn(2, 5, 8, dtype=torch.float64), weight=torch.randn(50, 8, dtype=torch.float64),
+          backend="triton"), ValueError, "backend='triton' supports bfloat16, float16 and float32"),
     (dict(chunk_size=0), ValueError, "chunk_size must be a positive int"),
     (dict(hidden=[1.0]), TypeError, "hidden must be a torch.Tensor"),
 ])
