@@ -70,18 +70,29 @@ class KernelParams:
 
 
 @dataclass(frozen=True)
-class ReverseKLParams(KernelParams):
-    """fused_reverse_kl's options.
+class ReducedParams(KernelParams):
+    """The options of an op that reduces a terminal loss (its gradient formed in the forward call).
 
-    schedule: "chunked" or "fused" (Triton; resolved, never "auto"; the torch backend has one).
     reduction: one of :data:`opd_kernels.REDUCTIONS`.
     sequences: the denominator of reduction "sequence_sum": the product of the leading dims
         but the last (1 for one sequence).
     """
 
-    schedule: str = "chunked"
     reduction: Reduction = "mean"
     sequences: int = 1
+
+
+@dataclass(frozen=True)
+class ReverseKLParams(ReducedParams):
+    """fused_reverse_kl's options. schedule: "chunked" or "fused" (Triton; resolved, never "auto"; the
+    torch backend has one)."""
+
+    schedule: str = "chunked"
+
+
+@dataclass(frozen=True)
+class PolicyGradientParams(ReducedParams):
+    """fused_policy_gradient_loss's options (its reduction "none" never reaches the fused pass)."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import torch
 
 from . import _validation as v
 from ._matmul import accumulate_dtype
-from ._params import KernelParams
+from ._params import PolicyGradientParams
 from .logprobs import prepare_head, prepare_tokens, token_logprobs
 from .logprobs_torch import TorchTerminalRows, terminal_logprobs
 
@@ -105,14 +105,6 @@ class PolicyGradientInputs:
                 loss = loss + self.beta * k3
                 dloss_dlp = dloss_dlp + self.beta * selected(1 - torch.exp(delta.detach()))
         return TokenTerms(loss, dloss_dlp, advantage, log_ratio, ratio, flat, advantage_clipped, k3)
-
-
-@dataclass(frozen=True)
-class PolicyGradientParams(KernelParams):
-    """fused_policy_gradient_loss's options (reduction "none" never reaches the fused pass)."""
-
-    reduction: v.Reduction = "sequence_sum"
-    sequences: int = 1  # the denominator of "sequence_sum"
 
 
 class _Grads(NamedTuple):
