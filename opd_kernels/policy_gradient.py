@@ -29,7 +29,7 @@ import torch
 from . import _validation as v
 from ._matmul import accumulate_dtype
 from ._params import PolicyGradientParams
-from .logprobs import prepare_head, prepare_tokens, token_logprobs
+from .logprobs import prepare_head, token_logprobs
 from .logprobs_torch import TorchTerminalRows, terminal_logprobs
 
 
@@ -127,6 +127,7 @@ def _rows_class(backend: str):
 
 class _FusedPolicyGradient(torch.autograd.Function):
     @staticmethod
+    @v.autocast_off
     def forward(ctx, h, W, tokens, inputs: PolicyGradientInputs, params: PolicyGradientParams):
         dtype = accumulate_dtype(h.dtype)
         if params.reduction == "mean":
@@ -145,6 +146,7 @@ class _FusedPolicyGradient(torch.autograd.Function):
         return inputs.terms(lp).loss.sum() * scale, lp
 
     @staticmethod
+    @v.autocast_off
     def backward(ctx, grad_loss, _grad_lp):
         dh, dW = ctx.grads
         dh = dh * grad_loss.to(dh.dtype) if dh is not None else None
@@ -186,6 +188,7 @@ def fused_policy_gradient_loss(
     vocab_size: int | None = None,
     backend: str = "auto",
     chunk_size: int | None = None,
+    ignore_index: int = -100,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped policy-gradient loss on the sampled tokens, from hidden states, forward and backward in one pass.
 
@@ -200,8 +203,9 @@ def fused_policy_gradient_loss(
 
     Args:
         hidden: [..., T, D] bf16 / fp16 / fp32 (fp64 too): the hidden state before each sampled token.
-        weight: [V, D] LM head, same dtype (first ``vocab_size`` rows if given).
-        tokens: int64 [..., T], the sampled ids, in [0, V).
+        weight: [V, D] LM head, same dtype (any mix under ``torch.autocast``, as every op; first
+            ``vocab_size`` rows if given).
+        tokens: int64 [..., T], the sampled ids, in [0, V) or ``ignore_index``.
         mask: bool [..., T]; False tokens contribute exactly 0 and get zero gradient, whatever
             ``hidden`` and the other tensors hold there (NaN included).
         advantages: [..., T] floating, constant: GRPO's group advantage broadcast over the
@@ -228,6 +232,7 @@ def fused_policy_gradient_loss(
             "triton" (the same chunked schedule with two Triton row kernels, g stored in the
             weight's dtype; CUDA, or CPU under TRITON_INTERPRET=1), "auto" (torch everywhere:
             the Triton rows are not timed on a GPU yet).
+        ignore_index: positions whose id is this (HF's -100) count as masked ones.
         chunk_size: tokens per chunk (default: ``_params.default_chunk_size`` for the chunk's
             buffers: one fp32 [C, V] block on torch, C = 2 D; fp32 logits and g on Triton).
 
@@ -241,7 +246,7 @@ def fused_policy_gradient_loss(
         Gradients flow to ``hidden`` and ``weight`` (none to a frozen weight, and no work for it).
     """
     h, W, inv_tau, backend = prepare_head(hidden, weight, temperature, backend, vocab_size)
-    flat_tokens = prepare_tokens(tokens, hidden, weight, W.shape[0], False)
+    ignore_index = v.check_ignore_index(ignore_index)
     if (advantages is None) == (teacher_logprobs is None):
         raise ValueError("pass exactly one of advantages (GRPO / PPO) and teacher_logprobs (sampled OPD), got "
                          + ("both" if advantages is not None else "neither"))
@@ -249,10 +254,10 @@ def fused_policy_gradient_loss(
                                                                                       teacher_logprobs)
     leading = hidden.shape[:-1]
     v.check_like(signal_name, signal, mask, old_logprobs=old_logprobs, reference_logprobs=reference_logprobs)
-    if mask.shape != leading:
-        raise ValueError(f"mask must have the leading shape of hidden, {tuple(leading)}, got {tuple(mask.shape)}")
+    # keep: mask, and not ignore_index (HF labels); the ids are 0 where not kept, safe to gather.
+    flat_tokens, keep = v.check_token_ids(tokens, leading, W.shape[0], ignore_index=ignore_index, mask=mask)
     v.check_baseline(baseline, leading, "tokens")
-    v.check_same_device(hidden=hidden, mask=mask, **{signal_name: signal}, old_logprobs=old_logprobs,
+    v.check_same_device(hidden=hidden, weight=weight, tokens=tokens, mask=mask, **{signal_name: signal}, old_logprobs=old_logprobs,
                         baseline=baseline, reference_logprobs=reference_logprobs)
     v.check_clip_eps(clip_eps)
     v.check_advantage_clip(advantage_clip)
@@ -269,13 +274,14 @@ def fused_policy_gradient_loss(
         return None if t is None else t.detach().to(dtype).expand(leading).reshape(-1)
 
     inputs = PolicyGradientInputs(
-        live=mask.reshape(-1), signal=flat(signal), from_teacher=teacher_logprobs is not None,
+        live=keep, signal=flat(signal), from_teacher=teacher_logprobs is not None,
         baseline=flat(baseline), old_logprobs=flat(old_logprobs), reference_logprobs=flat(reference_logprobs),
         clip_eps=clip_eps if old_logprobs is not None else None, advantage_clip=advantage_clip, beta=beta)
     if reduction == "none":
-        lp = token_logprobs(hidden, weight, tokens, temperature=temperature, backend=backend, vocab_size=vocab_size)
+        lp = token_logprobs(hidden, weight, tokens, temperature=temperature, backend=backend, vocab_size=vocab_size,
+                            ignore_index=ignore_index, mask=mask)
         terms = inputs.terms(lp.reshape(-1))
-        return terms.loss.reshape(leading), _metrics(terms, mask.sum(), inputs.from_teacher)
+        return terms.loss.reshape(leading), _metrics(terms, keep.sum(), inputs.from_teacher)
 
 
     grad_enabled = torch.is_grad_enabled()
@@ -283,4 +289,4 @@ def fused_policy_gradient_loss(
         inv_tau=inv_tau, backend=backend, chunk_size=chunk_size, need_dh=grad_enabled and hidden.requires_grad,
         need_dw=grad_enabled and weight.requires_grad, reduction=reduction, sequences=math.prod(leading[:-1]))
     loss, lp = _FusedPolicyGradient.apply(h, W, flat_tokens, inputs, params)
-    return loss, _metrics(inputs.terms(lp), mask.sum(), inputs.from_teacher)
+    return loss, _metrics(inputs.terms(lp), keep.sum(), inputs.from_teacher)

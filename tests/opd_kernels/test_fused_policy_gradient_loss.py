@@ -345,3 +345,50 @@ def test_bad_arguments_are_named(change, error, match):
     args = {**_valid(), **change}
     with pytest.raises(error, match=match):
         fused_policy_gradient_loss(**args)
+
+
+@backends
+@pytest.mark.parametrize("kind", ["teacher", "advantages"])
+def test_ignore_index_positions_count_as_masked(kind, backend):
+    """HF labels: an id of ignore_index (-100, or one inside the vocabulary) is a masked position."""
+    h, W, tokens, mask, signal, old = _batch((3, 17), 300, 16, kind=kind)
+    ignored = torch.rand(mask.shape, generator=torch.Generator().manual_seed(4)) < 0.3
+    for ignore_index in (-100, 7):
+        labels = torch.where(ignored, ignore_index, tokens)
+        with torch.no_grad():
+            h[ignored & mask] = float("nan")  # never read
+        loss, metrics = fused_policy_gradient_loss(h, W, labels, mask, **_signal_kwargs(kind, signal),
+                                                   old_logprobs=old, ignore_index=ignore_index, backend=backend)
+        keep = mask & (labels != ignore_index)
+        want, want_metrics = fused_policy_gradient_loss(h, W, torch.where(keep, labels, 0), keep,
+                                                        **_signal_kwargs(kind, signal), old_logprobs=old,
+                                                        backend=backend)
+        torch.testing.assert_close(loss, want, rtol=0, atol=0)
+        assert metrics["tokens"] == keep.sum()
+        for name, value in want_metrics.items():
+            torch.testing.assert_close(metrics[name], value, rtol=0, atol=0)
+        grads = torch.autograd.grad(loss, [h, W])
+        assert torch.isfinite(grads[0]).all() and (grads[0][~keep] == 0).all() and torch.isfinite(grads[1]).all()
+
+
+@backends
+def test_under_autocast_is_the_op_on_cast_inputs(backend, test_device):
+    """bf16 hidden states, an fp32 head, bf16 autocast (mixed-precision training): the op runs on the
+    operands as autocast casts them, and each input gets its gradient in its own dtype."""
+    h, W, tokens, mask, signal, old = _batch((2, 19), 300, 16, kind="advantages")
+    h = h.detach().to(torch.bfloat16).requires_grad_()
+    W = W.detach().requires_grad_()  # fp32
+    with torch.autocast("cuda" if test_device == "cuda" else "cpu", dtype=torch.bfloat16):
+        loss, _ = fused_policy_gradient_loss(h, W, tokens, mask, advantages=signal, old_logprobs=old,
+                                             backend=backend)
+    assert loss.dtype == torch.float32
+    grads = torch.autograd.grad(loss, [h, W])
+    assert grads[0].dtype == torch.bfloat16 and grads[1].dtype == torch.float32
+    W16 = W.detach().to(torch.bfloat16).requires_grad_()
+    want, _ = fused_policy_gradient_loss(h, W16, tokens, mask, advantages=signal, old_logprobs=old, backend=backend)
+    torch.testing.assert_close(loss, want, rtol=0, atol=0)
+    want_grads = torch.autograd.grad(want, [h, W16])
+    torch.testing.assert_close(grads[0], want_grads[0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[1], want_grads[1].float(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="must share a dtype"):
+        fused_policy_gradient_loss(h, W, tokens, mask, advantages=signal)
