@@ -14,14 +14,15 @@ Public API:
     MAX_TOPK              the largest k of topk_logprobs (64)
 
 Every op follows ``torch.autocast`` (matmuls in its dtype, fp32 inside, each input's gradient in
-its own dtype); token_logprobs takes Hugging Face labels (``ignore_index=-100``).
+its own dtype); token_logprobs and fused_policy_gradient_loss take Hugging Face labels
+(``ignore_index=-100``).
 ``opd_kernels.integrations.trl`` (imported on its own, extra "trl") runs TRL's
 DistillationTrainer with its reverse KL computed by fused_reverse_kl; ``import opd_kernels``
 imports neither TRL nor transformers.
 
 Backends: ``backend="auto"`` picks, from measurements on an H200 (README), Triton's chunked
 schedule (cuBLAS logits per token chunk + one Triton row kernel) for fused_reverse_kl on CUDA,
-and the chunked torch backend for token_logprobs and topk_logprobs on every device, CUDA
+and the chunked torch backend for token_logprobs, topk_logprobs and fused_policy_gradient_loss on every device, CUDA
 included: the fused Triton log-prob and top-k kernels are not what "auto" picks (they were
 slower, 1.8-9x); pass ``backend="triton"`` for the memory they save. Off CUDA "auto" is torch.
 """
