@@ -18,7 +18,7 @@ import torch
 TEST_DEVICE = os.environ.get("OPD_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 _OP_DEVICE = "cpu" if TEST_DEVICE == "cpu-copy" else TEST_DEVICE
 _KERNEL_TESTS = Path(__file__).resolve().parent
-_WRAPPED = ("fused_reverse_kl", "token_logprobs", "topk_logprobs", "FusedReverseKL")
+_WRAPPED = ("fused_reverse_kl", "token_logprobs", "topk_logprobs", "FusedReverseKL", "fused_policy_gradient_loss")
 # Tests about the CPU itself, or that install interpreter-sized tiles (256 x 1024 blocks: fine
 # for the interpreter, beyond a GPU's registers and shared memory), run only on the CPU.
 _CPU_ONLY = {
@@ -64,14 +64,20 @@ def _on_device(fn, device):
     def wrapped(*args, **kwargs):
         args = [_move(a, device) for a in args]
         kwargs = {k: _move(v, device) for k, v in kwargs.items()}
-        out = fn(*args, **kwargs)
-        back = torch.device("cpu")
-        if isinstance(out, tuple):
-            return tuple(_ToDevice.apply(t, back) if t.requires_grad else _move_back(t) for t in out)
-        return _ToDevice.apply(out, back) if out.requires_grad else _move_back(out)
+        return _to_cpu(fn(*args, **kwargs))
 
     wrapped.__wrapped__ = fn
     return wrapped
+
+
+def _to_cpu(out):
+    """An op's output back on the CPU: a tensor (through autograd where it has grad), a tuple of
+    them, or a dict of detached ones (a loss's metrics)."""
+    if isinstance(out, tuple):
+        return tuple(_to_cpu(t) for t in out)
+    if isinstance(out, dict):
+        return {k: _move_back(t) for k, t in out.items()}
+    return _ToDevice.apply(out, torch.device("cpu")) if out.requires_grad else _move_back(out)
 
 
 def _move_back(t):
