@@ -137,7 +137,8 @@ def relative_goal_lines(rows: list[Row]) -> list[str]:
                 lines.append(f"{head}: {why}")
                 continue
             ratio = theirs.median_ms / mine.median_ms
-            lines.append(f"{head}: {ratio:.2f}x its speed (goal >= {factor:g}x): {'met' if ratio >= factor else 'NOT met'}")
+            verdict = "met" if ratio >= factor else "NOT met"
+            lines.append(f"{head}: {ratio:.2f}x its speed (goal >= {factor:g}x): {verdict}")
     return lines
 
 

@@ -227,7 +227,8 @@ def check_reduction(reduction, *, stacklevel: int = 3) -> Reduction:
 
 
 def check_like(name: str, reference: torch.Tensor, mask: torch.Tensor, **others: torch.Tensor | None) -> None:
-    """Per-token values: a floating ``reference`` (called ``name``), ``others`` of its shape, a bool mask of its shape."""
+    """Per-token values: a floating ``reference`` (called ``name``), ``others`` of its shape, a bool
+    mask of its shape."""
     check_tensor(name, reference)
     for other_name, t in {name: reference, **others}.items():
         if t is None:

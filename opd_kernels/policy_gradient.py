@@ -257,8 +257,8 @@ def fused_policy_gradient_loss(
     # keep: mask, and not ignore_index (HF labels); the ids are 0 where not kept, safe to gather.
     flat_tokens, keep = v.check_token_ids(tokens, leading, W.shape[0], ignore_index=ignore_index, mask=mask)
     v.check_baseline(baseline, leading, "tokens")
-    v.check_same_device(hidden=hidden, weight=weight, tokens=tokens, mask=mask, **{signal_name: signal}, old_logprobs=old_logprobs,
-                        baseline=baseline, reference_logprobs=reference_logprobs)
+    v.check_same_device(hidden=hidden, weight=weight, tokens=tokens, mask=mask, **{signal_name: signal},
+                        old_logprobs=old_logprobs, baseline=baseline, reference_logprobs=reference_logprobs)
     v.check_clip_eps(clip_eps)
     v.check_advantage_clip(advantage_clip)
     if v.check_beta(beta) > 0 and reference_logprobs is None:
@@ -282,7 +282,6 @@ def fused_policy_gradient_loss(
                             ignore_index=ignore_index, mask=mask)
         terms = inputs.terms(lp.reshape(-1))
         return terms.loss.reshape(leading), _metrics(terms, keep.sum(), inputs.from_teacher)
-
 
     grad_enabled = torch.is_grad_enabled()
     params = PolicyGradientParams(

@@ -228,8 +228,9 @@ class DistillationObjective(SampledObjective):
     own tokens.
 
     ``objective`` "sampled" (the paper's): ``sampled_reverse_kl_loss`` on the sampled tokens'
-    log-probs (computed as ``fused_policy_gradient_loss``, one pass from the hidden states), optionally with two variance reductions: with ``num_generations`` G > 1 (batches
-    from a :class:`videoopd.algo.grpo.GroupedCollator`) each answer's per-token advantage
+    log-probs (computed as ``fused_policy_gradient_loss``, one pass from the hidden states),
+    optionally with two variance reductions: with ``num_generations`` G > 1 (batches from a
+    :class:`videoopd.algo.grpo.GroupedCollator`) each answer's per-token advantage
     ``lp_t - lp_s`` is taken relative to its prompt's group (minus the group's mean over its
     answer tokens), and ``advantage_clip`` c clamps it to [-c, c]. "full": the exact reverse KL
     over the vocabulary (``fused_reverse_kl``; G > 1 only adds rollouts). ``reduction``
