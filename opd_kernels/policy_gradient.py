@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 
 from . import _validation as v
+from ._grads import keep_forward_grads, take_forward_grads
 from ._matmul import accumulate_dtype
 from ._params import PolicyGradientParams
 from .logprobs import prepare_head, token_logprobs
@@ -136,21 +137,34 @@ class _FusedPolicyGradient(torch.autograd.Function):
             scale = torch.tensor(1.0 / max(params.sequences, 1) if params.reduction == "sequence_sum" else 1.0,
                                  dtype=dtype, device=h.device)
 
+        coefficients = []
+
         def coefficient(r0: int, r1: int, lp: torch.Tensor) -> torch.Tensor:
-            return inputs.rows(r0, r1).terms(lp).dloss_dlp * scale
+            coefficients.append(inputs.rows(r0, r1).terms(lp).dloss_dlp * scale)
+            return coefficients[-1]
 
         lp, dh, dW = terminal_logprobs(h, W, tokens, inputs.live, coefficient, params, _rows_class(params.backend))
         # The loss is terminal: its gradients were formed in the pass; backward only scales them.
-        ctx.grads = (dh.to(h.dtype) if dh is not None else None, dW.to(W.dtype) if dW is not None else None)
+        keep_forward_grads(ctx, dh.to(h.dtype) if dh is not None else None, dW.to(W.dtype) if dW is not None else None)
+        # for a second backward through a retained graph only: the inputs (references) and the
+        # per-token coefficients dL/dlp ([N] floats), from which the pass recomputes the gradients
+        c = torch.cat(coefficients) if coefficients else lp.new_zeros(0)
+        ctx.save_for_backward(h, W, tokens, inputs.live, c)
+        ctx.params = params
         ctx.mark_non_differentiable(lp)
         return inputs.terms(lp).loss.sum() * scale, lp
 
     @staticmethod
     @v.autocast_off
     def backward(ctx, grad_loss, _grad_lp):
-        dh, dW = ctx.grads
-        dh = dh * grad_loss.to(dh.dtype) if dh is not None else None
-        dW = dW * grad_loss.to(dW.dtype) if dW is not None else None
+        grads = take_forward_grads(ctx, grad_loss)
+        if grads is None:
+            h, W, tokens, live, c = ctx.saved_tensors
+            g = grad_loss.to(c.dtype)
+            _, dh, dW = terminal_logprobs(h, W, tokens, live, lambda r0, r1, lp: c[r0:r1] * g, ctx.params,
+                                          _rows_class(ctx.params.backend))
+            grads = (dh.to(h.dtype) if dh is not None else None, dW.to(W.dtype) if dW is not None else None)
+        dh, dW = grads
         return _Grads(hidden=dh, weight=dW)
 
 

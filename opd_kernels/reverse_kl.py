@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from . import _validation as v
+from ._grads import keep_forward_grads, take_forward_grads
 from ._matmul import accumulate_dtype
 from ._params import ReverseKLParams
 from .reverse_kl_torch import reverse_kl_torch
@@ -53,29 +54,32 @@ class _ReverseKLFunction(torch.autograd.Function):
         # backward only scales it by grad_output (no second pass over the vocabulary).
         rkl, dh, dW = impl(h_s, W_s, h_t, W_t, weights, params)
         loss = rkl.sum()
+        scale = torch.ones((), dtype=rkl.dtype, device=rkl.device)
         if params.reduction in ("mean", "sequence_sum"):
             count = weights.sum().clamp_min(1.0) if params.reduction == "mean" else float(max(params.sequences, 1))
             scale = 1.0 / torch.as_tensor(count, dtype=rkl.dtype, device=rkl.device)
             loss = loss * scale
             dh = dh.mul_(scale) if dh is not None else None
             dW = dW.mul_(scale) if dW is not None else None
-        ctx.grads = (
-            dh.to(h_s.dtype) if dh is not None else None,
-            dW.to(W_s.dtype) if dW is not None else None,
-        )
+        keep_forward_grads(ctx, dh.to(h_s.dtype) if dh is not None else None,
+                           dW.to(W_s.dtype) if dW is not None else None)
+        # references, for a second backward through a retained graph only
+        ctx.save_for_backward(h_s, W_s, h_t, W_t, mask, scale)
+        ctx.params = params
         return loss
 
     @staticmethod
     @v.autocast_off
     def backward(ctx, grad_output):
-        if hasattr(ctx, "grads"):
-            dh, dW = ctx.grads
-            dh = dh * grad_output.to(dh.dtype) if dh is not None else None
-            dW = dW * grad_output.to(dW.dtype) if dW is not None else None
+        grads = take_forward_grads(ctx, grad_output) if ctx.params.reduction != "none" else None
+        if grads is not None:
+            dh, dW = grads
         else:
-            h_s, W_s, h_t, W_t, mask = ctx.saved_tensors
+            h_s, W_s, h_t, W_t, mask, *scale = ctx.saved_tensors
             # grad_output may be an expanded view (stride 0, from .sum()); kernels need real rows.
             weights = grad_output.to(accumulate_dtype(h_s.dtype)).contiguous()
+            if scale:  # a scalar loss: every token's weight is grad_output x the reduction's scale
+                weights = (weights * scale[0].to(weights.dtype)).expand(h_s.shape[0]).contiguous()
             if mask is not None:
                 weights = torch.where(mask, weights, 0.0)
             _, dh, dW = _implementation(ctx.params)(h_s, W_s, h_t, W_t, weights, ctx.params)
