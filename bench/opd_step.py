@@ -643,6 +643,15 @@ def _cell(value, key: str) -> str:
     return str(value)
 
 
+def table_fields(r: StepRow) -> dict:
+    """A row's report columns: its measured video length, nothing measured where it did not run."""
+    d = asdict(r)
+    d["video_tokens"] = r.video_tokens or r.video_tokens_requested
+    if r.status != "ok":
+        d.update(prompt_tokens=None, answer_tokens=None)
+    return d
+
+
 def markdown(rows: list[StepRow], meta: dict) -> str:
     lines = [f"# OPD step: {meta['device']}, {meta['date']}", "",
              f"`{meta['command']}` at {meta['commit']}; torch {meta['torch']}, transformers {meta['transformers']}, "
@@ -653,8 +662,7 @@ def markdown(rows: list[StepRow], meta: dict) -> str:
              "(CUDA allocator / CPU RSS), in MiB.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        d = asdict(r)
-        d["video_tokens"] = r.video_tokens or r.video_tokens_requested
+        d = table_fields(r)
         lines.append("| " + " | ".join(_cell(d[k], k) for k in COLUMNS) + " |")
     lines += ["", "Losses: " + "; ".join(sorted({f"{r.provider}: {r.loss_impl}" for r in rows if r.loss_impl}))]
     return "\n".join(lines) + "\n"
@@ -696,8 +704,7 @@ def write_reports(rows: list[StepRow], meta: dict, out_dir: Path, stem: str,
             writer = csv.writer(f)
             writer.writerow(COLUMNS + ("loss_impl",))
             for r in rows:
-                d = asdict(r)
-                d["video_tokens"] = r.video_tokens or r.video_tokens_requested
+                d = table_fields(r)
                 writer.writerow([d[k] for k in COLUMNS] + [r.loss_impl])
     if "md" in formats:
         paths.append(out_dir / f"{stem}.md")
@@ -723,13 +730,20 @@ def write_plot(rows: list[StepRow], meta: dict, path: Path) -> Path | None:
             continue
         label = key[0] if key[0] not in OURS else f"{key[0]} ({key[1]})"
         xs = [r.video_tokens for r in ok]
-        ax_mem.plot(xs, [r.peak_growth_mib / 1024 for r in ok], marker="o", label=label)
+        line, = ax_mem.plot(xs, [r.peak_growth_mib / 1024 for r in ok], marker="o", label=label)
         ax_time.plot(xs, [r.step_s for r in ok], marker="o", label=label)
+        limit = (meta.get("grid") or {}).get("memory_limit_gib")
+        oom = [r.video_tokens_requested for r in rows
+               if (r.provider, r.objective) == key and r.status.startswith("out of memory")]
+        if oom and limit:  # where the provider ran out: at the memory limit, marked x
+            ax_mem.scatter(oom, [limit] * len(oom), marker="x", s=60, color=line.get_color())
+            ax_mem.annotate(f"{label}: out of memory", (oom[0], limit), fontsize=7,
+                            textcoords="offset points", xytext=(6, -10))
     for ax, ylabel in ((ax_mem, "peak memory growth of the step (GiB)"), (ax_time, "step time (s)")):
         ax.set_xlabel("video tokens")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    ax_time.legend()
+    ax_time.legend(loc="lower right", fontsize=8)
     fig.suptitle(f"OPD step, {meta['device']}, {meta['date']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
