@@ -335,14 +335,6 @@ class Memory:
     def __init__(self, device):
         self.device = device
 
-    @staticmethod
-    def _status(key: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f"{key} not in /proc/self/status")
-
     def start(self) -> None:
         import torch
 
@@ -351,9 +343,11 @@ class Memory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.before = torch.cuda.memory_allocated(self.device)
         else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current RSS
-            self.before = self._status("VmRSS")
+            from bench.isolated import proc_status, reset_peak_rss
+
+            if not reset_peak_rss():
+                raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs): no CPU memory figure")
+            self.before = proc_status("VmRSS")
 
     def peak(self) -> tuple[float, float]:
         """(growth, absolute peak) in MiB."""
@@ -362,7 +356,9 @@ class Memory:
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            peak = self._status("VmHWM")
+            from bench.isolated import proc_status
+
+            peak = proc_status("VmHWM")
         return (peak - self.before) / MIB, peak / MIB
 
 
