@@ -124,7 +124,8 @@ def prepare_run_folder(cfg: Any, accelerator: Any, extra_artifacts: Sequence[str
     - fresh start: OUTPUT_DIR must hold no earlier run, unless ``--overwrite`` (which removes
       the earlier run's files, :data:`RUN_ARTIFACTS` and ``extra_artifacts``, and nothing else).
 
-    Raises ConfigError. Every process checks; the main process removes files.
+    Raises ConfigError. Every process checks, then waits for the others (a fresh start); the main
+    process removes files.
     """
     out_dir = Path(cfg.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -154,7 +155,8 @@ def prepare_run_folder(cfg: Any, accelerator: Any, extra_artifacts: Sequence[str
             for name in earlier:
                 path = out_dir / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-        accelerator.wait_for_everyone()
+    # every process has checked before any writes: else a slow one finds the main one's first files
+    accelerator.wait_for_everyone()
     return None
 
 
