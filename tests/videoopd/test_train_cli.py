@@ -171,6 +171,11 @@ def test_train_with_model_paths(capsys, tmp_path, checkpoints, synthetic_dir):
     assert (out / "final" / "config.json").is_file()
 
 
+def file_bytes(folder) -> dict:
+    """Every file under ``folder`` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_demo_smoke(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative --output-dir, as the default one is
     out = tmp_path / "runs" / "demo"
@@ -203,9 +208,17 @@ def test_demo_smoke(capsys, tmp_path, monkeypatch):
     assert report["teacher_eval"]["mIoU"] == summary["teacher"]["mIoU"]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the same command again does not replace the finished run
-    kept = sorted(p.name for p in out.iterdir())
+    kept = file_bytes(out)
     assert T.main(["--output-dir", "runs/demo", "--max-steps", "2", "--demo-videos", "4", "--no-progress"]) == 2
-    assert "holds an earlier run" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == kept
+    err = capsys.readouterr().err
+    assert "holds a finished run that saved no checkpoint" in err and file_bytes(out) == kept
+    assert "--resume auto" not in err and "--overwrite" in err
+    # nor does --resume auto, which has no checkpoint to resume (it used to start again from step 0)
+    assert T.main(["--output-dir", "runs/demo", "--max-steps", "2", "--demo-videos", "4", "--no-progress",
+                   "--resume", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume auto: --output-dir runs/demo holds a finished run that saved no checkpoint" in err, err
+    assert file_bytes(out) == kept
     again = json.loads((out / "final_heldout.predictions.metrics.json").read_text())["overall"]
     assert again["mIoU"] == summary["student_after"]["mIoU"] and again["parsed"] == summary["student_after"]["parsed"]
 

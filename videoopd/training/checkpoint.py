@@ -120,7 +120,9 @@ def prepare_run_folder(cfg: Any, accelerator: Any, extra_artifacts: Sequence[str
 
     - ``--resume PATH``: PATH must be a complete checkpoint whose config agrees with ``cfg`` on
       :func:`config_differences` (unless ``--resume-override``);
-    - ``--resume auto``: the newest complete checkpoint of OUTPUT_DIR, or a fresh start;
+    - ``--resume auto``: the newest complete checkpoint of OUTPUT_DIR, or a fresh start when
+      OUTPUT_DIR holds no earlier run (an earlier run without a checkpoint, finished or stopped
+      early, is refused: starting again would replace its files);
     - fresh start: OUTPUT_DIR must hold no earlier run, unless ``--overwrite`` (which removes
       the earlier run's files, :data:`RUN_ARTIFACTS` and ``extra_artifacts``, and nothing else).
 
@@ -146,18 +148,33 @@ def prepare_run_folder(cfg: Any, accelerator: Any, extra_artifacts: Sequence[str
     artifacts = (*RUN_ARTIFACTS, *extra_artifacts)
     earlier = [name for name in artifacts if (out_dir / name).exists()] if out_dir.is_dir() else []
     earlier += sorted(p.name for p in out_dir.glob("eval_*.json*")) if out_dir.is_dir() else []
-    if earlier and cfg.resume is None:
-        if not cfg.overwrite:
-            raise ConfigError(f"--output-dir {out_dir} holds an earlier run ({', '.join(earlier[:4])}"
-                              f"{', ...' if len(earlier) > 4 else ''}): resume it with --resume auto, replace it with "
-                              "--overwrite, or choose another --output-dir")
-        if accelerator.is_main_process:
-            for name in earlier:
-                path = out_dir / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if earlier and not cfg.overwrite:
+        raise ConfigError(earlier_run_refusal(out_dir, earlier, cfg.resume))
+    if earlier and accelerator.is_main_process:
+        for name in earlier:
+            path = out_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     # every process has checked before any writes: else a slow one finds the main one's first files
     accelerator.wait_for_everyone()
     return None
+
+
+def earlier_run_refusal(out_dir: Path, earlier: Sequence[str], resume: str | None) -> str:
+    """Why a run may not start in ``out_dir``, which holds the files ``earlier``, offering only
+    the ways out that work for that folder (``--resume auto`` only where there is a checkpoint)."""
+    shown = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+    has_checkpoint = latest_checkpoint(out_dir) is not None
+    if (out_dir / "summary.json").exists():
+        kind = "a finished run"
+    else:
+        kind = "an earlier run"
+    if not has_checkpoint:
+        kind += " that saved no checkpoint"
+    prefix = f"--resume {resume}: " if resume is not None else ""
+    ways = ["resume it with --resume auto"] if has_checkpoint else []
+    ways += ["replace it with --overwrite", "choose another --output-dir"]
+    return (f"{prefix}--output-dir {out_dir} holds {kind} ({shown}); nothing was changed: "
+            f"{', '.join(ways[:-1])} or {ways[-1]}")
 
 
 def install_model_hooks(accelerator: Any, processor: Any) -> None:

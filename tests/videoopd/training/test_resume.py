@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,11 +122,34 @@ def test_save_every_keeps_the_newest_and_a_rerun_is_refused(tmp_path, capsys):
     # the same command again would replace the run: refused, nothing touched
     before = (out / "metrics.jsonl").read_text()
     assert T.main(argv) == 2
-    assert "holds an earlier run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds a finished run" in err and "resume it with --resume auto" in err, err
     assert (out / "metrics.jsonl").read_text() == before
     # resuming a finished run does nothing more and keeps its files
     assert T.main([*argv, "--resume", "auto"]) == 0
     assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_resume_auto_without_a_checkpoint_is_refused_and_changes_nothing(tmp_path, capsys):
+    """A run stopped before its first checkpoint: --resume auto would start again from step 0 and
+    replace its files, so it is refused, offering only --overwrite or another folder."""
+    out = tmp_path / "run"
+    argv = [*DEMO, "--max-steps", "2", "--output-dir", str(out), "--eval-every", "1", "--eval-before", "true"]
+    assert T.main(argv) == 0
+    capsys.readouterr()
+    # what a run killed at step 2 leaves: its rows and evaluations, no summary, no final weights
+    (out / "summary.json").unlink()
+    shutil.rmtree(out / "final")
+    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert T.main([*argv, "--resume", "auto", "--max-steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "holds an earlier run that saved no checkpoint" in err, err
+    assert "--resume auto" not in err.split("nothing was changed", 1)[1], err
+    assert {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    # --overwrite replaces it
+    assert T.main([*argv, "--overwrite", "true", "--max-steps", "1"]) == 0
+    assert [r["step"] for r in logged_steps(out) if "loss" in r] == [1]
+    assert not list(out.glob("eval_step2*"))
 
 
 def test_bad_resume_inputs_are_refused_before_training(tmp_path, capsys):
