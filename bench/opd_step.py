@@ -410,7 +410,7 @@ class StepRunner:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         clock.lap("optimizer")
-        return loss.detach(), rolled[1]
+        return loss.detach(), rolled.rollout
 
     def _chunked_step(self, ctx, rolled, clock):
         from videoopd.algo.objectives import answer_slice, score_rollout, scoring_inputs

@@ -69,6 +69,10 @@ class RolloutOptions(Options):
                                       "prompt's group mean", gt=0, run_defining=True)
     advantage_clip: float = opt("opd sampled: clamp each token's advantage lp_teacher - lp_student to [-c, c] "
                                 "(0: off)", 0.0, ge=0, run_defining=True)
+    rollout_batch_size: int = opt("rollouts generated per generate call, and scored per teacher forward, on each "
+                                  "process: the step's micro-batches are joined into calls of at most this many "
+                                  "(whole micro-batches; 0: all of the step's rollouts in one call). Samples do not "
+                                  "depend on it (one seed per record)", 0, ge=0)
 
 
 @dataclass

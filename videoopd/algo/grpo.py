@@ -18,8 +18,8 @@ from typing import Any, Callable
 import torch
 
 from opd_kernels import fused_policy_gradient_loss
-from videoopd.algo.objectives import (GenerationContext, MicroBatch, SampledObjective, answer_slice, score_rollout,
-                                     scoring_inputs)
+from videoopd.algo.objectives import (GenerationContext, MicroBatch, RolledBatch, SampledObjective, answer_slice,
+                                     score_rollout, scoring_inputs)
 from videoopd.grounding.rewards import iou_reward, is_exact_format
 from videoopd.qwen.generation import Rollout
 
@@ -66,12 +66,13 @@ class GRPOObjective(SampledObjective):
     def __init__(self, processor: Any, *, num_generations: int = 8, advantage: str = "std", clip_eps: float = 0.2,
                  beta: float = 0.0, reference: Any = None, format_reward: float = 0.0,
                  reduction: str = "token_mean", temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto"):
+                 max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto",
+                 rollout_batch_size: int = 0):
         if advantage not in ADVANTAGES:
             raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
         super().__init__(processor, reduction=reduction, temperature=temperature, top_p=top_p,
                          max_new_tokens=max_new_tokens, seed=seed, vocab_size=vocab_size, backend=backend,
-                         num_generations=num_generations)
+                         num_generations=num_generations, rollout_batch_size=rollout_batch_size)
         if beta > 0 and reference is None:
             raise ValueError("beta > 0 needs a reference model")
         self.advantage = advantage
@@ -80,8 +81,8 @@ class GRPOObjective(SampledObjective):
         self.reference = reference
         self.format_reward = format_reward
 
-    def score(self, ctx: GenerationContext, rolled: tuple[dict[str, Any], Rollout, list[Any]]) -> MicroBatch:
-        inputs, rollout, records = rolled
+    def score(self, ctx: GenerationContext, rolled: RolledBatch) -> MicroBatch:
+        inputs, rollout, records = rolled.inputs, rolled.rollout, rolled.records
         scored = [iou_reward(a, r.span) for a, r in zip(rollout.answers, records)]
         ious = torch.tensor([s[0] for s in scored], dtype=torch.float64, device=ctx.device)
         exact = torch.tensor([float(is_exact_format(a)) for a in rollout.answers], dtype=torch.float64,

@@ -1,14 +1,20 @@
 """Per-batch objectives of the one training loop: on-policy distillation (sampled, full) and SFT.
 
-An objective turns a collated batch into a :class:`MicroBatch` in two no-grad phases,
-``rollout`` (the student generates: OPD; nothing: SFT) and ``score`` (the frozen teacher
-scores the rollout: OPD; nothing: SFT), and says how the student's hidden states become a
-loss (``MicroBatch.loss_fn``, run by the loop inside the student's forward, where the full
+An objective turns the collated micro-batches of an optimizer step into :class:`MicroBatch`es
+in two no-grad phases, ``rollout_step`` (the student generates: OPD, GRPO; nothing: SFT) and
+``score_step`` (the frozen teacher scores the rollouts: OPD; rewards: GRPO; nothing: SFT), and
+says how the student's hidden states become a loss (``MicroBatch.loss_fn``, run by the loop inside the student's forward, where the full
 LM-head weight exists under every engine). Losses are *sums*, with ``units`` saying what
 they are normalised by (sequences or tokens): the loop divides by the units of the whole
 optimizer step over every process, so that 2 processes x batch b step exactly like
 1 process x batch 2b. Everything comes from base-model hidden states; no [tokens, vocab]
 logits are built. Position t's hidden state predicts token t + 1.
+
+The step's rollouts are generated together: the micro-batches' prompts are joined into as few
+``generate`` calls as ``rollout_batch_size`` allows (all of them by default), each sample
+drawn with its record's own seed, so that what a prompt samples depends neither on the calls
+nor on the other prompts; the teacher scores each call's rollouts in one forward. Each
+micro-batch then trains on its own rows, cut back to its own prompt and answer lengths.
 """
 from __future__ import annotations
 
@@ -18,8 +24,9 @@ from typing import Any, Callable, Protocol
 import torch
 
 from opd_kernels import fused_policy_gradient_loss, fused_reverse_kl, token_logprobs
-from videoopd.qwen.generation import Rollout, generate, group_rollout_seeds, rollout_seed
 from videoopd.grounding.metrics import parse_span
+from videoopd.qwen.collators import concat_model_inputs
+from videoopd.qwen.generation import Rollout, generate, group_rollout_seeds, rollout_seed, split_rollout
 from videoopd.qwen.models import (
     encode_vision,
     is_fsdp_sharded,
@@ -35,11 +42,13 @@ __all__ = [
     "GenerationContext",
     "MicroBatch",
     "Objective",
+    "RolledBatch",
+    "RolloutCall",
     "SampledObjective",
     "SupervisedObjective",
     "answer_slice",
     "group_mean_baseline",
-    "sample_rollout",
+    "sample_rollouts",
     "score_rollout",
     "scoring_inputs",
     "to_device",
@@ -62,6 +71,8 @@ class GenerationContext:
     device: torch.device
     step: int
     synced_gpus: bool = False
+    # FSDP2: gather the student once per generate call, not per generated token (generate's gather_weights)
+    gather_weights: bool = True
 
 
 @dataclass
@@ -82,14 +93,42 @@ class MicroBatch:
     records: list[Any] = field(default_factory=list)
 
 
+@dataclass
+class RolloutCall:
+    """One ``generate`` call of a step: the inputs of the micro-batches it joined (each on the
+    device, pixels as collated) and the joint rollout of all their rows, which the teacher
+    scores in one forward."""
+
+    inputs: list[dict[str, Any]]
+    rollout: Rollout
+
+
+@dataclass
+class RolledBatch:
+    """One micro-batch after the rollout phase: its inputs on the device, its rollout (cut from
+    its call's, as if generated alone), its records, and the call with its rows there."""
+
+    inputs: dict[str, Any]
+    rollout: Rollout
+    records: list[Any]
+    call: RolloutCall
+    rows: slice
+
+    def teacher_rows(self, view: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This micro-batch's part of a scoring model's view of its call (per-token [B, A, ...]
+        tensors: its rows and answer columns; the shared head as it is)."""
+        width = self.rollout.sequences.shape[1] - self.rollout.prompt_length
+        return {k: v if k == "teacher_head" else v[self.rows, :width] for k, v in view.items()}
+
+
 class Objective(Protocol):
     """What the loop needs of an objective (see the module docstring)."""
 
     name: str
 
-    def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> Any: ...
+    def rollout_step(self, ctx: GenerationContext, batches: list[dict[str, Any]]) -> list[Any]: ...
 
-    def score(self, ctx: GenerationContext, rolled: Any) -> MicroBatch: ...
+    def score_step(self, ctx: GenerationContext, rolled: list[Any]) -> list[MicroBatch]: ...
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]: ...
 
@@ -123,14 +162,15 @@ def answer_slice(hidden: torch.Tensor, rollout: Rollout) -> tuple[torch.Tensor, 
 
 
 def score_rollout(teacher: Any, teacher_wrapper: Any, inputs: dict[str, Any], rollout: Rollout, *, objective: str,
-                  temperature: float, vocab_size: int, device: torch.device | str,
-                  backend: str = "auto") -> dict[str, torch.Tensor]:
+                  temperature: float, vocab_size: int, device: torch.device | str, backend: str = "auto",
+                  teacher_head: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The frozen teacher's view of a rollout, on ``device`` (the student's).
 
     "sampled": ``{"teacher_logprobs": [B, A]}``, the teacher's log-probs of the sampled
     tokens over the student's first ``vocab_size`` rows. "full": ``{"teacher_hidden": [B, A,
-    D_t], "teacher_head": [V_t, D_t]}`` for the exact reverse KL (a copy of the head when the
-    teacher is sharded: the gathered weight is freed after the teacher's forward).
+    D_t], "teacher_head": [V_t, D_t]}`` for the exact reverse KL: ``teacher_head`` when given
+    (the copy an earlier call returned: the head is frozen), else the head itself, or a copy of
+    it when the teacher is sharded (the gathered weight is freed after the teacher's forward).
     """
     t_device = lm_head_weight(teacher).device
     sharded = is_fsdp_sharded(teacher)
@@ -140,38 +180,69 @@ def score_rollout(teacher: Any, teacher_wrapper: Any, inputs: dict[str, Any], ro
         if objective == "sampled":
             lp = token_logprobs(h, weight, tokens, temperature=temperature, backend=backend, vocab_size=vocab_size)
             return {"teacher_logprobs": lp}
-        return {"teacher_hidden": h, "teacher_head": weight.detach().clone() if sharded else weight.detach()}
+        if teacher_head is None:
+            return {"teacher_hidden": h, "teacher_head": weight.detach().clone() if sharded else weight.detach()}
+        return {"teacher_hidden": h, "teacher_head": teacher_head}
 
     with torch.no_grad():
         out = policy_head_forward(teacher_wrapper, teacher, scoring_inputs(inputs, rollout, t_device), head_fn)
     return {k: v.to(device) for k, v in out.items()}
 
 
-def sample_rollout(ctx: GenerationContext, batch: dict[str, Any], processor: Any, *, seed: int, num_generations: int,
-                   temperature: float, top_p: float, max_new_tokens: int,
-                   reuse_vision: bool = True) -> tuple[dict[str, Any], Rollout, list[Any]]:
-    """(inputs on the device, the rollout, the records) of a collated batch, one answer per row.
-    With ``num_generations`` > 1 the rows are groups of copies of a prompt
+def sample_rollouts(ctx: GenerationContext, batches: list[dict[str, Any]], processor: Any, *, seed: int,
+                    num_generations: int, temperature: float, top_p: float, max_new_tokens: int,
+                    reuse_vision: bool = True) -> list[RolledBatch]:
+    """The collated ``batches``' rollouts from ONE ``generate`` call over all their rows, one
+    answer per row, each batch's cut back from the joint one (:func:`split_rollout`). With
+    ``num_generations`` > 1 the rows are groups of copies of a prompt
     (:class:`videoopd.algo.grpo.GroupedCollator`) and copy g samples with its own seed
     (``group_rollout_seeds``); else each row with its record's seed. ``reuse_vision``: the
-    student's frozen vision tower encodes the video once, for the rollout and for the training
+    student's frozen vision tower encodes each video once, for the rollout and for the training
     forward (``rollout.student_vision``; :func:`videoopd.qwen.models.encode_vision` says when it
     cannot); False re-encodes it in the training forward (measurements)."""
-    records = batch["records"]
-    if num_generations > 1:
-        if len(records) % num_generations:
-            raise ValueError(f"with num_generations={num_generations} a batch holds groups of copies of a prompt "
-                             f"(GroupedCollator), got {len(records)} rows")
-        seeds = group_rollout_seeds(seed, ctx.step, records)
-    else:
-        seeds = [rollout_seed(seed, ctx.step, record.id) for record in records]
-    inputs = to_device(batch["inputs"], ctx.device)
-    encoded = encode_vision(ctx.model, inputs) if reuse_vision else None
-    rollout = generate(ctx.model, processor, with_encoded_vision(inputs, encoded), seeds=seeds,
-                       temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                       synced_gpus=ctx.synced_gpus)
-    rollout.student_vision = encoded
-    return inputs, rollout, records
+    inputs, encoded, seeds = [], [], []
+    for batch in batches:
+        records = batch["records"]
+        if num_generations > 1:
+            if len(records) % num_generations:
+                raise ValueError(f"with num_generations={num_generations} a batch holds groups of copies of a prompt "
+                                 f"(GroupedCollator), got {len(records)} rows")
+            seeds += group_rollout_seeds(seed, ctx.step, records)
+        else:
+            seeds += [rollout_seed(seed, ctx.step, record.id) for record in records]
+        inputs.append(to_device(batch["inputs"], ctx.device))
+        encoded.append(encode_vision(ctx.model, inputs[-1]) if reuse_vision else None)
+    pad = getattr(processor, "tokenizer", processor).pad_token_id
+    joint = concat_model_inputs([with_encoded_vision(i, e) for i, e in zip(inputs, encoded)], pad)
+    rollout = generate(ctx.model, processor, joint, seeds=seeds, temperature=temperature, top_p=top_p,
+                       max_new_tokens=max_new_tokens, synced_gpus=ctx.synced_gpus, gather_weights=ctx.gather_weights)
+    rows = [i["input_ids"].shape[0] for i in inputs]
+    parts = [rollout] if len(batches) == 1 else split_rollout(rollout, [i["input_ids"].shape[1] for i in inputs], rows)
+    call = RolloutCall(inputs=inputs, rollout=rollout)
+    out, start = [], 0
+    for batch, batch_inputs, batch_encoded, part, count in zip(batches, inputs, encoded, parts, rows):
+        part.student_vision = batch_encoded
+        out.append(RolledBatch(inputs=batch_inputs, rollout=part, records=batch["records"], call=call,
+                               rows=slice(start, start + count)))
+        start += count
+    return out
+
+
+def rollout_calls(batches: list[dict[str, Any]], rows_per_call: int) -> list[list[dict[str, Any]]]:
+    """``batches`` in order, grouped into generate calls of at most ``rows_per_call`` rows
+    (whole batches; a batch larger than that is a call of its own; 0: one call)."""
+    if rows_per_call < 0:
+        raise ValueError(f"rows_per_call must be >= 0, got {rows_per_call!r}")
+    calls: list[list[dict[str, Any]]] = []
+    rows = 0
+    for batch in batches:
+        size = len(batch["records"])
+        if not calls or (rows_per_call and rows + size > rows_per_call):
+            calls.append([])
+            rows = 0
+        calls[-1].append(batch)
+        rows += size
+    return calls
 
 
 def group_mean_baseline(values: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -195,19 +266,35 @@ class SampledObjective:
 
     def __init__(self, processor: Any, *, reduction: str, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto",
-                 num_generations: int = 1, reuse_vision: bool = True):
+                 num_generations: int = 1, reuse_vision: bool = True, rollout_batch_size: int = 0):
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {num_generations!r}")
+        if rollout_batch_size < 0:
+            raise ValueError(f"rollout_batch_size must be >= 0 (0: all of a step's rollouts), got {rollout_batch_size!r}")
         self.processor, self.reduction, self.vocab_size, self.backend = processor, reduction, vocab_size, backend
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.seed, self.num_generations, self.reuse_vision = seed, num_generations, reuse_vision
+        self.rollout_batch_size = rollout_batch_size
 
-    def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> tuple[dict[str, Any], Rollout, list[Any]]:
-        return sample_rollout(ctx, batch, self.processor, seed=self.seed, num_generations=self.num_generations,
-                              temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                              reuse_vision=self.reuse_vision)
+    def rollout_step(self, ctx: GenerationContext, batches: list[dict[str, Any]]) -> list[RolledBatch]:
+        """The step's micro-batches' rollouts, generated in calls of at most
+        ``rollout_batch_size`` rollouts (0: one call)."""
+        return [rolled for call in rollout_calls(batches, self.rollout_batch_size)
+                for rolled in sample_rollouts(ctx, call, self.processor, seed=self.seed,
+                                              num_generations=self.num_generations, temperature=self.temperature,
+                                              top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                                              reuse_vision=self.reuse_vision)]
+
+    def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> RolledBatch:
+        """One micro-batch's rollout, generated alone."""
+        return sample_rollouts(ctx, [batch], self.processor, seed=self.seed, num_generations=self.num_generations,
+                               temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                               reuse_vision=self.reuse_vision)[0]
+
+    def score_step(self, ctx: GenerationContext, rolled: list[RolledBatch]) -> list[MicroBatch]:
+        return [self.score(ctx, r) for r in rolled]
 
     def vocab(self, ctx: GenerationContext) -> int:
         """The vocabulary a scoring model's log-probs are taken over."""
@@ -243,22 +330,49 @@ class DistillationObjective(SampledObjective):
     def __init__(self, teacher: Any, processor: Any, *, teacher_wrapper: Any = None, objective: str = "sampled",
                  reduction: str = "sequence_sum", temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto",
-                 num_generations: int = 1, advantage_clip: float | None = None, reuse_vision: bool = True):
+                 num_generations: int = 1, advantage_clip: float | None = None, reuse_vision: bool = True,
+                 rollout_batch_size: int = 0):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         super().__init__(processor, reduction=reduction, temperature=temperature, top_p=top_p,
                          max_new_tokens=max_new_tokens, seed=seed, vocab_size=vocab_size, backend=backend,
-                         num_generations=num_generations, reuse_vision=reuse_vision)
+                         num_generations=num_generations, reuse_vision=reuse_vision,
+                         rollout_batch_size=rollout_batch_size)
         self.teacher = teacher
         self.teacher_wrapper = teacher_wrapper if teacher_wrapper is not None else teacher
         self.objective = objective
         self.advantage_clip = advantage_clip
+        # "full": the frozen head the loss reads, kept for the run (a copy when the teacher is
+        # sharded: one, not one per micro-batch or step)
+        self.teacher_head: torch.Tensor | None = None
 
-    def score(self, ctx: GenerationContext, rolled: tuple[dict[str, Any], Rollout, list[Any]]) -> MicroBatch:
-        inputs, rollout, records = rolled
-        teacher_view = score_rollout(self.teacher, self.teacher_wrapper, inputs, rollout, objective=self.objective,
-                                     temperature=self.temperature, vocab_size=self.vocab(ctx), device=ctx.device,
-                                     backend=self.backend)
+    def teacher_view(self, ctx: GenerationContext, call: RolloutCall) -> dict[str, torch.Tensor]:
+        """The teacher's view of a generate call's rollouts, from one forward over all its rows."""
+        pad = getattr(self.processor, "tokenizer", self.processor).pad_token_id
+        view = score_rollout(self.teacher, self.teacher_wrapper, concat_model_inputs(call.inputs, pad), call.rollout,
+                             objective=self.objective, temperature=self.temperature, vocab_size=self.vocab(ctx),
+                             device=ctx.device, backend=self.backend, teacher_head=self.teacher_head)
+        if "teacher_head" in view:
+            self.teacher_head = view["teacher_head"]
+        return view
+
+    def score_step(self, ctx: GenerationContext, rolled: list[RolledBatch]) -> list[MicroBatch]:
+        """The micro-batches of a step: the teacher scores each generate call once."""
+        views: dict[int, dict[str, torch.Tensor]] = {}
+        out = []
+        for r in rolled:
+            if id(r.call) not in views:
+                views[id(r.call)] = self.teacher_view(ctx, r.call)
+            out.append(self.micro_batch(ctx, r, r.teacher_rows(views[id(r.call)])))
+        return out
+
+    def score(self, ctx: GenerationContext, rolled: RolledBatch) -> MicroBatch:
+        """One micro-batch, scored with the rest of its generate call."""
+        return self.score_step(ctx, [rolled])[0]
+
+    def micro_batch(self, ctx: GenerationContext, rolled: RolledBatch,
+                    teacher_view: dict[str, torch.Tensor]) -> MicroBatch:
+        inputs, rollout, records = rolled.inputs, rolled.rollout, rolled.records
         tokens, sequences, units = self.units(ctx, rollout)
         parsed = sum(parse_span(a) is not None for a in rollout.answers)
         return MicroBatch(
@@ -327,6 +441,12 @@ class SupervisedObjective:
 
     def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> dict[str, Any]:
         return batch
+
+    def rollout_step(self, ctx: GenerationContext, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return list(batches)
+
+    def score_step(self, ctx: GenerationContext, batches: list[dict[str, Any]]) -> list[MicroBatch]:
+        return [self.score(ctx, batch) for batch in batches]
 
     def score(self, ctx: GenerationContext, batch: dict[str, Any]) -> MicroBatch:
         inputs = to_device(batch["inputs"], ctx.device)

@@ -247,6 +247,7 @@ def evaluate(
     identity: Mapping[str, Any] | None = None,
     protocol: str = "paper",
     moment_retrieval: bool = False,
+    gather_weights: bool = True,
 ) -> EvalResult:
     """Generate an answer for every record greedily, parse it and score it.
 
@@ -284,6 +285,8 @@ def evaluate(
             scores the same answers under every protocol.
         moment_retrieval: also QVHighlights' moment-retrieval metrics (MR-R1, MR-mAP; see
             :func:`videoopd.grounding.metrics.moment_retrieval_metrics`) in every block.
+        gather_weights: an FSDP2 model's weights gathered once per ``generate`` call, not per
+            generated token (:func:`videoopd.qwen.generation.generate`).
     """
     rules = get_protocol(protocol)
     if not isinstance(batch_size, int) or batch_size <= 0:
@@ -354,7 +357,7 @@ def evaluate(
                 if batch["inputs"] is not None:
                     inputs = batch["inputs"].to(_model_device(model))
                     answers = generate(model, processor, inputs, max_new_tokens=max_new_tokens,
-                                       synced_gpus=synced).answers
+                                       synced_gpus=synced, gather_weights=gather_weights).answers
                     rows += [_prediction_row(record, answer, data_issue=issue, protocol=rules.name)
                              for record, answer, issue in zip(batch["records"], answers, batch["data_issues"])]
                 for record, error in batch["failed"]:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from videoopd.qwen.models import concat_encoded_vision
 from videoopd.qwen.processing import processor_inputs
 from videoopd.qwen.prompts import (
     ANSWER_PREFIXES,
@@ -21,7 +22,41 @@ from videoopd.qwen.prompts import (
     render_chat,
 )
 
-__all__ = ["GroundingCollator", "SFTCollator"]
+__all__ = ["GroundingCollator", "SFTCollator", "concat_model_inputs"]
+
+# Per-token [B, L] inputs of a left-padded batch, and the value their padding holds (None: the pad token id).
+TOKEN_INPUTS = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0}
+
+
+def concat_model_inputs(batches: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+    """Left-padded processor batches (:class:`GroundingCollator`'s ``inputs``, on one device) as
+    one batch of all their rows, in order, for one ``generate`` call: the per-token inputs
+    left-padded to the longest prompt (``pad_token_id`` in ``input_ids``, 0 in the masks), the
+    per-video tensors (pixels, grids, ``second_per_grid_ts``) and the vision encoder outputs
+    (``mm_encoder_outputs``) joined in order. A single batch comes back as it is."""
+    if not batches:
+        raise ValueError("batches must not be empty")
+    if len(batches) == 1:
+        return dict(batches[0])
+    keys = set(batches[0])
+    if any(set(b) != keys for b in batches):
+        raise ValueError(f"batches have different inputs: {[sorted(b) for b in batches]}")
+    length = max(b["input_ids"].shape[1] for b in batches)
+    out: dict[str, Any] = {}
+    for key in batches[0]:
+        values = [b[key] for b in batches]
+        if key in TOKEN_INPUTS:
+            fill = pad_token_id if TOKEN_INPUTS[key] is None else TOKEN_INPUTS[key]
+            out[key] = torch.cat([torch.nn.functional.pad(v, (length - v.shape[1], 0), value=fill) for v in values])
+        elif key == "mm_encoder_outputs":
+            out[key] = concat_encoded_vision(values)
+        elif all(torch.is_tensor(v) for v in values):
+            out[key] = torch.cat(values, dim=0)
+        elif all(v is None for v in values):
+            out[key] = None
+        else:
+            raise TypeError(f"cannot concatenate input {key!r} of types {[type(v).__name__ for v in values]}")
+    return out
 
 
 class GroundingCollator:

@@ -11,6 +11,7 @@ batch nor the number of processes: a run on 2 processes with batch b samples wha
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from typing import Any, Sequence
 
 import torch
 
-from videoopd.qwen.models import call_as_forward, is_fsdp_sharded
+from videoopd.qwen.models import call_as_forward, full_weights_gathered, is_fsdp_sharded
 
-__all__ = ["Rollout", "SeededSampler", "answer_mask_from", "generate", "group_rollout_seeds", "rollout_seed"]
+__all__ = ["Rollout", "SeededSampler", "answer_mask_from", "generate", "group_rollout_seeds", "rollout_seed",
+           "split_rollout"]
 
 VISION_TOKEN_ATTRS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 
@@ -50,6 +52,35 @@ class Rollout:
     @property
     def num_answer_tokens(self) -> int:
         return int(self.answer_mask.sum())
+
+
+def split_rollout(rollout: Rollout, prompt_lengths: Sequence[int], rows: Sequence[int]) -> list[Rollout]:
+    """The rollouts of the batches whose rows one ``generate`` call concatenated
+    (:func:`videoopd.qwen.collators.concat_model_inputs`): batch k has ``rows[k]`` rows and was
+    left-padded to ``prompt_lengths[k]`` on its own. Each comes back as if generated alone: the
+    extra left padding of the joint prompt and the answer columns after its longest answer
+    (padding for its rows) are cut. ``student_vision`` is left unset (it is per batch)."""
+    if sum(rows) != rollout.sequences.shape[0] or len(rows) != len(prompt_lengths):
+        raise ValueError(f"rows {list(rows)} do not split a rollout of {rollout.sequences.shape[0]} rows")
+    p = rollout.prompt_length
+    answer_mask = rollout.answer_mask[:, p:]
+    longest = answer_mask.sum(dim=1).tolist()  # the rollout phase syncs with the host anyway (decoding)
+    out, start = [], 0
+    for count, prompt_length in zip(rows, prompt_lengths):
+        stop = start + count
+        cut = p - prompt_length
+        if cut < 0 or bool(rollout.attention_mask[start:stop, :cut].any()):
+            raise ValueError(f"rows {start}:{stop} hold prompt tokens before column {cut}: not a batch of "
+                             f"prompt length {prompt_length}")
+        width = int(max(longest[start:stop], default=0))
+        sampler = rollout.sampler_logprobs
+        out.append(Rollout(sequences=rollout.sequences[start:stop, cut:p + width],
+                           attention_mask=rollout.attention_mask[start:stop, cut:p + width],
+                           answer_mask=rollout.answer_mask[start:stop, cut:p + width], prompt_length=prompt_length,
+                           answers=rollout.answers[start:stop],
+                           sampler_logprobs=sampler[start:stop, :width] if sampler is not None else None))
+        start = stop
+    return out
 
 
 def rollout_seed(seed: int, step: int, record_id: str) -> int:
@@ -136,16 +167,18 @@ def answer_mask_from(answer_ids: torch.Tensor, eos_ids: set[int]) -> torch.Tenso
 @torch.no_grad()
 def generate(model: Any, processor: Any, inputs: dict[str, Any], *, seeds: Sequence[int] | None = None,
              temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64,
-             synced_gpus: bool = False) -> Rollout:
+             synced_gpus: bool = False, gather_weights: bool = True) -> Rollout:
     """Generate one answer per prompt with HF ``generate`` (eval mode, KV cache).
 
     ``seeds`` (one per prompt) samples at ``temperature``/``top_p`` through
     :class:`SeededSampler`; ``seeds=None`` decodes greedily (evaluation).
     ``inputs``: the processor's left-padded batch (``input_ids``, ``attention_mask``, the
     video tensors), on the model's device. ``model``: the full-parameter model, or an FSDP2
-    root (each FSDP unit gathered while it runs: memory stays sharded, communication per
-    generated token), then with ``synced_gpus=True`` so that every process keeps stepping
-    until all are done. Vision placeholder tokens are never generated:
+    root, then with ``synced_gpus=True`` so that every process keeps stepping until all are
+    done; ``gather_weights``: the FSDP2 root's units are gathered once for the whole call and
+    kept (:func:`videoopd.qwen.models.full_weights_gathered`: the full model in memory), else
+    each unit is gathered while it runs (memory stays sharded, communication per generated
+    token). Vision placeholder tokens are never generated:
     the scoring pass would read them as video slots.
     """
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -170,7 +203,8 @@ def generate(model: Any, processor: Any, inputs: dict[str, Any], *, seeds: Seque
             # generate reads root-level weights (e.g. the vision patch embedding) outside the
             # root's forward: run it as the root's forward, so that FSDP2 gathers them (and
             # sets up its hooks from the root); every FSDP unit below gathers in its forward.
-            out = call_as_forward(model, model, lambda: model.generate(**inputs, **gen_kwargs))
+            with full_weights_gathered(model) if gather_weights else contextlib.nullcontext():
+                out = call_as_forward(model, model, lambda: model.generate(**inputs, **gen_kwargs))
         else:
             out = model.generate(**inputs, **gen_kwargs)
     finally:

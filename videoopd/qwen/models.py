@@ -8,11 +8,12 @@ W)" inside the model's forward (and the head's), where DDP and FSDP2 see the wei
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import json
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -25,7 +26,9 @@ __all__ = [
     "call_as_forward",
     "check_checkpoint",
     "check_pair",
+    "concat_encoded_vision",
     "encode_vision",
+    "full_weights_gathered",
     "freeze_vision",
     "is_fsdp_sharded",
     "lm_head_module",
@@ -128,6 +131,41 @@ def encode_vision(model: Any, inputs: dict[str, Any]) -> dict[str, Any] | None:
                 features = getattr(base, f"get_{modality}_features")
                 encoded[modality] = features(inputs[pixels], inputs[grid], return_dict=True)
     return encoded or None
+
+
+def concat_encoded_vision(encodings: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The :func:`encode_vision` outputs of several batches as one, for the batch that
+    concatenates their rows (:func:`videoopd.qwen.collators.concat_model_inputs`): the encoder
+    output holds one entry per video in the batch's order (``pooler_output``: a tuple of
+    per-video tensors; ``deepstack_features``: a list over layers of such tuples; flat patch
+    tensors concatenated over videos), so each field is joined in the batches' order. None when
+    any batch has none (then every batch feeds its pixels)."""
+    if not encodings or any(e is None for e in encodings):
+        return None
+    if len(encodings) == 1:
+        return encodings[0]
+    modalities = set(encodings[0])
+    if any(set(e) != modalities for e in encodings):
+        raise ValueError(f"batches encode different modalities: {[sorted(e) for e in encodings]}")
+
+    def join(values: list[Any]) -> Any:
+        first = values[0]
+        if first is None:
+            return None
+        if torch.is_tensor(first):
+            return torch.cat(values, dim=0)
+        if isinstance(first, tuple):  # one tensor per video
+            return tuple(item for value in values for item in value)
+        if isinstance(first, list):  # per layer, each one tensor per video
+            return [join([value[i] for value in values]) for i in range(len(first))]
+        raise TypeError(f"cannot join encoder outputs of type {type(first).__name__}")
+
+    merged = {}
+    for modality in encodings[0]:
+        outputs = [e[modality] for e in encodings]
+        fields = {key: join([o[key] if key in o else None for o in outputs]) for key in outputs[0].keys()}
+        merged[modality] = type(outputs[0])(**fields)
+    return merged
 
 
 def with_encoded_vision(inputs: dict[str, Any], encoded: dict[str, Any] | None) -> dict[str, Any]:
@@ -418,6 +456,37 @@ def policy_head_forward(wrapper: torch.nn.Module, model: torch.nn.Module, inputs
         return call_as_forward(head, head, lambda h: head_fn(h, head.weight), hidden)
 
     return call_as_forward(wrapper, model, body)
+
+
+@contextlib.contextmanager
+def full_weights_gathered(model: Any) -> Iterator[None]:
+    """Under FSDP2, keep every FSDP unit of ``model`` unsharded from its first forward to the
+    end of the block, then reshard them all: a ``generate`` call gathers each unit once instead
+    of once per generated token, for the full model's size in memory meanwhile (16 GB for an 8B
+    student in bf16). Each unit's own reshard-after-forward setting is restored after (the
+    engine sets them per unit: accelerate keeps the root and the head's group unsharded).
+    Nothing happens for other models."""
+    if not is_fsdp_sharded(model):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    # FSDP2 (torch 2.8-2.14) has a setter and no getter for reshard_after_forward: the setting
+    # is each parameter group's post-forward mesh (None: keep unsharded), saved here as it is
+    saved = [(state, state._auto_reshard_after_forward,
+              [(group, group.post_forward_mesh_info) for group in state._fsdp_param_groups])
+             for state in {id(s): s for s in (m._get_fsdp_state() for m in units)}.values()]
+    model.set_reshard_after_forward(False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+        for state, auto, groups in saved:
+            state._auto_reshard_after_forward = auto
+            for group, mesh_info in groups:
+                group.post_forward_mesh_info = mesh_info
 
 
 def is_fsdp_sharded(model: Any) -> bool:

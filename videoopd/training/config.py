@@ -225,6 +225,11 @@ class ModelOptions(Options):
                                  "auto", run_defining=True)
     attn_implementation: str | None = opt("transformers attention, e.g. sdpa or flash_attention_2 (default: "
                                           "flash_attention_2 on CUDA when flash-attn is installed, else sdpa)")
+    gather_for_generation: bool = opt(
+        "under FSDP2, gather the model's full weights once per generate call (rollouts, evaluation) and keep them "
+        "until it ends: one all-gather per FSDP unit per call, and the full model in memory meanwhile (16 GB for an "
+        "8B model in bf16); false: gather each unit while it runs, for every generated token (memory stays sharded)",
+        True)
 
 
 @dataclass

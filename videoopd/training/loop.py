@@ -5,9 +5,11 @@ Read :func:`train`: :func:`setup_run` prepares the run (LoRA, optimizer, schedul
 state, data, metrics log) as one :class:`PreparedRun`, then each optimizer step runs
 :func:`optimizer_step`:
 
-1. ``rollout``: for each of ``grad_accum`` micro-batches, the objective generates (OPD: the
-   student samples one answer per prompt; SFT: nothing);
-2. ``teacher``: the objective scores them (OPD: the frozen teacher; SFT: nothing);
+1. ``rollout``: the objective generates for the step's ``grad_accum`` micro-batches together
+   (OPD: the student samples one answer per prompt, in as few generate calls as
+   ``--rollout-batch-size`` allows; SFT: nothing);
+2. ``teacher``: the objective scores them (OPD: the frozen teacher, one forward per generate
+   call; SFT: nothing);
 3. ``student``: forward + backward of each micro-batch, the loss computed inside the
    student's forward (:func:`videoopd.qwen.models.policy_head_forward`) and divided by the
    step's units (sequences or tokens) summed over micro-batches *and processes*, gradients
@@ -218,7 +220,7 @@ def evaluate_held_out(cfg: RunOptions, accelerator: Any, model: Any, processor: 
                        decode_config=decode_config, prompt_style=cfg.prompt_style, batch_size=cfg.eval_batch_size,
                        max_new_tokens=cfg.max_new_tokens, predictions_path=out_dir / f"eval_{tag}.predictions.jsonl",
                        on_video_error="report", progress=cfg.progress and accelerator.is_main_process,
-                       accelerator=accelerator).metrics
+                       accelerator=accelerator, gather_weights=cfg.gather_for_generation).metrics
     if accelerator.is_main_process:
         (out_dir / f"eval_{tag}.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics
@@ -246,11 +248,12 @@ def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, object
     device = accelerator.device
     world = accelerator.num_processes
     timer = PhaseTimer(device)
-    ctx = GenerationContext(model=model, device=device, step=step, synced_gpus=is_fsdp2(accelerator) and world > 1)
+    ctx = GenerationContext(model=model, device=device, step=step, synced_gpus=is_fsdp2(accelerator) and world > 1,
+                            gather_weights=cfg.gather_for_generation)
     with timer("rollout"):
-        rolled = [objective.rollout(ctx, next(data)) for _ in range(cfg.grad_accum)]
+        rolled = objective.rollout_step(ctx, [next(data) for _ in range(cfg.grad_accum)])
     with timer("teacher"):
-        micro: list[MicroBatch] = [objective.score(ctx, r) for r in rolled]
+        micro: list[MicroBatch] = objective.score_step(ctx, rolled)
     # The step's normaliser over every micro-batch and process: a collective, no host sync.
     units = None
     if micro[0].units is not None:

@@ -101,14 +101,16 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
                                        clip_eps=cfg.clip_eps, beta=cfg.beta, reference=reference,
                                        format_reward=cfg.format_reward, reduction=cfg.reduction,
                                        temperature=cfg.temperature, top_p=cfg.top_p,
-                                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, vocab_size=vocab)
+                                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, vocab_size=vocab,
+                                       rollout_batch_size=cfg.rollout_batch_size)
         collator = GroupedCollator(collator, cfg.num_generations)
     else:
         objective = DistillationObjective(teacher, processor, objective=cfg.objective, reduction=cfg.reduction,
                                           temperature=cfg.temperature, top_p=cfg.top_p,
                                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, vocab_size=vocab,
                                           num_generations=cfg.num_generations,
-                                          advantage_clip=cfg.advantage_clip or None)
+                                          advantage_clip=cfg.advantage_clip or None,
+                                          rollout_batch_size=cfg.rollout_batch_size)
         if cfg.num_generations > 1:
             collator = GroupedCollator(collator, cfg.num_generations)
     dataset = GroundingVideoDataset(train_records, decode_config, on_error="report")

@@ -44,7 +44,7 @@ def _step(student, teacher, processor, batch, objective: str, reuse: bool):
     finally:
         handle.remove()
     grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
-    return rolled[1], loss.detach(), grads, len(calls)
+    return rolled.rollout, loss.detach(), grads, len(calls)
 
 
 @pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])

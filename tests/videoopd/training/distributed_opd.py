@@ -9,6 +9,7 @@ step drew, and every file this process opened for writing under OUT/run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -36,6 +37,11 @@ def main() -> int:
     parser.add_argument("--algo", default="opd")
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--round-size", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=6)
+    parser.add_argument("--eval-every", type=int, default=None, help="default: --steps")
+    parser.add_argument("--teacher-head-rows", type=int, default=0,
+                        help="pad the teacher's vocabulary (embedding and head) to this many rows")
+    parser.add_argument("--rollout-batch-size", type=int, default=0)
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -61,10 +67,36 @@ def main() -> int:
     from videoopd.training.post_training import run_post_training
     from videoopd.training.preemption import Preempted
 
+    # FSDP2's all-gathers by the loop's phase (rollout, teacher, student, optimizer; "other" outside a step)
+    all_gathers: dict[str, int] = {}
+    phase = {"name": "other"}
+    timed = loop.PhaseTimer.__call__
+
+    @contextlib.contextmanager
+    def marked(self, name):
+        phase["name"] = name
+        try:
+            with timed(self, name):
+                yield
+        finally:
+            phase["name"] = "other"
+
+    loop.PhaseTimer.__call__ = marked
+    gather_name = "all_gather_single" if hasattr(torch.distributed, "all_gather_single") else "all_gather_into_tensor"
+    gather = getattr(torch.distributed, gather_name)
+
+    def counted(*a, **k):
+        all_gathers[phase["name"]] = all_gathers.get(phase["name"], 0) + 1
+        return gather(*a, **k)
+
+    setattr(torch.distributed, gather_name, counted)
+
     cfg = resolve_config(["--student", "s", "--teacher", "t", "--device", "cpu", "--objective", args.objective,
                           "--reduction", args.reduction, "--batch-size", str(args.batch_size),
                           "--grad-accum", str(args.grad_accum), "--max-steps", str(args.steps), "--lr", "3e-3",
-                          "--max-new-tokens", "6", "--eval-every", str(args.steps), "--eval-limit", str(args.eval_limit),
+                          "--max-new-tokens", str(args.max_new_tokens),
+                          "--eval-every", str(args.steps if args.eval_every is None else args.eval_every),
+                          "--eval-limit", str(args.eval_limit), "--rollout-batch-size", str(args.rollout_batch_size),
                           "--eval-batch-size", "2", "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96),
                           "--output-dir", str(run_dir), "--no-progress", "--gradient-checkpointing", "false",
                           "--lora-r", str(args.lora_r), "--save-every", str(args.save_every),
@@ -80,7 +112,10 @@ def main() -> int:
     proc = build_tiny_processor("qwen2_5_vl", tok)
     student = build_tiny_model("qwen2_5_vl", tok, seed=1, hidden_size=32).to(getattr(torch, args.student_dtype))
     student = prepare_policy(student, trainable=True, gradient_checkpointing=False)
-    teacher = prepare_policy(build_tiny_model("qwen2_5_vl", tok, seed=2, hidden_size=64), trainable=False)
+    teacher = build_tiny_model("qwen2_5_vl", tok, seed=2, hidden_size=64)
+    if args.teacher_head_rows:
+        teacher.resize_token_embeddings(args.teacher_head_rows)
+    teacher = prepare_policy(teacher, trainable=False)
     records, _ = load_annotations(args.data)
     seen: dict = {"step_records": []}
 
@@ -113,6 +148,7 @@ def main() -> int:
         "student_sharded": is_fsdp_sharded(model),
         "teacher_sharded": is_fsdp_sharded(teacher),  # placed in place by the run
         "trained_dtypes": sorted({str(p.dtype) for p in model.parameters() if p.requires_grad}),
+        "all_gathers": all_gathers,
     }, default=str) + "\n")
     accelerator.wait_for_everyone()
     return 0

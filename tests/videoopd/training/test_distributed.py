@@ -251,3 +251,32 @@ def test_grpo_two_processes_step_like_one(tmp_path):
     apart = sum(float((a[k] - b[k]).double().square().sum()) for k in a) ** 0.5
     assert max(float((a[k] - start[k]).abs().max()) for k in a) > 3e-4  # it trained
     assert apart < 0.02 * moved, (apart, moved)
+
+
+def test_fsdp2_rollouts_gather_the_student_once_per_generate_call(data, tmp_path):
+    """The step's rollouts in one generate call on full weights: FSDP2's all-gathers in the
+    rollout phase do not grow with the answer length (they did: once per unit per generated
+    token), and 2 processes x batch 1 still step like 1 process x batch 2, micro-batches joined."""
+    common = ["--steps", "2", "--grad-accum", "2", "--eval-every", "0", "--eval-limit", "2"]
+    short = run(data, tmp_path / "short", 2, 1, "fsdp2.yaml", *common, "--max-new-tokens", "4")
+    long = run(data, tmp_path / "long", 2, 1, "fsdp2.yaml", *common, "--max-new-tokens", "24")
+    rollout = [two["ranks"][0]["all_gathers"]["rollout"] for two in (short, long)]
+    assert rollout[1] <= 1.15 * rollout[0], rollout
+    assert long["ranks"][0]["rows"][0]["mean_answer_len"] > short["ranks"][0]["rows"][0]["mean_answer_len"]
+    one = run(data, tmp_path / "one", 1, 2, None, *common, "--max-new-tokens", "24")
+    assert long["ranks"][0]["losses"] == pytest.approx(one["ranks"][0]["losses"], rel=1e-5, abs=1e-7)
+    assert max_weight_difference(long["weights"], one["weights"]) < 1e-5
+
+
+def test_fsdp2_exact_objective_keeps_one_teacher_head(data, tmp_path):
+    """Under FSDP2 the exact objective copies the gathered teacher head once for the run, not once
+    per micro-batch: with a 262,144-row head (64 MiB in fp32) the step's peak memory grows by
+    less than one head from --grad-accum 1 to 8 (it grew by one head per micro-batch)."""
+    head_mib = 262_144 * 64 * 4 / 2**20
+    common = ["--steps", "1", "--objective", "full", "--teacher-head-rows", "262144", "--eval-every", "0",
+              "--eval-limit", "1"]
+    peaks = []
+    for accumulation in (1, 8):
+        two = run(data, tmp_path / f"ga{accumulation}", 2, 1, "fsdp2.yaml", *common, "--grad-accum", str(accumulation))
+        peaks.append(max(two["ranks"][0]["rows"][0]["peak_mem_mb_per_rank"]))
+    assert peaks[1] - peaks[0] < head_mib, peaks

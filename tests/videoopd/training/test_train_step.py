@@ -50,7 +50,7 @@ def opd_loss(student, teacher, proc, batch, objective, max_new_tokens=12):
     rolled = opd.rollout(ctx, batch)
     micro = opd.score(ctx, rolled)
     loss, metrics = policy_head_forward(student, student, micro.student_inputs, micro.loss_fn)
-    return loss, {**micro.sums, **metrics}, rolled[1]
+    return loss, {**micro.sums, **metrics}, rolled.rollout
 
 
 @pytest.mark.parametrize("objective", ["sampled", "full"])
