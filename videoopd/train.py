@@ -137,6 +137,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Video-OPD's configuration: Qwen3-VL student and teacher (paths from the user).
     "video-opd": {
         "temperature": 0.9, "lr": 1e-6, "batch_size": 1, "grad_accum": 32, "fps": 2.0, "max_frames": 768,
+        # TimeLens's video budget (TencentARC/TimeLens, which Video-OPD's data and evaluation follow): at most
+        # 14,336 visual tokens a video, at least 64 a frame, in Qwen3-VL's 32 x 32-pixel tokens; qwen-vl-utils'
+        # default (115,200 tokens, 8x this) is what a run without the preset gets
+        "min_pixels": 64 * 32 * 32, "total_pixels": 14336 * 32 * 32,
         "train_vision": False, "objective": "sampled", "reduction": "sequence_sum",
         # TVDF: 3 rounds of 2,500 top-k samples (the curriculum issue's reading of the paper; the
         # teacher-IoU threshold 0.5 is ours: the paper summary we have gives none)

@@ -85,6 +85,8 @@ def test_preset_video_opd(tmp_path):
     assert (cfg.temperature, cfg.batch_size * cfg.grad_accum, cfg.fps, cfg.max_frames) == (0.9, 32, 2.0, 768)
     assert cfg.lr == 2e-6 and cfg.objective == "sampled" and cfg.reduction == "sequence_sum"
     assert not cfg.train_vision
+    # TimeLens's budget: 14,336 visual tokens a video, 64 a frame at least (Qwen3-VL's 32 x 32 tokens)
+    assert (cfg.total_pixels // 32**2, cfg.min_pixels // 32**2) == (14336, 64)
     with pytest.raises(ConfigError, match="needs --student and --teacher"):
         T.resolve_config(["--preset", "video-opd"])
 
