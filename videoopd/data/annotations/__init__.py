@@ -27,15 +27,16 @@ Formats (``format=`` name, what one sample looks like):
   ``video_root``: for the file as published, the folder its ``./dataset/...`` paths start
   from), the source ``dataset_name``.
 
-Queries with several windows follow ``multi_span=``: ``"skip"`` (the default: reported as
-``multi_span`` and skipped), ``"first"`` (the first window), ``"longest"`` (the longest, the
-first of equals) or ``"any"`` (all kept in :attr:`GroundingRecord.windows`: a prediction
-scores its best IoU against any window; ``span`` is the first). Every such query is counted
-in :attr:`LoadSummary.multi_window`, whatever the policy. A zero-length span (start ==
-end: Ego4D-NLQ items of TVGBench) is a ``zero_length_span``, skipped, or kept with
-``zero_length="keep"`` (metrics then score it by the protocol's rule). A span end past the
-duration by float noise (ActivityNet's 95.03999999999999 against 95.04: at most
-``FLOAT_NOISE_S``) is within the video, not reported.
+Queries with several windows follow ``multi_span=``: ``"auto"`` (the default: the format's own
+rule, ``"any"`` for QVHighlights, whose moment_detr evaluation scores every window, ``"skip"``
+for the others), ``"skip"`` (reported as ``multi_span`` and skipped), ``"first"`` (the first
+window), ``"longest"`` (the longest, the first of equals) or ``"any"`` (all kept in
+:attr:`GroundingRecord.windows`: a prediction scores its best IoU against any window; ``span``
+is the first). Every such query is counted in :attr:`LoadSummary.multi_window`, whatever the
+policy. A zero-length span (start == end: Ego4D-NLQ items of TVGBench) is a
+``zero_length_span``, skipped, or kept with ``zero_length="keep"`` (metrics then score it by
+the protocol's rule). A span end past the duration by float noise (ActivityNet's
+95.03999999999999 against 95.04: at most ``FLOAT_NOISE_S``) is within the video, not reported.
 
 ``format="auto"`` detects the format from the file's content.
 

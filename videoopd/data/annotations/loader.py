@@ -22,7 +22,7 @@ from videoopd.data.annotations.validation import (
     Validator,
 )
 
-__all__ = ["FORMATS", "READERS", "detect_format", "load_annotations"]
+__all__ = ["FORMATS", "OWN_MULTI_SPAN", "READERS", "detect_format", "load_annotations"]
 
 logger = logging.getLogger("videoopd.data.annotations")
 
@@ -37,6 +37,10 @@ READERS: dict[str, Callable[[Path, Reporter], Iterator[Candidate]]] = {
     "tvgbench": read_tvgbench,
 }
 FORMATS = tuple(READERS)
+# A benchmark's own rule for a query with several windows (multi_span="auto"): moment_detr's
+# standalone_eval scores a QVHighlights prediction against every window; elsewhere one query
+# has one span, and a second one is a problem to report.
+OWN_MULTI_SPAN = {"qvhighlights": "any"}
 # Formats read as one JSON document: a bad byte makes the whole file unreadable.
 JSON_DOCUMENT_FORMATS = ("activitynet", "timelens_bench", "tvgbench")
 
@@ -133,7 +137,7 @@ def load_annotations(
     check_videos: bool = True,
     span_policy: str = "clip",
     source: str | None = None,
-    multi_span: str = "skip",
+    multi_span: str = "auto",
     zero_length: str = "skip",
 ) -> LoadResult:
     """Read a grounding annotation file into :class:`GroundingRecord` s.
@@ -148,9 +152,11 @@ def load_annotations(
             inspect annotations without the videos.
         span_policy: ``"clip"`` spans reaching outside [0, duration] to it, or ``"skip"`` them.
         source: override the per-record source name.
-        multi_span: what a query with several windows becomes: ``"skip"`` (reported),
-            ``"first"``, ``"longest"`` or ``"any"`` (all windows; best IoU scores). Counted in
-            ``summary.multi_window`` whatever the policy.
+        multi_span: what a query with several windows becomes: ``"auto"`` (the default: the
+            format's own rule, :data:`OWN_MULTI_SPAN`: ``"any"`` for QVHighlights, else
+            ``"skip"``), ``"skip"`` (reported), ``"first"``, ``"longest"`` or ``"any"`` (all
+            windows; best IoU scores). Counted in ``summary.multi_window`` whatever the policy;
+            ``summary.multi_span`` is the policy applied.
         zero_length: ``"skip"`` a zero-length span (start == end) or ``"keep"`` it; reported
             as ``zero_length_span`` either way.
 
@@ -175,6 +181,8 @@ def load_annotations(
         raise ValueError(f"span_policy must be one of {SPAN_POLICIES}, got {span_policy!r}")
     if multi_span not in MULTI_SPAN_POLICIES:
         raise ValueError(f"multi_span must be one of {MULTI_SPAN_POLICIES}, got {multi_span!r}")
+    if multi_span == "auto":
+        multi_span = OWN_MULTI_SPAN.get(format, "skip")
     if zero_length not in ZERO_LENGTH_POLICIES:
         raise ValueError(f"zero_length must be one of {ZERO_LENGTH_POLICIES}, got {zero_length!r}")
     if source is not None and not (isinstance(source, str) and source):

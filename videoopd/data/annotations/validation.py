@@ -18,7 +18,8 @@ __all__ = [
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 SPAN_POLICIES = ("clip", "skip")
-MULTI_SPAN_POLICIES = ("skip", "first", "longest", "any")
+# "auto": the format's own rule (loader.OWN_MULTI_SPAN: QVHighlights "any", every other format "skip").
+MULTI_SPAN_POLICIES = ("auto", "skip", "first", "longest", "any")
 ZERO_LENGTH_POLICIES = ("skip", "keep")
 # Float noise between a span end and the duration (95.03999999999999 vs 95.04), in seconds.
 FLOAT_NOISE_S = 1e-6
