@@ -3,7 +3,7 @@
 Modules: :mod:`~videoopd.data.annotations.records` (the record types),
 :mod:`~videoopd.data.annotations.text` (UTF-8 lines, JSON, numbers, the durations CSV), one
 module per format (``charades``, ``activitynet``, ``timelens``, ``jsonl``, ``qvhighlights``,
-``tvgbench``), :mod:`~videoopd.data.annotations.validation` (the rules below) and
+``tvgbench``, ``swift``), :mod:`~videoopd.data.annotations.validation` (the rules below) and
 :mod:`~videoopd.data.annotations.loader` (detection, the ``{format: reader}`` table
 :data:`READERS`, :func:`load_annotations`).
 
@@ -26,6 +26,11 @@ Formats (``format=`` name, what one sample looks like):
   duration, dataset_name, ...}``; the video is ``path`` (relative paths against
   ``video_root``: for the file as published, the folder its ``./dataset/...`` paths start
   from), the source ``dataset_name``.
+- ``swift``: the ms-swift / LLaMA-Factory video JSONL, a line per query
+  ``{messages: [system?, user "<video>...", assistant], videos: [path]}`` (or ShareGPT's
+  ``conversations``); the query from a known prompt template, else the user turn kept as
+  written; the span from ``start``/``end`` when present, else the assistant turn (see
+  :mod:`~videoopd.data.annotations.swift`).
 
 Queries with several windows follow ``multi_span=``: ``"auto"`` (the default: the format's own
 rule, ``"any"`` for QVHighlights, whose moment_detr evaluation scores every window, ``"skip"``
@@ -94,6 +99,7 @@ tolerance absorbs rounded durations in annotation tables and re-encoded download
 from videoopd.data.annotations.jsonl import write_jsonl_records
 from videoopd.data.annotations.loader import FORMATS, READERS, detect_format, load_annotations
 from videoopd.data.annotations.records import AnnotationError, DataIssue, GroundingRecord, LoadResult, LoadSummary
+from videoopd.data.annotations.swift import write_swift_records
 from videoopd.data.annotations.text import read_durations_csv
 from videoopd.data.annotations.validation import (
     MULTI_SPAN_POLICIES,
@@ -118,4 +124,5 @@ __all__ = [
     "read_durations_csv",
     "video_duration_issue",
     "write_jsonl_records",
+    "write_swift_records",
 ]

@@ -11,6 +11,7 @@ from videoopd.data.annotations.activitynet import read_activitynet
 from videoopd.data.annotations.charades import CHARADES_LINE, read_charades
 from videoopd.data.annotations.jsonl import read_plain_jsonl
 from videoopd.data.annotations.qvhighlights import read_qvhighlights
+from videoopd.data.annotations.swift import is_swift_object, read_swift
 from videoopd.data.annotations.records import AnnotationError, Candidate, LoadResult, LoadSummary, Reporter
 from videoopd.data.annotations.text import UTF8_BOM, decode_line, read_durations_csv
 from videoopd.data.annotations.timelens import read_timelens_100k, read_timelens_bench
@@ -35,6 +36,7 @@ READERS: dict[str, Callable[[Path, Reporter], Iterator[Candidate]]] = {
     "jsonl": read_plain_jsonl,
     "qvhighlights": read_qvhighlights,
     "tvgbench": read_tvgbench,
+    "swift": read_swift,
 }
 FORMATS = tuple(READERS)
 # A benchmark's own rule for a query with several windows (multi_span="auto"): moment_detr's
@@ -53,6 +55,8 @@ def _classify_json_object(obj: Any) -> str | None:
         return None
     if not isinstance(obj, dict):
         return None
+    if is_swift_object(obj):
+        return "swift"
     if "events" in obj and "video_path" in obj:
         return "timelens_100k"
     if "vid" in obj and "query" in obj and ("relevant_windows" in obj or "qid" in obj):

@@ -27,6 +27,11 @@ class GroundingRecord:
     source: str
     # All windows of a query with several (multi_span="any"; span is the first), else None.
     windows: tuple[tuple[float, float], ...] | None = None
+    # The user turn exactly as a data file wrote it (the ms-swift format, when it is no known
+    # template): shown instead of a prompt style's template; None renders ``query`` in the style.
+    prompt: str | None = None
+    # The system prompt a data file gave the query (None: none given), kept and written back.
+    system: str | None = None
     # Where the record was read (for reports); not part of its identity.
     annotation_file: str | None = field(default=None, compare=False, repr=False)
     annotation_location: str | None = field(default=None, compare=False, repr=False)
@@ -126,6 +131,8 @@ class Candidate:
     duration: Any
     source: str
     id: str | None = None
+    prompt: str | None = None
+    system: str | None = None
 
 
 class Reporter:

@@ -154,6 +154,7 @@ class Validator:
         source = self.source or candidate.source
         return GroundingRecord(record_id, str(video), query, (start, end), duration, source,
                                windows=tuple(kept_windows) if len(kept_windows) > 1 else None,
+                               prompt=candidate.prompt, system=candidate.system,
                                annotation_file=report.summary.file, annotation_location=location)
 
     def _within(self, location: str, window: tuple[float, float], duration: float) -> tuple[float, float] | None:
