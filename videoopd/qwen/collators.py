@@ -30,7 +30,8 @@ class GroundingCollator:
     ``failed`` as (record, error message), their exceptions in ``failed_exceptions``, and left
     out of ``inputs`` (None when no video of the batch decoded). ``system_prompt``: see
     :func:`videoopd.qwen.prompts.build_messages` (default: the style's own). ``normalize_query``:
-    how the query is shown (an evaluation protocol's rule, e.g. TimeLens strips its periods)."""
+    how the query is shown (an evaluation protocol's rule, e.g. TimeLens strips its periods). A
+    record with its own ``prompt`` (a data file's user turn as written) is shown that prompt."""
 
     def __init__(self, processor: Any, prompt_style: str = "paper", system_prompt: Any = STYLE_DEFAULT,
                  normalize_query: Callable[[str], str] | None = None):
@@ -47,7 +48,8 @@ class GroundingCollator:
         normalize = self.normalize_query or (lambda query: query)
         prefix = ANSWER_PREFIXES.get(self.prompt_style, "")
         return [
-            render_chat(self.processor, build_messages(normalize(record.query), self.prompt_style, self.system_prompt))
+            render_chat(self.processor, build_messages(normalize(record.query), self.prompt_style, self.system_prompt,
+                                                       prompt=getattr(record, "prompt", None)))
             + prefix
             for record in records
         ]
@@ -93,7 +95,8 @@ class SFTCollator:
         return format_answer(record.span, self.prompt_style)
 
     def text(self, record: Any) -> str:
-        messages = build_messages(record.query, self.prompt_style, answer=self.answer(record))
+        messages = build_messages(record.query, self.prompt_style, answer=self.answer(record),
+                                  prompt=getattr(record, "prompt", None))
         # The template closes the turn with "<|im_end|>\n"; training stops at <|im_end|>.
         return render_chat(self.processor, messages, add_generation_prompt=False).rstrip("\n")
 

@@ -55,12 +55,16 @@ def build_messages(
     style: str = "paper",
     system_prompt: Any = STYLE_DEFAULT,
     answer: str | None = None,
+    prompt: str | None = None,
 ) -> list[dict[str, Any]]:
     """Chat messages for one grounding question, ready for ``processor.apply_chat_template``.
 
     ``system_prompt`` defaults to the style's own (``SYSTEM_PROMPT`` for ``paper``, none for
     ``timelens``); pass ``None`` to omit it or a string to override it. ``answer``, when
     given, is appended as the assistant turn (for teacher scoring or SFT-style inputs).
+    ``prompt``, when given, is the user text exactly as a data file wrote it
+    (:attr:`videoopd.data.annotations.GroundingRecord.prompt`): shown instead of ``query`` in
+    the style's template, no template applied again.
     """
     check_style(style)
     if system_prompt is STYLE_DEFAULT:
@@ -74,7 +78,7 @@ def build_messages(
     messages.append(
         {
             "role": "user",
-            "content": [{"type": "video"}, {"type": "text", "text": render_prompt(query, style)}],
+            "content": [{"type": "video"}, {"type": "text", "text": _user_text(query, style, prompt)}],
         }
     )
     if answer is not None:
@@ -82,6 +86,14 @@ def build_messages(
             raise TypeError(f"answer must be a str or None, got {type(answer).__name__}")
         messages.append({"role": "assistant", "content": answer})
     return messages
+
+
+def _user_text(query: str, style: str, prompt: str | None) -> str:
+    if prompt is None:
+        return render_prompt(query, style)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt must be None or a non-empty string, got {prompt!r}")
+    return prompt
 
 
 def render_chat(processor: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
