@@ -5,7 +5,8 @@ Modules: :mod:`~videoopd.data.annotations.records` (the record types),
 module per format (``charades``, ``activitynet``, ``timelens``, ``jsonl``, ``qvhighlights``,
 ``tvgbench``, ``swift``), :mod:`~videoopd.data.annotations.validation` (the rules below) and
 :mod:`~videoopd.data.annotations.loader` (detection, the ``{format: reader}`` table
-:data:`READERS`, :func:`load_annotations`).
+:data:`READERS`, :func:`load_annotations`); :mod:`~videoopd.data.annotations.convert` writes a
+set in another format (``python -m videoopd.data convert``).
 
 Formats (``format=`` name, what one sample looks like):
 
