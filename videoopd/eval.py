@@ -54,7 +54,6 @@ from videoopd.evaluation.evaluate import (
     predictions_identity,
 )
 from videoopd.grounding.protocols import PROTOCOL_NAMES, PROTOCOLS
-from videoopd.qwen.prompts import STYLE_DEFAULT
 from videoopd.training.config import (
     AnnotationOptions,
     ConfigError,
@@ -232,8 +231,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     inputs = _input_identity(cfg, summary, device)
     if cfg.resume:
         try:
-            check_resumable(output, predictions_identity(decode_config, cfg.effective_prompt_style, STYLE_DEFAULT,
-                                                         cfg.max_new_tokens, inputs))
+            check_resumable(output, predictions_identity(decode_config, cfg.effective_prompt_style,
+                                                         cfg.system_prompt_setting, cfg.max_new_tokens, inputs))
         except ValueError as exc:
             return fail(PROG, f"--resume: {exc}")
     model = load_policy(cfg.model, device=device, trainable=False, dtype=cfg.dtype,
@@ -245,6 +244,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             records,
             decode_config=decode_config,
             prompt_style=cfg.effective_prompt_style,
+            system_prompt=cfg.system_prompt_setting,
             batch_size=cfg.batch_size,
             max_new_tokens=cfg.max_new_tokens,
             num_workers=cfg.num_workers,

@@ -41,13 +41,27 @@ from videoopd.grounding.prompts import (  # the texts live beneath the data pack
 ANSWER_PREFIXES: dict[str, str] = {"time-r1": "<think>\n</think>\n"}
 
 
-class _StyleDefault:
+class _Sentinel:
+    def __init__(self, name: str):
+        self.name = name
+
     def __repr__(self) -> str:
-        return "STYLE_DEFAULT"
+        return self.name
 
 
 # Pass as ``system_prompt`` to use the prompt style's own system prompt (None means "none").
-STYLE_DEFAULT: Any = _StyleDefault()
+STYLE_DEFAULT: Any = _Sentinel("STYLE_DEFAULT")
+# Pass as ``system_prompt`` (to the collators) to use each record's own system prompt, the one
+# its data file gave (GroundingRecord.system: the ms-swift format's), else the style's own.
+DATA_SYSTEM: Any = _Sentinel("DATA_SYSTEM")
+
+
+def record_system_prompt(system_prompt: Any, record: Any) -> Any:
+    """The system prompt ``record`` is shown under the run's ``system_prompt`` setting."""
+    if system_prompt is not DATA_SYSTEM:
+        return system_prompt
+    own = getattr(record, "system", None)
+    return STYLE_DEFAULT if own is None else own
 
 
 def build_messages(
