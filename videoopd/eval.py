@@ -4,7 +4,7 @@ Command line::
 
     python -m videoopd.eval --model PATH --data FILE [--format auto] [--video-root DIR]
         [--limit N] [--resume] [--output FILE] [--batch-size B] [--protocol paper|timelens|time-r1]
-        [--multi-span skip|first|longest|any] [--prompt-style paper|timelens|time-r1]
+        [--multi-span auto|skip|first|longest|any] [--prompt-style paper|timelens|time-r1]
 
 ``--protocol`` (:mod:`videoopd.grounding.protocols`) sets the prompt, the query's
 normalisation, the frame budget (where --fps / --min-pixels / --total-pixels are not given),
@@ -13,7 +13,8 @@ predictions keep the raw answers, and ``<stem>.metrics.json`` scores them under 
 protocol (``protocols``: one block each) besides the chosen one (``overall``, ``per_source``).
 Zero-length ground truths are loaded (reported) and scored by each protocol's rule. On
 QVHighlights every block also holds its moment-retrieval metrics (MR-R1@0.5/0.7, MR-mAP@0.5,
-@0.75 and averaged, as moment_detr's standalone_eval defines them; with --multi-span any).
+@0.75 and averaged, as moment_detr's standalone_eval defines them, over every window: the
+default --multi-span auto keeps them all on QVHighlights).
 
 The library entry point is :func:`videoopd.evaluation.evaluate.evaluate`, which the training
 loop calls for held-out evaluation with its in-memory model and processor.
@@ -42,7 +43,7 @@ from typing import Any, Iterable, Literal
 
 import torch
 
-from videoopd.data.annotations import MULTI_SPAN_POLICIES, load_annotations
+from videoopd.data.annotations import MULTI_SPAN_POLICIES, LoadSummary, load_annotations
 from videoopd.data.video import DecodeConfig, VideoDecodeError
 from videoopd.evaluation.evaluate import (
     check_resumable,
@@ -53,7 +54,6 @@ from videoopd.evaluation.evaluate import (
     predictions_identity,
 )
 from videoopd.grounding.protocols import PROTOCOL_NAMES, PROTOCOLS
-from videoopd.qwen.prompts import STYLE_DEFAULT
 from videoopd.training.config import (
     AnnotationOptions,
     ConfigError,
@@ -91,8 +91,9 @@ class EvalConfig(LoggingOptions, ModelOptions, DecodeOptions, AnnotationOptions)
         "frame budget (unless --fps/--min-pixels/--total-pixels are given), answer parsing and threshold rule; "
         "metrics.json also scores the answers under every protocol", "paper")
     multi_span: Literal[MULTI_SPAN_POLICIES] = opt(
-        "a query with several windows (QVHighlights): skip it (reported), take the first or the longest, or any "
-        "(a prediction scores its best IoU over the windows)", "skip")
+        "a query with several windows: auto (the format's own rule: any for QVHighlights, skip elsewhere), skip it "
+        "(reported), take the first or the longest, or any (a prediction scores its best IoU over the windows)",
+        "auto")
     on_video_error: Literal["report", "raise"] = opt("report: count an undecodable video as a failed (IoU 0) row; "
                                                      "raise: stop", "report")
 
@@ -147,7 +148,7 @@ def _output_problem(data: Path, output: Path) -> str | None:
     return None
 
 
-def _input_identity(cfg: EvalConfig, format_name: str, device: str) -> dict[str, Any]:
+def _input_identity(cfg: EvalConfig, summary: LoadSummary, device: str) -> dict[str, Any]:
     """What the predictions answer besides the decoding settings: recorded with them, so
     that --resume never mixes rows of another data file or model (same ids, other queries)."""
     dtype = cfg.dtype
@@ -158,7 +159,7 @@ def _input_identity(cfg: EvalConfig, format_name: str, device: str) -> dict[str,
     return {
         "data": str(data),
         "data_sha256": file_sha256(data),
-        "format": format_name,
+        "format": summary.format,
         "video_root": str(Path(cfg.video_root).resolve() if cfg.video_root else data.parent),
         "durations": str(durations) if durations else None,
         "durations_sha256": file_sha256(durations) if durations else None,
@@ -166,7 +167,8 @@ def _input_identity(cfg: EvalConfig, format_name: str, device: str) -> dict[str,
         "dtype": dtype,
         # Recorded where it is not the paper's, so that files written before protocols existed resume.
         **({"protocol": cfg.protocol} if cfg.protocol != "paper" else {}),
-        **({"multi_span": cfg.multi_span} if cfg.multi_span != "skip" else {}),
+        # The policy applied (--multi-span auto resolved for the format).
+        **({"multi_span": summary.multi_span} if summary.multi_span != "skip" else {}),
     }
 
 
@@ -226,11 +228,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     except ValueError as exc:
         return fail(PROG, str(exc))
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    inputs = _input_identity(cfg, summary.format, device)
+    inputs = _input_identity(cfg, summary, device)
     if cfg.resume:
         try:
-            check_resumable(output, predictions_identity(decode_config, cfg.effective_prompt_style, STYLE_DEFAULT,
-                                                         cfg.max_new_tokens, inputs))
+            check_resumable(output, predictions_identity(decode_config, cfg.effective_prompt_style,
+                                                         cfg.system_prompt_setting, cfg.max_new_tokens, inputs))
         except ValueError as exc:
             return fail(PROG, f"--resume: {exc}")
     model = load_policy(cfg.model, device=device, trainable=False, dtype=cfg.dtype,
@@ -242,6 +244,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             records,
             decode_config=decode_config,
             prompt_style=cfg.effective_prompt_style,
+            system_prompt=cfg.system_prompt_setting,
             batch_size=cfg.batch_size,
             max_new_tokens=cfg.max_new_tokens,
             num_workers=cfg.num_workers,

@@ -144,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset = CachedDataset(dataset)
     try:
         summary = train(cfg, accelerator, model, processor, SupervisedObjective(), dataset,
-                        SFTCollator(processor, cfg.prompt_style), eval_records, decode_config=decode_config,
-                        resume_from=resume_from, log=say)
+                        SFTCollator(processor, cfg.prompt_style, cfg.system_prompt_setting), eval_records,
+                        decode_config=decode_config, resume_from=resume_from, log=say)
     except ConfigError as exc:
         return fail(PROG, exc)
     except Preempted as exc:

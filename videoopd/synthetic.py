@@ -1,7 +1,7 @@
 """``python -m videoopd.synthetic``: write synthetic grounding videos with known event spans
 (:func:`videoopd.data.synthetic.generate_dataset`).
 
-    python -m videoopd.synthetic --out DIR --videos N [--seed S] [--events 2] [--duration 8]
+    python -m videoopd.synthetic --out DIR --videos N [--seed S] [--events 2] [--duration 8] [--swift-annotations]
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence
 
+from videoopd.data.annotations import load_annotations, write_swift_records
 from videoopd.data.synthetic import check_video_codec, generate_dataset
 from videoopd.training.config import ConfigError, Options, fail, opt, parse_config
 from videoopd.training.setup import check_output_dir
@@ -35,6 +36,8 @@ class SyntheticConfig(Options):
     min_event: float = opt("shortest event in seconds", 1.5, gt=0)
     max_event: float = opt("longest event in seconds (at most --duration)", 4.0, gt=0)
     codec: str | None = opt("PyAV video encoder (default: libx264, else mpeg4)")
+    swift_annotations: bool = opt("also write annotations.swift.jsonl, the same queries in the ms-swift / "
+                                  "LLaMA-Factory video format (the paper's prompt)", False)
 
     def validate(self) -> None:
         super().validate()
@@ -58,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, exc)
     count = sum(1 for _ in annotations.open())
     print(f"wrote {cfg.videos} videos and {count} queries: {annotations}")
+    if cfg.swift_annotations:
+        swift = annotations.with_name("annotations.swift.jsonl")
+        write_swift_records(load_annotations(annotations).records, swift)
+        print(f"and the same queries in the ms-swift format: {swift}")
     return 0
 
 

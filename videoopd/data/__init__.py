@@ -10,6 +10,7 @@ from videoopd.data.annotations import (
     read_durations_csv,
     video_duration_issue,
     write_jsonl_records,
+    write_swift_records,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "read_durations_csv",
     "video_duration_issue",
     "write_jsonl_records",
+    "write_swift_records",
 ]

@@ -40,7 +40,7 @@ from videoopd.data.video import DecodeConfig
 from videoopd.grounding.metrics import grounding_metrics, parse_span, sample_iou
 from videoopd.grounding.protocols import PROTOCOL_NAMES, get_protocol
 from videoopd.qwen.models import is_fsdp_sharded
-from videoopd.qwen.prompts import DEFAULT_SYSTEM_PROMPTS, PROMPT_STYLES, STYLE_DEFAULT
+from videoopd.qwen.prompts import DATA_SYSTEM, DEFAULT_SYSTEM_PROMPTS, PROMPT_STYLES, STYLE_DEFAULT
 
 __all__ = [
     "EvalResult",
@@ -145,6 +145,8 @@ def predictions_identity(
     the caller knows). JSON values, so that a recorded identity compares equal to a new one."""
     if system_prompt is STYLE_DEFAULT:
         system_prompt = DEFAULT_SYSTEM_PROMPTS[prompt_style]
+    elif system_prompt is DATA_SYSTEM:  # each record's own (the data file is in the identity), else the style's
+        system_prompt = {"from_data": True, "else": DEFAULT_SYSTEM_PROMPTS[prompt_style]}
     identity = {
         "prompt_style": prompt_style,
         "system_prompt": system_prompt,
@@ -258,7 +260,8 @@ def evaluate(
         records: what to evaluate (ids must be unique).
         decode_config: frame sampling; default ``DecodeConfig.for_processor(processor)``.
         prompt_style: ``"paper"`` or ``"timelens"`` (see :mod:`videoopd.qwen.prompts`).
-        system_prompt: the style's own by default; None for none, or a string.
+        system_prompt: the style's own by default; None for none, a string, or
+            :data:`~videoopd.qwen.prompts.DATA_SYSTEM` (each record's own, else the style's).
         batch_size: prompts per ``generate`` call (left-padded), per process.
         num_workers: DataLoader workers that decode videos and run the processor.
         predictions_path: JSONL to write rows to (as they are produced on one process; by

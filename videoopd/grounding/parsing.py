@@ -5,7 +5,9 @@ the published evaluations our protocols reproduce (:mod:`videoopd.grounding.prot
   pair ("33.54 and 37.89", "Timestamps: 61.4, 94.7") only when it is the whole answer.
 - :func:`parse_timelens`: TimeLens' ``extract_time`` as its evaluation applies it: the first
   pair of clock times, else the first "a - b", else the first "a to b", else the first two
-  numbers; rounded to whole seconds (its eval script's ``round(x / UNIT) * UNIT``, UNIT 1).
+  numbers; rounded to whole seconds (its inference script's ``round(x / UNIT) * UNIT``, UNIT 1:
+  ``evaluation/eval_dataloader.py`` lines 137-145, whose rounded "timestamps"
+  ``evaluation/compute_metrics.py`` line 53 scores).
 - :func:`parse_time_r1`: Time-R1's ``extract_answer``: the last "a to b" / "a and b" (one
   literal space each side) anywhere in the output, thinking included.
 

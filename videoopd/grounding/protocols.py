@@ -15,7 +15,7 @@ does. :data:`PROTOCOLS` holds them:
   and system prompt, fps 2 with 16 min / 3584 total visual tokens, the last "a to b" /
   "a and b" of the output, IoU > threshold, zero-length ground truth kept and scoring 0).
 
-The prompt text lives in :mod:`videoopd.qwen.prompts` (a protocol names its style there);
+The prompt text lives in :mod:`videoopd.grounding.prompts` (a protocol names its style there);
 a token budget becomes pixels as tokens x factor^2 (factor 28 for Qwen2.5-VL, 32 for Qwen3-VL).
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Protocol:
     """One evaluation protocol (see the module docstring)."""
 
     name: str
-    prompt_style: str  # a style of videoopd.qwen.prompts.PROMPT_STYLES
+    prompt_style: str  # a style of videoopd.grounding.prompts.PROMPT_STYLES
     strip_query_periods: bool  # "a person opens the door." -> "a person opens the door"
     fps: float | None  # None: the checkpoint's recorded setting, else Qwen's default
     min_tokens: int | None  # per-frame minimum, in visual tokens (None: as fps)

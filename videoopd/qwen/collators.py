@@ -19,6 +19,7 @@ from videoopd.qwen.prompts import (
     STYLE_DEFAULT,
     build_messages,
     format_answer,
+    record_system_prompt,
     render_chat,
 )
 
@@ -65,7 +66,9 @@ class GroundingCollator:
     ``failed`` as (record, error message), their exceptions in ``failed_exceptions``, and left
     out of ``inputs`` (None when no video of the batch decoded). ``system_prompt``: see
     :func:`videoopd.qwen.prompts.build_messages` (default: the style's own). ``normalize_query``:
-    how the query is shown (an evaluation protocol's rule, e.g. TimeLens strips its periods)."""
+    how the query is shown (an evaluation protocol's rule, e.g. TimeLens strips its periods). A
+    record with its own ``prompt`` (a data file's user turn as written) is shown that prompt;
+    with ``system_prompt=DATA_SYSTEM``, its own system prompt where its data file gave one."""
 
     def __init__(self, processor: Any, prompt_style: str = "paper", system_prompt: Any = STYLE_DEFAULT,
                  normalize_query: Callable[[str], str] | None = None):
@@ -82,7 +85,9 @@ class GroundingCollator:
         normalize = self.normalize_query or (lambda query: query)
         prefix = ANSWER_PREFIXES.get(self.prompt_style, "")
         return [
-            render_chat(self.processor, build_messages(normalize(record.query), self.prompt_style, self.system_prompt))
+            render_chat(self.processor, build_messages(normalize(record.query), self.prompt_style,
+                                                       record_system_prompt(self.system_prompt, record),
+                                                       prompt=getattr(record, "prompt", None)))
             + prefix
             for record in records
         ]
@@ -114,12 +119,14 @@ class SFTCollator:
     None (the training loop skips such a batch). The answer is
     located by tokenizing it alone and checking it against the tail of the full sequence, so
     a tokenizer that merges across the prompt/answer boundary is an error, not a silent shift.
+    ``system_prompt`` as for :class:`GroundingCollator`.
     """
 
-    def __init__(self, processor: Any, prompt_style: str = "paper"):
+    def __init__(self, processor: Any, prompt_style: str = "paper", system_prompt: Any = STYLE_DEFAULT):
         if prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {sorted(PROMPT_STYLES)}, got {prompt_style!r}")
         self.processor = processor
+        self.system_prompt = system_prompt
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.prompt_style = prompt_style
         self.end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -128,7 +135,8 @@ class SFTCollator:
         return format_answer(record.span, self.prompt_style)
 
     def text(self, record: Any) -> str:
-        messages = build_messages(record.query, self.prompt_style, answer=self.answer(record))
+        messages = build_messages(record.query, self.prompt_style, record_system_prompt(self.system_prompt, record),
+                                  answer=self.answer(record), prompt=getattr(record, "prompt", None))
         # The template closes the turn with "<|im_end|>\n"; training stops at <|im_end|>.
         return render_chat(self.processor, messages, add_generation_prompt=False).rstrip("\n")
 

@@ -13,7 +13,9 @@ Three styles:
   assistant.", and its answer started with an empty ``<think>\n</think>\n`` (its
   ``scripts/test.sh`` passes ``--use_nothink``): :data:`ANSWER_PREFIXES`.
 
-Each evaluation protocol (:mod:`videoopd.grounding.protocols`) names its style here.
+Each evaluation protocol (:mod:`videoopd.grounding.protocols`) names its style here. The texts,
+:func:`render_prompt` and :func:`format_answer` live in :mod:`videoopd.grounding.prompts` (a data
+file's prompts are read back there) and are re-exported here; this module builds the messages.
 
 The messages contain one ``{"type": "video"}`` item; the frames themselves are handed to
 the processor separately (see :mod:`videoopd.data.video`), so rendering never touches a file.
@@ -22,60 +24,44 @@ from __future__ import annotations
 
 from typing import Any
 
-SYSTEM_PROMPT = "You are a video analysis expert."
-
-PAPER_PROMPT = (
-    'To accurately pinpoint the event "{query}" in the video, determine the precise time period of the event. '
-    "Provide the start and end times (in seconds, precise to two decimal places) in the format "
-    '"start time to end time", For example: "12.54 to 17.83".'
+from videoopd.grounding.prompts import (  # the texts live beneath the data package; re-exported here
+    DEFAULT_SYSTEM_PROMPTS,
+    PAPER_PROMPT,
+    PROMPT_STYLES,
+    SYSTEM_PROMPT,
+    TIME_R1_PROMPT,
+    TIMELENS_PROMPT,
+    check_style,
+    format_answer,
+    render_prompt,
 )
-
-TIMELENS_PROMPT = (
-    "Please find the visual event described by the sentence '{query}', determining its starting and ending times. "
-    "The format should be: 'The event happens in <start time> - <end time> seconds'."
-)
-
-TIME_R1_PROMPT = (
-    'To accurately pinpoint the event "{query}" in the video, determine the precise time period of the event.\n\n'
-    "Output your thought process within the <think> </think> tags, including analysis with either specific time "
-    "ranges (xx.xx to xx.xx) in <timestep> </timestep> tags.\n\n"
-    "Then, provide the start and end times (in seconds, precise to two decimal places) in the format "
-    '"start time to end time" within the <answer> </answer> tags. For example: "12.54 to 17.83".'
-)
-
-PROMPT_STYLES: dict[str, str] = {"paper": PAPER_PROMPT, "timelens": TIMELENS_PROMPT, "time-r1": TIME_R1_PROMPT}
-
-# The system prompt each style was trained/evaluated with; None means "no system message".
-DEFAULT_SYSTEM_PROMPTS: dict[str, str | None] = {
-    "paper": SYSTEM_PROMPT, "timelens": None, "time-r1": "You are a helpful assistant."}
 
 # Text the assistant turn starts with, after the chat template's generation prompt; the
 # model's answer is what it generates after it.
 ANSWER_PREFIXES: dict[str, str] = {"time-r1": "<think>\n</think>\n"}
 
 
-class _StyleDefault:
+class _Sentinel:
+    def __init__(self, name: str):
+        self.name = name
+
     def __repr__(self) -> str:
-        return "STYLE_DEFAULT"
+        return self.name
 
 
 # Pass as ``system_prompt`` to use the prompt style's own system prompt (None means "none").
-STYLE_DEFAULT: Any = _StyleDefault()
+STYLE_DEFAULT: Any = _Sentinel("STYLE_DEFAULT")
+# Pass as ``system_prompt`` (to the collators) to use each record's own system prompt, the one
+# its data file gave (GroundingRecord.system: the ms-swift format's), else the style's own.
+DATA_SYSTEM: Any = _Sentinel("DATA_SYSTEM")
 
 
-def _check_style(style: str) -> None:
-    if style not in PROMPT_STYLES:
-        raise ValueError(f"style must be one of {sorted(PROMPT_STYLES)}, got {style!r}")
-
-
-def render_prompt(query: str, style: str = "paper") -> str:
-    """The user instruction for ``query`` in the given prompt ``style``."""
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a str, got {type(query).__name__}")
-    if not query.strip():
-        raise ValueError("query must be a non-empty string")
-    _check_style(style)
-    return PROMPT_STYLES[style].format(query=query.strip())
+def record_system_prompt(system_prompt: Any, record: Any) -> Any:
+    """The system prompt ``record`` is shown under the run's ``system_prompt`` setting."""
+    if system_prompt is not DATA_SYSTEM:
+        return system_prompt
+    own = getattr(record, "system", None)
+    return STYLE_DEFAULT if own is None else own
 
 
 def build_messages(
@@ -83,14 +69,18 @@ def build_messages(
     style: str = "paper",
     system_prompt: Any = STYLE_DEFAULT,
     answer: str | None = None,
+    prompt: str | None = None,
 ) -> list[dict[str, Any]]:
     """Chat messages for one grounding question, ready for ``processor.apply_chat_template``.
 
     ``system_prompt`` defaults to the style's own (``SYSTEM_PROMPT`` for ``paper``, none for
     ``timelens``); pass ``None`` to omit it or a string to override it. ``answer``, when
     given, is appended as the assistant turn (for teacher scoring or SFT-style inputs).
+    ``prompt``, when given, is the user text exactly as a data file wrote it
+    (:attr:`videoopd.data.annotations.GroundingRecord.prompt`): shown instead of ``query`` in
+    the style's template, no template applied again.
     """
-    _check_style(style)
+    check_style(style)
     if system_prompt is STYLE_DEFAULT:
         system_prompt = DEFAULT_SYSTEM_PROMPTS[style]
     if system_prompt is not None and not isinstance(system_prompt, str):
@@ -102,7 +92,7 @@ def build_messages(
     messages.append(
         {
             "role": "user",
-            "content": [{"type": "video"}, {"type": "text", "text": render_prompt(query, style)}],
+            "content": [{"type": "video"}, {"type": "text", "text": _user_text(query, style, prompt)}],
         }
     )
     if answer is not None:
@@ -112,17 +102,12 @@ def build_messages(
     return messages
 
 
-def format_answer(span: tuple[float, float], style: str = "paper") -> str:
-    """The answer a perfect model would give for ``span`` in the given style."""
-    _check_style(style)
-    if not (isinstance(span, (tuple, list)) and len(span) == 2):
-        raise TypeError(f"span must be a (start, end) pair, got {span!r}")
-    start, end = float(span[0]), float(span[1])
-    if style == "paper":
-        return f"{start:.2f} to {end:.2f}"
-    if style == "time-r1":
-        return f"<answer>{start:.2f} to {end:.2f}</answer>"
-    return f"The event happens in {start:.1f} - {end:.1f} seconds."
+def _user_text(query: str, style: str, prompt: str | None) -> str:
+    if prompt is None:
+        return render_prompt(query, style)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt must be None or a non-empty string, got {prompt!r}")
+    return prompt
 
 
 def render_chat(processor: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, NoReturn, Sequence, TypeVar, get_args, get_origin
 
 from videoopd.data.annotations import FORMATS
-from videoopd.qwen.prompts import PROMPT_STYLES
+from videoopd.qwen.prompts import DATA_SYSTEM, PROMPT_STYLES, STYLE_DEFAULT
 
 __all__ = ["AnnotationOptions", "CheckpointOptions", "ConfigError", "DTYPES", "DecodeOptions", "EvalOptions",
            "LoggingOptions", "LoraOptions", "ModelOptions", "OptimOptions", "Options", "RunOptions", "TRACKERS",
@@ -199,6 +199,9 @@ class DecodeOptions(Options):
     prompt_style: Literal[tuple(PROMPT_STYLES)] = opt(
         "prompt: paper (the Video-OPD template, 'start to end'), timelens or time-r1 (those evaluations' own)", "paper", run_defining=True,
         aliases=("--prompt",))
+    system_prompt_from_data: bool = opt(
+        "show a query the system prompt its data file gives (ms-swift format lines), where it gives one, instead of "
+        "the prompt style's own", False, run_defining=True)
     # None: what the (student) checkpoint records it was trained with (DecodeConfig.for_processor), else Qwen's
     fps: float | None = opt("frames sampled per second (default: the model's recorded setting, else 2)", gt=0,
                             run_defining=True)
@@ -213,6 +216,13 @@ class DecodeOptions(Options):
     max_new_tokens: int = opt("max answer tokens per generation (decoding of evaluations is greedy)", 64, gt=0,
                               run_defining=True)
     num_workers: int = opt("DataLoader workers decoding videos (0: in this process)", 0, ge=0)
+
+    @property
+    def system_prompt_setting(self) -> Any:
+        """The collators' and evaluate()'s ``system_prompt``: each record's own
+        (``--system-prompt-from-data``), else the prompt style's."""
+        return DATA_SYSTEM if self.system_prompt_from_data else STYLE_DEFAULT
+
 
 
 @dataclass

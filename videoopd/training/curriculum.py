@@ -72,6 +72,7 @@ class TVDFCurriculum:
         self.accelerator.wait_for_everyone()
         result = evaluate(model, processor, self.pool, decode_config=self.decode_config,
                           prompt_style=self.cfg.prompt_style, batch_size=self.cfg.eval_batch_size,
+                          system_prompt=self.cfg.system_prompt_setting,
                           max_new_tokens=self.cfg.max_new_tokens, predictions_path=path, resume=reuse,
                           on_video_error="report", progress=self.cfg.progress and self.accelerator.is_main_process,
                           accelerator=self.accelerator,

@@ -218,6 +218,7 @@ def evaluate_held_out(cfg: RunOptions, accelerator: Any, model: Any, processor: 
     out_dir = Path(cfg.output_dir)
     metrics = evaluate(model, processor, records[: cfg.eval_limit] if cfg.eval_limit else records,
                        decode_config=decode_config, prompt_style=cfg.prompt_style, batch_size=cfg.eval_batch_size,
+                       system_prompt=cfg.system_prompt_setting,
                        max_new_tokens=cfg.max_new_tokens, predictions_path=out_dir / f"eval_{tag}.predictions.jsonl",
                        on_video_error="report", progress=cfg.progress and accelerator.is_main_process,
                        accelerator=accelerator, gather_weights=cfg.gather_for_generation).metrics

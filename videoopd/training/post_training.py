@@ -93,7 +93,7 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
                                          decode_config, "teacher")
         say(f"teacher held-out mIoU: {teacher_eval['mIoU']:.2f}")
     vocab = lm_head_weight(student).shape[0]
-    collator: Any = GroundingCollator(processor, prompt_style=cfg.prompt_style)
+    collator: Any = GroundingCollator(processor, prompt_style=cfg.prompt_style, system_prompt=cfg.system_prompt_setting)
     if cfg.algo == "grpo":
         if cfg.beta > 0 and reference is None:
             raise ConfigError("--beta > 0 needs the reference policy (a frozen copy of the initial student)")

@@ -53,7 +53,8 @@ def load_pool(path: str | None, cfg: AnnotationOptions, what: str) -> list[Any]:
     if not Path(path).is_file():
         raise ConfigError(f"--{what.replace('_', '-')}: annotation file not found: {path}")
     try:
-        records, summary = load_annotations(path, cfg.format, video_root=cfg.video_root)
+        # A training target is one span: a query with several windows is reported and skipped.
+        records, summary = load_annotations(path, cfg.format, video_root=cfg.video_root, multi_span="skip")
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"--{what.replace('_', '-')}: {exc}") from None
     flag = "--" + what.replace("_", "-")

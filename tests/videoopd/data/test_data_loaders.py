@@ -531,7 +531,7 @@ def qvh_file(tmp_path):
 
 def test_qvhighlights_is_detected_and_read_with_every_problem_reported(qvh_file, videos):
     assert detect_format(qvh_file) == "qvhighlights"
-    records, summary = load_annotations(qvh_file, video_root=videos)
+    records, summary = load_annotations(qvh_file, video_root=videos, multi_span="skip")
     assert summary.format == "qvhighlights"
     assert issue_kinds(summary) == [
         ("line 2", "multi_span", "skipped"),
@@ -546,6 +546,46 @@ def test_qvhighlights_is_detected_and_read_with_every_problem_reported(qvh_file,
     assert records[0].video == str(videos / "clip1.mp4") and records[0].query == "query 1."
     assert summary.multi_window == 2 and summary.read == 7 and summary.kept + summary.skipped == summary.read
     assert "multi-window 2 (multi_span=skip)" in summary.report()
+
+
+def test_qvhighlights_keeps_every_window_by_default(qvh_file, videos):
+    """multi_span="auto" is the benchmark's own rule: QVHighlights scores every window."""
+    records, summary = load_annotations(qvh_file, video_root=videos)
+    assert summary.multi_span == "any" and "multi_span" not in summary.counts
+    assert [r.windows for r in records] == [None, ((0.0, 2.0), (4.0, 8.0)), ((0.0, 1.0), (3.0, 7.5), (5.0, 6.0))]
+    # Elsewhere a second window is still a problem to report.
+    write_jsonl_records(records, videos / "copy.jsonl")
+    again, plain = load_annotations(videos / "copy.jsonl")
+    assert plain.multi_span == "skip" and plain.counts == {"multi_span": 2} and again == records[:1]
+
+
+MOMENT_DETR_VAL = [  # highlight_val_release.jsonl's layout: moment_detr's data/README.md, key order as published
+    {"qid": 2579, "query": "A girl and her mother cooked while talking with each other on facetime.", "duration": 150,
+     "vid": "NUh2mO5G3gE_60.0_210.0", "relevant_clip_ids": [32, 33, 34, 35, 48, 49, 50, 51],
+     "saliency_scores": [[4, 3, 2]] * 8, "relevant_windows": [[64, 72], [96, 104]]},
+    {"qid": 8737, "query": "A family is playing basketball together on a green court outside.", "duration": 126,
+     "vid": "bP5KfdFJzC4_660.0_810.0", "relevant_clip_ids": [0, 1, 2, 3, 4, 5, 6, 7],
+     "saliency_scores": [[4, 1, 1], [4, 1, 1], [4, 2, 1], [4, 3, 2], [4, 3, 2], [4, 3, 3], [4, 3, 3], [4, 3, 2]],
+     "relevant_windows": [[0, 16]]},
+    {"qid": 5774, "query": "Man in baseball cap eats before doing his interview.", "duration": 150,
+     "vid": "j7rJstUseKg_360.0_510.0", "relevant_clip_ids": [48, 49, 50, 51, 64, 65, 66, 70, 71, 72],
+     "saliency_scores": [[1, 2, 2]] * 10, "relevant_windows": [[96, 104], [128, 134], [140, 146]]},
+]
+
+
+def test_qvhighlights_val_in_the_published_layout_loads_every_query(tmp_path, videos):
+    """QVHighlights val as moment_detr publishes it: every query loads by default, those with
+    several windows too (530 of the 1,550 val queries have several)."""
+    for row in MOMENT_DETR_VAL:
+        shutil.copy(videos / "clip1.mp4", videos / f"{row['vid']}.mp4")
+    path = write(tmp_path / "highlight_val_release.jsonl", "".join(json.dumps(row) + "\n" for row in MOMENT_DETR_VAL))
+    records, summary = load_annotations(path, video_root=videos)
+    assert summary.format == "qvhighlights" and summary.issues == []
+    assert summary.read == summary.kept == 3 and summary.multi_window == 2
+    assert [r.id for r in records] == ["2579", "8737", "5774"]
+    assert [r.gt for r in records] == [[[64.0, 72.0], [96.0, 104.0]], [0.0, 16.0],
+                                       [[96.0, 104.0], [128.0, 134.0], [140.0, 146.0]]]
+    assert [r.duration for r in records] == [150.0, 126.0, 150.0]
 
 
 @pytest.mark.parametrize("policy, spans, windows", [
@@ -567,7 +607,7 @@ def test_multi_span_policies(qvh_file, videos, policy, spans, windows):
 
 
 def test_zero_length_spans_are_kept_when_asked(qvh_file, videos):
-    records, summary = load_annotations(qvh_file, video_root=videos, zero_length="keep")
+    records, summary = load_annotations(qvh_file, video_root=videos, zero_length="keep", multi_span="skip")
     assert ("line 3", "zero_length_span", "kept") in issue_kinds(summary)
     assert [r.span for r in records] == [(2.0, 6.0), (4.0, 4.0)]
 

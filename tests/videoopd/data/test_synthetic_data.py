@@ -100,6 +100,16 @@ def test_command_line(tmp_path, capsys):
     assert "--videos" in capsys.readouterr().err  # the flag, not the library parameter
 
 
+def test_command_line_writes_the_ms_swift_format_too(tmp_path, capsys):
+    from videoopd.data.annotations import load_annotations
+
+    assert main(["--out", str(tmp_path), "--videos", "2", "--events", "1", "--swift-annotations"]) == 0
+    assert "ms-swift format" in capsys.readouterr().out
+    swift, summary = load_annotations(tmp_path / "annotations.swift.jsonl")
+    assert summary.format == "swift" and summary.issues == []
+    assert swift == load_annotations(tmp_path / "annotations.jsonl").records
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"num_videos": 0}, "num_videos"), ({"fps": 0}, "fps"), ({"height": 31}, "height"), ({"width": 8}, "width"),

@@ -288,3 +288,39 @@ def test_moment_retrieval_metrics_equal_the_detection_ap_definition():
     assert metrics["MR-R1@0.5"] == pytest.approx(60.0) and metrics["MR-R1@0.7"] == pytest.approx(40.0)
     assert MR_AP_THRESHOLDS == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
     assert set(grounding_metrics(preds, gts, moment_retrieval=True)) >= set(metrics)
+
+
+# TencentARC/TimeLens at 5d90c06: evaluation/eval_dataloader.py lines 137-145 round the pairs
+# extract_time reads, `round(start / unit) * unit` with `unit = getattr(dataset_class, "UNIT", 1.0)`
+# (no dataset sets UNIT), and write them as "timestamps"; evaluation/compute_metrics.py line 53
+# scores "timestamps" when present and reads "answers" again (line 56, unrounded) only when they
+# are absent. The published tables come from that pipeline: rounded.
+ROUNDING_CASES = [
+    # (answer, the pair extract_time reads (stated by hand), ground truth)
+    ("The event happens in 13.4 - 20.0 seconds.", (13.4, 20.0), (10.0, 20.0)),  # raw IoU 0.66, rounded 0.7
+    ("12.6 to 19.4", (12.6, 19.4), (10.0, 20.0)),  # raw 0.68, rounded 13 to 19: 0.6
+    ("from 2.5 to 7.5", (2.5, 7.5), (2.0, 8.0)),  # halves to even: 2 and 8, IoU 1; raw 5/6
+    ("00:01:04.4 - 00:01:10.4", (64.4, 70.4), (65.0, 75.0)),  # clocks: raw 5.4/10.6, rounded 64 to 70: 5/11
+]
+
+
+def timelens_iou(gt, pred):
+    """timelens/utils.py's iou, in float64."""
+    return max(min(gt[1], pred[1]) - max(gt[0], pred[0]), 0) / (max(gt[1], pred[1]) - min(gt[0], pred[0]))
+
+
+def test_timelens_scores_the_rounded_timestamps_its_inference_script_writes():
+    unit = 1.0
+    for answer, (start, end), gt in ROUNDING_CASES:
+        written = (round(start / unit) * unit, round(end / unit) * unit)  # eval_dataloader.py lines 139-145
+        assert parse_span(answer, "timelens") == written
+        got = grounding_metrics([parse_span(answer, "timelens")], [gt], protocol="timelens")
+        assert got["mIoU"] == pytest.approx(100 * timelens_iou(gt, written))
+    # Across the four, the rounding moves hits over an R1 threshold, both ways: the reason the
+    # protocol cannot equal compute_metrics.py applied to raw answers.
+    raw = [timelens_iou(gt, pair) for _, pair, gt in ROUNDING_CASES]
+    rounded_ious = [timelens_iou(gt, parse_span(a, "timelens")) for a, _, gt in ROUNDING_CASES]
+    assert [iou >= 0.7 for iou in raw] == [False, False, True, False]
+    assert [iou >= 0.7 for iou in rounded_ious] == [True, False, True, False]
+    assert [iou >= 0.5 for iou in raw] == [True, True, True, True]
+    assert [iou >= 0.5 for iou in rounded_ious] == [True, True, True, False]

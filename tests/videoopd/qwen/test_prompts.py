@@ -88,3 +88,43 @@ def test_qwen25_template_adds_its_default_system_prompt_for_timelens():
 def test_render_chat_rejects_non_processors():
     with pytest.raises(TypeError, match="processor"):
         render_chat(object(), build_messages("q"))
+
+
+def test_a_data_files_own_prompt_is_shown_as_written():
+    from videoopd.data.annotations import GroundingRecord
+    from videoopd.qwen.collators import GroundingCollator, SFTCollator
+
+    own = "When does the cat sit? Answer in seconds."
+    records = [GroundingRecord("a", "a.mp4", "the cat sits", (1.0, 2.0), 8.0, "s", prompt=own),
+               GroundingRecord("b", "b.mp4", "the cat sits", (1.0, 2.0), 8.0, "s")]
+    processor = build_tiny_processor("qwen2_5_vl")
+    own_text, template_text = GroundingCollator(processor).texts(records)
+    assert own in own_text and "To accurately pinpoint" not in own_text
+    assert render_prompt("the cat sits") in template_text and own not in template_text
+    assert own_text.replace(own, render_prompt("the cat sits")) == template_text  # the rest of the chat is the same
+    assert own in SFTCollator(processor).text(records[0])
+    with pytest.raises(ValueError, match="prompt must be None or a non-empty string"):
+        build_messages("q", prompt="  ")
+
+
+def test_a_data_files_own_system_prompt_is_shown_when_the_run_asks():
+    from videoopd.data.annotations import GroundingRecord
+    from videoopd.evaluation.evaluate import predictions_identity
+    from videoopd.data.video import DecodeConfig
+    from videoopd.qwen.collators import GroundingCollator, SFTCollator
+    from videoopd.qwen.prompts import DATA_SYSTEM, STYLE_DEFAULT
+    from videoopd.training.config import DecodeOptions
+
+    records = [GroundingRecord("a", "a.mp4", "the cat sits", (1.0, 2.0), 8.0, "s", system="Be brief."),
+               GroundingRecord("b", "b.mp4", "the cat sits", (1.0, 2.0), 8.0, "s")]
+    processor = build_tiny_processor("qwen2_5_vl")
+    own, plain = GroundingCollator(processor, system_prompt=DATA_SYSTEM).texts(records)
+    assert "Be brief." in own and SYSTEM_PROMPT not in own
+    assert SYSTEM_PROMPT in plain  # no system prompt of its own: the style's
+    assert all("Be brief." not in text for text in GroundingCollator(processor).texts(records))  # not asked
+    assert "Be brief." in SFTCollator(processor, system_prompt=DATA_SYSTEM).text(records[0])
+    assert "Be brief." not in SFTCollator(processor).text(records[0])
+    assert DecodeOptions(system_prompt_from_data=True).system_prompt_setting is DATA_SYSTEM
+    assert DecodeOptions().system_prompt_setting is STYLE_DEFAULT
+    identity = predictions_identity(DecodeConfig(), "paper", DATA_SYSTEM, 64)
+    assert identity["system_prompt"] == {"from_data": True, "else": SYSTEM_PROMPT}
