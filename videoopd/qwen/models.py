@@ -461,11 +461,11 @@ def policy_head_forward(wrapper: torch.nn.Module, model: torch.nn.Module, inputs
 @contextlib.contextmanager
 def full_weights_gathered(model: Any) -> Iterator[None]:
     """Under FSDP2, keep every FSDP unit of ``model`` unsharded from its first forward to the
-    end of the block, then reshard them all: a ``generate`` call gathers each unit once instead
-    of once per generated token, for the full model's size in memory meanwhile (16 GB for an 8B
-    student in bf16). Each unit's own reshard-after-forward setting is restored after (the
-    engine sets them per unit: accelerate keeps the root and the head's group unsharded).
-    Nothing happens for other models."""
+    end of the block: a ``generate`` call gathers each unit once instead of once per generated
+    token, for the full model's size in memory meanwhile (16 GB for an 8B student in bf16).
+    After it, the units that reshard after their forward are resharded and every unit's own
+    setting is restored (the engine sets them per unit: accelerate keeps the root and the
+    head's group unsharded after forward, and they stay so). Nothing happens for other models."""
     if not is_fsdp_sharded(model):
         yield
         return
@@ -474,17 +474,20 @@ def full_weights_gathered(model: Any) -> Iterator[None]:
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     # FSDP2 (torch 2.8-2.14) has a setter and no getter for reshard_after_forward: the setting
     # is each parameter group's post-forward mesh (None: keep unsharded), saved here as it is
-    saved = [(state, state._auto_reshard_after_forward,
-              [(group, group.post_forward_mesh_info) for group in state._fsdp_param_groups])
-             for state in {id(s): s for s in (m._get_fsdp_state() for m in units)}.values()]
+    states = {id(state): state for state in (m._get_fsdp_state() for m in units)}
+    saved = {key: (state._auto_reshard_after_forward,
+                   [(group, group.post_forward_mesh_info) for group in state._fsdp_param_groups])
+             for key, state in states.items()}
     model.set_reshard_after_forward(False)
     try:
         yield
     finally:
         for unit in units:
-            unit.reshard()
-        for state, auto, groups in saved:
-            state._auto_reshard_after_forward = auto
+            # units the engine keeps unsharded after forward (the root, the head's group) stay so
+            if any(mesh is not None for _, mesh in saved[id(unit._get_fsdp_state())][1]):
+                unit.reshard()
+        for key, (auto, groups) in saved.items():
+            states[key]._auto_reshard_after_forward = auto
             for group, mesh_info in groups:
                 group.post_forward_mesh_info = mesh_info
 
