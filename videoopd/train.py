@@ -22,13 +22,14 @@ from typing import Any, Literal, Sequence
 from videoopd.algo.curriculum import SELECTORS
 from videoopd.algo.grpo import ADVANTAGES
 from videoopd.algo.objectives import OBJECTIVES, REDUCTIONS
-from videoopd.demo.run import DEMO_PRESET, DemoOptions
+from videoopd.demo.run import DemoOptions
 from videoopd.training.config import ConfigError, Options, RunOptions, fail, opt, parse_config, warn_about_schedule
+from videoopd.training.curriculum import check_max_steps
 from videoopd.training.distributed import TEACHER_PLACEMENTS
 from videoopd.training.post_training import ALGORITHMS, default_num_generations, default_reduction
 from videoopd.training.preemption import Preempted
 
-__all__ = ["PRESETS", "TrainConfig", "main", "resolve_config"]
+__all__ = ["TrainConfig", "main", "resolve_config"]
 
 PROG = "python -m videoopd.train"
 
@@ -77,7 +78,7 @@ class GRPOOptions(Options):
 
     advantage: Literal[ADVANTAGES] = opt("grpo: std (group-normalised rewards, GRPO) or mean (reward minus the group "
                                          "mean, Dr. GRPO)", "std", run_defining=True)
-    clip_eps: float = opt("grpo: PPO clip range of the importance ratio", 0.2, gt=0, lt=1, run_defining=True)
+    epsilon: float = opt("grpo: PPO clip range of the importance ratio", 0.2, gt=0, lt=1, run_defining=True)
     beta: float = opt("grpo: KL penalty to the initial student (k3 estimate); 0 (TimeLens) loads no reference", 0.0,
                       ge=0, run_defining=True)
     format_reward: float = opt("grpo: reward added for an answer exactly in the prompt's 'start to end' format",
@@ -91,7 +92,8 @@ class CurriculumOptions(Options):
     rounds: int = opt("TVDF curriculum rounds (0: no curriculum, train on the whole pool for --max-steps). Each round "
                       "scores the pool with the teacher (once per run) and the current student, keeps samples with "
                       "teacher IoU >= --teacher-iou-min, selects --round-size of them and trains --steps-per-round "
-                      "steps on them; --max-steps becomes rounds x steps-per-round", 0, ge=0, run_defining=True)
+                      "steps on them; the run is rounds x steps-per-round steps (a --max-steps given must agree)", 0,
+                      ge=0, run_defining=True)
     round_size: int = opt("TVDF: samples selected per round", 2500, gt=0, run_defining=True)
     selector: Literal[SELECTORS] = opt("TVDF: topk (largest teacher-student IoU gaps), gwds (Gaussian-weighted gap "
                                        "sampling), random, or off (the whole pool)", "topk", run_defining=True)
@@ -127,41 +129,33 @@ class TrainConfig(DemoOptions, CurriculumOptions, GRPOOptions, RolloutOptions, P
             raise ConfigError("--train-data needs --student (and --teacher)")
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # The CPU demo: what `python -m videoopd.train` with no models runs.
-    "demo": DEMO_PRESET,
-    # Video-OPD's configuration: Qwen3-VL student and teacher (paths from the user).
-    "video-opd": {
-        "temperature": 0.9, "lr": 1e-6, "batch_size": 1, "grad_accum": 32, "fps": 2.0, "max_frames": 768,
-        "train_vision": False, "objective": "sampled", "reduction": "sequence_sum",
-        # TVDF: 3 rounds of 2,500 top-k samples (the curriculum issue's reading of the paper; the
-        # teacher-IoU threshold 0.5 is ours: the paper summary we have gives none)
-        "rounds": 3, "round_size": 2500, "selector": "topk", "teacher_iou_min": 0.5,
-    },
-}
-PRESET_HELP = ("demo (what no --student resolves to): the CPU demo on synthetic videos with the shipped tiny "
-               "models. video-opd: temperature 0.9, lr 1e-6, effective batch 32 (1 x 32 accumulation on one process; "
-               "divide --grad-accum by the process count), fps 2, 768 frames, vision frozen, sampled objective "
-               "summed over completion tokens, TVDF curriculum of 3 rounds x 2,500 top-k samples (teacher IoU >= "
-               "0.5)")
+# --preset NAME: configs/presets/NAME.yaml
+PRESET_HELP = ("a recipe from configs/presets/NAME.yaml (its values are the defaults shown below): demo (what no "
+               "--student resolves to): the CPU demo on synthetic videos with the shipped tiny models; video-opd: the "
+               "paper's (temperature 0.9, learning rate 1e-6, effective batch 32 as 1 x 32 accumulation on one "
+               "process, fps 2, 768 frames, vision frozen, sampled objective summed over each answer, TVDF "
+               "curriculum of 3 rounds x 2,500 top-k samples with teacher IoU >= 0.5)")
 DESCRIPTION = ("On-policy distillation of a Qwen2.5-VL / Qwen3-VL student from a frozen teacher on temporal "
                "video grounding. With no --student/--teacher: a short CPU demo on synthetic data with tiny models "
                "(--preset demo).")
 
 
-def default_preset(given: dict[str, Any]) -> str | None:
+def default_preset(cfg: TrainConfig) -> str | None:
     """No --preset: the demo when no --student is given (by flag or YAML)."""
-    return "demo" if given.get("student") is None else None
+    return "demo" if cfg.student is None else None
 
 
 def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse flags, apply preset, YAML and overrides; raise ConfigError on a bad value."""
-    cfg = parse_config(TrainConfig, argv, prog=PROG, description=DESCRIPTION, presets=PRESETS,
+    cfg = parse_config(TrainConfig, argv, prog=PROG, description=DESCRIPTION, presets=True,
                        preset_help=PRESET_HELP, default_preset=default_preset)
     if cfg.preset not in (None, "demo") and (cfg.student is None or cfg.teacher is None):
         raise ConfigError(f"--preset {cfg.preset} needs --student and --teacher (local checkpoint folders)")
     if cfg.preset == "demo" and cfg.student is not None:
         raise ConfigError("--preset demo trains the shipped tiny models: leave out --student and --teacher")
+    # the curriculum's length, where known before the run (else TVDFCurriculum checks it)
+    if cfg.rounds and cfg.steps_per_round and "max_steps" in cfg.given:
+        check_max_steps(cfg, cfg.steps_per_round)
     return cfg
 
 

@@ -93,16 +93,17 @@ def read_state(folder: Path) -> TrainerState:
     """``folder``'s trainer state; ConfigError for a missing, partial or unreadable checkpoint."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ConfigError(f"--resume: checkpoint folder not found: {folder}")
+        raise ConfigError(f"--resume-from-checkpoint: checkpoint folder not found: {folder}")
     state_file = folder / STATE_FILE
     if not state_file.is_file():
-        raise ConfigError(f"--resume: {folder} is not a complete checkpoint (no {STATE_FILE}: killed while "
-                          "saving, or not a videoopd checkpoint); --resume auto picks the newest complete one")
+        raise ConfigError(f"--resume-from-checkpoint: {folder} is not a complete checkpoint (no {STATE_FILE}: killed "
+                          "while saving, or not a videoopd checkpoint); --resume-from-checkpoint auto picks the newest "
+                          "complete one")
     try:
         data = json.loads(state_file.read_text(encoding="utf-8"))
         return TrainerState(**data)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"--resume: unreadable {state_file}: {exc}") from None
+        raise ConfigError(f"--resume-from-checkpoint: unreadable {state_file}: {exc}") from None
 
 
 def config_differences(saved: dict[str, Any], cfg: Any) -> list[str]:
@@ -115,12 +116,12 @@ def config_differences(saved: dict[str, Any], cfg: Any) -> list[str]:
 
 
 def prepare_run_folder(cfg: Any, accelerator: Any, extra_artifacts: Sequence[str] = ()) -> Path | None:
-    """Check the run folder against ``cfg.resume`` / ``cfg.overwrite`` before any work; return the
+    """Check the run folder against ``cfg.resume_from_checkpoint`` / ``cfg.overwrite`` before any work; return the
     checkpoint to resume from (None: a fresh start).
 
-    - ``--resume PATH``: PATH must be a complete checkpoint whose config agrees with ``cfg`` on
+    - ``--resume-from-checkpoint PATH``: PATH must be a complete checkpoint whose config agrees with ``cfg`` on
       :func:`config_differences` (unless ``--resume-override``);
-    - ``--resume auto``: the newest complete checkpoint of OUTPUT_DIR, or a fresh start;
+    - ``--resume-from-checkpoint auto``: the newest complete checkpoint of OUTPUT_DIR, or a fresh start;
     - fresh start: OUTPUT_DIR must hold no earlier run, unless ``--overwrite`` (which removes
       the earlier run's files, :data:`RUN_ARTIFACTS` and ``extra_artifacts``, and nothing else).
 
@@ -130,27 +131,28 @@ def prepare_run_folder(cfg: Any, accelerator: Any, extra_artifacts: Sequence[str
     out_dir = Path(cfg.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--output-dir {out_dir} is a file, not a folder")
-    if cfg.resume is not None:
-        folder = latest_checkpoint(out_dir) if cfg.resume == "auto" else Path(cfg.resume)
+    if cfg.resume_from_checkpoint is not None:
+        resume = cfg.resume_from_checkpoint
+        folder = latest_checkpoint(out_dir) if resume == "auto" else Path(resume)
         if folder is not None:
             state = read_state(folder)
             differences = config_differences(state.config, cfg)
             if differences and not cfg.resume_override:
-                raise ConfigError(f"--resume {folder}: the config differs from the checkpoint's on "
+                raise ConfigError(f"--resume-from-checkpoint {folder}: the config differs from the checkpoint's on "
                                   + "; ".join(differences) + " (pass --resume-override to resume anyway)")
             if state.processes != accelerator.num_processes and not cfg.resume_override:
-                raise ConfigError(f"--resume {folder}: saved by {state.processes} process(es), resumed on "
-                                  f"{accelerator.num_processes}: the data order and sharded state would not continue "
-                                  "exactly (pass --resume-override to resume anyway)")
+                raise ConfigError(f"--resume-from-checkpoint {folder}: saved by {state.processes} process(es), "
+                                  f"resumed on {accelerator.num_processes}: the data order and sharded state would "
+                                  "not continue exactly (pass --resume-override to resume anyway)")
             return folder
     artifacts = (*RUN_ARTIFACTS, *extra_artifacts)
     earlier = [name for name in artifacts if (out_dir / name).exists()] if out_dir.is_dir() else []
     earlier += sorted(p.name for p in out_dir.glob("eval_*.json*")) if out_dir.is_dir() else []
-    if earlier and cfg.resume is None:
+    if earlier and cfg.resume_from_checkpoint is None:
         if not cfg.overwrite:
             raise ConfigError(f"--output-dir {out_dir} holds an earlier run ({', '.join(earlier[:4])}"
-                              f"{', ...' if len(earlier) > 4 else ''}): resume it with --resume auto, replace it with "
-                              "--overwrite, or choose another --output-dir")
+                              f"{', ...' if len(earlier) > 4 else ''}): resume it with --resume-from-checkpoint auto, "
+                              "replace it with --overwrite, or choose another --output-dir")
         if accelerator.is_main_process:
             for name in earlier:
                 path = out_dir / name
@@ -249,7 +251,8 @@ def load_checkpoint(accelerator: Any, folder: Path, signature: str) -> TrainerSt
     trainer state; ConfigError when the checkpoint is of another model."""
     state = read_state(folder)
     if state.model_signature and state.model_signature != signature:
-        raise ConfigError(f"--resume {folder}: the checkpoint is of another model (parameter names/shapes differ "
+        raise ConfigError(f"--resume-from-checkpoint {folder}: the checkpoint is of another model (parameter "
+                          "names/shapes differ "
                           f"from the student's: signature {state.model_signature} vs {signature})")
     accelerator.load_state(str(folder))
     return state

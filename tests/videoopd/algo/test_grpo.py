@@ -60,8 +60,8 @@ def test_grouped_collator_repeats_each_prompt():
 def test_grpo_options_are_checked():
     with pytest.raises(T.ConfigError, match="num_generations must be >= 2"):
         T.resolve_config(["--algo", "grpo", "--num-generations", "1"])
-    with pytest.raises(T.ConfigError, match="--clip-eps"):
-        T.resolve_config(["--algo", "grpo", "--clip-eps", "1.5"])
+    with pytest.raises(T.ConfigError, match="--epsilon"):
+        T.resolve_config(["--algo", "grpo", "--epsilon", "1.5"])
     from videoopd.training.post_training import default_reduction
 
     assert T.resolve_config(["--algo", "grpo"]).reduction == "token_mean"  # auto, resolved when parsed
@@ -73,13 +73,14 @@ def read_jsonl(path):
 
 
 # 4 two-event videos: 4 prompts, 4 held-out queries
-SMALL = ["--demo-videos", "4", "--eval-limit", "2", "--eval-before", "false", "--no-progress"]
+SMALL = ["--demo-videos", "4", "--eval-limit", "2", "--eval-on-start", "false", "--no-progress"]
 
 
 @pytest.mark.slow
 def test_grpo_demo_steps_and_logs(tmp_path):
     out = tmp_path / "grpo"
-    assert T.main([*SMALL, "--algo", "grpo", "--max-steps", "2", "--batch-size", "2", "--num-generations", "3",
+    assert T.main([*SMALL, "--algo", "grpo", "--max-steps", "2", "--per-device-train-batch-size", "2",
+                   "--num-generations", "3",
                    "--eval-teacher", "false", "--output-dir", str(out)]) == 0
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2]
@@ -94,8 +95,8 @@ def test_grpo_demo_steps_and_logs(tmp_path):
 @pytest.mark.slow
 def test_compare_demo_writes_table_plot_and_runs(tmp_path):
     out = tmp_path / "cmp"
-    assert CMP.main([*SMALL, "--budget", "steps", "--budget-value", "2", "--eval-every", "2", "--output-dir", str(out),
-                     "--grpo-args", "--batch-size 1 --num-generations 2"]) == 0
+    assert CMP.main([*SMALL, "--budget", "steps", "--budget-value", "2", "--eval-steps", "2", "--output-dir", str(out),
+                     "--grpo-args", "--per-device-train-batch-size 1 --num-generations 2"]) == 0
     table = (out / "comparison.md").read_text()
     assert table.splitlines()[0].startswith("| method | steps | R1@0.3")
     assert "| opd | 2 |" in table and "| grpo | 2 |" in table and "Teacher held-out mIoU" in table
@@ -112,7 +113,8 @@ def test_compare_demo_writes_table_plot_and_runs(tmp_path):
 
 
 def test_compare_budgets_become_each_methods_steps(tmp_path):
-    argv = CMP.method_argv("grpo", ["--lr", "1e-5"], ["--batch-size", "2"], "samples", 100, 2, tmp_path, 10)
+    argv = CMP.method_argv("grpo", ["--learning-rate", "1e-5"], ["--per-device-train-batch-size", "2"], "samples", 100,
+                           2, tmp_path, 10)
     assert argv[argv.index("--max-steps") + 1] == "50" and argv[argv.index("--algo") + 1] == "grpo"
     argv = CMP.method_argv("opd", [], [], "seconds", 30, 8, tmp_path, 10)
     assert argv[argv.index("--time-budget-s") + 1] == "30"

@@ -1,6 +1,6 @@
 """Checkpoints, resume, preemption and repeatability on one process (the 2-process FSDP2 case is
 in test_distributed.py): identical demo processes give identical runs; a demo run of 6 steps,
-and the same run stopped by a real SIGTERM part way and resumed with ``--resume auto``, end with
+and the same run stopped by a real SIGTERM part way and resumed with ``--resume-from-checkpoint auto``, end with
 bitwise-equal weights and one metrics row per step; bad resume inputs are refused before any
 training."""
 from __future__ import annotations
@@ -21,7 +21,8 @@ from videoopd import train as T
 from videoopd.training.checkpoint import STATE_FILE, complete_checkpoints
 
 ROOT = Path(__file__).resolve().parents[3]
-DEMO = ["--demo-videos", "8", "--max-steps", "6", "--batch-size", "2", "--eval-limit", "2", "--eval-before", "false",
+DEMO = ["--demo-videos", "8", "--max-steps", "6", "--per-device-train-batch-size", "2", "--eval-limit", "2",
+        "--eval-on-start", "false",
         "--eval-teacher", "false", "--max-new-tokens", "8", "--no-progress"]
 
 
@@ -62,7 +63,7 @@ def test_identical_processes_give_identical_runs(tmp_path):
     generated afresh by each), and the same losses (the bug this guards against: about 1 in
     100 libx264 encodes differed, so most demo runs of 160 videos differed somewhere)."""
     runs = [tmp_path / f"run{i}" for i in range(3)]
-    procs = [launch(out, "--demo-videos", "160", "--max-steps", "2", "--eval-every", "0", "--save-final", "false")
+    procs = [launch(out, "--demo-videos", "160", "--max-steps", "2", "--eval-steps", "0", "--save-final", "false")
              for out in runs]
     for proc in procs:
         _, stderr = proc.communicate(timeout=300)
@@ -76,11 +77,11 @@ def test_identical_processes_give_identical_runs(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("save_every, stop_after", [(0, 2), (3, 4)])
 def test_sigterm_then_resume_auto_equals_an_uninterrupted_run(uninterrupted, tmp_path, save_every, stop_after):
-    """Stopped by SIGTERM at a step that is no --save-every step, then resumed: the run the
+    """Stopped by SIGTERM at a step that is no --save-steps step, then resumed: the run the
     uninterrupted one was, loss for loss and weight for weight (twice, with and without
     scheduled checkpoints)."""
     out = tmp_path / "run"
-    proc = launch(out, "--save-every", str(save_every))
+    proc = launch(out, "--save-steps", str(save_every))
     deadline = time.time() + 240
     while not any(r.get("step") == stop_after and "loss" in r for r in logged_steps(out)):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
@@ -88,7 +89,7 @@ def test_sigterm_then_resume_auto_equals_an_uninterrupted_run(uninterrupted, tmp
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert "stopped by SIGTERM after step" in stderr and "--resume auto" in stderr
+    assert "stopped by SIGTERM after step" in stderr and "--resume-from-checkpoint auto" in stderr
     saved = complete_checkpoints(out)
     stopped_at = json.loads((saved[-1] / STATE_FILE).read_text())["step"]
     assert stop_after <= stopped_at < 6 and saved[-1].name == f"step-{stopped_at}"
@@ -96,7 +97,7 @@ def test_sigterm_then_resume_auto_equals_an_uninterrupted_run(uninterrupted, tmp
     assert len(saved) == (1 if not save_every else 2)
     assert not (out / "final").exists()
 
-    proc = launch(out, "--resume", "auto", "--save-every", str(save_every))
+    proc = launch(out, "--resume-from-checkpoint", "auto", "--save-steps", str(save_every))
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     a, b = weights(uninterrupted / "final"), weights(out / "final")
@@ -112,8 +113,8 @@ def test_sigterm_then_resume_auto_equals_an_uninterrupted_run(uninterrupted, tmp
 
 def test_save_every_keeps_the_newest_and_a_rerun_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = [*DEMO, "--max-steps", "4", "--save-every", "1", "--keep-checkpoints", "2", "--output-dir", str(out),
-            "--overwrite", "false", "--eval-every", "0"]
+    argv = [*DEMO, "--max-steps", "4", "--save-steps", "1", "--save-total-limit", "2", "--output-dir", str(out),
+            "--overwrite", "false", "--eval-steps", "0"]
     assert T.main(argv) == 0
     assert [p.name for p in complete_checkpoints(out)] == ["step-3", "step-4"]
     assert not list((out / "checkpoints").glob(".*partial"))
@@ -124,13 +125,13 @@ def test_save_every_keeps_the_newest_and_a_rerun_is_refused(tmp_path, capsys):
     assert "holds an earlier run" in capsys.readouterr().err
     assert (out / "metrics.jsonl").read_text() == before
     # resuming a finished run does nothing more and keeps its files
-    assert T.main([*argv, "--resume", "auto"]) == 0
+    assert T.main([*argv, "--resume-from-checkpoint", "auto"]) == 0
     assert (out / "metrics.jsonl").read_text() == before
 
 
 def test_bad_resume_inputs_are_refused_before_training(tmp_path, capsys):
     out = tmp_path / "run"
-    base = [*DEMO, "--max-steps", "2", "--save-every", "2", "--output-dir", str(out), "--eval-every", "0"]
+    base = [*DEMO, "--max-steps", "2", "--save-steps", "2", "--output-dir", str(out), "--eval-steps", "0"]
     assert T.main(base) == 0
     capsys.readouterr()
     checkpoint = complete_checkpoints(out)[-1]
@@ -140,12 +141,14 @@ def test_bad_resume_inputs_are_refused_before_training(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err, err
 
-    refused([*base, "--resume", str(tmp_path / "nowhere")], "checkpoint folder not found")
+    refused([*base, "--resume-from-checkpoint", str(tmp_path / "nowhere")], "checkpoint folder not found")
     partial = out / "checkpoints" / "step-9"
     partial.mkdir()
-    refused([*base, "--resume", str(partial)], "not a complete checkpoint")
-    refused([*base, "--resume", str(checkpoint), "--lr", "1e-3", "--batch-size", "4"],
-            "lr: 0.0003 -> 0.001; batch_size: 2 -> 4")
+    refused([*base, "--resume-from-checkpoint", str(partial)], "not a complete checkpoint")
+    refused([*base, "--resume-from-checkpoint", str(checkpoint), "--learning-rate", "1e-3",
+             "--per-device-train-batch-size", "4"],
+            "learning_rate: 0.0003 -> 0.001; per_device_train_batch_size: 2 -> 4")
     # another model: the checkpoint's signature differs from the student's (a LoRA student)
-    refused([*base, "--resume", str(checkpoint), "--lora-r", "4", "--resume-override"], "is of another model")
-    refused([*base, "--resume", "auto", "--overwrite", "true"], "contradict")
+    refused([*base, "--resume-from-checkpoint", str(checkpoint), "--lora-r", "4", "--resume-override"],
+            "is of another model")
+    refused([*base, "--resume-from-checkpoint", "auto", "--overwrite", "true"], "contradict")
