@@ -21,7 +21,7 @@ from typing import Any, Literal, Sequence
 
 from videoopd.algo.curriculum import SELECTORS
 from videoopd.algo.grpo import ADVANTAGES
-from videoopd.algo.objectives import OBJECTIVES, REDUCTIONS
+from videoopd.algo.objectives import DEPRECATED_REDUCTIONS, OBJECTIVES, REDUCTIONS, check_reduction
 from videoopd.demo.run import DemoOptions
 from videoopd.training.config import ConfigError, Options, RunOptions, fail, opt, parse_config, warn_about_schedule
 from videoopd.training.curriculum import check_max_steps
@@ -61,10 +61,11 @@ class RolloutOptions(Options):
     top_p: float = opt("nucleus sampling of rollouts", 1.0, gt=0, le=1, run_defining=True)
     objective: Literal[OBJECTIVES] = opt("sampled (teacher log-probs of sampled tokens, REINFORCE reverse KL) or "
                                          "full (exact reverse KL over the vocabulary)", "sampled", run_defining=True)
-    reduction: Literal[("auto", *REDUCTIONS)] = opt(
-        "sequence_sum (sum over each answer, mean over the step's sequences), token_mean (mean over the step's "
-        "answer tokens), sum, or auto (opd: sequence_sum, grpo: token_mean; resolved when parsed)", "auto",
-        run_defining=True)
+    # the old name token_mean is a choice for one release: it warns and becomes mean (validate)
+    reduction: Literal[("auto", *REDUCTIONS, *DEPRECATED_REDUCTIONS)] = opt(
+        "sequence_sum (sum over each answer, mean over the step's sequences), mean (over the step's answer tokens; "
+        "token_mean, its old name, warns), sum, or auto (opd: sequence_sum, grpo: mean; resolved when parsed)",
+        "auto", run_defining=True)
     num_generations: int | None = opt("answers sampled per prompt (default: grpo 8, its group; opd 1, the paper's); "
                                       "opd with more: the sampled objective's advantages are taken relative to the "
                                       "prompt's group mean", gt=0, run_defining=True)
@@ -114,6 +115,7 @@ class TrainConfig(DemoOptions, CurriculumOptions, GRPOOptions, RolloutOptions, P
         super().validate()
         if self.reduction == "auto":
             self.reduction = default_reduction(self.algo)
+        self.reduction = check_reduction(self.reduction, stacklevel=5)
         if self.num_generations is None:
             self.num_generations = default_num_generations(self.algo)
         if self.advantage_clip > 0 and (self.algo != "opd" or self.objective != "sampled"):

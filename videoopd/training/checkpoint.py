@@ -29,8 +29,9 @@ from typing import Any, Sequence
 
 import torch
 
+from videoopd.algo.objectives import DEPRECATED_REDUCTIONS
 from videoopd.qwen.lora import is_lora
-from videoopd.training.config import ConfigError, run_defining_options
+from videoopd.training.config import RENAMED, ConfigError, run_defining_options
 
 __all__ = ["CHECKPOINTS", "MODEL_FOLDER", "STATE_FILE", "TrainerState", "complete_checkpoints", "config_differences",
            "install_model_hooks", "latest_checkpoint", "load_checkpoint", "model_signature", "prepare_run_folder",
@@ -111,6 +112,11 @@ def config_differences(saved: dict[str, Any], cfg: Any) -> list[str]:
     max_steps, evaluation, saving and output options may change) on which ``cfg`` differs from
     a checkpoint's saved config, as "name: saved -> now"."""
     now = dataclasses.asdict(cfg)
+    # a checkpoint saved before the options took their HF / TRL names: its keys under the new names
+    saved = {**{next((n for n in RENAMED.get(key, ()) if n in now), key): value for key, value in saved.items()},
+             **{key: value for key, value in saved.items() if key in now}}
+    if saved.get("reduction") in DEPRECATED_REDUCTIONS:
+        saved["reduction"] = DEPRECATED_REDUCTIONS[saved["reduction"]]
     return [f"{name}: {saved[name]!r} -> {now[name]!r}" for name in run_defining_options(cfg)
             if name in now and name in saved and saved[name] != now[name]]
 

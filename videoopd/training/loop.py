@@ -415,7 +415,7 @@ class PreparedRun:
             return
         self.metrics_log.write(row)
         # say what each number is per: the loss is normalised by the step's units, KL per token
-        per = {"sequence_sum": "/seq", "token_mean": "/token"}.get(getattr(self.objective, "reduction", ""), "")
+        per = {"sequence_sum": "/seq", "mean": "/token"}.get(getattr(self.objective, "reduction", ""), "")
         labels = {"loss": f"loss{per}", "reverse_kl": "rkl/token", "reward": "reward/answer"}
         self.bar.set_postfix({label: f"{row[k]:.4f}" for k, label in labels.items() if k in row}
                              | {"tok_s": f"{row['tokens_per_s']:.0f}"})

@@ -40,7 +40,7 @@ ALGORITHMS = ("opd", "grpo")
 def default_reduction(algo: str) -> str:
     """``--reduction auto``: OPD sums each answer's loss (the paper's), GRPO averages over the
     step's answer tokens (token-level, as TRL's and DAPO's)."""
-    return "token_mean" if algo == "grpo" else "sequence_sum"
+    return "mean" if algo == "grpo" else "sequence_sum"
 
 
 def default_num_generations(algo: str) -> int:

@@ -11,7 +11,7 @@ import torch
 from opd_kernels import policy_gradient_loss
 from videoopd import compare as CMP
 from videoopd import train as T
-from videoopd.algo.grpo import GroupedCollator, group_advantages
+from videoopd.algo.grpo import GroupedCollator, GRPOObjective, group_advantages
 from videoopd.grounding.rewards import iou_reward, is_exact_format
 
 
@@ -64,8 +64,28 @@ def test_grpo_options_are_checked():
         T.resolve_config(["--algo", "grpo", "--epsilon", "1.5"])
     from videoopd.training.post_training import default_reduction
 
-    assert T.resolve_config(["--algo", "grpo"]).reduction == "token_mean"  # auto, resolved when parsed
-    assert (default_reduction("grpo"), default_reduction("opd")) == ("token_mean", "sequence_sum")
+    assert T.resolve_config(["--algo", "grpo"]).reduction == "mean"  # auto, resolved when parsed
+    assert (default_reduction("grpo"), default_reduction("opd")) == ("mean", "sequence_sum")
+
+
+def test_one_reduction_vocabulary_with_opd_kernels():
+    """videoopd's reductions are opd_kernels' names; the old token_mean still works for one
+    release, as in opd_kernels: a DeprecationWarning, then the same as mean."""
+    import opd_kernels
+
+    from videoopd.algo.objectives import REDUCTIONS, check_reduction
+
+    assert set(REDUCTIONS) <= set(opd_kernels.REDUCTIONS)
+    with pytest.warns(DeprecationWarning, match="'token_mean' is deprecated; use 'mean'"):
+        assert check_reduction("token_mean") == "mean"
+    with pytest.warns(DeprecationWarning, match="'token_mean' is deprecated"):
+        cfg = T.resolve_config(["--algo", "grpo", "--reduction", "token_mean"])
+    assert cfg.reduction == "mean"  # what config.yaml records
+    with pytest.warns(DeprecationWarning):
+        objective = GRPOObjective(None, reduction="token_mean")
+    assert objective.reduction == "mean" and GRPOObjective(None).reduction == "mean"
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        check_reduction("tokens")
 
 
 def read_jsonl(path):

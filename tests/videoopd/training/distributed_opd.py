@@ -25,7 +25,7 @@ def main() -> int:
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--objective", default="full")
-    parser.add_argument("--reduction", default="token_mean")
+    parser.add_argument("--reduction", default="mean")
     parser.add_argument("--eval-limit", type=int, default=5)
     parser.add_argument("--student-dtype", default="float32", help="dtype the student is loaded in")
     parser.add_argument("--unsynchronised", action="store_true",

@@ -152,3 +152,15 @@ def test_bad_resume_inputs_are_refused_before_training(tmp_path, capsys):
     refused([*base, "--resume-from-checkpoint", str(checkpoint), "--lora-r", "4", "--resume-override"],
             "is of another model")
     refused([*base, "--resume-from-checkpoint", "auto", "--overwrite", "true"], "contradict")
+
+
+def test_a_checkpoint_saved_under_the_old_option_names_is_still_compared():
+    """A checkpoint's config.yaml written before the options took their HF / TRL names (lr,
+    batch_size, reduction token_mean): its run-defining options are compared under the new names,
+    so a changed learning rate is still refused and an unchanged reduction is not."""
+    from videoopd.training.checkpoint import config_differences
+
+    cfg = T.resolve_config(["--algo", "grpo", "--learning-rate", "1e-3"])
+    saved = {"lr": 3e-4, "batch_size": cfg.per_device_train_batch_size, "reduction": "token_mean", "algo": "grpo",
+             "grad_accum": 1}
+    assert config_differences(saved, cfg) == ["learning_rate: 0.0003 -> 0.001"]
