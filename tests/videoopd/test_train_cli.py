@@ -31,6 +31,8 @@ def test_yaml_then_override_then_saved(tmp_path):
     saved = yaml.safe_load(save_config(cfg, tmp_path / "out").read_text())
     assert saved["learning_rate"] == 2e-5 and saved["objective"] == "full" and saved["max_new_tokens"] == 32
     assert T.TrainConfig(**{k: v for k, v in saved.items() if k != "preset"}) == cfg
+    replayed = T.resolve_config(["--config", str(tmp_path / "out" / "config.yaml")])  # the saved file replays it
+    assert replayed == cfg and replayed.preset == cfg.preset == "demo"
 
 
 @pytest.mark.parametrize("models", [[], ["--student", "s", "--teacher", "t"]], ids=["demo", "model-paths"])
