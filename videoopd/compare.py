@@ -3,7 +3,7 @@ seed, held-out split and evaluation schedule, under the same budget.
 
     python -m videoopd.compare                                     # the CPU demo (tiny models)
     python -m videoopd.compare --student S --teacher T --train-data F --eval-data F \\
-        --budget samples --budget-value 20000 --eval-every 100 --output-dir runs/compare
+        --budget samples --budget-value 20000 --eval-steps 100 --output-dir runs/compare
     accelerate launch --config_file configs/accelerate/fsdp2.yaml -m videoopd.compare ...
 
 Each method is a ``python -m videoopd.train`` run (``--algo opd`` / ``--algo grpo``; its own
@@ -34,7 +34,7 @@ __all__ = ["CompareConfig", "DEMO_METHOD_ARGS", "main", "method_argv"]
 PROG = "python -m videoopd.compare"
 # Method options the demo uses unless --opd-args / --grpo-args say otherwise. GRPO: 2 prompts x
 # 8 answers = 16 rollouts a step against OPD's 8 prompts x 1.
-DEMO_METHOD_ARGS = {"opd": [], "grpo": ["--batch-size", "2", "--num-generations", "8"]}
+DEMO_METHOD_ARGS = {"opd": [], "grpo": ["--per-device-train-batch-size", "2", "--num-generations", "8"]}
 DESCRIPTION = ("Compare on-policy distillation with GRPO: same student, data, seed, held-out split, evaluation "
                "schedule and budget. Options not listed here go to both `videoopd.train` runs.")
 
@@ -45,7 +45,7 @@ class CompareConfig(Options):
 
     budget: Literal["steps", "samples", "seconds"] = opt("what both methods get the same amount of", "steps")
     budget_value: float = opt("optimizer steps, training prompts or training seconds", 200.0, gt=0)
-    eval_every: int = opt("both runs' held-out evaluation every K steps", 50, gt=0)
+    eval_steps: int = opt("both runs' held-out evaluation every K steps", 50, gt=0)
     output_dir: str = opt("folder of both runs (OUTPUT_DIR/opd, OUTPUT_DIR/grpo) and the comparison",
                           "runs/compare")
     methods: str = opt("comma-separated, from " + " and ".join(ALGORITHMS), ",".join(ALGORITHMS))
@@ -66,7 +66,7 @@ class CompareConfig(Options):
 def method_argv(method: str, shared: Sequence[str], own: Sequence[str], budget: str, value: float,
                 prompts_per_step: int, out_dir: Path, eval_every: int) -> list[str]:
     """The ``videoopd.train`` command line of one method."""
-    argv = [*shared, *own, "--algo", method, "--output-dir", str(out_dir / method), "--eval-every", str(eval_every)]
+    argv = [*shared, *own, "--algo", method, "--output-dir", str(out_dir / method), "--eval-steps", str(eval_every)]
     if budget == "steps":
         argv += ["--max-steps", str(int(value))]
     elif budget == "samples":
@@ -103,11 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = train.resolve_config([*shared, *own, "--algo", method])
         except ConfigError as exc:
             return fail(PROG, f"{method}: {exc}")
-        prompts_per_step = cfg.batch_size * cfg.grad_accum * world
+        prompts_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
         if method == "opd" and "--eval-teacher" not in shared and (demo or cfg.teacher is not None):
             own = [*own, "--eval-teacher", "true"]  # the teacher's line on the plot
         command = method_argv(method, shared, own, args.budget, args.budget_value, prompts_per_step, out_dir,
-                              args.eval_every)
+                              args.eval_steps)
         print(f"=== {method}: python -m videoopd.train {shlex.join(command)}", flush=True)
         if world == 1:  # its own process: its own peak memory, nothing left over from the other run
             code = subprocess.run([sys.executable, "-m", "videoopd.train", *command]).returncode

@@ -3,7 +3,8 @@
 Command line::
 
     python -m videoopd.eval --model PATH --data FILE [--format auto] [--video-root DIR]
-        [--limit N] [--resume] [--output FILE] [--batch-size B] [--protocol paper|timelens|time-r1]
+        [--limit N] [--resume] [--output FILE] [--per_device_eval_batch_size B]
+        [--protocol paper|timelens|time-r1]
         [--multi-span auto|skip|first|longest|any] [--prompt-style paper|timelens|time-r1]
 
 ``--protocol`` (:mod:`videoopd.grounding.protocols`) sets the prompt, the query's
@@ -85,7 +86,7 @@ class EvalConfig(LoggingOptions, ModelOptions, DecodeOptions, AnnotationOptions)
     overwrite: bool = opt("replace an existing --output (without it, or --resume, an existing one is refused)", False)
     output: str | None = opt("predictions JSONL, with <output>.meta.json and <stem>.metrics.json beside it "
                              "(default: <data stem>.predictions.jsonl in the current folder)")
-    batch_size: int = opt("prompts per generate call, left-padded", 1, gt=0)
+    per_device_eval_batch_size: int = opt("prompts per generate call (per process), left-padded", 1, gt=0)
     protocol: Literal[PROTOCOL_NAMES] = opt(
         "evaluation protocol: paper (ours), timelens or time-r1: that evaluation's prompt, query normalisation, "
         "frame budget (unless --fps/--min-pixels/--total-pixels are given), answer parsing and threshold rule; "
@@ -113,7 +114,7 @@ class EvalConfig(LoggingOptions, ModelOptions, DecodeOptions, AnnotationOptions)
 
 
 # eval's own defaults for the options it shares with videoopd.train and videoopd.sft
-COMMAND_DEFAULTS: dict[str, Any] = {"num_workers": 2}
+COMMAND_DEFAULTS: dict[str, Any] = {"dataloader_num_workers": 2}
 DESCRIPTION = "Evaluate a local Qwen2.5-VL / Qwen3-VL checkpoint on temporal video grounding."
 
 
@@ -245,9 +246,9 @@ def main(argv: Iterable[str] | None = None) -> int:
             decode_config=decode_config,
             prompt_style=cfg.effective_prompt_style,
             system_prompt=cfg.system_prompt_setting,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.per_device_eval_batch_size,
             max_new_tokens=cfg.max_new_tokens,
-            num_workers=cfg.num_workers,
+            num_workers=cfg.dataloader_num_workers,
             predictions_path=output,
             resume=cfg.resume,
             on_video_error=cfg.on_video_error,

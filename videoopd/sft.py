@@ -52,9 +52,9 @@ class SFTConfig(RunOptions):
 
 # SFT's own defaults for the options it shares with videoopd.train.
 COMMAND_DEFAULTS: dict[str, Any] = {
-    "lr": 1e-5, "lr_schedule": "cosine", "warmup_steps": 50, "adam_beta2": 0.95, "batch_size": 8,
-    "max_steps": 1000, "eval_batch_size": 8, "max_new_tokens": 32, "gradient_checkpointing": False,
-    "output_dir": "runs/sft", "save_best": True, "eval_before": False,
+    "learning_rate": 1e-5, "lr_scheduler_type": "cosine", "warmup_steps": 50, "adam_beta2": 0.95,
+    "per_device_train_batch_size": 8, "max_steps": 1000, "per_device_eval_batch_size": 8, "max_new_tokens": 32,
+    "gradient_checkpointing": False, "output_dir": "runs/sft", "save_best": True, "eval_on_start": False,
 }
 DESCRIPTION = ("Supervised fine-tuning of a Qwen2.5-VL / Qwen3-VL model on temporal video grounding (prompt + "
                "perfect answer, loss on answer tokens).")

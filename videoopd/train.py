@@ -21,14 +21,15 @@ from typing import Any, Literal, Sequence
 
 from videoopd.algo.curriculum import SELECTORS
 from videoopd.algo.grpo import ADVANTAGES
-from videoopd.algo.objectives import OBJECTIVES, REDUCTIONS
-from videoopd.demo.run import DEMO_PRESET, DemoOptions
+from videoopd.algo.objectives import DEPRECATED_REDUCTIONS, OBJECTIVES, REDUCTIONS, check_reduction
+from videoopd.demo.run import DemoOptions
 from videoopd.training.config import ConfigError, Options, RunOptions, fail, opt, parse_config, warn_about_schedule
+from videoopd.training.curriculum import check_max_steps
 from videoopd.training.distributed import TEACHER_PLACEMENTS
 from videoopd.training.post_training import ALGORITHMS, default_num_generations, default_reduction
 from videoopd.training.preemption import Preempted
 
-__all__ = ["PRESETS", "TrainConfig", "main", "resolve_config"]
+__all__ = ["TrainConfig", "main", "resolve_config"]
 
 PROG = "python -m videoopd.train"
 
@@ -60,10 +61,11 @@ class RolloutOptions(Options):
     top_p: float = opt("nucleus sampling of rollouts", 1.0, gt=0, le=1, run_defining=True)
     objective: Literal[OBJECTIVES] = opt("sampled (teacher log-probs of sampled tokens, REINFORCE reverse KL) or "
                                          "full (exact reverse KL over the vocabulary)", "sampled", run_defining=True)
-    reduction: Literal[("auto", *REDUCTIONS)] = opt(
-        "sequence_sum (sum over each answer, mean over the step's sequences), token_mean (mean over the step's "
-        "answer tokens), sum, or auto (opd: sequence_sum, grpo: token_mean; resolved when parsed)", "auto",
-        run_defining=True)
+    # the old name token_mean is a choice for one release: it warns and becomes mean (validate)
+    reduction: Literal[("auto", *REDUCTIONS, *DEPRECATED_REDUCTIONS)] = opt(
+        "sequence_sum (sum over each answer, mean over the step's sequences), mean (over the step's answer tokens; "
+        "token_mean, its old name, warns), sum, or auto (opd: sequence_sum, grpo: mean; resolved when parsed)",
+        "auto", run_defining=True)
     num_generations: int | None = opt("answers sampled per prompt (default: grpo 8, its group; opd 1, the paper's); "
                                       "opd with more: the sampled objective's advantages are taken relative to the "
                                       "prompt's group mean", gt=0, run_defining=True)
@@ -81,7 +83,7 @@ class GRPOOptions(Options):
 
     advantage: Literal[ADVANTAGES] = opt("grpo: std (group-normalised rewards, GRPO) or mean (reward minus the group "
                                          "mean, Dr. GRPO)", "std", run_defining=True)
-    clip_eps: float = opt("grpo: PPO clip range of the importance ratio", 0.2, gt=0, lt=1, run_defining=True)
+    epsilon: float = opt("grpo: PPO clip range of the importance ratio", 0.2, gt=0, lt=1, run_defining=True)
     beta: float = opt("grpo: KL penalty to the initial student (k3 estimate); 0 (TimeLens) loads no reference", 0.0,
                       ge=0, run_defining=True)
     format_reward: float = opt("grpo: reward added for an answer exactly in the prompt's 'start to end' format",
@@ -95,7 +97,8 @@ class CurriculumOptions(Options):
     rounds: int = opt("TVDF curriculum rounds (0: no curriculum, train on the whole pool for --max-steps). Each round "
                       "scores the pool with the teacher (once per run) and the current student, keeps samples with "
                       "teacher IoU >= --teacher-iou-min, selects --round-size of them and trains --steps-per-round "
-                      "steps on them; --max-steps becomes rounds x steps-per-round", 0, ge=0, run_defining=True)
+                      "steps on them; the run is rounds x steps-per-round steps (a --max-steps given must agree)", 0,
+                      ge=0, run_defining=True)
     round_size: int = opt("TVDF: samples selected per round", 2500, gt=0, run_defining=True)
     selector: Literal[SELECTORS] = opt("TVDF: topk (largest teacher-student IoU gaps), gwds (Gaussian-weighted gap "
                                        "sampling), random, or off (the whole pool)", "topk", run_defining=True)
@@ -116,6 +119,7 @@ class TrainConfig(DemoOptions, CurriculumOptions, GRPOOptions, RolloutOptions, P
         super().validate()
         if self.reduction == "auto":
             self.reduction = default_reduction(self.algo)
+        self.reduction = check_reduction(self.reduction, stacklevel=5)
         if self.num_generations is None:
             self.num_generations = default_num_generations(self.algo)
         if self.advantage_clip > 0 and (self.algo != "opd" or self.objective != "sampled"):
@@ -131,45 +135,34 @@ class TrainConfig(DemoOptions, CurriculumOptions, GRPOOptions, RolloutOptions, P
             raise ConfigError("--train-data needs --student (and --teacher)")
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # The CPU demo: what `python -m videoopd.train` with no models runs.
-    "demo": DEMO_PRESET,
-    # Video-OPD's configuration: Qwen3-VL student and teacher (paths from the user).
-    "video-opd": {
-        "temperature": 0.9, "lr": 1e-6, "batch_size": 1, "grad_accum": 32, "fps": 2.0, "max_frames": 768,
-        # TimeLens's video budget (TencentARC/TimeLens, which Video-OPD's data and evaluation follow): at most
-        # 14,336 visual tokens a video, at least 64 a frame, in Qwen3-VL's 32 x 32-pixel tokens; qwen-vl-utils'
-        # default (115,200 tokens, 8x this) is what a run without the preset gets
-        "min_pixels": 64 * 32 * 32, "total_pixels": 14336 * 32 * 32,
-        "train_vision": False, "objective": "sampled", "reduction": "sequence_sum",
-        # TVDF: 3 rounds of 2,500 top-k samples (the curriculum issue's reading of the paper; the
-        # teacher-IoU threshold 0.5 is ours: the paper summary we have gives none)
-        "rounds": 3, "round_size": 2500, "selector": "topk", "teacher_iou_min": 0.5,
-    },
-}
-PRESET_HELP = ("demo (what no --student resolves to): the CPU demo on synthetic videos with the shipped tiny "
-               "models. video-opd: temperature 0.9, lr 1e-6, effective batch 32 (1 x 32 accumulation on one process; "
-               "divide --grad-accum by the process count), fps 2, 768 frames, vision frozen, sampled objective "
-               "summed over completion tokens, TVDF curriculum of 3 rounds x 2,500 top-k samples (teacher IoU >= "
-               "0.5)")
+# --preset NAME: configs/presets/NAME.yaml
+PRESET_HELP = ("a recipe from configs/presets/NAME.yaml (its values are the defaults shown below): demo (what no "
+               "--student resolves to): the CPU demo on synthetic videos with the shipped tiny models; video-opd: the "
+               "paper's (temperature 0.9, learning rate 1e-6, effective batch 32 as 1 x 32 accumulation on one "
+               "process, fps 2, 768 frames, 14,336 visual tokens a video (TimeLens's budget), vision frozen, sampled "
+               "objective summed over each answer, TVDF "
+               "curriculum of 3 rounds x 2,500 top-k samples with teacher IoU >= 0.5)")
 DESCRIPTION = ("On-policy distillation of a Qwen2.5-VL / Qwen3-VL student from a frozen teacher on temporal "
                "video grounding. With no --student/--teacher: a short CPU demo on synthetic data with tiny models "
                "(--preset demo).")
 
 
-def default_preset(given: dict[str, Any]) -> str | None:
+def default_preset(cfg: TrainConfig) -> str | None:
     """No --preset: the demo when no --student is given (by flag or YAML)."""
-    return "demo" if given.get("student") is None else None
+    return "demo" if cfg.student is None else None
 
 
 def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse flags, apply preset, YAML and overrides; raise ConfigError on a bad value."""
-    cfg = parse_config(TrainConfig, argv, prog=PROG, description=DESCRIPTION, presets=PRESETS,
+    cfg = parse_config(TrainConfig, argv, prog=PROG, description=DESCRIPTION, presets=True,
                        preset_help=PRESET_HELP, default_preset=default_preset)
     if cfg.preset not in (None, "demo") and (cfg.student is None or cfg.teacher is None):
         raise ConfigError(f"--preset {cfg.preset} needs --student and --teacher (local checkpoint folders)")
     if cfg.preset == "demo" and cfg.student is not None:
         raise ConfigError("--preset demo trains the shipped tiny models: leave out --student and --teacher")
+    # the curriculum's length, where known before the run (else TVDFCurriculum checks it)
+    if cfg.rounds and cfg.steps_per_round and "max_steps" in cfg.given:
+        check_max_steps(cfg, cfg.steps_per_round)
     return cfg
 
 

@@ -179,7 +179,8 @@ def set_with_a_corrupt_video(tmp_path):
 def test_eval_on_video_error_raise_is_one_line_naming_the_video(tmp_path, capsys, set_with_a_corrupt_video,
                                                                 tiny_qwen25_checkpoint, workers):
     code = E.main(["--model", str(tiny_qwen25_checkpoint), "--data", str(set_with_a_corrupt_video),
-                   "--output", str(tmp_path / "p.jsonl"), "--on-video-error", "raise", "--num-workers", workers,
+                   "--output", str(tmp_path / "p.jsonl"), "--on-video-error", "raise", "--dataloader-num-workers",
+                   workers,
                    "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96), "--max-new-tokens", "4",
                    "--no-progress"])
     err = capsys.readouterr().err  # after the model loaded: transformers' own progress lines come first
@@ -213,7 +214,8 @@ def test_sft_collator_leaves_out_undecodable_videos_and_names_them(set_with_a_co
 def test_sft_trains_past_a_corrupt_video(tmp_path, capsys, set_with_a_corrupt_video):
     out = tmp_path / "run"
     code = S.main(["--init-tiny", "qwen3_vl", "--train-data", str(set_with_a_corrupt_video), "--output-dir", str(out),
-                   "--tiny-hidden-size", "32", "--tiny-layers", "1", "--max-steps", "2", "--batch-size", "3",
+                   "--tiny-hidden-size", "32", "--tiny-layers", "1", "--max-steps", "2",
+                   "--per-device-train-batch-size", "3",
                    "--warmup-steps", "0", "--min-pixels", str(64 * 96), "--max-pixels", str(64 * 96),
                    "--save-final", "false", "--no-progress"])
     assert code == 0, capsys.readouterr().err
@@ -234,13 +236,14 @@ def test_pair_of_different_families_is_refused_naming_both():
     check_pair(student, build_tiny_model("qwen3_vl", tokenizer, hidden_size=64, num_layers=1), processor, processor)
 
 
-@pytest.mark.parametrize("command", ["train", "sft"])
-def test_help_states_each_default_once_and_the_demo_defaults(capsys, command):
+@pytest.mark.parametrize("command", ["train", "sft", "train --preset demo"])
+def test_help_states_each_default_once_and_the_preset_defaults(capsys, command):
+    """Each option's help says its default once: the command's, or with --preset the preset's."""
     import re
 
-    main = {"train": T.main, "sft": S.main}[command]
+    main = {"train": T.main, "sft": S.main}[command.split()[0]]
     with pytest.raises(SystemExit) as info:
-        main(["--help"])
+        main(["--help", *command.split()[1:]])
     assert info.value.code == 0
     entries: dict[str, str] = {}
     flag = None
@@ -252,19 +255,22 @@ def test_help_states_each_default_once_and_the_demo_defaults(capsys, command):
             entries[flag] += " " + line.strip()
     for name, text in entries.items():
         assert text.lower().count("default") <= 1, f"{name}: {text}"
-    if command == "train":
-        for name, demo in (("--objective", "full"), ("--lr", "0.0003"), ("--batch-size", "8"),
-                           ("--output-dir", "runs/opd-demo"), ("--max-steps", "200")):
-            assert f"demo: {demo}" in " ".join(entries[name].split()), entries[name]
-        assert "(default: sampled; demo: full;" in " ".join(entries["--objective"].split())
+    expected = {"train": (("--objective", "sampled"), ("--learning_rate", "1e-06"), ("--max_steps", "100")),
+                "sft": (("--learning_rate", "1e-05"), ("--max_steps", "1000"), ("--output_dir", "runs/sft")),
+                "train --preset demo": (("--objective", "full"), ("--learning_rate", "0.0003"),
+                                        ("--per_device_train_batch_size", "8"), ("--output_dir", "runs/opd-demo"),
+                                        ("--max_steps", "200"))}[command]
+    for name, default in expected:
+        assert f"(default: {default})" in " ".join(entries[name].split()), entries[name]
 
 
 def test_a_run_ending_inside_the_warm_up_is_warned_about(tmp_path, capsys, tiny_qwen25_checkpoint):
     missing = str(tmp_path / "missing.jsonl")  # stops the command right after the warning
-    assert S.main(["--init-tiny", "qwen3_vl", "--train-data", missing, "--max-steps", "3", "--lr", "1e-3"]) == 2
+    assert S.main(["--init-tiny", "qwen3_vl", "--train-data", missing, "--max-steps", "3", "--learning-rate",
+                   "1e-3"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == ("python -m videoopd.sft: warning: --max-steps 3 ends inside --warmup-steps 50: the learning "
-                      "rate rises to 6e-05 and never reaches --lr 0.001")
+                      "rate rises to 6e-05 and never reaches --learning-rate 0.001")
     good = str(tiny_qwen25_checkpoint)
     assert T.main(["--student", good, "--teacher", good, "--train-data", missing, "--warmup-steps", "10",
                    "--max-steps", "5"]) == 2

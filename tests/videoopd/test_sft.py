@@ -97,14 +97,15 @@ def test_loss_falls_on_a_fixed_batch(synthetic_dir):
 
 
 def test_lr_schedule():
-    cfg = S.resolve_config(["--init-tiny", "qwen3_vl", "--train-data", "x", "--lr", "1e-3", "--warmup-steps", "10",
+    cfg = S.resolve_config(["--init-tiny", "qwen3_vl", "--train-data", "x", "--learning-rate", "1e-3",
+                            "--warmup-steps", "10",
                             "--max-steps", "110", "--min-lr-ratio", "0.1"])
     factor = lr_lambda(cfg)  # LambdaLR counts from 0: factor(i) is optimizer step i + 1's
-    assert cfg.lr * factor(4) == pytest.approx(5e-4)
-    assert cfg.lr * factor(9) == pytest.approx(1e-3)
-    assert cfg.lr * factor(59) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
-    assert cfg.lr * factor(109) == pytest.approx(1e-4)
-    cfg.lr_schedule, cfg.warmup_steps = "constant", 0
+    assert cfg.learning_rate * factor(4) == pytest.approx(5e-4)
+    assert cfg.learning_rate * factor(9) == pytest.approx(1e-3)
+    assert cfg.learning_rate * factor(59) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert cfg.learning_rate * factor(109) == pytest.approx(1e-4)
+    cfg.lr_scheduler_type, cfg.warmup_steps = "constant", 0
     assert lr_lambda(cfg)(50) == 1.0
 
 
@@ -112,9 +113,10 @@ def test_cli_trains_evaluates_and_saves(synthetic_dir, tmp_path):
     out = tmp_path / "run"
     ann = str(synthetic_dir / "annotations.jsonl")
     code = S.main(["--init-tiny", "qwen3_vl", "--train-data", ann, "--eval-data", ann, "--output-dir", str(out),
-                   "--tiny-hidden-size", "32", "--tiny-layers", "1", "--max-steps", "3", "--batch-size", "2",
-                   "--lr", "1e-3", "--warmup-steps", "1", "--eval-every", "2", "--eval-limit", "2",
-                   "--save-every", "2", "--max-new-tokens", "8", "--min-pixels", str(56 * 56),
+                   "--tiny-hidden-size", "32", "--tiny-layers", "1", "--max-steps", "3",
+                   "--per-device-train-batch-size", "2",
+                   "--learning-rate", "1e-3", "--warmup-steps", "1", "--eval-steps", "2", "--eval-limit", "2",
+                   "--save-steps", "2", "--max-new-tokens", "8", "--min-pixels", str(56 * 56),
                    "--max-pixels", str(64 * 96), "--no-progress"])
     assert code == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -135,7 +137,8 @@ def test_cli_trains_evaluates_and_saves(synthetic_dir, tmp_path):
     (["--init-tiny", "qwen3_vl"], "--train-data is required"),
     (["--init-tiny", "qwen3_vl", "--model", "x", "--train-data", "a.jsonl"], "exactly one of --model"),
     (["--init-tiny", "qwen3_vl", "--train-data", "missing.jsonl"], "annotation file not found"),
-    (["--init-tiny", "qwen3_vl", "--train-data", "a.jsonl", "--batch-size", "0"], "--batch-size must be > 0, got 0"),
+    (["--init-tiny", "qwen3_vl", "--train-data", "a.jsonl", "--per-device-train-batch-size", "0"],
+     "--per-device-train-batch-size must be > 0, got 0"),
     (["--model", "nowhere", "--train-data", "ANN"], "--model: model folder not found"),
 ])
 def test_bad_input_stops_before_training(synthetic_dir, capsys, argv, message):

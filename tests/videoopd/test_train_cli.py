@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from videoopd import train as T
-from videoopd.training.config import ConfigError, save_config
+from videoopd.training.config import PRESET_DIR, RENAMED, ConfigError, save_config
 from videoopd.qwen.models import check_pair
 from videoopd.qwen.tiny import build_tiny_model, build_tiny_tokenizer, save_tiny_checkpoint
 
@@ -23,13 +23,16 @@ def test_help_documents_every_option(capsys):
 
 def test_yaml_then_override_then_saved(tmp_path):
     cfg_file = tmp_path / "run.yaml"
-    cfg_file.write_text(yaml.safe_dump({"lr": 3e-5, "max-new-tokens": 32, "objective": "full", "grad_accum": 4}))
-    cfg = T.resolve_config(["--config", str(cfg_file), "--lr", "2e-5", "--top-p", "0.95"])
-    assert cfg.lr == 2e-5 and cfg.max_new_tokens == 32 and cfg.objective == "full"
-    assert cfg.grad_accum == 4 and cfg.top_p == 0.95 and cfg.temperature == 1.0
+    cfg_file.write_text(yaml.safe_dump({"learning_rate": 3e-5, "max-new-tokens": 32, "objective": "full",
+                                        "gradient_accumulation_steps": 4}))
+    cfg = T.resolve_config(["--config", str(cfg_file), "--learning-rate", "2e-5", "--top-p", "0.95"])
+    assert cfg.learning_rate == 2e-5 and cfg.max_new_tokens == 32 and cfg.objective == "full"
+    assert cfg.gradient_accumulation_steps == 4 and cfg.top_p == 0.95 and cfg.temperature == 1.0
     saved = yaml.safe_load(save_config(cfg, tmp_path / "out").read_text())
-    assert saved["lr"] == 2e-5 and saved["objective"] == "full" and saved["max_new_tokens"] == 32
+    assert saved["learning_rate"] == 2e-5 and saved["objective"] == "full" and saved["max_new_tokens"] == 32
     assert T.TrainConfig(**{k: v for k, v in saved.items() if k != "preset"}) == cfg
+    replayed = T.resolve_config(["--config", str(tmp_path / "out" / "config.yaml")])  # the saved file replays it
+    assert replayed == cfg and replayed.preset == cfg.preset == "demo"
 
 
 @pytest.mark.parametrize("models", [[], ["--student", "s", "--teacher", "t"]], ids=["demo", "model-paths"])
@@ -38,29 +41,30 @@ def test_precedence_defaults_preset_yaml_flags(tmp_path, models):
     which no --student resolves to) as with model paths (--preset video-opd)."""
     preset = "demo" if not models else "video-opd"
     cfg_file = tmp_path / "y.yaml"
-    cfg_file.write_text("lr: 1.0e-4\nbatch_size: 2\nseed: 5\n")
+    cfg_file.write_text("learning_rate: 1.0e-4\nper_device_train_batch_size: 2\nseed: 5\n")
     preset_flag = [] if not models else ["--preset", preset]
     cfg = T.resolve_config([*models, *preset_flag, "--config", str(cfg_file), "--seed", "7"])
     assert cfg.preset == preset
-    assert cfg.lr == 1e-4 and cfg.batch_size == 2  # YAML over the preset
+    assert cfg.learning_rate == 1e-4 and cfg.per_device_train_batch_size == 2  # YAML over the preset
     assert cfg.seed == 7  # the flag over YAML
-    untouched = {"demo": ("eval_every", 50), "video-opd": ("grad_accum", 32)}[preset]
+    untouched = {"demo": ("eval_steps", 50), "video-opd": ("gradient_accumulation_steps", 32)}[preset]
     assert getattr(cfg, untouched[0]) == untouched[1]  # the preset over the field default
-    assert T.resolve_config([*models, *preset_flag]).lr == T.PRESETS[preset]["lr"]
-    assert T.TrainConfig().lr == 1e-6 and T.TrainConfig().batch_size == 1  # the field defaults
+    preset_file = yaml.safe_load((PRESET_DIR / f"{preset}.yaml").read_text())
+    assert T.resolve_config([*models, *preset_flag]).learning_rate == preset_file["learning_rate"]
+    assert T.TrainConfig().learning_rate == 1e-6 and T.TrainConfig().per_device_train_batch_size == 1  # field defaults
 
 
 def test_demo_config_saved_is_what_ran(tmp_path):
     """The bug this guards against: in demo mode, values from --config YAML were replaced by the
     demo's after parsing; the saved config.yaml then disagreed with the YAML."""
     cfg_file = tmp_path / "y.yaml"
-    cfg_file.write_text("lr: 1.0e-4\nbatch_size: 2\n")
+    cfg_file.write_text("learning_rate: 1.0e-4\nper_device_train_batch_size: 2\n")
     out = tmp_path / "runs" / "y"
-    assert T.main(["--config", str(cfg_file), "--max-steps", "1", "--demo-videos", "4", "--eval-every", "0",
-                   "--eval-teacher", "false", "--eval-before", "false", "--no-progress", "--output-dir", str(out),
+    assert T.main(["--config", str(cfg_file), "--max-steps", "1", "--demo-videos", "4", "--eval-steps", "0",
+                   "--eval-teacher", "false", "--eval-on-start", "false", "--no-progress", "--output-dir", str(out),
                    "--report-to", "tensorboard"]) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["lr"] == 1e-4 and saved["batch_size"] == 2 and saved["preset"] == "demo"
+    assert saved["learning_rate"] == 1e-4 and saved["per_device_train_batch_size"] == 2 and saved["preset"] == "demo"
     assert saved["reduction"] == "sequence_sum" and saved["num_generations"] == 1  # auto resolved when parsed
     # --report-to: the rows reach accelerate's TensorBoard tracker too
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -81,9 +85,10 @@ def test_report_to_names_only_trackers_that_are_there(tmp_path, capsys, monkeypa
 
 
 def test_preset_video_opd(tmp_path):
-    cfg = T.resolve_config(["--preset", "video-opd", "--student", "s", "--teacher", "t", "--lr", "2e-6"])
-    assert (cfg.temperature, cfg.batch_size * cfg.grad_accum, cfg.fps, cfg.max_frames) == (0.9, 32, 2.0, 768)
-    assert cfg.lr == 2e-6 and cfg.objective == "sampled" and cfg.reduction == "sequence_sum"
+    cfg = T.resolve_config(["--preset", "video-opd", "--student", "s", "--teacher", "t", "--learning-rate", "2e-6"])
+    assert (cfg.temperature, cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps, cfg.fps,
+            cfg.max_frames) == (0.9, 32, 2.0, 768)
+    assert cfg.learning_rate == 2e-6 and cfg.objective == "sampled" and cfg.reduction == "sequence_sum"
     assert not cfg.train_vision
     # TimeLens's budget: 14,336 visual tokens a video, 64 a frame at least (Qwen3-VL's 32 x 32 tokens)
     assert (cfg.total_pixels // 32**2, cfg.min_pixels // 32**2) == (14336, 64)
@@ -93,9 +98,32 @@ def test_preset_video_opd(tmp_path):
 
 def test_bad_yaml_key(tmp_path):
     cfg_file = tmp_path / "run.yaml"
-    cfg_file.write_text("learning_rate: 1.0\n")
-    with pytest.raises(ConfigError, match="unknown option 'learning_rate'"):
+    cfg_file.write_text("learning_rat: 1.0\n")
+    with pytest.raises(ConfigError, match="unknown option 'learning_rat'"):
         T.resolve_config(["--config", str(cfg_file)])
+
+
+@pytest.mark.parametrize("old, new", [(old, new[0]) for old, new in RENAMED.items()])
+def test_old_names_are_refused_with_the_new_one(tmp_path, old, new):
+    """An option renamed to its HF Trainer / TRL name: the old flag or YAML key names the new one
+    (one line, exit 2) instead of being taken for another option or silently dropped."""
+    flag, renamed = "--" + old.replace("_", "-"), "--" + new.replace("_", "-")
+    with pytest.raises(ConfigError, match=f"^{flag} was renamed {renamed} "):
+        T.resolve_config([flag, "1"])
+    with pytest.raises(ConfigError, match=f"^{flag} was renamed {renamed} "):
+        T.resolve_config([f"--{old}=1"])
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(f"{old}: 1\n")
+    with pytest.raises(ConfigError, match=f"run.yaml: {flag} was renamed {renamed} "):
+        T.resolve_config(["--config", str(cfg_file)])
+
+
+def test_old_batch_size_of_eval_names_its_own_new_flag(capsys):
+    from videoopd import eval as E
+
+    assert E.main(["--model", "m", "--data", "d", "--batch-size", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--batch-size was renamed --per-device-eval-batch-size" in err
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +184,8 @@ def test_train_with_model_paths(capsys, tmp_path, checkpoints, synthetic_dir):
     ann = str(synthetic_dir / "annotations.jsonl")
     out = tmp_path / "run"
     code = T.main(["--student", s, "--teacher", t, "--train-data", ann, "--eval-data", ann, "--eval-limit", "1",
-                   "--max-steps", "2", "--grad-accum", "2", "--lr", "1e-3", "--max-new-tokens", "8",
+                   "--max-steps", "2", "--gradient-accumulation-steps", "2", "--learning-rate", "1e-3",
+                   "--max-new-tokens", "8",
                    "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96), "--objective", "full",
                    "--eval-teacher", "true", "--output-dir", str(out), "--no-progress"])
     assert code == 0, capsys.readouterr().err
@@ -181,7 +210,7 @@ def file_bytes(folder) -> dict:
 def test_demo_smoke(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative --output-dir, as the default one is
     out = tmp_path / "runs" / "demo"
-    code = T.main(["--output-dir", "runs/demo", "--max-steps", "2", "--demo-videos", "4", "--eval-every", "1",
+    code = T.main(["--output-dir", "runs/demo", "--max-steps", "2", "--demo-videos", "4", "--eval-steps", "1",
                    "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0
@@ -201,7 +230,7 @@ def test_demo_smoke(capsys, tmp_path, monkeypatch):
     import sys
 
     # pasted as printed, in the folder the demo ran in
-    run = subprocess.run([sys.executable, *command[1:], "--no-progress", "--num-workers", "0"], cwd=tmp_path,
+    run = subprocess.run([sys.executable, *command[1:], "--no-progress", "--dataloader-num-workers", "0"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     # the run's report: summary.json (every step row, the evaluations) and its curves
@@ -214,12 +243,13 @@ def test_demo_smoke(capsys, tmp_path, monkeypatch):
     assert T.main(["--output-dir", "runs/demo", "--max-steps", "2", "--demo-videos", "4", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "holds a finished run that saved no checkpoint" in err and file_bytes(out) == kept
-    assert "--resume auto" not in err and "--overwrite" in err
+    assert "--resume-from-checkpoint auto" not in err and "--overwrite" in err
     # nor does --resume auto, which has no checkpoint to resume (it used to start again from step 0)
     assert T.main(["--output-dir", "runs/demo", "--max-steps", "2", "--demo-videos", "4", "--no-progress",
-                   "--resume", "auto"]) == 2
+                   "--resume-from-checkpoint", "auto"]) == 2
     err = capsys.readouterr().err
-    assert "--resume auto: --output-dir runs/demo holds a finished run that saved no checkpoint" in err, err
+    assert ("--resume-from-checkpoint auto: --output-dir runs/demo holds a finished run that saved no "
+            "checkpoint") in err, err
     assert file_bytes(out) == kept
     again = json.loads((out / "final_heldout.predictions.metrics.json").read_text())["overall"]
     assert again["mIoU"] == summary["student_after"]["mIoU"] and again["parsed"] == summary["student_after"]["parsed"]
@@ -256,11 +286,11 @@ def test_attention_choice_on_cpu():
 @pytest.mark.parametrize("text, message", [
     ('train_vision: "false"\n', None),
     ("train_vision: maybe\n", "--train-vision must be true or false, got 'maybe'"),
-    ("batch_size: 2.5\n", "--batch-size must be an integer, got 2.5"),
-    ("batch_size: true\n", "--batch-size must be an integer, got True"),
-    ("lr: [1]\n", "--lr must be a number"),
-    ("lr: inf\n", "--lr must be > 0 and finite, got inf"),
-    ("lr: 1e-5\nmax_steps: 3\n  bad: indentation\n", "run.yaml:3: YAML syntax error"),
+    ("per_device_train_batch_size: 2.5\n", "run.yaml: --per-device-train-batch-size must be an integer, got 2.5"),
+    ("per_device_train_batch_size: true\n", "--per-device-train-batch-size must be an integer, got True"),
+    ("learning_rate: [1]\n", "--learning-rate must be a number"),
+    ("learning_rate: inf\n", "--learning-rate must be > 0 and finite, got inf"),
+    ("learning_rate: 1e-5\nmax_steps: 3\n  bad: indentation\n", "run.yaml:3: YAML syntax error"),
 ])
 def test_yaml_values_are_typed_like_flags(tmp_path, text, message):
     """YAML's own typing is not trusted: a quoted boolean is parsed, not truthy; a float for an
@@ -290,7 +320,8 @@ def test_corrupt_videos_are_reported_and_a_pool_of_none_stops(capsys, tmp_path, 
     videos = sorted((data / "videos").glob("*.mp4"))
     videos[0].write_bytes(b"not a video at all")
     base = ["--student", s, "--teacher", t, "--train-data", str(data / "annotations.jsonl"), "--max-steps", "3",
-            "--batch-size", "2", "--max-new-tokens", "4", "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96),
+            "--per-device-train-batch-size", "2", "--max-new-tokens", "4", "--min-pixels", str(56 * 56),
+            "--max-pixels", str(64 * 96),
             "--no-progress"]
     assert T.main([*base, "--output-dir", str(tmp_path / "some")]) == 0
     captured = capsys.readouterr()
@@ -301,3 +332,53 @@ def test_corrupt_videos_are_reported_and_a_pool_of_none_stops(capsys, tmp_path, 
         video.write_bytes(b"garbage")
     assert T.main([*base, "--output-dir", str(tmp_path / "none")]) == 2
     assert "no decodable video in a whole epoch" in capsys.readouterr().err
+
+
+def test_max_steps_given_is_never_replaced_by_the_curriculum(capsys):
+    """The issue's repro: ``--config configs/train.yaml --max-steps 2`` ran the curriculum's 237
+    steps. A --max-steps given (flag or YAML) that differs from rounds x steps per round is now
+    refused with both named; one from the preset or the default is the curriculum's to set."""
+    from pathlib import Path
+
+    from videoopd.training.curriculum import check_max_steps
+
+    train_yaml = str(Path(__file__).resolve().parents[2] / "configs" / "train.yaml")
+    cfg = T.resolve_config(["--config", train_yaml, "--max-steps", "2"])
+    assert cfg.rounds == 3 and "max_steps" in cfg.given and "rounds" not in cfg.given
+    with pytest.raises(ConfigError, match=r"--max-steps 2 contradicts the TVDF curriculum's 3 rounds x 79 steps = 237"):
+        check_max_steps(cfg, 79)  # what the run checks once it knows its process count
+    check_max_steps(T.resolve_config(["--config", train_yaml]), 79)  # not given: the curriculum sets it
+    check_max_steps(T.resolve_config(["--config", train_yaml, "--max-steps", "237"]), 79)  # given and equal
+    # known when parsed (--steps-per-round given): refused before any work, one line, exit 2
+    assert T.main(["--config", train_yaml, "--max-steps", "2", "--steps-per-round", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-steps 2 contradicts the TVDF curriculum's 3 rounds x 5 steps = 15" in err
+
+
+def test_presets_are_the_yaml_files():
+    """One source per preset: configs/presets/NAME.yaml is what --preset NAME applies, and
+    configs/train.yaml names its preset instead of repeating it."""
+    from videoopd.demo.teacher import DEMO_PIXELS
+    from videoopd.training.config import load_preset, preset_names
+
+    assert set(preset_names()) == {"demo", "video-opd"}
+    for name in preset_names():
+        cfg = T.resolve_config(["--preset", name] + (["--student", "s", "--teacher", "t"] if name != "demo" else []))
+        for key, value in load_preset(name, T.TrainConfig).items():
+            assert getattr(cfg, key) == value, (name, key)
+    demo = load_preset("demo", T.TrainConfig)
+    assert demo["min_pixels"] == demo["max_pixels"] == DEMO_PIXELS  # the frames the demo models learnt on
+    with pytest.raises(ConfigError, match=r"unknown preset 'paper'; choose from \['demo', 'video-opd'\]"):
+        T.resolve_config(["--preset", "paper"])
+    assert T.resolve_config(["--config", str(PRESET_DIR.parent / "train.yaml")]).preset == "video-opd"
+
+
+def test_help_is_grouped_and_shows_the_resolved_defaults(capsys):
+    with pytest.raises(SystemExit):
+        T.main(["--preset", "video-opd", "--help"])
+    text = capsys.readouterr().out
+    sections = [line for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert {"data:", "optimisation:", "LoRA (peft):", "TVDF curriculum:", "GRPO:"} <= set(sections)
+    assert "--learning_rate LEARNING_RATE, --learning-rate LEARNING_RATE" in text
+    entry = text.split("--gradient-accumulation-steps GRADIENT_ACCUMULATION_STEPS", 1)[1].split("\n  --", 1)[0]
+    assert "(default: 32)" in " ".join(entry.split())  # the preset's value, not the field's 1

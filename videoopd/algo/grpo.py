@@ -65,7 +65,7 @@ class GRPOObjective(SampledObjective):
 
     def __init__(self, processor: Any, *, num_generations: int = 8, advantage: str = "std", clip_eps: float = 0.2,
                  beta: float = 0.0, reference: Any = None, format_reward: float = 0.0,
-                 reduction: str = "token_mean", temperature: float = 1.0, top_p: float = 1.0,
+                 reduction: str = "mean", temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto",
                  rollout_batch_size: int = 0):
         if advantage not in ADVANTAGES:

@@ -18,6 +18,7 @@ micro-batch then trains on its own rows, cut back to its own prompt and answer l
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -37,6 +38,7 @@ from videoopd.qwen.models import (
 
 __all__ = [
     "OBJECTIVES",
+    "DEPRECATED_REDUCTIONS",
     "REDUCTIONS",
     "DistillationObjective",
     "GenerationContext",
@@ -47,6 +49,7 @@ __all__ = [
     "SampledObjective",
     "SupervisedObjective",
     "answer_slice",
+    "check_reduction",
     "group_mean_baseline",
     "sample_rollouts",
     "score_rollout",
@@ -55,7 +58,10 @@ __all__ = [
 ]
 
 OBJECTIVES = ("sampled", "full")
-REDUCTIONS = ("sequence_sum", "token_mean", "sum")
+# opd_kernels' vocabulary (its REDUCTIONS, less "none": a step's loss is one number)
+REDUCTIONS = ("sequence_sum", "mean", "sum")
+# old names still accepted for one release, with a DeprecationWarning, as opd_kernels accepts them
+DEPRECATED_REDUCTIONS = {"token_mean": "mean"}
 VISION_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "pixel_values", "image_grid_thw")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -257,6 +263,19 @@ def group_mean_baseline(values: torch.Tensor, mask: torch.Tensor, group_size: in
     return means.repeat_interleave(group_size, dim=0)
 
 
+def check_reduction(reduction: str, stacklevel: int = 3) -> str:
+    """``reduction`` if one of :data:`REDUCTIONS`; an old name (:data:`DEPRECATED_REDUCTIONS`)
+    warns (DeprecationWarning) and maps to its new one; else a ValueError."""
+    if reduction in DEPRECATED_REDUCTIONS:
+        new = DEPRECATED_REDUCTIONS[reduction]
+        warnings.warn(f"reduction {reduction!r} is deprecated; use {new!r}, which means the same",
+                      DeprecationWarning, stacklevel=stacklevel)
+        return new
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
 class SampledObjective:
     """What the objectives that sample answers share (:class:`DistillationObjective`,
     :class:`videoopd.algo.grpo.GRPOObjective`): the sampling settings, ``rollout`` (the student
@@ -267,8 +286,7 @@ class SampledObjective:
     def __init__(self, processor: Any, *, reduction: str, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto",
                  num_generations: int = 1, reuse_vision: bool = True, rollout_batch_size: int = 0):
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        reduction = check_reduction(reduction)
         if num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {num_generations!r}")
         if rollout_batch_size < 0:
@@ -306,7 +324,7 @@ class SampledObjective:
         answer_mask = rollout.answer_mask[:, rollout.prompt_length:].to(ctx.device)
         tokens = answer_mask.sum().double()
         sequences = torch.tensor(float(answer_mask.shape[0]), dtype=torch.float64, device=ctx.device)
-        return tokens, sequences, {"sequence_sum": sequences, "token_mean": tokens, "sum": None}[self.reduction]
+        return tokens, sequences, {"sequence_sum": sequences, "mean": tokens, "sum": None}[self.reduction]
 
 
 class DistillationObjective(SampledObjective):
@@ -322,7 +340,7 @@ class DistillationObjective(SampledObjective):
     answer tokens), and ``advantage_clip`` c clamps it to [-c, c]. "full": the exact reverse KL
     over the vocabulary (``fused_reverse_kl``; G > 1 only adds rollouts). ``reduction``
     "sequence_sum" (the paper's: summed over each answer, averaged over the step's sequences),
-    "token_mean" (averaged over the step's answer tokens) or "sum".
+    "mean" (averaged over the step's answer tokens) or "sum".
     """
 
     name = "opd"

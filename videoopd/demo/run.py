@@ -21,24 +21,17 @@ from videoopd.training.checkpoint import prepare_run_folder
 from videoopd.training.config import Options, opt
 from videoopd.training.post_training import run_post_training
 
-__all__ = ["DEMO_PRESET", "DemoOptions", "run_demo"]
+__all__ = ["DemoOptions", "run_demo"]
 
 
 @dataclass
 class DemoOptions(Options):
-    """demo"""
+    """demo
+
+    The demo's other settings are ``--preset demo`` (configs/presets/demo.yaml)."""
 
     demo_videos: int = opt("demo: synthetic videos (half for OPD prompts, half held out)", 160, ge=2,
                            run_defining=True)
-
-
-# The demo's settings (``--preset demo``, what ``python -m videoopd.train`` without models
-# resolves to). The exact objective: at 8 rollouts a step the sampled estimator is too noisy to
-# move a tiny student in a few CPU minutes (docs/training.md, "The demo"); --objective sampled
-# runs it.
-DEMO_PRESET: dict[str, Any] = {"objective": "full", "lr": 3e-4, "batch_size": 8, "max_steps": 200, "eval_every": 50,
-                               "max_new_tokens": 16, "min_pixels": DEMO_PIXELS, "max_pixels": DEMO_PIXELS,
-                               "output_dir": "runs/opd-demo", "eval_teacher": True, "device": "cpu"}
 
 
 # What the demo writes besides the run's own files (replaced with them by --overwrite).
@@ -67,11 +60,11 @@ def run_demo(cfg: Any) -> int:
     say(f"with {DEMO_EVENTS} coloured shapes each (the query's colour picks one). Teacher: a tiny Qwen3-VL trained")
     say("by `python -m videoopd.sft`; student: an earlier checkpoint of the same run. Both ship in")
     say("videoopd/demo/assets; `python -m videoopd.demo_teacher` regenerates them.")
-    prompts = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    prompts = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
     answers = cfg.num_generations
     method = (f"GRPO, {answers} answers per prompt" if cfg.algo == "grpo"
               else f"OPD objective {cfg.objective}" + (f", {answers} answers per prompt" if answers > 1 else ""))
-    say(f"{method}, lr {cfg.lr:g}, {cfg.max_steps} steps x {prompts} prompts "
+    say(f"{method}, lr {cfg.learning_rate:g}, {cfg.max_steps} steps x {prompts} prompts "
         f"({accelerator.num_processes} process(es)).")
     say("=" * 78)
     data_dir = out_dir / "demo_data"

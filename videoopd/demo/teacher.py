@@ -61,8 +61,8 @@ STUDENT_DIR = ASSETS / "demo_student"
 SFT_RECIPE: list[str] = [
     "--init-tiny", "qwen3_vl", "--tiny-hidden-size", "128", "--tiny-layers", "4",
     "--tiny-vision-hidden-size", "64", "--tiny-vision-depth", "2", "--train-vision", "false",
-    "--lr", "1e-3", "--warmup-steps", "200", "--weight-decay", "0.01", "--batch-size", "16",
-    "--max-steps", "6000", "--eval-every", "500", "--save-every", "500", "--cache-videos", "true",
+    "--learning-rate", "1e-3", "--warmup-steps", "200", "--weight-decay", "0.01", "--per-device-train-batch-size", "16",
+    "--max-steps", "6000", "--eval-steps", "500", "--save-steps", "500", "--cache-videos", "true",
     "--fps", "2", "--min-pixels", str(DEMO_PIXELS), "--max-pixels", str(DEMO_PIXELS),
 ]
 # name: (videos, seed); the part's name says its events per video (EVENTS)
@@ -71,9 +71,9 @@ HELDOUT = (128, 5)  # 128 one-event videos (128 held-out queries), seed 5
 # Stage 2: from stage 1's best (--model is added), on the same videos with half of the
 # one-event ones left out (a seed's first N videos are the same for any count).
 QUERY_RECIPE: list[str] = [
-    "--train-vision", "false", "--lr", "5e-4", "--warmup-steps", "100", "--lr-schedule", "cosine",
-    "--min-lr-ratio", "0.2", "--weight-decay", "0.01", "--batch-size", "16", "--max-steps", "4000",
-    "--eval-every", "250", "--save-every", "250", "--cache-videos", "true",
+    "--train-vision", "false", "--learning-rate", "5e-4", "--warmup-steps", "100", "--lr-scheduler-type", "cosine",
+    "--min-lr-ratio", "0.2", "--weight-decay", "0.01", "--per-device-train-batch-size", "16", "--max-steps", "4000",
+    "--eval-steps", "250", "--save-steps", "250", "--cache-videos", "true",
     "--fps", "2", "--min-pixels", str(DEMO_PIXELS), "--max-pixels", str(DEMO_PIXELS),
 ]
 QUERY_VIDEOS = {"two_events": (3000, 1), "one_event": (1500, 3)}
@@ -198,7 +198,7 @@ def export(run: Path, out: Path = TEACHER_DIR, student_out: Path = STUDENT_DIR, 
     else:
         metrics = {step: m for step, m in run_evaluations(run_metrics(run)).items() if step in models}
     if not metrics:
-        print(f"{run}: no evaluated step checkpoints (run the SFT with --eval-every = --save-every)")
+        print(f"{run}: no evaluated step checkpoints (run the SFT with --eval-steps = --save-steps)")
         return 1
     teacher_step = max(metrics, key=lambda step: (metrics[step]["mIoU"], -step))
     best = metrics[teacher_step]["mIoU"]

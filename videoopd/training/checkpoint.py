@@ -29,8 +29,9 @@ from typing import Any, Sequence
 
 import torch
 
+from videoopd.algo.objectives import DEPRECATED_REDUCTIONS
 from videoopd.qwen.lora import is_lora
-from videoopd.training.config import ConfigError, run_defining_options
+from videoopd.training.config import RENAMED, ConfigError, run_defining_options
 
 __all__ = ["CHECKPOINTS", "MODEL_FOLDER", "STATE_FILE", "TrainerState", "complete_checkpoints", "config_differences",
            "install_model_hooks", "latest_checkpoint", "load_checkpoint", "model_signature", "prepare_run_folder",
@@ -93,16 +94,17 @@ def read_state(folder: Path) -> TrainerState:
     """``folder``'s trainer state; ConfigError for a missing, partial or unreadable checkpoint."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ConfigError(f"--resume: checkpoint folder not found: {folder}")
+        raise ConfigError(f"--resume-from-checkpoint: checkpoint folder not found: {folder}")
     state_file = folder / STATE_FILE
     if not state_file.is_file():
-        raise ConfigError(f"--resume: {folder} is not a complete checkpoint (no {STATE_FILE}: killed while "
-                          "saving, or not a videoopd checkpoint); --resume auto picks the newest complete one")
+        raise ConfigError(f"--resume-from-checkpoint: {folder} is not a complete checkpoint (no {STATE_FILE}: killed "
+                          "while saving, or not a videoopd checkpoint); --resume-from-checkpoint auto picks the newest "
+                          "complete one")
     try:
         data = json.loads(state_file.read_text(encoding="utf-8"))
         return TrainerState(**data)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"--resume: unreadable {state_file}: {exc}") from None
+        raise ConfigError(f"--resume-from-checkpoint: unreadable {state_file}: {exc}") from None
 
 
 def config_differences(saved: dict[str, Any], cfg: Any) -> list[str]:
@@ -110,17 +112,22 @@ def config_differences(saved: dict[str, Any], cfg: Any) -> list[str]:
     max_steps, evaluation, saving and output options may change) on which ``cfg`` differs from
     a checkpoint's saved config, as "name: saved -> now"."""
     now = dataclasses.asdict(cfg)
+    # a checkpoint saved before the options took their HF / TRL names: its keys under the new names
+    saved = {**{next((n for n in RENAMED.get(key, ()) if n in now), key): value for key, value in saved.items()},
+             **{key: value for key, value in saved.items() if key in now}}
+    if saved.get("reduction") in DEPRECATED_REDUCTIONS:
+        saved["reduction"] = DEPRECATED_REDUCTIONS[saved["reduction"]]
     return [f"{name}: {saved[name]!r} -> {now[name]!r}" for name in run_defining_options(cfg)
             if name in now and name in saved and saved[name] != now[name]]
 
 
 def prepare_run_folder(cfg: Any, accelerator: Any, extra_artifacts: Sequence[str] = ()) -> Path | None:
-    """Check the run folder against ``cfg.resume`` / ``cfg.overwrite`` before any work; return the
+    """Check the run folder against ``cfg.resume_from_checkpoint`` / ``cfg.overwrite`` before any work; return the
     checkpoint to resume from (None: a fresh start).
 
-    - ``--resume PATH``: PATH must be a complete checkpoint whose config agrees with ``cfg`` on
+    - ``--resume-from-checkpoint PATH``: PATH must be a complete checkpoint whose config agrees with ``cfg`` on
       :func:`config_differences` (unless ``--resume-override``);
-    - ``--resume auto``: the newest complete checkpoint of OUTPUT_DIR, or a fresh start when
+    - ``--resume-from-checkpoint auto``: the newest complete checkpoint of OUTPUT_DIR, or a fresh start when
       OUTPUT_DIR holds no earlier run (an earlier run without a checkpoint, finished or stopped
       early, is refused: starting again would replace its files);
     - fresh start: OUTPUT_DIR must hold no earlier run, unless ``--overwrite`` (which removes
@@ -132,24 +139,25 @@ def prepare_run_folder(cfg: Any, accelerator: Any, extra_artifacts: Sequence[str
     out_dir = Path(cfg.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--output-dir {out_dir} is a file, not a folder")
-    if cfg.resume is not None:
-        folder = latest_checkpoint(out_dir) if cfg.resume == "auto" else Path(cfg.resume)
+    if cfg.resume_from_checkpoint is not None:
+        resume = cfg.resume_from_checkpoint
+        folder = latest_checkpoint(out_dir) if resume == "auto" else Path(resume)
         if folder is not None:
             state = read_state(folder)
             differences = config_differences(state.config, cfg)
             if differences and not cfg.resume_override:
-                raise ConfigError(f"--resume {folder}: the config differs from the checkpoint's on "
+                raise ConfigError(f"--resume-from-checkpoint {folder}: the config differs from the checkpoint's on "
                                   + "; ".join(differences) + " (pass --resume-override to resume anyway)")
             if state.processes != accelerator.num_processes and not cfg.resume_override:
-                raise ConfigError(f"--resume {folder}: saved by {state.processes} process(es), resumed on "
-                                  f"{accelerator.num_processes}: the data order and sharded state would not continue "
-                                  "exactly (pass --resume-override to resume anyway)")
+                raise ConfigError(f"--resume-from-checkpoint {folder}: saved by {state.processes} process(es), "
+                                  f"resumed on {accelerator.num_processes}: the data order and sharded state would "
+                                  "not continue exactly (pass --resume-override to resume anyway)")
             return folder
     artifacts = (*RUN_ARTIFACTS, *extra_artifacts)
     earlier = [name for name in artifacts if (out_dir / name).exists()] if out_dir.is_dir() else []
     earlier += sorted(p.name for p in out_dir.glob("eval_*.json*")) if out_dir.is_dir() else []
     if earlier and not cfg.overwrite:
-        raise ConfigError(earlier_run_refusal(out_dir, earlier, cfg.resume))
+        raise ConfigError(earlier_run_refusal(out_dir, earlier, cfg.resume_from_checkpoint))
     if earlier and accelerator.is_main_process:
         for name in earlier:
             path = out_dir / name
@@ -161,7 +169,8 @@ def prepare_run_folder(cfg: Any, accelerator: Any, extra_artifacts: Sequence[str
 
 def earlier_run_refusal(out_dir: Path, earlier: Sequence[str], resume: str | None) -> str:
     """Why a run may not start in ``out_dir``, which holds the files ``earlier``, offering only
-    the ways out that work for that folder (``--resume auto`` only where there is a checkpoint)."""
+    the ways out that work for that folder (``--resume-from-checkpoint auto`` only where there is
+    a checkpoint)."""
     shown = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
     has_checkpoint = latest_checkpoint(out_dir) is not None
     if (out_dir / "summary.json").exists():
@@ -170,8 +179,8 @@ def earlier_run_refusal(out_dir: Path, earlier: Sequence[str], resume: str | Non
         kind = "an earlier run"
     if not has_checkpoint:
         kind += " that saved no checkpoint"
-    prefix = f"--resume {resume}: " if resume is not None else ""
-    ways = ["resume it with --resume auto"] if has_checkpoint else []
+    prefix = f"--resume-from-checkpoint {resume}: " if resume is not None else ""
+    ways = ["resume it with --resume-from-checkpoint auto"] if has_checkpoint else []
     ways += ["replace it with --overwrite", "choose another --output-dir"]
     return (f"{prefix}--output-dir {out_dir} holds {kind} ({shown}); nothing was changed: "
             f"{', '.join(ways[:-1])} or {ways[-1]}")
@@ -266,7 +275,8 @@ def load_checkpoint(accelerator: Any, folder: Path, signature: str) -> TrainerSt
     trainer state; ConfigError when the checkpoint is of another model."""
     state = read_state(folder)
     if state.model_signature and state.model_signature != signature:
-        raise ConfigError(f"--resume {folder}: the checkpoint is of another model (parameter names/shapes differ "
+        raise ConfigError(f"--resume-from-checkpoint {folder}: the checkpoint is of another model (parameter "
+                          "names/shapes differ "
                           f"from the student's: signature {state.model_signature} vs {signature})")
     accelerator.load_state(str(folder))
     return state

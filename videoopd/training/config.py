@@ -11,9 +11,13 @@ The option groups (one dataclass each: data, frames and decoding, model, optimis
 evaluation, checkpointing, LoRA, logging) are shared by ``videoopd.train``, ``videoopd.sft``
 and ``videoopd.eval`` where the option is the same; a command adds its own groups and its own
 defaults (``command_defaults``). One precedence rule holds everywhere (:func:`parse_config`):
-field defaults < command defaults < ``--preset`` < ``--config`` YAML < command-line flags.
-Every field is a ``--flag-with-dashes``; booleans take true/false (a boolean flag alone means
-true). The resolved config is saved with the run (:func:`save_config`).
+field defaults < command defaults < ``--preset`` (``configs/presets/NAME.yaml``) < ``--config``
+YAML < command-line flags. Parsing is transformers' ``HfArgumentParser``: every field is a
+``--flag_name`` (or ``--flag-name``); booleans take true/false (a boolean flag alone means true,
+``--no_flag`` turns off one that defaults to true). Options that HF Trainer or TRL also have
+carry their names (``--learning_rate``, ``--per_device_train_batch_size``...; the old names are
+refused with the new one, :data:`RENAMED`). The resolved config is saved with the run
+(:func:`save_config`).
 """
 from __future__ import annotations
 
@@ -27,15 +31,17 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, NoReturn, Sequence, TypeVar, get_args, get_origin
+from typing import Any, Callable, ClassVar, Literal, Mapping, NoReturn, Sequence, TypeVar, get_args, get_origin
+
+from transformers import HfArgumentParser
 
 from videoopd.data.annotations import FORMATS
 from videoopd.qwen.prompts import DATA_SYSTEM, PROMPT_STYLES, STYLE_DEFAULT
 
 __all__ = ["AnnotationOptions", "CheckpointOptions", "ConfigError", "DTYPES", "DecodeOptions", "EvalOptions",
            "LoggingOptions", "LoraOptions", "ModelOptions", "OptimOptions", "Options", "RunOptions", "TRACKERS",
-           "TrackingOptions", "build_parser",
-           "flag_name", "opt", "parse_config", "run_defining_options", "save_config", "warn_about_schedule"]
+           "TrackingOptions", "PRESET_DIR", "RENAMED", "flag_name", "load_preset", "opt", "parse_config",
+           "preset_names", "run_defining_options", "save_config", "warn_about_schedule"]
 
 T = TypeVar("T")
 
@@ -78,7 +84,7 @@ def _base_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:
 
 
 def flag_name(name: str) -> str:
-    """The command-line spelling of option ``name`` (``batch_size`` -> ``--batch-size``), as
+    """The command-line spelling of option ``name`` (``max_new_tokens`` -> ``--max-new-tokens``), as
     error messages name it (a YAML key may be spelt either way)."""
     return "--" + name.replace("_", "-")
 
@@ -152,8 +158,10 @@ class Options:
     """Base of the option groups: checks every field against its declaration when built, then
     the cross-field rules of :meth:`validate`."""
 
-    # The preset a parsed config was built from (set by parse_config; not an option).
+    # The preset a parsed config was built from, and the options the user gave (by flag or
+    # --config YAML): what a value derived later must not replace (set by parse_config; not options).
     preset: ClassVar[str | None] = None
+    given: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -197,7 +205,8 @@ class DecodeOptions(Options):
     """frames and decoding"""
 
     prompt_style: Literal[tuple(PROMPT_STYLES)] = opt(
-        "prompt: paper (the Video-OPD template, 'start to end'), timelens or time-r1 (those evaluations' own)", "paper", run_defining=True,
+        "prompt: paper (the Video-OPD template, 'start to end'), timelens or time-r1 (those evaluations' own)",
+        "paper", run_defining=True,
         aliases=("--prompt",))
     system_prompt_from_data: bool = opt(
         "show a query the system prompt its data file gives (ms-swift format lines), where it gives one, instead of "
@@ -215,7 +224,7 @@ class DecodeOptions(Options):
                                    "setting, else 115200 x (patch x merge)^2)", gt=0, run_defining=True)
     max_new_tokens: int = opt("max answer tokens per generation (decoding of evaluations is greedy)", 64, gt=0,
                               run_defining=True)
-    num_workers: int = opt("DataLoader workers decoding videos (0: in this process)", 0, ge=0)
+    dataloader_num_workers: int = opt("DataLoader workers decoding videos (0: in this process)", 0, ge=0)
 
     @property
     def system_prompt_setting(self) -> Any:
@@ -255,13 +264,14 @@ class OptimOptions(Options):
 
     gradient_checkpointing: bool = opt("activation checkpointing of the trained model", True)
     train_vision: bool = opt("also train the vision tower (otherwise frozen)", False, run_defining=True)
-    lr: float = opt("peak AdamW learning rate", 1e-6, gt=0, run_defining=True)
-    vision_lr: float | None = opt("peak learning rate of the vision tower when trained (default: --lr)", gt=0,
-                                  run_defining=True)
-    lr_schedule: Literal["constant", "cosine"] = opt(
-        "constant, or cosine (linear warm-up then cosine decay to lr * min_lr_ratio)", "constant", run_defining=True)
+    learning_rate: float = opt("peak AdamW learning rate", 1e-6, gt=0, run_defining=True)
+    vision_lr: float | None = opt("peak learning rate of the vision tower when trained (default: --learning-rate)",
+                                  gt=0, run_defining=True)
+    lr_scheduler_type: Literal["constant", "cosine"] = opt(
+        "constant (after the linear warm-up), or cosine (linear warm-up then cosine decay to learning_rate * "
+        "min_lr_ratio)", "constant", run_defining=True)
     warmup_steps: int = opt("linear warm-up steps", 0, ge=0, run_defining=True)
-    min_lr_ratio: float = opt("cosine decay floor as a fraction of --lr", 0.1, ge=0, le=1, run_defining=True)
+    min_lr_ratio: float = opt("cosine decay floor as a fraction of --learning-rate", 0.1, ge=0, le=1, run_defining=True)
     adam_beta2: float = opt("AdamW beta2", 0.999, ge=0, lt=1, run_defining=True)
     weight_decay: float = opt("AdamW weight decay (matrices only)", 0.0, ge=0, run_defining=True)
     max_grad_norm: float = opt("gradient clipping (0: off)", 1.0, ge=0, run_defining=True)
@@ -269,10 +279,12 @@ class OptimOptions(Options):
         "fp32 master copies of the trainable weights for the optimizer, one process or DDP: auto (when the model "
         "is bf16/fp16, so that updates of lr ~1e-6 are not rounded away), fp32 or none. Under FSDP2 its "
         "mixed-precision policy keeps fp32 sharded masters instead", "auto", run_defining=True)
-    batch_size: int = opt("prompts per micro-batch and process", 1, gt=0, run_defining=True)
-    grad_accum: int = opt("micro-batches per optimizer step (effective batch = batch_size * grad_accum * "
-                          "processes)", 1, gt=0, run_defining=True)
-    max_steps: int = opt("optimizer steps", 100, gt=0)
+    per_device_train_batch_size: int = opt("prompts per micro-batch and process", 1, gt=0, run_defining=True)
+    gradient_accumulation_steps: int = opt("micro-batches per optimizer step (effective batch = "
+                                           "per_device_train_batch_size * gradient_accumulation_steps * processes)",
+                                           1, gt=0, run_defining=True)
+    max_steps: int = opt("optimizer steps (with --rounds: the curriculum's rounds x steps per round, which a "
+                         "--max-steps given must equal)", 100, gt=0)
     time_budget_s: float = opt("also stop after the optimizer step during which the run's training time (steps, "
                                "not evaluations) reaches this many seconds, evaluating and saving as at the end "
                                "(0: no limit)", 0.0, ge=0)
@@ -284,10 +296,10 @@ class EvalOptions(Options):
     """held-out evaluation during training"""
 
     eval_data: str | None = opt("held-out annotation file, scored as python -m videoopd.eval scores it")
-    eval_every: int = opt("evaluate on --eval-data every K steps (0: only at the end)", 0, ge=0)
-    eval_before: bool = opt("also evaluate on --eval-data before the first step (step 0)", True)
+    eval_steps: int = opt("evaluate on --eval-data every K steps (0: only at the end)", 0, ge=0)
+    eval_on_start: bool = opt("also evaluate on --eval-data before the first step (step 0)", True)
     eval_limit: int | None = opt("evaluate the first N held-out queries", gt=0)
-    eval_batch_size: int = opt("prompts per evaluation generate call (per process)", 4, gt=0)
+    per_device_eval_batch_size: int = opt("prompts per evaluation generate call (per process)", 4, gt=0)
 
 
 @dataclass
@@ -297,19 +309,19 @@ class CheckpointOptions(Options):
     output_dir: str = opt("run folder: config.yaml, metrics.jsonl, eval_*.json, final/", "runs/opd")
     save_final: bool = opt("save the trained model (and processor) to OUTPUT_DIR/final", True)
     save_best: bool = opt("save the model with the best held-out mIoU so far to OUTPUT_DIR/best", False)
-    save_every: int = opt("write a resumable checkpoint to OUTPUT_DIR/checkpoints/step-{K} every K steps, and one "
+    save_steps: int = opt("write a resumable checkpoint to OUTPUT_DIR/checkpoints/step-{K} every K steps, and one "
                           "at the end (0: only when stopped by SIGTERM/SIGINT)", 0, ge=0)
-    keep_checkpoints: int = opt("keep the newest N checkpoints (0: all)", 0, ge=0)
-    resume: str | None = opt("continue from a checkpoint folder, or 'auto': the newest complete checkpoint in "
-                             "OUTPUT_DIR (a fresh start when there is none)")
+    save_total_limit: int = opt("keep the newest N checkpoints (0: all)", 0, ge=0)
+    resume_from_checkpoint: str | None = opt("continue from a checkpoint folder, or 'auto': the newest complete "
+                                             "checkpoint in OUTPUT_DIR (a fresh start when there is none)")
     resume_override: bool = opt("resume even where the config differs from the checkpoint's on what changes the "
                                 "run (models, lr, batch, objective, ...)", False)
     overwrite: bool = opt("start fresh in a non-empty OUTPUT_DIR, replacing what is there", False)
 
     def validate(self) -> None:
         super().validate()
-        if self.resume is not None and self.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other: choose one")
+        if self.resume_from_checkpoint is not None and self.overwrite:
+            raise ConfigError("--resume-from-checkpoint and --overwrite contradict each other: choose one")
 
 
 @dataclass
@@ -319,7 +331,7 @@ class LoraOptions(Options):
     lora_r: int = opt("LoRA rank (0: train the full weights)", 0, ge=0, run_defining=True)
     lora_alpha: float | None = opt("LoRA alpha (default: 2 * --lora-r)", gt=0, run_defining=True)
     lora_dropout: float = opt("LoRA dropout", 0.0, ge=0, lt=1, run_defining=True)
-    lora_targets: str = opt("comma-separated module names given adapters, inside the language model only (the "
+    lora_target_modules: str = opt("comma-separated module names given adapters, inside the language model only (the "
                             "vision tower and LM head stay frozen)",
                             "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", run_defining=True)
     merge_lora: bool = opt("with LoRA: write merged weights (a plain HF model) to final/ and best/ instead of "
@@ -328,8 +340,8 @@ class LoraOptions(Options):
     def validate(self) -> None:
         super().validate()
         if self.lora_r:
-            if not [t for t in self.lora_targets.split(",") if t.strip()]:
-                raise ConfigError("--lora-targets names no module")
+            if not [t for t in self.lora_target_modules.split(",") if t.strip()]:
+                raise ConfigError("--lora-target-modules names no module")
             if getattr(self, "train_vision", False):
                 raise ConfigError("--train-vision with LoRA is not supported: adapters go into the language model "
                                   "only")
@@ -381,21 +393,39 @@ def run_defining_options(cfg: Any) -> tuple[str, ...]:
 
 def warn_about_schedule(cfg: OptimOptions, prog: str) -> None:
     """Say (on stderr, once under a launch) when the learning rate never reaches its peak
-    ``--lr`` because the run ends inside the warm-up."""
+    ``--learning-rate`` because the run ends inside the warm-up."""
     if cfg.warmup_steps > cfg.max_steps and os.environ.get("RANK", "0") == "0":
         print(f"{prog}: warning: --max-steps {cfg.max_steps} ends inside --warmup-steps {cfg.warmup_steps}: the "
-              f"learning rate rises to {cfg.lr * cfg.max_steps / cfg.warmup_steps:g} and never reaches --lr "
-              f"{cfg.lr:g}", file=sys.stderr)
+              f"learning rate rises to {cfg.learning_rate * cfg.max_steps / cfg.warmup_steps:g} and never reaches "
+              f"--learning-rate {cfg.learning_rate:g}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------
-# the parser
+# the parser: transformers' HfArgumentParser, with --config YAML and --preset as TRL's TrlParser does
+
+# Options renamed to the HF Trainer / TRL names (old name -> new name(s); the one the command has applies). An old
+# spelling, as a flag or a YAML key, is refused with the new name rather than silently ignored.
+RENAMED: dict[str, tuple[str, ...]] = {
+    "lr": ("learning_rate",), "lr_schedule": ("lr_scheduler_type",),
+    "batch_size": ("per_device_train_batch_size", "per_device_eval_batch_size"),
+    "grad_accum": ("gradient_accumulation_steps",), "eval_every": ("eval_steps",), "eval_before": ("eval_on_start",),
+    "eval_batch_size": ("per_device_eval_batch_size",), "save_every": ("save_steps",),
+    "keep_checkpoints": ("save_total_limit",), "resume": ("resume_from_checkpoint",),
+    "lora_targets": ("lora_target_modules",), "clip_eps": ("epsilon",), "num_workers": ("dataloader_num_workers",),
+}
+# The presets (``--preset NAME``): configs/presets/NAME.yaml in the repository, one file each.
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "presets"
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Turns a command-line error (an unknown flag, a value of the wrong type) into a
-    ConfigError, which the command reports in one line with exit status 2 (:func:`fail`), as it
-    does every other bad input."""
+def preset_names() -> tuple[str, ...]:
+    """The presets ``--preset`` offers: the YAML files of :data:`PRESET_DIR`."""
+    return tuple(sorted(path.stem for path in PRESET_DIR.glob("*.yaml")))
+
+
+class OneLineErrorParser(HfArgumentParser):
+    """HfArgumentParser whose command-line errors (an unknown choice, a value of the wrong type)
+    are ConfigErrors, which the command reports in one line with exit status 2 (:func:`fail`), as
+    it does every other bad input, instead of argparse's usage block."""
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(message)
@@ -412,67 +442,59 @@ def _group_of(config_class: type) -> dict[str, str]:
     return groups
 
 
-def _help(f: dataclasses.Field, kind: type, default: Any, presets: Mapping[str, Mapping[str, Any]]) -> str:
-    """The field's help with its bounds and ``(default: X; PRESET: Y)`` stated once: where the
-    text already says its default in a closing ``(default ...)``, the presets' values go inside
-    it; a default of None is left unsaid (the text says what leaving the option out means)."""
-    text = f.metadata["help"] + ("; required" if f.metadata.get("required") else "")
+def _help(f: dataclasses.Field, kind: type) -> str:
+    """The field's help with its bounds, and its default as the parser holds it when ``--help``
+    is printed (the command's, the preset's or the YAML's): argparse fills ``%(default)s``.
+    Where the text says its default itself, in a closing ``(default ...)``, that is kept; a field
+    default of None is left unsaid (the text says what leaving the option out means)."""
+    text = f.metadata["help"].replace("%", "%%") + ("; required" if f.metadata.get("required") else "")
     bounds = f.metadata.get("bounds")
+    own_default = "(default" in text and text.endswith(")")
     if bounds:  # said before a closing "(default ...)"
-        head, paren, tail = text.rpartition(" (default") if text.endswith(")") else (text, "", "")
-        text = f"{head or text} [{describe_bounds(bounds, kind)}]" + (paren + tail if head else "")
-    modes = [f"{name}: {values[f.name]}" for name, values in presets.items() if f.name in values]
-    if "(default" in text and text.endswith(")"):
-        return text[:-1] + "".join(f"; {m}" for m in modes) + ")" if modes else text
-    parts = ([] if default is None else [f"default: {default}"]) + modes
-    return f"{text} ({'; '.join(parts)})" if parts else text
+        head, paren, tail = text.rpartition(" (default") if own_default else (text, "", "")
+        text = f"{head} [{describe_bounds(bounds, kind)}]{paren}{tail}"
+    return text if own_default or f.default is None else f"{text} (default: %(default)s)"
 
 
-def build_parser(config_class: type, *, prog: str, description: str,
-                 presets: Mapping[str, Mapping[str, Any]] | None = None, preset_help: str = "",
-                 command_defaults: Mapping[str, Any] | None = None,
-                 config_file: bool = True) -> argparse.ArgumentParser:
-    """A parser with one flag per field of ``config_class``, in its option groups, and
-    ``--config`` (unless ``config_file`` is False). Defaults are suppressed, so that only the
-    flags actually given override the YAML/preset values; each option's help states its default
-    (the command's) and the presets' values once."""
-    command_defaults = command_defaults or {}
-    presets = presets or {}
-    usage = "%(prog)s" + (" [--preset NAME]" if presets else "") + (" [--config YAML]" if config_file else "")
-    parser = OneLineErrorParser(prog=prog, usage=usage + " [options]", description=description + (
-        " Precedence: defaults < " + ("--preset < " if presets else "") + "--config YAML < flags." if config_file
-        else ""))
-    if config_file:
-        parser.add_argument("--config", default=argparse.SUPPRESS,
-                            help="YAML file of options (keys as below, with _ or -)")
-    if presets:
-        parser.add_argument("--preset", choices=sorted(presets), default=argparse.SUPPRESS, help=preset_help)
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    titles = _group_of(config_class)
-    hints = _field_types(config_class)
-    order = list(dict.fromkeys(titles[f.name] for f in dataclasses.fields(config_class)))
-    for f in sorted(dataclasses.fields(config_class), key=lambda f: order.index(titles[f.name])):
-        title = titles[f.name]
-        group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
-        kind, choices = _base_type(hints[f.name])
-        default = command_defaults.get(f.name, f.default)
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  "help": _help(f, kind, default, presets)}
-        if kind is bool:  # --flag alone means true
-            kwargs.update(type=_bool, metavar="BOOL", nargs="?", const=True)
-        else:
-            kwargs["type"] = kind
-            if choices is not None:
-                kwargs["choices"] = choices
-        group.add_argument(flag_name(f.name), *f.metadata.get("aliases", ()), **kwargs)
-        if f.name == "progress":
-            group.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
-                               help="no progress bars")
-    return parser
+def _sections(config_class: type) -> list[type]:
+    """HfArgumentParser gives each dataclass it is handed its own ``--help`` section (its
+    ``_argument_group_name``); an option class is composed of group mixins, so it is handed one
+    dataclass per group title, of the fields declared under it, with only what argparse takes
+    (help, aliases) as their metadata; bounds and the rest are checked by ``config_class``."""
+    hints, titles = _field_types(config_class), _group_of(config_class)
+    sections: dict[str, list[tuple[str, Any, Any]]] = {}
+    for f in dataclasses.fields(config_class):
+        kind, _ = _base_type(hints[f.name])
+        metadata = {"help": _help(f, kind), "aliases": list(f.metadata.get("aliases", ()))}
+        sections.setdefault(titles[f.name], []).append((f.name, hints[f.name], field(default=f.default,
+                                                                                      metadata=metadata)))
+    return [dataclasses.make_dataclass("Section", fields, namespace={"_argument_group_name": title})
+            for title, fields in sections.items()]
 
 
-def read_yaml_options(path: Path, names: Sequence[str]) -> dict[str, Any]:
-    """The options of a ``--config`` YAML file (keys with ``_`` or ``-``, and ``preset``)."""
+def refuse_renamed(names: Sequence[str], known: Sequence[str], where: str) -> None:
+    """A ConfigError naming the new flag when one of ``names`` is an old spelling (:data:`RENAMED`)."""
+    for name in names:
+        new = [n for n in RENAMED.get(name, ()) if n in known]
+        if new:
+            raise ConfigError(f"{where}{flag_name(name)} was renamed {flag_name(new[0])} (the HF Trainer / TRL "
+                              "name; see docs/options.md)")
+
+
+def given_flags(argv: Sequence[str], config_class: type) -> set[str]:
+    """The options of ``config_class`` that ``argv`` gives, in any of their spellings."""
+    spelt: dict[str, str] = {}
+    for f in dataclasses.fields(config_class):
+        for name in (f.name, f"no_{f.name}"):
+            spelt["--" + name] = spelt["--" + name.replace("_", "-")] = f.name
+        spelt.update(dict.fromkeys(f.metadata.get("aliases", ()), f.name))
+    return {spelt[arg.split("=", 1)[0]] for arg in argv if arg.split("=", 1)[0] in spelt}
+
+
+def read_yaml_options(path: Path, config_class: type) -> dict[str, Any]:
+    """The options of a ``--config`` or preset YAML file (keys with ``_`` or ``-``, and
+    ``preset``), each typed as its option (strings as flags are: ``"false"`` is False); errors
+    name the file."""
     import yaml
 
     if not path.is_file():
@@ -487,47 +509,89 @@ def read_yaml_options(path: Path, names: Sequence[str]) -> dict[str, Any]:
         raise ConfigError(f"{where}: YAML syntax error: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of options, got {type(loaded).__name__}")
+    hints = _field_types(config_class)
     values = {}
     for key, value in loaded.items():
         name = str(key).replace("-", "_")
-        if name != "preset" and name not in names:
-            raise ConfigError(f"{path}: unknown option {key!r}")
+        if name != "preset":
+            refuse_renamed([name], list(hints), f"{path}: ")
+            if name not in hints:
+                raise ConfigError(f"{path}: unknown option {key!r}")
+            try:
+                value = coerce(flag_name(name), _base_type(hints[name])[0], value)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
         values[name] = value
     return values
 
 
-def parse_config(config_class: type[T], argv: Sequence[str] | None, *, prog: str, description: str,
-                 presets: Mapping[str, Mapping[str, Any]] | None = None, preset_help: str = "",
-                 command_defaults: Mapping[str, Any] | None = None,
-                 default_preset: Any = None, rest: list[str] | None = None, config_file: bool = True) -> T:
-    """Parse flags, YAML and preset into ``config_class`` with one precedence rule: field
-    defaults < ``command_defaults`` < preset < ``--config`` YAML < flags. ``default_preset``
-    (given the YAML's and the flags' values) names the preset used when none is chosen. With
-    ``rest`` (a list), flags that are not options of ``config_class`` are appended to it
-    instead of refused (a command that passes them on); ``config_file=False``: no ``--config``
-    (it is passed on too).
+def load_preset(name: str, config_class: type) -> dict[str, Any]:
+    """The options of preset ``name`` (``configs/presets/NAME.yaml``)."""
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; choose from {list(preset_names())} (files in {PRESET_DIR})")
+    return read_yaml_options(PRESET_DIR / f"{name}.yaml", config_class)
 
-    The chosen preset (or None) is recorded as ``cfg.preset``. Raises ConfigError on a bad
-    value or combination (the dataclass's own checks)."""
-    parser = build_parser(config_class, prog=prog, description=description, presets=presets,
-                          preset_help=preset_help, command_defaults=command_defaults, config_file=config_file)
+
+def parse_config(config_class: type[T], argv: Sequence[str] | None, *, prog: str, description: str,
+                 presets: bool = False, preset_help: str = "", command_defaults: Mapping[str, Any] | None = None,
+                 default_preset: Callable[[Any], str | None] | None = None, rest: list[str] | None = None,
+                 config_file: bool = True) -> T:
+    """Parse flags, YAML and preset into ``config_class`` with one precedence rule: field
+    defaults < ``command_defaults`` < ``--preset`` < ``--config`` YAML < flags.
+
+    The flags are transformers' ``HfArgumentParser``'s (``--name_with_underscores`` or
+    ``--name-with-dashes``; a boolean takes true/false, alone means true, and one that defaults
+    to true also has ``--no_name``). As TRL's ``TrlParser`` does, the YAML's (and the preset's)
+    values become the parser's defaults, so that a flag given overrides them. ``default_preset``
+    (given the config parsed without a preset) names the preset used when none is chosen. With
+    ``rest`` (a list), flags that are not options of ``config_class`` are appended to it instead
+    of refused (a command that passes them on); ``config_file=False``: no ``--config`` (it is
+    passed on too). The chosen preset (or None) is recorded as ``cfg.preset``. Raises
+    ConfigError on a bad value or combination (the dataclass's own checks)."""
     argv = list(argv) if argv is not None else sys.argv[1:]
-    if rest is None:
-        flags = vars(parser.parse_args(argv))
-    else:
-        namespace, unknown = parser.parse_known_args(argv)
-        flags = vars(namespace)
-        rest.extend(unknown)
-    names = [f.name for f in dataclasses.fields(config_class)]
-    file_values = read_yaml_options(Path(flags.pop("config")), names) if "config" in flags else {}
-    preset = flags.pop("preset", None) or file_values.pop("preset", None)
-    if preset is None and default_preset is not None:
-        preset = default_preset({**file_values, **flags})
-    if preset is not None and preset not in (presets or {}):
-        raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(presets or {})}")
-    values = {**(command_defaults or {}), **(presets[preset] if preset is not None else {}), **file_values, **flags}
-    cfg = config_class(**values)
-    cfg.preset = preset
+    # --config and --preset are read first: their values are the defaults of the full parse
+    first = OneLineErrorParser(add_help=False, allow_abbrev=False)
+    if config_file:
+        first.add_argument("--config")
+    if presets:
+        first.add_argument("--preset")
+    files, _ = first.parse_known_args(argv)
+    file_values = read_yaml_options(Path(files.config), config_class) if getattr(files, "config", None) else {}
+    preset = getattr(files, "preset", None) or file_values.pop("preset", None)
+
+    def parse(preset: str | None) -> T:
+        usage = "%(prog)s" + (" [--preset NAME]" if presets else "") + (" [--config YAML]" if config_file else "")
+        parser = OneLineErrorParser(
+            _sections(config_class), prog=prog, usage=usage + " [options]", allow_abbrev=False,
+            formatter_class=argparse.HelpFormatter, description=description + (
+                " Precedence: defaults < " + ("--preset < " if presets else "") + "--config YAML < flags."
+                if config_file else ""))
+        if config_file:
+            parser.add_argument("--config", help="YAML file of options (keys as below, with _ or -)")
+        if presets:
+            parser.add_argument("--preset", choices=preset_names(), help=preset_help)
+        parser.set_defaults(**{**(command_defaults or {}),
+                               **(load_preset(preset, config_class) if preset is not None else {}), **file_values})
+        *sections, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True,
+                                                                 look_for_args_file=False)
+        flags = [arg[2:].split("=", 1)[0].replace("-", "_") for arg in unknown if arg.startswith("--")]
+        refuse_renamed(flags, [f.name for f in dataclasses.fields(config_class)], "")
+        if rest is None and unknown:
+            raise ConfigError(f"unrecognized arguments: {' '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for section in sections:
+            if dataclasses.is_dataclass(section):  # the last one is the namespace of --config/--preset
+                values.update(vars(section))
+        cfg = config_class(**values)
+        cfg.preset = preset
+        cfg.given = frozenset(file_values).union(given_flags(argv, config_class)) - {"preset"}
+        if rest is not None:
+            rest[:] = unknown
+        return cfg
+
+    cfg = parse(preset)
+    if preset is None and default_preset is not None and default_preset(cfg) is not None:
+        cfg = parse(default_preset(cfg))
     return cfg
 
 

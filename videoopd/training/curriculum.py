@@ -27,7 +27,7 @@ from videoopd.algo.curriculum import select_round
 from videoopd.evaluation.evaluate import evaluate
 from videoopd.training.config import ConfigError
 
-__all__ = ["TVDFCurriculum", "one_pass_steps"]
+__all__ = ["TVDFCurriculum", "check_max_steps", "one_pass_steps"]
 
 
 def one_pass_steps(round_size: int, batch_size: int, grad_accum: int, processes: int) -> int:
@@ -35,16 +35,28 @@ def one_pass_steps(round_size: int, batch_size: int, grad_accum: int, processes:
     return max(1, math.ceil(round_size / (batch_size * grad_accum * processes)))
 
 
+def check_max_steps(cfg: Any, steps_per_round: int) -> None:
+    """Refuse a ``--max-steps`` the user gave (``cfg.given``: by flag or ``--config`` YAML) that
+    differs from the curriculum's rounds x steps per round, naming both, rather than replace it;
+    one from a preset or a default is the curriculum's to set."""
+    total = cfg.rounds * steps_per_round
+    if "max_steps" in getattr(cfg, "given", ()) and cfg.max_steps != total:
+        raise ConfigError(f"--max-steps {cfg.max_steps} contradicts the TVDF curriculum's {cfg.rounds} rounds x "
+                          f"{steps_per_round} steps = {total} optimizer steps: leave --max-steps out, set "
+                          "--steps-per-round, or train --max-steps steps without the curriculum (--rounds 0)")
+
+
 class TVDFCurriculum:
     """Rounds of TVDF selection over ``pool`` (the training records) for the loop.
 
     ``cfg`` carries ``rounds``, ``round_size``, ``selector``, ``teacher_iou_min``,
     ``gwds_center``, ``gwds_sigma``, ``seed``, ``output_dir``, ``prompt_style``,
-    ``eval_batch_size`` and ``max_new_tokens``; ``steps_per_round`` is resolved by the caller.
+    ``per_device_eval_batch_size`` and ``max_new_tokens``; ``steps_per_round`` is resolved by the caller.
     """
 
     def __init__(self, cfg: Any, accelerator: Any, teacher: Any, teacher_processor: Any, pool: Sequence[Any],
                  decode_config: Any, steps_per_round: int, log: Callable[[str], None] = print):
+        check_max_steps(cfg, steps_per_round)
         self.cfg, self.accelerator = cfg, accelerator
         self.teacher, self.teacher_processor = teacher, teacher_processor
         self.pool = list(pool)
@@ -71,7 +83,7 @@ class TVDFCurriculum:
             self.folder.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
         result = evaluate(model, processor, self.pool, decode_config=self.decode_config,
-                          prompt_style=self.cfg.prompt_style, batch_size=self.cfg.eval_batch_size,
+                          prompt_style=self.cfg.prompt_style, batch_size=self.cfg.per_device_eval_batch_size,
                           system_prompt=self.cfg.system_prompt_setting,
                           max_new_tokens=self.cfg.max_new_tokens, predictions_path=path, resume=reuse,
                           on_video_error="report", progress=self.cfg.progress and self.accelerator.is_main_process,

@@ -5,7 +5,7 @@ Read :func:`train`: :func:`setup_run` prepares the run (LoRA, optimizer, schedul
 state, data, metrics log) as one :class:`PreparedRun`, then each optimizer step runs
 :func:`optimizer_step`:
 
-1. ``rollout``: the objective generates for the step's ``grad_accum`` micro-batches together
+1. ``rollout``: the objective generates for the step's ``gradient_accumulation_steps`` micro-batches together
    (OPD: the student samples one answer per prompt, in as few generate calls as
    ``--rollout-batch-size`` allows; SFT: nothing);
 2. ``teacher``: the objective scores them (OPD: the frozen teacher, one forward per generate
@@ -110,7 +110,7 @@ def lr_lambda(cfg: RunOptions) -> Callable[[int], float]:
         step = i + 1
         if cfg.warmup_steps and step <= cfg.warmup_steps:
             return step / cfg.warmup_steps
-        if cfg.lr_schedule == "constant":
+        if cfg.lr_scheduler_type == "constant":
             return 1.0
         progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -128,13 +128,13 @@ def build_optimizer(model: torch.nn.Module, cfg: RunOptions, masters: MasterWeig
     vision_ids = {id(p) for p in visual.parameters()} if visual is not None else set()
     groups = []
     for is_vision in (False, True):
-        peak = (cfg.vision_lr or cfg.lr) if is_vision else cfg.lr
+        peak = (cfg.vision_lr or cfg.learning_rate) if is_vision else cfg.learning_rate
         for decayed in (True, False):
             members = [p for p in params if (id(p) in vision_ids) == is_vision and (p.ndim >= 2) == decayed]
             if members:
                 stepped = [masters.master_of(p) for p in members] if masters is not None else members
                 groups.append({"params": stepped, "lr": peak, "weight_decay": cfg.weight_decay if decayed else 0.0})
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.adam_beta2))
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, cfg.adam_beta2))
 
 
 class DataStream:
@@ -217,8 +217,8 @@ def evaluate_held_out(cfg: RunOptions, accelerator: Any, model: Any, processor: 
     main process writes ``OUTPUT_DIR/eval_{tag}.json`` and its ``.predictions.jsonl``."""
     out_dir = Path(cfg.output_dir)
     metrics = evaluate(model, processor, records[: cfg.eval_limit] if cfg.eval_limit else records,
-                       decode_config=decode_config, prompt_style=cfg.prompt_style, batch_size=cfg.eval_batch_size,
-                       system_prompt=cfg.system_prompt_setting,
+                       decode_config=decode_config, prompt_style=cfg.prompt_style,
+                       batch_size=cfg.per_device_eval_batch_size, system_prompt=cfg.system_prompt_setting,
                        max_new_tokens=cfg.max_new_tokens, predictions_path=out_dir / f"eval_{tag}.predictions.jsonl",
                        on_video_error="report", progress=cfg.progress and accelerator.is_main_process,
                        accelerator=accelerator, gather_weights=cfg.gather_for_generation).metrics
@@ -252,7 +252,7 @@ def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, object
     ctx = GenerationContext(model=model, device=device, step=step, synced_gpus=is_fsdp2(accelerator) and world > 1,
                             gather_weights=cfg.gather_for_generation)
     with timer("rollout"):
-        rolled = objective.rollout_step(ctx, [next(data) for _ in range(cfg.grad_accum)])
+        rolled = objective.rollout_step(ctx, [next(data) for _ in range(cfg.gradient_accumulation_steps)])
     with timer("teacher"):
         micro: list[MicroBatch] = objective.score_step(ctx, rolled)
     # The step's normaliser over every micro-batch and process: a collective, no host sync.
@@ -355,8 +355,9 @@ class PreparedRun:
     def stream(self, samples: torch.utils.data.Dataset, epoch: int = 0, batches_in_epoch: int = 0) -> DataStream:
         """Batches of ``samples`` in the run's shuffled, process-split order, from a position."""
         cfg = self.cfg
-        loader = torch.utils.data.DataLoader(samples, batch_size=cfg.batch_size, shuffle=True, collate_fn=self.collator,
-                                             num_workers=cfg.num_workers,
+        loader = torch.utils.data.DataLoader(samples, batch_size=cfg.per_device_train_batch_size, shuffle=True,
+                                             collate_fn=self.collator,
+                                             num_workers=cfg.dataloader_num_workers,
                                              generator=torch.Generator().manual_seed(cfg.seed))
         return DataStream(self.accelerator, self.accelerator.prepare(loader), epoch, batches_in_epoch, log=self.log)
 
@@ -377,13 +378,13 @@ class PreparedRun:
     def evaluation_due(self, step: int) -> bool:
         cfg = self.cfg
         return bool(self.eval_records) and (step == cfg.max_steps
-                                            or (cfg.eval_every > 0 and step % cfg.eval_every == 0))
+                                            or (cfg.eval_steps > 0 and step % cfg.eval_steps == 0))
 
     def evaluate_on_entry(self) -> None:
         """Before the first step: the evaluation before training (``eval_before``), or on resuming
         the evaluation a stop skipped."""
         step = self.state.step
-        if self.eval_records and self.cfg.eval_before and step == 0:
+        if self.eval_records and self.cfg.eval_on_start and step == 0:
             self.evaluate(0)
         elif step and self.evaluation_due(step) and self.state.last_eval_step != step:
             self.evaluate(step)
@@ -417,7 +418,7 @@ class PreparedRun:
             return
         self.metrics_log.write(row)
         # say what each number is per: the loss is normalised by the step's units, KL per token
-        per = {"sequence_sum": "/seq", "token_mean": "/token"}.get(getattr(self.objective, "reduction", ""), "")
+        per = {"sequence_sum": "/seq", "mean": "/token"}.get(getattr(self.objective, "reduction", ""), "")
         labels = {"loss": f"loss{per}", "reverse_kl": "rkl/token", "reward": "reward/answer"}
         self.bar.set_postfix({label: f"{row[k]:.4f}" for k, label in labels.items() if k in row}
                              | {"tok_s": f"{row['tokens_per_s']:.0f}"})
@@ -430,7 +431,7 @@ class PreparedRun:
 
     def save_checkpoint(self) -> None:
         self.summary.checkpoint = save_checkpoint(self.accelerator, self.state, Path(self.cfg.output_dir),
-                                                  self.cfg.keep_checkpoints)
+                                                  self.cfg.save_total_limit)
 
     def save_final(self) -> None:
         save_model(self.accelerator, self.wrapper, self.processor, Path(self.cfg.output_dir) / "final",
@@ -461,9 +462,9 @@ def setup_run(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, process
     if cfg.lora_r:
         try:
             model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                               targets=cfg.lora_targets)
+                               targets=cfg.lora_target_modules)
         except ValueError as exc:
-            raise ConfigError(f"--lora-targets: {exc}") from None
+            raise ConfigError(f"--lora-target-modules: {exc}") from None
     signature = model_signature(model)  # of the model as built, before the engine wraps it
     trainable = [p for p in model.parameters() if p.requires_grad]
     masters = None if is_fsdp2(accelerator) else MasterWeights.for_config(trainable, cfg.master_weights)
@@ -531,7 +532,7 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
           on_step: Callable[[PreparedRun, dict[str, Any], list[str]], None] | None = None) -> TrainSummary:
     """Train ``model`` (prepared by ``videoopd.qwen.models.prepare_policy``, possibly a peft
     LoRA model) with ``objective`` up to ``cfg.max_steps`` optimizer steps on
-    ``dataset``/``collator``; evaluate on ``eval_records`` every ``cfg.eval_every`` steps and at
+    ``dataset``/``collator``; evaluate on ``eval_records`` every ``cfg.eval_steps`` steps and at
     the end; save per ``cfg``; continue from checkpoint ``resume_from`` (see
     :func:`videoopd.training.checkpoint.prepare_run_folder`) when given. With a ``curriculum``
     (:class:`videoopd.training.curriculum.TVDFCurriculum`; ``cfg.max_steps`` must be its
@@ -575,7 +576,7 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
                 signum = int(max(ranks["stop_signal"]))  # every process agrees, through the gather
                 if (run.evaluation_due(step) or (out_of_time and eval_records)) and not signum:
                     run.evaluate(step)
-                if signum or (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.max_steps or out_of_time)):
+                if signum or (cfg.save_steps and (step % cfg.save_steps == 0 or step == cfg.max_steps or out_of_time)):
                     run.save_checkpoint()
                 if signum:
                     raise Preempted(signum, step, run.summary.checkpoint)

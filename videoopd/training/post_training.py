@@ -40,7 +40,7 @@ ALGORITHMS = ("opd", "grpo")
 def default_reduction(algo: str) -> str:
     """``--reduction auto``: OPD sums each answer's loss (the paper's), GRPO averages over the
     step's answer tokens (token-level, as TRL's and DAPO's)."""
-    return "token_mean" if algo == "grpo" else "sequence_sum"
+    return "mean" if algo == "grpo" else "sequence_sum"
 
 
 def default_num_generations(algo: str) -> int:
@@ -98,7 +98,7 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
         if cfg.beta > 0 and reference is None:
             raise ConfigError("--beta > 0 needs the reference policy (a frozen copy of the initial student)")
         objective: Any = GRPOObjective(processor, num_generations=cfg.num_generations, advantage=cfg.advantage,
-                                       clip_eps=cfg.clip_eps, beta=cfg.beta, reference=reference,
+                                       clip_eps=cfg.epsilon, beta=cfg.beta, reference=reference,
                                        format_reward=cfg.format_reward, reduction=cfg.reduction,
                                        temperature=cfg.temperature, top_p=cfg.top_p,
                                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, vocab_size=vocab,
@@ -116,14 +116,13 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
     dataset = GroundingVideoDataset(train_records, decode_config, on_error="report")
     curriculum = None
     if cfg.rounds:
-        steps = cfg.steps_per_round or one_pass_steps(cfg.round_size, cfg.batch_size, cfg.grad_accum,
+        steps = cfg.steps_per_round or one_pass_steps(cfg.round_size, cfg.per_device_train_batch_size,
+                                                      cfg.gradient_accumulation_steps,
                                                       accelerator.num_processes)
         curriculum = TVDFCurriculum(cfg, accelerator, teacher, teacher_processor or processor, train_records,
                                     decode_config, steps, log=say)
-        if cfg.max_steps != curriculum.total_steps:
-            say(f"TVDF curriculum: {cfg.rounds} rounds x {steps} steps = {curriculum.total_steps} optimizer steps "
-                f"(--max-steps {cfg.max_steps} is replaced)")
-            cfg.max_steps = curriculum.total_steps
+        say(f"TVDF curriculum: {cfg.rounds} rounds x {steps} steps = {curriculum.total_steps} optimizer steps")
+        cfg.max_steps = curriculum.total_steps  # a preset's or the default (one given that differs is refused)
     if main_process:
         say(f"config: {save_config(cfg, out_dir)}")
     summary = train(cfg, accelerator, student, processor, objective, dataset, collator, eval_records,

@@ -21,7 +21,7 @@ class Preempted(Exception):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_code = 128 + signum
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint} "
-                         "(continue with --resume auto)")
+                         "(continue with --resume-from-checkpoint auto)")
 
 
 class StopSignals:

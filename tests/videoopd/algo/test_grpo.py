@@ -11,7 +11,7 @@ import torch
 from opd_kernels import policy_gradient_loss
 from videoopd import compare as CMP
 from videoopd import train as T
-from videoopd.algo.grpo import GroupedCollator, group_advantages
+from videoopd.algo.grpo import GroupedCollator, GRPOObjective, group_advantages
 from videoopd.grounding.rewards import iou_reward, is_exact_format
 
 
@@ -60,12 +60,32 @@ def test_grouped_collator_repeats_each_prompt():
 def test_grpo_options_are_checked():
     with pytest.raises(T.ConfigError, match="num_generations must be >= 2"):
         T.resolve_config(["--algo", "grpo", "--num-generations", "1"])
-    with pytest.raises(T.ConfigError, match="--clip-eps"):
-        T.resolve_config(["--algo", "grpo", "--clip-eps", "1.5"])
+    with pytest.raises(T.ConfigError, match="--epsilon"):
+        T.resolve_config(["--algo", "grpo", "--epsilon", "1.5"])
     from videoopd.training.post_training import default_reduction
 
-    assert T.resolve_config(["--algo", "grpo"]).reduction == "token_mean"  # auto, resolved when parsed
-    assert (default_reduction("grpo"), default_reduction("opd")) == ("token_mean", "sequence_sum")
+    assert T.resolve_config(["--algo", "grpo"]).reduction == "mean"  # auto, resolved when parsed
+    assert (default_reduction("grpo"), default_reduction("opd")) == ("mean", "sequence_sum")
+
+
+def test_one_reduction_vocabulary_with_opd_kernels():
+    """videoopd's reductions are opd_kernels' names; the old token_mean still works for one
+    release, as in opd_kernels: a DeprecationWarning, then the same as mean."""
+    import opd_kernels
+
+    from videoopd.algo.objectives import REDUCTIONS, check_reduction
+
+    assert set(REDUCTIONS) <= set(opd_kernels.REDUCTIONS)
+    with pytest.warns(DeprecationWarning, match="'token_mean' is deprecated; use 'mean'"):
+        assert check_reduction("token_mean") == "mean"
+    with pytest.warns(DeprecationWarning, match="'token_mean' is deprecated"):
+        cfg = T.resolve_config(["--algo", "grpo", "--reduction", "token_mean"])
+    assert cfg.reduction == "mean"  # what config.yaml records
+    with pytest.warns(DeprecationWarning):
+        objective = GRPOObjective(None, reduction="token_mean")
+    assert objective.reduction == "mean" and GRPOObjective(None).reduction == "mean"
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        check_reduction("tokens")
 
 
 def read_jsonl(path):
@@ -73,13 +93,14 @@ def read_jsonl(path):
 
 
 # 4 two-event videos: 4 prompts, 4 held-out queries
-SMALL = ["--demo-videos", "4", "--eval-limit", "2", "--eval-before", "false", "--no-progress"]
+SMALL = ["--demo-videos", "4", "--eval-limit", "2", "--eval-on-start", "false", "--no-progress"]
 
 
 @pytest.mark.slow
 def test_grpo_demo_steps_and_logs(tmp_path):
     out = tmp_path / "grpo"
-    assert T.main([*SMALL, "--algo", "grpo", "--max-steps", "2", "--batch-size", "2", "--num-generations", "3",
+    assert T.main([*SMALL, "--algo", "grpo", "--max-steps", "2", "--per-device-train-batch-size", "2",
+                   "--num-generations", "3",
                    "--eval-teacher", "false", "--output-dir", str(out)]) == 0
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2]
@@ -94,8 +115,8 @@ def test_grpo_demo_steps_and_logs(tmp_path):
 @pytest.mark.slow
 def test_compare_demo_writes_table_plot_and_runs(tmp_path):
     out = tmp_path / "cmp"
-    assert CMP.main([*SMALL, "--budget", "steps", "--budget-value", "2", "--eval-every", "2", "--output-dir", str(out),
-                     "--grpo-args", "--batch-size 1 --num-generations 2"]) == 0
+    assert CMP.main([*SMALL, "--budget", "steps", "--budget-value", "2", "--eval-steps", "2", "--output-dir", str(out),
+                     "--grpo-args", "--per-device-train-batch-size 1 --num-generations 2"]) == 0
     table = (out / "comparison.md").read_text()
     assert table.splitlines()[0].startswith("| method | steps | R1@0.3")
     assert "| opd | 2 |" in table and "| grpo | 2 |" in table and "Teacher held-out mIoU" in table
@@ -112,7 +133,8 @@ def test_compare_demo_writes_table_plot_and_runs(tmp_path):
 
 
 def test_compare_budgets_become_each_methods_steps(tmp_path):
-    argv = CMP.method_argv("grpo", ["--lr", "1e-5"], ["--batch-size", "2"], "samples", 100, 2, tmp_path, 10)
+    argv = CMP.method_argv("grpo", ["--learning-rate", "1e-5"], ["--per-device-train-batch-size", "2"], "samples", 100,
+                           2, tmp_path, 10)
     assert argv[argv.index("--max-steps") + 1] == "50" and argv[argv.index("--algo") + 1] == "grpo"
     argv = CMP.method_argv("opd", [], [], "seconds", 30, 8, tmp_path, 10)
     assert argv[argv.index("--time-budget-s") + 1] == "30"

@@ -49,8 +49,9 @@ def test_variance_options_are_checked():
 @pytest.mark.slow
 def test_sampled_demo_with_group_baseline_and_clip(tmp_path):
     out = tmp_path / "opd"
-    assert T.main(["--demo-videos", "8", "--eval-limit", "2", "--eval-before", "false", "--no-progress",
-                   "--objective", "sampled", "--num-generations", "2", "--advantage-clip", "2", "--batch-size", "2",
+    assert T.main(["--demo-videos", "8", "--eval-limit", "2", "--eval-on-start", "false", "--no-progress",
+                   "--objective", "sampled", "--num-generations", "2", "--advantage-clip", "2",
+                   "--per-device-train-batch-size", "2",
                    "--max-steps", "2", "--output-dir", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "loss" in r]

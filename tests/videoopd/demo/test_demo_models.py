@@ -60,8 +60,8 @@ def test_regeneration_command_runs_end_to_end(tmp_path):
 
     work, teacher, student = tmp_path / "work", tmp_path / "teacher", tmp_path / "student"
     code = demo_teacher.main(["--work", str(work), "--out", str(teacher), "--student-out", str(student),
-                              "--train-videos", "4", "--heldout-videos", "2", "--max-steps", "4", "--eval-every", "2",
-                              "--save-every", "2", "--batch-size", "2", "--tiny-hidden-size", "32",
+                              "--train-videos", "4", "--heldout-videos", "2", "--max-steps", "4", "--eval-steps", "2",
+                              "--save-steps", "2", "--per-device-train-batch-size", "2", "--tiny-hidden-size", "32",
                               "--tiny-layers", "1", "--max-new-tokens", "4", "--no-progress"])
     run = work / "sft_query"
     assert code in (0, 1)  # 1: no checkpoint 25 mIoU below the best, expected after 4 steps

@@ -148,8 +148,9 @@ def test_evaluate_validates_arguments(records, tiny_qwen25):
 def test_command_line_end_to_end_on_the_tiny_model(tmp_path, synthetic_dir, tiny_qwen25_checkpoint, capsys):
     output = tmp_path / "out" / "preds.jsonl"
     common = ["--model", str(tiny_qwen25_checkpoint), "--data", str(synthetic_dir / "annotations.jsonl"),
-              "--format", "auto", "--video-root", str(synthetic_dir), "--output", str(output), "--batch-size", "2",
-              "--max-new-tokens", "6", "--num-workers", "0", "--min-pixels", str(56 * 56), "--max-pixels",
+              "--format", "auto", "--video-root", str(synthetic_dir), "--output", str(output),
+              "--per-device-eval-batch-size", "2",
+              "--max-new-tokens", "6", "--dataloader-num-workers", "0", "--min-pixels", str(56 * 56), "--max-pixels",
               str(64 * 96), "--no-progress"]
     assert main(common + ["--limit", "4"]) == 0
     printed = capsys.readouterr().out
@@ -179,8 +180,9 @@ def test_command_line_end_to_end_on_the_tiny_model(tmp_path, synthetic_dir, tiny
 
 
 def test_command_line_rejects_bad_arguments(tmp_path, synthetic_dir, capsys):
-    assert main(["--model", str(tmp_path), "--data", str(synthetic_dir / "annotations.jsonl"), "--batch-size", "0"]) == 2
-    assert "--batch-size must be > 0, got 0" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path), "--data", str(synthetic_dir / "annotations.jsonl"),
+                 "--per-device-eval-batch-size", "0"]) == 2
+    assert "--per-device-eval-batch-size must be > 0, got 0" in capsys.readouterr().err
     assert main(["--model", str(tmp_path), "--data", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
@@ -227,7 +229,8 @@ def test_output_that_is_the_data_file_or_a_folder_is_refused_before_any_work(tmp
 def test_predictions_record_what_they_belong_to_and_resume_refuses_other_inputs(tmp_path, records, tiny_qwen25):
     _, processor = tiny_qwen25
     output = tmp_path / "predictions.jsonl"
-    evaluate(ScriptedModel(processor.tokenizer, ["1 to 2"] * 2), processor, records[:2], decode_config=_config(processor),
+    evaluate(ScriptedModel(processor.tokenizer, ["1 to 2"] * 2), processor, records[:2],
+             decode_config=_config(processor),
              predictions_path=output, identity={"data_sha256": "aaa", "model": "/m"}, progress=False)
     meta = json.loads((tmp_path / "predictions.jsonl.meta.json").read_text())
     assert meta["identity"]["data_sha256"] == "aaa" and meta["identity"]["prompt_style"] == "paper"
@@ -268,7 +271,7 @@ def test_command_line_resume_on_other_data_with_overlapping_ids_is_refused(tmp_p
     second.write_text("".join(json.dumps({**row, "start": 0.0, "end": 1.0}) + "\n" for row in rows))
     output = tmp_path / "preds.jsonl"
     common = ["--model", str(tiny_qwen25_checkpoint), "--video-root", str(synthetic_dir), "--output", str(output),
-              "--max-new-tokens", "2", "--num-workers", "0", "--min-pixels", str(56 * 56), "--max-pixels",
+              "--max-new-tokens", "2", "--dataloader-num-workers", "0", "--min-pixels", str(56 * 56), "--max-pixels",
               str(64 * 96), "--no-progress", "--limit", "1"]
     assert main(common + ["--data", str(first)]) == 0
     capsys.readouterr()
@@ -310,7 +313,7 @@ def test_rows_whose_video_disagrees_with_the_annotation_are_flagged_and_counted(
 
     output = tmp_path / "preds.jsonl"
     assert main(["--model", str(tiny_qwen25_checkpoint), "--data", str(data), "--output", str(output),
-                 "--max-new-tokens", "2", "--num-workers", "0", "--min-pixels", str(56 * 56),
+                 "--max-new-tokens", "2", "--dataloader-num-workers", "0", "--min-pixels", str(56 * 56),
                  "--max-pixels", str(64 * 96), "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert "2 queries disagree with their videos" in captured.err and "line 2: span_beyond_video" in captured.err
@@ -320,7 +323,7 @@ def test_rows_whose_video_disagrees_with_the_annotation_are_flagged_and_counted(
         False, True, True]
     # an existing predictions file is never replaced without being asked to
     argv = ["--model", str(tiny_qwen25_checkpoint), "--data", str(data), "--output", str(output),
-            "--max-new-tokens", "2", "--num-workers", "0", "--min-pixels", str(56 * 56), "--max-pixels",
+            "--max-new-tokens", "2", "--dataloader-num-workers", "0", "--min-pixels", str(56 * 56), "--max-pixels",
             str(64 * 96), "--no-progress"]
     before = output.read_text()
     assert main(argv) == 2
@@ -350,7 +353,8 @@ def test_help_describes_every_option_and_states_each_default_once(capsys):
         help_text = " ".join([first_help.strip()] + [line.strip() for line in entry[1:]]).strip()
         assert help_text, f"{invocation} has no help text"
         assert help_text.lower().count("default") <= 1, f"{invocation}: {help_text}"
-    for flag, default in (("--batch-size", "1"), ("--max-new-tokens", "64"), ("--fps", "the model's recorded setting, else 2"), ("--prompt", "paper")):
+    for flag, default in (("--per_device_eval_batch_size", "1"), ("--max_new_tokens", "64"),
+                          ("--fps", "the model's recorded setting, else 2"), ("--prompt_style", "paper")):
         entry = " ".join(next(e for e in entries if e[0].strip().startswith(flag)))
         assert f"default: {default}" in " ".join(entry.split()), entry
 
@@ -398,7 +402,8 @@ def test_command_line_protocol_sets_prompt_and_budget_and_reports_every_protocol
                                                                                  tiny_qwen25_checkpoint, capsys):
     output = tmp_path / "preds.jsonl"
     argv = ["--model", str(tiny_qwen25_checkpoint), "--data", str(synthetic_dir / "annotations.jsonl"),
-            "--video-root", str(synthetic_dir), "--output", str(output), "--batch-size", "2", "--max-new-tokens", "4",
+            "--video-root", str(synthetic_dir), "--output", str(output), "--per-device-eval-batch-size", "2",
+            "--max-new-tokens", "4",
             "--max-pixels", str(112 * 140), "--no-progress", "--limit", "2", "--protocol", "time-r1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out

@@ -50,9 +50,10 @@ def test_lora_demo_changes_only_adapters_and_merges(tmp_path):
     from transformers import AutoModelForImageTextToText
 
     out = tmp_path / "run"
-    argv = ["--demo-videos", "8", "--max-steps", "3", "--batch-size", "2", "--eval-limit", "2", "--eval-before",
-            "false", "--eval-teacher", "false", "--max-new-tokens", "8", "--no-progress", "--lr", "5e-3",
-            "--lora-r", "4", "--merge-lora", "--save-every", "3", "--output-dir", str(out)]
+    argv = ["--demo-videos", "8", "--max-steps", "3", "--per-device-train-batch-size", "2", "--eval-limit", "2",
+            "--eval-on-start",
+            "false", "--eval-teacher", "false", "--max-new-tokens", "8", "--no-progress", "--learning-rate", "5e-3",
+            "--lora-r", "4", "--merge-lora", "--save-steps", "3", "--output-dir", str(out)]
     assert T.main(argv) == 0
     adapter_dir = out / "checkpoints" / "step-3" / "model"
     assert json.loads((adapter_dir / "adapter_config.json").read_text())["r"] == 4
@@ -98,5 +99,6 @@ def test_an_adapter_folder_loads_over_its_base_and_evaluates(tmp_path, tiny_qwen
     with pytest.raises(ValueError, match="holds a LoRA adapter"):
         load_policy(folder, trainable=True)
     assert eval_main(["--model", str(folder), "--data", str(synthetic_dir / "annotations.jsonl"), "--output",
-                      str(tmp_path / "p.jsonl"), "--max-new-tokens", "2", "--num-workers", "0", "--min-pixels",
+                      str(tmp_path / "p.jsonl"), "--max-new-tokens", "2", "--dataloader-num-workers", "0",
+                      "--min-pixels",
                       str(56 * 56), "--max-pixels", str(64 * 96), "--no-progress"]) == 0

@@ -32,7 +32,8 @@ def test_sft_saves_its_frame_sampling_with_the_model(tmp_path, synthetic_dir):
     out = tmp_path / "run"
     code = S.main(["--init-tiny", "qwen3_vl", "--train-data", str(synthetic_dir / "annotations.jsonl"),
                    "--output-dir", str(out), "--tiny-hidden-size", "32", "--tiny-layers", "1", "--max-steps", "1",
-                   "--batch-size", "2", "--warmup-steps", "0", "--fps", "1.5", "--min-pixels", str(64 * 96),
+                   "--per-device-train-batch-size", "2", "--warmup-steps", "0", "--fps", "1.5", "--min-pixels",
+                   str(64 * 96),
                    "--max-pixels", str(64 * 96), "--no-progress"])
     assert code == 0
     config = DecodeConfig.for_processor(load_processor(out / "final"))
@@ -46,7 +47,7 @@ def test_eval_of_the_shipped_student_with_its_defaults_matches_the_demo_evaluati
     assert DecodeConfig.for_processor(load_processor(STUDENT_DIR)).max_pixels == DEMO_PIXELS
     output = tmp_path / "student.predictions.jsonl"
     assert E.main(["--model", str(STUDENT_DIR), "--data", str(annotations), "--output", str(output),
-                   "--no-progress", "--num-workers", "0"]) == 0
+                   "--no-progress", "--dataloader-num-workers", "0"]) == 0
     metrics = json.loads(output.with_name("student.predictions.metrics.json").read_text())["overall"]
     assert metrics["parsed"] == demo["parsed"] == len(records)
     assert metrics["mIoU"] == demo["mIoU"]

@@ -22,23 +22,23 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--per-device-train-batch-size", type=int, default=1)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--objective", default="full")
-    parser.add_argument("--reduction", default="token_mean")
+    parser.add_argument("--reduction", default="mean")
     parser.add_argument("--eval-limit", type=int, default=5)
     parser.add_argument("--student-dtype", default="float32", help="dtype the student is loaded in")
     parser.add_argument("--unsynchronised", action="store_true",
                         help="compute the loss through the unwrapped model (the bug this test guards against)")
     parser.add_argument("--lora-r", type=int, default=0)
-    parser.add_argument("--save-every", type=int, default=0)
-    parser.add_argument("--resume", default=None)
+    parser.add_argument("--save-steps", type=int, default=0)
+    parser.add_argument("--resume-from-checkpoint", default=None)
     parser.add_argument("--algo", default="opd")
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--round-size", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=6)
-    parser.add_argument("--eval-every", type=int, default=None, help="default: --steps")
+    parser.add_argument("--eval-steps", type=int, default=None, help="default: --steps")
     parser.add_argument("--teacher-head-rows", type=int, default=0,
                         help="pad the teacher's vocabulary (embedding and head) to this many rows")
     parser.add_argument("--rollout-batch-size", type=int, default=0)
@@ -92,18 +92,21 @@ def main() -> int:
     setattr(torch.distributed, gather_name, counted)
 
     cfg = resolve_config(["--student", "s", "--teacher", "t", "--device", "cpu", "--objective", args.objective,
-                          "--reduction", args.reduction, "--batch-size", str(args.batch_size),
-                          "--grad-accum", str(args.grad_accum), "--max-steps", str(args.steps), "--lr", "3e-3",
-                          "--max-new-tokens", str(args.max_new_tokens),
-                          "--eval-every", str(args.steps if args.eval_every is None else args.eval_every),
+                          "--reduction", args.reduction, "--per-device-train-batch-size",
+                          str(args.per_device_train_batch_size),
+                          "--gradient-accumulation-steps", str(args.gradient_accumulation_steps), "--max-steps",
+                          str(args.steps), "--learning-rate", "3e-3", "--max-new-tokens", str(args.max_new_tokens),
+                          "--eval-steps", str(args.steps if args.eval_steps is None else args.eval_steps),
                           "--eval-limit", str(args.eval_limit), "--rollout-batch-size", str(args.rollout_batch_size),
-                          "--eval-batch-size", "2", "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96),
+                          "--per-device-eval-batch-size", "2", "--min-pixels", str(56 * 56), "--max-pixels",
+                          str(64 * 96),
                           "--output-dir", str(run_dir), "--no-progress", "--gradient-checkpointing", "false",
-                          "--lora-r", str(args.lora_r), "--save-every", str(args.save_every),
+                          "--lora-r", str(args.lora_r), "--save-steps", str(args.save_steps),
                           "--rounds", str(args.rounds), "--round-size", str(args.round_size),
                           "--algo", args.algo, "--num-generations", "3",
                           "--teacher-iou-min", "0",  # random tiny teachers answer nothing right
-                          *(["--resume", args.resume] if args.resume else [])])
+                          *(["--resume-from-checkpoint",
+                             args.resume_from_checkpoint] if args.resume_from_checkpoint else [])])
     if args.unsynchronised:
         through = loop.policy_head_forward
         loop.policy_head_forward = lambda wrapper, model, inputs, fn: through(model, model, inputs, fn)

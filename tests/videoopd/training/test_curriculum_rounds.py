@@ -16,8 +16,9 @@ from videoopd import train as T
 from videoopd.training import curriculum as C
 from videoopd.training import loop as L
 
-ROUNDS = ["--demo-videos", "8", "--rounds", "2", "--round-size", "4", "--steps-per-round", "2", "--batch-size", "2",
-          "--eval-limit", "2", "--eval-before", "false", "--eval-teacher", "false", "--no-progress"]
+ROUNDS = ["--demo-videos", "8", "--rounds", "2", "--round-size", "4", "--steps-per-round", "2",
+          "--per-device-train-batch-size", "2",
+          "--eval-limit", "2", "--eval-on-start", "false", "--eval-teacher", "false", "--no-progress"]
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_two_rounds_log_and_resume(tmp_path, scorings, monkeypatch):
     assert T.main([*ROUNDS, "--output-dir", str(stopped)]) == 128 + signal.SIGTERM
     monkeypatch.setattr(L, "optimizer_step", step_of)
     scorings.clear()
-    assert T.main([*ROUNDS, "--output-dir", str(stopped), "--resume", "auto"]) == 0
+    assert T.main([*ROUNDS, "--output-dir", str(stopped), "--resume-from-checkpoint", "auto"]) == 0
     # the teacher's cached scores are read back (no answer generated); round 2's selection comes
     # from the checkpoint, so nothing is scored again
     assert scorings in ([], [("teacher_pool", 0)])

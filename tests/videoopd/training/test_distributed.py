@@ -54,7 +54,8 @@ def data(tmp_path_factory):
 
 def run(data: Path, out: Path, processes: int, batch_size: int, config: str | None = None, *extra: str,
         mixed_precision: str = "no") -> dict:
-    launch([str(RUNNER), "--data", str(data), "--out", str(out), "--batch-size", str(batch_size), *extra],
+    launch([str(RUNNER), "--data", str(data), "--out", str(out), "--per-device-train-batch-size", str(batch_size),
+            *extra],
            processes, config, mixed_precision=mixed_precision)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
     return {"ranks": ranks, "weights": torch.load(out / "weights.pt"), "out": out}
@@ -137,13 +138,13 @@ def test_accelerate_launch_demo_cli(tmp_path):
     is (mixed_precision bf16): the demo computes in fp32 there too, so its held-out score
     before training is the one-process demo's."""
     out = tmp_path / "demo"
-    launch(["-m", "videoopd.train", "--max-steps", "3", "--demo-videos", "8", "--eval-every", "3",
+    launch(["-m", "videoopd.train", "--max-steps", "3", "--demo-videos", "8", "--eval-steps", "3",
             "--output-dir", str(out), "--no-progress"], 2, "fsdp2.yaml", mixed_precision=None)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
     assert all(r["processes"] == 2 for r in rows if "loss" in r)
     one = tmp_path / "one"
-    launch(["-m", "videoopd.train", "--max-steps", "1", "--demo-videos", "8", "--eval-every", "0",
+    launch(["-m", "videoopd.train", "--max-steps", "1", "--demo-videos", "8", "--eval-steps", "0",
             "--eval-teacher", "false", "--output-dir", str(one), "--no-progress"], 1)
     step0 = [[r for r in (json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines())
               if r["step"] == 0 and "eval/mIoU" in r][0] for folder in (out, one)]
@@ -175,7 +176,7 @@ def test_lora_two_processes_step_like_one(config, data, lora_reference, tmp_path
 def test_fsdp2_sigterm_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     """2 processes, FSDP2: a run stopped by SIGTERM (sent to the whole launch, as a scheduler
     does) after step 2 or later saves sharded state (torch.distributed.checkpoint, no gather)
-    and, resumed with --resume auto, ends with the weights of an uninterrupted 6-step run."""
+    and, resumed with --resume-from-checkpoint auto, ends with the weights of an uninterrupted 6-step run."""
     import signal
     import time
 
@@ -185,7 +186,7 @@ def test_fsdp2_sigterm_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     env.pop("TRITON_INTERPRET", None)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
            str(CONFIGS / "fsdp2.yaml"), "--mixed_precision", "no", "--main_process_port", "0", str(RUNNER),
-           "--data", str(data), "--out", str(out), "--batch-size", "1", "--steps", "6"]
+           "--data", str(data), "--out", str(out), "--per-device-train-batch-size", "1", "--steps", "6"]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     metrics = out / "run" / "metrics.jsonl"
@@ -202,7 +203,7 @@ def test_fsdp2_sigterm_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     assert {"pytorch_model_fsdp_0", "optimizer_0", "random_states_0.pkl", "random_states_1.pkl"} <= saved
     assert "model" not in saved  # sharded save: no full copy gathered on one process
 
-    resumed = run(data, out, 2, 1, "fsdp2.yaml", "--steps", "6", "--resume", "auto")
+    resumed = run(data, out, 2, 1, "fsdp2.yaml", "--steps", "6", "--resume-from-checkpoint", "auto")
     assert max_weight_difference(resumed["weights"], whole["weights"]) == 0.0
     assert resumed["ranks"][0]["losses"] == whole["ranks"][0]["losses"]
     rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -227,10 +228,10 @@ def test_grpo_two_processes_step_like_one(tmp_path):
     from safetensors.torch import load_file
 
     common = ["-m", "videoopd.train", "--algo", "grpo", "--num-generations", "3", "--max-steps", "2",
-              "--demo-videos", "8", "--eval-limit", "2", "--eval-before", "false", "--eval-teacher", "false",
+              "--demo-videos", "8", "--eval-limit", "2", "--eval-on-start", "false", "--eval-teacher", "false",
               "--no-progress"]
-    launch([*common, "--batch-size", "2", "--output-dir", str(tmp_path / "one")], 1)
-    launch([*common, "--batch-size", "1", "--output-dir", str(tmp_path / "two")], 2, "ddp.yaml")
+    launch([*common, "--per-device-train-batch-size", "2", "--output-dir", str(tmp_path / "one")], 1)
+    launch([*common, "--per-device-train-batch-size", "1", "--output-dir", str(tmp_path / "two")], 2, "ddp.yaml")
     rows = {n: [json.loads(line) for line in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
             for n in ("one", "two")}
     one, two = ([r for r in rows[n] if "loss" in r] for n in ("one", "two"))
@@ -257,7 +258,7 @@ def test_fsdp2_rollouts_gather_the_student_once_per_generate_call(data, tmp_path
     """The step's rollouts in one generate call on full weights: FSDP2's all-gathers in the
     rollout phase do not grow with the answer length (they did: once per unit per generated
     token), and 2 processes x batch 1 still step like 1 process x batch 2, micro-batches joined."""
-    common = ["--steps", "2", "--grad-accum", "2", "--eval-every", "0", "--eval-limit", "2"]
+    common = ["--steps", "2", "--gradient-accumulation-steps", "2", "--eval-steps", "0", "--eval-limit", "2"]
     short = run(data, tmp_path / "short", 2, 1, "fsdp2.yaml", *common, "--max-new-tokens", "4")
     long = run(data, tmp_path / "long", 2, 1, "fsdp2.yaml", *common, "--max-new-tokens", "24")
     rollout = [two["ranks"][0]["all_gathers"]["rollout"] for two in (short, long)]
@@ -271,12 +272,13 @@ def test_fsdp2_rollouts_gather_the_student_once_per_generate_call(data, tmp_path
 def test_fsdp2_exact_objective_keeps_one_teacher_head(data, tmp_path):
     """Under FSDP2 the exact objective copies the gathered teacher head once for the run, not once
     per micro-batch: with a 262,144-row head (64 MiB in fp32) the step's peak memory grows by
-    less than one head from --grad-accum 1 to 8 (it grew by one head per micro-batch)."""
+    less than one head from --gradient-accumulation-steps 1 to 8 (it grew by one head per micro-batch)."""
     head_mib = 262_144 * 64 * 4 / 2**20
-    common = ["--steps", "1", "--objective", "full", "--teacher-head-rows", "262144", "--eval-every", "0",
+    common = ["--steps", "1", "--objective", "full", "--teacher-head-rows", "262144", "--eval-steps", "0",
               "--eval-limit", "1"]
     peaks = []
     for accumulation in (1, 8):
-        two = run(data, tmp_path / f"ga{accumulation}", 2, 1, "fsdp2.yaml", *common, "--grad-accum", str(accumulation))
+        two = run(data, tmp_path / f"ga{accumulation}", 2, 1, "fsdp2.yaml", *common,
+                  "--gradient-accumulation-steps", str(accumulation))
         peaks.append(max(two["ranks"][0]["rows"][0]["peak_mem_mb_per_rank"]))
     assert peaks[1] - peaks[0] < head_mib, peaks

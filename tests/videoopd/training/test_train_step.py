@@ -172,7 +172,8 @@ def test_bf16_student_keeps_small_updates_in_fp32_masters(synthetic_dir, tmp_pat
     records, _ = load_annotations(synthetic_dir / "annotations.jsonl")
     params = [p for p in student.parameters() if p.requires_grad]
     before = [p.detach().float().clone() for p in params]
-    cfg = T.TrainConfig(lr=1e-5, max_steps=2, batch_size=2, max_new_tokens=6, master_weights=master_weights,
+    cfg = T.TrainConfig(learning_rate=1e-5, max_steps=2, per_device_train_batch_size=2, max_new_tokens=6,
+                        master_weights=master_weights,
                         output_dir=str(tmp_path / "run"), progress=False, device="cpu", **SMALL_PIXELS)
     created = []
     original = precision.MasterWeights.__init__
