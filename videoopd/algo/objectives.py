@@ -34,14 +34,18 @@ __all__ = [
     "DistillationObjective",
     "GenerationContext",
     "MicroBatch",
+    "ColocatedTeacher",
     "Objective",
+    "PendingScore",
     "SampledObjective",
+    "ScoredNow",
     "SupervisedObjective",
     "answer_slice",
     "group_mean_baseline",
     "sample_rollout",
     "score_rollout",
     "scoring_inputs",
+    "TeacherScorer",
     "to_device",
 ]
 
@@ -73,6 +77,10 @@ class MicroBatch:
     sums). ``units``: 0-dim tensor, what the step's loss is divided by (summed over the step's
     micro-batches and processes); None: the loss is a plain sum. ``sums``: metric sums known
     before the student's forward (token counts, rewards). ``records``: the prompts' records.
+    ``pending``: the teacher's score of the micro-batch while it may still be under way (a
+    :class:`PendingScore`; None: nothing to wait for); the loop waits on it (``wait()``)
+    right before the micro-batch's forward, so that a teacher elsewhere scores micro-batch
+    k + 1 while the student trains on k.
     """
 
     student_inputs: dict[str, Any]
@@ -80,6 +88,7 @@ class MicroBatch:
     units: torch.Tensor | None
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     records: list[Any] = field(default_factory=list)
+    pending: "PendingScore | None" = None
 
 
 class Objective(Protocol):
@@ -145,6 +154,56 @@ def score_rollout(teacher: Any, teacher_wrapper: Any, inputs: dict[str, Any], ro
     with torch.no_grad():
         out = policy_head_forward(teacher_wrapper, teacher, scoring_inputs(inputs, rollout, t_device), head_fn)
     return {k: v.to(device) for k, v in out.items()}
+
+
+class PendingScore(Protocol):
+    """A teacher's score of one micro-batch, perhaps still under way: ``wait()`` blocks until
+    it is done and returns the seconds it blocked; ``result()`` (after or without ``wait``)
+    is the teacher's view of :func:`score_rollout`, on the device it was asked for."""
+
+    def wait(self) -> float: ...
+
+    def result(self) -> dict[str, torch.Tensor]: ...
+
+
+class TeacherScorer(Protocol):
+    """What :class:`DistillationObjective` needs of a teacher: ``submit`` a micro-batch's
+    rollout (its processor inputs, the rollout, the records it answers) and get a
+    :class:`PendingScore` back at once or when done. :class:`ColocatedTeacher` scores in this
+    process; :class:`videoopd.algo.teacher_service.TeacherService` on Ray actors elsewhere."""
+
+    def submit(self, inputs: dict[str, Any], rollout: Rollout, records: list[Any], *, objective: str,
+               temperature: float, vocab_size: int, device: torch.device | str,
+               backend: str = "auto") -> PendingScore: ...
+
+
+class ScoredNow:
+    """A :class:`PendingScore` that is already done."""
+
+    def __init__(self, view: dict[str, torch.Tensor]):
+        self.view = view
+
+    def wait(self) -> float:
+        return 0.0
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return self.view
+
+
+class ColocatedTeacher:
+    """The teacher as a model in this process (``--teacher-placement replicate|shard``):
+    ``submit`` scores at once (:func:`score_rollout`). ``wrapper``: the engine's form of
+    ``model`` (FSDP2), or None."""
+
+    def __init__(self, model: Any, wrapper: Any = None):
+        self.model, self.wrapper = model, wrapper if wrapper is not None else model
+
+    def submit(self, inputs: dict[str, Any], rollout: Rollout, records: list[Any], *, objective: str,
+               temperature: float, vocab_size: int, device: torch.device | str,
+               backend: str = "auto") -> ScoredNow:
+        return ScoredNow(score_rollout(self.model, self.wrapper, inputs, rollout, objective=objective,
+                                       temperature=temperature, vocab_size=vocab_size, device=device,
+                                       backend=backend))
 
 
 def sample_rollout(ctx: GenerationContext, batch: dict[str, Any], processor: Any, *, seed: int, num_generations: int,
@@ -249,26 +308,27 @@ class DistillationObjective(SampledObjective):
         super().__init__(processor, reduction=reduction, temperature=temperature, top_p=top_p,
                          max_new_tokens=max_new_tokens, seed=seed, vocab_size=vocab_size, backend=backend,
                          num_generations=num_generations, reuse_vision=reuse_vision)
-        self.teacher = teacher
-        self.teacher_wrapper = teacher_wrapper if teacher_wrapper is not None else teacher
+        # a model in this process, or anything that scores like one (a TeacherScorer: the service)
+        self.teacher = teacher if hasattr(teacher, "submit") else ColocatedTeacher(teacher, teacher_wrapper)
         self.objective = objective
         self.advantage_clip = advantage_clip
 
     def score(self, ctx: GenerationContext, rolled: tuple[dict[str, Any], Rollout, list[Any]]) -> MicroBatch:
         inputs, rollout, records = rolled
-        teacher_view = score_rollout(self.teacher, self.teacher_wrapper, inputs, rollout, objective=self.objective,
-                                     temperature=self.temperature, vocab_size=self.vocab(ctx), device=ctx.device,
-                                     backend=self.backend)
+        pending = self.teacher.submit(inputs, rollout, list(records), objective=self.objective,
+                                      temperature=self.temperature, vocab_size=self.vocab(ctx), device=ctx.device,
+                                      backend=self.backend)
         tokens, sequences, units = self.units(ctx, rollout)
         parsed = sum(parse_span(a) is not None for a in rollout.answers)
         return MicroBatch(
             student_inputs=scoring_inputs(inputs, rollout, ctx.device, sampler=True),
-            loss_fn=lambda hidden, weight: self.loss(hidden, weight, rollout, teacher_view),
+            loss_fn=lambda hidden, weight: self.loss(hidden, weight, rollout, pending.result()),
             units=units,
             sums={"answer_tokens": tokens, "sequences": sequences,
                   "context_tokens": rollout.attention_mask.sum().double().to(ctx.device),
                   "parsed_answers": torch.tensor(float(parsed), dtype=torch.float64, device=ctx.device)},
             records=list(records),
+            pending=pending,
         )
 
     def loss(self, hidden: torch.Tensor, weight: torch.Tensor, rollout: Rollout,

@@ -7,7 +7,10 @@ state, data, metrics log) as one :class:`PreparedRun`, then each optimizer step 
 
 1. ``rollout``: for each of ``grad_accum`` micro-batches, the objective generates (OPD: the
    student samples one answer per prompt; SFT: nothing);
-2. ``teacher``: the objective scores them (OPD: the frozen teacher; SFT: nothing);
+2. ``teacher``: the objective scores them (OPD: the frozen teacher; SFT: nothing); a teacher
+   elsewhere (``--teacher-placement service``) only receives them here, and the student waits
+   for each micro-batch's score right before its forward (``time/teacher_wait_s``, the
+   slowest process's);
 3. ``student``: forward + backward of each micro-batch, the loss computed inside the
    student's forward (:func:`videoopd.qwen.models.policy_head_forward`) and divided by the
    step's units (sequences or tokens) summed over micro-batches *and processes*, gradients
@@ -261,9 +264,12 @@ def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, object
         value = value.detach().to(device=device, dtype=torch.float64)
         sums[name] = sums[name] + value if name in sums else value
 
+    teacher_wait = 0.0  # the student's wait for a teacher still scoring (the service), inside "student"
     with timer("student"):
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
+            if mb.pending is not None:
+                teacher_wait += mb.pending.wait()
             with contextlib.nullcontext() if last else accelerator.no_sync(wrapper):
                 loss_sum, metrics = policy_head_forward(wrapper, model, mb.student_inputs, mb.loss_fn)
                 # engines average gradients over processes: scale by the process count
@@ -284,7 +290,7 @@ def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, object
         optimizer.zero_grad(set_to_none=True)
         if masters is not None:
             masters.masters_to_model()
-    per_rank: dict[str, Any] = {"peak_mem_mb": peak_memory_mb(device)}
+    per_rank: dict[str, Any] = {"peak_mem_mb": peak_memory_mb(device), "teacher_wait_s": teacher_wait}
     if grad_norm is not None:
         per_rank["grad_norm"] = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     ids = [r.id for m in micro for r in m.records]
@@ -513,6 +519,7 @@ def step_row(step: int, objective: Objective, summed: dict[str, float], ranks: d
             "tokens_per_s": summed.get("context_tokens", 0.0) / step_time,
             "step_time_s": step_time,
             **{f"time/{k}_s": v for k, v in timer.seconds().items()},
+            "time/teacher_wait_s": max(ranks["teacher_wait_s"]) if "teacher_wait_s" in ranks else 0.0,
             "peak_mem_mb": max(ranks["peak_mem_mb"]),
             "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
             "skipped_videos": int(sum(ranks["skipped_videos"])),
