@@ -159,11 +159,14 @@ def score_rollout(teacher: Any, teacher_wrapper: Any, inputs: dict[str, Any], ro
 class PendingScore(Protocol):
     """A teacher's score of one micro-batch, perhaps still under way: ``wait()`` blocks until
     it is done and returns the seconds it blocked; ``result()`` (after or without ``wait``)
-    is the teacher's view of :func:`score_rollout`, on the device it was asked for."""
+    is the teacher's view of :func:`score_rollout`, on the device it was asked for;
+    ``received_bytes()``: what came from another process for it (0 for a colocated teacher)."""
 
     def wait(self) -> float: ...
 
     def result(self) -> dict[str, torch.Tensor]: ...
+
+    def received_bytes(self) -> int: ...
 
 
 class TeacherScorer(Protocol):
@@ -188,6 +191,9 @@ class ScoredNow:
 
     def result(self) -> dict[str, torch.Tensor]:
         return self.view
+
+    def received_bytes(self) -> int:
+        return 0
 
 
 class ColocatedTeacher:

@@ -101,6 +101,10 @@ class TeacherReplica:
                                  attn_implementation=attn_implementation)
         self.collator = GroundingCollator(self.processor, prompt_style=prompt_style)
         self.decode_config, self.delay_s, self.path = decode_config, delay_s, str(path)
+        self.scored = 0  # micro-batches scored by this process
+
+    def scored_microbatches(self) -> int:
+        return self.scored
 
     def pid(self) -> int:
         return os.getpid()
@@ -143,6 +147,7 @@ class TeacherReplica:
                              vocab_size=vocab_size, device=self.device, backend=backend)
         if self.delay_s:
             time.sleep(self.delay_s)
+        self.scored += 1
         return pack_view(view, answer_positions(rollout.answer_mask, p))
 
 
@@ -164,6 +169,11 @@ class ServiceScore:
         self.wait()
         head = self.service.head(self.device) if "hidden" in self.packed else None
         return unpack_view(self.packed, self.answer, self.device, head)
+
+    def received_bytes(self) -> int:
+        """The payload's tensor bytes (the head, sent once per run, not counted)."""
+        self.wait()
+        return sum(t.nbytes for t in self.packed.values())
 
 
 class TeacherService:
@@ -249,6 +259,10 @@ class TeacherService:
         for replica in self.replicas:
             ray.kill(replica, no_restart=True)
         self.replicas = []
+
+    def scored_microbatches(self) -> list[int]:
+        """Micro-batches each replica has scored since its (re)start, from every process sharing it."""
+        return [self.fetch(r.scored_microbatches.remote(), i) for i, r in enumerate(self.replicas)]
 
     def pids(self) -> list[int]:
         """The replicas' process ids (fault tests)."""

@@ -265,11 +265,13 @@ def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, object
         sums[name] = sums[name] + value if name in sums else value
 
     teacher_wait = 0.0  # the student's wait for a teacher still scoring (the service), inside "student"
+    teacher_bytes = 0  # what the teacher's scores brought from another process
     with timer("student"):
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
             if mb.pending is not None:
                 teacher_wait += mb.pending.wait()
+                teacher_bytes += mb.pending.received_bytes()
             with contextlib.nullcontext() if last else accelerator.no_sync(wrapper):
                 loss_sum, metrics = policy_head_forward(wrapper, model, mb.student_inputs, mb.loss_fn)
                 # engines average gradients over processes: scale by the process count
@@ -290,7 +292,8 @@ def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, object
         optimizer.zero_grad(set_to_none=True)
         if masters is not None:
             masters.masters_to_model()
-    per_rank: dict[str, Any] = {"peak_mem_mb": peak_memory_mb(device), "teacher_wait_s": teacher_wait}
+    per_rank: dict[str, Any] = {"peak_mem_mb": peak_memory_mb(device), "teacher_wait_s": teacher_wait,
+                                "teacher_bytes": float(teacher_bytes)}
     if grad_norm is not None:
         per_rank["grad_norm"] = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     ids = [r.id for m in micro for r in m.records]
@@ -520,6 +523,7 @@ def step_row(step: int, objective: Objective, summed: dict[str, float], ranks: d
             "step_time_s": step_time,
             **{f"time/{k}_s": v for k, v in timer.seconds().items()},
             "time/teacher_wait_s": max(ranks["teacher_wait_s"]) if "teacher_wait_s" in ranks else 0.0,
+            "teacher_bytes": int(sum(ranks["teacher_bytes"])) if "teacher_bytes" in ranks else 0,
             "peak_mem_mb": max(ranks["peak_mem_mb"]),
             "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
             "skipped_videos": int(sum(ranks["skipped_videos"])),

@@ -1,0 +1,71 @@
+"""``--teacher-placement service`` in real runs: the demo on one process steps like the colocated
+teacher, and 2 training processes (accelerate launch, gloo) share one service and step like
+1 process with twice the batch. The service is started here, on a local Ray cluster (2 CPUs),
+as on other machines (docs/scaling-out.md); the runs join it with ``--ray-address`` and find
+its replica by name."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from tests.videoopd.training.test_distributed import launch  # noqa: E402
+from videoopd.algo.teacher_service import TeacherService  # noqa: E402
+from videoopd.data.video import DecodeConfig  # noqa: E402
+from videoopd.demo.teacher import DEMO_PIXELS, TEACHER_DIR  # noqa: E402
+from videoopd.qwen.processing import load_processor  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+DEMO = ["-m", "videoopd.train", "--max-steps", "2", "--demo-videos", "8", "--eval-every", "0", "--eval-limit", "2",
+        "--eval-before", "false", "--eval-teacher", "false", "--save-final", "false", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def service():
+    """The demo's teacher as a service of one replica, under the name the runs look for."""
+    ray.init(num_cpus=2, include_dashboard=False)
+    decode_config = DecodeConfig.for_processor(load_processor(TEACHER_DIR), min_pixels=DEMO_PIXELS,
+                                               max_pixels=DEMO_PIXELS)  # the demo's
+    started = TeacherService(str(TEACHER_DIR), decode_config=decode_config, cpus_per_replica=1, timeout_s=300)
+    yield started, ray.get_runtime_context().gcs_address
+    started.close()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def colocated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("colocated")
+    launch([*DEMO, "--batch-size", "2", "--output-dir", str(out)], 1)
+    return steps(out)
+
+
+def steps(out):
+    return [r for r in (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_demo_with_the_service_steps_like_the_colocated_teacher(service, colocated, tmp_path):
+    started, address = service
+    before = started.scored_microbatches()[0]
+    launch([*DEMO, "--batch-size", "2", "--output-dir", str(tmp_path), "--teacher-placement", "service",
+            "--ray-address", address], 1)
+    rows = steps(tmp_path)
+    assert started.scored_microbatches()[0] - before == 2  # 2 steps x 1 micro-batch, by the service
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in colocated], rel=1e-5)
+    assert all(0 <= r["time/teacher_wait_s"] <= r["step_time_s"] for r in rows)
+
+
+@pytest.mark.multiprocess
+def test_two_processes_share_one_service(service, colocated, tmp_path):
+    started, address = service
+    before = started.scored_microbatches()[0]
+    launch([*DEMO, "--batch-size", "1", "--output-dir", str(tmp_path), "--teacher-placement", "service",
+            "--ray-address", address], 2, "ddp.yaml")
+    rows = steps(tmp_path)
+    assert started.scored_microbatches()[0] - before == 4  # 2 processes x 2 steps, one replica
+    assert all(r["processes"] == 2 for r in rows)
+    # step 1 from the same weights; step 2 from weights AdamW's rounding moved (as the GRPO test)
+    assert rows[0]["loss"] == pytest.approx(colocated[0]["loss"], rel=1e-5)
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in colocated], rel=1e-3)
