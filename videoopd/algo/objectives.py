@@ -160,13 +160,17 @@ class PendingScore(Protocol):
     """A teacher's score of one micro-batch, perhaps still under way: ``wait()`` blocks until
     it is done and returns the seconds it blocked; ``result()`` (after or without ``wait``)
     is the teacher's view of :func:`score_rollout`, on the device it was asked for;
-    ``received_bytes()``: what came from another process for it (0 for a colocated teacher)."""
+    ``received_bytes()``: what came from another process for it, and ``busy_s()``: the seconds
+    a teacher elsewhere spent on it (both 0 for a colocated teacher, timed as the step's
+    ``teacher`` phase)."""
 
     def wait(self) -> float: ...
 
     def result(self) -> dict[str, torch.Tensor]: ...
 
     def received_bytes(self) -> int: ...
+
+    def busy_s(self) -> float: ...
 
 
 class TeacherScorer(Protocol):
@@ -194,6 +198,9 @@ class ScoredNow:
 
     def received_bytes(self) -> int:
         return 0
+
+    def busy_s(self) -> float:
+        return 0.0
 
 
 class ColocatedTeacher:

@@ -61,7 +61,8 @@ def pack_view(view: dict[str, torch.Tensor], answer: torch.Tensor) -> dict[str, 
 def unpack_view(packed: dict[str, torch.Tensor], answer: torch.Tensor, device: torch.device | str,
                 head: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """:func:`pack_view`'s inverse on ``device``: [B, A(, D_t)] with zeros off the answer
-    tokens (the losses never read them); "full" adds ``head`` as ``teacher_head``."""
+    tokens (the losses never read them); "full" adds ``head`` as ``teacher_head``. Other
+    entries of ``packed`` (a replica's ``busy_s``) are left out."""
     answer = answer.to(device)
     if "hidden" in packed:
         if head is None:
@@ -109,6 +110,10 @@ class TeacherReplica:
     def pid(self) -> int:
         return os.getpid()
 
+    def checkpoint(self) -> str:
+        """The teacher's checkpoint folder, as given."""
+        return self.path
+
     def facts(self) -> dict[str, Any]:
         """:func:`videoopd.qwen.models.pair_facts` of the teacher (the vocabulary check)."""
         return pair_facts(self.model, self.processor)
@@ -139,6 +144,7 @@ class TeacherReplica:
               vocab_size: int, backend: str = "auto") -> dict[str, torch.Tensor]:
         """:func:`pack_view` of the teacher's score of one micro-batch (``fields``: its
         :func:`rollout_fields`)."""
+        start = time.perf_counter()
         p = fields["prompt_length"]
         rollout = Rollout(sequences=fields["sequences"], attention_mask=fields["attention_mask"],
                           answer_mask=fields["answer_mask"], prompt_length=p, answers=[])
@@ -148,7 +154,8 @@ class TeacherReplica:
         if self.delay_s:
             time.sleep(self.delay_s)
         self.scored += 1
-        return pack_view(view, answer_positions(rollout.answer_mask, p))
+        packed = pack_view(view, answer_positions(rollout.answer_mask, p))
+        return {**packed, "busy_s": torch.tensor(time.perf_counter() - start, dtype=torch.float64)}
 
 
 class ServiceScore:
@@ -174,6 +181,11 @@ class ServiceScore:
         """The payload's tensor bytes (the head, sent once per run, not counted)."""
         self.wait()
         return sum(t.nbytes for t in self.packed.values())
+
+    def busy_s(self) -> float:
+        """The replica's seconds on this micro-batch (decoding, forward, ``delay_s``)."""
+        self.wait()
+        return float(self.packed["busy_s"])
 
 
 class TeacherService:
@@ -219,6 +231,13 @@ class TeacherService:
         ]
         self.next_replica = 0
         self.heads: dict[str, torch.Tensor] = {}
+        # replicas found by name may have been started by another run: with another teacher,
+        # they would score silently against the wrong model (this also waits for them to load)
+        for i, replica in enumerate(self.replicas):
+            found = self.fetch(replica.checkpoint.remote(), i)
+            if found != self.path:
+                raise ValueError(f"teacher replica {name}-{i} on this Ray cluster serves {found}, not {self.path}: "
+                                 "stop it or give the service another name")
 
     def fetch(self, ref: Any, replica: int = 0) -> Any:
         """``ray.get(ref)`` within ``timeout_s``; a replica's failure as :class:`TeacherServiceError`

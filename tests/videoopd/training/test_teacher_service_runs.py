@@ -69,3 +69,23 @@ def test_two_processes_share_one_service(service, colocated, tmp_path):
     # step 1 from the same weights; step 2 from weights AdamW's rounding moved (as the GRPO test)
     assert rows[0]["loss"] == pytest.approx(colocated[0]["loss"], rel=1e-5)
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in colocated], rel=1e-3)
+
+
+def test_a_service_of_another_teacher_is_refused(service, tmp_path):
+    """Replicas are found by name: one already serving another teacher is not used silently."""
+    from videoopd.qwen.tiny import save_tiny_checkpoint
+
+    started, _ = service
+    other = save_tiny_checkpoint(tmp_path / "other", "qwen3_vl", seed=3)
+    with pytest.raises(ValueError, match=f"videoopd-teacher-0 on this Ray cluster serves {TEACHER_DIR}, not {other}"):
+        TeacherService(str(other), decode_config=DecodeConfig(), cpus_per_replica=1)
+    assert started.scored_microbatches()  # still serving
+
+
+def test_service_scores_rollouts_only():
+    from videoopd.train import resolve_config
+    from videoopd.training.config import ConfigError
+
+    for flag in (["--eval-teacher", "true"], ["--rounds", "2"]):
+        with pytest.raises(ConfigError, match="--teacher-placement service scores the rollouts only"):
+            resolve_config(["--student", "s", "--teacher", "t", "--teacher-placement", "service", *flag])
