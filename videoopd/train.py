@@ -59,6 +59,8 @@ class TeacherServiceOptions(Options):
     ray_address: str | None = opt("service: the Ray cluster to run the teacher replicas on (`ray start --head` "
                                   "prints it; default: a local cluster the main process starts)")
     teacher_replicas: int = opt("service: teacher replicas (Ray actors); micro-batches go to them in turn", 1, ge=1)
+    teacher_service_name: str = opt("service: the replicas' name on the cluster (NAME-0, NAME-1, ...): processes "
+                                    "and runs giving the same name share them", "videoopd-teacher")
     teacher_replica_cpus: float = opt("service: CPUs Ray reserves for each replica", 1.0, ge=0)
     teacher_replica_gpus: float | None = opt("service: GPUs Ray gives each replica, which scores on its GPU "
                                              "(default: 1 where this machine has CUDA, else 0)", ge=0)

@@ -308,6 +308,10 @@ class DistillationObjective(SampledObjective):
     over the vocabulary (``fused_reverse_kl``; G > 1 only adds rollouts). ``reduction``
     "sequence_sum" (the paper's: summed over each answer, averaged over the step's sequences),
     "token_mean" (averaged over the step's answer tokens) or "sum".
+
+    ``teacher``: the frozen teacher as a model in this process (scored through
+    ``teacher_wrapper``, its engine's form, when given: :class:`ColocatedTeacher`) or any
+    :class:`TeacherScorer` (the Ray service: :mod:`videoopd.algo.teacher_service`).
     """
 
     name = "opd"

@@ -78,7 +78,7 @@ def start_teacher_service(cfg: Any, accelerator: Any, path: str, student: Any, p
                              replicas=cfg.teacher_replicas, address=address, cpus_per_replica=cfg.teacher_replica_cpus,
                              gpus_per_replica=gpus, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
                              max_restarts=cfg.teacher_max_restarts, timeout_s=cfg.teacher_timeout_s,
-                             delay_s=cfg.teacher_delay_s)
+                             delay_s=cfg.teacher_delay_s, name=cfg.teacher_service_name)
     try:
         check_pair_facts(pair_facts(student, processor), service.facts())
     except ValueError as exc:

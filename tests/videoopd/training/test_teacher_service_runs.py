@@ -89,3 +89,50 @@ def test_service_scores_rollouts_only():
     for flag in (["--eval-teacher", "true"], ["--rounds", "2"]):
         with pytest.raises(ConfigError, match="--teacher-placement service scores the rollouts only"):
             resolve_config(["--student", "s", "--teacher", "t", "--teacher-placement", "service", *flag])
+
+
+@pytest.mark.multiprocess
+def test_two_processes_without_an_address_share_the_main_process_cluster(colocated, tmp_path):
+    """No --ray-address: the main process starts a local cluster and the other joins it."""
+    launch([*DEMO, "--batch-size", "1", "--output-dir", str(tmp_path), "--teacher-placement", "service",
+            "--teacher-replica-cpus", "1"], 2, "ddp.yaml")
+    rows = steps(tmp_path)
+    assert all(r["processes"] == 2 and r["teacher_bytes"] > 0 for r in rows)
+    assert rows[0]["loss"] == pytest.approx(colocated[0]["loss"], rel=1e-5)
+
+
+@pytest.mark.multiprocess
+def test_a_replica_that_stays_dead_stops_every_process(service, tmp_path):
+    """A replica killed with no restart left: both training processes stop with its error, soon."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.videoopd.training.test_distributed import CONFIGS, ROOT
+
+    _, address = service
+    decode_config = DecodeConfig.for_processor(load_processor(TEACHER_DIR), min_pixels=DEMO_PIXELS,
+                                               max_pixels=DEMO_PIXELS)
+    doomed = TeacherService(str(TEACHER_DIR), decode_config=decode_config, cpus_per_replica=1, timeout_s=300,
+                            name="doomed", max_restarts=0, delay_s=2.0)
+    (pid,) = doomed.pids()
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
+           str(CONFIGS / "ddp.yaml"), "--mixed_precision", "no", "--main_process_port", "0", *DEMO,
+           "--max-steps", "20", "--batch-size", "1", "--output-dir", str(tmp_path), "--teacher-placement", "service",
+           "--ray-address", address, "--teacher-service-name", "doomed"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while doomed.scored_microbatches()[0] < 2 and time.monotonic() < deadline:  # the run is stepping
+            time.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert time.monotonic() - killed < 120
+    assert output.count("TeacherServiceError: teacher replica 0") >= 2, output[-4000:]  # one per process
