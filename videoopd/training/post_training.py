@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,14 +64,19 @@ def start_teacher_service(cfg: Any, accelerator: Any, path: str, student: Any, p
     address = cfg.ray_address
     if address is None and accelerator.num_processes > 1:
         # one local cluster for every process: the main process starts it, the others join it
-        import ray
-
-        box = [None]
+        box: list[Any] = [None, None]
         if accelerator.is_main_process:
+            import ray
+
             ray.init(namespace=SERVICE_NAMESPACE, include_dashboard=False)
-            box = [ray.get_runtime_context().gcs_address]
+            # the cluster's authentication mode (token, the token in ~/.ray) is set in the
+            # starting process's environment only; Ray reads it when imported: the others
+            # take it before they import Ray
+            box = [ray.get_runtime_context().gcs_address, os.environ.get("RAY_AUTH_MODE")]
         broadcast_object_list(box)
-        address = box[0]
+        address, auth_mode = box
+        if auth_mode is not None:
+            os.environ.setdefault("RAY_AUTH_MODE", auth_mode)
     gpus = cfg.teacher_replica_gpus
     if gpus is None:
         gpus = 1.0 if torch.cuda.is_available() else 0.0
