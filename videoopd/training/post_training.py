@@ -80,11 +80,15 @@ def start_teacher_service(cfg: Any, accelerator: Any, path: str, student: Any, p
     gpus = cfg.teacher_replica_gpus
     if gpus is None:
         gpus = 1.0 if torch.cuda.is_available() else 0.0
-    service = TeacherService(str(path), decode_config=decode_config, prompt_style=cfg.prompt_style,
-                             replicas=cfg.teacher_replicas, address=address, cpus_per_replica=cfg.teacher_replica_cpus,
-                             gpus_per_replica=gpus, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
-                             max_restarts=cfg.teacher_max_restarts, timeout_s=cfg.teacher_timeout_s,
-                             delay_s=cfg.teacher_delay_s, name=cfg.teacher_service_name)
+    try:
+        service = TeacherService(str(path), decode_config=decode_config, prompt_style=cfg.prompt_style,
+                                 replicas=cfg.teacher_replicas, address=address,
+                                 cpus_per_replica=cfg.teacher_replica_cpus, gpus_per_replica=gpus, dtype=cfg.dtype,
+                                 attn_implementation=cfg.attn_implementation, max_restarts=cfg.teacher_max_restarts,
+                                 timeout_s=cfg.teacher_timeout_s, delay_s=cfg.teacher_delay_s,
+                                 name=cfg.teacher_service_name)
+    except ValueError as exc:  # replicas of that name serving another teacher
+        raise ConfigError(f"--teacher-service-name {cfg.teacher_service_name}: {exc}") from None
     try:
         check_pair_facts(pair_facts(student, processor), service.facts())
     except ValueError as exc:
@@ -120,7 +124,7 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     service = cfg.teacher_placement == "service"
-    if service and teacher_path is None:
+    if service and cfg.algo == "opd" and teacher_path is None:
         raise ConfigError("--teacher-placement service needs the teacher's checkpoint folder (--teacher)")
     if teacher is None and ((cfg.algo == "opd" and not service) or cfg.rounds or cfg.eval_teacher):
         raise ConfigError("a teacher is needed (OPD, --rounds and --eval-teacher use it)")
