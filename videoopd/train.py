@@ -43,13 +43,34 @@ class PairOptions(Options):
     teacher: str | None = opt("teacher checkpoint folder (same tokenizer as the student; head >= student vocab)",
                               run_defining=True)
     teacher_placement: Literal[TEACHER_PLACEMENTS] = opt(
-        "auto (sharded by FSDP2 under an FSDP2 launch, else replicated), replicate (a full copy per process) or "
-        "shard (FSDP2 only)", "auto")
+        "auto (sharded by FSDP2 under an FSDP2 launch, else replicated), replicate (a full copy per process), "
+        "shard (FSDP2 only) or service (replicas on Ray actors, on their own devices, shared by every training "
+        "process: docs/scaling-out.md)", "auto")
     teacher_device: str | None = opt("one process: the teacher's device (default: the student's)")
     algo: Literal[ALGORITHMS] = opt("opd (on-policy distillation from --teacher) or grpo (the reinforcement-learning "
                                     "baseline: IoU rewards, no teacher needed)", "opd", run_defining=True)
     eval_teacher: bool = opt("also evaluate the teacher on --eval-data once before training (the student's "
                              "ceiling)", False)
+
+
+@dataclass
+class TeacherServiceOptions(Options):
+    """teacher service (--teacher-placement service)"""
+
+    ray_address: str | None = opt("service: the Ray cluster to run the teacher replicas on (`ray start --head` "
+                                  "prints it; default: a local cluster the main process starts)")
+    teacher_replicas: int = opt("service: teacher replicas (Ray actors); micro-batches go to them in turn", 1, ge=1)
+    teacher_service_name: str = opt("service: the replicas' name on the cluster (NAME-0, NAME-1, ...): processes "
+                                    "and runs giving the same name share them", "videoopd-teacher")
+    teacher_replica_cpus: float = opt("service: CPUs Ray reserves for each replica", 1.0, ge=0)
+    teacher_replica_gpus: float | None = opt("service: GPUs Ray gives each replica, which scores on its GPU "
+                                             "(default: 1 where this machine has CUDA, else 0)", ge=0)
+    teacher_max_restarts: int = opt("service: restarts of a replica whose process dies (its pending micro-batches "
+                                    "are re-sent); after that the run stops with its error", 2, ge=0)
+    teacher_timeout_s: float = opt("service: seconds to wait for a micro-batch's score before the run stops with "
+                                   "an error", 600.0, gt=0)
+    teacher_delay_s: float = opt("service, for measurements: seconds each replica sleeps after scoring a "
+                                 "micro-batch (a tiny teacher made as slow as a real one)", 0.0, ge=0)
 
 
 @dataclass
@@ -111,7 +132,8 @@ class CurriculumOptions(Options):
 
 
 @dataclass
-class TrainConfig(DemoOptions, CurriculumOptions, GRPOOptions, RolloutOptions, PairOptions, RunOptions):
+class TrainConfig(DemoOptions, CurriculumOptions, GRPOOptions, RolloutOptions, TeacherServiceOptions,
+                  PairOptions, RunOptions):
     """Options of ``python -m videoopd.train``; ``auto`` and unset values that depend only on other
     options are resolved when it is built, so the saved ``config.yaml`` is what ran."""
 
@@ -131,6 +153,9 @@ class TrainConfig(DemoOptions, CurriculumOptions, GRPOOptions, RolloutOptions, P
         if self.student is not None and self.teacher is None and (self.algo == "opd" or self.rounds > 0):
             raise ConfigError("give both --student and --teacher (or neither, for the CPU demo); only --algo grpo "
                               "without --rounds trains without a teacher")
+        if self.teacher_placement == "service" and self.student is not None and (self.eval_teacher or self.rounds):
+            raise ConfigError("--teacher-placement service scores the rollouts only: --eval-teacher and --rounds "
+                              "need the teacher in the training processes (replicate or shard)")
         if self.student is None and self.train_data is not None:
             raise ConfigError("--train-data needs --student (and --teacher)")
 
@@ -212,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           gradient_checkpointing=cfg.gradient_checkpointing, train_vision=cfg.train_vision)
     frozen_device = "cpu" if cfg.teacher_device is None else cfg.teacher_device  # placed by the run
     teacher = teacher_processor = None
-    if cfg.teacher is not None:
+    if cfg.teacher is not None and cfg.teacher_placement != "service":  # a service loads its own
         teacher_processor = load_processor(cfg.teacher)
         teacher = load_policy(cfg.teacher, device=frozen_device, trainable=False, dtype=cfg.dtype,
                           attn_implementation=cfg.attn_implementation)
@@ -226,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  if cfg.algo == "grpo" and cfg.beta > 0 else None)
     try:
         run_post_training(cfg, accelerator, student, teacher, processor, train_records, eval_records,
-                          teacher_processor=teacher_processor, reference=reference, decode_config=decode_config)
+                          teacher_processor=teacher_processor, reference=reference, decode_config=decode_config,
+                          teacher_path=cfg.teacher)
     except ConfigError as exc:
         return fail(PROG, exc)
     except Preempted as exc:

@@ -43,10 +43,13 @@ __all__ = [
     "DistillationObjective",
     "GenerationContext",
     "MicroBatch",
+    "ColocatedTeacher",
     "Objective",
     "RolledBatch",
     "RolloutCall",
+    "PendingScore",
     "SampledObjective",
+    "ScoredNow",
     "SupervisedObjective",
     "answer_slice",
     "check_reduction",
@@ -54,6 +57,7 @@ __all__ = [
     "sample_rollouts",
     "score_rollout",
     "scoring_inputs",
+    "TeacherScorer",
     "to_device",
 ]
 
@@ -90,6 +94,10 @@ class MicroBatch:
     sums). ``units``: 0-dim tensor, what the step's loss is divided by (summed over the step's
     micro-batches and processes); None: the loss is a plain sum. ``sums``: metric sums known
     before the student's forward (token counts, rewards). ``records``: the prompts' records.
+    ``pending``: the teacher's score of the micro-batch while it may still be under way (a
+    :class:`PendingScore`; None: nothing to wait for); the loop waits on it (``wait()``)
+    right before the micro-batch's forward, so that a teacher elsewhere scores micro-batch
+    k + 1 while the student trains on k.
     """
 
     student_inputs: dict[str, Any]
@@ -97,16 +105,18 @@ class MicroBatch:
     units: torch.Tensor | None
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     records: list[Any] = field(default_factory=list)
+    pending: "PendingScore | None" = None
 
 
 @dataclass
 class RolloutCall:
     """One ``generate`` call of a step: the inputs of the micro-batches it joined (each on the
-    device, pixels as collated) and the joint rollout of all their rows, which the teacher
-    scores in one forward."""
+    device, pixels as collated), the joint rollout of all their rows, which the teacher
+    scores in one forward, and their records."""
 
     inputs: list[dict[str, Any]]
     rollout: Rollout
+    records: list[Any]
 
 
 @dataclass
@@ -195,6 +205,102 @@ def score_rollout(teacher: Any, teacher_wrapper: Any, inputs: dict[str, Any], ro
     return {k: v.to(device) for k, v in out.items()}
 
 
+class PendingScore(Protocol):
+    """A teacher's score of one micro-batch, perhaps still under way: ``wait()`` blocks until
+    it is done and returns the seconds it blocked; ``result()`` (after or without ``wait``)
+    is the teacher's view of :func:`score_rollout`, on the device it was asked for;
+    ``received_bytes()``: what came from another process for it, and ``busy_s()``: the seconds
+    a teacher elsewhere spent on it (both 0 for a colocated teacher, timed as the step's
+    ``teacher`` phase)."""
+
+    def wait(self) -> float: ...
+
+    def result(self) -> dict[str, torch.Tensor]: ...
+
+    def received_bytes(self) -> int: ...
+
+    def busy_s(self) -> float: ...
+
+
+class TeacherScorer(Protocol):
+    """What :class:`DistillationObjective` needs of a teacher: ``submit`` rollouts (their
+    processor inputs, the rollout, the records it answers) and get a :class:`PendingScore`
+    back at once or when done. ``joins_calls``: whether it is given a generate call's rollouts
+    in one submission (a teacher in the training processes: one forward, one gather of its
+    weights, per call) or each micro-batch's as soon as it exists (a teacher elsewhere, which
+    scores micro-batch k + 1 while the student trains on k). :class:`ColocatedTeacher` scores
+    in this process; :class:`videoopd.algo.teacher_service.TeacherService` on Ray actors
+    elsewhere."""
+
+    joins_calls: bool
+
+    def submit(self, inputs: dict[str, Any], rollout: Rollout, records: list[Any], *, objective: str,
+               temperature: float, vocab_size: int, device: torch.device | str,
+               backend: str = "auto") -> PendingScore: ...
+
+
+class ScoredNow:
+    """A :class:`PendingScore` that is already done."""
+
+    def __init__(self, view: dict[str, torch.Tensor]):
+        self.view = view
+
+    def wait(self) -> float:
+        return 0.0
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return self.view
+
+    def received_bytes(self) -> int:
+        return 0
+
+    def busy_s(self) -> float:
+        return 0.0
+
+
+class ColocatedTeacher:
+    """The teacher as a model in this process (``--teacher-placement replicate|shard``):
+    ``submit`` scores at once (:func:`score_rollout`), a generate call's rollouts in one
+    forward. ``wrapper``: the engine's form of ``model`` (FSDP2), or None. The exact
+    objective's head is kept for the run (:attr:`head`: a copy when the teacher is sharded, one
+    and not one per micro-batch or step, since it is frozen)."""
+
+    joins_calls = True
+
+    def __init__(self, model: Any, wrapper: Any = None):
+        self.model, self.wrapper = model, wrapper if wrapper is not None else model
+        self.head: torch.Tensor | None = None
+
+    def submit(self, inputs: dict[str, Any], rollout: Rollout, records: list[Any], *, objective: str,
+               temperature: float, vocab_size: int, device: torch.device | str,
+               backend: str = "auto") -> ScoredNow:
+        view = score_rollout(self.model, self.wrapper, inputs, rollout, objective=objective, temperature=temperature,
+                             vocab_size=vocab_size, device=device, backend=backend, teacher_head=self.head)
+        self.head = view.get("teacher_head", self.head)
+        return ScoredNow(view)
+
+
+class RowsOfScore:
+    """One micro-batch's part of the :class:`PendingScore` of its generate call
+    (:meth:`RolledBatch.teacher_rows`); the call's bytes and time count once, on its first rows."""
+
+    def __init__(self, call_score: PendingScore, rolled: "RolledBatch"):
+        self.call_score, self.rolled = call_score, rolled
+        self.first = rolled.rows.start == 0
+
+    def wait(self) -> float:
+        return self.call_score.wait()
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return self.rolled.teacher_rows(self.call_score.result())
+
+    def received_bytes(self) -> int:
+        return self.call_score.received_bytes() if self.first else 0
+
+    def busy_s(self) -> float:
+        return self.call_score.busy_s() if self.first else 0.0
+
+
 def sample_rollouts(ctx: GenerationContext, batches: list[dict[str, Any]], processor: Any, *, seed: int,
                     num_generations: int, temperature: float, top_p: float, max_new_tokens: int,
                     reuse_vision: bool = True) -> list[RolledBatch]:
@@ -224,7 +330,7 @@ def sample_rollouts(ctx: GenerationContext, batches: list[dict[str, Any]], proce
                        max_new_tokens=max_new_tokens, synced_gpus=ctx.synced_gpus, gather_weights=ctx.gather_weights)
     rows = [i["input_ids"].shape[0] for i in inputs]
     parts = [rollout] if len(batches) == 1 else split_rollout(rollout, [i["input_ids"].shape[1] for i in inputs], rows)
-    call = RolloutCall(inputs=inputs, rollout=rollout)
+    call = RolloutCall(inputs=inputs, rollout=rollout, records=[r for b in batches for r in b["records"]])
     out, start = [], 0
     for batch, batch_inputs, batch_encoded, part, count in zip(batches, inputs, encoded, parts, rows):
         part.student_vision = batch_encoded
@@ -341,6 +447,10 @@ class DistillationObjective(SampledObjective):
     over the vocabulary (``fused_reverse_kl``; G > 1 only adds rollouts). ``reduction``
     "sequence_sum" (the paper's: summed over each answer, averaged over the step's sequences),
     "mean" (averaged over the step's answer tokens) or "sum".
+
+    ``teacher``: the frozen teacher as a model in this process (scored through
+    ``teacher_wrapper``, its engine's form, when given: :class:`ColocatedTeacher`) or any
+    :class:`TeacherScorer` (the Ray service: :mod:`videoopd.algo.teacher_service`).
     """
 
     name = "opd"
@@ -356,51 +466,50 @@ class DistillationObjective(SampledObjective):
                          max_new_tokens=max_new_tokens, seed=seed, vocab_size=vocab_size, backend=backend,
                          num_generations=num_generations, reuse_vision=reuse_vision,
                          rollout_batch_size=rollout_batch_size)
-        self.teacher = teacher
-        self.teacher_wrapper = teacher_wrapper if teacher_wrapper is not None else teacher
+        # a model in this process, or anything that scores like one (a TeacherScorer: the service)
+        self.teacher = teacher if hasattr(teacher, "submit") else ColocatedTeacher(teacher, teacher_wrapper)
         self.objective = objective
         self.advantage_clip = advantage_clip
-        # "full": the frozen head the loss reads, kept for the run (a copy when the teacher is
-        # sharded: one, not one per micro-batch or step)
-        self.teacher_head: torch.Tensor | None = None
-
-    def teacher_view(self, ctx: GenerationContext, call: RolloutCall) -> dict[str, torch.Tensor]:
-        """The teacher's view of a generate call's rollouts, from one forward over all its rows."""
-        pad = getattr(self.processor, "tokenizer", self.processor).pad_token_id
-        view = score_rollout(self.teacher, self.teacher_wrapper, concat_model_inputs(call.inputs, pad), call.rollout,
-                             objective=self.objective, temperature=self.temperature, vocab_size=self.vocab(ctx),
-                             device=ctx.device, backend=self.backend, teacher_head=self.teacher_head)
-        if "teacher_head" in view:
-            self.teacher_head = view["teacher_head"]
-        return view
 
     def score_step(self, ctx: GenerationContext, rolled: list[RolledBatch]) -> list[MicroBatch]:
-        """The micro-batches of a step: the teacher scores each generate call once."""
-        views: dict[int, dict[str, torch.Tensor]] = {}
+        """The micro-batches of a step: each generate call's rollouts submitted to the teacher
+        at once (one forward), or each micro-batch's on its own to a teacher elsewhere
+        (:attr:`TeacherScorer.joins_calls`)."""
+        if not self.teacher.joins_calls:
+            return [self.micro_batch(ctx, r, self.submit(ctx, r.inputs, r.rollout, r.records)) for r in rolled]
+        pad = getattr(self.processor, "tokenizer", self.processor).pad_token_id
+        calls: dict[int, PendingScore] = {}
         out = []
         for r in rolled:
-            if id(r.call) not in views:
-                views[id(r.call)] = self.teacher_view(ctx, r.call)
-            out.append(self.micro_batch(ctx, r, r.teacher_rows(views[id(r.call)])))
+            if id(r.call) not in calls:
+                calls[id(r.call)] = self.submit(ctx, concat_model_inputs(r.call.inputs, pad), r.call.rollout,
+                                                r.call.records)
+            out.append(self.micro_batch(ctx, r, RowsOfScore(calls[id(r.call)], r)))
         return out
 
     def score(self, ctx: GenerationContext, rolled: RolledBatch) -> MicroBatch:
         """One micro-batch, scored with the rest of its generate call."""
         return self.score_step(ctx, [rolled])[0]
 
-    def micro_batch(self, ctx: GenerationContext, rolled: RolledBatch,
-                    teacher_view: dict[str, torch.Tensor]) -> MicroBatch:
+    def submit(self, ctx: GenerationContext, inputs: dict[str, Any], rollout: Rollout,
+               records: list[Any]) -> PendingScore:
+        return self.teacher.submit(inputs, rollout, list(records), objective=self.objective,
+                                   temperature=self.temperature, vocab_size=self.vocab(ctx), device=ctx.device,
+                                   backend=self.backend)
+
+    def micro_batch(self, ctx: GenerationContext, rolled: RolledBatch, pending: PendingScore) -> MicroBatch:
         inputs, rollout, records = rolled.inputs, rolled.rollout, rolled.records
         tokens, sequences, units = self.units(ctx, rollout)
         parsed = sum(parse_span(a) is not None for a in rollout.answers)
         return MicroBatch(
             student_inputs=scoring_inputs(inputs, rollout, ctx.device, sampler=True),
-            loss_fn=lambda hidden, weight: self.loss(hidden, weight, rollout, teacher_view),
+            loss_fn=lambda hidden, weight: self.loss(hidden, weight, rollout, pending.result()),
             units=units,
             sums={"answer_tokens": tokens, "sequences": sequences,
                   "context_tokens": rollout.attention_mask.sum().double().to(ctx.device),
                   "parsed_answers": torch.tensor(float(parsed), dtype=torch.float64, device=ctx.device)},
             records=list(records),
+            pending=pending,
         )
 
     def loss(self, hidden: torch.Tensor, weight: torch.Tensor, rollout: Rollout,

@@ -95,7 +95,7 @@ def run_demo(cfg: Any) -> int:
     record_preprocessing(processor, decode_config)  # final/ then evaluates with videoopd.eval's defaults
     reference = load_demo_checkpoint(STUDENT_DIR, trainable=False)[0] if cfg.algo == "grpo" and cfg.beta > 0 else None
     summary = run_post_training(cfg, accelerator, student, teacher, processor, train_records, eval_records,
-                                reference=reference, decode_config=decode_config,
+                                reference=reference, decode_config=decode_config, teacher_path=str(TEACHER_DIR),
                                 log=say)
     if not main:
         return 0

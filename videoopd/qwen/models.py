@@ -27,6 +27,7 @@ __all__ = [
     "check_checkpoint",
     "check_pair",
     "concat_encoded_vision",
+    "check_pair_facts",
     "encode_vision",
     "full_weights_gathered",
     "freeze_vision",
@@ -35,6 +36,7 @@ __all__ = [
     "lm_head_weight",
     "prepare_policy",
     "load_policy",
+    "pair_facts",
     "policy_head_forward",
     "unwrap_peft",
     "VISION_PIXEL_INPUTS",
@@ -374,8 +376,25 @@ def _tokenizer_of(processor_or_tokenizer: Any) -> Any:
     return getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
 
 
+def pair_facts(model: Any, processor: Any) -> dict[str, Any]:
+    """What :func:`check_pair_facts` compares of a model and its processor (small, picklable:
+    a teacher elsewhere sends it once): the family, the tokenizer's vocabulary and special
+    ids, the head's rows and the tokenizer's length."""
+    tok = _tokenizer_of(processor)
+    return {"model_type": unwrap_peft(model).config.model_type, "vocab": tok.get_vocab(),
+            "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+            "head_rows": lm_head_weight(model).shape[0], "tokenizer_len": len(tok)}
+
+
 def check_pair(student: Any, teacher: Any, student_processor: Any, teacher_processor: Any) -> None:
-    """Raise ValueError when the teacher cannot score the student's tokens.
+    """Raise ValueError when the teacher cannot score the student's tokens
+    (:func:`check_pair_facts` of both)."""
+    check_pair_facts(pair_facts(student, student_processor), pair_facts(teacher, teacher_processor))
+
+
+def check_pair_facts(student: dict[str, Any], teacher: dict[str, Any]) -> None:
+    """Raise ValueError when the teacher cannot score the student's tokens (``student`` and
+    ``teacher``: their :func:`pair_facts`).
 
     Both must be of one model family (model_type): the teacher is fed the inputs the
     student's processor made (video patches, grid and position layout are per family). The
@@ -383,13 +402,11 @@ def check_pair(student: Any, teacher: Any, student_processor: Any, teacher_proce
     and the teacher's head must have at least the student's vocabulary rows (a larger,
     padded head is fine: only its first rows are used).
     """
-    s_type = unwrap_peft(student).config.model_type
-    t_type = unwrap_peft(teacher).config.model_type
+    s_type, t_type = student["model_type"], teacher["model_type"]
     if s_type != t_type:
         raise ValueError(f"the student is a {s_type} model and the teacher a {t_type} model: the teacher must be of "
                          "the student's family, because the same processed video inputs are fed to both")
-    s_tok, t_tok = _tokenizer_of(student_processor), _tokenizer_of(teacher_processor)
-    s_vocab, t_vocab = s_tok.get_vocab(), t_tok.get_vocab()
+    s_vocab, t_vocab = student["vocab"], teacher["vocab"]
     if s_vocab != t_vocab:
         only_s = sorted(set(s_vocab.items()) - set(t_vocab.items()))[:3]
         only_t = sorted(set(t_vocab.items()) - set(s_vocab.items()))[:3]
@@ -399,14 +416,12 @@ def check_pair(student: Any, teacher: Any, student_processor: Any, teacher_proce
             f"teacher-only {only_t}); on-policy distillation needs the same tokenizer"
         )
     for attr in ("eos_token_id", "pad_token_id"):
-        if getattr(s_tok, attr) != getattr(t_tok, attr):
-            raise ValueError(f"teacher and student tokenizers differ in {attr}: "
-                             f"{getattr(s_tok, attr)} vs {getattr(t_tok, attr)}")
-    s_rows, t_rows = lm_head_weight(student).shape[0], lm_head_weight(teacher).shape[0]
-    needed = max(s_rows, len(s_tok))
-    if t_rows < needed:
-        raise ValueError(f"teacher LM head has {t_rows} rows, smaller than the student vocabulary ({needed}); "
-                         "the teacher cannot score every student token")
+        if student[attr] != teacher[attr]:
+            raise ValueError(f"teacher and student tokenizers differ in {attr}: {student[attr]} vs {teacher[attr]}")
+    needed = max(student["head_rows"], student["tokenizer_len"])
+    if teacher["head_rows"] < needed:
+        raise ValueError(f"teacher LM head has {teacher['head_rows']} rows, smaller than the student vocabulary "
+                         f"({needed}); the teacher cannot score every student token")
 
 
 # --------------------------------------------------------------------------------------

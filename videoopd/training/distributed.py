@@ -25,7 +25,7 @@ __all__ = [
     "unsupported_engine",
 ]
 
-TEACHER_PLACEMENTS = ("auto", "replicate", "shard")
+TEACHER_PLACEMENTS = ("auto", "replicate", "shard", "service")
 
 
 def is_fsdp2(accelerator: Any) -> bool:
@@ -54,8 +54,10 @@ def place_teacher(accelerator: Any, teacher: torch.nn.Module, placement: str = "
     "replicate" (a full copy on ``device`` or this process's device), "auto" (shard under
     FSDP2, replicate otherwise).
     """
-    if placement not in TEACHER_PLACEMENTS:
-        raise ValueError(f"teacher placement must be one of {TEACHER_PLACEMENTS}, got {placement!r}")
+    if placement not in TEACHER_PLACEMENTS or placement == "service":
+        raise ValueError(f"a teacher in the training processes is placed by one of "
+                         f"{tuple(p for p in TEACHER_PLACEMENTS if p != 'service')}, got {placement!r} (a service's "
+                         "teacher runs on Ray actors: videoopd.algo.teacher_service)")
     for p in teacher.parameters():
         p.requires_grad_(False)
     teacher.eval()

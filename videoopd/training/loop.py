@@ -9,7 +9,10 @@ state, data, metrics log) as one :class:`PreparedRun`, then each optimizer step 
    (OPD: the student samples one answer per prompt, in as few generate calls as
    ``--rollout-batch-size`` allows; SFT: nothing);
 2. ``teacher``: the objective scores them (OPD: the frozen teacher, one forward per generate
-   call; SFT: nothing);
+   call; SFT: nothing); a teacher elsewhere (``--teacher-placement service``) only receives
+   each micro-batch here, and the student waits for each micro-batch's score right before its
+   forward (``time/teacher_wait_s``, the slowest process's; ``time/teacher_service_s``: the
+   service's time on this process's micro-batches; ``teacher_bytes``: what the scores brought);
 3. ``student``: forward + backward of each micro-batch, the loss computed inside the
    student's forward (:func:`videoopd.qwen.models.policy_head_forward`) and divided by the
    step's units (sequences or tokens) summed over micro-batches *and processes*, gradients
@@ -265,9 +268,15 @@ def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, object
         value = value.detach().to(device=device, dtype=torch.float64)
         sums[name] = sums[name] + value if name in sums else value
 
+    teacher_wait = 0.0  # the student's wait for a teacher still scoring (the service), inside "student"
+    teacher_bytes, teacher_busy = 0, 0.0  # what the scores brought from another process; its time on them
     with timer("student"):
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
+            if mb.pending is not None:
+                teacher_wait += mb.pending.wait()
+                teacher_bytes += mb.pending.received_bytes()
+                teacher_busy += mb.pending.busy_s()
             with contextlib.nullcontext() if last else accelerator.no_sync(wrapper):
                 loss_sum, metrics = policy_head_forward(wrapper, model, mb.student_inputs, mb.loss_fn)
                 # engines average gradients over processes: scale by the process count
@@ -288,7 +297,8 @@ def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, object
         optimizer.zero_grad(set_to_none=True)
         if masters is not None:
             masters.masters_to_model()
-    per_rank: dict[str, Any] = {"peak_mem_mb": peak_memory_mb(device)}
+    per_rank: dict[str, Any] = {"peak_mem_mb": peak_memory_mb(device), "teacher_wait_s": teacher_wait,
+                                "teacher_bytes": float(teacher_bytes), "teacher_busy_s": teacher_busy}
     if grad_norm is not None:
         per_rank["grad_norm"] = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     ids = [r.id for m in micro for r in m.records]
@@ -518,6 +528,9 @@ def step_row(step: int, objective: Objective, summed: dict[str, float], ranks: d
             "tokens_per_s": summed.get("context_tokens", 0.0) / step_time,
             "step_time_s": step_time,
             **{f"time/{k}_s": v for k, v in timer.seconds().items()},
+            "time/teacher_wait_s": max(ranks["teacher_wait_s"]) if "teacher_wait_s" in ranks else 0.0,
+            "teacher_bytes": int(sum(ranks["teacher_bytes"])) if "teacher_bytes" in ranks else 0,
+            "time/teacher_service_s": max(ranks["teacher_busy_s"]) if "teacher_busy_s" in ranks else 0.0,
             "peak_mem_mb": max(ranks["peak_mem_mb"]),
             "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
             "skipped_videos": int(sum(ranks["skipped_videos"])),

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from videoopd.algo.grpo import GroupedCollator, GRPOObjective
 from videoopd.algo.objectives import DistillationObjective
+from videoopd.algo.teacher_service import SERVICE_NAMESPACE, TeacherService
 from videoopd.data.datasets import GroundingVideoDataset
 from videoopd.qwen.collators import GroundingCollator
 from videoopd.data.video import DecodeConfig
-from videoopd.qwen.models import lm_head_weight
+from videoopd.qwen.models import check_pair_facts, lm_head_weight, pair_facts
 from videoopd.training.checkpoint import prepare_run_folder
 from videoopd.training.config import ConfigError, save_config
 from videoopd.training.curriculum import TVDFCurriculum, one_pass_steps
@@ -23,7 +27,8 @@ from videoopd.training.distributed import place_teacher
 from videoopd.training.loop import PreparedRun, TrainSummary, evaluate_held_out, train
 from videoopd.training.metrics_log import write_run_report
 
-__all__ = ["ALGORITHMS", "PostTrainingSummary", "default_num_generations", "default_reduction", "run_post_training"]
+__all__ = ["ALGORITHMS", "PostTrainingSummary", "default_num_generations", "default_reduction", "run_post_training",
+           "start_teacher_service"]
 
 
 @dataclasses.dataclass
@@ -48,9 +53,52 @@ def default_num_generations(algo: str) -> int:
     return 8 if algo == "grpo" else 1
 
 
+def start_teacher_service(cfg: Any, accelerator: Any, path: str, student: Any, processor: Any,
+                          decode_config: DecodeConfig) -> Any:
+    """The run's :class:`videoopd.algo.teacher_service.TeacherService` of the teacher at ``path``,
+    checked against ``student`` (:func:`videoopd.qwen.models.check_pair_facts`). Every process
+    joins one Ray cluster (``cfg.ray_address``, else one the main process starts here) and
+    shares the replicas. Raises ConfigError for a teacher that cannot score the student."""
+    from accelerate.utils import broadcast_object_list
+
+    address = cfg.ray_address
+    if address is None and accelerator.num_processes > 1:
+        # one local cluster for every process: the main process starts it, the others join it
+        box: list[Any] = [None, None]
+        if accelerator.is_main_process:
+            import ray
+
+            ray.init(namespace=SERVICE_NAMESPACE, include_dashboard=False)
+            # the cluster's authentication mode (token, the token in ~/.ray) is set in the
+            # starting process's environment only; Ray reads it when imported: the others
+            # take it before they import Ray
+            box = [ray.get_runtime_context().gcs_address, os.environ.get("RAY_AUTH_MODE")]
+        broadcast_object_list(box)
+        address, auth_mode = box
+        if auth_mode is not None:
+            os.environ.setdefault("RAY_AUTH_MODE", auth_mode)
+    gpus = cfg.teacher_replica_gpus
+    if gpus is None:
+        gpus = 1.0 if torch.cuda.is_available() else 0.0
+    try:
+        service = TeacherService(str(path), decode_config=decode_config, prompt_style=cfg.prompt_style,
+                                 replicas=cfg.teacher_replicas, address=address,
+                                 cpus_per_replica=cfg.teacher_replica_cpus, gpus_per_replica=gpus, dtype=cfg.dtype,
+                                 attn_implementation=cfg.attn_implementation, max_restarts=cfg.teacher_max_restarts,
+                                 timeout_s=cfg.teacher_timeout_s, delay_s=cfg.teacher_delay_s,
+                                 name=cfg.teacher_service_name)
+    except ValueError as exc:  # replicas of that name serving another teacher
+        raise ConfigError(f"--teacher-service-name {cfg.teacher_service_name}: {exc}") from None
+    try:
+        check_pair_facts(pair_facts(student, processor), service.facts())
+    except ValueError as exc:
+        raise ConfigError(f"incompatible teacher/student: {exc}") from None
+    return service
+
+
 def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, processor: Any,
                       train_records: list[Any], eval_records: list[Any] | None, *, teacher_processor: Any = None,
-                      reference: Any = None, decode_config: Any = None,
+                      reference: Any = None, decode_config: Any = None, teacher_path: str | None = None,
                       log: Callable[[str], None] = print,
                       on_step: Callable[[PreparedRun, dict[str, Any], list[str]], None] | None = None
                       ) -> PostTrainingSummary:
@@ -58,8 +106,10 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
     objective (:class:`DistillationObjective` or :class:`GRPOObjective`; the loop evaluates
     the student before, during and after), report. ``cfg``: ``videoopd.train.TrainConfig``.
     ``teacher``: needed by OPD, and by GRPO only for ``eval_teacher`` or the curriculum (else
-    None); ``reference``: GRPO's frozen reference policy when ``cfg.beta > 0``; ``on_step``:
-    passed to :func:`videoopd.training.loop.train`.
+    None); ``reference``: GRPO's frozen reference policy when ``cfg.beta > 0``; ``teacher_path``:
+    the teacher's checkpoint folder, which ``cfg.teacher_placement`` "service" starts replicas of
+    (:func:`start_teacher_service`; ``teacher`` is then only evaluated, and may be None);
+    ``on_step``: passed to :func:`videoopd.training.loop.train`.
 
     Returns the loop's summary with ``teacher_eval``.
     Raises ConfigError for a teacher placement the launch cannot give or a run folder /
@@ -73,16 +123,23 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
     if main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    if teacher is None and (cfg.algo == "opd" or cfg.rounds or cfg.eval_teacher):
+    service = cfg.teacher_placement == "service"
+    if service and cfg.algo == "opd" and teacher_path is None:
+        raise ConfigError("--teacher-placement service needs the teacher's checkpoint folder (--teacher)")
+    if teacher is None and ((cfg.algo == "opd" and not service) or cfg.rounds or cfg.eval_teacher):
         raise ConfigError("a teacher is needed (OPD, --rounds and --eval-teacher use it)")
+    # models in these processes (a service's teacher evaluated here, GRPO's reference) as by "auto"
+    placement = "auto" if service else cfg.teacher_placement
     try:
         if teacher is not None:
-            teacher = place_teacher(accelerator, teacher, cfg.teacher_placement, cfg.teacher_device)
+            teacher = place_teacher(accelerator, teacher, placement, cfg.teacher_device)
         if reference is not None:
-            reference = place_teacher(accelerator, reference, cfg.teacher_placement, cfg.teacher_device)
+            reference = place_teacher(accelerator, reference, placement, cfg.teacher_device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     decode_config = decode_config or DecodeConfig.for_run(processor, cfg)
+    scorer = (start_teacher_service(cfg, accelerator, teacher_path, student, processor, decode_config)
+              if service and cfg.algo == "opd" else teacher)
 
     teacher_eval = None
     earlier_teacher_eval = out_dir / "eval_teacher.json"
@@ -105,7 +162,7 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
                                        rollout_batch_size=cfg.rollout_batch_size)
         collator = GroupedCollator(collator, cfg.num_generations)
     else:
-        objective = DistillationObjective(teacher, processor, objective=cfg.objective, reduction=cfg.reduction,
+        objective = DistillationObjective(scorer, processor, objective=cfg.objective, reduction=cfg.reduction,
                                           temperature=cfg.temperature, top_p=cfg.top_p,
                                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, vocab_size=vocab,
                                           num_generations=cfg.num_generations,

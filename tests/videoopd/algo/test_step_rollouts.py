@@ -91,8 +91,8 @@ def test_joint_rollouts_equal_separate_ones(family, objective, monkeypatch):
         for name in grads_a:
             torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
     if objective == "full":  # one head for the run: the frozen parameter itself when not sharded
-        assert joint[4].teacher_head is not None
-        assert joint[4].teacher_head.data_ptr() == teacher.lm_head.weight.data_ptr()
+        assert joint[4].teacher.head is not None
+        assert joint[4].teacher.head.data_ptr() == teacher.lm_head.weight.data_ptr()
 
 
 def test_rollout_batch_size_splits_the_step_into_calls(monkeypatch):
