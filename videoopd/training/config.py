@@ -250,6 +250,10 @@ class OptimOptions(Options):
     adam_beta2: float = opt("AdamW beta2", 0.999, ge=0, lt=1, run_defining=True)
     weight_decay: float = opt("AdamW weight decay (matrices only)", 0.0, ge=0, run_defining=True)
     max_grad_norm: float = opt("gradient clipping (0: off)", 1.0, ge=0, run_defining=True)
+    max_skipped_steps: int = opt(
+        "optimizer steps whose loss or gradients are NaN/inf on any process are skipped by every process (weights, "
+        "optimizer and schedule unchanged) and counted; stop the run when more than this many in a row are "
+        "skipped (0: at the first)", 10, ge=0)
     master_weights: Literal["auto", "fp32", "none"] = opt(
         "fp32 master copies of the trainable weights for the optimizer, one process or DDP: auto (when the model "
         "is bf16/fp16, so that updates of lr ~1e-6 are not rounded away), fp32 or none. Under FSDP2 its "

@@ -1,0 +1,128 @@
+"""The non-finite step guard on one process (2 processes: test_faults.py): a step whose gradients
+or loss are NaN is skipped (weights, optimizer state and schedule as before it), counted in the
+rows with its records, and the run goes on; ``--max-skipped-steps`` stops a run that skips more
+in a row, naming the steps and records; a resumed run counts as the uninterrupted one."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from videoopd import train as T
+from videoopd.data.annotations import load_annotations
+from videoopd.qwen.models import prepare_policy
+from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+from videoopd.training import loop
+from videoopd.training.guard import TooManySkippedSteps, flag_nonfinite_loss
+from videoopd.training.loop import make_accelerator
+from videoopd.training.post_training import run_post_training
+
+SMALL_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}  # as in conftest.py
+
+
+class NaNGradient(torch.autograd.Function):
+    """The identity whose backward is NaN: a finite loss with NaN gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * math.nan
+
+
+def inject(monkeypatch, calls: set[int], fault: str) -> None:
+    """Make the student's loss of the ``calls``-th micro-batches (1-based, counted in this process)
+    have NaN gradients (``fault="gradient"``) or a NaN value with finite gradients ("loss")."""
+    through = loop.policy_head_forward
+    count = [0]
+
+    def forward(wrapper, model, inputs, fn):
+        loss, metrics = through(wrapper, model, inputs, fn)
+        count[0] += 1
+        if count[0] in calls:
+            loss = NaNGradient.apply(loss) if fault == "gradient" else loss + math.nan
+        return loss, metrics
+
+    monkeypatch.setattr(loop, "policy_head_forward", forward)
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1).double() for t in tensors])
+
+
+def train(synthetic_dir, out, steps: int, **options):
+    tok = build_tiny_tokenizer("qwen3_vl")
+    proc = build_tiny_processor("qwen3_vl", tok)
+    student = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=1, hidden_size=32), trainable=True,
+                             gradient_checkpointing=False)
+    teacher = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=2, hidden_size=64), trainable=False)
+    records, _ = load_annotations(synthetic_dir / "annotations.jsonl")
+    # a warm-up over every step: each schedule step changes the lr
+    cfg = T.TrainConfig(lr=1e-3, warmup_steps=4, max_steps=steps, batch_size=1, max_new_tokens=6,
+                        output_dir=str(out), progress=False, device="cpu", **SMALL_PIXELS, **options)
+    seen = []
+
+    def on_step(run, row, ids):  # after each step: the weights, AdamW's state, the schedule
+        moments = [s[k] for s in run.optimizer.state.values() for k in ("exp_avg", "exp_avg_sq", "step")]
+        seen.append({"weights": flat(run.model.parameters()), "moments": flat(moments),
+                     "schedule": run.scheduler.last_epoch, "ids": ids})
+
+    summary = run_post_training(cfg, make_accelerator(cfg), student, teacher, proc, records, None,
+                                log=lambda *_: None, on_step=on_step)
+    return summary, seen
+
+
+def test_flag_keeps_a_finite_loss_bit_for_bit():
+    loss = torch.tensor(2.24405527, requires_grad=True)
+    flagged = flag_nonfinite_loss(loss)
+    flagged.backward()
+    assert torch.equal(flagged, loss) and loss.grad == 1.0
+    for bad in (math.nan, math.inf):
+        x = torch.tensor(bad, requires_grad=True)
+        flag_nonfinite_loss(x).backward()
+        assert torch.isnan(x.grad)
+
+
+@pytest.mark.parametrize("fault", ["gradient", "loss"])
+def test_a_nonfinite_step_is_skipped_and_the_run_goes_on(synthetic_dir, tmp_path, monkeypatch, fault):
+    inject(monkeypatch, {2}, fault)
+    summary, seen = train(synthetic_dir, tmp_path / "run", 3)
+    rows = summary.steps
+    assert [r["skipped_steps"] for r in rows] == [0, 1, 1]
+    assert "skipped_records" not in rows[0] and "skipped_records" not in rows[2]
+    assert rows[1]["skipped_records"] == seen[1]["ids"] and seen[1]["ids"]
+    assert not math.isfinite(rows[1]["grad_norm"]) and math.isfinite(rows[2]["grad_norm"])
+    # step 2 changed nothing: weights, AdamW's moments and step counts, the schedule (its lr)
+    assert torch.equal(seen[1]["weights"], seen[0]["weights"])
+    assert torch.equal(seen[1]["moments"], seen[0]["moments"])
+    assert [s["schedule"] for s in seen] == [1, 1, 2] and rows[2]["lr"] == rows[1]["lr"]
+    assert not torch.equal(seen[2]["weights"], seen[1]["weights"])  # step 3 trains again
+    assert torch.isfinite(seen[2]["weights"]).all()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in logged if "loss" in r] == [0, 1, 1]
+
+
+def test_max_skipped_steps_stops_the_run_naming_steps_and_records(synthetic_dir, tmp_path, monkeypatch):
+    inject(monkeypatch, {2, 3}, "gradient")
+    with pytest.raises(TooManySkippedSteps, match=r"2 consecutive .*--max-skipped-steps 1.*step 2 \(records "
+                                                  r".+\); step 3 \(records .+\)"):
+        train(synthetic_dir, tmp_path / "run", 4, max_skipped_steps=1)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in logged if "loss" in r] == [0, 1, 2]  # the last row is written
+
+
+def test_resume_counts_skipped_steps_as_the_uninterrupted_run(synthetic_dir, tmp_path, monkeypatch):
+    """Skipped at step 2, saved, resumed: step 3 skipped too is the second in a row, as it would
+    be without the stop, and the total goes on from 1."""
+    inject(monkeypatch, {2}, "gradient")
+    out = tmp_path / "run"
+    train(synthetic_dir, out, 2, save_every=1)
+    inject(monkeypatch, {1}, "gradient")  # the resumed process's first micro-batch: step 3
+    with pytest.raises(TooManySkippedSteps, match=r"step 2 \(records .+\); step 3"):
+        train(synthetic_dir, out, 4, max_skipped_steps=1, resume="auto")
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in logged if "loss" in r] == [0, 1, 2]
