@@ -326,6 +326,19 @@ class LoraOptions(Options):
             raise ConfigError("--merge-lora needs --lora-r > 0")
 
 
+@dataclass
+class DistributedOptions(Options):
+    """distributed launch"""
+
+    # transformers' TrainingArguments.ddp_timeout (1800 s there). 600 s: the longest wait one process has on
+    # another in a healthy run is a main-process write (final/ or best/ weights, ~15 GB at 7B: 1-2 min) or one
+    # process's slower generation or evaluation batch; 600 s leaves several times that and is torch's own NCCL
+    # default, while a process that hangs costs every GPU 10 minutes, not hours.
+    ddp_timeout: int = opt("seconds a process waits in a collective (all-reduce, barrier, ...) for the others "
+                           "before the launch fails (torch.distributed's process-group timeout)", 600, gt=0,
+                           aliases=("--ddp_timeout",))
+
+
 # accelerate's trackers (the names transformers' report_to takes)
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
 
@@ -353,7 +366,7 @@ class TrackingOptions(Options):
 
 
 @dataclass
-class RunOptions(TrackingOptions, LoggingOptions, LoraOptions, CheckpointOptions, EvalOptions, OptimOptions,
+class RunOptions(DistributedOptions, TrackingOptions, LoggingOptions, LoraOptions, CheckpointOptions, EvalOptions, OptimOptions,
                  ModelOptions, DecodeOptions, AnnotationOptions):
     """data
 

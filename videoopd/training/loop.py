@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -54,7 +55,7 @@ def make_accelerator(cfg: RunOptions, mixed_precision: str | None = None) -> Any
     """The run's ``accelerate.Accelerator``: the launch's engine (``accelerate launch`` config:
     DDP, FSDP2), or one process on ``cfg.device``'s kind of device. ``mixed_precision``
     ("no", "bf16", ...) overrides the launch's."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
 
     from accelerate.utils import DataLoaderConfiguration
 
@@ -66,6 +67,10 @@ def make_accelerator(cfg: RunOptions, mixed_precision: str | None = None) -> Any
     if missing:  # accelerate would leave them out without a word
         raise ConfigError(f"--report-to {cfg.report_to}: {', '.join(missing)} is not installed here "
                           f"(installed trackers: {', '.join(installed) or 'none'})")
+    # A process that waits on a dead or hung one fails after --ddp_timeout, not hours. Given to the process
+    # state, which starts the process group: accelerate's InitProcessGroupKwargs would drop a timeout equal to
+    # its NCCL default (600 s) and gloo would then wait torch's 30 minutes.
+    PartialState(cpu=cpu, timeout=timedelta(seconds=cfg.ddp_timeout))
     # The seedable sampler orders each epoch by (seed, epoch) alone: a resumed run can find its place.
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with=cfg.trackers or None,
                               project_dir=cfg.output_dir,
@@ -413,7 +418,7 @@ class PreparedRun:
 
         skipped = bool(row.pop("skipped_step"))
         # only on a skipped step, which every process takes alike: one more collective, then
-        records = [str(i) for i in gather_object(list(ids))] if skipped else []
+        records = list(dict.fromkeys(str(i) for i in gather_object(list(ids)))) if skipped else []
         try:
             note_step(self.state, step, skipped, records, self.cfg.max_skipped_steps)
         except FloatingPointError:

@@ -14,40 +14,18 @@ from videoopd import train as T
 from videoopd.data.annotations import load_annotations
 from videoopd.qwen.models import prepare_policy
 from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
-from videoopd.training import loop
 from videoopd.training.guard import TooManySkippedSteps, flag_nonfinite_loss
 from videoopd.training.loop import make_accelerator
 from videoopd.training.post_training import run_post_training
 
+import faults  # noqa: E402  (this folder's)
+
 SMALL_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}  # as in conftest.py
 
 
-class NaNGradient(torch.autograd.Function):
-    """The identity whose backward is NaN: a finite loss with NaN gradients."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * math.nan
-
-
-def inject(monkeypatch, calls: set[int], fault: str) -> None:
-    """Make the student's loss of the ``calls``-th micro-batches (1-based, counted in this process)
-    have NaN gradients (``fault="gradient"``) or a NaN value with finite gradients ("loss")."""
-    through = loop.policy_head_forward
-    count = [0]
-
-    def forward(wrapper, model, inputs, fn):
-        loss, metrics = through(wrapper, model, inputs, fn)
-        count[0] += 1
-        if count[0] in calls:
-            loss = NaNGradient.apply(loss) if fault == "gradient" else loss + math.nan
-        return loss, metrics
-
-    monkeypatch.setattr(loop, "policy_head_forward", forward)
+def inject(monkeypatch, fault: str, *steps: int) -> None:
+    for step in steps:
+        faults.install(fault, 0, step, monkeypatch.setattr)
 
 
 def flat(tensors) -> torch.Tensor:
@@ -87,9 +65,9 @@ def test_flag_keeps_a_finite_loss_bit_for_bit():
         assert torch.isnan(x.grad)
 
 
-@pytest.mark.parametrize("fault", ["gradient", "loss"])
+@pytest.mark.parametrize("fault", ["nan_gradient", "nan_loss"])
 def test_a_nonfinite_step_is_skipped_and_the_run_goes_on(synthetic_dir, tmp_path, monkeypatch, fault):
-    inject(monkeypatch, {2}, fault)
+    inject(monkeypatch, fault, 2)
     summary, seen = train(synthetic_dir, tmp_path / "run", 3)
     rows = summary.steps
     assert [r["skipped_steps"] for r in rows] == [0, 1, 1]
@@ -107,7 +85,7 @@ def test_a_nonfinite_step_is_skipped_and_the_run_goes_on(synthetic_dir, tmp_path
 
 
 def test_max_skipped_steps_stops_the_run_naming_steps_and_records(synthetic_dir, tmp_path, monkeypatch):
-    inject(monkeypatch, {2, 3}, "gradient")
+    inject(monkeypatch, "nan_gradient", 2, 3)
     with pytest.raises(TooManySkippedSteps, match=r"2 consecutive .*--max-skipped-steps 1.*step 2 \(records "
                                                   r".+\); step 3 \(records .+\)"):
         train(synthetic_dir, tmp_path / "run", 4, max_skipped_steps=1)
@@ -118,10 +96,11 @@ def test_max_skipped_steps_stops_the_run_naming_steps_and_records(synthetic_dir,
 def test_resume_counts_skipped_steps_as_the_uninterrupted_run(synthetic_dir, tmp_path, monkeypatch):
     """Skipped at step 2, saved, resumed: step 3 skipped too is the second in a row, as it would
     be without the stop, and the total goes on from 1."""
-    inject(monkeypatch, {2}, "gradient")
+    inject(monkeypatch, "nan_gradient", 2)
     out = tmp_path / "run"
     train(synthetic_dir, out, 2, save_every=1)
-    inject(monkeypatch, {1}, "gradient")  # the resumed process's first micro-batch: step 3
+    monkeypatch.undo()
+    inject(monkeypatch, "nan_gradient", 3)
     with pytest.raises(TooManySkippedSteps, match=r"step 2 \(records .+\); step 3"):
         train(synthetic_dir, out, 4, max_skipped_steps=1, resume="auto")
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
