@@ -591,7 +591,8 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
                 row = step_row(step, objective, summed, ranks, timer, lr=lr, step_time=elapsed,
                                processes=accelerator.num_processes, time_s=time.perf_counter() - start,
                                train_time=state.train_time_s)
-                run.record(run.count_skipped(step, row, ids))
+                row = run.count_skipped(step, row, ids)
+                run.record(row)
                 if on_step is not None:
                     on_step(run, row, ids)
                 signum = int(max(ranks["stop_signal"]))  # every process agrees, through the gather

@@ -47,7 +47,7 @@ def train(synthetic_dir, out, steps: int, **options):
     def on_step(run, row, ids):  # after each step: the weights, AdamW's state, the schedule
         moments = [s[k] for s in run.optimizer.state.values() for k in ("exp_avg", "exp_avg_sq", "step")]
         seen.append({"weights": flat(run.model.parameters()), "moments": flat(moments),
-                     "schedule": run.scheduler.last_epoch, "ids": ids})
+                     "schedule": run.scheduler.last_epoch, "ids": ids, "skipped_steps": row["skipped_steps"]})
 
     summary = run_post_training(cfg, make_accelerator(cfg), student, teacher, proc, records, None,
                                 log=lambda *_: None, on_step=on_step)
@@ -70,7 +70,7 @@ def test_a_nonfinite_step_is_skipped_and_the_run_goes_on(synthetic_dir, tmp_path
     inject(monkeypatch, fault, 2)
     summary, seen = train(synthetic_dir, tmp_path / "run", 3)
     rows = summary.steps
-    assert [r["skipped_steps"] for r in rows] == [0, 1, 1]
+    assert [r["skipped_steps"] for r in rows] == [s["skipped_steps"] for s in seen] == [0, 1, 1]
     assert "skipped_records" not in rows[0] and "skipped_records" not in rows[2]
     assert rows[1]["skipped_records"] == seen[1]["ids"] and seen[1]["ids"]
     assert not math.isfinite(rows[1]["grad_norm"]) and math.isfinite(rows[2]["grad_norm"])
