@@ -366,8 +366,8 @@ class TrackingOptions(Options):
 
 
 @dataclass
-class RunOptions(DistributedOptions, TrackingOptions, LoggingOptions, LoraOptions, CheckpointOptions, EvalOptions, OptimOptions,
-                 ModelOptions, DecodeOptions, AnnotationOptions):
+class RunOptions(DistributedOptions, TrackingOptions, LoggingOptions, LoraOptions, CheckpointOptions, EvalOptions,
+                 OptimOptions, ModelOptions, DecodeOptions, AnnotationOptions):
     """data
 
     What every training command (OPD, GRPO, SFT) shares: one loop reads these."""
