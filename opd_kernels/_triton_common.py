@@ -153,6 +153,19 @@ def vocab_splits(n_rows: int, vocab: int, block_n: int, block_v: int, device: to
     return triton.cdiv(num_tiles, tiles_per_split), tiles_per_split  # every split owns >= 1 tile
 
 
+def combine_split_entropy(lse_parts: torch.Tensor, entropy_parts: torch.Tensor):
+    """Merge per-split (logsumexp, entropy of the split-local softmax) along dim 0: (lse, entropy).
+
+    With w_k = exp(lse_k - lse) the splits' shares of the mass, H = sum_k w_k H_k - sum_k w_k log w_k:
+    two sums of non-negative terms, nothing cancels."""
+    lse = torch.logsumexp(lse_parts, dim=0)
+    log_w = lse_parts - lse
+    w = torch.exp(log_w)
+    # a split without mass (w = 0) adds nothing, whatever its entropy holds
+    terms = torch.where(w > 0, w * (entropy_parts - log_w), 0.0)
+    return lse, terms.sum(dim=0)
+
+
 def combine_split_stats(lse_parts: torch.Tensor, mean_parts: torch.Tensor):
     """Merge per-split (logsumexp, mean of x under the split-local softmax) along dim 0."""
     lse = torch.logsumexp(lse_parts, dim=0)

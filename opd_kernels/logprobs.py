@@ -54,11 +54,11 @@ class _TokenLogprobsFunction(torch.autograd.Function):
     @staticmethod
     @v.autocast_off
     def forward(ctx, h, W, tokens, keep, params: LogprobParams):
-        lse, mean_z = _stats(h, W, params)
+        lse, entropy = _stats(h, W, params)
         # A log-prob is never positive and an entropy never negative; rounding can cross 0.
         # Ignored positions (keep False) are selected away: exactly 0, even on a NaN row.
         logprobs = torch.where(keep, target_logits(h, W, tokens, params.inv_tau) - lse, 0.0).clamp_max(0.0)
-        entropy = torch.where(keep, lse - mean_z, 0.0).clamp_min(0.0) if params.return_entropy else None
+        entropy = torch.where(keep, entropy, 0.0).clamp_min(0.0) if params.return_entropy else None
         ctx.params = params
         if params.need_grad:
             ctx.save_for_backward(h, W, tokens, keep, lse, entropy)

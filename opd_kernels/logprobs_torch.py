@@ -3,7 +3,7 @@
 Like reverse_kl_torch: per chunk of C tokens one matmul gives the fp32 logits over the whole
 vocabulary ([C, V]) and a row function (``_torch_rows``) reduces them; C from
 ``_params.default_chunk_size`` with one fp32 [C, V] block (C = 2 D by default). The forward
-keeps lse (and E_p[z] for the entropy), 1-2 floats a token; the backward recomputes each
+keeps lse (and the entropy), 1-2 floats a token; the backward recomputes each
 chunk's logits once (one matmul), forms the logit gradient over them in place and adds g W
 into dh and g^T h into dW: 4 matmuls for forward + backward, the least that never keeps
 [N, V] values between the two.
@@ -39,22 +39,23 @@ def add_target_grads(dh, dW, h, W, tokens, row_scale):
 
 
 def logsumexp_stats_torch(h, W, params: LogprobParams):
-    """Per row: lse of z = h W^T / tau and, with params.return_entropy, E_p[z] (for the entropy lse - E_p[z])."""
+    """Per row: lse of z = h W^T / tau and, with params.return_entropy, the entropy of softmax(z)
+    (from logits centred on their row max: ``_torch_rows.logsumexp_rows``), else None."""
     n, vocab = h.shape[0], W.shape[0]
-    inv_tau, with_mean = params.inv_tau, params.return_entropy
+    inv_tau, with_entropy = params.inv_tau, params.return_entropy
     dtype = accumulate_dtype(h.dtype)
     W_acc = acc_operand(W)
     lse = torch.empty(n, dtype=dtype, device=h.device)
-    mean_z = torch.empty(n, dtype=dtype, device=h.device) if with_mean else None
+    entropy = torch.empty(n, dtype=dtype, device=h.device) if with_entropy else None
     chunk = params.tokens_per_chunk(vocab, h.shape[1], LOGIT_BYTES)
     for r0 in range(0, n, chunk):
         z = mm_acc(h[r0 : r0 + chunk], W_acc.t())
-        lse_c, mean_c = logsumexp_rows(z, inv_tau, with_mean)
+        lse_c, entropy_c = logsumexp_rows(z, inv_tau, with_entropy)
         del z
         lse[r0 : r0 + chunk] = lse_c
-        if with_mean:
-            mean_z[r0 : r0 + chunk] = mean_c
-    return lse, mean_z
+        if with_entropy:
+            entropy[r0 : r0 + chunk] = entropy_c
+    return lse, entropy
 
 
 def softmax_grads_torch(h, W, lse, entropy, grad_lp, grad_entropy, params: KernelParams):

@@ -21,7 +21,7 @@ import triton.language as tl
 from ._params import KernelParams, LogprobParams
 from ._triton_common import (
     TileConfig,
-    combine_split_stats,
+    combine_split_entropy,
     dot_precision,
     scatter_logit_grads,
     tile_logits,
@@ -49,14 +49,17 @@ def _lse_fwd_kernel(
     WITH_MEAN: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """part [2, splits, N]: logsumexp of z over the split, and E[z] under the split-local softmax."""
+    """part [2, splits, N]: logsumexp of z over the split, and the entropy of the split-local
+    softmax from logits centred on the running max: log s - E[z - m], accumulating
+    sd = sum exp(z - m) (z - m) (one sign, near 0 on a peaked row) rather than sum exp(z - m) z,
+    whose ratio to s cancels against the lse in fp32 when the logits are large."""
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     s = tl.zeros((BLOCK_N,), tl.float32)
-    sz = tl.zeros((BLOCK_N,), tl.float32)
+    sd = tl.zeros((BLOCK_N,), tl.float32)
     v_begin = split * tiles_per_split * BLOCK_V
     v_end = tl.minimum(v_begin + tiles_per_split * BLOCK_V, V)
     for v0 in range(v_begin, v_end, BLOCK_V):
@@ -68,14 +71,16 @@ def _lse_fwd_kernel(
         new_m = tl.maximum(m, tl.max(z, axis=1))
         e = tl.exp(z - new_m[:, None])
         rescale = tl.exp(m - new_m)
-        s = s * rescale + tl.sum(e, axis=1)
         if WITH_MEAN:
-            sz = sz * rescale + tl.sum(tl.where(col_ok[None, :], e * z, 0.0), axis=1)
+            # re-centre the sum so far on the new max: sum e (z - m) -> sum e (z - new_m)
+            shift = tl.where(s > 0, m - new_m, 0.0)
+            sd = rescale * (sd + s * shift) + tl.sum(tl.where(col_ok[None, :], e * (z - new_m[:, None]), 0.0), axis=1)
+        s = s * rescale + tl.sum(e, axis=1)
         m = new_m
     out = part_ptr + split.to(tl.int64) * N + rows
     tl.store(out, m + tl.log(s), mask=row_ok)
     if WITH_MEAN:
-        tl.store(out + tl.num_programs(1).to(tl.int64) * N, sz / s, mask=row_ok)
+        tl.store(out + tl.num_programs(1).to(tl.int64) * N, tl.log(s) - sd / s, mask=row_ok)
 
 
 @triton.jit
@@ -235,7 +240,7 @@ def logsumexp_stats_triton(h, W, params: LogprobParams):
     )
     if not with_mean:
         return torch.logsumexp(parts[0], dim=0), None
-    return combine_split_stats(parts[0], parts[1])
+    return combine_split_entropy(parts[0], parts[1])
 
 
 def softmax_grads_triton(h, W, lse, entropy, grad_lp, grad_entropy, params: KernelParams):

@@ -59,6 +59,8 @@ class TrainerState:
     last_eval_step: int | None = None
     processes: int = 1
     train_time_s: float = 0.0  # seconds spent in optimizer steps so far (the time budget's clock)
+    skipped_steps: int = 0  # optimizer steps skipped for non-finite gradients or loss (training.guard)
+    skipped_in_a_row: list[dict[str, Any]] = field(default_factory=list)  # the current run of them
     round_indices: list[int] | None = None  # the curriculum's current selection (pool indices)
     round_records: list[dict[str, Any]] = field(default_factory=list)  # one per curriculum round so far
     model_signature: str = ""

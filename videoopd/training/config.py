@@ -275,6 +275,10 @@ class OptimOptions(Options):
     adam_beta2: float = opt("AdamW beta2", 0.999, ge=0, lt=1, run_defining=True)
     weight_decay: float = opt("AdamW weight decay (matrices only)", 0.0, ge=0, run_defining=True)
     max_grad_norm: float = opt("gradient clipping (0: off)", 1.0, ge=0, run_defining=True)
+    max_skipped_steps: int = opt(
+        "optimizer steps whose loss or gradients are NaN/inf on any process are skipped by every process (weights, "
+        "optimizer and schedule unchanged) and counted; stop the run when more than this many in a row are "
+        "skipped (0: at the first)", 10, ge=0)
     master_weights: Literal["auto", "fp32", "none"] = opt(
         "fp32 master copies of the trainable weights for the optimizer, one process or DDP: auto (when the model "
         "is bf16/fp16, so that updates of lr ~1e-6 are not rounded away), fp32 or none. Under FSDP2 its "
@@ -349,6 +353,19 @@ class LoraOptions(Options):
             raise ConfigError("--merge-lora needs --lora-r > 0")
 
 
+@dataclass
+class DistributedOptions(Options):
+    """distributed launch"""
+
+    # transformers' TrainingArguments.ddp_timeout (1800 s there). 600 s: the longest wait one process has on
+    # another in a healthy run is a main-process write (final/ or best/ weights, ~15 GB at 7B: 1-2 min) or one
+    # process's slower generation or evaluation batch; 600 s leaves several times that and is torch's own NCCL
+    # default, while a process that hangs costs every GPU 10 minutes, not hours.
+    ddp_timeout: int = opt("seconds a process waits in a collective (all-reduce, barrier, ...) for the others "
+                           "before the launch fails (torch.distributed's process-group timeout)", 600, gt=0,
+                           aliases=("--ddp_timeout",))
+
+
 # accelerate's trackers (the names transformers' report_to takes)
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
 
@@ -376,8 +393,8 @@ class TrackingOptions(Options):
 
 
 @dataclass
-class RunOptions(TrackingOptions, LoggingOptions, LoraOptions, CheckpointOptions, EvalOptions, OptimOptions,
-                 ModelOptions, DecodeOptions, AnnotationOptions):
+class RunOptions(DistributedOptions, TrackingOptions, LoggingOptions, LoraOptions, CheckpointOptions, EvalOptions,
+                 OptimOptions, ModelOptions, DecodeOptions, AnnotationOptions):
     """data
 
     What every training command (OPD, GRPO, SFT) shares: one loop reads these."""

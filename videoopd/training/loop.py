@@ -17,7 +17,8 @@ state, data, metrics log) as one :class:`PreparedRun`, then each optimizer step 
    student's forward (:func:`videoopd.qwen.models.policy_head_forward`) and divided by the
    step's units (sequences or tokens) summed over micro-batches *and processes*, gradients
    synchronised on the last micro-batch only;
-4. ``optimizer``: clip, AdamW step, schedule step;
+4. ``optimizer``: clip, AdamW step, schedule step; a step whose loss or gradients are NaN/inf
+   on any process is skipped by every process and counted (:mod:`videoopd.training.guard`);
 
 then logs its row (:func:`step_row`; one collective + one host sync), evaluates and saves
 (:class:`PreparedRun`'s methods). :func:`train` returns the results, a :class:`TrainSummary`.
@@ -31,6 +32,7 @@ import dataclasses
 import json
 import math
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -44,6 +46,7 @@ from videoopd.qwen.processing import record_preprocessing
 from videoopd.training.checkpoint import TrainerState, install_model_hooks, load_checkpoint, model_signature, save_checkpoint
 from videoopd.training.config import ConfigError, RunOptions
 from videoopd.training.distributed import is_fsdp2, peak_memory_mb, reduce_step_metrics, unsupported_engine
+from videoopd.training.guard import agreed_grad_norm, flag_nonfinite_loss, note_step, step_if_finite
 from videoopd.training.metrics_log import MetricsLog
 from videoopd.training.precision import MasterWeights
 from videoopd.training.preemption import Preempted, StopSignals
@@ -57,7 +60,7 @@ def make_accelerator(cfg: RunOptions, mixed_precision: str | None = None) -> Any
     """The run's ``accelerate.Accelerator``: the launch's engine (``accelerate launch`` config:
     DDP, FSDP2), or one process on ``cfg.device``'s kind of device. ``mixed_precision``
     ("no", "bf16", ...) overrides the launch's."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
 
     from accelerate.utils import DataLoaderConfiguration
 
@@ -69,6 +72,10 @@ def make_accelerator(cfg: RunOptions, mixed_precision: str | None = None) -> Any
     if missing:  # accelerate would leave them out without a word
         raise ConfigError(f"--report-to {cfg.report_to}: {', '.join(missing)} is not installed here "
                           f"(installed trackers: {', '.join(installed) or 'none'})")
+    # A process that waits on a dead or hung one fails after --ddp_timeout, not hours. Given to the process
+    # state, which starts the process group: accelerate's InitProcessGroupKwargs would drop a timeout equal to
+    # its NCCL default (600 s) and gloo would then wait torch's 30 minutes.
+    PartialState(cpu=cpu, timeout=timedelta(seconds=cfg.ddp_timeout))
     # The seedable sampler orders each epoch by (seed, epoch) alone: a resumed run can find its place.
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with=cfg.trackers or None,
                               project_dir=cfg.output_dir,
@@ -281,26 +288,24 @@ def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, object
                 loss_sum, metrics = policy_head_forward(wrapper, model, mb.student_inputs, mb.loss_fn)
                 # engines average gradients over processes: scale by the process count
                 scale = world / units.clamp_min(1).to(loss_sum.dtype) if units is not None else float(world)
-                accelerator.backward(loss_sum * scale)
+                accelerator.backward(flag_nonfinite_loss(loss_sum) * scale)
             add("loss", loss_sum * scale / world)
             for name, value in {**mb.sums, **metrics}.items():
                 add(name, value)
     with timer("optimizer"):
         if masters is not None:
             masters.grads_to_masters()
-        grad_norm = None
-        if cfg.max_grad_norm > 0:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        grad_norm = agreed_grad_norm(accelerator, params, cfg.max_grad_norm)
+        stepped = step_if_finite(optimizer, scheduler, grad_norm)  # every process alike: the norm is agreed
         optimizer.zero_grad(set_to_none=True)
         if masters is not None:
             masters.masters_to_model()
-    per_rank: dict[str, Any] = {"peak_mem_mb": peak_memory_mb(device), "teacher_wait_s": teacher_wait,
-                                "teacher_bytes": float(teacher_bytes), "teacher_busy_s": teacher_busy}
-    if grad_norm is not None:
-        per_rank["grad_norm"] = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    per_rank: dict[str, Any] = {"peak_mem_mb": peak_memory_mb(device), "skipped_step": float(not stepped),
+                                "teacher_wait_s": teacher_wait, "teacher_bytes": float(teacher_bytes),
+                                "teacher_busy_s": teacher_busy}
+    if cfg.max_grad_norm > 0:
+        per_rank["grad_norm"] = grad_norm
     ids = [r.id for m in micro for r in m.records]
     return sums, per_rank, timer, ids
 
@@ -419,9 +424,30 @@ class PreparedRun:
             self.log(f"[eval step {step}] held-out mIoU {m['mIoU']:.2f}  R1@0.5 {m['R1@0.5']:.2f}  "
                      f"R1@0.7 {m['R1@0.7']:.2f}" + ("  (best so far)" if improved else ""))
 
+    def count_skipped(self, step: int, row: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+        """``row`` with the run's count of skipped steps (``skipped_steps``) and, when this step was
+        skipped (:mod:`videoopd.training.guard`; every process agrees), the ids of the records it drew
+        on every process (``skipped_records``). Raises
+        :class:`videoopd.training.guard.TooManySkippedSteps` after ``max_skipped_steps`` in a row,
+        once the row is written."""
+        from accelerate.utils import gather_object
+
+        skipped = bool(row.pop("skipped_step"))
+        # only on a skipped step, which every process takes alike: one more collective, then
+        records = list(dict.fromkeys(str(i) for i in gather_object(list(ids)))) if skipped else []
+        try:
+            note_step(self.state, step, skipped, records, self.cfg.max_skipped_steps)
+        except FloatingPointError:
+            self.record({**row, "skipped_steps": self.state.skipped_steps, "skipped_records": records})
+            raise
+        if skipped and self.main:
+            self.log(f"step {step}: non-finite loss or gradients, step skipped on every process "
+                     f"({self.state.skipped_steps} skipped so far; records {', '.join(records)})")
+        return {**row, "skipped_steps": self.state.skipped_steps, **({"skipped_records": records} if skipped else {})}
+
     def record(self, row: dict[str, Any]) -> None:
         """Keep a step's row; the main process writes it to ``metrics.jsonl`` and shows it."""
-        if not math.isfinite(row["loss"]):
+        if not math.isfinite(row["loss"]) and "skipped_records" not in row:  # the guard skips such steps
             raise FloatingPointError(f"step {row['step']}: non-finite loss {row['loss']}")
         self.summary.steps.append(row)
         if not self.main:
@@ -534,6 +560,7 @@ def step_row(step: int, objective: Objective, summed: dict[str, float], ranks: d
             "peak_mem_mb": max(ranks["peak_mem_mb"]),
             "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
             "skipped_videos": int(sum(ranks["skipped_videos"])),
+            "skipped_step": ranks["skipped_step"][0],  # the same on every process
             "processes": processes, "time_s": time_s,
             "train_time_s": train_time}
 
@@ -583,6 +610,7 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
                 row = step_row(step, objective, summed, ranks, timer, lr=lr, step_time=elapsed,
                                processes=accelerator.num_processes, time_s=time.perf_counter() - start,
                                train_time=state.train_time_s)
+                row = run.count_skipped(step, row, ids)
                 run.record(row)
                 if on_step is not None:
                     on_step(run, row, ids)

@@ -57,7 +57,10 @@ class MetricsLog:
     def close(self) -> None:
         self.handle.close()
         if self.accelerator is not None:
-            self.accelerator.end_training()
+            # not accelerator.end_training(): it also destroys the process group, and only the main process
+            # closes this log, while the others still save the final model with it
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
 
 
 def write_run_report(out_dir: Path, summary: Any) -> list[Path]:

@@ -1,6 +1,7 @@
 """A few OPD steps of tiny fp32 Qwen-VL models through videoopd's loop, on however many processes
 this is launched with (``python``, or ``accelerate launch --cpu --num_processes 2 [--config_file
-configs/accelerate/fsdp2.yaml]``); used by test_distributed.py.
+configs/accelerate/fsdp2.yaml]``); used by test_distributed.py and test_faults.py
+(``--fault``: a fault of faults.py injected on one process).
 
 Writes to OUT: the run folder (what the loop writes), ``weights.pt`` (the full final state
 dict, main process), and ``rank{r}.json`` per process: the step losses, the records each
@@ -42,6 +43,11 @@ def main() -> int:
     parser.add_argument("--teacher-head-rows", type=int, default=0,
                         help="pad the teacher's vocabulary (embedding and head) to this many rows")
     parser.add_argument("--rollout-batch-size", type=int, default=0)
+    parser.add_argument("--ddp-timeout", type=int, default=None)
+    parser.add_argument("--report-to", default="none")
+    parser.add_argument("--fault", default=None, help="a fault of faults.FAULTS to inject")
+    parser.add_argument("--fault-rank", type=int, default=1, help="the process the fault happens on")
+    parser.add_argument("--fault-step", type=int, default=2, help="the optimizer step it happens at")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -105,11 +111,17 @@ def main() -> int:
                           "--rounds", str(args.rounds), "--round-size", str(args.round_size),
                           "--algo", args.algo, "--num-generations", "3",
                           "--teacher-iou-min", "0",  # random tiny teachers answer nothing right
+                          "--report-to", args.report_to,
+                          *(["--ddp_timeout", str(args.ddp_timeout)] if args.ddp_timeout else []),
                           *(["--resume-from-checkpoint",
                              args.resume_from_checkpoint] if args.resume_from_checkpoint else [])])
     if args.unsynchronised:
         through = loop.policy_head_forward
         loop.policy_head_forward = lambda wrapper, model, inputs, fn: through(model, model, inputs, fn)
+    if args.fault:
+        import faults  # this folder's
+
+        faults.install(args.fault, args.fault_rank, args.fault_step)
     accelerator = make_accelerator(cfg)
     tok = build_tiny_tokenizer("qwen2_5_vl")
     proc = build_tiny_processor("qwen2_5_vl", tok)
@@ -152,9 +164,21 @@ def main() -> int:
         "teacher_sharded": is_fsdp_sharded(teacher),  # placed in place by the run
         "trained_dtypes": sorted({str(p.dtype) for p in model.parameters() if p.requires_grad}),
         "all_gathers": all_gathers,
+        "process_group_timeout_s": process_group_timeout(),
     }, default=str) + "\n")
     accelerator.wait_for_everyone()
     return 0
+
+
+def process_group_timeout() -> float | None:
+    """The seconds the default process group's collectives wait (None on one process)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return None
+    group = dist.distributed_c10d._get_default_group()
+    return group._get_backend(torch.device("cpu")).options._timeout.total_seconds()
 
 
 if __name__ == "__main__":

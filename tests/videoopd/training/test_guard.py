@@ -1,0 +1,109 @@
+"""The non-finite step guard on one process (2 processes: test_faults.py): a step whose gradients
+or loss are NaN is skipped (weights, optimizer state and schedule as before it), counted in the
+rows with its records, and the run goes on; ``--max-skipped-steps`` stops a run that skips more
+in a row, naming the steps and records; a resumed run counts as the uninterrupted one."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from videoopd import train as T
+from videoopd.data.annotations import load_annotations
+from videoopd.qwen.models import prepare_policy
+from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+from videoopd.training.guard import TooManySkippedSteps, flag_nonfinite_loss
+from videoopd.training.loop import make_accelerator
+from videoopd.training.post_training import run_post_training
+
+import faults  # noqa: E402  (this folder's)
+
+SMALL_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}  # as in conftest.py
+
+
+def inject(monkeypatch, fault: str, *steps: int) -> None:
+    for step in steps:
+        faults.install(fault, 0, step, monkeypatch.setattr)
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1).double() for t in tensors])
+
+
+def train(synthetic_dir, out, steps: int, **options):
+    tok = build_tiny_tokenizer("qwen3_vl")
+    proc = build_tiny_processor("qwen3_vl", tok)
+    student = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=1, hidden_size=32), trainable=True,
+                             gradient_checkpointing=False)
+    teacher = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=2, hidden_size=64), trainable=False)
+    records, _ = load_annotations(synthetic_dir / "annotations.jsonl")
+    # a warm-up over every step: each schedule step changes the lr
+    cfg = T.TrainConfig(lr=1e-3, warmup_steps=4, max_steps=steps, batch_size=1, max_new_tokens=6,
+                        output_dir=str(out), progress=False, device="cpu", **SMALL_PIXELS, **options)
+    seen = []
+
+    def on_step(run, row, ids):  # after each step: the weights, AdamW's state, the schedule
+        moments = [s[k] for s in run.optimizer.state.values() for k in ("exp_avg", "exp_avg_sq", "step")]
+        seen.append({"weights": flat(run.model.parameters()), "moments": flat(moments),
+                     "schedule": run.scheduler.last_epoch, "ids": ids, "skipped_steps": row["skipped_steps"]})
+
+    summary = run_post_training(cfg, make_accelerator(cfg), student, teacher, proc, records, None,
+                                log=lambda *_: None, on_step=on_step)
+    return summary, seen
+
+
+def test_flag_keeps_a_finite_loss_bit_for_bit():
+    loss = torch.tensor(2.24405527, requires_grad=True)
+    flagged = flag_nonfinite_loss(loss)
+    flagged.backward()
+    assert torch.equal(flagged, loss) and loss.grad == 1.0
+    for bad in (math.nan, math.inf):
+        x = torch.tensor(bad, requires_grad=True)
+        flag_nonfinite_loss(x).backward()
+        assert torch.isnan(x.grad)
+
+
+# without clipping (--max-grad-norm 0) the guard computes the norm by itself
+@pytest.mark.parametrize("fault, max_grad_norm", [("nan_gradient", 1.0), ("nan_loss", 1.0), ("nan_gradient", 0.0)])
+def test_a_nonfinite_step_is_skipped_and_the_run_goes_on(synthetic_dir, tmp_path, monkeypatch, fault, max_grad_norm):
+    inject(monkeypatch, fault, 2)
+    summary, seen = train(synthetic_dir, tmp_path / "run", 3, max_grad_norm=max_grad_norm)
+    rows = summary.steps
+    assert [r["skipped_steps"] for r in rows] == [s["skipped_steps"] for s in seen] == [0, 1, 1]
+    assert "skipped_records" not in rows[0] and "skipped_records" not in rows[2]
+    assert rows[1]["skipped_records"] == seen[1]["ids"] and seen[1]["ids"]
+    if max_grad_norm:
+        assert not math.isfinite(rows[1]["grad_norm"]) and math.isfinite(rows[2]["grad_norm"])
+    # step 2 changed nothing: weights, AdamW's moments and step counts, the schedule (its lr)
+    assert torch.equal(seen[1]["weights"], seen[0]["weights"])
+    assert torch.equal(seen[1]["moments"], seen[0]["moments"])
+    assert [s["schedule"] for s in seen] == [1, 1, 2] and rows[2]["lr"] == rows[1]["lr"]
+    assert not torch.equal(seen[2]["weights"], seen[1]["weights"])  # step 3 trains again
+    assert torch.isfinite(seen[2]["weights"]).all()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in logged if "loss" in r] == [0, 1, 1]
+
+
+def test_max_skipped_steps_stops_the_run_naming_steps_and_records(synthetic_dir, tmp_path, monkeypatch):
+    inject(monkeypatch, "nan_gradient", 2, 3)
+    with pytest.raises(TooManySkippedSteps, match=r"2 consecutive .*--max-skipped-steps 1.*step 2 \(records "
+                                                  r".+\); step 3 \(records .+\)"):
+        train(synthetic_dir, tmp_path / "run", 4, max_skipped_steps=1)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in logged if "loss" in r] == [0, 1, 2]  # the last row is written
+
+
+def test_resume_counts_skipped_steps_as_the_uninterrupted_run(synthetic_dir, tmp_path, monkeypatch):
+    """Skipped at step 2, saved, resumed: step 3 skipped too is the second in a row, as it would
+    be without the stop, and the total goes on from 1."""
+    inject(monkeypatch, "nan_gradient", 2)
+    out = tmp_path / "run"
+    train(synthetic_dir, out, 2, save_every=1)
+    monkeypatch.undo()
+    inject(monkeypatch, "nan_gradient", 3)
+    with pytest.raises(TooManySkippedSteps, match=r"step 2 \(records .+\); step 3"):
+        train(synthetic_dir, out, 4, max_skipped_steps=1, resume="auto")
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in logged if "loss" in r] == [0, 1, 2]
