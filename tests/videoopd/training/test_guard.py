@@ -40,7 +40,8 @@ def train(synthetic_dir, out, steps: int, **options):
     teacher = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=2, hidden_size=64), trainable=False)
     records, _ = load_annotations(synthetic_dir / "annotations.jsonl")
     # a warm-up over every step: each schedule step changes the lr
-    cfg = T.TrainConfig(lr=1e-3, warmup_steps=4, max_steps=steps, batch_size=1, max_new_tokens=6,
+    cfg = T.TrainConfig(learning_rate=1e-3, warmup_steps=4, max_steps=steps, per_device_train_batch_size=1,
+                        max_new_tokens=6,
                         output_dir=str(out), progress=False, device="cpu", **SMALL_PIXELS, **options)
     seen = []
 
@@ -100,10 +101,10 @@ def test_resume_counts_skipped_steps_as_the_uninterrupted_run(synthetic_dir, tmp
     be without the stop, and the total goes on from 1."""
     inject(monkeypatch, "nan_gradient", 2)
     out = tmp_path / "run"
-    train(synthetic_dir, out, 2, save_every=1)
+    train(synthetic_dir, out, 2, save_steps=1)
     monkeypatch.undo()
     inject(monkeypatch, "nan_gradient", 3)
     with pytest.raises(TooManySkippedSteps, match=r"step 2 \(records .+\); step 3"):
-        train(synthetic_dir, out, 4, max_skipped_steps=1, resume="auto")
+        train(synthetic_dir, out, 4, max_skipped_steps=1, resume_from_checkpoint="auto")
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in logged if "loss" in r] == [0, 1, 2]
