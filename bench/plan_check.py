@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 MIB = 2**20
+VISION = (256, 2)  # width and blocks of both models' vision towers
+MEASURED = ("size", "baseline_mib", "video_tokens", "prompt_tokens", "answer_tokens", "measured_mib")
 PHASES = ("rollout", "teacher", "student", "optimizer")
 # Two widths at the real vocabulary (the weights dominate) and at a small one (the video's
 # activations dominate), each at a short and a long video.
@@ -46,16 +48,14 @@ def measure(size: dict, steps: int) -> dict:
     import torch
 
     from bench.isolated import proc_status, reset_peak_rss
-    from bench.opd_step import Clock, Grid, ModelShape, StepRunner, build_model, qwen3_vl_config, video_batch
+    from bench.opd_step import Clock, Grid, StepRunner, build_model, qwen3_vl_config, video_batch
     from videoopd.qwen.tiny import build_tiny_processor, build_tiny_tokenizer
 
     torch.manual_seed(0)
     tokenizer = build_tiny_tokenizer("qwen3_vl")
     processor = build_tiny_processor("qwen3_vl", tokenizer)
     baseline = proc_status("VmRSS")
-    vision = 256
-    s_shape = ModelShape.of_width(size["width"], size["layers"], vision, 2)
-    t_shape = ModelShape.of_width(size["teacher_width"], size["teacher_layers"], vision, 2)
+    s_shape, t_shape = shapes(size)
     grid = Grid(s_shape, t_shape, vocab=size["vocab"], video_tokens=(size["video_tokens"],), answer_tokens=16,
                 steps=steps, providers=("ours",), objectives=("full",))
     s_config = qwen3_vl_config(tokenizer, s_shape, grid.vocab)
@@ -79,16 +79,26 @@ def measure(size: dict, steps: int) -> dict:
         _, rollout = runner.step(batch, step + 1, PhasePeaks(device))
     return {"size": size, "baseline_mib": baseline / MIB, "video_tokens": video_tokens,
             "prompt_tokens": int(rollout.prompt_length), "answer_tokens": grid.answer_tokens,
-            "measured_mib": {p: v / MIB for p, v in peaks.items()},
-            "student_config": s_config.to_dict(), "teacher_config": t_config.to_dict()}
+            "measured_mib": {p: v / MIB for p, v in peaks.items()}}
+
+
+def shapes(size: dict):
+    """(student, teacher) ``bench.opd_step.ModelShape`` of a size: vision towers of width 256, 2 blocks."""
+    from bench.opd_step import ModelShape
+
+    return (ModelShape.of_width(size["width"], size["layers"], VISION[0], VISION[1]),
+            ModelShape.of_width(size["teacher_width"], size["teacher_layers"], VISION[0], VISION[1]))
 
 
 def plan_of(row: dict):
-    from transformers import Qwen3VLConfig
-
+    from bench.opd_step import qwen3_vl_config
+    from videoopd.qwen.tiny import build_tiny_tokenizer
     from videoopd.training.memory_plan import plan_memory
 
-    return plan_memory(Qwen3VLConfig.from_dict(row["student_config"]), Qwen3VLConfig.from_dict(row["teacher_config"]),
+    tokenizer = build_tiny_tokenizer("qwen3_vl")
+    s_shape, t_shape = shapes(row["size"])
+    vocab = row["size"]["vocab"]
+    return plan_memory(qwen3_vl_config(tokenizer, s_shape, vocab), qwen3_vl_config(tokenizer, t_shape, vocab),
                        gpus=1, engine="ddp", teacher_placement="replicate", dtype="fp32", device="cpu",
                        video_tokens=row["video_tokens"], text_tokens=row["prompt_tokens"] - row["video_tokens"],
                        answer_tokens=row["answer_tokens"], gpu_memory_gib=1024)
@@ -99,7 +109,7 @@ def compare(row: dict) -> dict:
     planned = {p: plan.phase_bytes(p) / MIB for p in PHASES}
     measured = row["measured_mib"]
     peak_m, peak_p = max(measured.values()), plan.peak_bytes / MIB
-    return {**{k: v for k, v in row.items() if not k.endswith("_config")}, "planned_mib": planned,
+    return {**{k: v for k, v in row.items() if k in MEASURED}, "planned_mib": planned,
             "peak_measured_mib": peak_m, "peak_planned_mib": peak_p, "error": peak_p / peak_m - 1,
             "phase_error": {p: planned[p] / measured[p] - 1 for p in PHASES if measured[p] > 0}}
 
@@ -137,13 +147,14 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="OPD steps a size (the first creates AdamW's state)")
     parser.add_argument("--tolerance", type=float, default=0.15, help="exit 1 if any size's error is larger")
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--from", dest="source", type=Path, help="a --json of an earlier run: plan again, no step")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         args.json.write_text(json.dumps(measure(parse_size(args.child), args.steps)))
         return 0
-    rows = []
-    for size in args.sizes:
+    rows = [compare(r) for r in json.loads(args.source.read_text())] if args.source else []
+    for size in [] if args.source else args.sizes:
         rows.append(compare(run_child(size, args.steps)))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     print(markdown(rows))

@@ -56,6 +56,8 @@ class PlanConfig(Options):
         "FSDP2 generation: the student gathered once per generate call, or each unit per token", D["rollout"])
     teacher_heads: int = opt("full teacher-head copies the exact objective holds under a sharded teacher",
                              D["teacher_heads"], ge=0)
+    train_vision: bool = opt("as videoopd.train's --train-vision (gradients and AdamW state for the vision tower)",
+                             D["train_vision"])
     device: Literal["cuda", "cpu"] = opt("where the run computes (sizes AdamW's temporaries)", D["device"])
     headroom: float = opt("share of GPU memory left for the allocator, CUDA context, communication",
                           D["headroom"], ge=0, lt=1)

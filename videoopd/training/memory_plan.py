@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["ENGINES", "NAMED_CONFIGS", "PLAN_DEFAULTS", "MemoryPlan", "ModelSize", "Part", "max_video_tokens", "model_size",
-           "named_config", "plan_memory"]
+__all__ = ["ENGINES", "NAMED_CONFIGS", "PLAN_DEFAULTS", "MemoryPlan", "ModelSize", "Part", "max_video_tokens",
+           "model_size", "named_config", "plan_memory"]
 
 ENGINES = ("ddp", "fsdp2")
 PHASES = ("rollout", "teacher", "student", "optimizer")
@@ -228,7 +228,7 @@ def plan_memory(student: Any, teacher: Any = None, *, objective: Literal["opd", 
                 num_generations: int | None = None, dtype: Literal["bf16", "fp16", "fp32"] = "bf16",
                 master_weights: Literal["auto", "fp32", "none"] = "auto", gradient_checkpointing: bool = True,
                 rollout: Literal["gathered", "sharded"] = "gathered", teacher_heads: int = 1,
-                device: Literal["cuda", "cpu"] = "cuda", headroom: float = 0.1) -> MemoryPlan:
+                train_vision: bool = False, device: Literal["cuda", "cpu"] = "cuda", headroom: float = 0.1) -> MemoryPlan:
     """The per-process memory of a run (see the module docstring).
 
     ``student``/``teacher``: a config name, model folder, transformers config or :class:`ModelSize`
@@ -264,7 +264,7 @@ def plan_memory(student: Any, teacher: Any = None, *, objective: Literal["opd", 
               answer_tokens=answer_tokens, batch_size=batch_size, grad_accum=grad_accum,
               num_generations=num_generations, dtype=dtype, master_weights=master_weights,
               gradient_checkpointing=gradient_checkpointing, rollout=rollout, teacher_heads=teacher_heads,
-              device=device, headroom=headroom)
+              train_vision=train_vision, device=device, headroom=headroom)
     plan = _plan(s, t, **kw)
     if not plan.fits:
         plan.advice = _advice(plan, s, t, kw)
@@ -274,7 +274,7 @@ def plan_memory(student: Any, teacher: Any = None, *, objective: Literal["opd", 
 def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_memory_gib: float, engine: str,
           teacher_placement: str, video_tokens: int, text_tokens: int, answer_tokens: int, batch_size: int,
           grad_accum: int, num_generations: int | None, dtype: str, master_weights: str,
-          gradient_checkpointing: bool, rollout: str, teacher_heads: int, device: str,
+          gradient_checkpointing: bool, rollout: str, teacher_heads: int, train_vision: bool, device: str,
           headroom: float) -> MemoryPlan:
     g = num_generations if num_generations is not None else (8 if objective == "grpo" else 1)
     _check("num_generations", g, isinstance(g, int) and g >= 1, "an int >= 1")
@@ -291,31 +291,36 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
     def add(name: str, nbytes: float, phases: tuple[str, ...], note: str) -> None:
         parts.append(Part(name, float(nbytes), phases, note))
 
-    # --- the student's state
+    # --- the student's state: gradients and AdamW state for the trained parameters only (the
+    # vision tower is frozen unless train_vision)
     n = s.params
+    trained = n if train_vision else n - s.vision_params
     if fsdp:
         add("student weights", 4 * n / gpus, all_phases, f"fp32, sharded over {gpus} (FSDP2 keeps fp32 shards)")
-        add("student gradients", 4 * n / gpus, ("student", "optimizer"), "fp32, sharded; freed after the step")
-        add("AdamW state", 8 * n / gpus, all_phases, "fp32 exp_avg + exp_avg_sq, sharded")
+        add("student gradients", 4 * trained / gpus, ("student", "optimizer"), "fp32, sharded; freed after the step")
+        add("AdamW state", 8 * trained / gpus, all_phases, "fp32 exp_avg + exp_avg_sq, sharded")
         unit = w * max(s.layer_params, s.vision_block_params)
         add("gathered student units", 2 * unit + w * (s.embed_params + s.head_params), ("student",),
             f"{dtype} copies of the running and the prefetched layer, and of embedding + head (root unit)")
+        state = 4  # AdamW's values are fp32
     else:
         masters = master_weights == "fp32" or (master_weights == "auto" and w < 4)
+        state = 4 if masters else w  # AdamW keeps its state in the dtype of the parameters it steps
         add("student weights", w * n, all_phases, f"{dtype}, a full copy per process (DDP)")
-        add("student gradients", w * n, ("student", "optimizer"), f"{dtype}, full; all-reduced in buckets")
-        add("AdamW state", 8 * n, all_phases, "fp32 exp_avg + exp_avg_sq, full")
+        add("student gradients", w * trained, ("student", "optimizer"), f"{dtype}, full; all-reduced in buckets")
+        add("AdamW state", 2 * state * trained, all_phases,
+            f"exp_avg + exp_avg_sq in {'fp32' if state == 4 else dtype}, full")
         if masters:
-            add("fp32 master weights", 4 * n, all_phases, "--master-weights auto/fp32 with low-precision weights")
-            add("fp32 master gradients", 4 * n, ("optimizer",), "gradients copied to the masters")
+            add("fp32 master weights", 4 * trained, all_phases, "--master-weights auto/fp32 with low-precision weights")
+            add("fp32 master gradients", 4 * trained, ("optimizer",), "gradients copied to the masters")
     shard = 1 / gpus if fsdp else 1
-    # torch's AdamW: on CUDA the foreach form builds one fp32 temporary the size of all parameters
-    # (sqrt(exp_avg_sq)); on CPU the per-parameter loop one the size of the largest parameter
+    # torch's AdamW: on CUDA the foreach form builds one temporary the size of all trained
+    # parameters (sqrt(exp_avg_sq)); on CPU the per-parameter loop one the size of the largest
     if device == "cuda":
-        add("AdamW step temporaries", 4 * n * shard, ("optimizer",), "foreach AdamW's sqrt(exp_avg_sq) buffer")
+        add("AdamW step temporaries", state * trained * shard, ("optimizer",), "foreach AdamW's sqrt(exp_avg_sq)")
     else:
         largest = max(s.embed_params, s.head_params, s.layer_params)
-        add("AdamW step temporaries", 4 * largest * shard, ("optimizer",), "AdamW's per-parameter sqrt buffer")
+        add("AdamW step temporaries", state * largest * shard, ("optimizer",), "AdamW's per-parameter sqrt buffer")
 
     # --- the teacher
     if t is not None:
@@ -406,8 +411,9 @@ def _advice(plan: MemoryPlan, s: ModelSize, t: ModelSize | None, kw: dict[str, A
         if p.fits:
             out.append(f"{text}: peak {p.peak_bytes / GIB:,.1f} GiB")
     for gpus in (2, 4, 8, 16, 32, 64):
-        if gpus > kw["gpus"] and kw["engine"] == "fsdp2" and fits(gpus=gpus).fits:
-            out.append(f"{gpus} GPUs (FSDP2 shards the state further): peak {fits(gpus=gpus).peak_bytes / GIB:,.1f} GiB")
+        more = fits(gpus=gpus)
+        if gpus > kw["gpus"] and kw["engine"] == "fsdp2" and more.fits:
+            out.append(f"{gpus} GPUs (FSDP2 shards the state further): peak {more.peak_bytes / GIB:,.1f} GiB")
             break
     most = _max_video_tokens(s, t, {k: v for k, v in kw.items() if k != "video_tokens"})
     if most > 0:
