@@ -2,6 +2,7 @@
 
     python -m bench.plan_check                       # the sizes of docs/scaling-out.md, ~3 minutes on 2 cores
     python -m bench.plan_check --sizes 256x2/512x2/151936/1024 --json out.json
+    python -m bench.plan_check --device cuda --sizes qwen3-vl-2b/qwen3-vl-8b/4096,qwen3-vl-2b/qwen3-vl-8b/16384
 
 Each size runs in its own process (fresh RSS; glibc returning freed buffers as ``bench.isolated``
 does): it builds the tokenizer and processor, reads the resident memory (the baseline: Python,
@@ -24,7 +25,7 @@ from pathlib import Path
 
 MIB = 2**20
 VISION = (256, 2)  # width and blocks of both models' vision towers
-MEASURED = ("size", "baseline_mib", "video_tokens", "prompt_tokens", "answer_tokens", "measured_mib")
+MEASURED = ("size", "device", "baseline_mib", "video_tokens", "prompt_tokens", "answer_tokens", "measured_mib")
 PHASES = ("rollout", "teacher", "student", "optimizer")
 # Two widths at the real vocabulary (the weights dominate) and at a small one (the video's
 # activations dominate), each at a short and a long video.
@@ -33,18 +34,25 @@ DEFAULT_SIZES = ("256x2/512x2/151936/1024", "256x2/512x2/151936/8192", "256x2/51
 
 
 def parse_size(text: str) -> dict:
+    from bench.opd_step import ARCHITECTURES, QWEN_VOCAB
+
+    parts = text.split("/")
+    if len(parts) == 3 and parts[0] in ARCHITECTURES and parts[1] in ARCHITECTURES and parts[2].isdigit():
+        return {"arch": parts[:2], "vocab": QWEN_VOCAB, "video_tokens": int(parts[2])}
     try:
-        student, teacher, vocab, video = text.split("/")
+        student, teacher, vocab, video = parts
         (sw, sl), (tw, tl) = (map(int, student.split("x")), map(int, teacher.split("x")))
         return {"width": sw, "layers": sl, "teacher_width": tw, "teacher_layers": tl, "vocab": int(vocab),
                 "video_tokens": int(video)}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a size is WIDTHxLAYERS/TEACHER_WIDTHxLAYERS/VOCAB/VIDEO_TOKENS, "
-                                         f"got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"a size is WIDTHxLAYERS/TEACHER_WIDTHxLAYERS/VOCAB/VIDEO_TOKENS or "
+                                         f"STUDENT/TEACHER/VIDEO_TOKENS of {', '.join(ARCHITECTURES)}, got {text!r}"
+                                         ) from None
 
 
-def measure(size: dict, steps: int) -> dict:
-    """In this process: the baseline RSS, then each phase's peak RSS over ``steps`` OPD steps."""
+def measure(size: dict, steps: int, device_name: str = "cpu") -> dict:
+    """In this process: the baseline memory, then each phase's peak over ``steps`` OPD steps (CPU:
+    RSS, fp32; CUDA: the allocator's, bf16)."""
     import torch
 
     from bench.isolated import proc_status, reset_peak_rss
@@ -54,15 +62,24 @@ def measure(size: dict, steps: int) -> dict:
     torch.manual_seed(0)
     tokenizer = build_tiny_tokenizer("qwen3_vl")
     processor = build_tiny_processor("qwen3_vl", tokenizer)
-    baseline = proc_status("VmRSS")
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+
+    def used() -> int:
+        return torch.cuda.max_memory_allocated(device) if cuda else proc_status("VmHWM")
+
+    def reset() -> None:
+        torch.cuda.reset_peak_memory_stats(device) if cuda else reset_peak_rss()
+
+    baseline = torch.cuda.memory_allocated(device) if cuda else proc_status("VmRSS")
     s_shape, t_shape = shapes(size)
     grid = Grid(s_shape, t_shape, vocab=size["vocab"], video_tokens=(size["video_tokens"],), answer_tokens=16,
                 steps=steps, providers=("ours",), objectives=("full",))
     s_config = qwen3_vl_config(tokenizer, s_shape, grid.vocab)
     t_config = qwen3_vl_config(tokenizer, t_shape, grid.vocab)
-    device = torch.device("cpu")
-    student = build_model(s_config, tokenizer, device, torch.float32, 1, trainable=True)
-    teacher = build_model(t_config, tokenizer, device, torch.float32, 2, trainable=False)
+    student = build_model(s_config, tokenizer, device, dtype, 1, trainable=True)
+    teacher = build_model(t_config, tokenizer, device, dtype, 2, trainable=False)
     runner = StepRunner("ours", "full", student, teacher, processor, device, grid)
     batch = video_batch(processor, size["video_tokens"], 1)
     video_tokens = int((batch["inputs"]["input_ids"] == student.config.video_token_id).sum())
@@ -71,21 +88,23 @@ def measure(size: dict, steps: int) -> dict:
     class PhasePeaks(Clock):
         def lap(self, name: str) -> None:
             super().lap(name)
-            peaks[name] = max(peaks[name], proc_status("VmHWM") - baseline)
-            reset_peak_rss()
+            peaks[name] = max(peaks[name], used() - baseline)
+            reset()
 
     for step in range(steps):
-        reset_peak_rss()
+        reset()
         _, rollout = runner.step(batch, step + 1, PhasePeaks(device))
-    return {"size": size, "baseline_mib": baseline / MIB, "video_tokens": video_tokens,
+    return {"size": size, "device": device.type, "baseline_mib": baseline / MIB, "video_tokens": video_tokens,
             "prompt_tokens": int(rollout.prompt_length), "answer_tokens": grid.answer_tokens,
             "measured_mib": {p: v / MIB for p, v in peaks.items()}}
 
 
 def shapes(size: dict):
     """(student, teacher) ``bench.opd_step.ModelShape`` of a size: vision towers of width 256, 2 blocks."""
-    from bench.opd_step import ModelShape
+    from bench.opd_step import ARCHITECTURES, ModelShape
 
+    if "arch" in size:
+        return ARCHITECTURES[size["arch"][0]], ARCHITECTURES[size["arch"][1]]
     return (ModelShape.of_width(size["width"], size["layers"], VISION[0], VISION[1]),
             ModelShape.of_width(size["teacher_width"], size["teacher_layers"], VISION[0], VISION[1]))
 
@@ -98,8 +117,10 @@ def plan_of(row: dict):
     tokenizer = build_tiny_tokenizer("qwen3_vl")
     s_shape, t_shape = shapes(row["size"])
     vocab = row["size"]["vocab"]
+    cuda = row.get("device") == "cuda"  # the step's AdamW steps the bf16 weights themselves: no masters
     return plan_memory(qwen3_vl_config(tokenizer, s_shape, vocab), qwen3_vl_config(tokenizer, t_shape, vocab),
-                       gpus=1, engine="ddp", teacher_placement="replicate", dtype="fp32", device="cpu",
+                       gpus=1, engine="ddp", teacher_placement="replicate", dtype="bf16" if cuda else "fp32",
+                       device="cuda" if cuda else "cpu", master_weights="none",
                        video_tokens=row["video_tokens"], text_tokens=row["prompt_tokens"] - row["video_tokens"],
                        answer_tokens=row["answer_tokens"], gpu_memory_gib=1024)
 
@@ -114,13 +135,13 @@ def compare(row: dict) -> dict:
             "phase_error": {p: planned[p] / measured[p] - 1 for p in PHASES if measured[p] > 0}}
 
 
-def run_child(size: str, steps: int) -> dict:
+def run_child(size: str, steps: int, device: str = "cpu") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=os.pathsep.join(
             [str(Path(__file__).resolve().parent.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
         proc = subprocess.run([sys.executable, "-m", "bench.plan_check", "--child", size, "--steps", str(steps),
-                               "--json", str(out)], env=env, capture_output=True, text=True)
+                               "--device", device, "--json", str(out)], env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(f"size {size} failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
         return json.loads(out.read_text())
@@ -132,8 +153,9 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         s = r["size"]
         phases = "; ".join(f"{p} {r['measured_mib'][p]:,.0f} / {r['planned_mib'][p]:,.0f}" for p in PHASES)
-        lines.append(f"| {s['width']}x{s['layers']} / {s['teacher_width']}x{s['teacher_layers']} / {s['vocab']:,} / "
-                     f"{r['video_tokens']:,} | {r['prompt_tokens'] + r['answer_tokens']:,} | "
+        models = " / ".join(s["arch"]) if "arch" in s else \
+            f"{s['width']}x{s['layers']} / {s['teacher_width']}x{s['teacher_layers']}"
+        lines.append(f"| {models} / {s['vocab']:,} / {r['video_tokens']:,} | {r['prompt_tokens'] + r['answer_tokens']:,} | "
                      f"{r['peak_measured_mib']:,.0f} | {r['peak_planned_mib']:,.0f} | {100 * r['error']:+.1f}% | "
                      f"{phases} |")
     return "\n".join(lines)
@@ -147,15 +169,16 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="OPD steps a size (the first creates AdamW's state)")
     parser.add_argument("--tolerance", type=float, default=0.15, help="exit 1 if any size's error is larger")
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--device", default="cpu", help="cpu (fp32, peak RSS) or cuda (bf16, allocator peak)")
     parser.add_argument("--from", dest="source", type=Path, help="a --json of an earlier run: plan again, no step")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        args.json.write_text(json.dumps(measure(parse_size(args.child), args.steps)))
+        args.json.write_text(json.dumps(measure(parse_size(args.child), args.steps, args.device)))
         return 0
     rows = [compare(r) for r in json.loads(args.source.read_text())] if args.source else []
     for size in [] if args.source else args.sizes:
-        rows.append(compare(run_child(size, args.steps)))
+        rows.append(compare(run_child(size, args.steps, args.device)))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     print(markdown(rows))
     if args.json:

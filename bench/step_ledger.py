@@ -23,8 +23,9 @@ without touching the library:
 The plan scales the FSDP2 ledger of the most processes to the paper's step: 8 GPUs, FSDP2 student
 (Qwen3-VL-8B) and teacher (Qwen3-VL-32B), 32 prompts a step (4 micro-batches of 1 a GPU),
 ``--plan-video-tokens`` video tokens, ``--plan-answer-tokens`` answer tokens. Per phase and kind,
-rank 0's bytes and counts per micro-batch at two answer lengths are fit as ``a + b x answer
-tokens`` (b: what each generated token moves). ``b`` scales with the text model (decoding runs no
+rank 0's bytes and counts per micro-batch at two answer lengths are fit as ``a + b x f``, f the
+rollout's forward calls per micro-batch (b: what each decoding step moves; the paper's step makes
+1 + answer tokens of them). ``b`` scales with the text model (decoding runs no
 vision block), ``a`` with the whole model the phase runs (the teacher in the teacher phase, else
 the student), both from the demo's fp32 to bf16 gathers and fp32 gradient reductions; counts scale
 with the FSDP units (decoder layers + vision blocks + the root). FLOPs
@@ -353,10 +354,17 @@ def per_micro_batch(run: dict) -> dict[tuple[str, str], tuple[float, float]]:
             for phase in PHASES for kind, v in rank0(run)["collectives"].get(phase, {}).items()}
 
 
+def rollout_forwards(run: dict) -> float:
+    """The rollout's forward calls per micro-batch: the prefill and one per generated token (the
+    demo's answers end before --max-new-tokens, so the count, not the flag, measures the length)."""
+    return rank0(run)["calls"].get("rollout", {}).get("forward", 0) / run["grad_accum"]
+
+
 def fit_answer_length(runs: list[dict]) -> dict[tuple[str, str], tuple[tuple[float, float], tuple[float, float]]]:
-    """Per (phase, kind): ((a, b) of bytes, (a, b) of counts) per micro-batch, value = a + b x answer
-    tokens, from runs of one engine and process count at different answer lengths (one run: b = 0)."""
-    pts = sorted((r["answer_tokens"], per_micro_batch(r)) for r in runs)
+    """Per (phase, kind): ((a, b) of bytes, (a, b) of counts) per micro-batch, value = a + b x the
+    rollout's forward calls per micro-batch, from runs of one engine and process count at different
+    answer lengths (one run: b = 0)."""
+    pts = sorted(((rollout_forwards(r), per_micro_batch(r)) for r in runs), key=lambda p: p[0])
     (n0, e0), (n1, e1) = pts[0], pts[-1]
     fits = {}
     for key in set(e0) | set(e1):
@@ -392,9 +400,13 @@ def paper_plan(runs: list[dict], args) -> dict:
         text_units_small = max(1, small["fsdp_units"] - small["vision_units"])
         scale = dtype_bytes.get(kind, 4) / 4
         per_answer = bb * (real.params - real.vision_params) / text_small * scale
-        nbytes = micro * (ba * real.params / small["params"] * scale + per_answer * answer)
-        count = micro * (ca * (real.layers + 27 + 1) / max(1, small["fsdp_units"])
-                         + cb * (real.layers + 1) / text_units_small * answer)
+        forwards = 1 + answer  # the prefill and one decoding step a generated token
+        nbytes = micro * (ba * real.params / small["params"] * scale + per_answer * forwards)
+        if kind in ("all_gather", "reduce_scatter"):  # FSDP2's: one a unit run
+            count = micro * (ca * (real.layers + 27 + 1) / max(1, small["fsdp_units"])
+                             + cb * (real.layers + 1) / text_units_small * forwards)
+        else:  # the loop's own (generation's synced_gpus flag, metrics): one a call, whatever the model
+            count = micro * (ca + cb * forwards)
         ring = 2 * (gpus - 1) / gpus if kind == "all_reduce" else (gpus - 1) / gpus
         rows.append({"phase": phase, "kind": kind, "count": count, "bytes": nbytes,
                      "seconds": nbytes * ring / (args.nvlink_gbps * 1e9), "per_token": micro * per_answer})
@@ -507,8 +519,10 @@ def main(argv=None) -> int:
     parser.add_argument("--mfu", default=0.4, type=float, help="assumed model FLOPs utilisation")
     parser.add_argument("--out", type=Path, default=RESULTS / "step-ledger-cpu", help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
+    command = argv
     if args.source:
-        runs = json.loads(args.source.read_text())["runs"]
+        saved = json.loads(args.source.read_text())
+        runs, command = saved["runs"], saved["command"]
     else:
         runs = []
         for engine in args.engines:
@@ -516,7 +530,7 @@ def main(argv=None) -> int:
                 for answer in (args.answer_tokens if engine == "fsdp2" else args.answer_tokens[:1]):
                     runs.append(launch(engine, n, answer, args.grad_accum, args.out, args.timeout_s))
                     print(measured_markdown(runs[-1:]), flush=True)
-    text = ["# Step ledger", "", f"`python -m bench.step_ledger {' '.join(argv)}`", "", "## Measured (CPU, gloo)", "",
+    text = ["# Step ledger", "", f"`python -m bench.step_ledger {' '.join(command)}`", "", "## Measured (CPU, gloo)", "",
             measured_markdown(runs)]
     fsdp = [r for r in runs if r["engine"] == "fsdp2" and r["status"] == "ok"]
     if fsdp:

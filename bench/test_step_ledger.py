@@ -44,13 +44,14 @@ def test_collective_kinds():
 
 
 def _run(answer, rollout_bytes, rollout_count):
-    return {"answer_tokens": answer, "grad_accum": 2, "ranks": [{"rank": 0, "collectives": {
+    return {"answer_tokens": answer + 100, "grad_accum": 2, "ranks": [{"rank": 0, "calls": {
+        "rollout": {"forward": 2 * answer, "generate": 2}}, "collectives": {
         "rollout": {"all_gather": {"bytes": rollout_bytes, "count": rollout_count}},
         "student": {"reduce_scatter": {"bytes": 10.0, "count": 2}}}}]}
 
 
 def test_fit_separates_what_grows_with_the_answer():
-    # per micro-batch: 100 bytes + 7 a token, 3 gathers + 1 a token; the student's do not grow
+    # per micro-batch: 100 bytes + 7 a decoding step, 3 gathers + 1 a step; the student's do not grow
     fits = fit_answer_length([_run(4, 2 * (100 + 7 * 4), 2 * (3 + 4)), _run(24, 2 * (100 + 7 * 24), 2 * (3 + 24))])
     assert fits[("rollout", "all_gather")] == (pytest.approx((100.0, 7.0)), pytest.approx((3.0, 1.0)))
     assert fits[("student", "reduce_scatter")] == (pytest.approx((5.0, 0.0)), pytest.approx((1.0, 0.0)))
