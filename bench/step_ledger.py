@@ -23,9 +23,11 @@ without touching the library:
 The plan scales the FSDP2 ledger of the most processes to the paper's step: 8 GPUs, FSDP2 student
 (Qwen3-VL-8B) and teacher (Qwen3-VL-32B), 32 prompts a step (4 micro-batches of 1 a GPU),
 ``--plan-video-tokens`` video tokens, ``--plan-answer-tokens`` answer tokens. Per phase and kind,
-rank 0's bytes and counts per micro-batch at two answer lengths are fit as ``a + b x f``, f the
-rollout's forward calls per micro-batch (b: what each decoding step moves; the paper's step makes
-1 + answer tokens of them). ``b`` scales with the text model (decoding runs no
+rank 0's bytes and counts per call of the phase (rollout: generate calls; teacher: forward calls;
+student: micro-batches) at two answer lengths are fit as ``a + b x f``, f the rollout's forward
+calls per generate call (b: what each decoding step moves; the paper's step makes 1 + answer tokens
+of them). The paper's step makes one call a micro-batch, or one a step where the measured loop
+batched the step's work into one call. ``b`` scales with the text model (decoding runs no
 vision block), ``a`` with the whole model the phase runs (the teacher in the teacher phase, else
 the student), both from the demo's fp32 to bf16 gathers and fp32 gradient reductions; counts scale
 with the FSDP units (decoder layers + vision blocks + the root). FLOPs
@@ -348,23 +350,35 @@ def phase_model(run: dict, phase: str) -> dict:
     return student[0] if student else models[0]
 
 
-def per_micro_batch(run: dict) -> dict[tuple[str, str], tuple[float, float]]:
-    """{(phase, kind): (bytes, count)} of rank 0 per micro-batch."""
-    return {(phase, kind): (v["bytes"] / run["grad_accum"], v["count"] / run["grad_accum"])
+# What each phase repeats: the rollout generate calls, the teacher forward calls, the student and
+# the optimizer the micro-batches (a loop that batches a step's rollouts or scoring makes fewer calls)
+CALLS = {"rollout": "generate", "teacher": "forward"}
+
+
+def phase_calls(run: dict, phase: str) -> float:
+    """How many times the step ran ``phase``'s unit of work (at least 1)."""
+    if phase in CALLS:
+        return max(1, rank0(run)["calls"].get(phase, {}).get(CALLS[phase], 0))
+    return run["grad_accum"]
+
+
+def per_call(run: dict) -> dict[tuple[str, str], tuple[float, float]]:
+    """{(phase, kind): (bytes, count)} of rank 0 per call of the phase's unit of work."""
+    return {(phase, kind): (v["bytes"] / phase_calls(run, phase), v["count"] / phase_calls(run, phase))
             for phase in PHASES for kind, v in rank0(run)["collectives"].get(phase, {}).items()}
 
 
-def rollout_forwards(run: dict) -> float:
-    """The rollout's forward calls per micro-batch: the prefill and one per generated token (the
+def decoding_steps(run: dict) -> float:
+    """The rollout's forward calls per generate call: the prefill and one per generated token (the
     demo's answers end before --max-new-tokens, so the count, not the flag, measures the length)."""
-    return rank0(run)["calls"].get("rollout", {}).get("forward", 0) / run["grad_accum"]
+    return rank0(run)["calls"].get("rollout", {}).get("forward", 0) / phase_calls(run, "rollout")
 
 
 def fit_answer_length(runs: list[dict]) -> dict[tuple[str, str], tuple[tuple[float, float], tuple[float, float]]]:
-    """Per (phase, kind): ((a, b) of bytes, (a, b) of counts) per micro-batch, value = a + b x the
-    rollout's forward calls per micro-batch, from runs of one engine and process count at different
-    answer lengths (one run: b = 0)."""
-    pts = sorted(((rollout_forwards(r), per_micro_batch(r)) for r in runs), key=lambda p: p[0])
+    """Per (phase, kind): ((a, b) of bytes, (a, b) of counts) per call of the phase, value = a + b x
+    the rollout's forward calls per generate call, from runs of one engine and process count at
+    different answer lengths (one run: b = 0)."""
+    pts = sorted(((decoding_steps(r), per_call(r)) for r in runs), key=lambda p: p[0])
     (n0, e0), (n1, e1) = pts[0], pts[-1]
     fits = {}
     for key in set(e0) | set(e1):
@@ -372,6 +386,13 @@ def fit_answer_length(runs: list[dict]) -> dict[tuple[str, str], tuple[tuple[flo
         sb, sc = ((b1 - b0) / (n1 - n0), (c1 - c0) / (n1 - n0)) if n1 > n0 else (0.0, 0.0)
         fits[key] = ((b0 - sb * n0, sb), (c0 - sc * n0, sc))
     return fits
+
+
+def paper_calls(run: dict, phase: str, micro: int) -> float:
+    """The paper's step's calls of ``phase`` on one GPU: one if the measured loop ran the whole step's
+    work in one call, else as many per micro-batch as measured."""
+    calls = phase_calls(run, phase)
+    return 1.0 if calls == 1 < run["grad_accum"] else micro * calls / run["grad_accum"]
 
 
 def head_copies_per_micro_batch(runs: list[dict]) -> float:
@@ -401,15 +422,16 @@ def paper_plan(runs: list[dict], args) -> dict:
         scale = dtype_bytes.get(kind, 4) / 4
         per_answer = bb * (real.params - real.vision_params) / text_small * scale
         forwards = 1 + answer  # the prefill and one decoding step a generated token
-        nbytes = micro * (ba * real.params / small["params"] * scale + per_answer * forwards)
+        calls = paper_calls(runs[0], phase, micro)
+        nbytes = calls * (ba * real.params / small["params"] * scale + per_answer * forwards)
         if kind in ("all_gather", "reduce_scatter"):  # FSDP2's: one a unit run
-            count = micro * (ca * (real.layers + 27 + 1) / max(1, small["fsdp_units"])
+            count = calls * (ca * (real.layers + 27 + 1) / max(1, small["fsdp_units"])
                              + cb * (real.layers + 1) / text_units_small * forwards)
         else:  # the loop's own (generation's synced_gpus flag, metrics): one a call, whatever the model
-            count = micro * (ca + cb * forwards)
+            count = calls * (ca + cb * forwards)
         ring = 2 * (gpus - 1) / gpus if kind == "all_reduce" else (gpus - 1) / gpus
         rows.append({"phase": phase, "kind": kind, "count": count, "bytes": nbytes,
-                     "seconds": nbytes * ring / (args.nvlink_gbps * 1e9), "per_token": micro * per_answer})
+                     "seconds": nbytes * ring / (args.nvlink_gbps * 1e9), "per_token": calls * per_answer})
     # FLOPs of the step on one GPU: its micro-batches of the real models
     t_shape = ModelShape(5120, 64, 64, 8, 128, 25600, 1152, 27)
     grid = Grid(ARCHITECTURES["qwen3-vl-8b"], t_shape, vocab=151_936, video_tokens=(args.plan_video_tokens,),
@@ -422,7 +444,8 @@ def paper_plan(runs: list[dict], args) -> dict:
     heads = head_copies_per_micro_batch(runs)
     mem = {}
     for name, kw in (("as measured", dict(rollout="gathered" if gathered else "sharded",
-                                          teacher_heads=max(1, round(heads * micro)) if heads else 1)),):
+                                          # a copy a micro-batch scales with them; fewer: one held
+                                          teacher_heads=round(heads * micro) if heads >= 1 else 1)),):
         mem[name] = plan_memory(student, teacher, gpus=gpus, gpu_memory_gib=args.plan_gpu_memory_gib,
                                 video_tokens=args.plan_video_tokens, text_tokens=args.plan_text_tokens,
                                 answer_tokens=answer, grad_accum=micro, **kw)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from bench.step_ledger import collective_kind, fit_answer_length
+from bench.step_ledger import collective_kind, fit_answer_length, paper_calls
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +45,7 @@ def test_collective_kinds():
 
 def _run(answer, rollout_bytes, rollout_count):
     return {"answer_tokens": answer + 100, "grad_accum": 2, "ranks": [{"rank": 0, "calls": {
-        "rollout": {"forward": 2 * answer, "generate": 2}}, "collectives": {
+        "rollout": {"forward": 2 * answer, "generate": 2}, "teacher": {"forward": 2}}, "collectives": {
         "rollout": {"all_gather": {"bytes": rollout_bytes, "count": rollout_count}},
         "student": {"reduce_scatter": {"bytes": 10.0, "count": 2}}}}]}
 
@@ -55,3 +55,8 @@ def test_fit_separates_what_grows_with_the_answer():
     fits = fit_answer_length([_run(4, 2 * (100 + 7 * 4), 2 * (3 + 4)), _run(24, 2 * (100 + 7 * 24), 2 * (3 + 24))])
     assert fits[("rollout", "all_gather")] == (pytest.approx((100.0, 7.0)), pytest.approx((3.0, 1.0)))
     assert fits[("student", "reduce_scatter")] == (pytest.approx((5.0, 0.0)), pytest.approx((1.0, 0.0)))
+    # a loop that generates the step's rollouts in one call: the paper's step makes one call too
+    run = _run(4, 1, 1)
+    assert paper_calls(run, "rollout", micro=4) == 4 and paper_calls(run, "student", micro=4) == 4
+    run["ranks"][0]["calls"]["rollout"]["generate"] = 1
+    assert paper_calls(run, "rollout", micro=4) == 1

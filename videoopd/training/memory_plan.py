@@ -13,7 +13,7 @@ or one of :data:`NAMED_CONFIGS`: the Qwen3-VL-2B / 8B / 32B architectures, built
 a model on the meta device, whose parameters give the exact sizes of the whole model, its vision
 tower, embedding, head and largest FSDP unit. The activation terms are per-token byte counts of
 the tensors a Qwen-VL decoder layer and vision block hold (listed where they are defined); the
-plan was checked against measured peaks (``python -m bench.step_ledger --plan-check``; the error
+plan was checked against measured peaks (``python -m bench.plan_check``; the error
 is in docs/scaling-out.md). Every figure is an estimate: allocator caching, fragmentation and the
 framework's own buffers (CUDA context, NCCL) come on top, which ``headroom`` stands for.
 """
