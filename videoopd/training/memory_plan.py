@@ -33,6 +33,11 @@ ENGINES = ("ddp", "fsdp2")
 PHASES = ("rollout", "teacher", "student", "optimizer")
 GIB = 2**30
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+# A CPU process's resident memory also holds what its first step loads and caches (kernels' code,
+# the processor's and generate's buffers): measured as the peak RSS growth of the smallest step
+# (python -m bench.plan_check --sizes 64x1/96x1/4096/64: 187 MiB) less the tensors this plan counts
+# there (66 MiB). The CUDA allocator's figure has no such part (the CUDA context is the headroom's).
+CPU_RUNTIME_BYTES = 120 * 2**20
 PATCH_VALUES = 2 * 3 * 16 * 16  # values of one Qwen-VL video patch (2 frames x RGB x 16 x 16)
 
 # Qwen3-VL-{2B,8B,32B}-Instruct's config.json, text and vision parts (the fields that size the model).
@@ -321,6 +326,9 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
     else:
         largest = max(s.embed_params, s.head_params, s.layer_params)
         add("AdamW step temporaries", state * largest * shard, ("optimizer",), "AdamW's per-parameter sqrt buffer")
+
+    if device == "cpu":
+        add("process runtime (CPU)", CPU_RUNTIME_BYTES, all_phases, "code and caches of the first step, in RSS")
 
     # --- the teacher
     if t is not None:
