@@ -117,7 +117,7 @@ if (( DRY )); then
   part opd-step 180 "$LOG" "$PY" -m bench.opd_step --preset cpu-smoke --steps 2 --video-tokens 64 --budget-s 160 \
     --out "$OUT" --stem opd_step --formats json
   # tiny sizes: the flow, not the figure (the baseline's noise dominates a few MiB)
-  part plan-check 120 "$LOG" "$PY" -m bench.plan_check --sizes 64x1/96x1/4096/64 --steps 1 --tolerance 10
+  part plan-check 240 "$LOG" "$PY" -m bench.plan_check --sizes 64x1/96x1/4096/64 --steps 1 --tolerance 10
   part timeout-selftest 2 "$LOG" sleep 30  # must read "timed out": the budget machinery works
 else
   part tests "$TESTS_S" "$OUT/kernel_tests.log" "$PY" -m pytest -q -p no:cacheprovider -rfE --durations=15 \

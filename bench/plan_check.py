@@ -155,7 +155,8 @@ def markdown(rows: list[dict]) -> str:
         phases = "; ".join(f"{p} {r['measured_mib'][p]:,.0f} / {r['planned_mib'][p]:,.0f}" for p in PHASES)
         models = " / ".join(s["arch"]) if "arch" in s else \
             f"{s['width']}x{s['layers']} / {s['teacher_width']}x{s['teacher_layers']}"
-        lines.append(f"| {models} / {s['vocab']:,} / {r['video_tokens']:,} | {r['prompt_tokens'] + r['answer_tokens']:,} | "
+        sequence = r["prompt_tokens"] + r["answer_tokens"]
+        lines.append(f"| {models} / {s['vocab']:,} / {r['video_tokens']:,} | {sequence:,} | "
                      f"{r['peak_measured_mib']:,.0f} | {r['peak_planned_mib']:,.0f} | {100 * r['error']:+.1f}% | "
                      f"{phases} |")
     return "\n".join(lines)

@@ -458,7 +458,8 @@ def plan_markdown(plan: dict, args) -> str:
     lines = [f"**PLAN, not a measurement**: the paper's step on {g.plan_gpus} GPUs (Qwen3-VL-8B student and "
              f"Qwen3-VL-32B teacher, both FSDP2; {g.plan_prompts} prompts a step = {plan['micro_batches']} "
              f"micro-batches of 1 a GPU; {g.plan_video_tokens:,} video + {g.plan_text_tokens} text tokens, "
-             f"{g.plan_answer_tokens} answer tokens), scaled from the {plan['processes_measured']}-process FSDP2 ledger. Per GPU. Assumptions: "
+             f"{g.plan_answer_tokens} answer tokens), scaled from the {plan['processes_measured']}-process FSDP2 "
+             "ledger. Per GPU. Assumptions: "
              f"collectives at {g.nvlink_gbps:g} GB/s a GPU (ring: all-gather / reduce-scatter move (G-1)/G of the "
              f"buffer, all-reduce twice that), gathers in bf16, gradients reduced in fp32; {g.peak_tflops:g} TFLOP/s "
              f"bf16 peak at {100 * g.mfu:.0f}% MFU.", "",
@@ -553,7 +554,8 @@ def main(argv=None) -> int:
                 for answer in (args.answer_tokens if engine == "fsdp2" else args.answer_tokens[:1]):
                     runs.append(launch(engine, n, answer, args.grad_accum, args.out, args.timeout_s))
                     print(measured_markdown(runs[-1:]), flush=True)
-    text = ["# Step ledger", "", f"`python -m bench.step_ledger {' '.join(command)}`", "", "## Measured (CPU, gloo)", "",
+    text = ["# Step ledger", "", f"`python -m bench.step_ledger {' '.join(command)}`", "",
+            "## Measured (CPU, gloo)", "",
             measured_markdown(runs)]
     fsdp = [r for r in runs if r["engine"] == "fsdp2" and r["status"] == "ok"]
     if fsdp:

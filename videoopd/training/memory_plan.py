@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import torch
 
+from videoopd.training.config import DecodeOptions
+
 __all__ = ["ENGINES", "NAMED_CONFIGS", "PLAN_DEFAULTS", "MemoryPlan", "ModelSize", "Part", "max_video_tokens",
            "model_size", "named_config", "plan_memory"]
 
@@ -38,6 +40,8 @@ DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 # (python -m bench.plan_check --sizes 64x1/96x1/4096/64: 187 MiB) less the tensors this plan counts
 # there (66 MiB). The CUDA allocator's figure has no such part (the CUDA context is the headroom's).
 CPU_RUNTIME_BYTES = 120 * 2**20
+# the loop's --max-new-tokens default, the answer tokens a plan assumes unless told
+ANSWER_TOKENS = next(f.default for f in dataclasses.fields(DecodeOptions) if f.name == "max_new_tokens")
 PATCH_VALUES = 2 * 3 * 16 * 16  # values of one Qwen-VL video patch (2 frames x RGB x 16 x 16)
 
 # Qwen3-VL-{2B,8B,32B}-Instruct's config.json, text and vision parts (the fields that size the model).
@@ -229,11 +233,12 @@ def _check(name: str, value: Any, ok: bool, expected: str) -> None:
 def plan_memory(student: Any, teacher: Any = None, *, objective: Literal["opd", "grpo"] = "opd", gpus: int = 1,
                 gpu_memory_gib: float = 80.0, engine: Literal["ddp", "fsdp2"] = "fsdp2",
                 teacher_placement: Literal["auto", "replicate", "shard"] = "auto", video_tokens: int = 16_384,
-                text_tokens: int = 160, answer_tokens: int = 64, batch_size: int = 1, grad_accum: int = 1,
+                text_tokens: int = 160, answer_tokens: int = ANSWER_TOKENS, batch_size: int = 1, grad_accum: int = 1,
                 num_generations: int | None = None, dtype: Literal["bf16", "fp16", "fp32"] = "bf16",
                 master_weights: Literal["auto", "fp32", "none"] = "auto", gradient_checkpointing: bool = True,
                 rollout: Literal["gathered", "sharded"] = "gathered", teacher_heads: int = 1,
-                train_vision: bool = False, device: Literal["cuda", "cpu"] = "cuda", headroom: float = 0.1) -> MemoryPlan:
+                train_vision: bool = False, device: Literal["cuda", "cpu"] = "cuda",
+                headroom: float = 0.1) -> MemoryPlan:
     """The per-process memory of a run (see the module docstring).
 
     ``student``/``teacher``: a config name, model folder, transformers config or :class:`ModelSize`
@@ -281,7 +286,9 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
           grad_accum: int, num_generations: int | None, dtype: str, master_weights: str,
           gradient_checkpointing: bool, rollout: str, teacher_heads: int, train_vision: bool, device: str,
           headroom: float) -> MemoryPlan:
-    g = num_generations if num_generations is not None else (8 if objective == "grpo" else 1)
+    from videoopd.training.post_training import default_num_generations  # it imports the loop, which may plan
+
+    g = num_generations if num_generations is not None else default_num_generations(objective)
     _check("num_generations", g, isinstance(g, int) and g >= 1, "an int >= 1")
     fsdp = engine == "fsdp2"
     placement = teacher_placement if teacher_placement != "auto" else ("shard" if fsdp else "replicate")
