@@ -15,6 +15,11 @@
 #              depth, random init, bf16), ours against TRL's recipes, 4k-token video and up   GPU_CHECK_STEP_S=120
 #              (the whole grid takes a call of its own: GPU_CHECK_SKIP=tests,bench-rkl-full,bench-logprobs,bench-pg,bench-rest
 #              GPU_CHECK_STEP_S=500; each provider's finished rows are kept when its budget ends)
+#   plan-check python -m bench.plan_check --device cuda: the loop's OPD step (bench.opd_step's, exact objective)
+#              of a Qwen3-VL-2B student and an 8B teacher (full depth, random init, bf16, gradient
+#              checkpointing) at 4k and 16k video tokens, each phase's allocator peak against
+#              videoopd.plan's memory (goal: within 15%; the table goes to gpu_check.log)   GPU_CHECK_PLAN_S=150
+#              (alone: GPU_CHECK_SKIP=tests,bench-rkl-full,bench-logprobs,bench-pg,bench-rest,opd-step)
 #   summary    python -m bench.gpu_summary: prints the summary, writes summary.md
 # GPU_CHECK_SKIP=opd-step,tests (say) skips those parts: a second call that measures only what changed.
 # Everything lands in $OUT (at most 8 files, what the device tool brings back):
@@ -41,6 +46,7 @@ IFS=, read -r BENCH_RKL_S BENCH_LP_S BENCH_REST_S BENCH_PG_S <<< "${GPU_CHECK_BE
 BENCH_PG_S="${BENCH_PG_S:-70}"
 TESTS_S="${GPU_CHECK_TESTS_S:-140}"
 STEP_S="${GPU_CHECK_STEP_S:-120}"
+PLAN_S="${GPU_CHECK_PLAN_S:-150}"
 SUMMARY_S=20  # kept back for the summary
 
 # part NAME BUDGET OUTPUT_FILE CMD...: runs CMD under timeout, appends a PART line to the log.
@@ -110,6 +116,8 @@ if (( DRY )); then
     --bench-ops fused_reverse_kl-forward,topk_logprobs
   part opd-step 180 "$LOG" "$PY" -m bench.opd_step --preset cpu-smoke --steps 2 --video-tokens 64 --budget-s 160 \
     --out "$OUT" --stem opd_step --formats json
+  # tiny sizes: the flow, not the figure (the baseline's noise dominates a few MiB)
+  part plan-check 240 "$LOG" "$PY" -m bench.plan_check --sizes 64x1/96x1/4096/64 --steps 1 --tolerance 10
   part timeout-selftest 2 "$LOG" sleep 30  # must read "timed out": the budget machinery works
 else
   part tests "$TESTS_S" "$OUT/kernel_tests.log" "$PY" -m pytest -q -p no:cacheprovider -rfE --durations=15 \
@@ -127,6 +135,8 @@ else
     --bench-providers ours-triton-chunked,ours-triton-fused,ours-triton,ours-torch,ours-torch-compiled,matmul-floor,naive
   part opd-step "$STEP_S" "$LOG" "$PY" -m bench.opd_step --preset gpu --budget-s $(( STEP_S - 15 )) \
     --out "$OUT" --stem opd_step --formats json
+  part plan-check "$PLAN_S" "$LOG" "$PY" -m bench.plan_check --device cuda --steps 2 \
+    --sizes qwen3-vl-2b/qwen3-vl-8b/4096,qwen3-vl-2b/qwen3-vl-8b/16384
 fi
 
 timeout 30 "$PY" -m bench.gpu_summary "$OUT" || echo "[gpu-check] summary failed (see $LOG)"
