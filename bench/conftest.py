@@ -15,7 +15,6 @@ directory instead, so one-call timings never overwrite measured results; pass
 from __future__ import annotations
 
 import importlib.metadata
-import subprocess
 import sys
 import tempfile
 from datetime import datetime
@@ -31,7 +30,6 @@ from bench.runner import DTYPES, BenchContext, Case
 from bench.shapes import GRID_CHOICES, resolve_grid
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
 DEFAULT_RESULTS_DIR = BENCH_DIR / "results"
 
 CONTEXT = pytest.StashKey[BenchContext]()
@@ -143,17 +141,6 @@ def pytest_report_header(config):
 # Writing the results
 
 
-def _git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "opd_kernels"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
-
-
 def _package_versions() -> dict:
     versions = {"torch": torch.__version__}
     for dist in ("triton", "liger-kernel", "cut-cross-entropy", "pytest-benchmark"):
@@ -187,7 +174,7 @@ def _meta(config, ctx: BenchContext, now: datetime) -> dict:
         "memory_method": ("CUDA allocator peak minus what was allocated before the call" if device.device.type == "cuda"
                           else "CPU allocator timeline from torch.profiler(profile_memory=True)"),
         "command": " ".join(["pytest", *config.invocation_params.args]),
-        "version": f"{opd_kernels.__version__}+g{_git_commit()}",
+        "version": f"{opd_kernels.__version__}+g{report.git_commit(('opd_kernels',))}",
         "packages": _package_versions(),
         "python": sys.version.split()[0],
         "torch_threads": torch.get_num_threads(),
