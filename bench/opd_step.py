@@ -52,7 +52,6 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 from bench import report
 
@@ -83,7 +82,7 @@ class ModelShape:
     tied: bool = False
 
     @classmethod
-    def of_width(cls, width: int, layers: int, vision_width: int, vision_blocks: int) -> "ModelShape":
+    def of_width(cls, width: int, layers: int, vision_width: int, vision_blocks: int) -> ModelShape:
         head_dim = 128 if width >= 1024 else 64 if width >= 256 else 16
         if width % head_dim:
             raise ValueError(f"width must be a multiple of {head_dim}, got {width}")

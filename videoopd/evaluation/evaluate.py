@@ -25,19 +25,20 @@ import json
 import logging
 import os
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
-from videoopd.qwen.generation import generate
 from videoopd.data.annotations import DataIssue, GroundingRecord
 from videoopd.data.datasets import GroundingVideoDataset
-from videoopd.qwen.collators import GroundingCollator
 from videoopd.data.video import DecodeConfig
 from videoopd.grounding.metrics import grounding_metrics, parse_span, sample_iou
 from videoopd.grounding.protocols import PROTOCOL_NAMES, get_protocol
+from videoopd.qwen.collators import GroundingCollator
+from videoopd.qwen.generation import generate
 from videoopd.qwen.models import is_fsdp_sharded
 from videoopd.qwen.prompts import DEFAULT_SYSTEM_PROMPTS, PROMPT_STYLES, STYLE_DEFAULT
 
@@ -107,7 +108,8 @@ def read_predictions(path: str | Path) -> dict[str, dict[str, Any]]:
                 if not isinstance(row, dict) or not isinstance(row.get("id"), str):
                     raise ValueError("not an object with a string 'id'")
             except ValueError as exc:
-                logger.warning("%s: line %d: unreadable prediction row (%s); it will be evaluated again", path, line_number, exc)
+                logger.warning("%s: line %d: unreadable prediction row (%s); it will be evaluated again",
+                               path, line_number, exc)
                 continue
             rows[row["id"]] = row
     return rows

@@ -3,6 +3,7 @@ same prediction rows in the same order, the same metrics, on every process; only
 process writes the predictions file. 5 records: the shares are unequal (3 and 2), so the
 second process pads its share and the padding must not reach the rows; one video is missing,
 so failed rows must come back in their places, one in each share."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,20 @@ def launch(data: Path, out: Path, processes: int) -> list[dict]:
     if processes == 1:
         cmd = [sys.executable, *args]
     else:  # no --cpu: accelerate would start one process (see tests/videoopd/training/test_distributed.py)
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-               "--config_file", str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--mixed_precision", "no",
-               "--main_process_port", "0", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            str(processes),
+            "--config_file",
+            str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
+            "--mixed_precision",
+            "no",
+            "--main_process_port",
+            "0",
+            *args,
+        ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
