@@ -28,22 +28,7 @@ from videoopd.qwen.models import (
     with_encoded_vision,
 )
 
-__all__ = [
-    "OBJECTIVES",
-    "REDUCTIONS",
-    "DistillationObjective",
-    "GenerationContext",
-    "MicroBatch",
-    "Objective",
-    "SampledObjective",
-    "SupervisedObjective",
-    "answer_slice",
-    "group_mean_baseline",
-    "sample_rollout",
-    "score_rollout",
-    "scoring_inputs",
-    "to_device",
-]
+__all__: list[str] = []  # nothing here is promised: docs/api.md
 
 OBJECTIVES = ("sampled", "full")
 REDUCTIONS = ("sequence_sum", "token_mean", "sum")

@@ -42,17 +42,7 @@ from videoopd.qwen.generation import generate
 from videoopd.qwen.models import is_fsdp_sharded
 from videoopd.qwen.prompts import DEFAULT_SYSTEM_PROMPTS, PROMPT_STYLES, STYLE_DEFAULT
 
-__all__ = [
-    "EvalResult",
-    "check_resumable",
-    "evaluate",
-    "file_sha256",
-    "format_metrics_table",
-    "identity_path",
-    "predictions_identity",
-    "protocol_metrics",
-    "read_predictions",
-]
+__all__ = ["EvalResult", "evaluate", "format_metrics_table", "predictions_identity", "read_predictions"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -21,7 +21,7 @@ from videoopd.qwen.prompts import (
     render_chat,
 )
 
-__all__ = ["GroundingCollator", "SFTCollator"]
+__all__: list[str] = []  # nothing here is promised: docs/api.md
 
 
 class GroundingCollator:

@@ -32,10 +32,7 @@ from typing import Any, ClassVar, Literal, Mapping, NoReturn, Sequence, TypeVar,
 from videoopd.data.annotations import FORMATS
 from videoopd.qwen.prompts import PROMPT_STYLES
 
-__all__ = ["AnnotationOptions", "CheckpointOptions", "ConfigError", "DTYPES", "DecodeOptions", "EvalOptions",
-           "LoggingOptions", "LoraOptions", "ModelOptions", "OptimOptions", "Options", "RunOptions", "TRACKERS",
-           "TrackingOptions", "build_parser",
-           "flag_name", "opt", "parse_config", "run_defining_options", "save_config", "warn_about_schedule"]
+__all__: list[str] = []  # nothing here is promised: docs/api.md
 
 T = TypeVar("T")
 
