@@ -2,7 +2,8 @@
 
     pytest bench/                         # full run: grid "reference" on CUDA, "cpu" elsewhere
     pytest bench/ --benchmark-disable     # smoke: grid "smoke", one call per case, results to a temp dir
-    pytest bench/ --bench-shapes reference-full --bench-ops fused_reverse_kl-full --bench-providers ours-triton-chunked,naive
+    pytest bench/ --bench-shapes reference-full --bench-ops fused_reverse_kl-full \
+        --bench-providers ours-triton-chunked,naive
 
 Results (one set per device and day) go to bench/results/<device>-<date>.{json,csv,md,png};
 a later run on the same device, day, grid and dtype replaces the rows it re-measured and keeps
