@@ -2,7 +2,8 @@
 
     pytest bench/                         # full run: grid "reference" on CUDA, "cpu" elsewhere
     pytest bench/ --benchmark-disable     # smoke: grid "smoke", one call per case, results to a temp dir
-    pytest bench/ --bench-shapes reference-full --bench-ops fused_reverse_kl-full --bench-providers ours-triton-chunked,naive
+    pytest bench/ --bench-shapes reference-full --bench-ops fused_reverse_kl-full \
+        --bench-providers ours-triton-chunked,naive
 
 Results (one set per device and day) go to bench/results/<device>-<date>.{json,csv,md,png};
 a later run on the same device, day, grid and dtype replaces the rows it re-measured and keeps
@@ -15,7 +16,6 @@ directory instead, so one-call timings never overwrite measured results; pass
 from __future__ import annotations
 
 import importlib.metadata
-import subprocess
 import sys
 import tempfile
 from datetime import datetime
@@ -31,7 +31,6 @@ from bench.runner import DTYPES, BenchContext, Case
 from bench.shapes import GRID_CHOICES, resolve_grid
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
 DEFAULT_RESULTS_DIR = BENCH_DIR / "results"
 
 CONTEXT = pytest.StashKey[BenchContext]()
@@ -143,17 +142,6 @@ def pytest_report_header(config):
 # Writing the results
 
 
-def _git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "opd_kernels"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
-
-
 def _package_versions() -> dict:
     versions = {"torch": torch.__version__}
     for dist in ("triton", "liger-kernel", "cut-cross-entropy", "pytest-benchmark"):
@@ -187,7 +175,7 @@ def _meta(config, ctx: BenchContext, now: datetime) -> dict:
         "memory_method": ("CUDA allocator peak minus what was allocated before the call" if device.device.type == "cuda"
                           else "CPU allocator timeline from torch.profiler(profile_memory=True)"),
         "command": " ".join(["pytest", *config.invocation_params.args]),
-        "version": f"{opd_kernels.__version__}+g{_git_commit()}",
+        "version": f"{opd_kernels.__version__}+g{report.git_commit(('opd_kernels',))}",
         "packages": _package_versions(),
         "python": sys.version.split()[0],
         "torch_threads": torch.get_num_threads(),

@@ -35,7 +35,8 @@ def bf16_dense_peak_tflops(device_name: str) -> float | None:
     return None
 
 
-def _cpu_model_name() -> str:
+def cpu_model_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -63,7 +64,7 @@ class DeviceInfo:
             name = torch.cuda.get_device_name(0)
             peak = peak_override or bf16_dense_peak_tflops(name)
             return cls(torch.device("cuda", 0), name, slug(name), peak)
-        model = _cpu_model_name()
+        model = cpu_model_name()
         name = f"CPU {model} ({torch.get_num_threads()} threads)"
         return cls(torch.device("cpu"), name, "cpu-" + slug(model), peak_override)
 

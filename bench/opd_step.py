@@ -40,7 +40,6 @@ that provider's longer videos are skipped; the grid goes on. Writes ``<stem>.jso
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -53,7 +52,8 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Any
+
+from bench import report
 
 QWEN_VOCAB = 151_936
 PROVIDERS = ("ours", "trl-full-logits", "trl-chunked")
@@ -82,7 +82,7 @@ class ModelShape:
     tied: bool = False
 
     @classmethod
-    def of_width(cls, width: int, layers: int, vision_width: int, vision_blocks: int) -> "ModelShape":
+    def of_width(cls, width: int, layers: int, vision_width: int, vision_blocks: int) -> ModelShape:
         head_dim = 128 if width >= 1024 else 64 if width >= 256 else 16
         if width % head_dim:
             raise ValueError(f"width must be a multiple of {head_dim}, got {width}")
@@ -158,15 +158,15 @@ class StepRow:
     sequence_tokens: int = 0
     batch: int = 1
     steps_measured: int = 0
-    step_s: float | None = None
+    step_s: float | None = None  # median over the measured steps, seconds; the phases below add up to it
     rollout_s: float | None = None
     teacher_s: float | None = None
     student_s: float | None = None
     optimizer_s: float | None = None
-    peak_growth_mib: float | None = None
+    peak_growth_mib: float | None = None  # the step's peak over the state before it
     peak_mib: float | None = None
     tokens_per_s: float | None = None
-    mfu: float | None = None
+    mfu: float | None = None  # model FLOPs utilisation, CUDA only
     loss: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -655,11 +655,8 @@ def markdown(rows: list[StepRow], meta: dict) -> str:
              f"Student {meta['student']}, teacher {meta['teacher']}, V = {meta['vocab']:,}, {meta['dtype']}, batch "
              f"{meta['batch']}, at most {meta['answer_tokens']} answer tokens; median of {meta['steps'] - 1 or 1} "
              "step(s) after the first. Peak growth: the step's peak memory over the state before it "
-             "(CUDA allocator / CPU RSS), in MiB.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        d = table_fields(r)
-        lines.append("| " + " | ".join(_cell(d[k], k) for k in COLUMNS) + " |")
+             "(CUDA allocator / CPU RSS), in MiB.", ""]
+    lines += report.markdown_table(COLUMNS, ([_cell(d[k], k) for k in COLUMNS] for d in map(table_fields, rows)))
     lines += ["", "Losses: " + "; ".join(sorted({f"{r.provider}: {r.loss_impl}" for r in rows if r.loss_impl}))]
     return "\n".join(lines) + "\n"
 
@@ -667,16 +664,13 @@ def markdown(rows: list[StepRow], meta: dict) -> str:
 def merge_reports(old: dict, rows: list[StepRow], meta: dict) -> tuple[list[StepRow], dict]:
     """The rows of an earlier report with this run's in place of theirs (same provider, objective,
     video length); the meta keeps every command and commit that made a row."""
-    def key(r: StepRow):
-        return (r.provider, r.objective, r.video_tokens_requested)
-
     old_meta = old["meta"]
     same = ("student", "teacher", "vocab", "dtype", "batch", "answer_tokens", "steps")
     differ = [k for k in same if old_meta.get(k) != meta.get(k)]
     if differ:
         raise SystemExit(f"--merge-into: the grids differ in {', '.join(differ)}")
-    new = {key(r): r for r in rows}
-    merged = [new.pop(key(r), r) for r in (StepRow(**d) for d in old["rows"])] + list(new.values())
+    merged = report.merge_rows((StepRow(**d) for d in old["rows"]), rows,
+                               key=lambda r: (r.provider, r.objective, r.video_tokens_requested))
     runs = old_meta.get("runs") or [{k: old_meta[k] for k in ("command", "commit", "date")}]
     meta = {**meta, "runs": runs + [{k: meta[k] for k in ("command", "commit", "date")}]}
     meta["command"] = " ; ".join(r["command"] for r in meta["runs"])
@@ -684,40 +678,28 @@ def merge_reports(old: dict, rows: list[StepRow], meta: dict) -> tuple[list[Step
     return merged, meta
 
 
-FORMATS = ("json", "csv", "md", "png")
+FORMATS = report.FORMATS
 
 
 def write_reports(rows: list[StepRow], meta: dict, out_dir: Path, stem: str,
                   formats: tuple[str, ...] = FORMATS) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    if "json" in formats:
-        paths.append(out_dir / f"{stem}.json")
-        paths[-1].write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
-    if "csv" in formats:
-        paths.append(out_dir / f"{stem}.csv")
-        with paths[-1].open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(COLUMNS + ("loss_impl",))
-            for r in rows:
-                d = table_fields(r)
-                writer.writerow([d[k] for k in COLUMNS] + [r.loss_impl])
-    if "md" in formats:
-        paths.append(out_dir / f"{stem}.md")
-        paths[-1].write_text(markdown(rows, meta))
-    if "png" in formats:
-        png = write_plot(rows, meta, out_dir / f"{stem}.png")
-        paths += [png] if png else []
-    return paths
+    """``<stem>.<ext>`` for each of ``formats`` through :mod:`bench.report` (the plot only with
+    matplotlib); returns the paths written."""
+    csv_lines = [[d[k] for k in COLUMNS] + [d["loss_impl"]] for d in map(table_fields, rows)]
+    written, _ = report.write_files(out_dir, stem, {
+        "json": lambda path: report.write_json(path, rows, meta),
+        "csv": lambda path: report.write_csv_table(path, COLUMNS + ("loss_impl",), csv_lines),
+        "md": lambda path: path.write_text(markdown(rows, meta)),
+        "png": lambda path: write_plot(rows, meta, path) or "no plot",
+    }, formats)
+    return written
 
 
 def write_plot(rows: list[StepRow], meta: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    """Memory growth and step time against the video length, a line per provider and objective
+    (out-of-memory rows marked x at the memory limit); None without matplotlib."""
+    plt, _ = report.pyplot()
+    if plt is None:
         return None
     fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(10, 4))
     for key in dict.fromkeys((r.provider, r.objective) for r in rows):
@@ -745,14 +727,6 @@ def write_plot(rows: list[StepRow], meta: dict, path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001 - a copy without git
-        return "unknown"
 
 
 def describe(shape: ModelShape) -> str:
@@ -804,7 +778,8 @@ def parse_args(argv) -> tuple[Grid, argparse.Namespace]:
     parser.add_argument("--device", default=None, help="cuda when available, else cpu")
     parser.add_argument("--budget-s", type=float, default=None, help="start no process after this many seconds")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the reports (default bench/results)")
-    parser.add_argument("--stem", default=None, help="file name of the reports (default opd-step-<preset>-<device>-<date>)")
+    parser.add_argument("--stem", default=None,
+                        help="file name of the reports (default opd-step-<preset>-<device>-<date>)")
     parser.add_argument("--formats", type=_names(FORMATS), default=FORMATS,
                         help="reports to write (default json,csv,md,png)")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON report here")
@@ -846,7 +821,7 @@ def main(argv=None) -> int:
         info = replace(info, name="CPU", slug="cpu")
     device_name = info.name
     today = date.today().isoformat()
-    meta = {"device": device_name, "date": today, "commit": _commit(), "torch": torch.__version__,
+    meta = {"device": device_name, "date": today, "commit": report.git_commit(), "torch": torch.__version__,
             "transformers": transformers.__version__, "trl": trl_version(),
             "command": "python -m bench.opd_step " + " ".join(argv), "student": describe(grid.student),
             "teacher": describe(grid.teacher), "vocab": grid.vocab, "dtype": grid.dtype, "batch": grid.batch,

@@ -2,6 +2,11 @@
 
 ``python -m bench.report RESULTS.json`` rewrites the CSV, PNG and Markdown beside a JSON
 file (e.g. after changing the table layout) without re-running anything.
+
+The kernel benchmarks' rows are :class:`Row`; the writers every benchmark's reports go through
+(any dataclass rows: :func:`write_json`, :func:`read_json`, :func:`merge_rows`,
+:func:`write_csv_table`, :func:`markdown_table`, :func:`pyplot`, :func:`write_files`,
+:func:`git_commit`) are here, once.
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ import argparse
 import csv
 import dataclasses
 import json
+import subprocess
 from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .providers import OP_MODES, PROVIDER_NAMES, PROVIDER_NOTES
 
@@ -24,6 +32,9 @@ CSV_COLUMNS = ("kernel_name", "kernel_provider", "kernel_operation_mode", "metri
 
 MB = 2**20
 OK = "ok"
+FORMATS = ("json", "csv", "md", "png")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+R = TypeVar("R")
 
 
 @dataclass
@@ -80,14 +91,24 @@ class Row:
 # JSON
 
 
-def write_json(path: Path, rows: list[Row], meta: dict) -> None:
+def write_json(path: Path, rows: Sequence[Any], meta: dict) -> None:
+    """``{"meta": meta, "rows": [row as a dict, ...]}`` (rows: dataclass instances)."""
     payload = {"meta": meta, "rows": [dataclasses.asdict(r) for r in rows]}
     path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
-def read_json(path: Path) -> tuple[list[Row], dict]:
+def read_json(path: Path, row_type: Callable[..., Any] = Row) -> tuple[list[Any], dict]:
+    """The rows (as ``row_type``) and meta of a :func:`write_json` file."""
     payload = json.loads(path.read_text())
-    return [Row(**r) for r in payload["rows"]], payload["meta"]
+    return [row_type(**r) for r in payload["rows"]], payload["meta"]
+
+
+def merge_rows(old_rows: Iterable[R], new_rows: Iterable[R], key: Callable[[R], Hashable]) -> list[R]:
+    """The old rows with each replaced by the new row of the same ``key``, in their places;
+    then the new rows no old one had."""
+    fresh = {key(r): r for r in new_rows}
+    merged = [fresh.pop(key(r), r) for r in old_rows]
+    return merged + list(fresh.values())
 
 
 def merge_runs(old_rows: list[Row], old_meta: dict, new_rows: list[Row], meta: dict) -> tuple[list[Row], dict]:
@@ -101,9 +122,7 @@ def merge_runs(old_rows: list[Row], old_meta: dict, new_rows: list[Row], meta: d
     def key(r: Row):
         return (r.kind, r.kernel, r.mode, r.provider, r.tokens, r.vocab, r.student_dim, r.teacher_dim)
 
-    fresh = {key(r): r for r in new_rows}
-    merged = [fresh.pop(key(r), r) for r in old_rows]
-    return merged + list(fresh.values()), {**meta, "runs": old_meta.get("runs", []) + meta["runs"]}
+    return merge_rows(old_rows, new_rows, key), {**meta, "runs": old_meta.get("runs", []) + meta["runs"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,17 +151,20 @@ def _metrics(row: Row) -> list[tuple[str, str, float | None, float | None, float
     return metrics
 
 
-def write_csv(path: Path, rows: list[Row], meta: dict) -> None:
+def write_csv_table(path: Path, header: Sequence[str], lines: Iterable[Sequence[Any]]) -> None:
+    """A CSV file: the header, then one line per sequence of cells (None as an empty cell)."""
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for row in rows:
-            config = json.dumps(row.config())
-            for name, unit, y50, y20, y80 in _metrics(row):
-                writer.writerow([row.kernel, row.provider, row.mode, name, unit, "N", row.tokens,
-                                 "" if y50 is None else y50, "" if y20 is None else y20,
-                                 "" if y80 is None else y80, config, meta["device_name"], row.timestamp,
-                                 meta["version"]])
+        writer.writerow(header)
+        writer.writerows(["" if cell is None else cell for cell in line] for line in lines)
+
+
+def write_csv(path: Path, rows: list[Row], meta: dict) -> None:
+    config = {id(row): json.dumps(row.config()) for row in rows}
+    write_csv_table(path, CSV_COLUMNS, (
+        [row.kernel, row.provider, row.mode, name, unit, "N", row.tokens, y50, y20, y80, config[id(row)],
+         meta["device_name"], row.timestamp, meta["version"]]
+        for row in rows for name, unit, y50, y20, y80 in _metrics(row)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,6 +172,12 @@ def write_csv(path: Path, rows: list[Row], meta: dict) -> None:
 
 _OUTPUT_NAME = {"fused_reverse_kl": "loss", "token_logprobs": "log-probs", "topk_logprobs": "top-k values",
                 "policy_gradient_loss": "loss"}
+
+
+def markdown_table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule, one line per sequence of cells."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(cells) + " |" for cells in lines]
 
 
 def _fmt_number(x: float) -> str:
@@ -228,9 +256,9 @@ def markdown(rows: list[Row], meta: dict) -> str:
         header = ["provider", *[f"N = {n:,}" for n in token_counts], f"max abs err ({_OUTPUT_NAME[kernel]})"]
         if mode == "full":
             header.append("max rel err (grads)")
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         cells = {(r.provider, r.tokens): r for r in table_rows}
         notes = {}
+        table = []
         for provider in _provider_order(table_rows):
             row_cells = [f"`{provider}`"]
             for n in token_counts:
@@ -248,7 +276,8 @@ def markdown(rows: list[Row], meta: dict) -> str:
                 notes[short_status(a.status)] = a.status
             if mode == "full":
                 row_cells.append(_fmt_error(a.grad_max_rel_error) if a is not None and a.ok else "–")
-            lines.append("| " + " | ".join(row_cells) + " |")
+            table.append(row_cells)
+        lines += markdown_table(header, table)
         full_notes = [status for short, status in notes.items() if status != short]
         full_notes += [PROVIDER_NOTES[p] for p in _provider_order(table_rows) if p in PROVIDER_NOTES]
         if full_notes:
@@ -261,15 +290,23 @@ def markdown(rows: list[Row], meta: dict) -> str:
 # Plot
 
 
-def write_plot(path: Path, rows: list[Row], meta: dict) -> str | None:
-    """Time and peak memory against N, one line per provider; returns why not, if it cannot."""
+def pyplot() -> tuple[Any, str | None]:
+    """(matplotlib.pyplot on the Agg backend, None), or (None, why not) without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        return f"no plot: matplotlib is not installed ({e})"
+        return None, f"no plot: matplotlib is not installed ({e})"
+    return plt, None
+
+
+def write_plot(path: Path, rows: list[Row], meta: dict) -> str | None:
+    """Time and peak memory against N, one line per provider; returns why not, if it cannot."""
+    plt, problem = pyplot()
+    if plt is None:
+        return problem
 
     tables = defaultdict(list)
     for r in rows:
@@ -314,16 +351,46 @@ def write_plot(path: Path, rows: list[Row], meta: dict) -> str | None:
 # All files
 
 
+def write_files(out_dir: Path, stem: str, writers: dict[str, Callable[[Path], Any]],
+                formats: Sequence[str] = FORMATS) -> tuple[list[Path], list[str]]:
+    """``<stem>.<ext>`` under ``out_dir`` for each of ``formats`` (in that order), by
+    ``writers[ext](path)``, which returns a str saying why when it wrote nothing; returns the
+    paths written and those reasons."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, problems = [], []
+    for ext in formats:
+        path = out_dir / f"{stem}.{ext}"
+        problem = writers[ext](path)
+        if isinstance(problem, str):
+            problems.append(problem)
+        else:
+            written.append(path)
+    return written, problems
+
+
 def write_all(out_dir: Path, stem: str, rows: list[Row], meta: dict) -> tuple[list[Path], list[str]]:
     """Writes <stem>.json/.csv/.md/.png; returns the paths written and problems (never raises for the plot)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "csv", "md", "png")}
-    write_json(paths["json"], rows, meta)
-    write_csv(paths["csv"], rows, meta)
-    paths["md"].write_text(markdown(rows, meta))
-    problem = write_plot(paths["png"], rows, meta)
-    written = [paths[ext] for ext in ("json", "csv", "md")] + ([] if problem else [paths["png"]])
-    return written, [problem] if problem else []
+    return write_files(out_dir, stem, {
+        "json": lambda path: write_json(path, rows, meta),
+        "csv": lambda path: write_csv(path, rows, meta),
+        "md": lambda path: path.write_text(markdown(rows, meta)),
+        "png": lambda path: write_plot(path, rows, meta),
+    })
+
+
+def git_commit(dirty_paths: Sequence[str] = ()) -> str:
+    """This checkout's short commit, ``-dirty`` when files under ``dirty_paths`` (relative to the
+    repository) have changes; "unknown" in a copy without git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", *dirty_paths) if dirty_paths else ""
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
-"""token_logprobs (teacher: forward only; student: forward + backward) against naive PyTorch, torch.compile and Cut Cross-Entropy.
+"""token_logprobs (teacher: forward only; student: forward + backward) against naive PyTorch, torch.compile
+and Cut Cross-Entropy.
 
 Cases come from bench/conftest.py (grid, ops and providers chosen on the command line).
 """

@@ -113,11 +113,6 @@ def _child_cmd(args, path: str) -> list[str]:
             "--temperature", str(args.temperature), "--calls", str(args.calls), "--workdir", args.workdir]
 
 
-def _cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "CPU")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.trl_distillation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,11 +147,13 @@ def main(argv=None) -> int:
     import torch
     import trl
 
+    from bench.measure import cpu_model_name
+
     base_s, base_m = med("trl", "median_s"), med("trl", "steady_rss_growth_mib")
     threads = next((r["threads"] for r in runs["trl"] if "threads" in r), "?")
     print(f"One loss step (compute_loss + backward), beta=1, {args.prompt} + {args.completion} tokens, "
           f"V = {args.vocab:,}, tiny Qwen2 student D = {args.student_dim} / teacher D = {args.teacher_dim} "
-          f"(2 layers), fp32, one process per path; {_cpu_name()}, {threads} threads, "
+          f"(2 layers), fp32, one process per path; {cpu_model_name()}, {threads} threads, "
           f"{datetime.now(timezone.utc):%Y-%m-%d}; trl {trl.__version__}, torch {torch.__version__}; "
           f"`{' '.join(['python -m bench.trl_distillation', *(argv if argv is not None else sys.argv[1:])])}`\n")
     print("| path | s / step (median) | x TRL | peak RSS growth, later step | x TRL | first step | loss |")

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import warnings
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
@@ -223,7 +223,7 @@ def check_reduction(reduction, *, stacklevel: int = 3) -> Reduction:
         warnings.warn(f"reduction={reduction!r} is deprecated; use reduction={new!r}, which means the same",
                       DeprecationWarning, stacklevel=stacklevel)
         return new
-    return check_choice("reduction", reduction, REDUCTIONS)
+    return cast(Reduction, check_choice("reduction", reduction, REDUCTIONS))  # one of REDUCTIONS, checked
 
 
 def check_like(name: str, reference: torch.Tensor, mask: torch.Tensor, **others: torch.Tensor | None) -> None:

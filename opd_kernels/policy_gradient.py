@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -64,8 +64,8 @@ class PolicyGradientInputs:
 
     def rows(self, r0: int, r1: int) -> PolicyGradientInputs:
         """The inputs of rows [r0, r1) (a token chunk)."""
-        cut = {name: getattr(self, name)[r0:r1] if getattr(self, name) is not None else None
-               for name in ("live", "signal", "baseline", "old_logprobs", "reference_logprobs")}
+        cut: dict[str, Any] = {name: getattr(self, name)[r0:r1] if getattr(self, name) is not None else None
+                               for name in ("live", "signal", "baseline", "old_logprobs", "reference_logprobs")}
         return replace(self, **cut)
 
     def terms(self, lp: torch.Tensor) -> TokenTerms:
@@ -173,6 +173,7 @@ def _metrics(terms: TokenTerms, tokens: torch.Tensor, from_teacher: bool) -> dic
     denom = tokens.clamp_min(1).to(terms.loss.dtype)
     metrics = {"tokens": tokens}
     if from_teacher:
+        assert terms.log_ratio is not None  # computed whenever the signal is the teacher's
         metrics["reverse_kl"] = terms.log_ratio.sum() / denom
     else:
         metrics["advantage"] = terms.advantage.sum() / denom
@@ -266,6 +267,7 @@ def fused_policy_gradient_loss(
                          + ("both" if advantages is not None else "neither"))
     signal_name, signal = ("advantages", advantages) if advantages is not None else ("teacher_logprobs",
                                                                                       teacher_logprobs)
+    assert signal is not None  # exactly one of the two, checked above
     leading = hidden.shape[:-1]
     v.check_like(signal_name, signal, mask, old_logprobs=old_logprobs, reference_logprobs=reference_logprobs)
     # keep: mask, and not ignore_index (HF labels); the ids are 0 where not kept, safe to gather.
@@ -284,11 +286,14 @@ def fused_policy_gradient_loss(
 
     dtype = accumulate_dtype(h.dtype)
 
+    def spread(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(dtype).expand(leading).reshape(-1)
+
     def flat(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.detach().to(dtype).expand(leading).reshape(-1)
+        return None if t is None else spread(t)
 
     inputs = PolicyGradientInputs(
-        live=keep, signal=flat(signal), from_teacher=teacher_logprobs is not None,
+        live=keep, signal=spread(signal), from_teacher=teacher_logprobs is not None,
         baseline=flat(baseline), old_logprobs=flat(old_logprobs), reference_logprobs=flat(reference_logprobs),
         clip_eps=clip_eps if old_logprobs is not None else None, advantage_clip=advantage_clip, beta=beta)
     if reduction == "none":

@@ -148,7 +148,8 @@ def fused_reverse_kl(
     Returns:
         fp32 loss (fp64 for fp64 inputs): a scalar for "mean" / "sum" / "sequence_sum", the
         leading shape for "none". Gradients flow to student_hidden and student_weight (in their
-        dtype; fp32 accumulation throughout), never to the teacher. A frozen student_weight gets no weight-gradient work at all.
+        dtype; fp32 accumulation throughout), never to the teacher. A frozen student_weight gets
+        no weight-gradient work at all.
     """
     # Under torch.autocast the operands come back in autocast's dtype (differentiably cast).
     student_hidden, student_weight = v.check_hidden_and_weight("student_hidden", student_hidden,

@@ -13,4 +13,6 @@ all (``tests/videoopd/test_layers.py`` holds the code to this):
 - ``demo``: the CPU demo and how its models are made.
 """
 
+__all__: list[str] = []  # nothing here is promised: docs/api.md lists the stable modules
+
 LAYERS = ("grounding", "data", "qwen", "algo", "evaluation", "training", "demo")

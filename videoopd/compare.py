@@ -29,7 +29,7 @@ from typing import Literal, Sequence
 from videoopd.training.config import ConfigError, Options, fail, opt, parse_config
 from videoopd.training.post_training import ALGORITHMS
 
-__all__ = ["CompareConfig", "DEMO_METHOD_ARGS", "main", "method_argv"]
+__all__ = ["main"]
 
 PROG = "python -m videoopd.compare"
 # Method options the demo uses unless --opd-args / --grpo-args say otherwise. GRPO: 2 prompts x

@@ -29,7 +29,7 @@ from videoopd.demo.teacher import (
     mixed_pool,
 )
 
-__all__ = ["main", "regenerate"]
+__all__ = ["main"]
 
 
 def regenerate(work: Path, out: Path = TEACHER_DIR, student_out: Path = STUDENT_DIR, extra_args: Sequence[str] = (),

@@ -66,7 +66,7 @@ from videoopd.training.config import (
     parse_config,
 )
 
-__all__ = ["EvalConfig", "main"]
+__all__ = ["main"]
 
 PROG = "python -m videoopd.eval"
 

@@ -24,7 +24,7 @@ from typing import Any, Literal, Sequence
 from videoopd.qwen.tiny import FAMILIES
 from videoopd.training.config import ConfigError, RunOptions, fail, opt, parse_config, save_config, warn_about_schedule
 
-__all__ = ["COMMAND_DEFAULTS", "SFTConfig", "build_model", "main", "resolve_config"]
+__all__ = ["main"]
 
 PROG = "python -m videoopd.sft"
 

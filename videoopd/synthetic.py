@@ -14,7 +14,7 @@ from videoopd.data.synthetic import check_video_codec, generate_dataset
 from videoopd.training.config import ConfigError, Options, fail, opt, parse_config
 from videoopd.training.setup import check_output_dir
 
-__all__ = ["SyntheticConfig", "main"]
+__all__ = ["main"]
 
 PROG = "python -m videoopd.synthetic"
 DESCRIPTION = ("Write short mp4 videos where coloured shapes appear during known spans, with annotations in the "

@@ -13,7 +13,7 @@ from videoopd.qwen.tiny import FAMILIES, save_tiny_checkpoint
 from videoopd.training.config import ConfigError, Options, fail, opt, parse_config
 from videoopd.training.setup import check_output_dir
 
-__all__ = ["TinyConfig", "main"]
+__all__ = ["main"]
 
 PROG = "python -m videoopd.tiny"
 

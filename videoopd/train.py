@@ -29,7 +29,7 @@ from videoopd.training.distributed import TEACHER_PLACEMENTS
 from videoopd.training.post_training import ALGORITHMS, default_num_generations, default_reduction
 from videoopd.training.preemption import Preempted
 
-__all__ = ["TrainConfig", "main", "resolve_config"]
+__all__ = ["main"]
 
 PROG = "python -m videoopd.train"
 

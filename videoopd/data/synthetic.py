@@ -19,15 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = [
-    "COLOURS",
-    "SHAPES",
-    "SyntheticEvent",
-    "check_video_codec",
-    "generate_dataset",
-    "render_frames",
-    "write_video",
-]
+__all__ = ["generate_dataset"]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),

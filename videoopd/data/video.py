@@ -38,21 +38,7 @@ import torch
 import torch.nn.functional as F
 
 
-__all__ = [
-    "PREPROCESSING_RECORD",
-    "QWEN25_VL_FACTOR",
-    "RECORDED_SETTINGS",
-    "QWEN3_VL_FACTOR",
-    "DecodeConfig",
-    "DecodedVideo",
-    "VideoDecodeError",
-    "VideoInfo",
-    "decode_video",
-    "frame_size",
-    "probe_video",
-    "sample_frame_indices",
-    "smart_resize",
-]
+__all__ = ["DecodeConfig", "DecodedVideo", "VideoDecodeError", "VideoInfo", "decode_video", "probe_video"]
 
 QWEN25_VL_FACTOR = 28  # patch 14 x spatial merge 2
 QWEN3_VL_FACTOR = 32  # patch 16 x spatial merge 2

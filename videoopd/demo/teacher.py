@@ -43,9 +43,7 @@ from typing import Any, Sequence
 
 from videoopd.training.checkpoint import MODEL_FOLDER, complete_checkpoints
 
-__all__ = ["DEMO_DATA", "DEMO_EVENTS", "DEMO_PIXELS", "HELDOUT", "QUERY_HELDOUT", "QUERY_RECIPE", "QUERY_VIDEOS",
-           "SFT_RECIPE", "STUDENT_DIR", "STUDENT_GAP", "TEACHER_DIR", "TRAIN_VIDEOS", "evaluate_checkpoints",
-           "evaluate_demo_checkpoint", "export", "generate_split", "load_demo_checkpoint", "mixed_pool"]
+__all__: list[str] = []  # nothing here is promised: docs/api.md
 
 # How the demo's synthetic videos are drawn (arguments of videoopd.data.synthetic.generate_dataset).
 DEMO_DATA: dict[str, Any] = {"duration": 8.0, "fps": 2, "height": 32, "width": 64, "min_event": 1.0, "max_event": 4.0}

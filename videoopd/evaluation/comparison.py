@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["RunCurve", "comparison_table", "plot_curves", "plot_run", "read_run", "write_comparison"]
+__all__ = ["RunCurve", "read_run"]
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 :func:`evaluate` scores an in-memory model (the training loop's held-out evaluation, and
 ``python -m videoopd.eval``). With an ``accelerator`` of several processes the records are
-split into equal contiguous shares (:func:`shard_evenly`), each process generates its share,
-and the rows are gathered back in record order (:func:`gather_shards`): the metrics and
+split into contiguous shares (accelerate's ``split_between_processes``), each process generates
+its share, and the rows are gathered back in record order (``gather_object``): the metrics and
 prediction rows are those of one process on the same data; only the main process writes.
 
 A predictions file ``P`` (JSONL, one row per record, nothing else) has a sidecar
@@ -23,38 +23,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
-from videoopd.qwen.generation import generate
 from videoopd.data.annotations import DataIssue, GroundingRecord
 from videoopd.data.datasets import GroundingVideoDataset
-from videoopd.qwen.collators import GroundingCollator
 from videoopd.data.video import DecodeConfig
 from videoopd.grounding.metrics import grounding_metrics, parse_span, sample_iou
 from videoopd.grounding.protocols import PROTOCOL_NAMES, get_protocol
+from videoopd.qwen.collators import GroundingCollator
+from videoopd.qwen.generation import generate
 from videoopd.qwen.models import is_fsdp_sharded
 from videoopd.qwen.prompts import DATA_SYSTEM, DEFAULT_SYSTEM_PROMPTS, PROMPT_STYLES, STYLE_DEFAULT
 
-__all__ = [
-    "EvalResult",
-    "check_resumable",
-    "evaluate",
-    "file_sha256",
-    "format_metrics_table",
-    "gather_shards",
-    "identity_path",
-    "predictions_identity",
-    "protocol_metrics",
-    "read_predictions",
-    "shard_evenly",
-]
+__all__ = ["EvalResult", "evaluate", "format_metrics_table", "predictions_identity", "read_predictions"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,7 +98,8 @@ def read_predictions(path: str | Path) -> dict[str, dict[str, Any]]:
                 if not isinstance(row, dict) or not isinstance(row.get("id"), str):
                     raise ValueError("not an object with a string 'id'")
             except ValueError as exc:
-                logger.warning("%s: line %d: unreadable prediction row (%s); it will be evaluated again", path, line_number, exc)
+                logger.warning("%s: line %d: unreadable prediction row (%s); it will be evaluated again",
+                               path, line_number, exc)
                 continue
             rows[row["id"]] = row
     return rows
@@ -253,6 +242,11 @@ def evaluate(
 ) -> EvalResult:
     """Generate an answer for every record greedily, parse it and score it.
 
+    The steps: check the arguments, prepare the predictions file (:func:`_open_predictions`:
+    identity, resume), take this process's share (:func:`_my_share`), generate its rows
+    (:func:`_generate_rows`), gather them in record order (:func:`_gather_rows`), write and
+    score them (:func:`_scored`).
+
     Args:
         model: a Qwen2.5-VL / Qwen3-VL ``*ForConditionalGeneration`` with full parameters, or
             the FSDP2-sharded model of a run (every process must then call ``evaluate``).
@@ -277,7 +271,7 @@ def evaluate(
             :attr:`EvalResult.data_issues`).
         progress: show a tqdm progress bar (main process).
         accelerator: an ``accelerate.Accelerator``; with several processes each generates an
-            equal share of the records and every process gets the gathered result.
+            contiguous share of the records and every process gets the gathered result.
         identity: what the caller knows of the inputs beyond the decoding settings (data file,
             its hash, model path, ...): recorded in ``predictions_path``'s ``.meta.json``
             sidecar with :func:`predictions_identity` and checked on resume.
@@ -292,6 +286,41 @@ def evaluate(
             generated token (:func:`videoopd.qwen.generation.generate`).
     """
     rules = get_protocol(protocol)
+    world = accelerator.num_processes if accelerator is not None else 1
+    main = accelerator is None or accelerator.is_main_process
+    records = _checked_records(records, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                               num_workers=num_workers, prompt_style=prompt_style, on_video_error=on_video_error,
+                               resume=resume, predictions_path=predictions_path, world=world)
+    if decode_config is None:
+        decode_config = DecodeConfig.for_processor(processor)
+    path = Path(predictions_path) if predictions_path is not None else None
+    done: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        recorded = predictions_identity(decode_config, prompt_style, system_prompt, max_new_tokens, identity)
+        done = _open_predictions(path, recorded, resume, {record.id for record in records}, main)
+    todo, real = _my_share([record for record in records if record.id not in done], accelerator)
+    stream = path if world == 1 else None  # one process writes rows as they come
+    collator = GroundingCollator(processor, prompt_style, system_prompt, rules.normalize_query)
+    new_rows = _generate_rows(model, processor, todo, collator, decode_config, batch_size=batch_size,
+                              num_workers=num_workers, max_new_tokens=max_new_tokens, on_video_error=on_video_error,
+                              protocol=rules.name, stream=stream, processes=world, progress=progress and main,
+                              synced=world > 1 and is_fsdp_sharded(model), gather_weights=gather_weights)
+    # A collated batch keeps its decodable records first: order the rows by record again,
+    # dropping the share's padding, before the gather puts the shares back in rank order.
+    by_id = {row["id"]: row for row in new_rows}
+    gathered = {row["id"]: row for row in _gather_rows([by_id[record.id] for record in todo[:real]], accelerator)}
+    rows = [done.get(record.id) or gathered[record.id] for record in records]
+    if path is not None and stream is None and main:
+        with path.open("w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+    failed = [(row["id"], row["error"]) for row in gathered.values() if row["error"] is not None]
+    return _scored(rows, failed, resumed=len(done), protocol=rules.name, moment_retrieval=moment_retrieval)
+
+
+def _checked_records(records: Sequence[GroundingRecord], *, batch_size: int, max_new_tokens: int, num_workers: int,
+                     prompt_style: str, on_video_error: str, resume: bool, predictions_path: Any,
+                     world: int) -> list[GroundingRecord]:
+    """:func:`evaluate`'s arguments checked (ValueError naming the argument); the records as a list."""
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
@@ -304,9 +333,6 @@ def evaluate(
         raise ValueError(f"on_video_error must be 'raise' or 'report', got {on_video_error!r}")
     if resume and predictions_path is None:
         raise ValueError("resume=True needs predictions_path")
-    world = accelerator.num_processes if accelerator is not None else 1
-    rank = accelerator.process_index if accelerator is not None else 0
-    main = rank == 0
     if resume and world > 1:
         raise ValueError("resume=True is for one process; run python -m videoopd.eval to resume a predictions file")
     records = list(records)
@@ -316,86 +342,115 @@ def evaluate(
     if len(set(ids)) != len(ids):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"record ids must be unique, duplicated: {duplicates[:5]}")
-    if decode_config is None:
-        decode_config = DecodeConfig.for_processor(processor)
+    return records
 
+
+def _open_predictions(path: Path, recorded: dict[str, Any], resume: bool, wanted: set[str],
+                      main: bool) -> dict[str, dict[str, Any]]:
+    """Make ``path`` ready for this evaluation's rows: checked and kept on ``resume`` (its rows
+    for the ``wanted`` ids returned), removed otherwise; the identity sidecar (re)written by
+    the main process."""
+    if resume:
+        check_resumable(path, recorded)
     done: dict[str, dict[str, Any]] = {}
-    if predictions_path is not None:
-        predictions_path = Path(predictions_path)
-        recorded = predictions_identity(decode_config, prompt_style, system_prompt, max_new_tokens, identity)
-        if resume:
-            check_resumable(predictions_path, recorded)
-        if main:
-            predictions_path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and predictions_path.is_file():
-            wanted = set(ids)
-            done = {i: row for i, row in read_predictions(predictions_path).items() if i in wanted}
-        elif predictions_path.exists() and main:
-            predictions_path.unlink()
-        if main:
-            _write_identity(predictions_path, recorded)
-    todo, real = shard_evenly([record for record in records if record.id not in done], rank, world)
-    stream = predictions_path is not None and world == 1  # one process writes rows as they come
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if resume and path.is_file():
+        done = {i: row for i, row in read_predictions(path).items() if i in wanted}
+    elif path.exists() and main:
+        path.unlink()
+    if main:
+        _write_identity(path, recorded)
+    return done
 
-    new_rows: list[dict[str, Any]] = []
-    if todo:
-        loader = torch.utils.data.DataLoader(
-            # "raise" too decodes in report mode: a worker's own exception would reach this
-            # process re-wrapped, its traceback in the message; it is raised here instead.
-            GroundingVideoDataset(todo, decode_config, on_error="report"),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=GroundingCollator(processor, prompt_style, system_prompt, rules.normalize_query),
-        )
-        bar = _progress_bar(len(todo) * world, enabled=progress and main)
-        handle = predictions_path.open("a", encoding="utf-8") if stream else None
-        if handle is not None and _ends_mid_line(predictions_path):
-            handle.write("\n")  # a crash cut the last row short: start ours on a fresh line
-        synced = world > 1 and is_fsdp_sharded(model)
-        try:
-            for batch in loader:
-                if on_video_error == "raise" and batch["failed"]:
-                    raise batch["failed_exceptions"][0] or RuntimeError(batch["failed"][0][1])
-                rows = []
-                if batch["inputs"] is not None:
-                    inputs = batch["inputs"].to(_model_device(model))
-                    answers = generate(model, processor, inputs, max_new_tokens=max_new_tokens,
-                                       synced_gpus=synced, gather_weights=gather_weights).answers
-                    rows += [_prediction_row(record, answer, data_issue=issue, protocol=rules.name)
-                             for record, answer, issue in zip(batch["records"], answers, batch["data_issues"])]
-                for record, error in batch["failed"]:
-                    logger.warning("%s: %s", record.id, error)
-                    rows.append(_prediction_row(record, None, error=error, protocol=rules.name))
-                new_rows += rows
-                if handle is not None:
-                    for row in rows:
-                        handle.write(json.dumps(row) + "\n")
-                    handle.flush()
-                bar.update(len(rows) * world)
-        finally:
-            bar.close()
+
+def _my_share(items: list[T], accelerator: Any) -> tuple[list[T], int]:
+    """This process's contiguous share of ``items`` (accelerate's ``split_between_processes``),
+    padded with copies of the last item to the same length on every process, so that every
+    process runs the same number of batches (FSDP2's generate gathers on each); returns
+    (share, number of real items in it: the padding comes after them)."""
+    if accelerator is None or accelerator.num_processes <= 1 or not items:
+        return list(items), len(items)
+    with accelerator.split_between_processes(list(range(len(items)))) as mine:
+        real = len(mine)
+    with accelerator.split_between_processes(items, apply_padding=True) as share:
+        return list(share), real
+
+
+def _gather_rows(rows: list[dict[str, Any]], accelerator: Any) -> list[dict[str, Any]]:
+    """Every process's rows, concatenated in rank order (record order for :func:`_my_share`'s
+    contiguous shares), on every process (accelerate's ``gather_object``)."""
+    if accelerator is None or accelerator.num_processes <= 1:
+        return rows
+    from accelerate.utils import gather_object
+
+    return gather_object(rows)
+
+
+def _generate_rows(model: Any, processor: Any, todo: list[GroundingRecord], collator: GroundingCollator,
+                   decode_config: DecodeConfig, *, batch_size: int, num_workers: int, max_new_tokens: int,
+                   on_video_error: str, protocol: str, stream: Path | None, processes: int, progress: bool,
+                   synced: bool, gather_weights: bool = True) -> list[dict[str, Any]]:
+    """The prediction rows of ``todo`` (decodable records of a batch first), appended to
+    ``stream`` as they come when given; ``synced``: generate with ``synced_gpus`` (a sharded
+    model, where every process must run the same number of steps); ``gather_weights``:
+    :func:`videoopd.qwen.generation.generate`'s. The progress bar counts
+    the rows of all ``processes``, assuming they advance together."""
+    if not todo:
+        return []
+    loader = torch.utils.data.DataLoader(
+        # "raise" too decodes in report mode: a worker's own exception would reach this
+        # process re-wrapped, its traceback in the message; it is raised here instead.
+        GroundingVideoDataset(todo, decode_config, on_error="report"),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collator,
+    )
+    rows: list[dict[str, Any]] = []
+    bar = _progress_bar(len(todo) * processes, enabled=progress)
+    handle = stream.open("a", encoding="utf-8") if stream is not None else None
+    if handle is not None and _ends_mid_line(stream):
+        handle.write("\n")  # a crash cut the last row short: start ours on a fresh line
+    try:
+        for batch in loader:
+            if on_video_error == "raise" and batch["failed"]:
+                raise batch["failed_exceptions"][0] or RuntimeError(batch["failed"][0][1])
+            new = []
+            if batch["inputs"] is not None:
+                inputs = batch["inputs"].to(_model_device(model))
+                answers = generate(model, processor, inputs, max_new_tokens=max_new_tokens,
+                                   synced_gpus=synced, gather_weights=gather_weights).answers
+                new += [_prediction_row(record, answer, data_issue=issue, protocol=protocol)
+                        for record, answer, issue in zip(batch["records"], answers, batch["data_issues"])]
+            for record, error in batch["failed"]:
+                logger.warning("%s: %s", record.id, error)
+                new.append(_prediction_row(record, None, error=error, protocol=protocol))
+            rows += new
             if handle is not None:
-                handle.close()
-    # Rows come back in record order (the shares are contiguous, and a collated batch keeps
-    # its decodable records first): order them by record, dropping the shares' padding.
-    by_id = {row["id"]: row for row in new_rows}
-    local = [by_id[record.id] for record in todo[:real]]
-    gathered = {row["id"]: row for row in gather_shards(local, real, world)}
-    failed = [(row["id"], row["error"]) for row in gathered.values() if row["error"] is not None]
-    rows = [done.get(record.id) or gathered[record.id] for record in records]
-    if predictions_path is not None and not stream and main:
-        with predictions_path.open("w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
+                handle.writelines(json.dumps(row) + "\n" for row in new)
+                handle.flush()
+            bar.update(len(new) * processes)
+    finally:
+        bar.close()
+        if handle is not None:
+            handle.close()
+    return rows
+
+
+def _scored(rows: list[dict[str, Any]], failed: list[tuple[str, str]], *, resumed: int, protocol: str,
+            moment_retrieval: bool) -> EvalResult:
+    """The :class:`EvalResult` of the rows of every record: metrics overall, per source and
+    under every protocol, the failed videos and the rows' data issues."""
     by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_source[row["source"]].append(row)
     return EvalResult(
         predictions=rows,
-        metrics=_metrics_for(rows, rules.name, moment_retrieval),
-        per_source={source: _metrics_for(group, rules.name, moment_retrieval)
+        metrics=_metrics_for(rows, protocol, moment_retrieval),
+        per_source={source: _metrics_for(group, protocol, moment_retrieval)
                     for source, group in sorted(by_source.items())},
         failed_videos=failed,
-        resumed=len(done),
+        resumed=resumed,
         data_issues=[(row["id"], DataIssue(**row["data_issue"])) for row in rows if row.get("data_issue")],
         protocols=protocol_metrics(rows, moment_retrieval),
     )
@@ -429,27 +484,3 @@ def format_metrics_table(metrics: dict[str, float], per_source: dict[str, dict[s
             + "  ".join(f"{values[c]:>7.2f}" if values[c] is not None else f"{'-':>7}" for c in columns)
         )
     return "\n".join(lines)
-
-
-def shard_evenly(items: Sequence[T], rank: int, world: int) -> tuple[list[T], int]:
-    """This process's contiguous share of ``items``, padded to the same length on every
-    process (with copies of the share's last item, or of the list's last) so that every
-    process runs the same number of batches; returns (share, number of real items in it)."""
-    if world <= 1:
-        return list(items), len(items)
-    per = math.ceil(len(items) / world)
-    share = list(items[rank * per:(rank + 1) * per])
-    real = len(share)
-    filler = share[-1] if share else items[-1]
-    return share + [filler] * (per - real), real
-
-
-def gather_shards(shard: list[T], real: int, world: int) -> list[T]:
-    """Every process's first ``real`` items of its shard, concatenated in rank order (the
-    original order for :func:`shard_evenly`'s shares); on every process."""
-    if world <= 1:
-        return shard[:real]
-    from accelerate.utils import gather_object
-
-    parts = gather_object([shard[:real]])
-    return [item for part in parts for item in part]

@@ -17,8 +17,15 @@ from typing import Any
 from videoopd.grounding.parsing import parse_time
 from videoopd.grounding.protocols import Protocol, get_protocol
 
-__all__ = ["MR_AP_THRESHOLDS", "THRESHOLDS", "grounding_metrics", "moment_retrieval_metrics", "parse_span",
-           "parse_time", "sample_iou", "temporal_iou"]
+__all__ = [
+    "THRESHOLDS",
+    "grounding_metrics",
+    "moment_retrieval_metrics",
+    "parse_span",
+    "parse_time",
+    "sample_iou",
+    "temporal_iou",
+]
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 # moment_detr's standalone_eval: mAP over tIoU 0.5:0.05:0.95, reported at 0.5, 0.75 and on average.

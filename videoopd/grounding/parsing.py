@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_paper", "parse_time", "parse_time_r1", "parse_timelens"]
+__all__: list[str] = []  # nothing here is promised: docs/api.md
 
 # One time value: hh:mm:ss, mm:ss (both with optional fractional seconds) or plain seconds.
 _HMS = r"\d+:[0-5]?\d:[0-5]?\d(?:\.\d+)?"

@@ -27,7 +27,7 @@ from typing import Literal
 
 from videoopd.grounding.parsing import parse_paper, parse_time_r1, parse_timelens
 
-__all__ = ["PROTOCOLS", "PROTOCOL_NAMES", "Protocol", "ZERO_LENGTH_RULES", "get_protocol"]
+__all__ = ["PROTOCOL_NAMES", "Protocol", "get_protocol"]
 
 # What a zero-length ground truth (start == end) does in the metrics: "exclude" it from the
 # denominator (counted as zero_length_excluded), or "score_zero": kept, IoU 0.

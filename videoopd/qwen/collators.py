@@ -23,7 +23,7 @@ from videoopd.qwen.prompts import (
     render_chat,
 )
 
-__all__ = ["GroundingCollator", "SFTCollator", "concat_model_inputs"]
+__all__: list[str] = []  # nothing here is promised: docs/api.md
 
 # Per-token [B, L] inputs of a left-padded batch, and the value their padding holds (None: the pad token id).
 TOKEN_INPUTS = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0}

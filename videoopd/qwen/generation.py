@@ -21,8 +21,7 @@ import torch
 
 from videoopd.qwen.models import call_as_forward, full_weights_gathered, is_fsdp_sharded
 
-__all__ = ["Rollout", "SeededSampler", "answer_mask_from", "generate", "group_rollout_seeds", "rollout_seed",
-           "split_rollout"]
+__all__ = ["Rollout", "generate"]
 
 VISION_TOKEN_ATTRS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 

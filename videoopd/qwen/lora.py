@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_TARGETS", "apply_lora", "is_lora", "merged_model", "target_pattern"]
+__all__: list[str] = []  # nothing here is promised: docs/api.md
 
 # The language model's attention and MLP projections (Qwen2.5-VL and Qwen3-VL name them alike).
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -17,31 +17,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 
-__all__ = [
-    "adapter_base",
-    "attn_implementation_for",
-    "available_device",
-    "base_hidden_states",
-    "CheckpointError",
-    "call_as_forward",
-    "check_checkpoint",
-    "check_pair",
-    "concat_encoded_vision",
-    "check_pair_facts",
-    "encode_vision",
-    "full_weights_gathered",
-    "freeze_vision",
-    "is_fsdp_sharded",
-    "lm_head_module",
-    "lm_head_weight",
-    "prepare_policy",
-    "load_policy",
-    "pair_facts",
-    "policy_head_forward",
-    "unwrap_peft",
-    "VISION_PIXEL_INPUTS",
-    "with_encoded_vision",
-]
+__all__ = ["load_policy"]
 
 T = TypeVar("T")
 

@@ -21,16 +21,7 @@ import torch
 from videoopd.data.video import PREPROCESSING_RECORD, DecodeConfig
 from videoopd.qwen.models import adapter_base
 
-__all__ = [
-    "QWEN_VIDEO_DEFAULTS",
-    "TorchQwenVideoProcessor",
-    "load_processor",
-    "processor_inputs",
-    "record_preprocessing",
-    "pil_image_processor_class",
-    "torchvision_available",
-    "torchvision_free_processor_class",
-]
+__all__ = ["load_processor"]
 
 logger = logging.getLogger(__name__)
 

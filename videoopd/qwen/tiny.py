@@ -12,14 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = [
-    "FAMILIES",
-    "QWEN_SPECIAL_TOKENS",
-    "build_tiny_model",
-    "build_tiny_processor",
-    "build_tiny_tokenizer",
-    "save_tiny_checkpoint",
-]
+__all__ = ["build_tiny_model", "build_tiny_processor", "build_tiny_tokenizer", "save_tiny_checkpoint"]
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 

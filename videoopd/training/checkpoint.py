@@ -33,9 +33,7 @@ from videoopd.algo.objectives import DEPRECATED_REDUCTIONS
 from videoopd.qwen.lora import is_lora
 from videoopd.training.config import RENAMED, ConfigError, run_defining_options
 
-__all__ = ["CHECKPOINTS", "MODEL_FOLDER", "STATE_FILE", "TrainerState", "complete_checkpoints", "config_differences",
-           "install_model_hooks", "latest_checkpoint", "load_checkpoint", "model_signature", "prepare_run_folder",
-           "save_checkpoint"]
+__all__: list[str] = []  # nothing here is promised: docs/api.md
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"

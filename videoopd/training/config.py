@@ -38,10 +38,7 @@ from transformers import HfArgumentParser
 from videoopd.data.annotations import FORMATS
 from videoopd.qwen.prompts import DATA_SYSTEM, PROMPT_STYLES, STYLE_DEFAULT
 
-__all__ = ["AnnotationOptions", "CheckpointOptions", "ConfigError", "DTYPES", "DecodeOptions", "EvalOptions",
-           "LoggingOptions", "LoraOptions", "ModelOptions", "OptimOptions", "Options", "RunOptions", "TRACKERS",
-           "TrackingOptions", "PRESET_DIR", "RENAMED", "flag_name", "load_preset", "opt", "parse_config",
-           "preset_names", "run_defining_options", "save_config", "warn_about_schedule"]
+__all__: list[str] = []  # nothing here is promised: docs/api.md
 
 T = TypeVar("T")
 
