@@ -22,7 +22,7 @@ from videoopd.training.config import ConfigError, Options, fail, opt, parse_conf
 from videoopd.training.memory_plan import PLAN_DEFAULTS as D
 from videoopd.training.memory_plan import max_video_tokens, plan_memory
 
-__all__ = ["PlanConfig", "main"]
+__all__ = ["main"]
 
 PROG = "python -m videoopd.plan"
 

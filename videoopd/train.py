@@ -26,7 +26,7 @@ from videoopd.demo.run import DemoOptions
 from videoopd.training.config import ConfigError, Options, RunOptions, fail, opt, parse_config, warn_about_schedule
 from videoopd.training.curriculum import check_max_steps
 from videoopd.training.distributed import TEACHER_PLACEMENTS
-from videoopd.training.post_training import ALGORITHMS, default_num_generations, default_reduction
+from videoopd.algo.algorithms import ALGORITHMS, default_num_generations, default_reduction
 from videoopd.training.preemption import Preempted
 
 __all__ = ["main"]

@@ -34,8 +34,7 @@ from videoopd.qwen.generation import Rollout
 from videoopd.qwen.models import lm_head_weight, load_policy, pair_facts
 from videoopd.qwen.processing import load_processor
 
-__all__ = ["SERVICE_NAMESPACE", "ServiceScore", "TeacherReplica", "TeacherService", "TeacherServiceError",
-           "pack_view", "rollout_fields", "unpack_view"]
+__all__: list[str] = []  # nothing here is promised: docs/api.md
 
 SERVICE_NAMESPACE = "videoopd"  # the Ray namespace the replicas are named in
 

@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 import torch
 
+from videoopd.algo.algorithms import default_num_generations
 from videoopd.training.config import DecodeOptions
 
-__all__ = ["ENGINES", "NAMED_CONFIGS", "PLAN_DEFAULTS", "MemoryPlan", "ModelSize", "Part", "max_video_tokens",
-           "model_size", "named_config", "plan_memory"]
+__all__ = ["MemoryPlan", "max_video_tokens", "plan_memory"]
 
 ENGINES = ("ddp", "fsdp2")
 PHASES = ("rollout", "teacher", "student", "optimizer")
@@ -286,8 +286,6 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
           gradient_accumulation_steps: int, num_generations: int | None, dtype: str, master_weights: str,
           gradient_checkpointing: bool, rollout: str, teacher_heads: int, train_vision: bool, device: str,
           headroom: float) -> MemoryPlan:
-    from videoopd.training.post_training import default_num_generations  # it imports the loop, which may plan
-
     g = num_generations if num_generations is not None else default_num_generations(objective)
     _check("num_generations", g, isinstance(g, int) and g >= 1, "an int >= 1")
     fsdp = engine == "fsdp2"
@@ -412,14 +410,15 @@ def _advice(plan: MemoryPlan, s: ModelSize, t: ModelSize | None, kw: dict[str, A
     if kw["engine"] == "fsdp2" and kw["teacher_placement"] == "replicate":
         tries.append(("--teacher-placement shard", {"teacher_placement": "shard"}))
     if kw["rollout"] == "gathered" and kw["engine"] == "fsdp2":
-        tries.append(("generate on the sharded student (no gathered rollout copy; slower: a gather per token)",
+        tries.append(("--gather-for-generation false (no gathered rollout copy; slower: a gather per token)",
                       {"rollout": "sharded"}))
     if kw["teacher_heads"] > 1:
         tries.append(("keep one teacher head copy", {"teacher_heads": 1}))
     if not kw["gradient_checkpointing"]:
         tries.append(("--gradient-checkpointing true", {"gradient_checkpointing": True}))
     if kw["per_device_train_batch_size"] > 1:
-        tries.append(("--per-device-train-batch-size 1 (raise --gradient-accumulation-steps to keep the effective batch)", {"per_device_train_batch_size": 1}))
+        tries.append(("--per-device-train-batch-size 1 (raise --gradient-accumulation-steps to keep the effective "
+                      "batch)", {"per_device_train_batch_size": 1}))
     out = []
     for text, change in tries:
         p = fits(**change)

@@ -25,6 +25,7 @@ from videoopd.training.config import ConfigError, save_config
 from videoopd.training.curriculum import TVDFCurriculum, one_pass_steps
 from videoopd.training.distributed import place_teacher
 from videoopd.training.loop import PreparedRun, TrainSummary, evaluate_held_out, train
+from videoopd.training.memory_plan import MemoryPlan, plan_memory
 from videoopd.training.metrics_log import write_run_report
 
 __all__: list[str] = []  # nothing here is promised: docs/api.md
@@ -36,20 +37,6 @@ class PostTrainingSummary(TrainSummary):
     teacher's held-out metrics (``cfg.eval_teacher``), or None."""
 
     teacher_eval: dict[str, float] | None = None
-
-
-ALGORITHMS = ("opd", "grpo")
-
-
-def default_reduction(algo: str) -> str:
-    """``--reduction auto``: OPD sums each answer's loss (the paper's), GRPO averages over the
-    step's answer tokens (token-level, as TRL's and DAPO's)."""
-    return "mean" if algo == "grpo" else "sequence_sum"
-
-
-def default_num_generations(algo: str) -> int:
-    """``--num-generations`` unset: GRPO's group of 8 answers per prompt, OPD's one (the paper's)."""
-    return 8 if algo == "grpo" else 1
 
 
 def start_teacher_service(cfg: Any, accelerator: Any, path: str, student: Any, processor: Any,
@@ -95,6 +82,40 @@ def start_teacher_service(cfg: Any, accelerator: Any, path: str, student: Any, p
     return service
 
 
+def run_memory_plan(cfg: Any, accelerator: Any, student: Any, teacher: Any, decode_config: Any,
+                    gpu_memory_gib: float) -> MemoryPlan:
+    """:func:`videoopd.training.memory_plan.plan_memory` of this run on GPUs of ``gpu_memory_gib``:
+    its models' configs, engine, processes, objective, batch, accumulation, dtype, generation and
+    its video budget (``decode_config``'s total pixels in the model's tokens). Full fine-tuning
+    with the teacher in these processes (``teacher`` None: GRPO)."""
+    from videoopd.qwen.models import unwrap_peft
+    from videoopd.training.distributed import is_fsdp2
+
+    dtypes = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+    fsdp = is_fsdp2(accelerator)
+    placement = cfg.teacher_placement if cfg.teacher_placement in ("replicate", "shard") else "auto"
+    return plan_memory(unwrap_peft(student).config, unwrap_peft(teacher).config if teacher is not None else None,
+                       objective="opd" if teacher is not None else "grpo", gpus=accelerator.num_processes,
+                       gpu_memory_gib=gpu_memory_gib, engine="fsdp2" if fsdp else "ddp",
+                       teacher_placement=placement if fsdp or placement != "shard" else "auto",
+                       video_tokens=decode_config.resolved_total_pixels // decode_config.factor**2,
+                       answer_tokens=cfg.max_new_tokens, per_device_train_batch_size=cfg.per_device_train_batch_size,
+                       gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                       num_generations=cfg.num_generations, dtype=dtypes.get(next(student.parameters()).dtype, "fp32"),
+                       master_weights=cfg.master_weights, gradient_checkpointing=cfg.gradient_checkpointing,
+                       rollout="gathered" if cfg.gather_for_generation else "sharded", train_vision=cfg.train_vision,
+                       device="cuda" if accelerator.device.type == "cuda" else "cpu")
+
+
+def fit_warning(plan: MemoryPlan, decode_config: Any) -> str:
+    """What a run that ``plan`` finds too large says at start: the numbers and what to change
+    (the plan is an estimate, so the run goes on)."""
+    tokens = decode_config.resolved_total_pixels // decode_config.factor**2
+    return (f"warning: python -m videoopd.plan finds that this run does not fit: at {tokens:,} video tokens a video "
+            f"its peak is {plan.peak_bytes / 2**30:,.1f} GiB per GPU ({plan.peak_phase} phase) against "
+            f"{plan.usable_bytes / 2**30:,.1f} GiB usable; it may run out of memory.\n{plan.summary()}")
+
+
 def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, processor: Any,
                       train_records: list[Any], eval_records: list[Any] | None, *, teacher_processor: Any = None,
                       reference: Any = None, decode_config: Any = None, teacher_path: str | None = None,
@@ -137,6 +158,11 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     decode_config = decode_config or DecodeConfig.for_run(processor, cfg)
+    if accelerator.device.type == "cuda" and not service and not cfg.lora_r:
+        plan = run_memory_plan(cfg, accelerator, student, teacher if cfg.algo == "opd" else None, decode_config,
+                               torch.cuda.get_device_properties(accelerator.device).total_memory / 2**30)
+        if not plan.fits:
+            say(fit_warning(plan, decode_config))
     scorer = (start_teacher_service(cfg, accelerator, teacher_path, student, processor, decode_config)
               if service and cfg.algo == "opd" else teacher)
 

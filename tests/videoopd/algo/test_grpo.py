@@ -62,7 +62,7 @@ def test_grpo_options_are_checked():
         T.resolve_config(["--algo", "grpo", "--num-generations", "1"])
     with pytest.raises(T.ConfigError, match="--epsilon"):
         T.resolve_config(["--algo", "grpo", "--epsilon", "1.5"])
-    from videoopd.training.post_training import default_reduction
+    from videoopd.algo.algorithms import default_reduction
 
     assert T.resolve_config(["--algo", "grpo"]).reduction == "mean"  # auto, resolved when parsed
     assert (default_reduction("grpo"), default_reduction("opd")) == ("mean", "sequence_sum")

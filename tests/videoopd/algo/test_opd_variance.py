@@ -34,7 +34,7 @@ def test_group_copies_sample_with_their_own_seeds():
 
 
 def test_variance_options_are_checked():
-    from videoopd.training.post_training import default_num_generations
+    from videoopd.algo.algorithms import default_num_generations
 
     assert T.resolve_config([]).num_generations == 1  # unset: resolved when parsed (opd: 1), as --reduction auto
     assert (default_num_generations("opd"), default_num_generations("grpo")) == (1, 8)

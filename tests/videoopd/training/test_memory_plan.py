@@ -105,3 +105,31 @@ def test_bad_models_are_refused(tmp_path):
         model_size(tmp_path)
     with pytest.raises(TypeError, match="model must be"):
         model_size(3)
+
+
+def test_a_run_plans_its_own_settings_and_says_when_it_does_not_fit():
+    """What a run on CUDA checks at start: the plan of its models, engine and video budget
+    (--preset video-opd's 14,336 tokens a video), and the warning with the numbers."""
+    import torch
+
+    from videoopd import train as T
+    from videoopd.data.video import DecodeConfig
+    from videoopd.qwen.tiny import build_tiny_processor, build_tiny_tokenizer
+    from videoopd.training.loop import make_accelerator
+    from videoopd.training.post_training import fit_warning, run_memory_plan
+
+    tokenizer = build_tiny_tokenizer("qwen3_vl")
+    processor = build_tiny_processor("qwen3_vl", tokenizer)
+    student, teacher = (build_tiny_model("qwen3_vl", tokenizer, seed=s, hidden_size=h) for s, h in ((1, 32), (2, 64)))
+    cfg = T.resolve_config(["--preset", "video-opd", "--student", "s", "--teacher", "t", "--device", "cpu",
+                            "--gradient-accumulation-steps", "4", "--rounds", "0"])
+    decode = DecodeConfig.for_run(processor, cfg)
+    accelerator = make_accelerator(cfg)
+    roomy = run_memory_plan(cfg, accelerator, student, teacher, decode, gpu_memory_gib=80)
+    assert roomy.fits and roomy.settings["video_tokens"] == 14336
+    assert roomy.settings["engine"] == "ddp" and roomy.settings["gpus"] == 1
+    tight = run_memory_plan(cfg, accelerator, student, teacher, decode, gpu_memory_gib=0.05)
+    assert not tight.fits
+    message = fit_warning(tight, decode)
+    assert "14,336 video tokens" in message and "GiB" in message and "does NOT fit" in message
+    assert next(student.parameters()).dtype == torch.float32 and roomy.settings.get("dtype", "fp32") == "fp32"

@@ -109,21 +109,4 @@ from videoopd.data.annotations.validation import (
     video_duration_issue,
 )
 
-__all__ = [
-    "FORMATS",
-    "MULTI_SPAN_POLICIES",
-    "READERS",
-    "VIDEO_EXTENSIONS",
-    "ZERO_LENGTH_POLICIES",
-    "AnnotationError",
-    "DataIssue",
-    "GroundingRecord",
-    "LoadResult",
-    "LoadSummary",
-    "detect_format",
-    "load_annotations",
-    "read_durations_csv",
-    "video_duration_issue",
-    "write_jsonl_records",
-    "write_swift_records",
-]
+__all__ = ["AnnotationError", "DataIssue", "GroundingRecord", "LoadResult", "LoadSummary", "detect_format", "load_annotations", "read_durations_csv", "video_duration_issue", "write_jsonl_records", "write_swift_records"]

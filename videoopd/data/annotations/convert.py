@@ -12,7 +12,7 @@ from videoopd.data.annotations.records import LoadSummary
 from videoopd.data.annotations.swift import write_swift_records
 from videoopd.grounding.prompts import PROMPT_STYLES
 
-__all__ = ["WRITERS", "convert_annotations"]
+__all__ = ["convert_annotations"]
 
 # The formats a set can be written in. The ms-swift writer renders prompts and answers in a style.
 WRITERS = ("jsonl", "swift")

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-__all__ = ["AnnotationError", "Candidate", "DataIssue", "GroundingRecord", "LoadResult", "LoadSummary", "Reporter"]
+__all__: list[str] = []  # nothing here is promised: docs/api.md
 
 logger = logging.getLogger("videoopd.data.annotations")
 

@@ -40,7 +40,7 @@ from videoopd.data.annotations.text import iter_jsonl
 from videoopd.grounding.parsing import parse_paper
 from videoopd.grounding.prompts import DEFAULT_SYSTEM_PROMPTS, check_style, format_answer, match_prompt, render_prompt
 
-__all__ = ["VIDEO_TAG", "is_swift_object", "read_swift", "write_swift_records"]
+__all__: list[str] = []  # nothing here is promised: docs/api.md
 
 VIDEO_TAG = "<video>"
 # ShareGPT speaker names (LLaMA-Factory's defaults) as roles.
