@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from videoopd.training.config import ConfigError, Options, fail, opt, parse_config
-from videoopd.training.post_training import ALGORITHMS
+from videoopd.algo.algorithms import ALGORITHMS
 
 __all__ = ["main"]
 
