@@ -61,6 +61,8 @@ class PlanConfig(Options):
     device: Literal["cuda", "cpu"] = opt("where the run computes (sizes AdamW's temporaries)", D["device"])
     headroom: float = opt("share of GPU memory left for the allocator, CUDA context, communication",
                           D["headroom"], ge=0, lt=1)
+    rollout_batch_size: int = opt("as videoopd.train's --rollout-batch-size: rollouts per generate call and teacher "
+                                  "forward (0: all of the step's)", D["rollout_batch_size"], ge=0)
     json: bool = opt("print the plan as JSON", False)
 
 

@@ -238,7 +238,7 @@ def plan_memory(student: Any, teacher: Any = None, *, objective: Literal["opd", 
                 master_weights: Literal["auto", "fp32", "none"] = "auto", gradient_checkpointing: bool = True,
                 rollout: Literal["gathered", "sharded"] = "gathered", teacher_heads: int = 1,
                 train_vision: bool = False, device: Literal["cuda", "cpu"] = "cuda",
-                headroom: float = 0.1) -> MemoryPlan:
+                headroom: float = 0.1, rollout_batch_size: int = 0) -> MemoryPlan:
     """The per-process memory of a run (see the module docstring).
 
     ``student``/``teacher``: a config name, model folder, transformers config or :class:`ModelSize`
@@ -248,6 +248,8 @@ def plan_memory(student: Any, teacher: Any = None, *, objective: Literal["opd", 
     ``teacher_heads``: full copies of the teacher's LM head the exact objective holds under a sharded
     teacher (one per micro-batch in a loop that clones it per micro-batch). ``headroom``: the share
     of ``gpu_memory_gib`` left for the allocator, CUDA context and communication buffers.
+    ``rollout_batch_size``: rollouts per generate call and teacher forward (whole micro-batches;
+    0: all of the step's, as ``videoopd.train``'s default).
     """
     _check("objective", objective, objective in ("opd", "grpo"), "opd or grpo")
     _check("engine", engine, engine in ENGINES, " or ".join(ENGINES))
@@ -259,7 +261,8 @@ def plan_memory(student: Any, teacher: Any = None, *, objective: Literal["opd", 
     _check("device", device, device in ("cuda", "cpu"), "cuda or cpu")
     for name, value, low in (("gpus", gpus, 1), ("video_tokens", video_tokens, 0), ("text_tokens", text_tokens, 0),
                              ("answer_tokens", answer_tokens, 1), ("per_device_train_batch_size", per_device_train_batch_size, 1),
-                             ("gradient_accumulation_steps", gradient_accumulation_steps, 1), ("teacher_heads", teacher_heads, 0)):
+                             ("gradient_accumulation_steps", gradient_accumulation_steps, 1), ("teacher_heads", teacher_heads, 0),
+                             ("rollout_batch_size", rollout_batch_size, 0)):
         _check(name, value, isinstance(value, int) and not isinstance(value, bool) and value >= low,
                f"an int >= {low}")
     _check("gpu_memory_gib", gpu_memory_gib, gpu_memory_gib > 0, "> 0")
@@ -274,7 +277,7 @@ def plan_memory(student: Any, teacher: Any = None, *, objective: Literal["opd", 
               answer_tokens=answer_tokens, per_device_train_batch_size=per_device_train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
               num_generations=num_generations, dtype=dtype, master_weights=master_weights,
               gradient_checkpointing=gradient_checkpointing, rollout=rollout, teacher_heads=teacher_heads,
-              train_vision=train_vision, device=device, headroom=headroom)
+              train_vision=train_vision, device=device, headroom=headroom, rollout_batch_size=rollout_batch_size)
     plan = _plan(s, t, **kw)
     if not plan.fits:
         plan.advice = _advice(plan, s, t, kw)
@@ -285,7 +288,7 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
           teacher_placement: str, video_tokens: int, text_tokens: int, answer_tokens: int, per_device_train_batch_size: int,
           gradient_accumulation_steps: int, num_generations: int | None, dtype: str, master_weights: str,
           gradient_checkpointing: bool, rollout: str, teacher_heads: int, train_vision: bool, device: str,
-          headroom: float) -> MemoryPlan:
+          headroom: float, rollout_batch_size: int) -> MemoryPlan:
     g = num_generations if num_generations is not None else default_num_generations(objective)
     _check("num_generations", g, isinstance(g, int) and g >= 1, "an int >= 1")
     fsdp = engine == "fsdp2"
@@ -293,6 +296,10 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
     w = DTYPE_BYTES[dtype]  # weights' dtype (FSDP2: the dtype units are gathered in)
     a = w  # activations
     seqs = per_device_train_batch_size * g  # sequences of one micro-batch
+    # sequences of one generate call and teacher forward: whole micro-batches, at most the step's
+    per_call = max(1, min(gradient_accumulation_steps, rollout_batch_size // seqs)) if rollout_batch_size else \
+        gradient_accumulation_steps
+    call_seqs = per_call * seqs
     length = video_tokens + text_tokens + answer_tokens
     tokens = seqs * length
     all_phases = PHASES
@@ -363,17 +370,19 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
     elif fsdp:
         add("gathered student units (rollout)", 2 * w * max(s.layer_params, s.vision_block_params)
             + w * (s.embed_params + s.head_params), ("rollout",), "each unit gathered while it runs, every token")
-    cache = 2 * s.layers * s.kv_width * seqs * length * a
-    add("KV cache", cache, ("rollout",), f"{seqs} sequence(s) x {length:,} tokens x {s.layers} layers")
-    patches = 4 * video_tokens * seqs  # 2 x 2 patches merge into one video token
+    cache = 2 * s.layers * s.kv_width * call_seqs * length * a
+    add("KV cache", cache, ("rollout",), f"{call_seqs} sequence(s) of a generate call x {length:,} tokens x "
+        f"{s.layers} layers")
+    patches = 4 * video_tokens * call_seqs  # 2 x 2 patches merge into one video token
+    call_tokens = call_seqs * length
     vision_live = a * patches * _vision_block_no_grad(s) if s.vision_width else 0
-    prefill = max(a * tokens * _layer_no_grad(s), vision_live) + a * tokens * s.width
+    prefill = max(a * call_tokens * _layer_no_grad(s), vision_live) + a * call_tokens * s.width
     add("rollout forward (prefill)", prefill, ("rollout",), "one layer's live tensors without autograd")
 
     # --- teacher scoring
     if t is not None:
-        t_live = max(a * tokens * _layer_no_grad(t), a * patches * _vision_block_no_grad(t) if t.vision_width
-                     else 0) + a * tokens * t.width
+        t_live = max(a * call_tokens * _layer_no_grad(t), a * patches * _vision_block_no_grad(t) if t.vision_width
+                     else 0) + a * call_tokens * t.width
         add("teacher forward", t_live, ("teacher",), "one layer's live tensors without autograd")
         add("teacher answer states", gradient_accumulation_steps * a * seqs * answer_tokens * t.width, ("teacher", "student"),
             "the teacher's hidden states of the answers, kept for the loss")
@@ -395,7 +404,8 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
     settings = dict(objective=objective, gpus=gpus, engine=engine, teacher_placement=placement,
                     video_tokens=video_tokens, text_tokens=text_tokens, answer_tokens=answer_tokens,
                     per_device_train_batch_size=per_device_train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps, num_generations=g, dtype=dtype,
-                    rollout=rollout, teacher_heads=teacher_heads, student=s.name, teacher=t.name if t else None)
+                    rollout=rollout, teacher_heads=teacher_heads, rollout_batch_size=call_seqs,
+                    student=s.name, teacher=t.name if t else None)
     return MemoryPlan(parts, gpu_memory_gib * GIB, headroom, settings)
 
 
@@ -416,6 +426,10 @@ def _advice(plan: MemoryPlan, s: ModelSize, t: ModelSize | None, kw: dict[str, A
         tries.append(("keep one teacher head copy", {"teacher_heads": 1}))
     if not kw["gradient_checkpointing"]:
         tries.append(("--gradient-checkpointing true", {"gradient_checkpointing": True}))
+    one_call = kw["per_device_train_batch_size"] * (kw["num_generations"] or default_num_generations(kw["objective"]))
+    if kw["gradient_accumulation_steps"] > 1 and kw["rollout_batch_size"] != one_call:
+        tries.append((f"--rollout-batch-size {one_call} (one micro-batch's rollouts per generate call)",
+                      {"rollout_batch_size": one_call}))
     if kw["per_device_train_batch_size"] > 1:
         tries.append(("--per-device-train-batch-size 1 (raise --gradient-accumulation-steps to keep the effective "
                       "batch)", {"per_device_train_batch_size": 1}))

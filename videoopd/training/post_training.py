@@ -104,7 +104,8 @@ def run_memory_plan(cfg: Any, accelerator: Any, student: Any, teacher: Any, deco
                        num_generations=cfg.num_generations, dtype=dtypes.get(next(student.parameters()).dtype, "fp32"),
                        master_weights=cfg.master_weights, gradient_checkpointing=cfg.gradient_checkpointing,
                        rollout="gathered" if cfg.gather_for_generation else "sharded", train_vision=cfg.train_vision,
-                       device="cuda" if accelerator.device.type == "cuda" else "cpu")
+                       device="cuda" if accelerator.device.type == "cuda" else "cpu",
+                       rollout_batch_size=cfg.rollout_batch_size)
 
 
 def fit_warning(plan: MemoryPlan, decode_config: Any) -> str:

@@ -44,7 +44,11 @@ def test_fsdp2_state_is_the_hand_arithmetic(sizes):
     assert part["teacher weights"] == pytest.approx(2 * t.params / 8)  # bf16 shards
     assert part["rollout copy of the student"] == pytest.approx(2 * s.params)  # the gathered bf16 student
     assert part["teacher head copies"] == pytest.approx(2 * 151_936 * 5_120)
-    assert part["KV cache"] == pytest.approx(2 * 36 * 1024 * (16_384 + 160 + 64) * 2)
+    # the step's 4 micro-batches in one generate call (--rollout-batch-size 0), or one a call
+    assert part["KV cache"] == pytest.approx(4 * 2 * 36 * 1024 * (16_384 + 160 + 64) * 2)
+    one_a_call = plan_memory(s, t, gpus=8, video_tokens=16_384, gradient_accumulation_steps=4, rollout_batch_size=1)
+    assert {p.name: p.bytes for p in one_a_call.parts}["KV cache"] == pytest.approx(part["KV cache"] / 4)
+    assert one_a_call.phase_bytes("rollout") < plan.phase_bytes("rollout")
     # docs/scaling-out.md: 16 bytes a trained student parameter (4 for a frozen one) + 2 a teacher
     # parameter, over 8 GPUs: 25.0 GB
     state = sum(part[k] for k in ("student weights", "student gradients", "AdamW state", "teacher weights"))
