@@ -13,7 +13,7 @@ from videoopd import train as T
 from videoopd.training.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = ("train", "sft", "eval", "compare", "synthetic", "tiny")
+COMMANDS = ("train", "sft", "eval", "compare", "synthetic", "tiny", "plan")
 
 
 def test_console_scripts_name_each_command():
