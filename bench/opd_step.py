@@ -416,7 +416,7 @@ class StepRunner:
         from videoopd.algo.objectives import answer_slice, score_rollout, scoring_inputs
         from videoopd.qwen.models import policy_head_forward
 
-        inputs, rollout, _ = rolled
+        inputs, rollout = rolled.inputs, rolled.rollout
         view = score_rollout(self.teacher, self.teacher, inputs, rollout, objective="full",
                              temperature=self.grid.temperature, vocab_size=self.grid.vocab, device=self.device)
         clock.lap("teacher")
@@ -435,7 +435,7 @@ class StepRunner:
 
         from videoopd.algo.objectives import scoring_inputs
 
-        inputs, rollout, _ = rolled
+        inputs, rollout = rolled.inputs, rolled.rollout
         model_inputs = scoring_inputs(inputs, rollout, self.device)
         with torch.no_grad():
             teacher_logits = self.teacher(**model_inputs).logits  # [B, L, V], as TRL's trainer holds it
