@@ -39,22 +39,47 @@ WRITTEN = pytest.StashKey[tuple]()
 
 def pytest_addoption(parser):
     group = parser.getgroup("opd-bench", "opd_kernels benchmarks (bench/)")
-    group.addoption("--bench-shapes", default="auto", choices=GRID_CHOICES,
-                    help="shape grid (bench/shapes.py): auto = smoke with --benchmark-disable, else reference on "
-                         "CUDA and cpu elsewhere")
-    group.addoption("--bench-tokens", default=None, metavar="N,N,...",
-                    help="token counts replacing the grid's, e.g. 4096,16384")
-    group.addoption("--bench-ops", default=None, metavar="OP,...",
-                    help=f"kernels or kernel-mode keys to run, from {', '.join((*KERNELS, *OP_MODES))}")
-    group.addoption("--bench-providers", default=None, metavar="NAME,...",
-                    help=f"providers to run, from {', '.join(PROVIDER_NAMES)}")
+    group.addoption(
+        "--bench-shapes",
+        default="auto",
+        choices=GRID_CHOICES,
+        help="shape grid (bench/shapes.py): auto = smoke with --benchmark-disable, else reference on "
+        "CUDA and cpu elsewhere",
+    )
+    group.addoption(
+        "--bench-tokens", default=None, metavar="N,N,...", help="token counts replacing the grid's, e.g. 4096,16384"
+    )
+    group.addoption(
+        "--bench-ops",
+        default=None,
+        metavar="OP,...",
+        help=f"kernels or kernel-mode keys to run, from {', '.join((*KERNELS, *OP_MODES))}",
+    )
+    group.addoption(
+        "--bench-providers",
+        default=None,
+        metavar="NAME,...",
+        help=f"providers to run, from {', '.join(PROVIDER_NAMES)}",
+    )
     group.addoption("--bench-dtype", default="bf16", choices=tuple(DTYPES), help="input dtype (default bf16)")
-    group.addoption("--bench-results-dir", default=None, metavar="DIR",
-                    help="where the results go (default bench/results, or a temp dir with --benchmark-disable)")
-    group.addoption("--bench-peak-tflops", type=float, default=None,
-                    help="bf16 dense peak of this device, for a GPU missing from bench/measure.py's table")
-    group.addoption("--bench-seconds", type=float, default=1.0,
-                    help="time to spend timing one case: rounds = this / one call, within [5, 100]")
+    group.addoption(
+        "--bench-results-dir",
+        default=None,
+        metavar="DIR",
+        help="where the results go (default bench/results, or a temp dir with --benchmark-disable)",
+    )
+    group.addoption(
+        "--bench-peak-tflops",
+        type=float,
+        default=None,
+        help="bf16 dense peak of this device, for a GPU missing from bench/measure.py's table",
+    )
+    group.addoption(
+        "--bench-seconds",
+        type=float,
+        default=1.0,
+        help="time to spend timing one case: rounds = this / one call, within [5, 100]",
+    )
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -93,12 +118,21 @@ def bench_context_of(config) -> BenchContext:
         device = DeviceInfo.detect(config.getoption("--bench-peak-tflops"))
         disabled = _benchmark_disabled(config)
         tokens = _split(config.getoption("--bench-tokens"))
-        grid = resolve_grid(config.getoption("--bench-shapes"), cuda=device.device.type == "cuda",
-                            benchmark_disabled=disabled,
-                            token_counts=tuple(int(n) for n in tokens) if tokens else None)
+        grid = resolve_grid(
+            config.getoption("--bench-shapes"),
+            cuda=device.device.type == "cuda",
+            benchmark_disabled=disabled,
+            token_counts=tuple(int(n) for n in tokens) if tokens else None,
+        )
         config.stash[CONTEXT] = BenchContext(
-            device=device, grid=grid, dtype=DTYPES[config.getoption("--bench-dtype")], benchmark_disabled=disabled,
-            target_seconds=config.getoption("--bench-seconds"), min_rounds=5, max_rounds=100)
+            device=device,
+            grid=grid,
+            dtype=DTYPES[config.getoption("--bench-dtype")],
+            benchmark_disabled=disabled,
+            target_seconds=config.getoption("--bench-seconds"),
+            min_rounds=5,
+            max_rounds=100,
+        )
     return config.stash[CONTEXT]
 
 
@@ -124,18 +158,34 @@ def pytest_generate_tests(metafunc):
     for name, shapes in (("speed_case", ctx.grid.shapes()), ("accuracy_case", [ctx.grid.accuracy_shape])):
         if name not in metafunc.fixturenames:
             continue
-        cases = [pytest.param(Case(op, p, shape), id=Case(op, p, shape).id)
-                 for op in ops for p in providers for shape in shapes]
-        metafunc.parametrize(name, cases or [pytest.param(None, id="not-selected", marks=pytest.mark.skip(
-            reason="no case of this kernel matches --bench-ops / --bench-providers"))])
+        cases = [
+            pytest.param(Case(op, p, shape), id=Case(op, p, shape).id)
+            for op in ops
+            for p in providers
+            for shape in shapes
+        ]
+        metafunc.parametrize(
+            name,
+            cases
+            or [
+                pytest.param(
+                    None,
+                    id="not-selected",
+                    marks=pytest.mark.skip(reason="no case of this kernel matches --bench-ops / --bench-providers"),
+                )
+            ],
+        )
 
 
 def pytest_report_header(config):
     ctx = bench_context_of(config)
     where = config.getoption("--bench-results-dir") or (
-        "a temporary directory (--benchmark-disable)" if ctx.benchmark_disabled else str(DEFAULT_RESULTS_DIR))
-    return [f"opd bench: {ctx.device.name}; grid {ctx.grid.name} ({ctx.grid.description}); "
-            f"{str(ctx.dtype).removeprefix('torch.')}; results -> {where}"]
+        "a temporary directory (--benchmark-disable)" if ctx.benchmark_disabled else str(DEFAULT_RESULTS_DIR)
+    )
+    return [
+        f"opd bench: {ctx.device.name}; grid {ctx.grid.name} ({ctx.grid.description}); "
+        f"{str(ctx.dtype).removeprefix('torch.')}; results -> {where}"
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,13 +217,23 @@ def _meta(config, ctx: BenchContext, now: datetime) -> dict:
         "dtype": str(ctx.dtype).removeprefix("torch."),
         "temperature": ctx.grid.temperature,
         "topk": ctx.grid.topk,
-        "accuracy_shape": {"tokens": acc.tokens, "vocab": acc.vocab, "student_dim": acc.student_dim,
-                           "teacher_dim": acc.teacher_dim},
-        "timing_mode": ("smoke: one call per case (--benchmark-disable)" if ctx.benchmark_disabled else
-                        f"pytest-benchmark, {ctx.min_rounds} to {ctx.max_rounds} rounds filling "
-                        f"~{ctx.target_seconds:g} s after a warm-up call"),
-        "memory_method": ("CUDA allocator peak minus what was allocated before the call" if device.device.type == "cuda"
-                          else "CPU allocator timeline from torch.profiler(profile_memory=True)"),
+        "accuracy_shape": {
+            "tokens": acc.tokens,
+            "vocab": acc.vocab,
+            "student_dim": acc.student_dim,
+            "teacher_dim": acc.teacher_dim,
+        },
+        "timing_mode": (
+            "smoke: one call per case (--benchmark-disable)"
+            if ctx.benchmark_disabled
+            else f"pytest-benchmark, {ctx.min_rounds} to {ctx.max_rounds} rounds filling "
+            f"~{ctx.target_seconds:g} s after a warm-up call"
+        ),
+        "memory_method": (
+            "CUDA allocator peak minus what was allocated before the call"
+            if device.device.type == "cuda"
+            else "CPU allocator timeline from torch.profiler(profile_memory=True)"
+        ),
         "command": " ".join(["pytest", *config.invocation_params.args]),
         "version": f"{opd_kernels.__version__}+g{report.git_commit(('opd_kernels',))}",
         "packages": _package_versions(),

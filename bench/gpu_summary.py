@@ -36,8 +36,11 @@ RELATIVE_GOALS = (
 def _parts(log: Path) -> list[list[str]]:
     if not log.exists():
         return []
-    return [line[len(PART_PREFIX):].rstrip("\n").split("\t") for line in log.read_text(errors="replace").splitlines()
-            if line.startswith(PART_PREFIX)]
+    return [
+        line[len(PART_PREFIX) :].rstrip("\n").split("\t")
+        for line in log.read_text(errors="replace").splitlines()
+        if line.startswith(PART_PREFIX)
+    ]
 
 
 def _pytest_outcome(path: Path) -> str:
@@ -51,8 +54,17 @@ def _pytest_outcome(path: Path) -> str:
             if " passed" in line or " failed" in line or " error" in line or " skipped" in line:
                 return line.strip("= ")
     progress = "".join(line.split(" [")[0] for line in lines if set(line.split(" [")[0]) <= set(".FEsxX"))
-    counts = {name: progress.count(ch) for ch, name in (
-        (".", "passed"), ("F", "failed"), ("E", "errors"), ("s", "skipped"), ("x", "xfailed"), ("X", "xpassed"))}
+    counts = {
+        name: progress.count(ch)
+        for ch, name in (
+            (".", "passed"),
+            ("F", "failed"),
+            ("E", "errors"),
+            ("s", "skipped"),
+            ("x", "xfailed"),
+            ("X", "xpassed"),
+        )
+    }
     done = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
     return f"no closing line (stopped early?); so far: {done or 'nothing'}"
 
@@ -64,8 +76,16 @@ def _fmt_mb(mb: float | None) -> str:
 
 
 def _best_ours(rows: list[Row], kernel: str, mode: str, tokens: int) -> Row | None:
-    ours = [r for r in rows if r.kind == "speed" and r.kernel == kernel and r.mode == mode and r.tokens == tokens
-            and r.family == "ours" and r.ok]
+    ours = [
+        r
+        for r in rows
+        if r.kind == "speed"
+        and r.kernel == kernel
+        and r.mode == mode
+        and r.tokens == tokens
+        and r.family == "ours"
+        and r.ok
+    ]
     return min(ours, key=lambda r: r.median_ms) if ours else None
 
 
@@ -85,12 +105,21 @@ def bench_lines(rows: list[Row]) -> list[str]:
             cells = []
             if best is not None:
                 peak = f", {100 * best.peak_fraction:.0f}% of peak" if best.peak_fraction is not None else ""
-                cells.append(f"ours best `{best.provider}` {best.median_ms:.3g} ms, {best.tflops:.3g} TFLOP/s{peak}, "
-                             f"{_fmt_mb(best.peak_extra_mb)}")
+                cells.append(
+                    f"ours best `{best.provider}` {best.median_ms:.3g} ms, {best.tflops:.3g} TFLOP/s{peak}, "
+                    f"{_fmt_mb(best.peak_extra_mb)}"
+                )
             else:
                 cells.append("no ours row")
-            for other in sorted({r.provider for r in rows if r.kind == "speed" and r.family != "ours"
-                                 and (r.kernel, r.mode, r.tokens) == (kernel, mode, tokens)}):
+            for other in sorted(
+                {
+                    r.provider
+                    for r in rows
+                    if r.kind == "speed"
+                    and r.family != "ours"
+                    and (r.kernel, r.mode, r.tokens) == (kernel, mode, tokens)
+                }
+            ):
                 r = _row(rows, kernel, mode, tokens, other)
                 if r.ok and best is not None:
                     cells.append(f"`{other}` {r.median_ms:.3g} ms ({r.median_ms / best.median_ms:.2f}x ours' time)")
@@ -109,13 +138,17 @@ def goal_lines(rows: list[Row]) -> list[str]:
                 lines.append(f"- {kernel} {mode} N = {tokens:,}: no measured row with a known peak")
                 continue
             verdict = "met" if best.peak_fraction >= fraction else "NOT met"
-            text = (f"- {kernel} {mode} N = {tokens:,}: {100 * best.peak_fraction:.0f}% of peak "
-                    f"(goal >= {100 * fraction:.0f}%): {verdict}")
+            text = (
+                f"- {kernel} {mode} N = {tokens:,}: {100 * best.peak_fraction:.0f}% of peak "
+                f"(goal >= {100 * fraction:.0f}%): {verdict}"
+            )
             if peer:
                 theirs = _row(rows, kernel, mode, tokens, peer)
                 if theirs is not None and theirs.ok:
                     speedup = theirs.median_ms / best.median_ms
-                    text += f"; {speedup:.2f}x `{peer}` (goal >= {factor:g}x): {'met' if speedup >= factor else 'NOT met'}"
+                    text += (
+                        f"; {speedup:.2f}x `{peer}` (goal >= {factor:g}x): {'met' if speedup >= factor else 'NOT met'}"
+                    )
                 else:
                     text += f"; `{peer}`: {theirs.status if theirs else 'no row'}"
             floor = _row(rows, kernel, mode, tokens, "matmul-floor")
@@ -149,8 +182,10 @@ def step_lines(path: Path) -> list[str]:
         return ["- no opd_step.json (the step did not start or was stopped before writing)"]
     record = json.loads(path.read_text())
     meta, rows = record["meta"], record["rows"]
-    lines = [f"- {meta['device']}: student {meta['student']}, teacher {meta['teacher']}, V = {meta['vocab']:,}, "
-             f"{meta['dtype']}, at most {meta['answer_tokens']} answer tokens; trl {meta.get('trl') or 'not installed'}"]
+    lines = [
+        f"- {meta['device']}: student {meta['student']}, teacher {meta['teacher']}, V = {meta['vocab']:,}, "
+        f"{meta['dtype']}, at most {meta['answer_tokens']} answer tokens; trl {meta.get('trl') or 'not installed'}"
+    ]
     longest: dict[str, int] = {}
     for row in rows:
         name = row["provider"] if not row["provider"].startswith("ours") else f"{row['provider']} ({row['objective']})"
@@ -159,9 +194,11 @@ def step_lines(path: Path) -> list[str]:
             continue
         longest[name] = max(longest.get(name, 0), row["video_tokens"])
         mfu = f", MFU {100 * row['mfu']:.1f}%" if row.get("mfu") is not None else ""
-        lines.append(f"  - {name}, {row['video_tokens']:,} video tokens: step {row['step_s']:.2f} s (rollout "
-                     f"{row['rollout_s']:.2f}, teacher {row['teacher_s']:.2f}, student {row['student_s']:.2f}, "
-                     f"optimizer {row['optimizer_s']:.2f}), peak growth {row['peak_growth_mib'] / 1024:.1f} GiB{mfu}")
+        lines.append(
+            f"  - {name}, {row['video_tokens']:,} video tokens: step {row['step_s']:.2f} s (rollout "
+            f"{row['rollout_s']:.2f}, teacher {row['teacher_s']:.2f}, student {row['student_s']:.2f}, "
+            f"optimizer {row['optimizer_s']:.2f}), peak growth {row['peak_growth_mib'] / 1024:.1f} GiB{mfu}"
+        )
     if longest:
         lines.append("  - longest video run: " + ", ".join(f"{k} {v:,}" for k, v in longest.items()))
     return lines
@@ -183,8 +220,11 @@ def summary(out: Path) -> str:
         except (KeyError, TypeError, ValueError):
             continue
         rows += file_rows
-        lines += [f"## Kernel benchmarks ({path.name}: {meta.get('device_name')}, grid {meta.get('grid')}, "
-                  f"{meta.get('dtype')})", ""]
+        lines += [
+            f"## Kernel benchmarks ({path.name}: {meta.get('device_name')}, grid {meta.get('grid')}, "
+            f"{meta.get('dtype')})",
+            "",
+        ]
     if rows:
         lines += bench_lines(rows) + ["", "Goals:", *goal_lines(rows), *relative_goal_lines(rows), ""]
     else:

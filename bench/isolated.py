@@ -74,8 +74,9 @@ def _child(args) -> dict:
     op = OP_MODES[args.op]
     provider = next(p for p in PROVIDERS if p.name == args.provider and op.kernel in p.kernels)
     shape = Shape(*args.shape)
-    inputs = make_inputs(op, shape, dtype=DTYPES[args.dtype], device=torch.device("cpu"), topk=20,
-                         temperature=args.temperature)
+    inputs = make_inputs(
+        op, shape, dtype=DTYPES[args.dtype], device=torch.device("cpu"), topk=20, temperature=args.temperature
+    )
     call, reset = make_call(op, provider, inputs)
     gc.collect()
     import opd_kernels
@@ -129,9 +130,25 @@ def run_json_child(cmd: list[str], kind: str, *, cwd: str | None = None, pythonp
 
 def _run_child(args, provider: str, kind: str) -> dict:
     provider, _, kernels_dir = provider.partition("@")
-    cmd = [sys.executable, "-m", "bench.isolated", "--child", kind, "--provider", provider, "--op", args.op,
-           "--shape", ",".join(map(str, args.shape)), "--dtype", args.dtype, "--calls", str(args.calls),
-           "--temperature", str(args.temperature)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.isolated",
+        "--child",
+        kind,
+        "--provider",
+        provider,
+        "--op",
+        args.op,
+        "--shape",
+        ",".join(map(str, args.shape)),
+        "--dtype",
+        args.dtype,
+        "--calls",
+        str(args.calls),
+        "--temperature",
+        str(args.temperature),
+    ]
     if kernels_dir:
         # python -m puts the working directory first on sys.path: start in DIR, not the repo.
         kernels_dir = str(Path(kernels_dir).resolve())
@@ -144,14 +161,19 @@ def _fmt(value, spec: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.isolated", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--op", default="fused_reverse_kl-full",
-                        help="op mode key from bench/providers.py (fused_reverse_kl-full, token_logprobs-full, ...)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.isolated", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--op",
+        default="fused_reverse_kl-full",
+        help="op mode key from bench/providers.py (fused_reverse_kl-full, token_logprobs-full, ...)",
+    )
     parser.add_argument("--shape", default="2048,32000,256,512", help="N,V,D_s,D_t")
     parser.add_argument("--dtype", default="fp32", choices=_DTYPES)
-    parser.add_argument("--providers", default="naive,ours-torch",
-                        help="comma-separated; the first is the baseline of the ratios")
+    parser.add_argument(
+        "--providers", default="naive,ours-torch", help="comma-separated; the first is the baseline of the ratios"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="rounds of fresh processes per provider")
     parser.add_argument("--calls", type=int, default=3, help="timed calls per time child, after one warm-up call")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -183,9 +205,13 @@ def main(argv=None) -> int:
             timing = _run_child(args, provider, "time")
             memory = _run_child(args, provider, "memory")
             runs[provider].append({"time": timing, "memory": memory})
-            print(f"# repeat {repeat + 1}/{args.repeats} {provider}: "
-                  f"{timing.get('error') or format(timing['median_ms'], '.1f') + ' ms'} "
-                  f"(opd_kernels from {timing.get('opd_kernels', '?')})", file=sys.stderr, flush=True)
+            print(
+                f"# repeat {repeat + 1}/{args.repeats} {provider}: "
+                f"{timing.get('error') or format(timing['median_ms'], '.1f') + ' ms'} "
+                f"(opd_kernels from {timing.get('opd_kernels', '?')})",
+                file=sys.stderr,
+                flush=True,
+            )
 
     summary = {}
     for provider in providers:
@@ -198,30 +224,53 @@ def main(argv=None) -> int:
             return statistics.median(values) if values else None
 
         summary[provider] = {
-            "median_ms": statistics.median(times) if times else None, "repeat_ms": times,
+            "median_ms": statistics.median(times) if times else None,
+            "repeat_ms": times,
             "first_call_rss_growth_mib": med("first_call_rss_growth_mib"),
             "steady_rss_growth_mib": med("steady_rss_growth_mib"),
-            "allocator_peak_mib": med("allocator_peak_mib"), "errors": errors,
+            "allocator_peak_mib": med("allocator_peak_mib"),
+            "errors": errors,
         }
     base = summary[providers[0]]
-    print(f"{args.op} N,V,D_s,D_t={','.join(map(str, args.shape))} {args.dtype}, {args.repeats} repeat(s) x "
-          f"{args.calls} call(s), each provider in its own processes")
-    print(f"{'provider':26s} {'median ms':>10s} {'x base':>7s} {'1st-call RSS+':>14s} {'steady RSS+':>12s} "
-          f"{'x base':>7s} {'alloc peak':>11s}  repeats (ms)")
+    print(
+        f"{args.op} N,V,D_s,D_t={','.join(map(str, args.shape))} {args.dtype}, {args.repeats} repeat(s) x "
+        f"{args.calls} call(s), each provider in its own processes"
+    )
+    print(
+        f"{'provider':26s} {'median ms':>10s} {'x base':>7s} {'1st-call RSS+':>14s} {'steady RSS+':>12s} "
+        f"{'x base':>7s} {'alloc peak':>11s}  repeats (ms)"
+    )
     for provider in providers:
         s = summary[provider]
         ratio_t = s["median_ms"] / base["median_ms"] if s["median_ms"] and base["median_ms"] else None
-        ratio_m = (s["steady_rss_growth_mib"] / base["steady_rss_growth_mib"]
-                   if s["steady_rss_growth_mib"] is not None and base["steady_rss_growth_mib"] else None)
-        print(f"{provider:26s} {_fmt(s['median_ms'], '10.1f')} {_fmt(ratio_t, '7.2f')} "
-              f"{_fmt(s['first_call_rss_growth_mib'], '10.1f')} MiB {_fmt(s['steady_rss_growth_mib'], '8.1f')} MiB "
-              f"{_fmt(ratio_m, '7.3f')} {_fmt(s['allocator_peak_mib'], '7.1f')} MiB  "
-              f"{', '.join(format(t, '.0f') for t in s['repeat_ms'])}"
-              + (f"  errors: {s['errors'][0]}" if s["errors"] else ""))
+        ratio_m = (
+            s["steady_rss_growth_mib"] / base["steady_rss_growth_mib"]
+            if s["steady_rss_growth_mib"] is not None and base["steady_rss_growth_mib"]
+            else None
+        )
+        print(
+            f"{provider:26s} {_fmt(s['median_ms'], '10.1f')} {_fmt(ratio_t, '7.2f')} "
+            f"{_fmt(s['first_call_rss_growth_mib'], '10.1f')} MiB {_fmt(s['steady_rss_growth_mib'], '8.1f')} MiB "
+            f"{_fmt(ratio_m, '7.3f')} {_fmt(s['allocator_peak_mib'], '7.1f')} MiB  "
+            f"{', '.join(format(t, '.0f') for t in s['repeat_ms'])}"
+            + (f"  errors: {s['errors'][0]}" if s["errors"] else "")
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"op": args.op, "shape": args.shape, "dtype": args.dtype,
-                                               "repeats": args.repeats, "calls": args.calls, "summary": summary,
-                                               "runs": runs}, indent=1) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "op": args.op,
+                    "shape": args.shape,
+                    "dtype": args.dtype,
+                    "repeats": args.repeats,
+                    "calls": args.calls,
+                    "summary": summary,
+                    "runs": runs,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     return 0
 
 

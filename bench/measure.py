@@ -6,8 +6,8 @@ import gc
 import platform
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ class DeviceInfo:
     peak_tflops: float | None  # bf16 dense; None on CPU or for an unlisted GPU
 
     @classmethod
-    def detect(cls, peak_override: float | None = None) -> "DeviceInfo":
+    def detect(cls, peak_override: float | None = None) -> DeviceInfo:
         if torch.cuda.is_available():
             name = torch.cuda.get_device_name(0)
             peak = peak_override or bf16_dense_peak_tflops(name)

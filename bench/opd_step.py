@@ -136,12 +136,25 @@ def _shape(width, layers, vision_width, vision_blocks):
 
 
 PRESETS: dict[str, Grid] = {
-    "cpu-smoke": Grid(_shape(64, 1, 64, 1), _shape(96, 1, 64, 1), vocab=4096, video_tokens=(64, 256),
-                      answer_tokens=8, steps=2),
-    "cpu": Grid(_shape(256, 2, 256, 2), _shape(512, 2, 256, 2), vocab=QWEN_VOCAB,
-                video_tokens=(1024, 4096, 8192), steps=3, memory_limit_gib=16.0),
-    "gpu": Grid(ARCHITECTURES["qwen3-vl-2b"], ARCHITECTURES["qwen3-vl-8b"], vocab=QWEN_VOCAB,
-                video_tokens=(4096, 16384, 32768, 65536, 131072), steps=8, dtype="bf16"),
+    "cpu-smoke": Grid(
+        _shape(64, 1, 64, 1), _shape(96, 1, 64, 1), vocab=4096, video_tokens=(64, 256), answer_tokens=8, steps=2
+    ),
+    "cpu": Grid(
+        _shape(256, 2, 256, 2),
+        _shape(512, 2, 256, 2),
+        vocab=QWEN_VOCAB,
+        video_tokens=(1024, 4096, 8192),
+        steps=3,
+        memory_limit_gib=16.0,
+    ),
+    "gpu": Grid(
+        ARCHITECTURES["qwen3-vl-2b"],
+        ARCHITECTURES["qwen3-vl-8b"],
+        vocab=QWEN_VOCAB,
+        video_tokens=(4096, 16384, 32768, 65536, 131072),
+        steps=8,
+        dtype="bf16",
+    ),
 }
 
 
@@ -177,24 +190,43 @@ class StepRow:
 def qwen3_vl_config(tokenizer, shape: ModelShape, vocab: int):
     from transformers import Qwen3VLConfig
 
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    ids = {
+        name: tokenizer.convert_tokens_to_ids(token)
+        for name, token in (
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        )
+    }
     text = {
-        "vocab_size": vocab, "hidden_size": shape.width, "intermediate_size": shape.intermediate,
-        "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
-        "num_key_value_heads": shape.kv_heads, "head_dim": shape.head_dim, "max_position_embeddings": 262_144,
+        "vocab_size": vocab,
+        "hidden_size": shape.width,
+        "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "head_dim": shape.head_dim,
+        "max_position_embeddings": 262_144,
         "rope_scaling": {"rope_type": "default", "mrope_section": list(shape.mrope_section), "mrope_interleaved": True},
         "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"), "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        "pad_token_id": tokenizer.pad_token_id,
         "tie_word_embeddings": shape.tied,
     }
     vision_heads = max(1, shape.vision_width // 64)
     vision = {
-        "depth": shape.vision_blocks, "hidden_size": shape.vision_width,
-        "intermediate_size": shape.vision_width * 4, "num_heads": vision_heads, "out_hidden_size": shape.width,
-        "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 2304,
-        "deepstack_visual_indexes": [i * shape.vision_blocks // 4 for i in range(1, 4)] if shape.vision_blocks >= 4
+        "depth": shape.vision_blocks,
+        "hidden_size": shape.vision_width,
+        "intermediate_size": shape.vision_width * 4,
+        "num_heads": vision_heads,
+        "out_hidden_size": shape.width,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 2304,
+        "deepstack_visual_indexes": [i * shape.vision_blocks // 4 for i in range(1, 4)]
+        if shape.vision_blocks >= 4
         else list(range(min(shape.vision_blocks, 3))),
     }
     return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=shape.tied, **ids)
@@ -209,7 +241,8 @@ def build_model(config, tokenizer, device, dtype, seed: int, *, trainable: bool)
     torch.manual_seed(seed)
     with torch.device(device):  # initialise on the device: billions of parameters
         model = Qwen3VLForConditionalGeneration._from_config(
-            config, dtype=dtype, attn_implementation=attn_implementation_for(device))
+            config, dtype=dtype, attn_implementation=attn_implementation_for(device)
+        )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     return prepare_policy(model, trainable=trainable)
@@ -222,18 +255,30 @@ def synthetic_video(frames: int, size: int, fps: float = 2.0):
     from videoopd.data.video import DecodedVideo
 
     ramp = torch.linspace(0, 255, size)
-    background = torch.stack([ramp.view(size, 1).expand(size, size), ramp.view(1, size).expand(size, size),
-                              255 - ramp.view(size, 1).expand(size, size)])
+    background = torch.stack(
+        [
+            ramp.view(size, 1).expand(size, size),
+            ramp.view(1, size).expand(size, size),
+            255 - ramp.view(size, 1).expand(size, size),
+        ]
+    )
     video = background.unsqueeze(0).repeat(frames, 1, 1, 1)
     side = max(4, size // 8)
     for t in range(frames):
         x0 = int((size - side) * t / max(1, frames - 1))
-        video[t, 0, size // 3: size // 3 + side, x0: x0 + side] = 255
-        video[t, 1:, size // 3: size // 3 + side, x0: x0 + side] = 0
-    return DecodedVideo(path="synthetic://moving-square", frames=video.to(torch.uint8).contiguous(),
-                        frame_indices=list(range(frames)), timestamps=[t / fps for t in range(frames)],
-                        source_fps=fps, source_num_frames=frames, window_num_frames=frames,
-                        source_size=(size, size), backend="synthetic")
+        video[t, 0, size // 3 : size // 3 + side, x0 : x0 + side] = 255
+        video[t, 1:, size // 3 : size // 3 + side, x0 : x0 + side] = 0
+    return DecodedVideo(
+        path="synthetic://moving-square",
+        frames=video.to(torch.uint8).contiguous(),
+        frame_indices=list(range(frames)),
+        timestamps=[t / fps for t in range(frames)],
+        source_fps=fps,
+        source_num_frames=frames,
+        window_num_frames=frames,
+        source_size=(size, size),
+        backend="synthetic",
+    )
 
 
 def video_batch(processor, video_tokens: int, batch: int):
@@ -246,9 +291,22 @@ def video_batch(processor, video_tokens: int, batch: int):
     frames = 2 * max(1, math.ceil(video_tokens / per_pair))
     video = synthetic_video(frames, side)
     duration = frames / 2.0
-    items = [{"record": GroundingRecord(id=f"synthetic-{i}", video=video.path, query="the red square crosses the frame",
-                                        span=(0.25 * duration, 0.75 * duration), duration=duration, source="synthetic"),
-              "video": video, "error": None, "data_issue": None} for i in range(batch)]
+    items = [
+        {
+            "record": GroundingRecord(
+                id=f"synthetic-{i}",
+                video=video.path,
+                query="the red square crosses the frame",
+                span=(0.25 * duration, 0.75 * duration),
+                duration=duration,
+                source="synthetic",
+            ),
+            "video": video,
+            "error": None,
+            "data_issue": None,
+        }
+        for i in range(batch)
+    ]
     return GroundingCollator(processor)(items)
 
 
@@ -271,8 +329,11 @@ def reference_generalized_jsd(student_logits, teacher_logits, labels, beta: floa
 
     s = F.log_softmax(student_logits / temperature, dim=-1)
     t = F.log_softmax(teacher_logits / temperature, dim=-1)
-    jsd = F.kl_div(t, s, reduction="none", log_target=True) if beta == 1 else \
-        F.kl_div(s, t, reduction="none", log_target=True)
+    jsd = (
+        F.kl_div(t, s, reduction="none", log_target=True)
+        if beta == 1
+        else F.kl_div(s, t, reduction="none", log_target=True)
+    )
     mask = labels != -100
     return jsd[mask].sum() / mask.sum()
 
@@ -374,9 +435,15 @@ class StepRunner:
         self.student, self.teacher = student, teacher
         self.optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
         reuse = provider == "ours"  # TRL's trainers encode the video in each forward
-        self.opd = DistillationObjective(teacher, processor, objective=objective, reduction="sum",
-                                         max_new_tokens=grid.answer_tokens, temperature=grid.temperature,
-                                         reuse_vision=reuse)
+        self.opd = DistillationObjective(
+            teacher,
+            processor,
+            objective=objective,
+            reduction="sum",
+            max_new_tokens=grid.answer_tokens,
+            temperature=grid.temperature,
+            reuse_vision=reuse,
+        )
         if provider in OURS:
             self.loss_impl = f"videoopd DistillationObjective ({objective})" + ("" if reuse else ", vision re-encoded")
         elif provider == "trl-full-logits":
@@ -417,15 +484,29 @@ class StepRunner:
         from videoopd.qwen.models import policy_head_forward
 
         inputs, rollout = rolled.inputs, rolled.rollout
-        view = score_rollout(self.teacher, self.teacher, inputs, rollout, objective="full",
-                             temperature=self.grid.temperature, vocab_size=self.grid.vocab, device=self.device)
+        view = score_rollout(
+            self.teacher,
+            self.teacher,
+            inputs,
+            rollout,
+            objective="full",
+            temperature=self.grid.temperature,
+            vocab_size=self.grid.vocab,
+            device=self.device,
+        )
         clock.lap("teacher")
 
         def head_fn(hidden, weight):
             h, _, mask = answer_slice(hidden, rollout)
-            loss, _, _ = self.chunked(h, view["teacher_hidden"].to(h.dtype), weight,
-                                      view["teacher_head"].to(h.dtype), mask, 1.0,
-                                      temperature=self.grid.temperature)
+            loss, _, _ = self.chunked(
+                h,
+                view["teacher_hidden"].to(h.dtype),
+                weight,
+                view["teacher_head"].to(h.dtype),
+                mask,
+                1.0,
+                temperature=self.grid.temperature,
+            )
             return loss
 
         return policy_head_forward(self.student, self.student, scoring_inputs(inputs, rollout, self.device), head_fn)
@@ -441,10 +522,15 @@ class StepRunner:
             teacher_logits = self.teacher(**model_inputs).logits  # [B, L, V], as TRL's trainer holds it
         clock.lap("teacher")
         labels = rollout.sequences.to(self.device).masked_fill(~rollout.answer_mask.to(self.device), -100)
-        labels[:, :rollout.prompt_length] = -100
+        labels[:, : rollout.prompt_length] = -100
         student_logits = self.student(**model_inputs).logits
-        return self.jsd(student_logits[:, :-1], teacher_logits[:, :-1], labels=labels[:, 1:], beta=1.0,
-                        temperature=self.grid.temperature)
+        return self.jsd(
+            student_logits[:, :-1],
+            teacher_logits[:, :-1],
+            labels=labels[:, 1:],
+            beta=1.0,
+            temperature=self.grid.temperature,
+        )
 
 
 def step_flops(grid: Grid, prompt_tokens: int, answer_tokens: int, video_tokens: int, provider: str) -> float:
@@ -462,12 +548,16 @@ def step_flops(grid: Grid, prompt_tokens: int, answer_tokens: int, video_tokens:
         return 2 * shape.vision_params() * patches
 
     head_tokens = length if provider == "trl-full-logits" else answer_tokens
-    rollout = vision(grid.student) + forward(grid.student, prompt_tokens, 1) + \
-        sum(forward(grid.student, 1, 1) + 4 * grid.student.layers * (prompt_tokens + i) * grid.student.width
-            for i in range(answer_tokens))
+    rollout = (
+        vision(grid.student)
+        + forward(grid.student, prompt_tokens, 1)
+        + sum(
+            forward(grid.student, 1, 1) + 4 * grid.student.layers * (prompt_tokens + i) * grid.student.width
+            for i in range(answer_tokens)
+        )
+    )
     teacher = vision(grid.teacher) + forward(grid.teacher, length, head_tokens)
-    student = (0 if provider == "ours" else vision(grid.student)) + \
-        3 * forward(grid.student, length, head_tokens)
+    student = (0 if provider == "ours" else vision(grid.student)) + 3 * forward(grid.student, length, head_tokens)
     return b * (rollout + teacher + student)
 
 
@@ -482,10 +572,12 @@ def run_provider(provider: str, objective: str, grid: Grid, device_name: str, on
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[grid.dtype]
     tokenizer = build_tiny_tokenizer("qwen3_vl")
     processor = build_tiny_processor("qwen3_vl", tokenizer)
-    student = build_model(qwen3_vl_config(tokenizer, grid.student, grid.vocab), tokenizer, device, dtype, 1,
-                          trainable=True)
-    teacher = build_model(qwen3_vl_config(tokenizer, grid.teacher, grid.vocab), tokenizer, device, dtype, 2,
-                          trainable=False)
+    student = build_model(
+        qwen3_vl_config(tokenizer, grid.student, grid.vocab), tokenizer, device, dtype, 1, trainable=True
+    )
+    teacher = build_model(
+        qwen3_vl_config(tokenizer, grid.teacher, grid.vocab), tokenizer, device, dtype, 2, trainable=False
+    )
     runner = StepRunner(provider, objective, student, teacher, processor, device, grid)
     peak_tflops = DeviceInfo.detect().peak_tflops if device.type == "cuda" else None
     rows, memory = [], Memory(device)
@@ -520,8 +612,9 @@ def run_provider(provider: str, objective: str, grid: Grid, device_name: str, on
                 del loss, rollout
         except Exception as error:  # noqa: BLE001 - a row, not a crash: the grid goes on
             oom = is_out_of_memory(error) or "can't allocate memory" in str(error)
-            row.status = ("out of memory" if oom else "failed") + f" ({type(error).__name__}: " \
-                f"{' '.join(str(error).split())[:200]})"
+            row.status = (
+                "out of memory" if oom else "failed"
+            ) + f" ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
             if not oom:
                 row.notes.append(traceback.format_exc()[-2000:])
             runner.optimizer.zero_grad(set_to_none=True)
@@ -568,9 +661,16 @@ def child_main(spec: dict) -> int:
 
 
 def grid_from_json(d: dict) -> Grid:
-    return Grid(**{**d, "student": ModelShape(**d["student"]), "teacher": ModelShape(**d["teacher"]),
-                   "video_tokens": tuple(d["video_tokens"]), "providers": tuple(d["providers"]),
-                   "objectives": tuple(d["objectives"])})
+    return Grid(
+        **{
+            **d,
+            "student": ModelShape(**d["student"]),
+            "teacher": ModelShape(**d["teacher"]),
+            "video_tokens": tuple(d["video_tokens"]),
+            "providers": tuple(d["providers"]),
+            "objectives": tuple(d["objectives"]),
+        }
+    )
 
 
 def run_grid(grid: Grid, device: str, *, budget_s: float | None, log=print) -> list[StepRow]:
@@ -583,26 +683,48 @@ def run_grid(grid: Grid, device: str, *, budget_s: float | None, log=print) -> l
         if left is not None:  # a fair share of what is left: every provider gets its shorter videos in
             left /= len(processes) - index
         if left is not None and left < 5:
-            rows += [StepRow(provider, objective, "", n, status="skipped: time budget spent")
-                     for n in grid.video_tokens]
+            rows += [
+                StepRow(provider, objective, "", n, status="skipped: time budget spent") for n in grid.video_tokens
+            ]
             continue
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "rows.json"
-            spec = {"provider": provider, "objective": objective, "device": device, "out": str(out),
-                    "grid": asdict(grid)}
-            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=os.pathsep.join(
-                [str(Path(__file__).resolve().parent.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+            spec = {
+                "provider": provider,
+                "objective": objective,
+                "device": device,
+                "out": str(out),
+                "grid": asdict(grid),
+            }
+            env = dict(
+                os.environ,
+                MALLOC_MMAP_THRESHOLD_="65536",
+                PYTHONPATH=os.pathsep.join(
+                    [str(Path(__file__).resolve().parent.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+                ),
+            )
             try:
-                proc = subprocess.run([sys.executable, "-m", "bench.opd_step", "--child", json.dumps(spec)], env=env,
-                                      timeout=left, capture_output=True, text=True)
-                status = None if proc.returncode == 0 and out.exists() else \
-                    f"failed (process exit {proc.returncode}: {' '.join(proc.stderr.split()[-30:])[:300]})"
+                proc = subprocess.run(
+                    [sys.executable, "-m", "bench.opd_step", "--child", json.dumps(spec)],
+                    env=env,
+                    timeout=left,
+                    capture_output=True,
+                    text=True,
+                )
+                status = (
+                    None
+                    if proc.returncode == 0 and out.exists()
+                    else f"failed (process exit {proc.returncode}: {' '.join(proc.stderr.split()[-30:])[:300]})"
+                )
             except subprocess.TimeoutExpired:
                 status = "skipped: time budget spent (process killed)"
             got = [StepRow(**r) for r in json.loads(out.read_text())] if out.exists() else []
         done = {r.video_tokens_requested for r in got}
-        got += [StepRow(provider, objective, "", n, status=status or "failed (no row written)")
-                for n in grid.video_tokens if n not in done]
+        got += [
+            StepRow(provider, objective, "", n, status=status or "failed (no row written)")
+            for n in grid.video_tokens
+            if n not in done
+        ]
         for r in got:
             log(format_row(r))
         rows += got
@@ -614,15 +736,31 @@ def format_row(r: StepRow) -> str:
     if r.status != "ok":
         return f"opd step {name}: {r.status}"
     mfu = f", MFU {100 * r.mfu:.1f}%" if r.mfu is not None else ""
-    return (f"opd step {name}: {r.step_s:.2f} s (rollout {r.rollout_s:.2f}, teacher {r.teacher_s:.2f}, student "
-            f"{r.student_s:.2f}, optimizer {r.optimizer_s:.2f}); peak growth {r.peak_growth_mib:,.0f} MiB; "
-            f"{r.sequence_tokens} tokens ({r.answer_tokens} answer), {r.tokens_per_s:,.0f} tokens/s{mfu}")
+    return (
+        f"opd step {name}: {r.step_s:.2f} s (rollout {r.rollout_s:.2f}, teacher {r.teacher_s:.2f}, student "
+        f"{r.student_s:.2f}, optimizer {r.optimizer_s:.2f}); peak growth {r.peak_growth_mib:,.0f} MiB; "
+        f"{r.sequence_tokens} tokens ({r.answer_tokens} answer), {r.tokens_per_s:,.0f} tokens/s{mfu}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- reports
 
-COLUMNS = ("provider", "objective", "video_tokens", "prompt_tokens", "answer_tokens", "step_s", "rollout_s",
-           "teacher_s", "student_s", "optimizer_s", "peak_growth_mib", "tokens_per_s", "mfu", "status")
+COLUMNS = (
+    "provider",
+    "objective",
+    "video_tokens",
+    "prompt_tokens",
+    "answer_tokens",
+    "step_s",
+    "rollout_s",
+    "teacher_s",
+    "student_s",
+    "optimizer_s",
+    "peak_growth_mib",
+    "tokens_per_s",
+    "mfu",
+    "status",
+)
 
 
 def _cell(value, key: str) -> str:
@@ -649,13 +787,18 @@ def table_fields(r: StepRow) -> dict:
 
 
 def markdown(rows: list[StepRow], meta: dict) -> str:
-    lines = [f"# OPD step: {meta['device']}, {meta['date']}", "",
-             f"`{meta['command']}` at {meta['commit']}; torch {meta['torch']}, transformers {meta['transformers']}, "
-             f"trl {meta['trl'] or 'not installed'}.", "",
-             f"Student {meta['student']}, teacher {meta['teacher']}, V = {meta['vocab']:,}, {meta['dtype']}, batch "
-             f"{meta['batch']}, at most {meta['answer_tokens']} answer tokens; median of {meta['steps'] - 1 or 1} "
-             "step(s) after the first. Peak growth: the step's peak memory over the state before it "
-             "(CUDA allocator / CPU RSS), in MiB.", ""]
+    lines = [
+        f"# OPD step: {meta['device']}, {meta['date']}",
+        "",
+        f"`{meta['command']}` at {meta['commit']}; torch {meta['torch']}, transformers {meta['transformers']}, "
+        f"trl {meta['trl'] or 'not installed'}.",
+        "",
+        f"Student {meta['student']}, teacher {meta['teacher']}, V = {meta['vocab']:,}, {meta['dtype']}, batch "
+        f"{meta['batch']}, at most {meta['answer_tokens']} answer tokens; median of {meta['steps'] - 1 or 1} "
+        "step(s) after the first. Peak growth: the step's peak memory over the state before it "
+        "(CUDA allocator / CPU RSS), in MiB.",
+        "",
+    ]
     lines += report.markdown_table(COLUMNS, ([_cell(d[k], k) for k in COLUMNS] for d in map(table_fields, rows)))
     lines += ["", "Losses: " + "; ".join(sorted({f"{r.provider}: {r.loss_impl}" for r in rows if r.loss_impl}))]
     return "\n".join(lines) + "\n"
@@ -669,8 +812,9 @@ def merge_reports(old: dict, rows: list[StepRow], meta: dict) -> tuple[list[Step
     differ = [k for k in same if old_meta.get(k) != meta.get(k)]
     if differ:
         raise SystemExit(f"--merge-into: the grids differ in {', '.join(differ)}")
-    merged = report.merge_rows((StepRow(**d) for d in old["rows"]), rows,
-                               key=lambda r: (r.provider, r.objective, r.video_tokens_requested))
+    merged = report.merge_rows(
+        (StepRow(**d) for d in old["rows"]), rows, key=lambda r: (r.provider, r.objective, r.video_tokens_requested)
+    )
     runs = old_meta.get("runs") or [{k: old_meta[k] for k in ("command", "commit", "date")}]
     meta = {**meta, "runs": runs + [{k: meta[k] for k in ("command", "commit", "date")}]}
     meta["command"] = " ; ".join(r["command"] for r in meta["runs"])
@@ -681,17 +825,23 @@ def merge_reports(old: dict, rows: list[StepRow], meta: dict) -> tuple[list[Step
 FORMATS = report.FORMATS
 
 
-def write_reports(rows: list[StepRow], meta: dict, out_dir: Path, stem: str,
-                  formats: tuple[str, ...] = FORMATS) -> list[Path]:
+def write_reports(
+    rows: list[StepRow], meta: dict, out_dir: Path, stem: str, formats: tuple[str, ...] = FORMATS
+) -> list[Path]:
     """``<stem>.<ext>`` for each of ``formats`` through :mod:`bench.report` (the plot only with
     matplotlib); returns the paths written."""
     csv_lines = [[d[k] for k in COLUMNS] + [d["loss_impl"]] for d in map(table_fields, rows)]
-    written, _ = report.write_files(out_dir, stem, {
-        "json": lambda path: report.write_json(path, rows, meta),
-        "csv": lambda path: report.write_csv_table(path, COLUMNS + ("loss_impl",), csv_lines),
-        "md": lambda path: path.write_text(markdown(rows, meta)),
-        "png": lambda path: write_plot(rows, meta, path) or "no plot",
-    }, formats)
+    written, _ = report.write_files(
+        out_dir,
+        stem,
+        {
+            "json": lambda path: report.write_json(path, rows, meta),
+            "csv": lambda path: report.write_csv_table(path, COLUMNS + ("loss_impl",), csv_lines),
+            "md": lambda path: path.write_text(markdown(rows, meta)),
+            "png": lambda path: write_plot(rows, meta, path) or "no plot",
+        },
+        formats,
+    )
     return written
 
 
@@ -708,15 +858,19 @@ def write_plot(rows: list[StepRow], meta: dict, path: Path) -> Path | None:
             continue
         label = key[0] if key[0] not in OURS else f"{key[0]} ({key[1]})"
         xs = [r.video_tokens for r in ok]
-        line, = ax_mem.plot(xs, [r.peak_growth_mib / 1024 for r in ok], marker="o", label=label)
+        (line,) = ax_mem.plot(xs, [r.peak_growth_mib / 1024 for r in ok], marker="o", label=label)
         ax_time.plot(xs, [r.step_s for r in ok], marker="o", label=label)
         limit = (meta.get("grid") or {}).get("memory_limit_gib")
-        oom = [r.video_tokens_requested for r in rows
-               if (r.provider, r.objective) == key and r.status.startswith("out of memory")]
+        oom = [
+            r.video_tokens_requested
+            for r in rows
+            if (r.provider, r.objective) == key and r.status.startswith("out of memory")
+        ]
         if oom and limit:  # where the provider ran out: at the memory limit, marked x
             ax_mem.scatter(oom, [limit] * len(oom), marker="x", s=60, color=line.get_color())
-            ax_mem.annotate(f"{label}: out of memory", (oom[0], limit), fontsize=7,
-                            textcoords="offset points", xytext=(6, -10))
+            ax_mem.annotate(
+                f"{label}: out of memory", (oom[0], limit), fontsize=7, textcoords="offset points", xytext=(6, -10)
+            )
     for ax, ylabel in ((ax_mem, "peak memory growth of the step (GiB)"), (ax_time, "step time (s)")):
         ax.set_xlabel("video tokens")
         ax.set_ylabel(ylabel)
@@ -730,8 +884,10 @@ def write_plot(rows: list[StepRow], meta: dict, path: Path) -> Path | None:
 
 
 def describe(shape: ModelShape) -> str:
-    return (f"width {shape.width} x {shape.layers} layers (vision {shape.vision_width} x {shape.vision_blocks}"
-            f"{', tied head' if shape.tied else ''})")
+    return (
+        f"width {shape.width} x {shape.layers} layers (vision {shape.vision_width} x {shape.vision_blocks}"
+        f"{', tied head' if shape.tied else ''})"
+    )
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -751,14 +907,20 @@ def _names(choices: tuple[str, ...]):
         if not values or bad:
             raise argparse.ArgumentTypeError(f"expected some of {', '.join(choices)}, got {text!r}")
         return values
+
     return parse
 
 
 def parse_args(argv) -> tuple[Grid, argparse.Namespace]:
-    parser = argparse.ArgumentParser(prog="python -m bench.opd_step", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-smoke",
-                        help="a grid; the flags below change it (default cpu-smoke)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.opd_step", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="cpu-smoke",
+        help="a grid; the flags below change it (default cpu-smoke)",
+    )
     parser.add_argument("--width", type=int, help="student hidden size")
     parser.add_argument("--layers", type=int, help="student decoder layers")
     parser.add_argument("--teacher-width", type=int)
@@ -771,34 +933,62 @@ def parse_args(argv) -> tuple[Grid, argparse.Namespace]:
     parser.add_argument("--batch", type=int)
     parser.add_argument("--steps", type=int, help="steps per row; the first warms up")
     parser.add_argument("--dtype", choices=("fp32", "bf16"))
-    parser.add_argument("--providers", type=_names(PROVIDERS + (OURS_REENCODED,)),
-                        help=f"some of {', '.join(PROVIDERS + (OURS_REENCODED,))} (default: all but the last)")
+    parser.add_argument(
+        "--providers",
+        type=_names(PROVIDERS + (OURS_REENCODED,)),
+        help=f"some of {', '.join(PROVIDERS + (OURS_REENCODED,))} (default: all but the last)",
+    )
     parser.add_argument("--objectives", type=_names(OBJECTIVES), help="ours' objectives (default full,sampled)")
     parser.add_argument("--memory-limit-gib", type=float, help="CPU: each process's address-space limit")
     parser.add_argument("--device", default=None, help="cuda when available, else cpu")
     parser.add_argument("--budget-s", type=float, default=None, help="start no process after this many seconds")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the reports (default bench/results)")
-    parser.add_argument("--stem", default=None,
-                        help="file name of the reports (default opd-step-<preset>-<device>-<date>)")
-    parser.add_argument("--formats", type=_names(FORMATS), default=FORMATS,
-                        help="reports to write (default json,csv,md,png)")
+    parser.add_argument(
+        "--stem", default=None, help="file name of the reports (default opd-step-<preset>-<device>-<date>)"
+    )
+    parser.add_argument(
+        "--formats", type=_names(FORMATS), default=FORMATS, help="reports to write (default json,csv,md,png)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON report here")
-    parser.add_argument("--merge-into", type=Path, default=None,
-                        help="a report's JSON: this run's rows replace its rows of the same provider, objective "
-                             "and video length, and the reports are rewritten beside it (the grids must match)")
+    parser.add_argument(
+        "--merge-into",
+        type=Path,
+        default=None,
+        help="a report's JSON: this run's rows replace its rows of the same provider, objective "
+        "and video length, and the reports are rewritten beside it (the grids must match)",
+    )
     args = parser.parse_args(argv)
     grid = PRESETS[args.preset]
     s, t = grid.student, grid.teacher
     if args.width or args.layers or args.vision_width or args.vision_blocks:
-        s = ModelShape.of_width(args.width or s.width, args.layers or s.layers, args.vision_width or s.vision_width,
-                                args.vision_blocks or s.vision_blocks)
+        s = ModelShape.of_width(
+            args.width or s.width,
+            args.layers or s.layers,
+            args.vision_width or s.vision_width,
+            args.vision_blocks or s.vision_blocks,
+        )
     if args.teacher_width or args.teacher_layers or args.vision_width or args.vision_blocks:
-        t = ModelShape.of_width(args.teacher_width or t.width, args.teacher_layers or t.layers,
-                                args.vision_width or t.vision_width, args.vision_blocks or t.vision_blocks)
-    changes = {k: v for k, v in {
-        "vocab": args.vocab, "video_tokens": args.video_tokens, "answer_tokens": args.answer_tokens,
-        "batch": args.batch, "steps": args.steps, "dtype": args.dtype, "providers": args.providers,
-        "objectives": args.objectives, "memory_limit_gib": args.memory_limit_gib}.items() if v is not None}
+        t = ModelShape.of_width(
+            args.teacher_width or t.width,
+            args.teacher_layers or t.layers,
+            args.vision_width or t.vision_width,
+            args.vision_blocks or t.vision_blocks,
+        )
+    changes = {
+        k: v
+        for k, v in {
+            "vocab": args.vocab,
+            "video_tokens": args.video_tokens,
+            "answer_tokens": args.answer_tokens,
+            "batch": args.batch,
+            "steps": args.steps,
+            "dtype": args.dtype,
+            "providers": args.providers,
+            "objectives": args.objectives,
+            "memory_limit_gib": args.memory_limit_gib,
+        }.items()
+        if v is not None
+    }
     for name in ("vocab", "answer_tokens", "batch", "steps"):
         if name in changes and changes[name] <= 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0, got {changes[name]}")
@@ -821,11 +1011,23 @@ def main(argv=None) -> int:
         info = replace(info, name="CPU", slug="cpu")
     device_name = info.name
     today = date.today().isoformat()
-    meta = {"device": device_name, "date": today, "commit": report.git_commit(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl_version(),
-            "command": "python -m bench.opd_step " + " ".join(argv), "student": describe(grid.student),
-            "teacher": describe(grid.teacher), "vocab": grid.vocab, "dtype": grid.dtype, "batch": grid.batch,
-            "answer_tokens": grid.answer_tokens, "steps": grid.steps, "grid": asdict(grid)}
+    meta = {
+        "device": device_name,
+        "date": today,
+        "commit": report.git_commit(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl_version(),
+        "command": "python -m bench.opd_step " + " ".join(argv),
+        "student": describe(grid.student),
+        "teacher": describe(grid.teacher),
+        "vocab": grid.vocab,
+        "dtype": grid.dtype,
+        "batch": grid.batch,
+        "answer_tokens": grid.answer_tokens,
+        "steps": grid.steps,
+        "grid": asdict(grid),
+    }
     print(f"opd step: {meta['command']} on {device_name}", flush=True)
     rows = run_grid(grid, device, budget_s=args.budget_s, log=lambda line: print(line, flush=True))
     stem = args.stem or f"opd-step-{args.preset}-{info.slug}-{today}"
@@ -836,8 +1038,9 @@ def main(argv=None) -> int:
         print(f"wrote {path}")
     if args.json:
         write_reports(rows, meta, args.json.parent, args.json.stem, ("json",))
-    return 0 if all(r.status == "ok" or r.status.startswith(("out of memory", "skipped", "not run")) for r in rows) \
-        else 1
+    return (
+        0 if all(r.status == "ok" or r.status.startswith(("out of memory", "skipped", "not run")) for r in rows) else 1
+    )
 
 
 if __name__ == "__main__":

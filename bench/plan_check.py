@@ -13,6 +13,7 @@ checkpointing) and runs ``--steps`` OPD steps of the loop's objective (``bench.o
 and answer lengths) is compared with the measured peak over the baseline, per phase and overall.
 A size is ``WIDTHxLAYERS/TEACHER_WIDTHxLAYERS/VOCAB/VIDEO_TOKENS``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,7 @@ MEASURED = ("size", "device", "baseline_mib", "video_tokens", "prompt_tokens", "
 PHASES = ("rollout", "teacher", "student", "optimizer")
 # Two widths at the real vocabulary (the weights dominate) and at a small one (the video's
 # activations dominate), each at a short and a long video.
-DEFAULT_SIZES = ("256x2/512x2/151936/1024", "256x2/512x2/151936/8192", "256x2/512x2/4096/4096",
-                 "512x2/768x2/4096/8192")
+DEFAULT_SIZES = ("256x2/512x2/151936/1024", "256x2/512x2/151936/8192", "256x2/512x2/4096/4096", "512x2/768x2/4096/8192")
 
 
 def parse_size(text: str) -> dict:
@@ -42,12 +42,19 @@ def parse_size(text: str) -> dict:
     try:
         student, teacher, vocab, video = parts
         (sw, sl), (tw, tl) = (map(int, student.split("x")), map(int, teacher.split("x")))
-        return {"width": sw, "layers": sl, "teacher_width": tw, "teacher_layers": tl, "vocab": int(vocab),
-                "video_tokens": int(video)}
+        return {
+            "width": sw,
+            "layers": sl,
+            "teacher_width": tw,
+            "teacher_layers": tl,
+            "vocab": int(vocab),
+            "video_tokens": int(video),
+        }
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a size is WIDTHxLAYERS/TEACHER_WIDTHxLAYERS/VOCAB/VIDEO_TOKENS or "
-                                         f"STUDENT/TEACHER/VIDEO_TOKENS of {', '.join(ARCHITECTURES)}, got {text!r}"
-                                         ) from None
+        raise argparse.ArgumentTypeError(
+            f"a size is WIDTHxLAYERS/TEACHER_WIDTHxLAYERS/VOCAB/VIDEO_TOKENS or "
+            f"STUDENT/TEACHER/VIDEO_TOKENS of {', '.join(ARCHITECTURES)}, got {text!r}"
+        ) from None
 
 
 def measure(size: dict, steps: int, device_name: str = "cpu") -> dict:
@@ -74,8 +81,16 @@ def measure(size: dict, steps: int, device_name: str = "cpu") -> dict:
 
     baseline = torch.cuda.memory_allocated(device) if cuda else proc_status("VmRSS")
     s_shape, t_shape = shapes(size)
-    grid = Grid(s_shape, t_shape, vocab=size["vocab"], video_tokens=(size["video_tokens"],), answer_tokens=16,
-                steps=steps, providers=("ours",), objectives=("full",))
+    grid = Grid(
+        s_shape,
+        t_shape,
+        vocab=size["vocab"],
+        video_tokens=(size["video_tokens"],),
+        answer_tokens=16,
+        steps=steps,
+        providers=("ours",),
+        objectives=("full",),
+    )
     s_config = qwen3_vl_config(tokenizer, s_shape, grid.vocab)
     t_config = qwen3_vl_config(tokenizer, t_shape, grid.vocab)
     student = build_model(s_config, tokenizer, device, dtype, 1, trainable=True)
@@ -94,9 +109,15 @@ def measure(size: dict, steps: int, device_name: str = "cpu") -> dict:
     for step in range(steps):
         reset()
         _, rollout = runner.step(batch, step + 1, PhasePeaks(device))
-    return {"size": size, "device": device.type, "baseline_mib": baseline / MIB, "video_tokens": video_tokens,
-            "prompt_tokens": int(rollout.prompt_length), "answer_tokens": grid.answer_tokens,
-            "measured_mib": {p: v / MIB for p, v in peaks.items()}}
+    return {
+        "size": size,
+        "device": device.type,
+        "baseline_mib": baseline / MIB,
+        "video_tokens": video_tokens,
+        "prompt_tokens": int(rollout.prompt_length),
+        "answer_tokens": grid.answer_tokens,
+        "measured_mib": {p: v / MIB for p, v in peaks.items()},
+    }
 
 
 def shapes(size: dict):
@@ -105,8 +126,10 @@ def shapes(size: dict):
 
     if "arch" in size:
         return ARCHITECTURES[size["arch"][0]], ARCHITECTURES[size["arch"][1]]
-    return (ModelShape.of_width(size["width"], size["layers"], VISION[0], VISION[1]),
-            ModelShape.of_width(size["teacher_width"], size["teacher_layers"], VISION[0], VISION[1]))
+    return (
+        ModelShape.of_width(size["width"], size["layers"], VISION[0], VISION[1]),
+        ModelShape.of_width(size["teacher_width"], size["teacher_layers"], VISION[0], VISION[1]),
+    )
 
 
 def plan_of(row: dict):
@@ -118,11 +141,20 @@ def plan_of(row: dict):
     s_shape, t_shape = shapes(row["size"])
     vocab = row["size"]["vocab"]
     cuda = row.get("device") == "cuda"  # the step's AdamW steps the bf16 weights themselves: no masters
-    return plan_memory(qwen3_vl_config(tokenizer, s_shape, vocab), qwen3_vl_config(tokenizer, t_shape, vocab),
-                       gpus=1, engine="ddp", teacher_placement="replicate", dtype="bf16" if cuda else "fp32",
-                       device="cuda" if cuda else "cpu", master_weights="none",
-                       video_tokens=row["video_tokens"], text_tokens=row["prompt_tokens"] - row["video_tokens"],
-                       answer_tokens=row["answer_tokens"], gpu_memory_gib=1024)
+    return plan_memory(
+        qwen3_vl_config(tokenizer, s_shape, vocab),
+        qwen3_vl_config(tokenizer, t_shape, vocab),
+        gpus=1,
+        engine="ddp",
+        teacher_placement="replicate",
+        dtype="bf16" if cuda else "fp32",
+        device="cuda" if cuda else "cpu",
+        master_weights="none",
+        video_tokens=row["video_tokens"],
+        text_tokens=row["prompt_tokens"] - row["video_tokens"],
+        answer_tokens=row["answer_tokens"],
+        gpu_memory_gib=1024,
+    )
 
 
 def compare(row: dict) -> dict:
@@ -130,43 +162,82 @@ def compare(row: dict) -> dict:
     planned = {p: plan.phase_bytes(p) / MIB for p in PHASES}
     measured = row["measured_mib"]
     peak_m, peak_p = max(measured.values()), plan.peak_bytes / MIB
-    return {**{k: v for k, v in row.items() if k in MEASURED}, "planned_mib": planned,
-            "peak_measured_mib": peak_m, "peak_planned_mib": peak_p, "error": peak_p / peak_m - 1,
-            "phase_error": {p: planned[p] / measured[p] - 1 for p in PHASES if measured[p] > 0}}
+    return {
+        **{k: v for k, v in row.items() if k in MEASURED},
+        "planned_mib": planned,
+        "peak_measured_mib": peak_m,
+        "peak_planned_mib": peak_p,
+        "error": peak_p / peak_m - 1,
+        "phase_error": {p: planned[p] / measured[p] - 1 for p in PHASES if measured[p] > 0},
+    }
 
 
 def run_child(size: str, steps: int, device: str = "cpu") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=os.pathsep.join(
-            [str(Path(__file__).resolve().parent.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-        proc = subprocess.run([sys.executable, "-m", "bench.plan_check", "--child", size, "--steps", str(steps),
-                               "--device", device, "--json", str(out)], env=env, capture_output=True, text=True)
+        env = dict(
+            os.environ,
+            MALLOC_MMAP_THRESHOLD_="65536",
+            PYTHONPATH=os.pathsep.join(
+                [str(Path(__file__).resolve().parent.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+            ),
+        )
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.plan_check",
+                "--child",
+                size,
+                "--steps",
+                str(steps),
+                "--device",
+                device,
+                "--json",
+                str(out),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(f"size {size} failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
         return json.loads(out.read_text())
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| student / teacher / V / video tokens | sequence | measured peak (MiB) | planned (MiB) | error | "
-             "per phase: measured / planned (MiB) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| student / teacher / V / video tokens | sequence | measured peak (MiB) | planned (MiB) | error | "
+        "per phase: measured / planned (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         s = r["size"]
         phases = "; ".join(f"{p} {r['measured_mib'][p]:,.0f} / {r['planned_mib'][p]:,.0f}" for p in PHASES)
-        models = " / ".join(s["arch"]) if "arch" in s else \
-            f"{s['width']}x{s['layers']} / {s['teacher_width']}x{s['teacher_layers']}"
+        models = (
+            " / ".join(s["arch"])
+            if "arch" in s
+            else f"{s['width']}x{s['layers']} / {s['teacher_width']}x{s['teacher_layers']}"
+        )
         sequence = r["prompt_tokens"] + r["answer_tokens"]
-        lines.append(f"| {models} / {s['vocab']:,} / {r['video_tokens']:,} | {sequence:,} | "
-                     f"{r['peak_measured_mib']:,.0f} | {r['peak_planned_mib']:,.0f} | {100 * r['error']:+.1f}% | "
-                     f"{phases} |")
+        lines.append(
+            f"| {models} / {s['vocab']:,} / {r['video_tokens']:,} | {sequence:,} | "
+            f"{r['peak_measured_mib']:,.0f} | {r['peak_planned_mib']:,.0f} | {100 * r['error']:+.1f}% | "
+            f"{phases} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.plan_check", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=lambda t: [parse_size(x) and x for x in t.split(",")],
-                        default=list(DEFAULT_SIZES), help="comma-separated sizes (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.plan_check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes",
+        type=lambda t: [parse_size(x) and x for x in t.split(",")],
+        default=list(DEFAULT_SIZES),
+        help="comma-separated sizes (default: %(default)s)",
+    )
     parser.add_argument("--steps", type=int, default=2, help="OPD steps a size (the first creates AdamW's state)")
     parser.add_argument("--tolerance", type=float, default=0.15, help="exit 1 if any size's error is larger")
     parser.add_argument("--json", type=Path, help="write the rows here")

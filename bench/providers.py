@@ -25,8 +25,8 @@ import contextlib
 import functools
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -98,8 +98,9 @@ def op_modes_for(kernel: str) -> list[OpMode]:
 # Inputs
 
 
-def make_inputs(op: OpMode, shape: Shape, *, dtype: torch.dtype, device: torch.device, topk: int,
-                temperature: float, seed: int = 0) -> dict:
+def make_inputs(
+    op: OpMode, shape: Shape, *, dtype: torch.dtype, device: torch.device, topk: int, temperature: float, seed: int = 0
+) -> dict:
     """Random inputs whose logits spread like a real model's (std about 2).
 
     Drawn on the device itself: the reference shapes' heads have 10^9 entries, too many to
@@ -156,9 +157,15 @@ def _policy_gradient_inputs(op: OpMode, shape: Shape, inputs: dict, randn, gen, 
     with torch.no_grad():
         policy = opd_kernels.token_logprobs(hidden, weight, tokens, temperature=inputs["temperature"])
     old = policy + 0.1 * torch.randn(n, generator=gen, device=device)
-    inputs.update(hidden=hidden.requires_grad_(), weight=weight.requires_grad_(), tokens=tokens,
-                  sequence_advantages=torch.randn(max(n // seq, 1) if n else 0, generator=gen, device=device),
-                  old_logprobs=old, sequence=seq, grad_leaves=("hidden", "weight"))
+    inputs.update(
+        hidden=hidden.requires_grad_(),
+        weight=weight.requires_grad_(),
+        tokens=tokens,
+        sequence_advantages=torch.randn(max(n // seq, 1) if n else 0, generator=gen, device=device),
+        old_logprobs=old,
+        sequence=seq,
+        grad_leaves=("hidden", "weight"),
+    )
     inputs["advantages"] = inputs["sequence_advantages"].repeat_interleave(seq)
     return inputs
 
@@ -183,9 +190,11 @@ def reference_output(op: OpMode, inputs: dict, quantity: str = ""):
     from opd_kernels.testing import reference_logits, reverse_kl_reference
 
     tau = inputs["temperature"]
-    leaves = {name: inputs[name].detach().double().requires_grad_(name in inputs["grad_leaves"])
-              for name in ("student_hidden", "student_weight", "teacher_hidden", "teacher_weight", "hidden", "weight")
-              if name in inputs}
+    leaves = {
+        name: inputs[name].detach().double().requires_grad_(name in inputs["grad_leaves"])
+        for name in ("student_hidden", "student_weight", "teacher_hidden", "teacher_weight", "hidden", "weight")
+        if name in inputs
+    }
     if op.kernel == "policy_gradient_loss":
         log_probs = torch.log_softmax(leaves["hidden"] @ leaves["weight"].t() / tau, dim=-1)
         lp = log_probs.gather(-1, inputs["tokens"][:, None]).squeeze(-1)
@@ -200,12 +209,19 @@ def reference_output(op: OpMode, inputs: dict, quantity: str = ""):
     if quantity == "forward_kl":
         vocab = leaves["student_weight"].shape[0]
         log_p = torch.log_softmax(reference_logits(leaves["student_hidden"], leaves["student_weight"], tau), dim=-1)
-        log_q = torch.log_softmax(reference_logits(leaves["teacher_hidden"], leaves["teacher_weight"][:vocab], tau),
-                                  dim=-1)
+        log_q = torch.log_softmax(
+            reference_logits(leaves["teacher_hidden"], leaves["teacher_weight"][:vocab], tau), dim=-1
+        )
         out = (log_q.exp() * (log_q - log_p)).sum(dim=-1).mean()
     elif op.kernel == "fused_reverse_kl":
-        out = reverse_kl_reference(leaves["student_hidden"], leaves["student_weight"], leaves["teacher_hidden"],
-                                   leaves["teacher_weight"], temperature=tau, reduction="mean")
+        out = reverse_kl_reference(
+            leaves["student_hidden"],
+            leaves["student_weight"],
+            leaves["teacher_hidden"],
+            leaves["teacher_weight"],
+            temperature=tau,
+            reduction="mean",
+        )
     else:
         log_probs = torch.log_softmax(leaves["hidden"] @ leaves["weight"].t() / tau, dim=-1)
         if op.kernel == "token_logprobs":
@@ -244,8 +260,9 @@ def _policy_gradient_loss(lp, advantages, old_logprobs):
     from opd_kernels import policy_gradient_loss
 
     mask = torch.ones_like(lp, dtype=torch.bool)
-    return policy_gradient_loss(lp, advantages, mask, old_logprobs=old_logprobs, clip_eps=PG_CLIP_EPS,
-                                reduction="mean")[0]
+    return policy_gradient_loss(
+        lp, advantages, mask, old_logprobs=old_logprobs, clip_eps=PG_CLIP_EPS, reduction="mean"
+    )[0]
 
 
 def naive_policy_gradient_loss(hidden, weight, tokens, advantages, old_logprobs, temperature):
@@ -260,7 +277,7 @@ NAIVE = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(kernel: str):
     # One compiled object per kernel, shared by the speed and the accuracy tests so a shape
     # compiles once. Static shapes: the best case for the compiler, one graph per shape.
@@ -339,19 +356,31 @@ def _ours(backend: str, schedule: str = "auto"):
 
         tau = x["temperature"]
         if op.kernel == "fused_reverse_kl":
-            return opd_kernels.fused_reverse_kl(x["student_hidden"], x["student_weight"], x["teacher_hidden"],
-                                                x["teacher_weight"], temperature=tau, backend=backend,
-                                                schedule=schedule)
+            return opd_kernels.fused_reverse_kl(
+                x["student_hidden"],
+                x["student_weight"],
+                x["teacher_hidden"],
+                x["teacher_weight"],
+                temperature=tau,
+                backend=backend,
+                schedule=schedule,
+            )
         if op.kernel == "token_logprobs":
-            return opd_kernels.token_logprobs(x["hidden"], x["weight"], x["tokens"], temperature=tau,
-                                              backend=backend)
+            return opd_kernels.token_logprobs(x["hidden"], x["weight"], x["tokens"], temperature=tau, backend=backend)
         if op.kernel == "policy_gradient_loss":
             shape = (-1, x["sequence"])
             return opd_kernels.fused_policy_gradient_loss(
-                x["hidden"].view(*shape, x["hidden"].shape[-1]), x["weight"], x["tokens"].view(shape),
-                torch.ones_like(x["tokens"], dtype=torch.bool).view(shape), advantages=x["advantages"].view(shape),
-                old_logprobs=x["old_logprobs"].view(shape), clip_eps=PG_CLIP_EPS, temperature=tau,
-                reduction="mean", backend=backend)[0]
+                x["hidden"].view(*shape, x["hidden"].shape[-1]),
+                x["weight"],
+                x["tokens"].view(shape),
+                torch.ones_like(x["tokens"], dtype=torch.bool).view(shape),
+                advantages=x["advantages"].view(shape),
+                old_logprobs=x["old_logprobs"].view(shape),
+                clip_eps=PG_CLIP_EPS,
+                temperature=tau,
+                reduction="mean",
+                backend=backend,
+            )[0]
         return opd_kernels.topk_logprobs(x["hidden"], x["weight"], x["k"], temperature=tau, backend=backend)
 
     return compute
@@ -398,12 +427,23 @@ def _liger_fused_linear_grpo(op: OpMode, x: dict):
 
     # GRPO without a reference model (beta = 0), token-level ratios clipped at 1 -/+ 0.2, and
     # loss_type "bnpo": the sum over tokens divided by their count, our reduction "mean".
-    loss = LigerFusedLinearGRPOLoss(beta=0.0, use_ref_model=False, epsilon_low=PG_CLIP_EPS, epsilon_high=PG_CLIP_EPS,
-                                    loss_type="bnpo", temperature=x["temperature"])
+    loss = LigerFusedLinearGRPOLoss(
+        beta=0.0,
+        use_ref_model=False,
+        epsilon_low=PG_CLIP_EPS,
+        epsilon_high=PG_CLIP_EPS,
+        loss_type="bnpo",
+        temperature=x["temperature"],
+    )
     seq = x["sequence"]
-    out = loss(x["hidden"].view(-1, seq, x["hidden"].shape[-1]), x["weight"], x["tokens"].view(-1, seq),
-               torch.ones_like(x["tokens"]).view(-1, seq), x["sequence_advantages"],
-               old_per_token_logps=x["old_logprobs"].view(-1, seq))
+    out = loss(
+        x["hidden"].view(-1, seq, x["hidden"].shape[-1]),
+        x["weight"],
+        x["tokens"].view(-1, seq),
+        torch.ones_like(x["tokens"]).view(-1, seq),
+        x["sequence_advantages"],
+        old_per_token_logps=x["old_logprobs"].view(-1, seq),
+    )
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -412,8 +452,7 @@ def _liger_chunked_jsd(op: OpMode, x: dict):
 
     # beta=1 is KL(student || teacher); weight_hard_loss=0 drops the cross-entropy term
     # (and Liger then skips computing it), so the labels only select tokens (all here).
-    loss = LigerFusedLinearJSDLoss(beta=1.0, weight_hard_loss=0.0, weight_soft_loss=1.0,
-                                   temperature=x["temperature"])
+    loss = LigerFusedLinearJSDLoss(beta=1.0, weight_hard_loss=0.0, weight_soft_loss=1.0, temperature=x["temperature"])
     return loss(x["student_hidden"], x["student_weight"], x["teacher_hidden"], x["teacher_weight"], x["labels"])
 
 
@@ -474,8 +513,9 @@ class _MatmulFloor(torch.autograd.Function):
 def _matmul_floor(op: OpMode, x: dict):
     if op.kernel == "fused_reverse_kl":
         vocab = x["student_weight"].shape[0]
-        return _MatmulFloor.apply((), False, x["student_hidden"], x["student_weight"], x["teacher_hidden"],
-                                  x["teacher_weight"][:vocab])
+        return _MatmulFloor.apply(
+            (), False, x["student_hidden"], x["student_weight"], x["teacher_hidden"], x["teacher_weight"][:vocab]
+        )
     if op.kernel == "token_logprobs":
         return _MatmulFloor.apply(x["hidden"].shape[:1], True, x["hidden"], x["weight"])
     if op.kernel == "policy_gradient_loss":
@@ -503,6 +543,7 @@ _COMPUTE: dict[str, Callable] = {
     "cce-torch-compile": _cce("torch_compile"),
     "matmul-floor": _matmul_floor,
 }
+
 
 def _needs(module: str, name: str, option: str | None = None) -> Callable[[], str | None]:
     """A Provider.check: the installed ``module`` has ``name`` (and ``name`` takes ``option``)."""
@@ -539,69 +580,147 @@ _LOGPROB_OPS = ("token_logprobs", "topk_logprobs")
 # A name may have one entry per kernel: "ours-torch" of reverse KL exists now, that of the
 # log-prob ops is checked for at run time.
 PROVIDERS = (
-    Provider("ours-triton-chunked", "ours", ("fused_reverse_kl",),
-             "opd_kernels, backend='triton', schedule='chunked' (cuBLAS logits per token chunk + one row kernel)",
-             needs_cuda=True),
-    Provider("ours-triton-fused", "ours", ("fused_reverse_kl",),
-             "opd_kernels, backend='triton', schedule='fused' (tl.dot tiles, logits never leave the chip)",
-             needs_cuda=True),
-    Provider("ours-triton", "ours", _LOGPROB_OPS, "opd_kernels, backend='triton'", needs_cuda=True,
-             module="opd_kernels", attribute="{kernel}"),
-    Provider("ours-torch", "ours", ("fused_reverse_kl",),
-             "opd_kernels, backend='torch' (chunked PyTorch, any device)"),
-    Provider("ours-torch", "ours", _PG,
-             "opd_kernels.fused_policy_gradient_loss, backend='torch': log-probs, loss and gradients in one pass"),
-    Provider("ours-triton", "ours", _PG,
-             "opd_kernels.fused_policy_gradient_loss, backend='triton' (cuBLAS logits per chunk + two Triton row "
-             "kernels)", needs_cuda=True),
-    Provider("ours-unfused", "ours", _PG,
-             "opd_kernels.token_logprobs then policy_gradient_loss: what the loop did before the fused op "
-             "(the backward recomputes the logits)"),
-    Provider("ours-torch", "ours", _LOGPROB_OPS, "opd_kernels, backend='torch' (chunked PyTorch, any device)",
-             module="opd_kernels", attribute="{kernel}"),
-    Provider("ours-torch-compiled", "ours", _ALL,
-             "opd_kernels, backend='torch' with OPD_KERNELS_TORCH_COMPILE=1: the row math compiled by torch.compile "
-             "on every device (the default compiles it on CPU only)", env=(("OPD_KERNELS_TORCH_COMPILE", "1"),)),
-    Provider("matmul-floor", "floor", _ALL,
-             "the logit (and gradient) matmuls of our schedule alone, each over all N tokens at once: "
-             "the time the op cannot beat", timing_only=True,
-             note="`matmul-floor` is no implementation: it times only the matmuls our fastest schedule does "
-                  "(logits; with grad, dh and dW, and for token_logprobs the recomputed logits), 16-bit operands "
-                  "into fp32 outputs, each over all N tokens at once. An op's time over this row is its overhead "
-                  "beyond its matmuls."),
+    Provider(
+        "ours-triton-chunked",
+        "ours",
+        ("fused_reverse_kl",),
+        "opd_kernels, backend='triton', schedule='chunked' (cuBLAS logits per token chunk + one row kernel)",
+        needs_cuda=True,
+    ),
+    Provider(
+        "ours-triton-fused",
+        "ours",
+        ("fused_reverse_kl",),
+        "opd_kernels, backend='triton', schedule='fused' (tl.dot tiles, logits never leave the chip)",
+        needs_cuda=True,
+    ),
+    Provider(
+        "ours-triton",
+        "ours",
+        _LOGPROB_OPS,
+        "opd_kernels, backend='triton'",
+        needs_cuda=True,
+        module="opd_kernels",
+        attribute="{kernel}",
+    ),
+    Provider("ours-torch", "ours", ("fused_reverse_kl",), "opd_kernels, backend='torch' (chunked PyTorch, any device)"),
+    Provider(
+        "ours-torch",
+        "ours",
+        _PG,
+        "opd_kernels.fused_policy_gradient_loss, backend='torch': log-probs, loss and gradients in one pass",
+    ),
+    Provider(
+        "ours-triton",
+        "ours",
+        _PG,
+        "opd_kernels.fused_policy_gradient_loss, backend='triton' (cuBLAS logits per chunk + two Triton row kernels)",
+        needs_cuda=True,
+    ),
+    Provider(
+        "ours-unfused",
+        "ours",
+        _PG,
+        "opd_kernels.token_logprobs then policy_gradient_loss: what the loop did before the fused op "
+        "(the backward recomputes the logits)",
+    ),
+    Provider(
+        "ours-torch",
+        "ours",
+        _LOGPROB_OPS,
+        "opd_kernels, backend='torch' (chunked PyTorch, any device)",
+        module="opd_kernels",
+        attribute="{kernel}",
+    ),
+    Provider(
+        "ours-torch-compiled",
+        "ours",
+        _ALL,
+        "opd_kernels, backend='torch' with OPD_KERNELS_TORCH_COMPILE=1: the row math compiled by torch.compile "
+        "on every device (the default compiles it on CPU only)",
+        env=(("OPD_KERNELS_TORCH_COMPILE", "1"),),
+    ),
+    Provider(
+        "matmul-floor",
+        "floor",
+        _ALL,
+        "the logit (and gradient) matmuls of our schedule alone, each over all N tokens at once: "
+        "the time the op cannot beat",
+        timing_only=True,
+        note="`matmul-floor` is no implementation: it times only the matmuls our fastest schedule does "
+        "(logits; with grad, dh and dW, and for token_logprobs the recomputed logits), 16-bit operands "
+        "into fp32 outputs, each over all N tokens at once. An op's time over this row is its overhead "
+        "beyond its matmuls.",
+    ),
     Provider("naive", "naive", _ALL, "PyTorch: logits = (h @ W.T).float(), log_softmax over all of V"),
     Provider("naive-compiled", "naive", _ALL, "the naive code under torch.compile(dynamic=False)"),
-    Provider("liger-fused-linear-jsd", "peer", ("fused_reverse_kl",),
-             "Liger-Kernel LigerFusedLinearJSD(jsd_beta=1.0) (Triton)", needs_cuda=True,
-             module="liger_kernel.transformers"),
-    Provider("liger-fused-linear-jsd-fp32-accum", "peer", ("fused_reverse_kl",),
-             "Liger-Kernel LigerFusedLinearJSD(jsd_beta=1.0, accum_dtype=torch.float32) (Triton)", needs_cuda=True,
-             module="liger_kernel.transformers",
-             check=_needs("liger_kernel.transformers", "LigerFusedLinearJSD", "accum_dtype")),
-    Provider("liger-fused-linear-kldiv", "peer", ("fused_reverse_kl",),
-             "Liger-Kernel LigerFusedLinearKLDivLoss(reduction='batchmean') (Triton) against the teacher's "
-             "probabilities softmax(h_t W_t^T / tau), built [N, V] fp32 inside the timed call", needs_cuda=True,
-             module="liger_kernel.transformers", check=_needs("liger_kernel.transformers", "LigerFusedLinearKLDivLoss"),
-             quantity="forward_kl",
-             note="`liger-fused-linear-kldiv` computes KL(teacher ‖ student), the forward KL, from teacher "
-                  "probabilities it must be given: the [N, V] fp32 softmax of the teacher's logits is built inside "
-                  "the timed call; its error columns compare with the float64 forward KL."),
-    Provider("liger-chunked-jsd-loss", "peer", ("fused_reverse_kl",),
-             "Liger-Kernel chunked_loss.LigerFusedLinearJSDLoss(beta=1.0, weight_hard_loss=0.0, "
-             "weight_soft_loss=1.0) (PyTorch + torch.compile)", module="liger_kernel.chunked_loss"),
-    Provider("liger-fused-linear-grpo", "peer", _PG,
-             "Liger-Kernel chunked_loss.LigerFusedLinearGRPOLoss(beta=0, loss_type='bnpo', epsilon 0.2) "
-             "(PyTorch + torch.compile)", module="liger_kernel.chunked_loss",
-             check=_needs("liger_kernel.chunked_loss", "LigerFusedLinearGRPOLoss"), quantity="ppo_surrogate",
-             note="`liger-fused-linear-grpo` returns the value of PPO's clipped surrogate, -min(r A, clip(r) A), "
-                  "where ours returns -A w lp (w the detached ratio, 0 where the clip is flat): the same "
-                  "gradient, another value; its error column compares with the float64 surrogate."),
-    Provider("cce", "peer", ("token_logprobs",),
-             "Cut Cross-Entropy linear_cross_entropy(reduction='none', impl='cce'), negated (Triton)",
-             needs_cuda=True, module="cut_cross_entropy"),
-    Provider("cce-torch-compile", "peer", ("token_logprobs",),
-             "Cut Cross-Entropy linear_cross_entropy(reduction='none', impl='torch_compile'), negated",
-             module="cut_cross_entropy"),
+    Provider(
+        "liger-fused-linear-jsd",
+        "peer",
+        ("fused_reverse_kl",),
+        "Liger-Kernel LigerFusedLinearJSD(jsd_beta=1.0) (Triton)",
+        needs_cuda=True,
+        module="liger_kernel.transformers",
+    ),
+    Provider(
+        "liger-fused-linear-jsd-fp32-accum",
+        "peer",
+        ("fused_reverse_kl",),
+        "Liger-Kernel LigerFusedLinearJSD(jsd_beta=1.0, accum_dtype=torch.float32) (Triton)",
+        needs_cuda=True,
+        module="liger_kernel.transformers",
+        check=_needs("liger_kernel.transformers", "LigerFusedLinearJSD", "accum_dtype"),
+    ),
+    Provider(
+        "liger-fused-linear-kldiv",
+        "peer",
+        ("fused_reverse_kl",),
+        "Liger-Kernel LigerFusedLinearKLDivLoss(reduction='batchmean') (Triton) against the teacher's "
+        "probabilities softmax(h_t W_t^T / tau), built [N, V] fp32 inside the timed call",
+        needs_cuda=True,
+        module="liger_kernel.transformers",
+        check=_needs("liger_kernel.transformers", "LigerFusedLinearKLDivLoss"),
+        quantity="forward_kl",
+        note="`liger-fused-linear-kldiv` computes KL(teacher ‖ student), the forward KL, from teacher "
+        "probabilities it must be given: the [N, V] fp32 softmax of the teacher's logits is built inside "
+        "the timed call; its error columns compare with the float64 forward KL.",
+    ),
+    Provider(
+        "liger-chunked-jsd-loss",
+        "peer",
+        ("fused_reverse_kl",),
+        "Liger-Kernel chunked_loss.LigerFusedLinearJSDLoss(beta=1.0, weight_hard_loss=0.0, "
+        "weight_soft_loss=1.0) (PyTorch + torch.compile)",
+        module="liger_kernel.chunked_loss",
+    ),
+    Provider(
+        "liger-fused-linear-grpo",
+        "peer",
+        _PG,
+        "Liger-Kernel chunked_loss.LigerFusedLinearGRPOLoss(beta=0, loss_type='bnpo', epsilon 0.2) "
+        "(PyTorch + torch.compile)",
+        module="liger_kernel.chunked_loss",
+        check=_needs("liger_kernel.chunked_loss", "LigerFusedLinearGRPOLoss"),
+        quantity="ppo_surrogate",
+        note="`liger-fused-linear-grpo` returns the value of PPO's clipped surrogate, -min(r A, clip(r) A), "
+        "where ours returns -A w lp (w the detached ratio, 0 where the clip is flat): the same "
+        "gradient, another value; its error column compares with the float64 surrogate.",
+    ),
+    Provider(
+        "cce",
+        "peer",
+        ("token_logprobs",),
+        "Cut Cross-Entropy linear_cross_entropy(reduction='none', impl='cce'), negated (Triton)",
+        needs_cuda=True,
+        module="cut_cross_entropy",
+    ),
+    Provider(
+        "cce-torch-compile",
+        "peer",
+        ("token_logprobs",),
+        "Cut Cross-Entropy linear_cross_entropy(reduction='none', impl='torch_compile'), negated",
+        module="cut_cross_entropy",
+    ),
 )
 
 

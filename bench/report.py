@@ -26,9 +26,22 @@ from .providers import OP_MODES, PROVIDER_NAMES, PROVIDER_NOTES
 
 # Liger-Kernel's benchmark CSV columns (benchmark/data/all_benchmark_data.csv upstream names the
 # last one liger_version and adds x_label; this project's issue 5 fixes the list below).
-CSV_COLUMNS = ("kernel_name", "kernel_provider", "kernel_operation_mode", "metric_name", "metric_unit", "x_name",
-               "x_value", "y_value_50", "y_value_20", "y_value_80", "extra_benchmark_config_str", "gpu_name",
-               "timestamp", "version")
+CSV_COLUMNS = (
+    "kernel_name",
+    "kernel_provider",
+    "kernel_operation_mode",
+    "metric_name",
+    "metric_unit",
+    "x_name",
+    "x_value",
+    "y_value_50",
+    "y_value_20",
+    "y_value_80",
+    "extra_benchmark_config_str",
+    "gpu_name",
+    "timestamp",
+    "version",
+)
 
 MB = 2**20
 OK = "ok"
@@ -134,20 +147,23 @@ def _metrics(row: Row) -> list[tuple[str, str, float | None, float | None, float
     if row.kind == "accuracy":
         metrics = [("max_abs_error", "abs", row.max_abs_error, row.max_abs_error, row.max_abs_error)]
         if row.grad_max_rel_error is not None or (row.mode == "full" and not row.ok):
-            metrics.append(("grad_max_rel_error", "rel", row.grad_max_rel_error, row.grad_max_rel_error,
-                            row.grad_max_rel_error))
+            metrics.append(
+                ("grad_max_rel_error", "rel", row.grad_max_rel_error, row.grad_max_rel_error, row.grad_max_rel_error)
+            )
         return metrics
     metrics = [("speed", "ms", row.median_ms, row.p20_ms, row.p80_ms)]
     if row.ok:
         metrics.append(("memory", "MB", row.peak_extra_mb, row.peak_extra_mb, row.peak_extra_mb))
         if row.median_ms and row.flops:
             # TFLOP/s at the median, 20th and 80th percentile times (fast time = high throughput).
-            metrics.append(("throughput", "TFLOP/s", row.tflops, row.flops / (row.p20_ms * 1e9),
-                            row.flops / (row.p80_ms * 1e9)))
+            metrics.append(
+                ("throughput", "TFLOP/s", row.tflops, row.flops / (row.p20_ms * 1e9), row.flops / (row.p80_ms * 1e9))
+            )
         if row.peak_fraction is not None:
             scale = row.peak_fraction / row.tflops
-            metrics.append(("peak_fraction", "fraction", row.peak_fraction, metrics[-1][3] * scale,
-                            metrics[-1][4] * scale))
+            metrics.append(
+                ("peak_fraction", "fraction", row.peak_fraction, metrics[-1][3] * scale, metrics[-1][4] * scale)
+            )
     return metrics
 
 
@@ -161,23 +177,48 @@ def write_csv_table(path: Path, header: Sequence[str], lines: Iterable[Sequence[
 
 def write_csv(path: Path, rows: list[Row], meta: dict) -> None:
     config = {id(row): json.dumps(row.config()) for row in rows}
-    write_csv_table(path, CSV_COLUMNS, (
-        [row.kernel, row.provider, row.mode, name, unit, "N", row.tokens, y50, y20, y80, config[id(row)],
-         meta["device_name"], row.timestamp, meta["version"]]
-        for row in rows for name, unit, y50, y20, y80 in _metrics(row)))
+    write_csv_table(
+        path,
+        CSV_COLUMNS,
+        (
+            [
+                row.kernel,
+                row.provider,
+                row.mode,
+                name,
+                unit,
+                "N",
+                row.tokens,
+                y50,
+                y20,
+                y80,
+                config[id(row)],
+                meta["device_name"],
+                row.timestamp,
+                meta["version"],
+            ]
+            for row in rows
+            for name, unit, y50, y20, y80 in _metrics(row)
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Markdown
 
-_OUTPUT_NAME = {"fused_reverse_kl": "loss", "token_logprobs": "log-probs", "topk_logprobs": "top-k values",
-                "policy_gradient_loss": "loss"}
+_OUTPUT_NAME = {
+    "fused_reverse_kl": "loss",
+    "token_logprobs": "log-probs",
+    "topk_logprobs": "top-k values",
+    "policy_gradient_loss": "loss",
+}
 
 
 def markdown_table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> list[str]:
     """A Markdown table's lines: the header, its rule, one line per sequence of cells."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(cells) + " |" for cells in lines]
+        "| " + " | ".join(cells) + " |" for cells in lines
+    ]
 
 
 def _fmt_number(x: float) -> str:
@@ -223,14 +264,18 @@ def markdown(rows: list[Row], meta: dict) -> str:
     peak = meta.get("peak_tflops")
     acc = meta["accuracy_shape"]
     runs = meta.get("runs", [])
-    command = f"`{meta['command']}`" if len(runs) <= 1 else (
-        "merged runs " + ", ".join(f"`{run['command']}`" for run in runs))
+    command = (
+        f"`{meta['command']}`"
+        if len(runs) <= 1
+        else ("merged runs " + ", ".join(f"`{run['command']}`" for run in runs))
+    )
     lines = [
         f"### Kernel benchmarks: {meta['device_name']}, {meta['date']}",
         "",
         f"{command} (grid `{meta['grid']}`, {meta['dtype']} inputs, temperature {meta['temperature']}, "
         f"k = {meta['topk']} for top-k; timing: {meta['timing_mode']}); opd_kernels {meta['version']}, "
-        + ", ".join(f"{k} {v}" for k, v in meta["packages"].items() if k != "opd_kernels") + ".",
+        + ", ".join(f"{k} {v}" for k, v in meta["packages"].items() if k != "opd_kernels")
+        + ".",
         "",
         "Each cell: median ms [20th–80th percentile] over the rounds, TFLOP/s from the FLOP count "
         + (f"(and % of the {peak:g} TFLOP/s bf16 dense peak), " if peak else "")
@@ -248,8 +293,11 @@ def markdown(rows: list[Row], meta: dict) -> str:
     for (kernel, mode, d_s, d_t, vocab), table_rows in tables.items():
         any_row = table_rows[0]
         op = OP_MODES[f"{kernel}-{mode}"]
-        dims = f"D_s = {d_s}, D_t = {d_t}" if op.side == "both" else (
-            f"D = D_t = {d_t}" if op.side == "teacher" else f"D = D_s = {d_s}")
+        dims = (
+            f"D_s = {d_s}, D_t = {d_t}"
+            if op.side == "both"
+            else (f"D = D_t = {d_t}" if op.side == "teacher" else f"D = D_s = {d_s}")
+        )
         topk = f", k = {any_row.topk}" if any_row.topk is not None else ""
         lines += [f"#### {op.title}: V = {vocab:,}, {dims}{topk}; FLOPs counted {op.flop_formula}", ""]
         token_counts = sorted({r.tokens for r in table_rows})
@@ -328,8 +376,7 @@ def write_plot(path: Path, rows: list[Row], meta: dict) -> str | None:
             n = [r.tokens for r in ok]
             style = "-" if ok[0].family == "ours" else "--"
             ax_time.plot(n, [r.median_ms for r in ok], style, marker="o", color=colour.get(provider), label=provider)
-            ax_mem.plot(n, [r.peak_extra_mb for r in ok], style, marker="o", color=colour.get(provider),
-                        label=provider)
+            ax_mem.plot(n, [r.peak_extra_mb for r in ok], style, marker="o", color=colour.get(provider), label=provider)
         dims = f"D_s={d_s}, D_t={d_t}" if op.side == "both" else f"D={table_rows[0].hidden_dim}"
         for ax, what in ((ax_time, "median time (ms)"), (ax_mem, "peak extra memory (MB)")):
             ax.set_xscale("log", base=2)
@@ -351,8 +398,9 @@ def write_plot(path: Path, rows: list[Row], meta: dict) -> str | None:
 # All files
 
 
-def write_files(out_dir: Path, stem: str, writers: dict[str, Callable[[Path], Any]],
-                formats: Sequence[str] = FORMATS) -> tuple[list[Path], list[str]]:
+def write_files(
+    out_dir: Path, stem: str, writers: dict[str, Callable[[Path], Any]], formats: Sequence[str] = FORMATS
+) -> tuple[list[Path], list[str]]:
     """``<stem>.<ext>`` under ``out_dir`` for each of ``formats`` (in that order), by
     ``writers[ext](path)``, which returns a str saying why when it wrote nothing; returns the
     paths written and those reasons."""
@@ -370,20 +418,24 @@ def write_files(out_dir: Path, stem: str, writers: dict[str, Callable[[Path], An
 
 def write_all(out_dir: Path, stem: str, rows: list[Row], meta: dict) -> tuple[list[Path], list[str]]:
     """Writes <stem>.json/.csv/.md/.png; returns the paths written and problems (never raises for the plot)."""
-    return write_files(out_dir, stem, {
-        "json": lambda path: write_json(path, rows, meta),
-        "csv": lambda path: write_csv(path, rows, meta),
-        "md": lambda path: path.write_text(markdown(rows, meta)),
-        "png": lambda path: write_plot(path, rows, meta),
-    })
+    return write_files(
+        out_dir,
+        stem,
+        {
+            "json": lambda path: write_json(path, rows, meta),
+            "csv": lambda path: write_csv(path, rows, meta),
+            "md": lambda path: path.write_text(markdown(rows, meta)),
+            "png": lambda path: write_plot(path, rows, meta),
+        },
+    )
 
 
 def git_commit(dirty_paths: Sequence[str] = ()) -> str:
     """This checkout's short commit, ``-dirty`` when files under ``dirty_paths`` (relative to the
     repository) have changes; "unknown" in a copy without git."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
@@ -394,8 +446,9 @@ def git_commit(dirty_paths: Sequence[str] = ()) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("results_json", type=Path)
     args = parser.parse_args(argv)
     rows, meta = read_json(args.results_json)

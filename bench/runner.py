@@ -19,8 +19,18 @@ from datetime import datetime
 import pytest
 import torch
 
-from .measure import (DeviceInfo, free_memory, is_out_of_memory, max_abs_error, max_relative_error,
-                      peak_extra_bytes, rounds_for, synchronize, time_once, timing_from_seconds)
+from .measure import (
+    DeviceInfo,
+    free_memory,
+    is_out_of_memory,
+    max_abs_error,
+    max_relative_error,
+    peak_extra_bytes,
+    rounds_for,
+    synchronize,
+    time_once,
+    timing_from_seconds,
+)
 from .providers import OpMode, Provider, make_inputs, objective, reference_output
 from .report import MB, Row
 from .shapes import Grid, Shape
@@ -63,11 +73,21 @@ class Case:
 
 def _row(kind: str, case: Case, ctx: BenchContext) -> Row:
     op, shape = case.op, case.shape
-    return Row(kind=kind, kernel=op.kernel, mode=op.mode, provider=case.provider.name, family=case.provider.family,
-               tokens=shape.tokens, vocab=shape.vocab, student_dim=shape.student_dim,
-               teacher_dim=shape.teacher_dim, hidden_dim=None if op.side == "both" else op.hidden_dim(shape),
-               topk=ctx.grid.topk if op.kernel == "topk_logprobs" else None,
-               dtype=str(ctx.dtype).removeprefix("torch."), temperature=ctx.grid.temperature)
+    return Row(
+        kind=kind,
+        kernel=op.kernel,
+        mode=op.mode,
+        provider=case.provider.name,
+        family=case.provider.family,
+        tokens=shape.tokens,
+        vocab=shape.vocab,
+        student_dim=shape.student_dim,
+        teacher_dim=shape.teacher_dim,
+        hidden_dim=None if op.side == "both" else op.hidden_dim(shape),
+        topk=ctx.grid.topk if op.kernel == "topk_logprobs" else None,
+        dtype=str(ctx.dtype).removeprefix("torch."),
+        temperature=ctx.grid.temperature,
+    )
 
 
 class NonFiniteOutput(RuntimeError):
@@ -148,8 +168,9 @@ def run_speed_case(case: Case, ctx: BenchContext, benchmark) -> Row:
     benchmark.group = f"{case.op.key} {case.shape.label()}"
     failure = None
     try:
-        inputs = make_inputs(case.op, case.shape, dtype=ctx.dtype, device=device, topk=ctx.grid.topk,
-                             temperature=ctx.grid.temperature)
+        inputs = make_inputs(
+            case.op, case.shape, dtype=ctx.dtype, device=device, topk=ctx.grid.topk, temperature=ctx.grid.temperature
+        )
         call, reset = make_call(case.op, case.provider, inputs)
         reset()
         _check_finite(case.op, inputs, call())  # also the warm-up: compiles, autotunes, fills caches
@@ -157,8 +178,13 @@ def run_speed_case(case: Case, ctx: BenchContext, benchmark) -> Row:
         probe_seconds = time_once(call, device)
         reset()
         peak_bytes = peak_extra_bytes(call, device)
-        rounds = 1 if ctx.benchmark_disabled else rounds_for(
-            probe_seconds, target_seconds=ctx.target_seconds, min_rounds=ctx.min_rounds, max_rounds=ctx.max_rounds)
+        rounds = (
+            1
+            if ctx.benchmark_disabled
+            else rounds_for(
+                probe_seconds, target_seconds=ctx.target_seconds, min_rounds=ctx.min_rounds, max_rounds=ctx.max_rounds
+            )
+        )
         own_seconds = []
 
         def timed_call():
@@ -201,8 +227,14 @@ def run_accuracy_case(case: Case, ctx: BenchContext) -> Row:
     op = case.op
     failure = None
     try:
-        inputs = make_inputs(op, case.shape, dtype=ctx.dtype, device=ctx.device.device, topk=ctx.grid.topk,
-                             temperature=ctx.grid.temperature)
+        inputs = make_inputs(
+            op,
+            case.shape,
+            dtype=ctx.dtype,
+            device=ctx.device.device,
+            topk=ctx.grid.topk,
+            temperature=ctx.grid.temperature,
+        )
         leaves = [inputs[name] for name in inputs["grad_leaves"]]
         if op.needs_grad:
             output = case.provider.compute(op, inputs)
@@ -230,21 +262,25 @@ def run_accuracy_case(case: Case, ctx: BenchContext) -> Row:
     else:
         row.max_abs_error = max_abs_error(output, reference)
     if op.needs_grad:
-        ref_grads = torch.autograd.grad(objective(op, inputs, reference),
-                                        [reference_leaves[name] for name in inputs["grad_leaves"]])
+        ref_grads = torch.autograd.grad(
+            objective(op, inputs, reference), [reference_leaves[name] for name in inputs["grad_leaves"]]
+        )
         row.grad_max_rel_error = max(max_relative_error(g, g64) for g, g64 in zip(grads, ref_grads))
     ctx.record(row)
     free_memory(ctx.device.device)
 
     if case.provider.family == "ours":
         assert row.max_abs_error <= OURS_MAX_OUTPUT_ERROR, (
-            f"{case.provider.name} {op.key}: max abs error {row.max_abs_error:.3e} > {OURS_MAX_OUTPUT_ERROR}")
+            f"{case.provider.name} {op.key}: max abs error {row.max_abs_error:.3e} > {OURS_MAX_OUTPUT_ERROR}"
+        )
         if index_error is not None:
             assert index_error <= OURS_MAX_OUTPUT_ERROR, (
                 f"{case.provider.name} top-k picked tokens whose float64 log-probs are off the true top-k "
-                f"by up to {index_error:.3e}")
+                f"by up to {index_error:.3e}"
+            )
         if op.needs_grad:
             bound = OURS_MAX_GRAD_ERROR[ctx.dtype]
             assert row.grad_max_rel_error <= bound, (
-                f"{case.provider.name} {op.key}: gradient error {row.grad_max_rel_error:.3e} > {bound}")
+                f"{case.provider.name} {op.key}: gradient error {row.grad_max_rel_error:.3e} > {bound}"
+            )
     return row

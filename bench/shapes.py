@@ -45,9 +45,18 @@ class Grid:
     def shapes(self) -> list[Shape]:
         return [Shape(n, self.vocab, d_s, d_t) for d_s, d_t in self.model_pairs for n in self.token_counts]
 
-    def with_token_counts(self, token_counts: tuple[int, ...]) -> "Grid":
-        return Grid(self.name, self.description, token_counts, self.vocab, self.model_pairs,
-                    self.accuracy_shape, self.topk, self.temperature, self.notes)
+    def with_token_counts(self, token_counts: tuple[int, ...]) -> Grid:
+        return Grid(
+            self.name,
+            self.description,
+            token_counts,
+            self.vocab,
+            self.model_pairs,
+            self.accuracy_shape,
+            self.topk,
+            self.temperature,
+            self.notes,
+        )
 
 
 GRIDS: dict[str, Grid] = {
@@ -96,8 +105,9 @@ GRIDS: dict[str, Grid] = {
 GRID_CHOICES = ("auto", *GRIDS)
 
 
-def resolve_grid(name: str, *, cuda: bool, benchmark_disabled: bool,
-                 token_counts: tuple[int, ...] | None = None) -> Grid:
+def resolve_grid(
+    name: str, *, cuda: bool, benchmark_disabled: bool, token_counts: tuple[int, ...] | None = None
+) -> Grid:
     if name not in GRID_CHOICES:
         raise ValueError(f"--bench-shapes must be one of {GRID_CHOICES}, got {name!r}")
     if name == "auto":

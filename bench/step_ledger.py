@@ -36,6 +36,7 @@ rollout and teacher-head behaviour the ledger measured. Every bandwidth and peak
 assumption (``--nvlink-gbps``, ``--peak-tflops``, ``--mfu``). It is a plan, not a measurement.
 The same command, re-run after the loop changes, gives the "after" table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,10 +61,22 @@ ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
 
 # c10d op names (torch.ops.c10d.* and torch.ops._c10d_functional.*) -> the collective's kind
-_KINDS = (("reduce_scatter", "reduce_scatter"), ("allgather", "all_gather"), ("all_gather", "all_gather"),
-          ("allreduce", "all_reduce"), ("all_reduce", "all_reduce"), ("broadcast", "broadcast"),
-          ("alltoall", "all_to_all"), ("all_to_all", "all_to_all"), ("barrier", "barrier"), ("gather", "gather"),
-          ("scatter", "scatter"), ("reduce_", "reduce"), ("send", "send"), ("recv", "recv"))
+_KINDS = (
+    ("reduce_scatter", "reduce_scatter"),
+    ("allgather", "all_gather"),
+    ("all_gather", "all_gather"),
+    ("allreduce", "all_reduce"),
+    ("all_reduce", "all_reduce"),
+    ("broadcast", "broadcast"),
+    ("alltoall", "all_to_all"),
+    ("all_to_all", "all_to_all"),
+    ("barrier", "barrier"),
+    ("gather", "gather"),
+    ("scatter", "scatter"),
+    ("reduce_", "reduce"),
+    ("send", "send"),
+    ("recv", "recv"),
+)
 
 
 def collective_kind(func) -> str | None:
@@ -110,8 +123,11 @@ class Ledger(TorchDispatchMode):
             entry = self.collectives[self.phase][kind]
             entry[0] += 1
             entry[1] += payload
-        elif func is torch.ops.aten.clone.default and isinstance(out, torch.Tensor) and \
-                tuple(out.shape) in self.head_shapes:
+        elif (
+            func is torch.ops.aten.clone.default
+            and isinstance(out, torch.Tensor)
+            and tuple(out.shape) in self.head_shapes
+        ):
             self.head_copies[self.phase] += 1
         return out
 
@@ -176,6 +192,7 @@ def install(out: Path) -> Ledger:
         def wrapped(*args, **kwargs):
             with phase("evaluation"):
                 return fn(*args, **kwargs)
+
         return wrapped
 
     loop.PhaseTimer.__call__ = timed_phase
@@ -190,8 +207,11 @@ def install(out: Path) -> Ledger:
     transformers.GenerationMixin.generate = counted_generate
 
     def on_forward(module, args):
-        if isinstance(module, transformers.PreTrainedModel) and hasattr(module, "get_output_embeddings") and \
-                type(module).__name__.removeprefix("FSDP").endswith("ForConditionalGeneration"):
+        if (
+            isinstance(module, transformers.PreTrainedModel)
+            and hasattr(module, "get_output_embeddings")
+            and type(module).__name__.removeprefix("FSDP").endswith("ForConditionalGeneration")
+        ):
             calls[ledger.phase]["forward"] += 1
             head = module.get_output_embeddings()
             if head is not None:
@@ -200,12 +220,14 @@ def install(out: Path) -> Ledger:
             if key not in models:
                 units = sum(1 for m in module.modules() if isinstance(m, FSDPModule))
                 visual = getattr(getattr(module, "model", None), "visual", None)
-                models[key] = {"params": sum(p.numel() for p in module.parameters()),
-                               "vision_params": sum(p.numel() for p in visual.parameters()) if visual else 0,
-                               "vision_units": sum(1 for m in visual.modules() if isinstance(m, FSDPModule))
-                               if visual else 0,
-                               "bytes": sum(p.numel() * p.element_size() for p in module.parameters()),
-                               "fsdp_units": units, "phases": []}
+                models[key] = {
+                    "params": sum(p.numel() for p in module.parameters()),
+                    "vision_params": sum(p.numel() for p in visual.parameters()) if visual else 0,
+                    "vision_units": sum(1 for m in visual.modules() if isinstance(m, FSDPModule)) if visual else 0,
+                    "bytes": sum(p.numel() * p.element_size() for p in module.parameters()),
+                    "fsdp_units": units,
+                    "phases": [],
+                }
             if ledger.phase not in models[key]["phases"]:
                 models[key]["phases"].append(ledger.phase)
 
@@ -215,12 +237,23 @@ def install(out: Path) -> Ledger:
         hook.remove()
         rank = int(os.environ.get("RANK", "0"))
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"rank{rank}.json").write_text(json.dumps({
-            "rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")),
-            "collectives": {p: {k: {"count": c, "bytes": b} for k, (c, b) in kinds.items()}
-                            for p, kinds in ledger.collectives.items()},
-            "calls": {p: dict(c) for p, c in calls.items()}, "head_copies": dict(ledger.head_copies),
-            "peak_mib": dict(memory.peaks), "models": models}, indent=1))
+        (out / f"rank{rank}.json").write_text(
+            json.dumps(
+                {
+                    "rank": rank,
+                    "world": int(os.environ.get("WORLD_SIZE", "1")),
+                    "collectives": {
+                        p: {k: {"count": c, "bytes": b} for k, (c, b) in kinds.items()}
+                        for p, kinds in ledger.collectives.items()
+                    },
+                    "calls": {p: dict(c) for p, c in calls.items()},
+                    "head_copies": dict(ledger.head_copies),
+                    "peak_mib": dict(memory.peaks),
+                    "models": models,
+                },
+                indent=1,
+            )
+        )
 
     atexit.register(write)
     return ledger
@@ -273,21 +306,62 @@ def launch(engine: str, processes: int, answer_tokens: int, grad_accum: int, out
     """One step of the demo on ``processes`` real processes; the ledgers of every rank."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir, ledger_dir = Path(tmp) / "run", Path(tmp) / "ledger"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-               "--config_file", str(ROOT / "configs" / "accelerate" / f"{engine}.yaml"),
-               "-m", "bench.step_ledger", "--worker", str(ledger_dir), "--",
-               "--max-steps", "1", "--demo-videos", "8", "--eval-steps", "0", "--eval-on-start", "false",
-               "--eval-teacher", "false", "--save-final", "false", "--gradient-accumulation-steps", str(grad_accum),
-               "--max-new-tokens", str(answer_tokens), "--output-dir", str(run_dir), "--progress", "false"]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")]
-                                                                         if p]), OMP_NUM_THREADS="1")
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            str(processes),
+            "--config_file",
+            str(ROOT / "configs" / "accelerate" / f"{engine}.yaml"),
+            "-m",
+            "bench.step_ledger",
+            "--worker",
+            str(ledger_dir),
+            "--",
+            "--max-steps",
+            "1",
+            "--demo-videos",
+            "8",
+            "--eval-steps",
+            "0",
+            "--eval-on-start",
+            "false",
+            "--eval-teacher",
+            "false",
+            "--save-final",
+            "false",
+            "--gradient-accumulation-steps",
+            str(grad_accum),
+            "--max-new-tokens",
+            str(answer_tokens),
+            "--output-dir",
+            str(run_dir),
+            "--progress",
+            "false",
+        ]
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+            OMP_NUM_THREADS="1",
+        )
         start = time.monotonic()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
         ranks = [json.loads(p.read_text()) for p in sorted(ledger_dir.glob("rank*.json"))]
-        status = "ok" if proc.returncode == 0 and len(ranks) == processes else \
-            f"failed (exit {proc.returncode}): {' '.join(proc.stderr.split()[-40:])}"
-    return {"engine": engine, "processes": processes, "answer_tokens": answer_tokens, "grad_accum": grad_accum,
-            "status": status, "wall_s": time.monotonic() - start, "ranks": ranks}
+        status = (
+            "ok"
+            if proc.returncode == 0 and len(ranks) == processes
+            else f"failed (exit {proc.returncode}): {' '.join(proc.stderr.split()[-40:])}"
+        )
+    return {
+        "engine": engine,
+        "processes": processes,
+        "answer_tokens": answer_tokens,
+        "grad_accum": grad_accum,
+        "status": status,
+        "wall_s": time.monotonic() - start,
+        "ranks": ranks,
+    }
 
 
 def rank0(run: dict) -> dict:
@@ -303,10 +377,16 @@ def phase_rows(run: dict) -> list[dict]:
         calls = r0["calls"].get(phase, {})
         if not kinds and not calls and phase not in PHASES:
             continue
-        rows.append({"phase": phase, "generate": calls.get("generate", 0), "forward": calls.get("forward", 0),
-                     "head_copies": r0["head_copies"].get(phase, 0),
-                     "collectives": {k: dict(v) for k, v in sorted(kinds.items())},
-                     "peak_mib": [r["peak_mib"].get(phase) for r in sorted(run["ranks"], key=lambda r: r["rank"])]})
+        rows.append(
+            {
+                "phase": phase,
+                "generate": calls.get("generate", 0),
+                "forward": calls.get("forward", 0),
+                "head_copies": r0["head_copies"].get(phase, 0),
+                "collectives": {k: dict(v) for k, v in sorted(kinds.items())},
+                "peak_mib": [r["peak_mib"].get(phase) for r in sorted(run["ranks"], key=lambda r: r["rank"])],
+            }
+        )
     return rows
 
 
@@ -320,19 +400,26 @@ def _fmt_bytes(n: float) -> str:
 def measured_markdown(runs: list[dict]) -> str:
     lines = []
     for run in runs:
-        head = (f"**{run['engine']}, {run['processes']} processes, --grad-accum {run['grad_accum']}, --max-new-tokens "
-                f"{run['answer_tokens']}** ({run['wall_s']:.0f} s): ")
+        head = (
+            f"**{run['engine']}, {run['processes']} processes, --grad-accum {run['grad_accum']}, --max-new-tokens "
+            f"{run['answer_tokens']}** ({run['wall_s']:.0f} s): "
+        )
         if run["status"] != "ok":
             lines += [head + run["status"], ""]
             continue
-        lines += [head + "rank 0's calls and collectives (count, bytes); every rank's peak memory (MiB).", "",
-                  "| phase | generate | forward | head copies | collectives | peak memory per rank |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            head + "rank 0's calls and collectives (count, bytes); every rank's peak memory (MiB).",
+            "",
+            "| phase | generate | forward | head copies | collectives | peak memory per rank |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in phase_rows(run):
             coll = "; ".join(f"{k} {v['count']} ({_fmt_bytes(v['bytes'])})" for k, v in row["collectives"].items())
             peaks = ", ".join("—" if p is None else f"{p:,.0f}" for p in row["peak_mib"])
-            lines.append(f"| {row['phase']} | {row['generate']} | {row['forward']} | {row['head_copies']} | "
-                         f"{coll or '—'} | {peaks} |")
+            lines.append(
+                f"| {row['phase']} | {row['generate']} | {row['forward']} | {row['head_copies']} | "
+                f"{coll or '—'} | {peaks} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -364,8 +451,11 @@ def phase_calls(run: dict, phase: str) -> float:
 
 def per_call(run: dict) -> dict[tuple[str, str], tuple[float, float]]:
     """{(phase, kind): (bytes, count)} of rank 0 per call of the phase's unit of work."""
-    return {(phase, kind): (v["bytes"] / phase_calls(run, phase), v["count"] / phase_calls(run, phase))
-            for phase in PHASES for kind, v in rank0(run)["collectives"].get(phase, {}).items()}
+    return {
+        (phase, kind): (v["bytes"] / phase_calls(run, phase), v["count"] / phase_calls(run, phase))
+        for phase in PHASES
+        for kind, v in rank0(run)["collectives"].get(phase, {}).items()
+    }
 
 
 def decoding_steps(run: dict) -> float:
@@ -425,58 +515,106 @@ def paper_plan(runs: list[dict], args) -> dict:
         calls = paper_calls(runs[0], phase, micro)
         nbytes = calls * (ba * real.params / small["params"] * scale + per_answer * forwards)
         if kind in ("all_gather", "reduce_scatter"):  # FSDP2's: one a unit run
-            count = calls * (ca * (real.layers + 27 + 1) / max(1, small["fsdp_units"])
-                             + cb * (real.layers + 1) / text_units_small * forwards)
+            count = calls * (
+                ca * (real.layers + 27 + 1) / max(1, small["fsdp_units"])
+                + cb * (real.layers + 1) / text_units_small * forwards
+            )
         else:  # the loop's own (generation's synced_gpus flag, metrics): one a call, whatever the model
             count = calls * (ca + cb * forwards)
         ring = 2 * (gpus - 1) / gpus if kind == "all_reduce" else (gpus - 1) / gpus
-        rows.append({"phase": phase, "kind": kind, "count": count, "bytes": nbytes,
-                     "seconds": nbytes * ring / (args.nvlink_gbps * 1e9), "per_token": calls * per_answer})
+        rows.append(
+            {
+                "phase": phase,
+                "kind": kind,
+                "count": count,
+                "bytes": nbytes,
+                "seconds": nbytes * ring / (args.nvlink_gbps * 1e9),
+                "per_token": calls * per_answer,
+            }
+        )
     # FLOPs of the step on one GPU: its micro-batches of the real models
     t_shape = ModelShape(5120, 64, 64, 8, 128, 25600, 1152, 27)
-    grid = Grid(ARCHITECTURES["qwen3-vl-8b"], t_shape, vocab=151_936, video_tokens=(args.plan_video_tokens,),
-                answer_tokens=answer, batch=micro)
+    grid = Grid(
+        ARCHITECTURES["qwen3-vl-8b"],
+        t_shape,
+        vocab=151_936,
+        video_tokens=(args.plan_video_tokens,),
+        answer_tokens=answer,
+        batch=micro,
+    )
     prompt_tokens = args.plan_video_tokens + args.plan_text_tokens
     flops = step_flops(grid, prompt_tokens, answer, args.plan_video_tokens, "ours")
     # the rollout gathers per token when each answer token moves more than a tenth of the student
-    gathered = not any(r["phase"] == "rollout" and r["kind"] == "all_gather" and r["per_token"] > 0.2 * student.params
-                       for r in rows)
+    gathered = not any(
+        r["phase"] == "rollout" and r["kind"] == "all_gather" and r["per_token"] > 0.2 * student.params for r in rows
+    )
     heads = head_copies_per_micro_batch(runs)
     mem = {}
-    for name, kw in (("as measured", dict(rollout="gathered" if gathered else "sharded",
-                                          # a copy a micro-batch scales with them; fewer: one held
-                                          teacher_heads=round(heads * micro) if heads >= 1 else 1)),):
-        mem[name] = plan_memory(student, teacher, gpus=gpus, gpu_memory_gib=args.plan_gpu_memory_gib,
-                                video_tokens=args.plan_video_tokens, text_tokens=args.plan_text_tokens,
-                                answer_tokens=answer, gradient_accumulation_steps=micro, **kw)
-    return {"rows": rows, "flops": flops, "micro_batches": micro, "rollout": "gathered" if gathered else "sharded",
-            "head_copies_per_micro_batch": heads, "memory": mem, "processes_measured": runs[0]["processes"]}
+    for name, kw in (
+        (
+            "as measured",
+            dict(
+                rollout="gathered" if gathered else "sharded",
+                # a copy a micro-batch scales with them; fewer: one held
+                teacher_heads=round(heads * micro) if heads >= 1 else 1,
+            ),
+        ),
+    ):
+        mem[name] = plan_memory(
+            student,
+            teacher,
+            gpus=gpus,
+            gpu_memory_gib=args.plan_gpu_memory_gib,
+            video_tokens=args.plan_video_tokens,
+            text_tokens=args.plan_text_tokens,
+            answer_tokens=answer,
+            gradient_accumulation_steps=micro,
+            **kw,
+        )
+    return {
+        "rows": rows,
+        "flops": flops,
+        "micro_batches": micro,
+        "rollout": "gathered" if gathered else "sharded",
+        "head_copies_per_micro_batch": heads,
+        "memory": mem,
+        "processes_measured": runs[0]["processes"],
+    }
 
 
 def plan_markdown(plan: dict, args) -> str:
     g = args
-    lines = [f"**PLAN, not a measurement**: the paper's step on {g.plan_gpus} GPUs (Qwen3-VL-8B student and "
-             f"Qwen3-VL-32B teacher, both FSDP2; {g.plan_prompts} prompts a step = {plan['micro_batches']} "
-             f"micro-batches of 1 a GPU; {g.plan_video_tokens:,} video + {g.plan_text_tokens} text tokens, "
-             f"{g.plan_answer_tokens} answer tokens), scaled from the {plan['processes_measured']}-process FSDP2 "
-             "ledger. Per GPU. Assumptions: "
-             f"collectives at {g.nvlink_gbps:g} GB/s a GPU (ring: all-gather / reduce-scatter move (G-1)/G of the "
-             f"buffer, all-reduce twice that), gathers in bf16, gradients reduced in fp32; {g.peak_tflops:g} TFLOP/s "
-             f"bf16 peak at {100 * g.mfu:.0f}% MFU.", "",
-             "| phase | collective | count | bytes | of which per answer token | time at the assumed bandwidth |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"**PLAN, not a measurement**: the paper's step on {g.plan_gpus} GPUs (Qwen3-VL-8B student and "
+        f"Qwen3-VL-32B teacher, both FSDP2; {g.plan_prompts} prompts a step = {plan['micro_batches']} "
+        f"micro-batches of 1 a GPU; {g.plan_video_tokens:,} video + {g.plan_text_tokens} text tokens, "
+        f"{g.plan_answer_tokens} answer tokens), scaled from the {plan['processes_measured']}-process FSDP2 "
+        "ledger. Per GPU. Assumptions: "
+        f"collectives at {g.nvlink_gbps:g} GB/s a GPU (ring: all-gather / reduce-scatter move (G-1)/G of the "
+        f"buffer, all-reduce twice that), gathers in bf16, gradients reduced in fp32; {g.peak_tflops:g} TFLOP/s "
+        f"bf16 peak at {100 * g.mfu:.0f}% MFU.",
+        "",
+        "| phase | collective | count | bytes | of which per answer token | time at the assumed bandwidth |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in plan["rows"]:
         per_token = "—" if r["per_token"] < 1e3 else _fmt_bytes(r["per_token"])
-        lines.append(f"| {r['phase']} | {r['kind']} | {r['count']:,.0f} | {_fmt_bytes(r['bytes'])} | {per_token} | "
-                     f"{r['seconds']:,.2f} s |")
+        lines.append(
+            f"| {r['phase']} | {r['kind']} | {r['count']:,.0f} | {_fmt_bytes(r['bytes'])} | {per_token} | "
+            f"{r['seconds']:,.2f} s |"
+        )
     total_s = sum(r["seconds"] for r in plan["rows"])
     compute_s = plan["flops"] / (g.peak_tflops * 1e12 * g.mfu)
-    lines += ["", f"Collectives {_fmt_bytes(sum(r['bytes'] for r in plan['rows']))} a GPU, {total_s:,.1f} s at "
-              f"{g.nvlink_gbps:g} GB/s; model FLOPs {plan['flops'] / 1e15:,.1f} PFLOP a GPU "
-              f"(`bench.opd_step.step_flops`), {compute_s:,.1f} s at {100 * g.mfu:.0f}% of {g.peak_tflops:g} TFLOP/s. "
-              f"Rollout: {plan['rollout']} (measured: the rollout's all-gathers "
-              f"{'grow' if plan['rollout'] == 'sharded' else 'do not grow'} with the answer); teacher head copies a "
-              f"micro-batch: {plan['head_copies_per_micro_batch']:g}.", ""]
+    lines += [
+        "",
+        f"Collectives {_fmt_bytes(sum(r['bytes'] for r in plan['rows']))} a GPU, {total_s:,.1f} s at "
+        f"{g.nvlink_gbps:g} GB/s; model FLOPs {plan['flops'] / 1e15:,.1f} PFLOP a GPU "
+        f"(`bench.opd_step.step_flops`), {compute_s:,.1f} s at {100 * g.mfu:.0f}% of {g.peak_tflops:g} TFLOP/s. "
+        f"Rollout: {plan['rollout']} (measured: the rollout's all-gathers "
+        f"{'grow' if plan['rollout'] == 'sharded' else 'do not grow'} with the answer); teacher head copies a "
+        f"micro-batch: {plan['head_copies_per_micro_batch']:g}.",
+        "",
+    ]
     for name, mem in plan["memory"].items():
         lines += [f"Memory per GPU ({name}; `videoopd.training.memory_plan`):", "", mem.table(), ""]
     return "\n".join(lines)
@@ -484,8 +622,14 @@ def plan_markdown(plan: dict, args) -> str:
 
 # The one measured GPU step (docs/benchmarks.md, bench/results/gpu-check-2026-11-26/opd_step.json): one
 # H200, bf16, no FSDP, 4 text layers at the 8B's widths, a 5,120-wide teacher, 4 vision blocks.
-H200_STEP = {"prompt_tokens": 17_287, "video_tokens": 15_680, "answer_tokens": 32, "peak_gib": 27.95,
-             "sampled_step_s": 1.066, "sampled_peak_gib": 26.63}
+H200_STEP = {
+    "prompt_tokens": 17_287,
+    "video_tokens": 15_680,
+    "answer_tokens": 32,
+    "peak_gib": 27.95,
+    "sampled_step_s": 1.066,
+    "sampled_peak_gib": 26.63,
+}
 
 
 def h200_check(args) -> str:
@@ -498,19 +642,29 @@ def h200_check(args) -> str:
     t_shape = ModelShape(5120, 4, 64, 8, 128, 25600, 1152, 4)
     tokenizer = build_tiny_tokenizer("qwen3_vl")
     m = H200_STEP
-    plan = plan_memory(qwen3_vl_config(tokenizer, s_shape, 151_936), qwen3_vl_config(tokenizer, t_shape, 151_936),
-                       gpus=1, engine="ddp", teacher_placement="replicate", master_weights="none",
-                       video_tokens=m["video_tokens"], text_tokens=m["prompt_tokens"] - m["video_tokens"],
-                       answer_tokens=m["answer_tokens"], gpu_memory_gib=141)
+    plan = plan_memory(
+        qwen3_vl_config(tokenizer, s_shape, 151_936),
+        qwen3_vl_config(tokenizer, t_shape, 151_936),
+        gpus=1,
+        engine="ddp",
+        teacher_placement="replicate",
+        master_weights="none",
+        video_tokens=m["video_tokens"],
+        text_tokens=m["prompt_tokens"] - m["video_tokens"],
+        answer_tokens=m["answer_tokens"],
+        gpu_memory_gib=141,
+    )
     grid = Grid(s_shape, t_shape, vocab=151_936, video_tokens=(m["video_tokens"],), answer_tokens=m["answer_tokens"])
     flops = step_flops(grid, m["prompt_tokens"], m["answer_tokens"], m["video_tokens"], "ours")
     mfu = flops / m["sampled_step_s"] / (args.peak_tflops * 1e12)
-    return (f"Check against the one measured GPU step (docs/benchmarks.md: one H200, bf16, 4 text layers at the "
-            f"8B's widths, a 5,120-wide teacher, {m['prompt_tokens']:,} prompt + {m['answer_tokens']} answer tokens): "
-            f"the plan's peak {plan.peak_bytes / 2**30:,.1f} GiB ({plan.peak_phase}) against 28.0 GiB measured "
-            f"(exact objective; 26.6 GiB sampled), {100 * (plan.peak_bytes / 2**30 / m['peak_gib'] - 1):+.0f}%; "
-            f"its model FLOPs {flops / 1e12:,.1f} TFLOP in the sampled step's measured {m['sampled_step_s']} s are "
-            f"{100 * mfu:.0f}% of {args.peak_tflops:g} TFLOP/s, against the plan's assumed {100 * args.mfu:.0f}% MFU.")
+    return (
+        f"Check against the one measured GPU step (docs/benchmarks.md: one H200, bf16, 4 text layers at the "
+        f"8B's widths, a 5,120-wide teacher, {m['prompt_tokens']:,} prompt + {m['answer_tokens']} answer tokens): "
+        f"the plan's peak {plan.peak_bytes / 2**30:,.1f} GiB ({plan.peak_phase}) against 28.0 GiB measured "
+        f"(exact objective; 26.6 GiB sampled), {100 * (plan.peak_bytes / 2**30 / m['peak_gib'] - 1):+.0f}%; "
+        f"its model FLOPs {flops / 1e12:,.1f} TFLOP in the sampled step's measured {m['sampled_step_s']} s are "
+        f"{100 * mfu:.0f}% of {args.peak_tflops:g} TFLOP/s, against the plan's assumed {100 * args.mfu:.0f}% MFU."
+    )
 
 
 def main(argv=None) -> int:
@@ -521,12 +675,17 @@ def main(argv=None) -> int:
     if argv[:1] == ["--probe"]:
         return probe(Path(argv[1]))
     ints = lambda t: tuple(int(x) for x in t.split(","))  # noqa: E731
-    parser = argparse.ArgumentParser(prog="python -m bench.step_ledger", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.step_ledger", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--engines", default="ddp,fsdp2", type=lambda t: tuple(t.split(",")))
     parser.add_argument("--processes", default=(2, 4), type=ints)
-    parser.add_argument("--answer-tokens", default=(4, 24), type=ints,
-                        help="--max-new-tokens of the runs; two values fit what grows with the answer (FSDP2)")
+    parser.add_argument(
+        "--answer-tokens",
+        default=(4, 24),
+        type=ints,
+        help="--max-new-tokens of the runs; two values fit what grows with the answer (FSDP2)",
+    )
     parser.add_argument("--grad-accum", default=2, type=int)
     parser.add_argument("--timeout-s", default=600.0, type=float, help="per launch")
     parser.add_argument("--from", dest="source", type=Path, help="a ledger's JSON: plan again without launching")
@@ -534,11 +693,19 @@ def main(argv=None) -> int:
     parser.add_argument("--plan-prompts", default=32, type=int, help="prompts a step (the paper's 32)")
     parser.add_argument("--plan-video-tokens", default=16_384, type=int, help="TimeLens2's cap")
     parser.add_argument("--plan-text-tokens", default=160, type=int)
-    parser.add_argument("--plan-answer-tokens", default=32, type=int,
-                        help="generated tokens (a TVG answer '12.54 to 17.83' is ~15; assumption)")
+    parser.add_argument(
+        "--plan-answer-tokens",
+        default=32,
+        type=int,
+        help="generated tokens (a TVG answer '12.54 to 17.83' is ~15; assumption)",
+    )
     parser.add_argument("--plan-gpu-memory-gib", default=80.0, type=float)
-    parser.add_argument("--nvlink-gbps", default=450.0, type=float,
-                        help="assumed collective bandwidth a GPU (H100/H200 NVLink 4: 900 GB/s both ways)")
+    parser.add_argument(
+        "--nvlink-gbps",
+        default=450.0,
+        type=float,
+        help="assumed collective bandwidth a GPU (H100/H200 NVLink 4: 900 GB/s both ways)",
+    )
     parser.add_argument("--peak-tflops", default=989.0, type=float, help="assumed bf16 dense peak (H100/H200)")
     parser.add_argument("--mfu", default=0.4, type=float, help="assumed model FLOPs utilisation")
     parser.add_argument("--out", type=Path, default=RESULTS / "step-ledger-cpu", help="writes OUT.json and OUT.md")
@@ -551,12 +718,18 @@ def main(argv=None) -> int:
         runs = []
         for engine in args.engines:
             for n in args.processes:
-                for answer in (args.answer_tokens if engine == "fsdp2" else args.answer_tokens[:1]):
+                for answer in args.answer_tokens if engine == "fsdp2" else args.answer_tokens[:1]:
                     runs.append(launch(engine, n, answer, args.grad_accum, args.out, args.timeout_s))
                     print(measured_markdown(runs[-1:]), flush=True)
-    text = ["# Step ledger", "", f"`python -m bench.step_ledger {' '.join(command)}`", "",
-            "## Measured (CPU, gloo)", "",
-            measured_markdown(runs)]
+    text = [
+        "# Step ledger",
+        "",
+        f"`python -m bench.step_ledger {' '.join(command)}`",
+        "",
+        "## Measured (CPU, gloo)",
+        "",
+        measured_markdown(runs),
+    ]
     fsdp = [r for r in runs if r["engine"] == "fsdp2" and r["status"] == "ok"]
     if fsdp:
         most = max(r["processes"] for r in fsdp)

@@ -17,8 +17,9 @@ class RaisingProvider(Provider):
 
 
 def _case(family, error):
-    provider = RaisingProvider(name=f"raising-{family}", family=family, kernels=("fused_reverse_kl",),
-                               description="raises")
+    provider = RaisingProvider(
+        name=f"raising-{family}", family=family, kernels=("fused_reverse_kl",), description="raises"
+    )
     object.__setattr__(provider, "error", error)
     return Case(OP_MODES["fused_reverse_kl-full"], provider, Shape(8, 64, 8, 16))
 

@@ -16,8 +16,20 @@ def test_presets_and_flags():
     gpu = PRESETS["gpu"]
     assert (gpu.student.width, gpu.student.layers, gpu.student.tied) == (2048, 28, True)  # Qwen3-VL-2B
     assert (gpu.teacher.width, gpu.teacher.layers, gpu.teacher.tied) == (4096, 36, False)  # Qwen3-VL-8B
-    grid, _ = parse_args(["--preset", "cpu-smoke", "--width", "128", "--video-tokens", "32,64", "--providers",
-                          "ours,ours-vision-reencoded,trl-chunked", "--objectives", "full"])
+    grid, _ = parse_args(
+        [
+            "--preset",
+            "cpu-smoke",
+            "--width",
+            "128",
+            "--video-tokens",
+            "32,64",
+            "--providers",
+            "ours,ours-vision-reencoded,trl-chunked",
+            "--objectives",
+            "full",
+        ]
+    )
     assert grid.student.width == 128 and grid.video_tokens == (32, 64)
     assert grid.rows() == [("ours", "full"), ("ours-vision-reencoded", "full"), ("trl-chunked", "full")]
     assert "ours-vision-reencoded" not in PRESETS["cpu"].providers
@@ -50,12 +62,18 @@ def _row(provider, n, step_s, status="ok"):
 
 def test_merge_replaces_the_rows_of_the_same_provider_and_length():
     meta = {k: 1 for k in ("student", "teacher", "vocab", "dtype", "batch", "answer_tokens", "steps")}
-    old = {"meta": {**meta, "command": "a", "commit": "c1", "date": "d"},
-           "rows": [asdict(_row("ours", 64, 1.0)), asdict(_row("trl-chunked", 64, 2.0))]}
-    rows, merged = merge_reports(old, [_row("ours", 64, 0.5), _row("ours", 128, 0.7)],
-                                 {**meta, "command": "b", "commit": "c2", "date": "d"})
+    old = {
+        "meta": {**meta, "command": "a", "commit": "c1", "date": "d"},
+        "rows": [asdict(_row("ours", 64, 1.0)), asdict(_row("trl-chunked", 64, 2.0))],
+    }
+    rows, merged = merge_reports(
+        old, [_row("ours", 64, 0.5), _row("ours", 128, 0.7)], {**meta, "command": "b", "commit": "c2", "date": "d"}
+    )
     assert [(r.provider, r.video_tokens, r.step_s) for r in rows] == [
-        ("ours", 64, 0.5), ("trl-chunked", 64, 2.0), ("ours", 128, 0.7)]
+        ("ours", 64, 0.5),
+        ("trl-chunked", 64, 2.0),
+        ("ours", 128, 0.7),
+    ]
     assert merged["commit"] == "c1, c2" and merged["command"] == "a ; b"
     with pytest.raises(SystemExit, match="vocab"):
         merge_reports(old, [], {**meta, "vocab": 2, "command": "b", "commit": "c2", "date": "d"})
@@ -75,10 +93,27 @@ def test_every_provider_runs_a_tiny_step(tmp_path):
     assert "trl" in by["trl-full-logits", "full"].loss_impl
     # the [B, L, V] logits of both models: the full-logits recipe's step grows memory the most
     assert by["trl-full-logits", "full"].peak_growth_mib > 2 * by["ours", "full"].peak_growth_mib
-    paths = opd_step.write_reports(rows, {"device": "CPU", "date": "today", "command": "c", "commit": "x",
-                                          "torch": "t", "transformers": "t", "trl": None, "student": "s",
-                                          "teacher": "t", "vocab": 1, "dtype": "fp32", "batch": 1,
-                                          "answer_tokens": 8, "steps": 2}, tmp_path, "grid")
+    paths = opd_step.write_reports(
+        rows,
+        {
+            "device": "CPU",
+            "date": "today",
+            "command": "c",
+            "commit": "x",
+            "torch": "t",
+            "transformers": "t",
+            "trl": None,
+            "student": "s",
+            "teacher": "t",
+            "vocab": 1,
+            "dtype": "fp32",
+            "batch": 1,
+            "answer_tokens": 8,
+            "steps": 2,
+        },
+        tmp_path,
+        "grid",
+    )
     assert {p.suffix for p in paths} >= {".json", ".csv", ".md"}
     assert len(json.loads((tmp_path / "grid.json").read_text())["rows"]) == len(rows)
     assert "| trl-full-logits | full | 64 |" in (tmp_path / "grid.md").read_text()

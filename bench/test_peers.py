@@ -14,8 +14,12 @@ import pytest
 
 pytest.importorskip("liger_kernel.transformers")
 
-LIGER_PROVIDERS = ("liger-fused-linear-jsd", "liger-fused-linear-jsd-fp32-accum", "liger-fused-linear-kldiv",
-                   "liger-chunked-jsd-loss")
+LIGER_PROVIDERS = (
+    "liger-fused-linear-jsd",
+    "liger-fused-linear-jsd-fp32-accum",
+    "liger-fused-linear-kldiv",
+    "liger-chunked-jsd-loss",
+)
 
 _CHILD = """
 import json, sys, torch
@@ -45,8 +49,9 @@ print(json.dumps(out))
 def test_liger_peers_match_their_float64_references():
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(repo)}
-    done = subprocess.run([sys.executable, "-c", _CHILD, *LIGER_PROVIDERS], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, *LIGER_PROVIDERS], cwd=repo, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     for name in LIGER_PROVIDERS:

@@ -11,30 +11,80 @@ from bench.report import CSV_COLUMNS, Row
 
 
 def _row(provider, family, tokens, status="ok", **figures):
-    return Row(kind="speed", kernel="fused_reverse_kl", mode="full", provider=provider, family=family,
-               tokens=tokens, vocab=1000, student_dim=8, teacher_dim=16, hidden_dim=None, topk=None,
-               dtype="bfloat16", temperature=1.0, status=status, timestamp="2026-01-01 00:00:00", **figures)
+    return Row(
+        kind="speed",
+        kernel="fused_reverse_kl",
+        mode="full",
+        provider=provider,
+        family=family,
+        tokens=tokens,
+        vocab=1000,
+        student_dim=8,
+        teacher_dim=16,
+        hidden_dim=None,
+        topk=None,
+        dtype="bfloat16",
+        temperature=1.0,
+        status=status,
+        timestamp="2026-01-01 00:00:00",
+        **figures,
+    )
 
 
 def _meta():
-    return {"date": "2026-01-01", "timestamp": "2026-01-01 00:00:00", "device_name": "Test Device",
-            "device_slug": "test-device", "peak_tflops": 100.0, "grid": "smoke", "dtype": "bfloat16",
-            "temperature": 1.0, "topk": 20, "accuracy_shape": {"tokens": 4, "vocab": 1000, "student_dim": 8,
-                                                              "teacher_dim": 16},
-            "timing_mode": "test", "memory_method": "test", "command": "pytest bench/", "version": "0.0.0",
-            "packages": {"torch": "x"}, "runs": []}
+    return {
+        "date": "2026-01-01",
+        "timestamp": "2026-01-01 00:00:00",
+        "device_name": "Test Device",
+        "device_slug": "test-device",
+        "peak_tflops": 100.0,
+        "grid": "smoke",
+        "dtype": "bfloat16",
+        "temperature": 1.0,
+        "topk": 20,
+        "accuracy_shape": {"tokens": 4, "vocab": 1000, "student_dim": 8, "teacher_dim": 16},
+        "timing_mode": "test",
+        "memory_method": "test",
+        "command": "pytest bench/",
+        "version": "0.0.0",
+        "packages": {"torch": "x"},
+        "runs": [],
+    }
 
 
 def test_writers_round_trip_and_keep_failure_rows(tmp_path):
-    measured = dict(median_ms=2.0, p20_ms=1.5, p80_ms=3.0, rounds=5, flops=4 * 10**12, tflops=2.0,
-                    peak_fraction=0.02, peak_extra_mb=12.5)
+    measured = dict(
+        median_ms=2.0,
+        p20_ms=1.5,
+        p80_ms=3.0,
+        rounds=5,
+        flops=4 * 10**12,
+        tflops=2.0,
+        peak_fraction=0.02,
+        peak_extra_mb=12.5,
+    )
     rows = [
         _row("ours-torch", "ours", 64, **measured),
         _row("naive", "naive", 64, status="OOM (OutOfMemoryError)"),
         _row("ours-triton-chunked", "ours", 64, status="skipped: no CUDA (reason)"),
-        Row(kind="accuracy", kernel="fused_reverse_kl", mode="full", provider="ours-torch", family="ours", tokens=4,
-            vocab=1000, student_dim=8, teacher_dim=16, hidden_dim=None, topk=None, dtype="bfloat16",
-            temperature=1.0, max_abs_error=3e-7, grad_max_rel_error=2e-3, timestamp="2026-01-01 00:00:00"),
+        Row(
+            kind="accuracy",
+            kernel="fused_reverse_kl",
+            mode="full",
+            provider="ours-torch",
+            family="ours",
+            tokens=4,
+            vocab=1000,
+            student_dim=8,
+            teacher_dim=16,
+            hidden_dim=None,
+            topk=None,
+            dtype="bfloat16",
+            temperature=1.0,
+            max_abs_error=3e-7,
+            grad_max_rel_error=2e-3,
+            timestamp="2026-01-01 00:00:00",
+        ),
     ]
     written, problems = report.write_all(tmp_path, "test-device-2026-01-01", rows, _meta())
     assert {p.suffix for p in written} >= {".json", ".csv", ".md"}
@@ -67,7 +117,10 @@ def test_a_partial_rerun_replaces_only_the_rows_it_measured():
     new_meta = {**_meta(), "runs": [{"command": "pytest bench/ --bench-providers naive"}]}
     rows, meta = report.merge_runs(first, old_meta, rerun, new_meta)
     assert [(r.provider, r.tokens, r.median_ms) for r in rows] == [
-        ("ours-torch", 64, 2.0), ("naive", 64, 1.0), ("naive", 128, 5.0)]
+        ("ours-torch", 64, 2.0),
+        ("naive", 64, 1.0),
+        ("naive", 128, 5.0),
+    ]
     assert [run["command"] for run in meta["runs"]] == ["pytest bench/", "pytest bench/ --bench-providers naive"]
 
     other_dtype = {**new_meta, "dtype": "float32"}

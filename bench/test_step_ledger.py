@@ -1,5 +1,6 @@
 """bench.step_ledger: its counting hook counts a known set of collectives on 2 real processes,
 and its plan scales what grows with the answer."""
+
 import json
 import os
 import subprocess
@@ -18,19 +19,39 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.multiprocess
 def test_counts_known_collectives_on_2_processes(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
-                    str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "-m", "bench.step_ledger", "--probe",
-                    str(tmp_path)], env=env, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "2",
+            "--config_file",
+            str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
+            "-m",
+            "bench.step_ledger",
+            "--probe",
+            str(tmp_path),
+        ],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     single = hasattr(dist, "all_gather_single")
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got["world"] == 2
-        assert got["collectives"]["teacher"] == {"all_reduce": {"count": 3, "bytes": 3 * 4000},
-                                                 "broadcast": {"count": 1, "bytes": 80}}
+        assert got["collectives"]["teacher"] == {
+            "all_reduce": {"count": 3, "bytes": 3 * 4000},
+            "broadcast": {"count": 1, "bytes": 80},
+        }
         assert got["collectives"]["student"] == {
             "all_gather": {"count": 2 + single, "bytes": (2 + single) * 800},  # the gathered 2 x 100 fp32
             "reduce_scatter": {"count": 1, "bytes": 400},  # the full 2 x 50 fp32 input
-            "all_reduce": {"count": 1, "bytes": 28}}  # functional (torch.ops._c10d_functional)
+            "all_reduce": {"count": 1, "bytes": 28},
+        }  # functional (torch.ops._c10d_functional)
         assert set(got["peak_mib"]) == {"teacher", "student"}
 
 
@@ -44,10 +65,20 @@ def test_collective_kinds():
 
 
 def _run(answer, rollout_bytes, rollout_count):
-    return {"answer_tokens": answer + 100, "grad_accum": 2, "ranks": [{"rank": 0, "calls": {
-        "rollout": {"forward": 2 * answer, "generate": 2}, "teacher": {"forward": 2}}, "collectives": {
-        "rollout": {"all_gather": {"bytes": rollout_bytes, "count": rollout_count}},
-        "student": {"reduce_scatter": {"bytes": 10.0, "count": 2}}}}]}
+    return {
+        "answer_tokens": answer + 100,
+        "grad_accum": 2,
+        "ranks": [
+            {
+                "rank": 0,
+                "calls": {"rollout": {"forward": 2 * answer, "generate": 2}, "teacher": {"forward": 2}},
+                "collectives": {
+                    "rollout": {"all_gather": {"bytes": rollout_bytes, "count": rollout_count}},
+                    "student": {"reduce_scatter": {"bytes": 10.0, "count": 2}},
+                },
+            }
+        ],
+    }
 
 
 def test_fit_separates_what_grows_with_the_answer():

@@ -34,8 +34,10 @@ from pathlib import Path
 from bench.isolated import proc_status, reset_peak_rss, run_json_child
 
 MIB = 2**20
-PATHS = {"trl": "TRL DistillationTrainer (its chunked divergence)",
-         "ours": "FusedDistillationTrainer (fused_reverse_kl)"}
+PATHS = {
+    "trl": "TRL DistillationTrainer (its chunked divergence)",
+    "ours": "FusedDistillationTrainer (fused_reverse_kl)",
+}
 
 
 def _step_setup(args):
@@ -49,24 +51,47 @@ def _step_setup(args):
 
     def model(seed, dim):
         torch.manual_seed(seed)
-        return Qwen2ForCausalLM(Qwen2Config(
-            vocab_size=args.vocab, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-            max_position_embeddings=args.prompt + args.completion + 8))
+        return Qwen2ForCausalLM(
+            Qwen2Config(
+                vocab_size=args.vocab,
+                hidden_size=dim,
+                intermediate_size=2 * dim,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                tie_word_embeddings=False,
+                max_position_embeddings=args.prompt + args.completion + 8,
+            )
+        )
 
     tokenizer = build_tiny_tokenizer()
     tokenizer.padding_side = "left"
-    config = DistillationConfig(output_dir=str(Path(args.workdir) / args.path), per_device_train_batch_size=1,
-                                report_to="none", bf16=False, use_cpu=True, gradient_checkpointing=False,
-                                save_strategy="no", temperature=args.temperature, beta=1.0)
+    config = DistillationConfig(
+        output_dir=str(Path(args.workdir) / args.path),
+        per_device_train_batch_size=1,
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        temperature=args.temperature,
+        beta=1.0,
+    )
     cls = FusedDistillationTrainer if args.path == "ours" else DistillationTrainer
-    trainer = cls(model=model(0, args.student_dim), teacher_model=model(1, args.teacher_dim), args=config,
-                  train_dataset=Dataset.from_dict({"prompt": ["x"]}), processing_class=tokenizer)
+    trainer = cls(
+        model=model(0, args.student_dim),
+        teacher_model=model(1, args.teacher_dim),
+        args=config,
+        train_dataset=Dataset.from_dict({"prompt": ["x"]}),
+        processing_class=tokenizer,
+    )
     g = torch.Generator().manual_seed(2)
-    batch = {"prompt_ids": torch.randint(0, args.vocab, (1, args.prompt), generator=g),
-             "prompt_mask": torch.ones(1, args.prompt, dtype=torch.long),
-             "completion_ids": torch.randint(0, args.vocab, (1, args.completion), generator=g),
-             "completion_mask": torch.ones(1, args.completion, dtype=torch.long)}
+    batch = {
+        "prompt_ids": torch.randint(0, args.vocab, (1, args.prompt), generator=g),
+        "prompt_mask": torch.ones(1, args.prompt, dtype=torch.long),
+        "completion_ids": torch.randint(0, args.vocab, (1, args.completion), generator=g),
+        "completion_mask": torch.ones(1, args.completion, dtype=torch.long),
+    }
     batch["num_items_in_batch"] = batch["completion_mask"].sum()
     trainer.model.train()
 
@@ -107,15 +132,38 @@ def _child(args) -> dict:
 
 
 def _child_cmd(args, path: str) -> list[str]:
-    return [sys.executable, "-m", "bench.trl_distillation", "--child", "--path", path,
-            "--prompt", str(args.prompt), "--completion", str(args.completion), "--vocab", str(args.vocab),
-            "--student-dim", str(args.student_dim), "--teacher-dim", str(args.teacher_dim),
-            "--temperature", str(args.temperature), "--calls", str(args.calls), "--workdir", args.workdir]
+    return [
+        sys.executable,
+        "-m",
+        "bench.trl_distillation",
+        "--child",
+        "--path",
+        path,
+        "--prompt",
+        str(args.prompt),
+        "--completion",
+        str(args.completion),
+        "--vocab",
+        str(args.vocab),
+        "--student-dim",
+        str(args.student_dim),
+        "--teacher-dim",
+        str(args.teacher_dim),
+        "--temperature",
+        str(args.temperature),
+        "--calls",
+        str(args.calls),
+        "--workdir",
+        args.workdir,
+    ]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.trl_distillation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.trl_distillation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--prompt", type=int, default=64, help="prompt tokens")
     parser.add_argument("--completion", type=int, default=1024, help="completion tokens, all in the loss")
     parser.add_argument("--vocab", type=int, default=32768)
@@ -137,8 +185,11 @@ def main(argv=None) -> int:
     for repeat in range(args.repeats):
         for path in PATHS:
             runs[path].append(run_json_child(_child_cmd(args, path), "memory"))
-            print(f"# repeat {repeat + 1}/{args.repeats} {path}: {runs[path][-1].get('error', 'ok')}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"# repeat {repeat + 1}/{args.repeats} {path}: {runs[path][-1].get('error', 'ok')}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def med(path, key):
         values = [r[key] for r in runs[path] if key in r]
@@ -151,20 +202,28 @@ def main(argv=None) -> int:
 
     base_s, base_m = med("trl", "median_s"), med("trl", "steady_rss_growth_mib")
     threads = next((r["threads"] for r in runs["trl"] if "threads" in r), "?")
-    print(f"One loss step (compute_loss + backward), beta=1, {args.prompt} + {args.completion} tokens, "
-          f"V = {args.vocab:,}, tiny Qwen2 student D = {args.student_dim} / teacher D = {args.teacher_dim} "
-          f"(2 layers), fp32, one process per path; {cpu_model_name()}, {threads} threads, "
-          f"{datetime.now(timezone.utc):%Y-%m-%d}; trl {trl.__version__}, torch {torch.__version__}; "
-          f"`{' '.join(['python -m bench.trl_distillation', *(argv if argv is not None else sys.argv[1:])])}`\n")
+    print(
+        f"One loss step (compute_loss + backward), beta=1, {args.prompt} + {args.completion} tokens, "
+        f"V = {args.vocab:,}, tiny Qwen2 student D = {args.student_dim} / teacher D = {args.teacher_dim} "
+        f"(2 layers), fp32, one process per path; {cpu_model_name()}, {threads} threads, "
+        f"{datetime.now(timezone.utc):%Y-%m-%d}; trl {trl.__version__}, torch {torch.__version__}; "
+        f"`{' '.join(['python -m bench.trl_distillation', *(argv if argv is not None else sys.argv[1:])])}`\n"
+    )
     print("| path | s / step (median) | x TRL | peak RSS growth, later step | x TRL | first step | loss |")
     print("|---|---|---|---|---|---|---|")
     for path, label in PATHS.items():
         s, m = med(path, "median_s"), med(path, "steady_rss_growth_mib")
         first, loss = med(path, "first_step_rss_growth_mib"), med(path, "loss")
         errors = [r["error"] for r in runs[path] if "error" in r]
-        cells = [label, "-" if s is None else f"{s:.2f}", "-" if not (s and base_s) else f"{s / base_s:.2f}",
-                 "-" if m is None else f"{m:.0f} MiB", "-" if m is None or not base_m else f"{m / base_m:.2f}",
-                 "-" if first is None else f"{first:.0f} MiB", "-" if loss is None else f"{loss:.6f}"]
+        cells = [
+            label,
+            "-" if s is None else f"{s:.2f}",
+            "-" if not (s and base_s) else f"{s / base_s:.2f}",
+            "-" if m is None else f"{m:.0f} MiB",
+            "-" if m is None or not base_m else f"{m / base_m:.2f}",
+            "-" if first is None else f"{first:.0f} MiB",
+            "-" if loss is None else f"{loss:.6f}",
+        ]
         print("| " + " | ".join(cells) + " |" + (f" errors: {errors[0]}" if errors else ""))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1) + "\n")

@@ -33,6 +33,16 @@ from .losses import policy_gradient_loss, sampled_reverse_kl_loss
 from .policy_gradient import fused_policy_gradient_loss
 from .reverse_kl import FusedReverseKL, fused_reverse_kl
 
-__all__ = ["fused_reverse_kl", "FusedReverseKL", "token_logprobs", "topk_logprobs", "policy_gradient_loss",
-           "sampled_reverse_kl_loss", "fused_policy_gradient_loss", "Reduction", "REDUCTIONS", "MAX_TOPK"]
+__all__ = [
+    "fused_reverse_kl",
+    "FusedReverseKL",
+    "token_logprobs",
+    "topk_logprobs",
+    "policy_gradient_loss",
+    "sampled_reverse_kl_loss",
+    "fused_policy_gradient_loss",
+    "Reduction",
+    "REDUCTIONS",
+    "MAX_TOPK",
+]
 __version__ = "0.1.0"

@@ -106,15 +106,24 @@ def compile_spec(spec: KernelSpec, capability: int) -> CompileResult:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    result = CompileResult(spec.name, f"sm_{capability}", ok=False, num_warps=spec.num_warps,
-                           num_stages=spec.num_stages,
-                           constexprs=dict(spec.constexprs), expects_tensor_cores=spec.expects_tensor_cores)
+    result = CompileResult(
+        spec.name,
+        f"sm_{capability}",
+        ok=False,
+        num_warps=spec.num_warps,
+        num_stages=spec.num_stages,
+        constexprs=dict(spec.constexprs),
+        expects_tensor_cores=spec.expects_tensor_cores,
+    )
     names = list(spec.signature)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in spec.divisible_by_16}
     try:
         src = ASTSource(fn=spec.kernel, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", capability, 32),
-                                  options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+        compiled = triton.compile(
+            src,
+            target=GPUTarget("cuda", capability, 32),
+            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
+        )
     except Exception as exc:  # reported per kernel; the caller decides to fail
         result.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         return result

@@ -52,8 +52,9 @@ def addmm_acc_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     return acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 
-def multiply_out_(g: torch.Tensor, W: torch.Tensor, h: torch.Tensor, dh: torch.Tensor | None,
-                  dW: torch.Tensor | None) -> None:
+def multiply_out_(
+    g: torch.Tensor, W: torch.Tensor, h: torch.Tensor, dh: torch.Tensor | None, dW: torch.Tensor | None
+) -> None:
     """A token chunk's logit gradient g [C, V] multiplied out: dh (the chunk's rows, [C, D]) = g W,
     dW [V, D] += g^T h; either skipped where None (W frozen, or h needs no gradient)."""
     if dh is not None:

@@ -76,9 +76,12 @@ class RowFunction:
                 return self._compiled(*args)
             except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
                 self.broken = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
-                warnings.warn(f"opd_kernels: torch.compile of the {self.name} row math failed ({self.broken}); "
-                              f"using eager PyTorch from now on (set {COMPILE_ENV}=0 to skip compiling)",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"opd_kernels: torch.compile of the {self.name} row math failed ({self.broken}); "
+                    f"using eager PyTorch from now on (set {COMPILE_ENV}=0 to skip compiling)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return self.eager(*args)
 
 
@@ -98,7 +101,7 @@ EXP_BLOCK = 8192
 
 def _scaled_block(z: torch.Tensor, c0: int, inv_tau: float) -> torch.Tensor:
     """Columns [c0, c0 + EXP_BLOCK) of z / tau, z itself left as it is."""
-    block = z[:, c0:c0 + EXP_BLOCK]
+    block = z[:, c0 : c0 + EXP_BLOCK]
     return block if inv_tau == 1.0 else block * inv_tau
 
 
@@ -217,7 +220,7 @@ def _softmax_grad_eager(z, inv_tau, lse, entropy, go_lp, go_ent):
     if go_ent is None:
         return log_p.exp_().mul_((-inv_tau * go_lp)[:, None])
     for c0 in range(0, log_p.shape[1], EXP_BLOCK):  # p block by block: no [C, V] temporary
-        block = log_p[:, c0:c0 + EXP_BLOCK]
+        block = log_p[:, c0 : c0 + EXP_BLOCK]
         p = torch.exp(block)
         block.add_(entropy[:, None]).mul_(go_ent[:, None]).add_(go_lp[:, None]).mul_(p).mul_(-inv_tau)
     return log_p

@@ -52,7 +52,6 @@ def tile_logits(
     return acc * inv_tau
 
 
-
 @triton.jit
 def tile_program_ids(N, V, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, GROUP_V: tl.constexpr):
     """(token block, vocabulary block) of this program in a 1-D grid over all tiles.

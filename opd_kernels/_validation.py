@@ -116,8 +116,11 @@ def check_hidden_and_weight(hidden_name: str, hidden, weight_name: str, weight) 
         hidden = hidden.to(target) if hidden.dtype in AUTOCAST_ELIGIBLE else hidden
         weight = weight.to(target) if weight.dtype in AUTOCAST_ELIGIBLE else weight
     if hidden.dtype != weight.dtype:
-        hint = ("; run under torch.autocast to mix them" if target is None else
-                f" (under torch.autocast({hidden.device.type}, {target}), which leaves float64 as it is)")
+        hint = (
+            "; run under torch.autocast to mix them"
+            if target is None
+            else f" (under torch.autocast({hidden.device.type}, {target}), which leaves float64 as it is)"
+        )
         raise ValueError(f"{hidden_name} ({hidden.dtype}) and {weight_name} ({weight.dtype}) must share a dtype{hint}")
     if weight.shape[0] == 0:
         raise ValueError(f"{weight_name} has an empty vocabulary (shape {tuple(weight.shape)})")
@@ -155,8 +158,16 @@ def check_ignore_index(ignore_index) -> int:
     return ignore_index
 
 
-def check_token_ids(tokens, leading_shape: torch.Size, vocab: int, *, ignore_index: int, mask=None,
-                    check: bool = False, hidden_name: str = "hidden") -> tuple[torch.Tensor, torch.Tensor]:
+def check_token_ids(
+    tokens,
+    leading_shape: torch.Size,
+    vocab: int,
+    *,
+    ignore_index: int,
+    mask=None,
+    check: bool = False,
+    hidden_name: str = "hidden",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """int64 token ids of ``leading_shape``, ids in [0, vocab) or ``ignore_index`` (HF's -100).
 
     Returns (ids, keep), both flat [N]: ``keep`` is False where the id is ``ignore_index`` or
@@ -169,8 +180,9 @@ def check_token_ids(tokens, leading_shape: torch.Size, vocab: int, *, ignore_ind
     if tokens.dtype != torch.int64:
         raise ValueError(f"tokens must be int64 (torch.long), got dtype {tokens.dtype}")
     if tokens.shape != leading_shape:
-        raise ValueError(f"tokens must have the leading shape of {hidden_name}, {tuple(leading_shape)}, "
-                         f"got {tuple(tokens.shape)}")
+        raise ValueError(
+            f"tokens must have the leading shape of {hidden_name}, {tuple(leading_shape)}, got {tuple(tokens.shape)}"
+        )
     check_mask(mask, leading_shape, hidden_name)
     flat = tokens.reshape(-1)
     keep = flat != ignore_index
@@ -197,8 +209,7 @@ def check_mask(mask, leading_shape: torch.Size, hidden_name: str) -> None:
         raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
     if mask.shape != leading_shape:
         raise ValueError(
-            f"mask must have the leading shape of {hidden_name}, {tuple(leading_shape)}, "
-            f"got {tuple(mask.shape)}"
+            f"mask must have the leading shape of {hidden_name}, {tuple(leading_shape)}, got {tuple(mask.shape)}"
         )
 
 
@@ -220,8 +231,11 @@ def check_reduction(reduction, *, stacklevel: int = 3) -> Reduction:
     """One of :data:`REDUCTIONS`; an old name of :data:`DEPRECATED_REDUCTIONS` warns and maps to its new one."""
     if isinstance(reduction, str) and reduction in DEPRECATED_REDUCTIONS:
         new = DEPRECATED_REDUCTIONS[reduction]
-        warnings.warn(f"reduction={reduction!r} is deprecated; use reduction={new!r}, which means the same",
-                      DeprecationWarning, stacklevel=stacklevel)
+        warnings.warn(
+            f"reduction={reduction!r} is deprecated; use reduction={new!r}, which means the same",
+            DeprecationWarning,
+            stacklevel=stacklevel,
+        )
         return new
     return cast(Reduction, check_choice("reduction", reduction, REDUCTIONS))  # one of REDUCTIONS, checked
 
@@ -237,8 +251,9 @@ def check_like(name: str, reference: torch.Tensor, mask: torch.Tensor, **others:
         if not t.is_floating_point():
             raise ValueError(f"{other_name} must be a floating tensor, got dtype {t.dtype}")
         if t.shape != reference.shape:
-            raise ValueError(f"{other_name} has shape {tuple(t.shape)}, expected the shape of {name}, "
-                             f"{tuple(reference.shape)}")
+            raise ValueError(
+                f"{other_name} has shape {tuple(t.shape)}, expected the shape of {name}, {tuple(reference.shape)}"
+            )
     check_tensor("mask", mask)
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
@@ -256,8 +271,10 @@ def check_baseline(baseline, shape: torch.Size, name: str) -> None:
     try:
         torch.broadcast_shapes(baseline.shape, shape)
     except RuntimeError:
-        raise ValueError(f"baseline has shape {tuple(baseline.shape)}, which does not broadcast to the shape of "
-                         f"{name}, {tuple(shape)}") from None
+        raise ValueError(
+            f"baseline has shape {tuple(baseline.shape)}, which does not broadcast to the shape of "
+            f"{name}, {tuple(shape)}"
+        ) from None
 
 
 def _is_number(value) -> bool:
@@ -297,8 +314,9 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def resolve_backend(backend: str, device: torch.device, dtypes: tuple[torch.dtype, ...], *,
-                    auto_triton_on_cuda: bool = True) -> str:
+def resolve_backend(
+    backend: str, device: torch.device, dtypes: tuple[torch.dtype, ...], *, auto_triton_on_cuda: bool = True
+) -> str:
     """'auto' is Triton on CUDA (where ``auto_triton_on_cuda``) and the chunked torch backend elsewhere."""
     check_choice("backend", backend, BACKENDS)
     if backend == "auto":

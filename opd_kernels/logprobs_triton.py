@@ -65,8 +65,22 @@ def _lse_fwd_kernel(
     for v0 in range(v_begin, v_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
-        z = tile_logits(h_ptr, w_ptr, rows, cols, row_ok, col_ok, D, stride_h, stride_w, inv_tau,
-                        BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
+        z = tile_logits(
+            h_ptr,
+            w_ptr,
+            rows,
+            cols,
+            row_ok,
+            col_ok,
+            D,
+            stride_h,
+            stride_w,
+            inv_tau,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
+            DOT_PRECISION,
+        )
         z = tl.where(col_ok[None, :], z, float("-inf"))
         new_m = tl.maximum(m, tl.max(z, axis=1))
         e = tl.exp(z - new_m[:, None])
@@ -119,8 +133,22 @@ def _softmax_bwd_kernel(
         go_ent = tl.load(grad_entropy_ptr + rows, mask=row_ok, other=0.0)
         live_rows = live_rows | (go_ent != 0)
     if tl.max(live_rows.to(tl.int32), axis=0) > 0:
-        z = tile_logits(h_ptr, w_ptr, rows, cols, row_ok, col_ok, D, stride_h, stride_w, inv_tau,
-                        BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
+        z = tile_logits(
+            h_ptr,
+            w_ptr,
+            rows,
+            cols,
+            row_ok,
+            col_ok,
+            D,
+            stride_h,
+            stride_w,
+            inv_tau,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
+            DOT_PRECISION,
+        )
         log_p = z - tl.load(lse_ptr + rows, mask=row_ok, other=0.0)[:, None]
         weight = go_lp[:, None]
         if HAS_ENTROPY_GRAD:
@@ -130,8 +158,24 @@ def _softmax_bwd_kernel(
         g = tl.where(live_rows[:, None] & col_ok[None, :], g, 0.0)
         # Dead rows of a partially live block may hold NaN/inf (padding): as the row mask,
         # live_rows loads their h as 0 (0 * NaN would be NaN in g^T h) and leaves their dh at 0.
-        scatter_logit_grads(g, h_ptr, w_ptr, dh_ptr, dw_ptr, rows, cols, row_ok & live_rows, col_ok, D, stride_h,
-                            stride_w, BLOCK_D, COMPUTE_DH, COMPUTE_DW, DOT_PRECISION)
+        scatter_logit_grads(
+            g,
+            h_ptr,
+            w_ptr,
+            dh_ptr,
+            dw_ptr,
+            rows,
+            cols,
+            row_ok & live_rows,
+            col_ok,
+            D,
+            stride_h,
+            stride_w,
+            BLOCK_D,
+            COMPUTE_DH,
+            COMPUTE_DW,
+            DOT_PRECISION,
+        )
 
 
 @triton.jit
@@ -162,8 +206,22 @@ def _topk_kernel(
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
-        z = tile_logits(h_ptr, w_ptr, rows, cols, row_ok, col_ok, D, stride_h, stride_w, inv_tau,
-                        BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
+        z = tile_logits(
+            h_ptr,
+            w_ptr,
+            rows,
+            cols,
+            row_ok,
+            col_ok,
+            D,
+            stride_h,
+            stride_w,
+            inv_tau,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
+            DOT_PRECISION,
+        )
         z = tl.where(col_ok[None, :], z, float("-inf"))
         new_m = tl.maximum(m, tl.max(z, axis=1))
         s = s * tl.exp(m - new_m) + tl.sum(tl.exp(z - new_m[:, None]), axis=1)
@@ -234,9 +292,23 @@ def logsumexp_stats_triton(h, W, params: LogprobParams):
     splits, tiles_per_split = vocab_splits(n, vocab, cfg.block_n, cfg.block_v, h.device)
     parts = torch.empty((2, splits, n), dtype=torch.float32, device=h.device)
     _lse_fwd_kernel[(triton.cdiv(n, cfg.block_n), splits)](
-        h, W, parts, n, vocab, h.shape[1], h.stride(0), W.stride(0), inv_tau, tiles_per_split,
-        BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_D=cfg.block_d, WITH_MEAN=with_mean,
-        DOT_PRECISION=dot_precision(h.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        h,
+        W,
+        parts,
+        n,
+        vocab,
+        h.shape[1],
+        h.stride(0),
+        W.stride(0),
+        inv_tau,
+        tiles_per_split,
+        BLOCK_N=cfg.block_n,
+        BLOCK_V=cfg.block_v,
+        BLOCK_D=cfg.block_d,
+        WITH_MEAN=with_mean,
+        DOT_PRECISION=dot_precision(h.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     if not with_mean:
         return torch.logsumexp(parts[0], dim=0), None
@@ -254,12 +326,30 @@ def softmax_grads_triton(h, W, lse, entropy, grad_lp, grad_entropy, params: Kern
     grid = (triton.cdiv(n, cfg.block_n) * triton.cdiv(vocab, cfg.block_v),)
     has_entropy_grad = grad_entropy is not None
     _softmax_bwd_kernel[grid](
-        h, W, lse, entropy if has_entropy_grad else lse, grad_lp, grad_entropy if has_entropy_grad else grad_lp,
-        dh if need_dh else lse, dW if need_dw else lse,  # placeholders are never touched
-        n, vocab, h.shape[1], h.stride(0), W.stride(0), inv_tau,
-        BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_D=cfg.block_d, GROUP_V=cfg.group_v,
-        HAS_ENTROPY_GRAD=has_entropy_grad, COMPUTE_DH=need_dh, COMPUTE_DW=need_dw,
-        DOT_PRECISION=dot_precision(h.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        h,
+        W,
+        lse,
+        entropy if has_entropy_grad else lse,
+        grad_lp,
+        grad_entropy if has_entropy_grad else grad_lp,
+        dh if need_dh else lse,
+        dW if need_dw else lse,  # placeholders are never touched
+        n,
+        vocab,
+        h.shape[1],
+        h.stride(0),
+        W.stride(0),
+        inv_tau,
+        BLOCK_N=cfg.block_n,
+        BLOCK_V=cfg.block_v,
+        BLOCK_D=cfg.block_d,
+        GROUP_V=cfg.group_v,
+        HAS_ENTROPY_GRAD=has_entropy_grad,
+        COMPUTE_DH=need_dh,
+        COMPUTE_DW=need_dw,
+        DOT_PRECISION=dot_precision(h.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return dh, dW
 
@@ -275,9 +365,23 @@ def topk_triton(h, W, k, params: KernelParams):
     if n == 0:
         return values[:, :k], indices[:, :k].long()
     _topk_kernel[(triton.cdiv(n, cfg.block_n),)](
-        h, W, values, indices, n, vocab, h.shape[1], h.stride(0), W.stride(0), inv_tau,
-        BLOCK_N=cfg.block_n, BLOCK_V=block_v, BLOCK_D=cfg.block_d, K=padded_k,
-        DOT_PRECISION=dot_precision(h.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        h,
+        W,
+        values,
+        indices,
+        n,
+        vocab,
+        h.shape[1],
+        h.stride(0),
+        W.stride(0),
+        inv_tau,
+        BLOCK_N=cfg.block_n,
+        BLOCK_V=block_v,
+        BLOCK_D=cfg.block_d,
+        K=padded_k,
+        DOT_PRECISION=dot_precision(h.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return values[:, :k], indices[:, :k].long()
 
@@ -295,12 +399,27 @@ def kernel_specs():
             yield KernelSpec(
                 name=f"logprob_fused_fwd[{ty}{',entropy' if with_mean else ''}]",
                 kernel=_lse_fwd_kernel,
-                signature={**mats, "part_ptr": "*fp32", **dims, "tiles_per_split": "i32",
-                           "BLOCK_N": "constexpr", "BLOCK_V": "constexpr", "BLOCK_D": "constexpr",
-                           "WITH_MEAN": "constexpr", "DOT_PRECISION": "constexpr"},
-                constexprs={"BLOCK_N": cfg.block_n, "BLOCK_V": cfg.block_v, "BLOCK_D": cfg.block_d,
-                            "WITH_MEAN": with_mean, "DOT_PRECISION": dot_precision(dtype)},
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages, expects_tensor_cores=dtype != torch.float32,
+                signature={
+                    **mats,
+                    "part_ptr": "*fp32",
+                    **dims,
+                    "tiles_per_split": "i32",
+                    "BLOCK_N": "constexpr",
+                    "BLOCK_V": "constexpr",
+                    "BLOCK_D": "constexpr",
+                    "WITH_MEAN": "constexpr",
+                    "DOT_PRECISION": "constexpr",
+                },
+                constexprs={
+                    "BLOCK_N": cfg.block_n,
+                    "BLOCK_V": cfg.block_v,
+                    "BLOCK_D": cfg.block_d,
+                    "WITH_MEAN": with_mean,
+                    "DOT_PRECISION": dot_precision(dtype),
+                },
+                num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages,
+                expects_tensor_cores=dtype != torch.float32,
                 divisible_by_16=aligned + ("part_ptr",),
             )
         cfg = BWD_CONFIGS[dtype]
@@ -308,28 +427,65 @@ def kernel_specs():
             yield KernelSpec(
                 name=f"logprob_fused_bwd[{ty}{',entropy' if entropy_grad else ''}]",
                 kernel=_softmax_bwd_kernel,
-                signature={**mats, "lse_ptr": "*fp32", "entropy_ptr": "*fp32", "grad_lp_ptr": "*fp32",
-                           "grad_entropy_ptr": "*fp32", "dh_ptr": "*fp32", "dw_ptr": "*fp32", **dims,
-                           "BLOCK_N": "constexpr", "BLOCK_V": "constexpr", "BLOCK_D": "constexpr",
-                           "GROUP_V": "constexpr", "HAS_ENTROPY_GRAD": "constexpr", "COMPUTE_DH": "constexpr",
-                           "COMPUTE_DW": "constexpr", "DOT_PRECISION": "constexpr"},
-                constexprs={"BLOCK_N": cfg.block_n, "BLOCK_V": cfg.block_v, "BLOCK_D": cfg.block_d,
-                            "GROUP_V": cfg.group_v, "HAS_ENTROPY_GRAD": entropy_grad, "COMPUTE_DH": True,
-                            "COMPUTE_DW": True, "DOT_PRECISION": dot_precision(dtype)},
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages, expects_tensor_cores=dtype != torch.float32,
-                divisible_by_16=aligned + ("lse_ptr", "entropy_ptr", "grad_lp_ptr", "grad_entropy_ptr", "dh_ptr",
-                                           "dw_ptr"),
+                signature={
+                    **mats,
+                    "lse_ptr": "*fp32",
+                    "entropy_ptr": "*fp32",
+                    "grad_lp_ptr": "*fp32",
+                    "grad_entropy_ptr": "*fp32",
+                    "dh_ptr": "*fp32",
+                    "dw_ptr": "*fp32",
+                    **dims,
+                    "BLOCK_N": "constexpr",
+                    "BLOCK_V": "constexpr",
+                    "BLOCK_D": "constexpr",
+                    "GROUP_V": "constexpr",
+                    "HAS_ENTROPY_GRAD": "constexpr",
+                    "COMPUTE_DH": "constexpr",
+                    "COMPUTE_DW": "constexpr",
+                    "DOT_PRECISION": "constexpr",
+                },
+                constexprs={
+                    "BLOCK_N": cfg.block_n,
+                    "BLOCK_V": cfg.block_v,
+                    "BLOCK_D": cfg.block_d,
+                    "GROUP_V": cfg.group_v,
+                    "HAS_ENTROPY_GRAD": entropy_grad,
+                    "COMPUTE_DH": True,
+                    "COMPUTE_DW": True,
+                    "DOT_PRECISION": dot_precision(dtype),
+                },
+                num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages,
+                expects_tensor_cores=dtype != torch.float32,
+                divisible_by_16=aligned
+                + ("lse_ptr", "entropy_ptr", "grad_lp_ptr", "grad_entropy_ptr", "dh_ptr", "dw_ptr"),
             )
         cfg = TOPK_CONFIGS[dtype]
         for k in (1, 8, MAX_TOPK):
             yield KernelSpec(
                 name=f"topk[{ty},k={k}]",
                 kernel=_topk_kernel,
-                signature={**mats, "values_ptr": "*fp32", "indices_ptr": "*i32", **dims,
-                           "BLOCK_N": "constexpr", "BLOCK_V": "constexpr", "BLOCK_D": "constexpr",
-                           "K": "constexpr", "DOT_PRECISION": "constexpr"},
-                constexprs={"BLOCK_N": cfg.block_n, "BLOCK_V": max(cfg.block_v, k), "BLOCK_D": cfg.block_d,
-                            "K": k, "DOT_PRECISION": dot_precision(dtype)},
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages, expects_tensor_cores=dtype != torch.float32,
+                signature={
+                    **mats,
+                    "values_ptr": "*fp32",
+                    "indices_ptr": "*i32",
+                    **dims,
+                    "BLOCK_N": "constexpr",
+                    "BLOCK_V": "constexpr",
+                    "BLOCK_D": "constexpr",
+                    "K": "constexpr",
+                    "DOT_PRECISION": "constexpr",
+                },
+                constexprs={
+                    "BLOCK_N": cfg.block_n,
+                    "BLOCK_V": max(cfg.block_v, k),
+                    "BLOCK_D": cfg.block_d,
+                    "K": k,
+                    "DOT_PRECISION": dot_precision(dtype),
+                },
+                num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages,
+                expects_tensor_cores=dtype != torch.float32,
                 divisible_by_16=aligned + ("values_ptr", "indices_ptr"),
             )

@@ -55,8 +55,14 @@ def policy_gradient_loss(
         "clipped_fraction" (with ``old_logprobs``), "reference_kl" (mean k3, with
         ``reference_logprobs``).
     """
-    v.check_like("logprobs", logprobs, mask, advantages=advantages, old_logprobs=old_logprobs,
-                  reference_logprobs=reference_logprobs)
+    v.check_like(
+        "logprobs",
+        logprobs,
+        mask,
+        advantages=advantages,
+        old_logprobs=old_logprobs,
+        reference_logprobs=reference_logprobs,
+    )
     reduction = v.check_reduction(reduction)
     if reduction == "sequence_sum" and logprobs.dim() < 1:
         raise ValueError("reduction='sequence_sum' needs a sequence dim (the last one)")
@@ -148,8 +154,9 @@ def sampled_reverse_kl_loss(
         "importance_ratio" (mean) when old_logprobs is given, and "advantage_clipped_fraction"
         (the share of selected tokens whose advantage was clamped) with advantage_clip.
     """
-    v.check_like("student_logprobs", student_logprobs, mask, teacher_logprobs=teacher_logprobs,
-                  old_logprobs=old_logprobs)
+    v.check_like(
+        "student_logprobs", student_logprobs, mask, teacher_logprobs=teacher_logprobs, old_logprobs=old_logprobs
+    )
     reduction = v.check_reduction(reduction)  # here, so a deprecated name warns at the caller's line
     v.check_baseline(baseline, student_logprobs.shape, "student_logprobs")
     v.check_advantage_clip(advantage_clip)

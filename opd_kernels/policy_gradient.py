@@ -64,8 +64,10 @@ class PolicyGradientInputs:
 
     def rows(self, r0: int, r1: int) -> PolicyGradientInputs:
         """The inputs of rows [r0, r1) (a token chunk)."""
-        cut: dict[str, Any] = {name: getattr(self, name)[r0:r1] if getattr(self, name) is not None else None
-                               for name in ("live", "signal", "baseline", "old_logprobs", "reference_logprobs")}
+        cut: dict[str, Any] = {
+            name: getattr(self, name)[r0:r1] if getattr(self, name) is not None else None
+            for name in ("live", "signal", "baseline", "old_logprobs", "reference_logprobs")
+        }
         return replace(self, **cut)
 
     def terms(self, lp: torch.Tensor) -> TokenTerms:
@@ -93,8 +95,9 @@ class PolicyGradientInputs:
         if self.old_logprobs is not None:
             ratio = weight = selected(torch.exp(lp_const - selected(self.old_logprobs)))
             if self.clip_eps is not None:
-                flat = (((advantage > 0) & (ratio > 1 + self.clip_eps))
-                        | ((advantage < 0) & (ratio < 1 - self.clip_eps))) & live
+                flat = (
+                    ((advantage > 0) & (ratio > 1 + self.clip_eps)) | ((advantage < 0) & (ratio < 1 - self.clip_eps))
+                ) & live
                 weight = torch.where(flat, torch.zeros_like(ratio), ratio)
         loss = -advantage * weight * lp
         dloss_dlp = -advantage * weight
@@ -134,8 +137,11 @@ class _FusedPolicyGradient(torch.autograd.Function):
         if params.reduction == "mean":
             scale = 1.0 / inputs.live.sum().clamp_min(1).to(dtype)
         else:
-            scale = torch.tensor(1.0 / max(params.sequences, 1) if params.reduction == "sequence_sum" else 1.0,
-                                 dtype=dtype, device=h.device)
+            scale = torch.tensor(
+                1.0 / max(params.sequences, 1) if params.reduction == "sequence_sum" else 1.0,
+                dtype=dtype,
+                device=h.device,
+            )
 
         coefficients = []
 
@@ -161,8 +167,9 @@ class _FusedPolicyGradient(torch.autograd.Function):
         if grads is None:
             h, W, tokens, live, c = ctx.saved_tensors
             g = grad_loss.to(c.dtype)
-            _, dh, dW = terminal_logprobs(h, W, tokens, live, lambda r0, r1, lp: c[r0:r1] * g, ctx.params,
-                                          _rows_class(ctx.params.backend))
+            _, dh, dW = terminal_logprobs(
+                h, W, tokens, live, lambda r0, r1, lp: c[r0:r1] * g, ctx.params, _rows_class(ctx.params.backend)
+            )
             grads = (dh.to(h.dtype) if dh is not None else None, dW.to(W.dtype) if dW is not None else None)
         dh, dW = grads
         return _Grads(hidden=dh, weight=dW)
@@ -177,8 +184,12 @@ def _metrics(terms: TokenTerms, tokens: torch.Tensor, from_teacher: bool) -> dic
         metrics["reverse_kl"] = terms.log_ratio.sum() / denom
     else:
         metrics["advantage"] = terms.advantage.sum() / denom
-    for name, values in (("importance_ratio", terms.ratio), ("clipped_fraction", terms.flat),
-                         ("advantage_clipped_fraction", terms.advantage_clipped), ("reference_kl", terms.k3)):
+    for name, values in (
+        ("importance_ratio", terms.ratio),
+        ("clipped_fraction", terms.flat),
+        ("advantage_clipped_fraction", terms.advantage_clipped),
+        ("reference_kl", terms.k3),
+    ):
         if values is not None:
             metrics[name] = values.sum().to(denom.dtype) / denom
     return {k: t.detach() for k, t in metrics.items()}
@@ -263,18 +274,29 @@ def fused_policy_gradient_loss(
     h, W, inv_tau, backend = prepare_head(hidden, weight, temperature, backend, vocab_size)
     ignore_index = v.check_ignore_index(ignore_index)
     if (advantages is None) == (teacher_logprobs is None):
-        raise ValueError("pass exactly one of advantages (GRPO / PPO) and teacher_logprobs (sampled OPD), got "
-                         + ("both" if advantages is not None else "neither"))
-    signal_name, signal = ("advantages", advantages) if advantages is not None else ("teacher_logprobs",
-                                                                                      teacher_logprobs)
+        raise ValueError(
+            "pass exactly one of advantages (GRPO / PPO) and teacher_logprobs (sampled OPD), got "
+            + ("both" if advantages is not None else "neither")
+        )
+    signal_name, signal = (
+        ("advantages", advantages) if advantages is not None else ("teacher_logprobs", teacher_logprobs)
+    )
     assert signal is not None  # exactly one of the two, checked above
     leading = hidden.shape[:-1]
     v.check_like(signal_name, signal, mask, old_logprobs=old_logprobs, reference_logprobs=reference_logprobs)
     # keep: mask, and not ignore_index (HF labels); the ids are 0 where not kept, safe to gather.
     flat_tokens, keep = v.check_token_ids(tokens, leading, W.shape[0], ignore_index=ignore_index, mask=mask)
     v.check_baseline(baseline, leading, "tokens")
-    v.check_same_device(hidden=hidden, weight=weight, tokens=tokens, mask=mask, **{signal_name: signal},
-                        old_logprobs=old_logprobs, baseline=baseline, reference_logprobs=reference_logprobs)
+    v.check_same_device(
+        hidden=hidden,
+        weight=weight,
+        tokens=tokens,
+        mask=mask,
+        **{signal_name: signal},
+        old_logprobs=old_logprobs,
+        baseline=baseline,
+        reference_logprobs=reference_logprobs,
+    )
     v.check_clip_eps(clip_eps)
     v.check_advantage_clip(advantage_clip)
     if v.check_beta(beta) > 0 and reference_logprobs is None:
@@ -293,18 +315,39 @@ def fused_policy_gradient_loss(
         return None if t is None else spread(t)
 
     inputs = PolicyGradientInputs(
-        live=keep, signal=spread(signal), from_teacher=teacher_logprobs is not None,
-        baseline=flat(baseline), old_logprobs=flat(old_logprobs), reference_logprobs=flat(reference_logprobs),
-        clip_eps=clip_eps if old_logprobs is not None else None, advantage_clip=advantage_clip, beta=beta)
+        live=keep,
+        signal=spread(signal),
+        from_teacher=teacher_logprobs is not None,
+        baseline=flat(baseline),
+        old_logprobs=flat(old_logprobs),
+        reference_logprobs=flat(reference_logprobs),
+        clip_eps=clip_eps if old_logprobs is not None else None,
+        advantage_clip=advantage_clip,
+        beta=beta,
+    )
     if reduction == "none":
-        lp = token_logprobs(hidden, weight, tokens, temperature=temperature, backend=backend, vocab_size=vocab_size,
-                            ignore_index=ignore_index, mask=mask)
+        lp = token_logprobs(
+            hidden,
+            weight,
+            tokens,
+            temperature=temperature,
+            backend=backend,
+            vocab_size=vocab_size,
+            ignore_index=ignore_index,
+            mask=mask,
+        )
         terms = inputs.terms(lp.reshape(-1))
         return terms.loss.reshape(leading), _metrics(terms, keep.sum(), inputs.from_teacher)
 
     grad_enabled = torch.is_grad_enabled()
     params = PolicyGradientParams(
-        inv_tau=inv_tau, backend=backend, chunk_size=chunk_size, need_dh=grad_enabled and hidden.requires_grad,
-        need_dw=grad_enabled and weight.requires_grad, reduction=reduction, sequences=math.prod(leading[:-1]))
+        inv_tau=inv_tau,
+        backend=backend,
+        chunk_size=chunk_size,
+        need_dh=grad_enabled and hidden.requires_grad,
+        need_dw=grad_enabled and weight.requires_grad,
+        reduction=reduction,
+        sequences=math.prod(leading[:-1]),
+    )
     loss, lp = _FusedPolicyGradient.apply(h, W, flat_tokens, inputs, params)
     return loss, _metrics(inputs.terms(lp), keep.sum(), inputs.from_teacher)

@@ -66,14 +66,25 @@ class TritonTerminalRows:
 
     def lse(self, z, inv_tau):
         lse = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
-        _lse_row_kernel[(z.shape[0],)](z, z.stride(0), lse, z.shape[1], inv_tau, BLOCK_V=ROW_BLOCK_V,
-                                       num_warps=ROW_NUM_WARPS)
+        _lse_row_kernel[(z.shape[0],)](
+            z, z.stride(0), lse, z.shape[1], inv_tau, BLOCK_V=ROW_BLOCK_V, num_warps=ROW_NUM_WARPS
+        )
         return lse
 
     def grad(self, z, inv_tau, lse, c):
         g = self.g[: z.shape[0]]
-        _softmax_grad_row_kernel[(z.shape[0],)](z, z.stride(0), lse, c.contiguous(), g, g.stride(0), z.shape[1],
-                                                inv_tau, BLOCK_V=ROW_BLOCK_V, num_warps=ROW_NUM_WARPS)
+        _softmax_grad_row_kernel[(z.shape[0],)](
+            z,
+            z.stride(0),
+            lse,
+            c.contiguous(),
+            g,
+            g.stride(0),
+            z.shape[1],
+            inv_tau,
+            BLOCK_V=ROW_BLOCK_V,
+            num_warps=ROW_NUM_WARPS,
+        )
         return g
 
 
@@ -81,18 +92,39 @@ def kernel_specs():
     from ._aot import KernelSpec, triton_type
 
     yield KernelSpec(
-        name="lse_row", kernel=_lse_row_kernel,
-        signature={"z_ptr": "*fp32", "stride_z": "i32", "lse_ptr": "*fp32", "V": "i32", "inv_tau": "fp32",
-                   "BLOCK_V": "constexpr"},
-        constexprs={"BLOCK_V": ROW_BLOCK_V}, num_warps=ROW_NUM_WARPS, num_stages=1,
+        name="lse_row",
+        kernel=_lse_row_kernel,
+        signature={
+            "z_ptr": "*fp32",
+            "stride_z": "i32",
+            "lse_ptr": "*fp32",
+            "V": "i32",
+            "inv_tau": "fp32",
+            "BLOCK_V": "constexpr",
+        },
+        constexprs={"BLOCK_V": ROW_BLOCK_V},
+        num_warps=ROW_NUM_WARPS,
+        num_stages=1,
         divisible_by_16=("z_ptr", "lse_ptr"),
     )
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         ty = triton_type(dtype)
         yield KernelSpec(
-            name=f"softmax_grad_row[{ty}]", kernel=_softmax_grad_row_kernel,
-            signature={"z_ptr": "*fp32", "stride_z": "i32", "lse_ptr": "*fp32", "c_ptr": "*fp32", "g_ptr": f"*{ty}",
-                       "stride_g": "i32", "V": "i32", "inv_tau": "fp32", "BLOCK_V": "constexpr"},
-            constexprs={"BLOCK_V": ROW_BLOCK_V}, num_warps=ROW_NUM_WARPS, num_stages=1,
+            name=f"softmax_grad_row[{ty}]",
+            kernel=_softmax_grad_row_kernel,
+            signature={
+                "z_ptr": "*fp32",
+                "stride_z": "i32",
+                "lse_ptr": "*fp32",
+                "c_ptr": "*fp32",
+                "g_ptr": f"*{ty}",
+                "stride_g": "i32",
+                "V": "i32",
+                "inv_tau": "fp32",
+                "BLOCK_V": "constexpr",
+            },
+            constexprs={"BLOCK_V": ROW_BLOCK_V},
+            num_warps=ROW_NUM_WARPS,
+            num_stages=1,
             divisible_by_16=("z_ptr", "lse_ptr", "c_ptr", "g_ptr"),
         )

@@ -17,6 +17,7 @@ import sys
 
 from ._validation import triton_interpreting
 
+
 def shipped_kernels() -> list:
     """Every shipped Triton configuration (``_aot.KernelSpec``), as the kernel modules list them."""
     from . import logprobs_triton, policy_gradient_triton, reverse_kl_triton
@@ -37,22 +38,27 @@ def failures(results) -> list[str]:
 
 
 def format_table(results) -> str:
-    header = ("| kernel | target | warps | stages | regs | spill B | smem B | tensor cores | mma-loop instrs |\n"
-              "|---|---|---|---|---|---|---|---|---|")
+    header = (
+        "| kernel | target | warps | stages | regs | spill B | smem B | tensor cores | mma-loop instrs |\n"
+        "|---|---|---|---|---|---|---|---|---|"
+    )
     rows = []
     for r in results:
         if not r.ok:
             rows.append(f"| {r.name} | {r.target} | {r.num_warps} | {r.num_stages} | FAILED: {r.error} | | | | |")
             continue
         tc = f"{r.tensor_core_kind} x{r.tensor_core_instructions}" if r.tensor_core_instructions else "none"
-        rows.append(f"| {r.name} | {r.target} | {r.num_warps} | {r.num_stages} | {r.registers} | "
-                    f"{r.stack_bytes + r.local_bytes} | {r.shared_bytes} | {tc} | {r.mma_loop_instructions or '-'} |")
+        rows.append(
+            f"| {r.name} | {r.target} | {r.num_warps} | {r.num_stages} | {r.registers} | "
+            f"{r.stack_bytes + r.local_bytes} | {r.shared_bytes} | {tc} | {r.mma_loop_instructions or '-'} |"
+        )
     return "\n".join([header, *rows])
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m opd_kernels.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m opd_kernels.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     parser.add_argument("--targets", default="80,90", help="compute capabilities, comma-separated")
     args = parser.parse_args(argv)

@@ -61,8 +61,9 @@ class _ReverseKLFunction(torch.autograd.Function):
             loss = loss * scale
             dh = dh.mul_(scale) if dh is not None else None
             dW = dW.mul_(scale) if dW is not None else None
-        keep_forward_grads(ctx, dh.to(h_s.dtype) if dh is not None else None,
-                           dW.to(W_s.dtype) if dW is not None else None)
+        keep_forward_grads(
+            ctx, dh.to(h_s.dtype) if dh is not None else None, dW.to(W_s.dtype) if dW is not None else None
+        )
         # references, for a second backward through a retained graph only
         ctx.save_for_backward(h_s, W_s, h_t, W_t, mask, scale)
         ctx.params = params
@@ -152,10 +153,12 @@ def fused_reverse_kl(
         no weight-gradient work at all.
     """
     # Under torch.autocast the operands come back in autocast's dtype (differentiably cast).
-    student_hidden, student_weight = v.check_hidden_and_weight("student_hidden", student_hidden,
-                                                               "student_weight", student_weight)
-    teacher_hidden, teacher_weight = v.check_hidden_and_weight("teacher_hidden", teacher_hidden,
-                                                               "teacher_weight", teacher_weight)
+    student_hidden, student_weight = v.check_hidden_and_weight(
+        "student_hidden", student_hidden, "student_weight", student_weight
+    )
+    teacher_hidden, teacher_weight = v.check_hidden_and_weight(
+        "teacher_hidden", teacher_hidden, "teacher_weight", teacher_weight
+    )
     if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
         raise ValueError(
             "student_hidden and teacher_hidden must share leading (token) dims, got "
@@ -169,17 +172,23 @@ def fused_reverse_kl(
         )
     leading = student_hidden.shape[:-1]
     v.check_mask(mask, leading, "student_hidden")
-    v.check_same_device(student_hidden=student_hidden, student_weight=student_weight,
-                        teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, mask=mask)
+    v.check_same_device(
+        student_hidden=student_hidden,
+        student_weight=student_weight,
+        teacher_hidden=teacher_hidden,
+        teacher_weight=teacher_weight,
+        mask=mask,
+    )
     inv_tau = 1.0 / v.check_temperature(temperature)
     reduction = v.check_reduction(reduction)
     if reduction == "sequence_sum" and len(leading) < 1:
-        raise ValueError(f"reduction='sequence_sum' needs a sequence dim: student_hidden must be at least 2-D "
-                         f"([..., T, D_s]), got shape {tuple(student_hidden.shape)}")
+        raise ValueError(
+            f"reduction='sequence_sum' needs a sequence dim: student_hidden must be at least 2-D "
+            f"([..., T, D_s]), got shape {tuple(student_hidden.shape)}"
+        )
     v.check_choice("schedule", schedule, v.SCHEDULES)
     chunk_size = v.check_chunk_size(chunk_size)
-    backend = v.resolve_backend(backend, student_hidden.device,
-                                (student_hidden.dtype, teacher_hidden.dtype))
+    backend = v.resolve_backend(backend, student_hidden.device, (student_hidden.dtype, teacher_hidden.dtype))
 
     h_s = _last_dim_contiguous(student_hidden.reshape(-1, student_hidden.shape[-1]))
     h_t = _last_dim_contiguous(teacher_hidden.reshape(-1, teacher_hidden.shape[-1]))
@@ -191,9 +200,13 @@ def fused_reverse_kl(
 
     grad_enabled = torch.is_grad_enabled()
     params = ReverseKLParams(
-        inv_tau=inv_tau, backend=backend, chunk_size=chunk_size,
-        need_dh=grad_enabled and student_hidden.requires_grad, need_dw=grad_enabled and student_weight.requires_grad,
-        schedule="fused" if schedule == "fused" else "chunked", reduction=reduction,
+        inv_tau=inv_tau,
+        backend=backend,
+        chunk_size=chunk_size,
+        need_dh=grad_enabled and student_hidden.requires_grad,
+        need_dw=grad_enabled and student_weight.requires_grad,
+        schedule="fused" if schedule == "fused" else "chunked",
+        reduction=reduction,
         sequences=math.prod(leading[:-1]),
     )
     out = _ReverseKLFunction.apply(h_s, W_s, h_t, W_t, flat_mask, params)
@@ -203,8 +216,14 @@ def fused_reverse_kl(
 class FusedReverseKL(nn.Module):
     """Module form of :func:`fused_reverse_kl`; the options are fixed at construction."""
 
-    def __init__(self, temperature: float = 1.0, reduction: v.Reduction = "mean", backend: str = "auto",
-                 schedule: str = "auto", chunk_size: int | None = None):
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        reduction: v.Reduction = "mean",
+        backend: str = "auto",
+        schedule: str = "auto",
+        chunk_size: int | None = None,
+    ):
         super().__init__()
         v.check_temperature(temperature)
         self.temperature = temperature
@@ -215,11 +234,20 @@ class FusedReverseKL(nn.Module):
 
     def forward(self, student_hidden, student_weight, teacher_hidden, teacher_weight, mask=None):
         return fused_reverse_kl(
-            student_hidden, student_weight, teacher_hidden, teacher_weight, mask=mask,
-            temperature=self.temperature, reduction=self.reduction, backend=self.backend,
-            schedule=self.schedule, chunk_size=self.chunk_size,
+            student_hidden,
+            student_weight,
+            teacher_hidden,
+            teacher_weight,
+            mask=mask,
+            temperature=self.temperature,
+            reduction=self.reduction,
+            backend=self.backend,
+            schedule=self.schedule,
+            chunk_size=self.chunk_size,
         )
 
     def extra_repr(self) -> str:
-        return (f"temperature={self.temperature}, reduction={self.reduction!r}, "
-                f"backend={self.backend!r}, schedule={self.schedule!r}, chunk_size={self.chunk_size}")
+        return (
+            f"temperature={self.temperature}, reduction={self.reduction!r}, "
+            f"backend={self.backend!r}, schedule={self.schedule!r}, chunk_size={self.chunk_size}"
+        )

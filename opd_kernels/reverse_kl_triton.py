@@ -145,10 +145,38 @@ def _rkl_fwd_fused_kernel(
         for v0 in range(v_begin, v_end, BLOCK_V):
             cols = v0 + tl.arange(0, BLOCK_V)
             col_ok = cols < V
-            zs = tile_logits(hs_ptr, ws_ptr, rows, cols, row_ok, col_ok, DS, stride_hs, stride_ws,
-                              inv_tau, BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
-            zt = tile_logits(ht_ptr, wt_ptr, rows, cols, row_ok, col_ok, DT, stride_ht, stride_wt,
-                              inv_tau, BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
+            zs = tile_logits(
+                hs_ptr,
+                ws_ptr,
+                rows,
+                cols,
+                row_ok,
+                col_ok,
+                DS,
+                stride_hs,
+                stride_ws,
+                inv_tau,
+                BLOCK_N,
+                BLOCK_V,
+                BLOCK_D,
+                DOT_PRECISION,
+            )
+            zt = tile_logits(
+                ht_ptr,
+                wt_ptr,
+                rows,
+                cols,
+                row_ok,
+                col_ok,
+                DT,
+                stride_ht,
+                stride_wt,
+                inv_tau,
+                BLOCK_N,
+                BLOCK_V,
+                BLOCK_D,
+                DOT_PRECISION,
+            )
             zs = tl.where(col_ok[None, :], zs, float("-inf"))
             zt = tl.where(col_ok[None, :], zt, float("-inf"))
             new_m_s = tl.maximum(m_s, tl.max(zs, axis=1))
@@ -205,10 +233,38 @@ def _rkl_bwd_fused_kernel(
     col_ok = cols < V
     scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0)
     if tl.max(tl.abs(scale), axis=0) > 0:
-        zs = tile_logits(hs_ptr, ws_ptr, rows, cols, row_ok, col_ok, DS, stride_hs, stride_ws,
-                          inv_tau, BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
-        zt = tile_logits(ht_ptr, wt_ptr, rows, cols, row_ok, col_ok, DT, stride_ht, stride_wt,
-                          inv_tau, BLOCK_N, BLOCK_V, BLOCK_D, DOT_PRECISION)
+        zs = tile_logits(
+            hs_ptr,
+            ws_ptr,
+            rows,
+            cols,
+            row_ok,
+            col_ok,
+            DS,
+            stride_hs,
+            stride_ws,
+            inv_tau,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
+            DOT_PRECISION,
+        )
+        zt = tile_logits(
+            ht_ptr,
+            wt_ptr,
+            rows,
+            cols,
+            row_ok,
+            col_ok,
+            DT,
+            stride_ht,
+            stride_wt,
+            inv_tau,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
+            DOT_PRECISION,
+        )
         lse_s = tl.load(lse_s_ptr + rows, mask=row_ok, other=0.0)
         lse_t = tl.load(lse_t_ptr + rows, mask=row_ok, other=0.0)
         rkl = tl.load(rkl_ptr + rows, mask=row_ok, other=0.0)
@@ -220,9 +276,24 @@ def _rkl_bwd_fused_kernel(
         # Masked rows of a partially masked block may hold NaN/inf (padding): passing live_rows
         # as the row mask loads their h as 0 (0 * NaN would be NaN in g^T h) and leaves their
         # dh at its zero initial value.
-        scatter_logit_grads(tl.where(live, g, 0.0), hs_ptr, ws_ptr, dh_ptr, dw_ptr, rows, cols, live_rows,
-                            col_ok, DS, stride_hs, stride_ws, BLOCK_D, COMPUTE_DH, COMPUTE_DW,
-                            DOT_PRECISION)
+        scatter_logit_grads(
+            tl.where(live, g, 0.0),
+            hs_ptr,
+            ws_ptr,
+            dh_ptr,
+            dw_ptr,
+            rows,
+            cols,
+            live_rows,
+            col_ok,
+            DS,
+            stride_hs,
+            stride_ws,
+            BLOCK_D,
+            COMPUTE_DH,
+            COMPUTE_DW,
+            DOT_PRECISION,
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,8 +349,19 @@ def reverse_kl_triton_chunked(h_s, W_s, h_t, W_t, weights, params: KernelParams)
         z_t = mm_acc(ht, W_t.t())
         g = g_buffer[: r1 - r0] if need_grad else z_s  # g unused when WRITE_GRAD is off
         _rkl_row_kernel[(r1 - r0,)](
-            z_s, z_t, z_s.stride(0), z_t.stride(0), weights[r0:r1], rkl[r0:r1], g, g.stride(0),
-            vocab, inv_tau, WRITE_GRAD=need_grad, BLOCK_V=ROW_BLOCK_V, num_warps=ROW_NUM_WARPS,
+            z_s,
+            z_t,
+            z_s.stride(0),
+            z_t.stride(0),
+            weights[r0:r1],
+            rkl[r0:r1],
+            g,
+            g.stride(0),
+            vocab,
+            inv_tau,
+            WRITE_GRAD=need_grad,
+            BLOCK_V=ROW_BLOCK_V,
+            num_warps=ROW_NUM_WARPS,
         )
         del z_s, z_t
         if need_dh:
@@ -296,10 +378,28 @@ def _fused_stats(h_s, W_s, h_t, W_t, weights, inv_tau):
     splits, tiles_per_split = vocab_splits(n, vocab, cfg.block_n, cfg.block_v, h_s.device)
     parts = torch.empty((3, splits, n), dtype=torch.float32, device=h_s.device)
     _rkl_fwd_fused_kernel[(num_n, splits)](
-        h_s, W_s, h_t, W_t, weights, parts, n, vocab, h_s.shape[1], h_t.shape[1],
-        h_s.stride(0), W_s.stride(0), h_t.stride(0), W_t.stride(0), inv_tau, tiles_per_split,
-        BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_D=cfg.block_d,
-        DOT_PRECISION=dot_precision(h_s.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        h_s,
+        W_s,
+        h_t,
+        W_t,
+        weights,
+        parts,
+        n,
+        vocab,
+        h_s.shape[1],
+        h_t.shape[1],
+        h_s.stride(0),
+        W_s.stride(0),
+        h_t.stride(0),
+        W_t.stride(0),
+        inv_tau,
+        tiles_per_split,
+        BLOCK_N=cfg.block_n,
+        BLOCK_V=cfg.block_v,
+        BLOCK_D=cfg.block_d,
+        DOT_PRECISION=dot_precision(h_s.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     lse_s_parts, mean_diff_parts, lse_t_parts = parts.unbind(0)
     lse_s, mean_diff = combine_split_stats(lse_s_parts, mean_diff_parts)
@@ -325,13 +425,34 @@ def reverse_kl_triton_fused(h_s, W_s, h_t, W_t, weights, params: KernelParams):
         scale = torch.where(weights != 0, weights * inv_tau, 0.0)
         grid = (triton.cdiv(n, cfg.block_n) * triton.cdiv(vocab, cfg.block_v),)
         _rkl_bwd_fused_kernel[grid](
-            h_s, W_s, h_t, W_t, scale, lse_s, lse_t, rkl,
-            dh if need_dh else scale, dW if need_dw else scale,  # placeholders never touched
-            n, vocab, h_s.shape[1], h_t.shape[1],
-            h_s.stride(0), W_s.stride(0), h_t.stride(0), W_t.stride(0), inv_tau,
-            BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_D=cfg.block_d, GROUP_V=cfg.group_v,
-            COMPUTE_DH=need_dh, COMPUTE_DW=need_dw, DOT_PRECISION=dot_precision(h_s.dtype),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            h_s,
+            W_s,
+            h_t,
+            W_t,
+            scale,
+            lse_s,
+            lse_t,
+            rkl,
+            dh if need_dh else scale,
+            dW if need_dw else scale,  # placeholders never touched
+            n,
+            vocab,
+            h_s.shape[1],
+            h_t.shape[1],
+            h_s.stride(0),
+            W_s.stride(0),
+            h_t.stride(0),
+            W_t.stride(0),
+            inv_tau,
+            BLOCK_N=cfg.block_n,
+            BLOCK_V=cfg.block_v,
+            BLOCK_D=cfg.block_d,
+            GROUP_V=cfg.group_v,
+            COMPUTE_DH=need_dh,
+            COMPUTE_DW=need_dw,
+            DOT_PRECISION=dot_precision(h_s.dtype),
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )
     return rkl, dh, dW
 
@@ -350,27 +471,62 @@ def kernel_specs():
             yield KernelSpec(
                 name=f"rkl_row[{ty}{',grad' if write_grad else ''}]",
                 kernel=_rkl_row_kernel,
-                signature={"zs_ptr": "*fp32", "zt_ptr": "*fp32", "stride_zs": "i32", "stride_zt": "i32",
-                           "weight_ptr": "*fp32", "rkl_ptr": "*fp32", "g_ptr": f"*{ty}", "stride_g": "i32",
-                           "V": "i32", "inv_tau": "fp32", "WRITE_GRAD": "constexpr", "BLOCK_V": "constexpr"},
+                signature={
+                    "zs_ptr": "*fp32",
+                    "zt_ptr": "*fp32",
+                    "stride_zs": "i32",
+                    "stride_zt": "i32",
+                    "weight_ptr": "*fp32",
+                    "rkl_ptr": "*fp32",
+                    "g_ptr": f"*{ty}",
+                    "stride_g": "i32",
+                    "V": "i32",
+                    "inv_tau": "fp32",
+                    "WRITE_GRAD": "constexpr",
+                    "BLOCK_V": "constexpr",
+                },
                 constexprs={"WRITE_GRAD": write_grad, "BLOCK_V": ROW_BLOCK_V},
-                num_warps=ROW_NUM_WARPS, num_stages=1,
+                num_warps=ROW_NUM_WARPS,
+                num_stages=1,
                 divisible_by_16=("zs_ptr", "zt_ptr", "weight_ptr", "rkl_ptr", "g_ptr"),
             )
         matrices = {"hs_ptr": f"*{ty}", "ws_ptr": f"*{ty}", "ht_ptr": f"*{ty}", "wt_ptr": f"*{ty}"}
-        dims = {"N": "i32", "V": "i32", "DS": "i32", "DT": "i32", "stride_hs": "i32", "stride_ws": "i32",
-                "stride_ht": "i32", "stride_wt": "i32", "inv_tau": "fp32"}
+        dims = {
+            "N": "i32",
+            "V": "i32",
+            "DS": "i32",
+            "DT": "i32",
+            "stride_hs": "i32",
+            "stride_ws": "i32",
+            "stride_ht": "i32",
+            "stride_wt": "i32",
+            "inv_tau": "fp32",
+        }
         aligned = ("hs_ptr", "ws_ptr", "ht_ptr", "wt_ptr", "stride_hs", "stride_ws", "stride_ht", "stride_wt")
         cfg = FWD_CONFIGS[dtype]
         yield KernelSpec(
             name=f"rkl_fused_fwd[{ty}]",
             kernel=_rkl_fwd_fused_kernel,
-            signature={**matrices, "weight_ptr": "*fp32", "part_ptr": "*fp32", **dims, "tiles_per_split": "i32",
-                       "BLOCK_N": "constexpr", "BLOCK_V": "constexpr", "BLOCK_D": "constexpr",
-                       "DOT_PRECISION": "constexpr"},
-            constexprs={"BLOCK_N": cfg.block_n, "BLOCK_V": cfg.block_v, "BLOCK_D": cfg.block_d,
-                        "DOT_PRECISION": dot_precision(dtype)},
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, expects_tensor_cores=dtype != torch.float32,
+            signature={
+                **matrices,
+                "weight_ptr": "*fp32",
+                "part_ptr": "*fp32",
+                **dims,
+                "tiles_per_split": "i32",
+                "BLOCK_N": "constexpr",
+                "BLOCK_V": "constexpr",
+                "BLOCK_D": "constexpr",
+                "DOT_PRECISION": "constexpr",
+            },
+            constexprs={
+                "BLOCK_N": cfg.block_n,
+                "BLOCK_V": cfg.block_v,
+                "BLOCK_D": cfg.block_d,
+                "DOT_PRECISION": dot_precision(dtype),
+            },
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            expects_tensor_cores=dtype != torch.float32,
             divisible_by_16=aligned + ("weight_ptr", "part_ptr"),
         )
         cfg = BWD_CONFIGS[dtype]
@@ -378,14 +534,34 @@ def kernel_specs():
             yield KernelSpec(
                 name=f"rkl_fused_bwd[{ty},{'dh+dw' if compute_dw else 'dh'}]",
                 kernel=_rkl_bwd_fused_kernel,
-                signature={**matrices, "scale_ptr": "*fp32", "lse_s_ptr": "*fp32", "lse_t_ptr": "*fp32",
-                           "rkl_ptr": "*fp32", "dh_ptr": "*fp32", "dw_ptr": "*fp32", **dims,
-                           "BLOCK_N": "constexpr", "BLOCK_V": "constexpr", "BLOCK_D": "constexpr",
-                           "GROUP_V": "constexpr", "COMPUTE_DH": "constexpr", "COMPUTE_DW": "constexpr",
-                           "DOT_PRECISION": "constexpr"},
-                constexprs={"BLOCK_N": cfg.block_n, "BLOCK_V": cfg.block_v, "BLOCK_D": cfg.block_d,
-                            "GROUP_V": cfg.group_v, "COMPUTE_DH": True, "COMPUTE_DW": compute_dw,
-                            "DOT_PRECISION": dot_precision(dtype)},
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages, expects_tensor_cores=dtype != torch.float32,
+                signature={
+                    **matrices,
+                    "scale_ptr": "*fp32",
+                    "lse_s_ptr": "*fp32",
+                    "lse_t_ptr": "*fp32",
+                    "rkl_ptr": "*fp32",
+                    "dh_ptr": "*fp32",
+                    "dw_ptr": "*fp32",
+                    **dims,
+                    "BLOCK_N": "constexpr",
+                    "BLOCK_V": "constexpr",
+                    "BLOCK_D": "constexpr",
+                    "GROUP_V": "constexpr",
+                    "COMPUTE_DH": "constexpr",
+                    "COMPUTE_DW": "constexpr",
+                    "DOT_PRECISION": "constexpr",
+                },
+                constexprs={
+                    "BLOCK_N": cfg.block_n,
+                    "BLOCK_V": cfg.block_v,
+                    "BLOCK_D": cfg.block_d,
+                    "GROUP_V": cfg.group_v,
+                    "COMPUTE_DH": True,
+                    "COMPUTE_DW": compute_dw,
+                    "DOT_PRECISION": dot_precision(dtype),
+                },
+                num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages,
+                expects_tensor_cores=dtype != torch.float32,
                 divisible_by_16=aligned + ("scale_ptr", "lse_s_ptr", "lse_t_ptr", "rkl_ptr", "dh_ptr", "dw_ptr"),
             )

@@ -33,8 +33,9 @@ def reference_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: fl
     return (hidden.double() @ weight.double().t()) / temperature
 
 
-def reverse_kl_reference(student_hidden, student_weight, teacher_hidden, teacher_weight, *,
-                         mask=None, temperature=1.0, reduction="mean"):
+def reverse_kl_reference(
+    student_hidden, student_weight, teacher_hidden, teacher_weight, *, mask=None, temperature=1.0, reduction="mean"
+):
     """float64 KL(student || teacher) with full [..., V] logits; differentiable."""
     vocab = student_weight.shape[0]
     log_p = torch.log_softmax(reference_logits(student_hidden, student_weight, temperature), dim=-1)

@@ -15,6 +15,7 @@ prompts per step, each method's own), ``seconds`` (the same training time, optim
 only: ``--time-budget-s``). Then ``comparison.md`` / ``.json`` / ``.png``
 (:mod:`videoopd.evaluation.comparison`) are written to OUTPUT_DIR.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,12 +23,13 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
-from videoopd.training.config import ConfigError, Options, fail, opt, parse_config
 from videoopd.algo.algorithms import ALGORITHMS
+from videoopd.training.config import ConfigError, Options, fail, opt, parse_config
 
 __all__ = ["main"]
 
@@ -35,8 +37,10 @@ PROG = "python -m videoopd.compare"
 # Method options the demo uses unless --opd-args / --grpo-args say otherwise. GRPO: 2 prompts x
 # 8 answers = 16 rollouts a step against OPD's 8 prompts x 1.
 DEMO_METHOD_ARGS = {"opd": [], "grpo": ["--per-device-train-batch-size", "2", "--num-generations", "8"]}
-DESCRIPTION = ("Compare on-policy distillation with GRPO: same student, data, seed, held-out split, evaluation "
-               "schedule and budget. Options not listed here go to both `videoopd.train` runs.")
+DESCRIPTION = (
+    "Compare on-policy distillation with GRPO: same student, data, seed, held-out split, evaluation "
+    "schedule and budget. Options not listed here go to both `videoopd.train` runs."
+)
 
 
 @dataclass
@@ -46,12 +50,12 @@ class CompareConfig(Options):
     budget: Literal["steps", "samples", "seconds"] = opt("what both methods get the same amount of", "steps")
     budget_value: float = opt("optimizer steps, training prompts or training seconds", 200.0, gt=0)
     eval_steps: int = opt("both runs' held-out evaluation every K steps", 50, gt=0)
-    output_dir: str = opt("folder of both runs (OUTPUT_DIR/opd, OUTPUT_DIR/grpo) and the comparison",
-                          "runs/compare")
+    output_dir: str = opt("folder of both runs (OUTPUT_DIR/opd, OUTPUT_DIR/grpo) and the comparison", "runs/compare")
     methods: str = opt("comma-separated, from " + " and ".join(ALGORITHMS), ",".join(ALGORITHMS))
     opd_args: str | None = opt("options of the OPD run only, one quoted string (default on the demo: none)")
-    grpo_args: str | None = opt("options of the GRPO run only, one quoted string (default on the demo: "
-                                f"{' '.join(DEMO_METHOD_ARGS['grpo'])})")
+    grpo_args: str | None = opt(
+        f"options of the GRPO run only, one quoted string (default on the demo: {' '.join(DEMO_METHOD_ARGS['grpo'])})"
+    )
 
     @property
     def method_list(self) -> list[str]:
@@ -63,8 +67,16 @@ class CompareConfig(Options):
             raise ConfigError(f"--methods must name opd and/or grpo, got {self.methods!r}")
 
 
-def method_argv(method: str, shared: Sequence[str], own: Sequence[str], budget: str, value: float,
-                prompts_per_step: int, out_dir: Path, eval_every: int) -> list[str]:
+def method_argv(
+    method: str,
+    shared: Sequence[str],
+    own: Sequence[str],
+    budget: str,
+    value: float,
+    prompts_per_step: int,
+    out_dir: Path,
+    eval_every: int,
+) -> list[str]:
     """The ``videoopd.train`` command line of one method."""
     argv = [*shared, *own, "--algo", method, "--output-dir", str(out_dir / method), "--eval-steps", str(eval_every)]
     if budget == "steps":
@@ -73,7 +85,7 @@ def method_argv(method: str, shared: Sequence[str], own: Sequence[str], budget: 
         argv += ["--max-steps", str(max(1, math.ceil(value / prompts_per_step)))]
     else:
         # the run stops on time; the step limit only has to be out of reach (constant LR schedule)
-        argv += ["--time-budget-s", str(value), "--max-steps", str(10 ** 7)]
+        argv += ["--time-budget-s", str(value), "--max-steps", str(10**7)]
     return argv
 
 
@@ -81,8 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     shared: list[str] = []
     try:
-        args = parse_config(CompareConfig, argv, prog=PROG, description=DESCRIPTION, rest=shared,
-                            config_file=False)
+        args = parse_config(CompareConfig, argv, prog=PROG, description=DESCRIPTION, rest=shared, config_file=False)
     except ConfigError as exc:
         return fail(PROG, exc)
     methods = args.method_list
@@ -106,16 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompts_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
         if method == "opd" and "--eval-teacher" not in shared and (demo or cfg.teacher is not None):
             own = [*own, "--eval-teacher", "true"]  # the teacher's line on the plot
-        command = method_argv(method, shared, own, args.budget, args.budget_value, prompts_per_step, out_dir,
-                              args.eval_steps)
+        command = method_argv(
+            method, shared, own, args.budget, args.budget_value, prompts_per_step, out_dir, args.eval_steps
+        )
         print(f"=== {method}: python -m videoopd.train {shlex.join(command)}", flush=True)
         if world == 1:  # its own process: its own peak memory, nothing left over from the other run
             code = subprocess.run([sys.executable, "-m", "videoopd.train", *command]).returncode
         else:  # under accelerate launch every process runs both, one after the other
             code = train.main(command)
         if code != 0:
-            print(f"python -m videoopd.compare: the {method} run failed (exit {code}); its folder keeps what it "
-                  "wrote", file=sys.stderr)
+            print(
+                f"python -m videoopd.compare: the {method} run failed (exit {code}); its folder keeps what it wrote",
+                file=sys.stderr,
+            )
             return code
         runs[method] = out_dir / method
     from accelerate import PartialState
@@ -125,8 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         result = write_comparison(runs, out_dir)
         print(result["table"])
-        print(f"comparison: {out_dir / 'comparison.md'}, {out_dir / 'comparison.json'}"
-              + (f", {result['plot']}" if result["plot"] else " (no plot: matplotlib is not installed)"))
+        print(
+            f"comparison: {out_dir / 'comparison.md'}, {out_dir / 'comparison.json'}"
+            + (f", {result['plot']}" if result["plot"] else " (no plot: matplotlib is not installed)")
+        )
     return 0
 
 

@@ -32,15 +32,17 @@ Frame sampling options not given take the values the checkpoint records it was t
 differing fields) otherwise, or when the file has no sidecar (written by a version before
 identities were recorded: its rows cannot be told apart from another data set's).
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import sys
-from pathlib import Path
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
@@ -76,27 +78,39 @@ class EvalConfig(LoggingOptions, ModelOptions, DecodeOptions, AnnotationOptions)
     """evaluation"""
 
     model: str | None = opt("local checkpoint folder (never downloaded)", required=True)
-    data: str | None = opt("annotation file: Charades-STA .txt, ActivityNet Captions, TimeLens-Bench or TVGBench "
-                           "JSON, TimeLens-100K, QVHighlights or plain JSONL", required=True)
+    data: str | None = opt(
+        "annotation file: Charades-STA .txt, ActivityNet Captions, TimeLens-Bench or TVGBench "
+        "JSON, TimeLens-100K, QVHighlights or plain JSONL",
+        required=True,
+    )
     durations: str | None = opt("Charades-STA: CSV with id and length columns (default: probe each video)")
     strict: bool = opt("stop at the first annotation problem instead of reporting it and going on", False)
     limit: int | None = opt("evaluate the first N queries (default: all)", gt=0)
-    resume: bool = opt("keep the rows already in --output and evaluate the rest; refused when --output was written "
-                       "for another data file, model or decoding settings (its .meta.json)", False)
+    resume: bool = opt(
+        "keep the rows already in --output and evaluate the rest; refused when --output was written "
+        "for another data file, model or decoding settings (its .meta.json)",
+        False,
+    )
     overwrite: bool = opt("replace an existing --output (without it, or --resume, an existing one is refused)", False)
-    output: str | None = opt("predictions JSONL, with <output>.meta.json and <stem>.metrics.json beside it "
-                             "(default: <data stem>.predictions.jsonl in the current folder)")
+    output: str | None = opt(
+        "predictions JSONL, with <output>.meta.json and <stem>.metrics.json beside it "
+        "(default: <data stem>.predictions.jsonl in the current folder)"
+    )
     per_device_eval_batch_size: int = opt("prompts per generate call (per process), left-padded", 1, gt=0)
     protocol: Literal[PROTOCOL_NAMES] = opt(
         "evaluation protocol: paper (ours), timelens or time-r1: that evaluation's prompt, query normalisation, "
         "frame budget (unless --fps/--min-pixels/--total-pixels are given), answer parsing and threshold rule; "
-        "metrics.json also scores the answers under every protocol", "paper")
+        "metrics.json also scores the answers under every protocol",
+        "paper",
+    )
     multi_span: Literal[MULTI_SPAN_POLICIES] = opt(
         "a query with several windows: auto (the format's own rule: any for QVHighlights, skip elsewhere), skip it "
         "(reported), take the first or the longest, or any (a prediction scores its best IoU over the windows)",
-        "auto")
-    on_video_error: Literal["report", "raise"] = opt("report: count an undecodable video as a failed (IoU 0) row; "
-                                                     "raise: stop", "report")
+        "auto",
+    )
+    on_video_error: Literal["report", "raise"] = opt(
+        "report: count an undecodable video as a failed (IoU 0) row; raise: stop", "report"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -104,8 +118,10 @@ class EvalConfig(LoggingOptions, ModelOptions, DecodeOptions, AnnotationOptions)
             raise ConfigError("--resume and --overwrite contradict each other: choose one")
         style = PROTOCOLS[self.protocol].prompt_style
         if self.protocol != "paper" and self.prompt_style not in ("paper", style):
-            raise ConfigError(f"--protocol {self.protocol} prompts with its own style ({style}); "
-                              f"--prompt-style {self.prompt_style} contradicts it")
+            raise ConfigError(
+                f"--protocol {self.protocol} prompts with its own style ({style}); "
+                f"--prompt-style {self.prompt_style} contradicts it"
+            )
 
     @property
     def effective_prompt_style(self) -> str:
@@ -185,8 +201,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     output = Path(cfg.output) if cfg.output else Path(f"{Path(cfg.data).stem}.predictions.jsonl")
     problem = _output_problem(Path(cfg.data), output)
     if problem is None and output.exists() and not (cfg.resume or cfg.overwrite):
-        problem = (f"--output {output} already holds predictions: continue it with --resume, replace it with "
-                   "--overwrite, or choose another --output")
+        problem = (
+            f"--output {output} already holds predictions: continue it with --resume, replace it with "
+            "--overwrite, or choose another --output"
+        )
     if problem is not None:
         return fail(PROG, problem)
 
@@ -200,8 +218,13 @@ def main(argv: Iterable[str] | None = None) -> int:
             return fail(PROG, f"--device: {exc}")
     try:
         records, summary = load_annotations(
-            cfg.data, cfg.format, video_root=cfg.video_root, durations=cfg.durations, strict=cfg.strict,
-            multi_span=cfg.multi_span, zero_length="keep",
+            cfg.data,
+            cfg.format,
+            video_root=cfg.video_root,
+            durations=cfg.durations,
+            strict=cfg.strict,
+            multi_span=cfg.multi_span,
+            zero_length="keep",
         )
     except (FileNotFoundError, ValueError) as exc:  # AnnotationError is a ValueError
         return fail(PROG, str(exc))
@@ -232,12 +255,17 @@ def main(argv: Iterable[str] | None = None) -> int:
     inputs = _input_identity(cfg, summary, device)
     if cfg.resume:
         try:
-            check_resumable(output, predictions_identity(decode_config, cfg.effective_prompt_style,
-                                                         cfg.system_prompt_setting, cfg.max_new_tokens, inputs))
+            check_resumable(
+                output,
+                predictions_identity(
+                    decode_config, cfg.effective_prompt_style, cfg.system_prompt_setting, cfg.max_new_tokens, inputs
+                ),
+            )
         except ValueError as exc:
             return fail(PROG, f"--resume: {exc}")
-    model = load_policy(cfg.model, device=device, trainable=False, dtype=cfg.dtype,
-                        attn_implementation=cfg.attn_implementation)
+    model = load_policy(
+        cfg.model, device=device, trainable=False, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation
+    )
     try:
         result = evaluate(
             model,
@@ -261,9 +289,17 @@ def main(argv: Iterable[str] | None = None) -> int:
         return fail(PROG, exc)
     metrics_path = _metrics_path(output)
     metrics_path.write_text(
-        json.dumps({"protocol": cfg.protocol, "overall": result.metrics, "per_source": result.per_source,
-                    "failed_videos": len(result.failed_videos), "data_issues": result.data_issue_counts,
-                    "protocols": result.protocols}, indent=2)
+        json.dumps(
+            {
+                "protocol": cfg.protocol,
+                "overall": result.metrics,
+                "per_source": result.per_source,
+                "failed_videos": len(result.failed_videos),
+                "data_issues": result.data_issue_counts,
+                "protocols": result.protocols,
+            },
+            indent=2,
+        )
         + "\n",
         encoding="utf-8",
     )
@@ -275,13 +311,19 @@ def main(argv: Iterable[str] | None = None) -> int:
             print(f"  {record_id}: {error}", file=sys.stderr)
     if result.data_issues:
         counts = ", ".join(f"{kind}={count}" for kind, count in sorted(result.data_issue_counts.items()))
-        print(f"{len(result.data_issues)} queries disagree with their videos ({counts}; kept and scored, "
-              "flagged in the predictions' data_issue):", file=sys.stderr)
+        print(
+            f"{len(result.data_issues)} queries disagree with their videos ({counts}; kept and scored, "
+            "flagged in the predictions' data_issue):",
+            file=sys.stderr,
+        )
         for _, issue in result.data_issues[:10]:
             print(f"  {issue}", file=sys.stderr)
     print(format_metrics_table(result.metrics, result.per_source))
-    others = ", ".join(f"{name} R1@0.5 {_number(block['overall']['R1@0.5'])}"
-                       for name, block in result.protocols.items() if name != cfg.protocol)
+    others = ", ".join(
+        f"{name} R1@0.5 {_number(block['overall']['R1@0.5'])}"
+        for name, block in result.protocols.items()
+        if name != cfg.protocol
+    )
     print(f"protocol {cfg.protocol}; the same answers under {others} (metrics.json: protocols)")
     print(f"predictions: {output}\nmetrics: {metrics_path}")
     return 0 if len(result.failed_videos) < len(records) else 1

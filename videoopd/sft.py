@@ -12,14 +12,16 @@ run by the same loop as OPD (:mod:`videoopd.training.loop`). ``--init-tiny`` sta
 randomly initialised tiny model (how the demo's models are made: :mod:`videoopd.demo.teacher`).
 The best held-out checkpoint (by mIoU) is kept in ``OUTPUT_DIR/best``, the last in ``final/``.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from videoopd.qwen.tiny import FAMILIES
 from videoopd.training.config import ConfigError, RunOptions, fail, opt, parse_config, save_config, warn_about_schedule
@@ -34,8 +36,9 @@ class SFTConfig(RunOptions):
     """model to fine-tune"""
 
     model: str | None = opt("checkpoint folder to fine-tune (local; never downloaded)", run_defining=True)
-    init_tiny: Literal[FAMILIES] | None = opt("instead of --model: a randomly initialised tiny model of this family",
-                                              run_defining=True)
+    init_tiny: Literal[FAMILIES] | None = opt(
+        "instead of --model: a randomly initialised tiny model of this family", run_defining=True
+    )
     tiny_hidden_size: int = opt("--init-tiny: text hidden size", 128, gt=0, run_defining=True)
     tiny_layers: int = opt("--init-tiny: text layers", 4, gt=0, run_defining=True)
     tiny_vision_hidden_size: int = opt("--init-tiny: vision hidden size", 64, gt=0, run_defining=True)
@@ -52,12 +55,23 @@ class SFTConfig(RunOptions):
 
 # SFT's own defaults for the options it shares with videoopd.train.
 COMMAND_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 1e-5, "lr_scheduler_type": "cosine", "warmup_steps": 50, "adam_beta2": 0.95,
-    "per_device_train_batch_size": 8, "max_steps": 1000, "per_device_eval_batch_size": 8, "max_new_tokens": 32,
-    "gradient_checkpointing": False, "output_dir": "runs/sft", "save_best": True, "eval_on_start": False,
+    "learning_rate": 1e-5,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 50,
+    "adam_beta2": 0.95,
+    "per_device_train_batch_size": 8,
+    "max_steps": 1000,
+    "per_device_eval_batch_size": 8,
+    "max_new_tokens": 32,
+    "gradient_checkpointing": False,
+    "output_dir": "runs/sft",
+    "save_best": True,
+    "eval_on_start": False,
 }
-DESCRIPTION = ("Supervised fine-tuning of a Qwen2.5-VL / Qwen3-VL model on temporal video grounding (prompt + "
-               "perfect answer, loss on answer tokens).")
+DESCRIPTION = (
+    "Supervised fine-tuning of a Qwen2.5-VL / Qwen3-VL model on temporal video grounding (prompt + "
+    "perfect answer, loss on answer tokens)."
+)
 
 
 def resolve_config(argv: Sequence[str] | None = None) -> SFTConfig:
@@ -74,22 +88,35 @@ def build_model(cfg: SFTConfig, device: Any) -> tuple[Any, Any]:
         tokenizer = build_tiny_tokenizer(cfg.init_tiny)
         processor = build_tiny_processor(cfg.init_tiny, tokenizer)
         try:
-            model = build_tiny_model(cfg.init_tiny, tokenizer, seed=cfg.seed, hidden_size=cfg.tiny_hidden_size,
-                                     num_layers=cfg.tiny_layers, vision_hidden_size=cfg.tiny_vision_hidden_size,
-                                     vision_depth=cfg.tiny_vision_depth)
+            model = build_tiny_model(
+                cfg.init_tiny,
+                tokenizer,
+                seed=cfg.seed,
+                hidden_size=cfg.tiny_hidden_size,
+                num_layers=cfg.tiny_layers,
+                vision_hidden_size=cfg.tiny_vision_hidden_size,
+                vision_depth=cfg.tiny_vision_depth,
+            )
         except ValueError as exc:  # e.g. a hidden size that is no multiple of the head size
             raise ConfigError(f"--init-tiny with the --tiny-* sizes given: {exc}") from None
         model.to(device)
-        prepare_policy(model, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing,
-                       train_vision=cfg.train_vision)
+        prepare_policy(
+            model, trainable=True, gradient_checkpointing=cfg.gradient_checkpointing, train_vision=cfg.train_vision
+        )
         return model, processor
     from videoopd.qwen.processing import load_processor
     from videoopd.training.setup import check_model_folder
 
     path = check_model_folder(cfg.model, "--model")
-    model = load_policy(path, device=device, trainable=True, dtype=cfg.dtype,
-                        attn_implementation=cfg.attn_implementation,
-                        gradient_checkpointing=cfg.gradient_checkpointing, train_vision=cfg.train_vision)
+    model = load_policy(
+        path,
+        device=device,
+        trainable=True,
+        dtype=cfg.dtype,
+        attn_implementation=cfg.attn_implementation,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        train_vision=cfg.train_vision,
+    )
     return model, load_processor(path)
 
 
@@ -115,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, exc)
     from videoopd.algo.objectives import SupervisedObjective
     from videoopd.data.datasets import CachedDataset, GroundingVideoDataset
-    from videoopd.qwen.collators import SFTCollator
     from videoopd.data.video import DecodeConfig
+    from videoopd.qwen.collators import SFTCollator
     from videoopd.qwen.processing import record_preprocessing
     from videoopd.training.checkpoint import prepare_run_folder
     from videoopd.training.loop import train
@@ -131,9 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, exc)
     if accelerator.is_main_process:
         say(f"config: {save_config(cfg, out_dir)}")
-    say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {len(train_records)} training "
-        "queries" + (f", {len(eval_records)} held-out" if eval_records else "")
-        + f"; {accelerator.num_processes} process(es)")
+    say(
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {len(train_records)} training "
+        "queries"
+        + (f", {len(eval_records)} held-out" if eval_records else "")
+        + f"; {accelerator.num_processes} process(es)"
+    )
     try:
         decode_config = DecodeConfig.for_run(processor, cfg)
     except ValueError as exc:
@@ -143,9 +173,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.cache_videos:
         dataset = CachedDataset(dataset)
     try:
-        summary = train(cfg, accelerator, model, processor, SupervisedObjective(), dataset,
-                        SFTCollator(processor, cfg.prompt_style, cfg.system_prompt_setting), eval_records,
-                        decode_config=decode_config, resume_from=resume_from, log=say)
+        summary = train(
+            cfg,
+            accelerator,
+            model,
+            processor,
+            SupervisedObjective(),
+            dataset,
+            SFTCollator(processor, cfg.prompt_style, cfg.system_prompt_setting),
+            eval_records,
+            decode_config=decode_config,
+            resume_from=resume_from,
+            log=say,
+        )
     except ConfigError as exc:
         return fail(PROG, exc)
     except Preempted as exc:

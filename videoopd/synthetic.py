@@ -3,11 +3,12 @@
 
     python -m videoopd.synthetic --out DIR --videos N [--seed S] [--events 2] [--duration 8] [--swift-annotations]
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from videoopd.data.annotations import load_annotations, write_swift_records
 from videoopd.data.synthetic import check_video_codec, generate_dataset
@@ -17,8 +18,10 @@ from videoopd.training.setup import check_output_dir
 __all__ = ["main"]
 
 PROG = "python -m videoopd.synthetic"
-DESCRIPTION = ("Write short mp4 videos where coloured shapes appear during known spans, with annotations in the "
-               "plain JSONL grounding format.")
+DESCRIPTION = (
+    "Write short mp4 videos where coloured shapes appear during known spans, with annotations in the "
+    "plain JSONL grounding format."
+)
 
 
 @dataclass
@@ -36,8 +39,11 @@ class SyntheticConfig(Options):
     min_event: float = opt("shortest event in seconds", 1.5, gt=0)
     max_event: float = opt("longest event in seconds (at most --duration)", 4.0, gt=0)
     codec: str | None = opt("PyAV video encoder (default: libx264, else mpeg4)")
-    swift_annotations: bool = opt("also write annotations.swift.jsonl, the same queries in the ms-swift / "
-                                  "LLaMA-Factory video format (the paper's prompt)", False)
+    swift_annotations: bool = opt(
+        "also write annotations.swift.jsonl, the same queries in the ms-swift / "
+        "LLaMA-Factory video format (the paper's prompt)",
+        False,
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -54,9 +60,19 @@ class SyntheticConfig(Options):
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = parse_config(SyntheticConfig, argv, prog=PROG, description=DESCRIPTION)
-        annotations = generate_dataset(cfg.out, cfg.videos, seed=cfg.seed, duration=cfg.duration, fps=cfg.fps,
-                                       height=cfg.height, width=cfg.width, events_per_video=cfg.events,
-                                       min_event=cfg.min_event, max_event=cfg.max_event, codec=cfg.codec)
+        annotations = generate_dataset(
+            cfg.out,
+            cfg.videos,
+            seed=cfg.seed,
+            duration=cfg.duration,
+            fps=cfg.fps,
+            height=cfg.height,
+            width=cfg.width,
+            events_per_video=cfg.events,
+            min_event=cfg.min_event,
+            max_event=cfg.max_event,
+            codec=cfg.codec,
+        )
     except (ConfigError, ValueError) as exc:
         return fail(PROG, exc)
     count = sum(1 for _ in annotations.open())

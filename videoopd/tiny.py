@@ -3,11 +3,13 @@ tokenizer, processor) for dry runs (:func:`videoopd.qwen.tiny.save_tiny_checkpoi
 
     python -m videoopd.tiny --out DIR [--family qwen2_5_vl|qwen3_vl] [--seed S]
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 from videoopd.qwen.tiny import FAMILIES, save_tiny_checkpoint
 from videoopd.training.config import ConfigError, Options, fail, opt, parse_config
@@ -33,8 +35,12 @@ class TinyConfig(Options):
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        cfg = parse_config(TinyConfig, argv, prog=PROG,
-                           description="Write a tiny randomly initialised Qwen-VL checkpoint; no downloads.")
+        cfg = parse_config(
+            TinyConfig,
+            argv,
+            prog=PROG,
+            description="Write a tiny randomly initialised Qwen-VL checkpoint; no downloads.",
+        )
     except ConfigError as exc:
         return fail(PROG, exc)
     print(f"wrote {save_tiny_checkpoint(cfg.out, cfg.family, seed=cfg.seed)}")

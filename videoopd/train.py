@@ -11,14 +11,17 @@ scores them and the student's loss is taken on answer tokens from base-model hid
 :mod:`videoopd.training.loop`. Config: defaults < ``--preset`` < ``--config`` YAML < CLI flags;
 the resolved config is written to ``OUTPUT_DIR/config.yaml``, metrics to ``metrics.jsonl``.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Literal
 
+from videoopd.algo.algorithms import ALGORITHMS, default_num_generations, default_reduction
 from videoopd.algo.curriculum import SELECTORS
 from videoopd.algo.grpo import ADVANTAGES
 from videoopd.algo.objectives import DEPRECATED_REDUCTIONS, OBJECTIVES, REDUCTIONS, check_reduction
@@ -26,7 +29,6 @@ from videoopd.demo.run import DemoOptions
 from videoopd.training.config import ConfigError, Options, RunOptions, fail, opt, parse_config, warn_about_schedule
 from videoopd.training.curriculum import check_max_steps
 from videoopd.training.distributed import TEACHER_PLACEMENTS
-from videoopd.algo.algorithms import ALGORITHMS, default_num_generations, default_reduction
 from videoopd.training.preemption import Preempted
 
 __all__ = ["main"]
@@ -38,102 +40,171 @@ PROG = "python -m videoopd.train"
 class PairOptions(Options):
     """models"""
 
-    student: str | None = opt("student checkpoint folder (local; never downloaded); with neither --student nor "
-                              "--teacher: the CPU demo (--preset demo)", run_defining=True)
-    teacher: str | None = opt("teacher checkpoint folder (same tokenizer as the student; head >= student vocab)",
-                              run_defining=True)
+    student: str | None = opt(
+        "student checkpoint folder (local; never downloaded); with neither --student nor "
+        "--teacher: the CPU demo (--preset demo)",
+        run_defining=True,
+    )
+    teacher: str | None = opt(
+        "teacher checkpoint folder (same tokenizer as the student; head >= student vocab)", run_defining=True
+    )
     teacher_placement: Literal[TEACHER_PLACEMENTS] = opt(
         "auto (sharded by FSDP2 under an FSDP2 launch, else replicated), replicate (a full copy per process), "
         "shard (FSDP2 only) or service (replicas on Ray actors, on their own devices, shared by every training "
-        "process: docs/scaling-out.md)", "auto")
+        "process: docs/scaling-out.md)",
+        "auto",
+    )
     teacher_device: str | None = opt("one process: the teacher's device (default: the student's)")
-    algo: Literal[ALGORITHMS] = opt("opd (on-policy distillation from --teacher) or grpo (the reinforcement-learning "
-                                    "baseline: IoU rewards, no teacher needed)", "opd", run_defining=True)
-    eval_teacher: bool = opt("also evaluate the teacher on --eval-data once before training (the student's "
-                             "ceiling)", False)
+    algo: Literal[ALGORITHMS] = opt(
+        "opd (on-policy distillation from --teacher) or grpo (the reinforcement-learning "
+        "baseline: IoU rewards, no teacher needed)",
+        "opd",
+        run_defining=True,
+    )
+    eval_teacher: bool = opt(
+        "also evaluate the teacher on --eval-data once before training (the student's ceiling)", False
+    )
 
 
 @dataclass
 class TeacherServiceOptions(Options):
     """teacher service (--teacher-placement service)"""
 
-    ray_address: str | None = opt("service: the Ray cluster to run the teacher replicas on (`ray start --head` "
-                                  "prints it; default: a local cluster the main process starts)")
+    ray_address: str | None = opt(
+        "service: the Ray cluster to run the teacher replicas on (`ray start --head` "
+        "prints it; default: a local cluster the main process starts)"
+    )
     teacher_replicas: int = opt("service: teacher replicas (Ray actors); micro-batches go to them in turn", 1, ge=1)
-    teacher_service_name: str = opt("service: the replicas' name on the cluster (NAME-0, NAME-1, ...): processes "
-                                    "and runs giving the same name share them", "videoopd-teacher")
+    teacher_service_name: str = opt(
+        "service: the replicas' name on the cluster (NAME-0, NAME-1, ...): processes "
+        "and runs giving the same name share them",
+        "videoopd-teacher",
+    )
     teacher_replica_cpus: float = opt("service: CPUs Ray reserves for each replica", 1.0, ge=0)
-    teacher_replica_gpus: float | None = opt("service: GPUs Ray gives each replica, which scores on its GPU "
-                                             "(default: 1 where this machine has CUDA, else 0)", ge=0)
-    teacher_max_restarts: int = opt("service: restarts of a replica whose process dies (its pending micro-batches "
-                                    "are re-sent); after that the run stops with its error", 2, ge=0)
-    teacher_timeout_s: float = opt("service: seconds to wait for a micro-batch's score before the run stops with "
-                                   "an error", 600.0, gt=0)
-    teacher_delay_s: float = opt("service, for measurements: seconds each replica sleeps after scoring a "
-                                 "micro-batch (a tiny teacher made as slow as a real one)", 0.0, ge=0)
+    teacher_replica_gpus: float | None = opt(
+        "service: GPUs Ray gives each replica, which scores on its GPU "
+        "(default: 1 where this machine has CUDA, else 0)",
+        ge=0,
+    )
+    teacher_max_restarts: int = opt(
+        "service: restarts of a replica whose process dies (its pending micro-batches "
+        "are re-sent); after that the run stops with its error",
+        2,
+        ge=0,
+    )
+    teacher_timeout_s: float = opt(
+        "service: seconds to wait for a micro-batch's score before the run stops with an error", 600.0, gt=0
+    )
+    teacher_delay_s: float = opt(
+        "service, for measurements: seconds each replica sleeps after scoring a "
+        "micro-batch (a tiny teacher made as slow as a real one)",
+        0.0,
+        ge=0,
+    )
 
 
 @dataclass
 class RolloutOptions(Options):
     """rollout and objective"""
 
-    temperature: float = opt("sampling temperature of rollouts (also the loss temperature)", 1.0, gt=0,
-                             run_defining=True)
+    temperature: float = opt(
+        "sampling temperature of rollouts (also the loss temperature)", 1.0, gt=0, run_defining=True
+    )
     top_p: float = opt("nucleus sampling of rollouts", 1.0, gt=0, le=1, run_defining=True)
-    objective: Literal[OBJECTIVES] = opt("sampled (teacher log-probs of sampled tokens, REINFORCE reverse KL) or "
-                                         "full (exact reverse KL over the vocabulary)", "sampled", run_defining=True)
+    objective: Literal[OBJECTIVES] = opt(
+        "sampled (teacher log-probs of sampled tokens, REINFORCE reverse KL) or "
+        "full (exact reverse KL over the vocabulary)",
+        "sampled",
+        run_defining=True,
+    )
     # the old name token_mean is a choice for one release: it warns and becomes mean (validate)
     reduction: Literal[("auto", *REDUCTIONS, *DEPRECATED_REDUCTIONS)] = opt(
         "sequence_sum (sum over each answer, mean over the step's sequences), mean (over the step's answer tokens; "
         "token_mean, its old name, warns), sum, or auto (opd: sequence_sum, grpo: mean; resolved when parsed)",
-        "auto", run_defining=True)
-    num_generations: int | None = opt("answers sampled per prompt (default: grpo 8, its group; opd 1, the paper's); "
-                                      "opd with more: the sampled objective's advantages are taken relative to the "
-                                      "prompt's group mean", gt=0, run_defining=True)
-    advantage_clip: float = opt("opd sampled: clamp each token's advantage lp_teacher - lp_student to [-c, c] "
-                                "(0: off)", 0.0, ge=0, run_defining=True)
-    rollout_batch_size: int = opt("rollouts generated per generate call, and scored per teacher forward, on each "
-                                  "process: the step's micro-batches are joined into calls of at most this many "
-                                  "(whole micro-batches; 0: all of the step's rollouts in one call). Samples do not "
-                                  "depend on it (one seed per record)", 0, ge=0)
+        "auto",
+        run_defining=True,
+    )
+    num_generations: int | None = opt(
+        "answers sampled per prompt (default: grpo 8, its group; opd 1, the paper's); "
+        "opd with more: the sampled objective's advantages are taken relative to the "
+        "prompt's group mean",
+        gt=0,
+        run_defining=True,
+    )
+    advantage_clip: float = opt(
+        "opd sampled: clamp each token's advantage lp_teacher - lp_student to [-c, c] (0: off)",
+        0.0,
+        ge=0,
+        run_defining=True,
+    )
+    rollout_batch_size: int = opt(
+        "rollouts generated per generate call, and scored per teacher forward, on each "
+        "process: the step's micro-batches are joined into calls of at most this many "
+        "(whole micro-batches; 0: all of the step's rollouts in one call). Samples do not "
+        "depend on it (one seed per record)",
+        0,
+        ge=0,
+    )
 
 
 @dataclass
 class GRPOOptions(Options):
     """GRPO"""
 
-    advantage: Literal[ADVANTAGES] = opt("grpo: std (group-normalised rewards, GRPO) or mean (reward minus the group "
-                                         "mean, Dr. GRPO)", "std", run_defining=True)
+    advantage: Literal[ADVANTAGES] = opt(
+        "grpo: std (group-normalised rewards, GRPO) or mean (reward minus the group mean, Dr. GRPO)",
+        "std",
+        run_defining=True,
+    )
     epsilon: float = opt("grpo: PPO clip range of the importance ratio", 0.2, gt=0, lt=1, run_defining=True)
-    beta: float = opt("grpo: KL penalty to the initial student (k3 estimate); 0 (TimeLens) loads no reference", 0.0,
-                      ge=0, run_defining=True)
-    format_reward: float = opt("grpo: reward added for an answer exactly in the prompt's 'start to end' format",
-                               0.0, ge=0, run_defining=True)
+    beta: float = opt(
+        "grpo: KL penalty to the initial student (k3 estimate); 0 (TimeLens) loads no reference",
+        0.0,
+        ge=0,
+        run_defining=True,
+    )
+    format_reward: float = opt(
+        "grpo: reward added for an answer exactly in the prompt's 'start to end' format", 0.0, ge=0, run_defining=True
+    )
 
 
 @dataclass
 class CurriculumOptions(Options):
     """TVDF curriculum"""
 
-    rounds: int = opt("TVDF curriculum rounds (0: no curriculum, train on the whole pool for --max-steps). Each round "
-                      "scores the pool with the teacher (once per run) and the current student, keeps samples with "
-                      "teacher IoU >= --teacher-iou-min, selects --round-size of them and trains --steps-per-round "
-                      "steps on them; the run is rounds x steps-per-round steps (a --max-steps given must agree)", 0,
-                      ge=0, run_defining=True)
+    rounds: int = opt(
+        "TVDF curriculum rounds (0: no curriculum, train on the whole pool for --max-steps). Each round "
+        "scores the pool with the teacher (once per run) and the current student, keeps samples with "
+        "teacher IoU >= --teacher-iou-min, selects --round-size of them and trains --steps-per-round "
+        "steps on them; the run is rounds x steps-per-round steps (a --max-steps given must agree)",
+        0,
+        ge=0,
+        run_defining=True,
+    )
     round_size: int = opt("TVDF: samples selected per round", 2500, gt=0, run_defining=True)
-    selector: Literal[SELECTORS] = opt("TVDF: topk (largest teacher-student IoU gaps), gwds (Gaussian-weighted gap "
-                                       "sampling), random, or off (the whole pool)", "topk", run_defining=True)
-    teacher_iou_min: float = opt("TVDF: keep samples whose teacher IoU is at least this", 0.5, ge=0, le=1,
-                                 run_defining=True)
+    selector: Literal[SELECTORS] = opt(
+        "TVDF: topk (largest teacher-student IoU gaps), gwds (Gaussian-weighted gap "
+        "sampling), random, or off (the whole pool)",
+        "topk",
+        run_defining=True,
+    )
+    teacher_iou_min: float = opt(
+        "TVDF: keep samples whose teacher IoU is at least this", 0.5, ge=0, le=1, run_defining=True
+    )
     gwds_center: float = opt("TVDF gwds: centre c of the Gaussian weight on the IoU gap", 0.9, run_defining=True)
     gwds_sigma: float = opt("TVDF gwds: width sigma of the Gaussian weight", 0.2, gt=0, run_defining=True)
-    steps_per_round: int = opt("TVDF: optimizer steps per round (0: one pass over the round's --round-size samples)",
-                               0, ge=0, run_defining=True)
+    steps_per_round: int = opt(
+        "TVDF: optimizer steps per round (0: one pass over the round's --round-size samples)",
+        0,
+        ge=0,
+        run_defining=True,
+    )
 
 
 @dataclass
-class TrainConfig(DemoOptions, CurriculumOptions, GRPOOptions, RolloutOptions, TeacherServiceOptions,
-                  PairOptions, RunOptions):
+class TrainConfig(
+    DemoOptions, CurriculumOptions, GRPOOptions, RolloutOptions, TeacherServiceOptions, PairOptions, RunOptions
+):
     """Options of ``python -m videoopd.train``; ``auto`` and unset values that depend only on other
     options are resolved when it is built, so the saved ``config.yaml`` is what ran."""
 
@@ -151,25 +222,33 @@ class TrainConfig(DemoOptions, CurriculumOptions, GRPOOptions, RolloutOptions, T
         if self.student is None and self.teacher is not None:
             raise ConfigError("--teacher needs --student")
         if self.student is not None and self.teacher is None and (self.algo == "opd" or self.rounds > 0):
-            raise ConfigError("give both --student and --teacher (or neither, for the CPU demo); only --algo grpo "
-                              "without --rounds trains without a teacher")
+            raise ConfigError(
+                "give both --student and --teacher (or neither, for the CPU demo); only --algo grpo "
+                "without --rounds trains without a teacher"
+            )
         if self.teacher_placement == "service" and self.student is not None and (self.eval_teacher or self.rounds):
-            raise ConfigError("--teacher-placement service scores the rollouts only: --eval-teacher and --rounds "
-                              "need the teacher in the training processes (replicate or shard)")
+            raise ConfigError(
+                "--teacher-placement service scores the rollouts only: --eval-teacher and --rounds "
+                "need the teacher in the training processes (replicate or shard)"
+            )
         if self.student is None and self.train_data is not None:
             raise ConfigError("--train-data needs --student (and --teacher)")
 
 
 # --preset NAME: configs/presets/NAME.yaml
-PRESET_HELP = ("a recipe from configs/presets/NAME.yaml (its values are the defaults shown below): demo (what no "
-               "--student resolves to): the CPU demo on synthetic videos with the shipped tiny models; video-opd: the "
-               "paper's (temperature 0.9, learning rate 1e-6, effective batch 32 as 1 x 32 accumulation on one "
-               "process, fps 2, 768 frames, 14,336 visual tokens a video (TimeLens's budget), vision frozen, sampled "
-               "objective summed over each answer, TVDF "
-               "curriculum of 3 rounds x 2,500 top-k samples with teacher IoU >= 0.5)")
-DESCRIPTION = ("On-policy distillation of a Qwen2.5-VL / Qwen3-VL student from a frozen teacher on temporal "
-               "video grounding. With no --student/--teacher: a short CPU demo on synthetic data with tiny models "
-               "(--preset demo).")
+PRESET_HELP = (
+    "a recipe from configs/presets/NAME.yaml (its values are the defaults shown below): demo (what no "
+    "--student resolves to): the CPU demo on synthetic videos with the shipped tiny models; video-opd: the "
+    "paper's (temperature 0.9, learning rate 1e-6, effective batch 32 as 1 x 32 accumulation on one "
+    "process, fps 2, 768 frames, 14,336 visual tokens a video (TimeLens's budget), vision frozen, sampled "
+    "objective summed over each answer, TVDF "
+    "curriculum of 3 rounds x 2,500 top-k samples with teacher IoU >= 0.5)"
+)
+DESCRIPTION = (
+    "On-policy distillation of a Qwen2.5-VL / Qwen3-VL student from a frozen teacher on temporal "
+    "video grounding. With no --student/--teacher: a short CPU demo on synthetic data with tiny models "
+    "(--preset demo)."
+)
 
 
 def default_preset(cfg: TrainConfig) -> str | None:
@@ -179,8 +258,15 @@ def default_preset(cfg: TrainConfig) -> str | None:
 
 def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse flags, apply preset, YAML and overrides; raise ConfigError on a bad value."""
-    cfg = parse_config(TrainConfig, argv, prog=PROG, description=DESCRIPTION, presets=True,
-                       preset_help=PRESET_HELP, default_preset=default_preset)
+    cfg = parse_config(
+        TrainConfig,
+        argv,
+        prog=PROG,
+        description=DESCRIPTION,
+        presets=True,
+        preset_help=PRESET_HELP,
+        default_preset=default_preset,
+    )
     if cfg.preset not in (None, "demo") and (cfg.student is None or cfg.teacher is None):
         raise ConfigError(f"--preset {cfg.preset} needs --student and --teacher (local checkpoint folders)")
     if cfg.preset == "demo" and cfg.student is not None:
@@ -232,27 +318,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         return fail(PROG, exc)
     record_preprocessing(processor, decode_config)  # saved with the student: eval and sft sample frames alike
-    student = load_policy(cfg.student, device=device, trainable=True, dtype=cfg.dtype,
-                          attn_implementation=cfg.attn_implementation,
-                          gradient_checkpointing=cfg.gradient_checkpointing, train_vision=cfg.train_vision)
+    student = load_policy(
+        cfg.student,
+        device=device,
+        trainable=True,
+        dtype=cfg.dtype,
+        attn_implementation=cfg.attn_implementation,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        train_vision=cfg.train_vision,
+    )
     frozen_device = "cpu" if cfg.teacher_device is None else cfg.teacher_device  # placed by the run
     teacher = teacher_processor = None
     if cfg.teacher is not None and cfg.teacher_placement != "service":  # a service loads its own
         teacher_processor = load_processor(cfg.teacher)
-        teacher = load_policy(cfg.teacher, device=frozen_device, trainable=False, dtype=cfg.dtype,
-                          attn_implementation=cfg.attn_implementation)
+        teacher = load_policy(
+            cfg.teacher,
+            device=frozen_device,
+            trainable=False,
+            dtype=cfg.dtype,
+            attn_implementation=cfg.attn_implementation,
+        )
         try:
             check_pair(student, teacher, processor, teacher_processor)
         except ValueError as exc:
             return fail(PROG, f"incompatible teacher/student: {exc}")
     # GRPO's KL penalty: a frozen copy of the initial student
-    reference = (load_policy(cfg.student, device=frozen_device, trainable=False, dtype=cfg.dtype,
-                          attn_implementation=cfg.attn_implementation)
-                 if cfg.algo == "grpo" and cfg.beta > 0 else None)
+    reference = (
+        load_policy(
+            cfg.student,
+            device=frozen_device,
+            trainable=False,
+            dtype=cfg.dtype,
+            attn_implementation=cfg.attn_implementation,
+        )
+        if cfg.algo == "grpo" and cfg.beta > 0
+        else None
+    )
     try:
-        run_post_training(cfg, accelerator, student, teacher, processor, train_records, eval_records,
-                          teacher_processor=teacher_processor, reference=reference, decode_config=decode_config,
-                          teacher_path=cfg.teacher)
+        run_post_training(
+            cfg,
+            accelerator,
+            student,
+            teacher,
+            processor,
+            train_records,
+            eval_records,
+            teacher_processor=teacher_processor,
+            reference=reference,
+            decode_config=decode_config,
+            teacher_path=cfg.teacher,
+        )
     except ConfigError as exc:
         return fail(PROG, exc)
     except Preempted as exc:

@@ -124,8 +124,7 @@ def fused_divergence_loss(*args, log_entropy: bool = True, **kwargs):
         loss = loss / (num_items.to(loss.device) if isinstance(num_items, torch.Tensor) else num_items)
     if log_entropy:
         with torch.no_grad():
-            _, entropy = token_logprobs(h_s, W_s, torch.zeros_like(rows), temperature=temperature,
-                                        return_entropy=True)
+            _, entropy = token_logprobs(h_s, W_s, torch.zeros_like(rows), temperature=temperature, return_entropy=True)
         entropy_sum = entropy.sum()
     else:
         entropy_sum = loss.new_full((), float("nan"))
@@ -154,8 +153,11 @@ class FusedDistillationTrainer(DistillationTrainer):
         super().__init__(*args, **kwargs)
         self.log_entropy = bool(log_entropy)
         if self.beta != 1.0:
-            warnings.warn(f"FusedDistillationTrainer fuses only the reverse KL (beta=1); with beta={self.beta} "
-                          "the loss stays on TRL's DistillationTrainer path", stacklevel=2)
+            warnings.warn(
+                f"FusedDistillationTrainer fuses only the reverse KL (beta=1); with beta={self.beta} "
+                "the loss stays on TRL's DistillationTrainer path",
+                stacklevel=2,
+            )
 
     def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
         # Runs inside the student wrapper's forward (TRL's compute_loss redirects it there).

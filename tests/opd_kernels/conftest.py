@@ -25,8 +25,10 @@ _CPU_ONLY = {
     "test_auto_backend_is_torch_on_cpu": "checks the CPU's auto backend",
     "test_kernels_compile.py": "ahead-of-time compile for sm_80/sm_90: a CPU job, run by opd_kernels.report",
 }
-_INTERPRETER_TILES = ("test_reverse_kl_memory.py::test_no_tokens_by_vocab_tensor",
-                      "test_token_logprobs.py::test_no_tokens_by_vocab_tensor")
+_INTERPRETER_TILES = (
+    "test_reverse_kl_memory.py::test_no_tokens_by_vocab_tensor",
+    "test_token_logprobs.py::test_no_tokens_by_vocab_tensor",
+)
 
 
 class _ToDevice(torch.autograd.Function):
@@ -99,13 +101,21 @@ def _module_on_device(cls, device):
 # Under the Triton interpreter these cases take 3-55 s each (the largest shapes, k = 64, the
 # memory tracker's and the ahead-of-time compile's: 43 s for its module): they are "slow" there, so the fast lane
 # (-m "not slow") keeps every op and backend at the small shapes; CI runs them all.
-_INTERPRETER_SLOW = ("[1000-triton", "[32003-triton", "test_topk_matches_reference[64-triton]",
-                     "test_topk_matches_reference[5-triton]", "test_topk_respects_vocab_size[triton]",
-                     "test_triton_topk_allocates_only_its_outputs", "test_no_tokens_by_vocab_tensor",
-                     "test_every_configuration_compiles_for_ampere_and_hopper",
-                     "test_no_spills_and_tensor_cores_on_16_bit_dots", "test_chunk_boundaries[triton-fused]",
-                     "test_topk_of_whole_vocabulary_sums_to_one[triton]", "[4096-triton",
-                     "test_no_grad_and_grad_output_scaling[triton-fused]")
+_INTERPRETER_SLOW = (
+    "[1000-triton",
+    "[32003-triton",
+    "test_topk_matches_reference[64-triton]",
+    "test_topk_matches_reference[5-triton]",
+    "test_topk_respects_vocab_size[triton]",
+    "test_triton_topk_allocates_only_its_outputs",
+    "test_no_tokens_by_vocab_tensor",
+    "test_every_configuration_compiles_for_ampere_and_hopper",
+    "test_no_spills_and_tensor_cores_on_16_bit_dots",
+    "test_chunk_boundaries[triton-fused]",
+    "test_topk_of_whole_vocabulary_sums_to_one[triton]",
+    "[4096-triton",
+    "test_no_grad_and_grad_output_scaling[triton-fused]",
+)
 
 
 def pytest_collection_modifyitems(config, items):

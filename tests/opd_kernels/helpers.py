@@ -9,8 +9,9 @@ RKL_IMPLS = [("torch", "auto"), ("triton", "chunked"), ("triton", "fused")]
 RKL_IMPL_IDS = ["torch", "triton-chunked", "triton-fused"]
 
 
-def make_rkl_inputs(leading, vocab, d_s, d_t, *, dtype=torch.float32, teacher_vocab=None, seed=0,
-                    weight_scale=None, requires_grad=True):
+def make_rkl_inputs(
+    leading, vocab, d_s, d_t, *, dtype=torch.float32, teacher_vocab=None, seed=0, weight_scale=None, requires_grad=True
+):
     """Student/teacher hidden states and heads whose logits have O(1) spread, like real models."""
     gen = torch.Generator().manual_seed(seed)
     teacher_vocab = teacher_vocab or vocab
@@ -44,8 +45,9 @@ def assert_close_grad(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype,
     assert got.dtype == dtype, f"{name}: gradient dtype {got.dtype}, expected {dtype}"
     assert torch.isfinite(got).all(), f"{name}: non-finite gradient"
     if dtype in (torch.float32, torch.float64):
-        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6 * max(1.0, want.abs().max().item()),
-                                   msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            got.double(), want, rtol=1e-4, atol=1e-6 * max(1.0, want.abs().max().item()), msg=lambda m: f"{name}: {m}"
+        )
     else:
         c = cosine(got, want)
         assert c >= 0.999, f"{name}: cosine similarity {c:.6f} < 0.999"

@@ -8,11 +8,10 @@ autocast. The float64 references take the operands as autocast hands them to the
 
 import pytest
 import torch
+from helpers import RKL_IMPL_IDS, RKL_IMPLS, cosine, float64_leaves, make_rkl_inputs
 
 from opd_kernels import FusedReverseKL, fused_reverse_kl, token_logprobs, topk_logprobs
 from opd_kernels.testing import reference_logits, reverse_kl_reference
-
-from helpers import RKL_IMPL_IDS, RKL_IMPLS, cosine, float64_leaves, make_rkl_inputs
 
 impls = pytest.mark.parametrize("backend,schedule", RKL_IMPLS, ids=RKL_IMPL_IDS)
 backends = pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -54,8 +53,18 @@ def test_reverse_kl_under_autocast_against_float64(backend, schedule, h_dtype, w
     h_t, W_t = _leaf(h_t, h_dtype, grad=False), _leaf(W_t, w_dtype, grad=False)
     mask = torch.rand(h_s.shape[:-1], generator=torch.Generator().manual_seed(5)) < 0.7
     with _autocast(test_device):
-        got = fused_reverse_kl(h_s, W_s, h_t, W_t, mask=mask, temperature=0.8, reduction=reduction,
-                               backend=backend, schedule=schedule, chunk_size=16)
+        got = fused_reverse_kl(
+            h_s,
+            W_s,
+            h_t,
+            W_t,
+            mask=mask,
+            temperature=0.8,
+            reduction=reduction,
+            backend=backend,
+            schedule=schedule,
+            chunk_size=16,
+        )
     assert got.dtype == torch.float32, "the loss is fp32 under autocast"
     ref = _as_autocast_sees(h_s, W_s, h_t, W_t)
     want = reverse_kl_reference(*ref, mask=mask, temperature=0.8, reduction=reduction)
@@ -142,11 +151,15 @@ def test_float64_is_left_alone_under_autocast(test_device):
         fused_reverse_kl(h_s, W_s.float(), h_t, W_t, backend="torch")
 
 
-@pytest.mark.parametrize("call", [
-    lambda h, W, t: fused_reverse_kl(h.to(AMP), W, h, W),
-    lambda h, W, t: token_logprobs(h.to(AMP), W, t),
-    lambda h, W, t: topk_logprobs(h, W.to(AMP), 3),
-], ids=["fused_reverse_kl", "token_logprobs", "topk_logprobs"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda h, W, t: fused_reverse_kl(h.to(AMP), W, h, W),
+        lambda h, W, t: token_logprobs(h.to(AMP), W, t),
+        lambda h, W, t: topk_logprobs(h, W.to(AMP), 3),
+    ],
+    ids=["fused_reverse_kl", "token_logprobs", "topk_logprobs"],
+)
 def test_mixed_dtypes_outside_autocast_raise(call):
     h, W, _, _ = make_rkl_inputs(N, V, D_S, D_S, requires_grad=False)
     tokens = torch.zeros(N, dtype=torch.long)

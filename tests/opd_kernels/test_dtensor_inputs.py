@@ -6,11 +6,16 @@ import sys
 
 import pytest
 import torch
-
-from opd_kernels import (FusedReverseKL, fused_policy_gradient_loss, fused_reverse_kl, sampled_reverse_kl_loss,
-                         token_logprobs, topk_logprobs)
-
 from helpers import make_rkl_inputs
+
+from opd_kernels import (
+    FusedReverseKL,
+    fused_policy_gradient_loss,
+    fused_reverse_kl,
+    sampled_reverse_kl_loss,
+    token_logprobs,
+    topk_logprobs,
+)
 
 dist = pytest.importorskip("torch.distributed")
 if not dist.is_available():
@@ -37,8 +42,13 @@ def shard(tmp_path_factory):
 
 def _rkl_args():
     h_s, W_s, h_t, W_t = make_rkl_inputs((2, 3), 50, 8, 12, requires_grad=False)
-    return dict(student_hidden=h_s, student_weight=W_s, teacher_hidden=h_t, teacher_weight=W_t,
-                mask=torch.ones(2, 3, dtype=torch.bool))
+    return dict(
+        student_hidden=h_s,
+        student_weight=W_s,
+        teacher_hidden=h_t,
+        teacher_weight=W_t,
+        mask=torch.ones(2, 3, dtype=torch.bool),
+    )
 
 
 def _expect_dtensor_error(name, call):
@@ -66,8 +76,7 @@ def test_token_logprobs(shard, name, backend):
     args[name] = shard(args[name])
     _expect_dtensor_error(name, lambda: token_logprobs(**args, backend=backend))
     # vocab_size slices the weight: the check must come before the slice turns it into another DTensor.
-    _expect_dtensor_error(name, lambda: token_logprobs(**args, backend=backend, vocab_size=40,
-                                                       return_entropy=True))
+    _expect_dtensor_error(name, lambda: token_logprobs(**args, backend=backend, vocab_size=40, return_entropy=True))
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -80,17 +89,26 @@ def test_topk_logprobs(shard, name, backend):
 
 @pytest.mark.parametrize("name", ["student_logprobs", "teacher_logprobs", "mask", "old_logprobs"])
 def test_sampled_reverse_kl_loss(shard, name):
-    args = dict(student_logprobs=-torch.rand(2, 3), teacher_logprobs=-torch.rand(2, 3),
-                mask=torch.ones(2, 3, dtype=torch.bool), old_logprobs=-torch.rand(2, 3))
+    args = dict(
+        student_logprobs=-torch.rand(2, 3),
+        teacher_logprobs=-torch.rand(2, 3),
+        mask=torch.ones(2, 3, dtype=torch.bool),
+        old_logprobs=-torch.rand(2, 3),
+    )
     args[name] = shard(args[name])
     _expect_dtensor_error(name, lambda: sampled_reverse_kl_loss(**args))
 
 
 @pytest.mark.parametrize("name", ["hidden", "weight", "tokens", "mask", "teacher_logprobs", "old_logprobs"])
 def test_fused_policy_gradient_loss(shard, name):
-    args = dict(hidden=torch.randn(2, 3, 8), weight=torch.randn(50, 8), tokens=torch.zeros(2, 3, dtype=torch.long),
-                mask=torch.ones(2, 3, dtype=torch.bool), teacher_logprobs=-torch.rand(2, 3),
-                old_logprobs=-torch.rand(2, 3))
+    args = dict(
+        hidden=torch.randn(2, 3, 8),
+        weight=torch.randn(50, 8),
+        tokens=torch.zeros(2, 3, dtype=torch.long),
+        mask=torch.ones(2, 3, dtype=torch.bool),
+        teacher_logprobs=-torch.rand(2, 3),
+        old_logprobs=-torch.rand(2, 3),
+    )
     args[name] = shard(args[name])
     _expect_dtensor_error(name, lambda: fused_policy_gradient_loss(**args))
 

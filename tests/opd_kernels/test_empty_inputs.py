@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from helpers import RKL_IMPL_IDS, RKL_IMPLS, make_rkl_inputs
 
 from opd_kernels import fused_reverse_kl, sampled_reverse_kl_loss, token_logprobs, topk_logprobs
-
-from helpers import RKL_IMPL_IDS, RKL_IMPLS, make_rkl_inputs
 
 V, D_S, D_T = 203, 16, 24
 EMPTY_LEADING = [(0,), (3, 0)]
@@ -44,8 +43,7 @@ def test_reverse_kl_of_no_tokens(backend, schedule, reduction, with_mask):
     leading = (2, 0)
     h_s, W_s, h_t, W_t = make_rkl_inputs(leading, V, D_S, D_T)
     mask = torch.zeros(leading, dtype=torch.bool) if with_mask else None
-    loss = fused_reverse_kl(h_s, W_s, h_t, W_t, mask=mask, reduction=reduction, backend=backend,
-                            schedule=schedule)
+    loss = fused_reverse_kl(h_s, W_s, h_t, W_t, mask=mask, reduction=reduction, backend=backend, schedule=schedule)
     assert loss.dtype == torch.float32
     if reduction == "none":
         assert loss.shape == leading
@@ -67,8 +65,9 @@ def test_sampled_loss_pipeline_of_no_tokens(backend):
         teacher_lp = token_logprobs(h_t, W_t, tokens, backend=backend)
     student_lp = token_logprobs(h_s, W_s, tokens, backend=backend)
     for reduction in ("mean", "sequence_sum", "sum"):
-        loss, metrics = sampled_reverse_kl_loss(student_lp, teacher_lp, torch.zeros((2, 0), dtype=torch.bool),
-                                                reduction=reduction)
+        loss, metrics = sampled_reverse_kl_loss(
+            student_lp, teacher_lp, torch.zeros((2, 0), dtype=torch.bool), reduction=reduction
+        )
         assert loss.item() == 0.0 and metrics["tokens"].item() == 0 and metrics["reverse_kl"].item() == 0.0
         (grad_W,) = torch.autograd.grad(loss, [W_s], retain_graph=True)
         assert (grad_W == 0).all()

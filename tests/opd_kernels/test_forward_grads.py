@@ -18,11 +18,17 @@ def _rkl(reduction, backend):
     mask = torch.rand(N, generator=torch.Generator().manual_seed(1)) > 0.3
 
     def loss():
-        kwargs = {"sequences": 1} if reduction == "sequence_sum" else {}
-        return fused_reverse_kl(h_s.unsqueeze(0) if reduction == "sequence_sum" else h_s, W_s,
-                                h_t.unsqueeze(0) if reduction == "sequence_sum" else h_t, W_t,
-                                mask=mask.unsqueeze(0) if reduction == "sequence_sum" else mask,
-                                reduction=reduction, backend=backend, chunk_size=4)
+        return fused_reverse_kl(
+            h_s.unsqueeze(0) if reduction == "sequence_sum" else h_s,
+            W_s,
+            h_t.unsqueeze(0) if reduction == "sequence_sum" else h_t,
+            W_t,
+            mask=mask.unsqueeze(0) if reduction == "sequence_sum" else mask,
+            reduction=reduction,
+            backend=backend,
+            chunk_size=4,
+        )
+
     return h_s, W_s, loss
 
 
@@ -35,8 +41,18 @@ def _pg(reduction, backend):
     old = -torch.rand(2, 7, generator=gen) * 3
 
     def loss():
-        return fused_policy_gradient_loss(h, W, tokens, mask, teacher_logprobs=teacher, old_logprobs=old,
-                                          reduction=reduction, backend=backend, chunk_size=4)[0]
+        return fused_policy_gradient_loss(
+            h,
+            W,
+            tokens,
+            mask,
+            teacher_logprobs=teacher,
+            old_logprobs=old,
+            reduction=reduction,
+            backend=backend,
+            chunk_size=4,
+        )[0]
+
     return h, W, loss
 
 

@@ -2,12 +2,16 @@
 
 import pytest
 import torch
-
-from opd_kernels import (REDUCTIONS, fused_policy_gradient_loss, policy_gradient_loss, sampled_reverse_kl_loss,
-                         token_logprobs)
-from opd_kernels.testing import MemoryTracker, reference_logits
-
 from helpers import assert_close_grad, float64_leaves, make_rkl_inputs
+
+from opd_kernels import (
+    REDUCTIONS,
+    fused_policy_gradient_loss,
+    policy_gradient_loss,
+    sampled_reverse_kl_loss,
+    token_logprobs,
+)
+from opd_kernels.testing import MemoryTracker, reference_logits
 
 backends = pytest.mark.parametrize("backend", ["torch", "triton"])
 
@@ -23,14 +27,33 @@ def _batch(leading, vocab, d, *, dtype=torch.float32, padded_vocab=None, seed=0,
         mask[-1] = False  # a sequence without completion tokens
     with torch.no_grad():
         lp = token_logprobs(h, W, tokens, vocab_size=vocab if padded_vocab else None)
-    signal = (lp - torch.rand(shape, generator=gen) * 2 + 0.5 if kind == "teacher"
-              else torch.randn(shape[:-1] + (1,), generator=gen).expand(shape))
+    signal = (
+        lp - torch.rand(shape, generator=gen) * 2 + 0.5
+        if kind == "teacher"
+        else torch.randn(shape[:-1] + (1,), generator=gen).expand(shape)
+    )
     old = lp + 0.3 * torch.randn(shape, generator=gen) if with_old else None
     return h, W, tokens, mask, signal, old
 
 
-def _reference(h, W, tokens, mask, *, kind, signal, old=None, baseline=None, clip_eps=None, advantage_clip=None,
-               reference_logprobs=None, beta=0.0, temperature=1.0, reduction="sequence_sum", vocab=None):
+def _reference(
+    h,
+    W,
+    tokens,
+    mask,
+    *,
+    kind,
+    signal,
+    old=None,
+    baseline=None,
+    clip_eps=None,
+    advantage_clip=None,
+    reference_logprobs=None,
+    beta=0.0,
+    temperature=1.0,
+    reduction="sequence_sum",
+    vocab=None,
+):
     """The loss by its formula in float64 from materialised logits (differentiable w.r.t. h, W)."""
     vocab = vocab or W.shape[0]
     log_p = torch.log_softmax(reference_logits(h, W[:vocab], temperature), dim=-1)
@@ -66,33 +89,72 @@ def _reference(h, W, tokens, mask, *, kind, signal, old=None, baseline=None, cli
     return per_token.sum(-1).mean() if per_token.numel() else per_token.sum()
 
 
-def _unfused(h, W, tokens, mask, *, kind, signal, old=None, clip_eps=None, temperature=1.0, reduction="sequence_sum",
-             vocab=None, advantage_clip=None):
+def _unfused(
+    h,
+    W,
+    tokens,
+    mask,
+    *,
+    kind,
+    signal,
+    old=None,
+    clip_eps=None,
+    temperature=1.0,
+    reduction="sequence_sum",
+    vocab=None,
+    advantage_clip=None,
+):
     lp = token_logprobs(h, W, tokens, temperature=temperature, vocab_size=vocab)
     if kind == "teacher":
-        return sampled_reverse_kl_loss(lp, signal, mask, old_logprobs=old, advantage_clip=advantage_clip,
-                                       reduction=reduction)
-    return policy_gradient_loss(lp, signal, mask, old_logprobs=old, clip_eps=clip_eps if old is not None else None,
-                                reduction=reduction)
+        return sampled_reverse_kl_loss(
+            lp, signal, mask, old_logprobs=old, advantage_clip=advantage_clip, reduction=reduction
+        )
+    return policy_gradient_loss(
+        lp, signal, mask, old_logprobs=old, clip_eps=clip_eps if old is not None else None, reduction=reduction
+    )
 
 
 def _signal_kwargs(kind, signal):
     return {"teacher_logprobs": signal} if kind == "teacher" else {"advantages": signal}
 
 
-def _check(leading, vocab, d, *, dtype=torch.float32, kind="teacher", with_old=True, reduction="sequence_sum",
-           temperature=1.0, padded_vocab=None, frozen_weight=False, chunk_size=None, backend="torch"):
-    h, W, tokens, mask, signal, old = _batch(leading, vocab, d, dtype=dtype, padded_vocab=padded_vocab, kind=kind,
-                                             with_old=with_old)
+def _check(
+    leading,
+    vocab,
+    d,
+    *,
+    dtype=torch.float32,
+    kind="teacher",
+    with_old=True,
+    reduction="sequence_sum",
+    temperature=1.0,
+    padded_vocab=None,
+    frozen_weight=False,
+    chunk_size=None,
+    backend="torch",
+):
+    h, W, tokens, mask, signal, old = _batch(
+        leading, vocab, d, dtype=dtype, padded_vocab=padded_vocab, kind=kind, with_old=with_old
+    )
     if frozen_weight:
         W.requires_grad_(False)
     # sampled_reverse_kl_loss never clips the ratio; policy_gradient_loss (GRPO) does.
     clip_eps = None if kind == "teacher" else 0.2
     common = dict(old=old, temperature=temperature, reduction=reduction, vocab=vocab if padded_vocab else None)
     loss, metrics = fused_policy_gradient_loss(
-        h, W, tokens, mask, **_signal_kwargs(kind, signal), old_logprobs=old, clip_eps=clip_eps,
-        temperature=temperature, reduction=reduction, vocab_size=common["vocab"], chunk_size=chunk_size,
-        backend=backend)
+        h,
+        W,
+        tokens,
+        mask,
+        **_signal_kwargs(kind, signal),
+        old_logprobs=old,
+        clip_eps=clip_eps,
+        temperature=temperature,
+        reduction=reduction,
+        vocab_size=common["vocab"],
+        chunk_size=chunk_size,
+        backend=backend,
+    )
     want, want_metrics = _unfused(h, W, tokens, mask, kind=kind, signal=signal, clip_eps=clip_eps, **common)
     wrt = [t for t in (h, W) if t.requires_grad]
     assert loss.dtype == torch.float32 and loss.shape == want.shape
@@ -101,8 +163,19 @@ def _check(leading, vocab, d, *, dtype=torch.float32, kind="teacher", with_old=T
     want_grads = torch.autograd.grad((want * go).sum(), wrt)
 
     ref_h, ref_W = float64_leaves(h, W)
-    ref = _reference(ref_h, ref_W, tokens, mask, kind=kind, signal=signal, old=old, clip_eps=clip_eps,
-                     temperature=temperature, reduction=reduction, vocab=vocab)
+    ref = _reference(
+        ref_h,
+        ref_W,
+        tokens,
+        mask,
+        kind=kind,
+        signal=signal,
+        old=old,
+        clip_eps=clip_eps,
+        temperature=temperature,
+        reduction=reduction,
+        vocab=vocab,
+    )
     ref_wrt = [r for r, t in zip((ref_h, ref_W), (h, W)) if t.requires_grad]
     ref_grads = torch.autograd.grad((ref * go.double()).sum(), ref_wrt)
 
@@ -112,7 +185,7 @@ def _check(leading, vocab, d, *, dtype=torch.float32, kind="teacher", with_old=T
     assert set(metrics) == set(want_metrics) | ({"clipped_fraction"} if with_old and clip_eps else set())
     for name, value in want_metrics.items():
         assert not metrics[name].requires_grad
-        torch.testing.assert_close(metrics[name], value, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(metrics[name], value, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
     for name, g, w, r in zip(["hidden", "weight"], grads, want_grads, ref_grads):
         assert_close_grad(g, r, dtype, name)
         assert_close_grad(g, w.double(), dtype, f"{name} (against the unfused path)")
@@ -179,11 +252,30 @@ def test_frozen_weight(kind, backend):
 def test_advantage_clip_and_baseline(kind):
     h, W, tokens, mask, signal, old = _batch((4, 13), 700, 32, kind=kind)
     baseline = torch.randn(4, 1, generator=torch.Generator().manual_seed(2)) * 0.5
-    loss, metrics = fused_policy_gradient_loss(h, W, tokens, mask, **_signal_kwargs(kind, signal), old_logprobs=old,
-                                               baseline=baseline, advantage_clip=0.4, clip_eps=0.2)
+    loss, metrics = fused_policy_gradient_loss(
+        h,
+        W,
+        tokens,
+        mask,
+        **_signal_kwargs(kind, signal),
+        old_logprobs=old,
+        baseline=baseline,
+        advantage_clip=0.4,
+        clip_eps=0.2,
+    )
     ref_h, ref_W = float64_leaves(h, W)
-    ref = _reference(ref_h, ref_W, tokens, mask, kind=kind, signal=signal, old=old, baseline=baseline,
-                     advantage_clip=0.4, clip_eps=0.2)
+    ref = _reference(
+        ref_h,
+        ref_W,
+        tokens,
+        mask,
+        kind=kind,
+        signal=signal,
+        old=old,
+        baseline=baseline,
+        advantage_clip=0.4,
+        clip_eps=0.2,
+    )
     torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=1e-5)
     grads = torch.autograd.grad(loss, [h, W])
     ref_grads = torch.autograd.grad(ref, [ref_h, ref_W])
@@ -193,10 +285,26 @@ def test_advantage_clip_and_baseline(kind):
     assert 0 <= metrics["clipped_fraction"] < 1
     if kind == "teacher":
         # sampled_reverse_kl_loss with the same baseline and clamp (no ratio clip there)
-        loss_nc, m_nc = fused_policy_gradient_loss(h, W, tokens, mask, teacher_logprobs=signal, old_logprobs=old,
-                                                   baseline=baseline, advantage_clip=0.4, clip_eps=None)
-        want, want_m = sampled_reverse_kl_loss(token_logprobs(h, W, tokens), signal, mask, old_logprobs=old,
-                                               baseline=baseline, advantage_clip=0.4, reduction="sequence_sum")
+        loss_nc, m_nc = fused_policy_gradient_loss(
+            h,
+            W,
+            tokens,
+            mask,
+            teacher_logprobs=signal,
+            old_logprobs=old,
+            baseline=baseline,
+            advantage_clip=0.4,
+            clip_eps=None,
+        )
+        want, want_m = sampled_reverse_kl_loss(
+            token_logprobs(h, W, tokens),
+            signal,
+            mask,
+            old_logprobs=old,
+            baseline=baseline,
+            advantage_clip=0.4,
+            reduction="sequence_sum",
+        )
         torch.testing.assert_close(loss_nc, want, rtol=1e-5, atol=1e-5)
         for name, value in want_m.items():
             torch.testing.assert_close(m_nc[name], value, rtol=1e-5, atol=1e-6)
@@ -205,10 +313,27 @@ def test_advantage_clip_and_baseline(kind):
 def test_reference_kl_penalty_matches_policy_gradient_loss():
     h, W, tokens, mask, signal, old = _batch((3, 11), 500, 32, kind="advantages")
     reference = old - 0.2
-    loss, metrics = fused_policy_gradient_loss(h, W, tokens, mask, advantages=signal, old_logprobs=old,
-                                               reference_logprobs=reference, beta=0.05, reduction="mean")
-    want, want_m = policy_gradient_loss(token_logprobs(h, W, tokens), signal, mask, old_logprobs=old, clip_eps=0.2,
-                                        reference_logprobs=reference, beta=0.05, reduction="mean")
+    loss, metrics = fused_policy_gradient_loss(
+        h,
+        W,
+        tokens,
+        mask,
+        advantages=signal,
+        old_logprobs=old,
+        reference_logprobs=reference,
+        beta=0.05,
+        reduction="mean",
+    )
+    want, want_m = policy_gradient_loss(
+        token_logprobs(h, W, tokens),
+        signal,
+        mask,
+        old_logprobs=old,
+        clip_eps=0.2,
+        reference_logprobs=reference,
+        beta=0.05,
+        reduction="mean",
+    )
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
     assert set(metrics) == set(want_m)
     for name, value in want_m.items():
@@ -237,8 +362,9 @@ def test_masked_rows_with_nan_contribute_exactly_zero(reduction, backend):
         signal[~mask] = float("nan")
         old = old.clone()
         old[~mask] = float("-inf")
-    loss, metrics = fused_policy_gradient_loss(h, W, tokens, mask, teacher_logprobs=signal, old_logprobs=old,
-                                               reduction=reduction, backend=backend)
+    loss, metrics = fused_policy_gradient_loss(
+        h, W, tokens, mask, teacher_logprobs=signal, old_logprobs=old, reduction=reduction, backend=backend
+    )
     loss.sum().backward()
     assert torch.isfinite(loss).all() and all(torch.isfinite(m).all() for m in metrics.values())
     assert (h.grad[~mask] == 0).all() and torch.isfinite(h.grad).all() and torch.isfinite(W.grad).all()
@@ -252,8 +378,9 @@ def test_masked_rows_with_nan_contribute_exactly_zero(reduction, backend):
 def test_all_masked_gives_zero_loss_and_zero_gradients(reduction, kind, backend):
     h, W, tokens, mask, signal, old = _batch((2, 7), 300, 16, kind=kind)
     mask = torch.zeros_like(mask)
-    loss, metrics = fused_policy_gradient_loss(h, W, tokens, mask, **_signal_kwargs(kind, signal), old_logprobs=old,
-                                               reduction=reduction, backend=backend)
+    loss, metrics = fused_policy_gradient_loss(
+        h, W, tokens, mask, **_signal_kwargs(kind, signal), old_logprobs=old, reduction=reduction, backend=backend
+    )
     loss.sum().backward()
     assert (loss == 0).all() and (h.grad == 0).all() and (W.grad == 0).all()
     assert metrics["tokens"] == 0 and all(torch.isfinite(m) for m in metrics.values())
@@ -267,8 +394,9 @@ def test_no_tokens(leading, reduction, backend):
     W = torch.randn(40, 8, requires_grad=True)
     tokens = torch.zeros(leading, dtype=torch.long)
     mask = torch.ones(leading, dtype=torch.bool)
-    loss, metrics = fused_policy_gradient_loss(h, W, tokens, mask, advantages=torch.ones(leading),
-                                               reduction=reduction, backend=backend)
+    loss, metrics = fused_policy_gradient_loss(
+        h, W, tokens, mask, advantages=torch.ones(leading), reduction=reduction, backend=backend
+    )
     loss.sum().backward()
     assert loss.shape == (leading if reduction == "none" else ())
     assert (loss == 0).all() and h.grad.shape == h.shape and (W.grad == 0).all()
@@ -280,8 +408,17 @@ def test_no_vocabulary_sized_tensor_and_no_host_sync(backend):
     h, W, tokens, mask, signal, old = _batch((4, 64), 2000, 32)
     # chunks of 32 rows: a [32, 2000] block is the largest allowed, [N = 256, V] would fail at once
     with MemoryTracker(numel_limit=64 * 2000) as tracker:
-        loss, metrics = fused_policy_gradient_loss(h, W, tokens, mask, teacher_logprobs=signal, old_logprobs=old,
-                                                   chunk_size=32, reduction="mean", backend=backend)
+        loss, metrics = fused_policy_gradient_loss(
+            h,
+            W,
+            tokens,
+            mask,
+            teacher_logprobs=signal,
+            old_logprobs=old,
+            chunk_size=32,
+            reduction="mean",
+            backend=backend,
+        )
         loss.backward()
     assert tracker.host_syncs == []
 
@@ -308,9 +445,12 @@ def test_float64_inputs():
     torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
     # without old_logprobs the loss, -A lp, is differentiable as it stands (the ratio is a detached weight)
     small = dict(tokens=tokens[:1, :4] % 20, mask=mask[:1, :4] | True, advantages=signal[:1, :4])
-    assert torch.autograd.gradcheck(lambda hh, ww: fused_policy_gradient_loss(hh, ww, **small)[0],
-                                    (h64[:1, :4].detach().requires_grad_(), W64[:20].detach().requires_grad_()),
-                                    eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda hh, ww: fused_policy_gradient_loss(hh, ww, **small)[0],
+        (h64[:1, :4].detach().requires_grad_(), W64[:20].detach().requires_grad_()),
+        eps=1e-6,
+        atol=1e-6,
+    )
 
 
 def _valid():
@@ -318,29 +458,42 @@ def _valid():
     return dict(hidden=h, weight=W, tokens=tokens, mask=mask, teacher_logprobs=signal, old_logprobs=old)
 
 
-@pytest.mark.parametrize("change, error, match", [
-    (dict(advantages=torch.zeros(2, 5)), ValueError, "exactly one of advantages .* got both"),
-    (dict(teacher_logprobs=None), ValueError, "exactly one of .* got neither"),
-    (dict(teacher_logprobs=torch.zeros(2, 4), old_logprobs=None), ValueError,
-     "mask has shape \\(2, 5\\), expected the shape of teacher_logprobs"),
-    (dict(old_logprobs=torch.zeros(2, 4)), ValueError, "old_logprobs has shape"),
-    (dict(mask=torch.ones(2, 5)), ValueError, "mask must be a bool tensor"),
-    (dict(tokens=torch.zeros(2, 5, dtype=torch.int32)), ValueError, "tokens must be int64"),
-    (dict(tokens=torch.zeros(2, 4, dtype=torch.long)), ValueError, "tokens must have the leading shape"),
-    (dict(weight=torch.zeros(50, 7)), ValueError, "hidden has hidden size 8"),
-    (dict(clip_eps=1.5), ValueError, "clip_eps must be a number in \\(0, 1\\)"),
-    (dict(advantage_clip=0.0), ValueError, "advantage_clip must be a finite number > 0"),
-    (dict(beta=0.1), ValueError, "beta > 0 needs reference_logprobs"),
-    (dict(reduction="avg"), ValueError, "reduction must be one of"),
-    (dict(temperature=0.0), ValueError, "temperature must be finite and > 0"),
-    (dict(vocab_size=51), ValueError, "vocab_size must be an int in \\[1, 50\\]"),
-    (dict(baseline=torch.zeros(3, 1)), ValueError, "baseline has shape \\(3, 1\\)"),
-    (dict(backend="cuda"), ValueError, "backend must be one of"),
-    (dict(hidden=torch.randn(2, 5, 8, dtype=torch.float64), weight=torch.randn(50, 8, dtype=torch.float64),
-          backend="triton"), ValueError, "backend='triton' supports bfloat16, float16 and float32"),
-    (dict(chunk_size=0), ValueError, "chunk_size must be a positive int"),
-    (dict(hidden=[1.0]), TypeError, "hidden must be a torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(advantages=torch.zeros(2, 5)), ValueError, "exactly one of advantages .* got both"),
+        (dict(teacher_logprobs=None), ValueError, "exactly one of .* got neither"),
+        (
+            dict(teacher_logprobs=torch.zeros(2, 4), old_logprobs=None),
+            ValueError,
+            "mask has shape \\(2, 5\\), expected the shape of teacher_logprobs",
+        ),
+        (dict(old_logprobs=torch.zeros(2, 4)), ValueError, "old_logprobs has shape"),
+        (dict(mask=torch.ones(2, 5)), ValueError, "mask must be a bool tensor"),
+        (dict(tokens=torch.zeros(2, 5, dtype=torch.int32)), ValueError, "tokens must be int64"),
+        (dict(tokens=torch.zeros(2, 4, dtype=torch.long)), ValueError, "tokens must have the leading shape"),
+        (dict(weight=torch.zeros(50, 7)), ValueError, "hidden has hidden size 8"),
+        (dict(clip_eps=1.5), ValueError, "clip_eps must be a number in \\(0, 1\\)"),
+        (dict(advantage_clip=0.0), ValueError, "advantage_clip must be a finite number > 0"),
+        (dict(beta=0.1), ValueError, "beta > 0 needs reference_logprobs"),
+        (dict(reduction="avg"), ValueError, "reduction must be one of"),
+        (dict(temperature=0.0), ValueError, "temperature must be finite and > 0"),
+        (dict(vocab_size=51), ValueError, "vocab_size must be an int in \\[1, 50\\]"),
+        (dict(baseline=torch.zeros(3, 1)), ValueError, "baseline has shape \\(3, 1\\)"),
+        (dict(backend="cuda"), ValueError, "backend must be one of"),
+        (
+            dict(
+                hidden=torch.randn(2, 5, 8, dtype=torch.float64),
+                weight=torch.randn(50, 8, dtype=torch.float64),
+                backend="triton",
+            ),
+            ValueError,
+            "backend='triton' supports bfloat16, float16 and float32",
+        ),
+        (dict(chunk_size=0), ValueError, "chunk_size must be a positive int"),
+        (dict(hidden=[1.0]), TypeError, "hidden must be a torch.Tensor"),
+    ],
+)
 def test_bad_arguments_are_named(change, error, match):
     args = {**_valid(), **change}
     with pytest.raises(error, match=match):
@@ -357,12 +510,20 @@ def test_ignore_index_positions_count_as_masked(kind, backend):
         labels = torch.where(ignored, ignore_index, tokens)
         with torch.no_grad():
             h[ignored & mask] = float("nan")  # never read
-        loss, metrics = fused_policy_gradient_loss(h, W, labels, mask, **_signal_kwargs(kind, signal),
-                                                   old_logprobs=old, ignore_index=ignore_index, backend=backend)
+        loss, metrics = fused_policy_gradient_loss(
+            h,
+            W,
+            labels,
+            mask,
+            **_signal_kwargs(kind, signal),
+            old_logprobs=old,
+            ignore_index=ignore_index,
+            backend=backend,
+        )
         keep = mask & (labels != ignore_index)
-        want, want_metrics = fused_policy_gradient_loss(h, W, torch.where(keep, labels, 0), keep,
-                                                        **_signal_kwargs(kind, signal), old_logprobs=old,
-                                                        backend=backend)
+        want, want_metrics = fused_policy_gradient_loss(
+            h, W, torch.where(keep, labels, 0), keep, **_signal_kwargs(kind, signal), old_logprobs=old, backend=backend
+        )
         torch.testing.assert_close(loss, want, rtol=0, atol=0)
         assert metrics["tokens"] == keep.sum()
         for name, value in want_metrics.items():
@@ -379,8 +540,7 @@ def test_under_autocast_is_the_op_on_cast_inputs(backend, test_device):
     h = h.detach().to(torch.bfloat16).requires_grad_()
     W = W.detach().requires_grad_()  # fp32
     with torch.autocast("cuda" if test_device == "cuda" else "cpu", dtype=torch.bfloat16):
-        loss, _ = fused_policy_gradient_loss(h, W, tokens, mask, advantages=signal, old_logprobs=old,
-                                             backend=backend)
+        loss, _ = fused_policy_gradient_loss(h, W, tokens, mask, advantages=signal, old_logprobs=old, backend=backend)
     assert loss.dtype == torch.float32
     grads = torch.autograd.grad(loss, [h, W])
     assert grads[0].dtype == torch.bfloat16 and grads[1].dtype == torch.float32

@@ -11,11 +11,10 @@ float64 logits: -CE is the log-prob, 0 at ignored positions.
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_close_grad, float64_leaves, make_rkl_inputs
 
 from opd_kernels import sampled_reverse_kl_loss, token_logprobs
 from opd_kernels.testing import reference_logits
-
-from helpers import assert_close_grad, float64_leaves, make_rkl_inputs
 
 backends = pytest.mark.parametrize("backend", ["torch", "triton"])
 V, D = 257, 32
@@ -37,12 +36,14 @@ def _labels(shape, seed, *, ignore_index, ignored):
 def test_ignored_labels_match_torch_cross_entropy(backend, ignore_index, ignored):
     h, W, _, _ = make_rkl_inputs((3, 29), V, D, D, seed=1)
     labels = _labels(h.shape[:-1], 2, ignore_index=ignore_index, ignored=ignored)
-    lp, entropy = token_logprobs(h, W, labels, ignore_index=ignore_index, return_entropy=True,
-                                 temperature=0.7, backend=backend)
+    lp, entropy = token_logprobs(
+        h, W, labels, ignore_index=ignore_index, return_entropy=True, temperature=0.7, backend=backend
+    )
     ref_h, ref_W = float64_leaves(h, W)
     logits = reference_logits(ref_h, ref_W, 0.7)
-    ref_lp = -F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=ignore_index,
-                              reduction="none").view(labels.shape)
+    ref_lp = -F.cross_entropy(
+        logits.flatten(0, -2), labels.flatten(), ignore_index=ignore_index, reduction="none"
+    ).view(labels.shape)
     keep = labels != ignore_index
     log_p = torch.log_softmax(logits, dim=-1)
     ref_entropy = torch.where(keep, -(log_p.exp() * log_p).sum(-1), 0.0)
@@ -125,15 +126,24 @@ def test_labels_into_the_sampled_loss():
     assert int(metrics["tokens"]) == int(keep.sum()) and (g[~keep] == 0).all()
 
 
-@pytest.mark.parametrize("call,error,match", [
-    (lambda h, W, y: token_logprobs(h, W, y, ignore_index=-100.0), TypeError, "ignore_index must be an int"),
-    (lambda h, W, y: token_logprobs(h, W, y, ignore_index=True), TypeError, "ignore_index must be an int"),
-    (lambda h, W, y: token_logprobs(h, W, y - 1, check_tokens=True), ValueError,
-     r"tokens must lie in \[0, 257\) or be ignore_index=-100, found \[-1"),
-    (lambda h, W, y: token_logprobs(h, W, y, mask=torch.ones(3, dtype=torch.bool)), ValueError,
-     "mask must have the leading shape of hidden"),
-    (lambda h, W, y: token_logprobs(h, W, y, mask=torch.ones(8)), ValueError, "mask must be a bool tensor"),
-])
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda h, W, y: token_logprobs(h, W, y, ignore_index=-100.0), TypeError, "ignore_index must be an int"),
+        (lambda h, W, y: token_logprobs(h, W, y, ignore_index=True), TypeError, "ignore_index must be an int"),
+        (
+            lambda h, W, y: token_logprobs(h, W, y - 1, check_tokens=True),
+            ValueError,
+            r"tokens must lie in \[0, 257\) or be ignore_index=-100, found \[-1",
+        ),
+        (
+            lambda h, W, y: token_logprobs(h, W, y, mask=torch.ones(3, dtype=torch.bool)),
+            ValueError,
+            "mask must have the leading shape of hidden",
+        ),
+        (lambda h, W, y: token_logprobs(h, W, y, mask=torch.ones(8)), ValueError, "mask must be a bool tensor"),
+    ],
+)
 def test_bad_ignore_arguments(call, error, match):
     h, W, _, _ = make_rkl_inputs(8, V, D, D, requires_grad=False)
     tokens = torch.zeros(8, dtype=torch.long)

@@ -16,8 +16,9 @@ import pytest
 def report():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "opd_kernels.report", "--json"], env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "opd_kernels.report", "--json"], env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.stdout, f"report printed nothing; stderr:\n{proc.stderr[-3000:]}"
     data = json.loads(proc.stdout)
     data["returncode"] = proc.returncode

@@ -7,10 +7,9 @@ the masked rows. Shapes are small: the Triton kernels run under the interpreter 
 
 import pytest
 import torch
+from helpers import RKL_IMPL_IDS, RKL_IMPLS, make_rkl_inputs
 
 from opd_kernels import fused_reverse_kl, sampled_reverse_kl_loss, token_logprobs
-
-from helpers import RKL_IMPL_IDS, RKL_IMPLS, make_rkl_inputs
 
 # 40 tokens: with the fp32 fused configs (32-token blocks) the first block is partially masked
 # and the second (tokens 32..39) fully masked.
@@ -57,8 +56,9 @@ def test_reverse_kl_ignores_non_finite_masked_rows(backend, schedule, reduction)
     def run(hs, ht):
         hs = hs.clone().requires_grad_(True)
         W = W_s.clone().requires_grad_(True)
-        loss = fused_reverse_kl(hs, W, ht, W_t, mask=mask, reduction=reduction, backend=backend,
-                                schedule=schedule, chunk_size=16)
+        loss = fused_reverse_kl(
+            hs, W, ht, W_t, mask=mask, reduction=reduction, backend=backend, schedule=schedule, chunk_size=16
+        )
         loss.backward(upstream)
         return loss.detach(), hs.grad, W.grad
 
@@ -118,8 +118,9 @@ def test_sampled_loss_through_token_logprobs_ignores_non_finite_padding(backend)
         return loss.detach(), metrics["reverse_kl"], hs.grad, W.grad
 
     got = run(bad_s, bad_t)
-    want = run(_zeroed(h_s.reshape(N, D_S), flat).reshape(h_s.shape),
-               _zeroed(h_t.reshape(N, D_T), flat).reshape(h_t.shape))
+    want = run(
+        _zeroed(h_s.reshape(N, D_S), flat).reshape(h_s.shape), _zeroed(h_t.reshape(N, D_T), flat).reshape(h_t.shape)
+    )
     for name, g, w in zip(["loss", "reverse_kl metric", "hidden grad", "weight grad"], got, want):
         _assert_same(g, w, name)
     assert (got[2][~mask] == 0).all()

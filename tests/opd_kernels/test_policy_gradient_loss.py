@@ -23,8 +23,9 @@ def _batch(seed=0):
 @pytest.mark.parametrize("beta", [0.0, 0.05])
 def test_against_the_clipped_surrogate_by_hand(reduction, clip_eps, beta):
     lp, adv, old, ref, mask = _batch()
-    loss, metrics = policy_gradient_loss(lp, adv, mask, old_logprobs=old, clip_eps=clip_eps,
-                                         reference_logprobs=ref, beta=beta, reduction=reduction)
+    loss, metrics = policy_gradient_loss(
+        lp, adv, mask, old_logprobs=old, clip_eps=clip_eps, reference_logprobs=ref, beta=beta, reduction=reduction
+    )
     (grad,) = torch.autograd.grad(loss, [lp])
 
     # by hand: PPO's clipped surrogate, differentiated by autograd in float64
@@ -40,7 +41,11 @@ def test_against_the_clipped_surrogate_by_hand(reduction, clip_eps, beta):
     torch.testing.assert_close(grad, want_grad, rtol=1e-12, atol=1e-12)
     # the value: -A * w * lp (w the detached ratio, 0 where the surrogate is flat) + beta * k3
     r = torch.exp(lp.detach() - old)
-    flat = torch.zeros_like(mask) if clip_eps is None else ((adv > 0) & (r > 1 + clip_eps)) | ((adv < 0) & (r < 1 - clip_eps))
+    flat = (
+        torch.zeros_like(mask)
+        if clip_eps is None
+        else ((adv > 0) & (r > 1 + clip_eps)) | ((adv < 0) & (r < 1 - clip_eps))
+    )
     w = torch.where(flat, torch.zeros_like(r), r)
     want = ((-adv * w * lp.detach() + beta * k3.detach()) * m).sum() * norm
     torch.testing.assert_close(loss.detach(), want, rtol=1e-12, atol=1e-12)
@@ -66,8 +71,9 @@ def test_all_masked_and_nonfinite_masked_tokens_contribute_zero():
     poisoned.requires_grad_()
     old_p, ref_p, adv_p = old.clone(), ref.clone(), adv.clone()
     old_p[~mask], ref_p[~mask], adv_p[~mask] = -float("inf"), float("nan"), float("inf")
-    loss, _ = policy_gradient_loss(poisoned, adv_p, mask, old_logprobs=old_p, clip_eps=0.2, reference_logprobs=ref_p,
-                                   beta=0.1)
+    loss, _ = policy_gradient_loss(
+        poisoned, adv_p, mask, old_logprobs=old_p, clip_eps=0.2, reference_logprobs=ref_p, beta=0.1
+    )
     (grad,) = torch.autograd.grad(loss, [poisoned])
     clean, _ = policy_gradient_loss(lp, adv, mask, old_logprobs=old, clip_eps=0.2, reference_logprobs=ref, beta=0.1)
     torch.testing.assert_close(loss, clean.detach())
@@ -84,21 +90,25 @@ def test_sampled_opd_loss_is_the_policy_gradient_loss(with_old, reduction):
     lp, _, old, teacher, mask = _batch(1)
     a, am = sampled_reverse_kl_loss(lp, teacher, mask, old_logprobs=old if with_old else None, reduction=reduction)
     (ga,) = torch.autograd.grad(a, [lp])
-    b, _ = policy_gradient_loss(lp, (teacher - lp).detach(), mask, old_logprobs=old if with_old else None,
-                                reduction=reduction)
+    b, _ = policy_gradient_loss(
+        lp, (teacher - lp).detach(), mask, old_logprobs=old if with_old else None, reduction=reduction
+    )
     (gb,) = torch.autograd.grad(b, [lp])
     assert torch.equal(a, b) and torch.equal(ga, gb)
     m = mask.double()
     torch.testing.assert_close(am["reverse_kl"], ((lp.detach() - teacher) * m).sum() / m.sum())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"clip_eps": 0.2}, "clip_eps needs old_logprobs"),
-    ({"clip_eps": 1.5, "old_logprobs": True}, "clip_eps must be a number in"),
-    ({"beta": 0.1}, "beta > 0 needs reference_logprobs"),
-    ({"beta": -1.0}, "beta must be a finite number"),
-    ({"reduction": "token_sum"}, "reduction"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"clip_eps": 0.2}, "clip_eps needs old_logprobs"),
+        ({"clip_eps": 1.5, "old_logprobs": True}, "clip_eps must be a number in"),
+        ({"beta": 0.1}, "beta > 0 needs reference_logprobs"),
+        ({"beta": -1.0}, "beta must be a finite number"),
+        ({"reduction": "token_sum"}, "reduction"),
+    ],
+)
 def test_bad_arguments(kwargs, message):
     lp, adv, old, _, mask = _batch()
     if kwargs.get("old_logprobs") is True:
@@ -133,31 +143,37 @@ def test_expected_sampled_gradient_is_the_exact_reverse_kl_gradient(baseline):
 def test_sampled_opd_baseline_and_advantage_clip_against_float64(reduction):
     lp, _, old, teacher, mask = _batch(2)
     baseline = torch.linspace(-1.0, 1.0, lp.shape[0], dtype=torch.float64)[:, None]
-    loss, metrics = sampled_reverse_kl_loss(lp, teacher, mask, old_logprobs=old, baseline=baseline,
-                                            advantage_clip=0.5, reduction=reduction)
+    loss, metrics = sampled_reverse_kl_loss(
+        lp, teacher, mask, old_logprobs=old, baseline=baseline, advantage_clip=0.5, reduction=reduction
+    )
     (grad,) = torch.autograd.grad(loss, [lp])
     lp64 = lp.detach().double().requires_grad_()
     m = mask.double()
     advantage = ((teacher.double() - lp64.detach()) - baseline).clamp(-0.5, 0.5) * m
     ratio = torch.exp(lp64.detach() - old.double()) * m
     per_token = -advantage * ratio * lp64 * m
-    want = {"mean": per_token.sum() / m.sum(), "sum": per_token.sum(),
-            "sequence_sum": per_token.sum(dim=-1).mean()}[reduction]
+    want = {"mean": per_token.sum() / m.sum(), "sum": per_token.sum(), "sequence_sum": per_token.sum(dim=-1).mean()}[
+        reduction
+    ]
     (want_grad,) = torch.autograd.grad(want, [lp64])
     torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(grad.double(), want_grad, rtol=1e-6, atol=1e-7)
     raw = ((teacher.double() - lp.detach().double()) - baseline) * m
-    torch.testing.assert_close(metrics["advantage_clipped_fraction"].double(),
-                               ((raw.abs() > 0.5) & mask).sum().double() / m.sum())
+    torch.testing.assert_close(
+        metrics["advantage_clipped_fraction"].double(), ((raw.abs() > 0.5) & mask).sum().double() / m.sum()
+    )
     torch.testing.assert_close(metrics["reverse_kl"].double(), ((lp.detach().double() - teacher) * m).sum() / m.sum())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"advantage_clip": 0.0}, "advantage_clip must be a finite number > 0"),
-    ({"advantage_clip": True}, "advantage_clip must be"),
-    ({"baseline": torch.zeros(3, 2)}, "baseline has shape"),
-    ({"baseline": torch.zeros(1, 1, dtype=torch.long)}, "baseline must be a floating tensor"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"advantage_clip": 0.0}, "advantage_clip must be a finite number > 0"),
+        ({"advantage_clip": True}, "advantage_clip must be"),
+        ({"baseline": torch.zeros(3, 2)}, "baseline has shape"),
+        ({"baseline": torch.zeros(1, 1, dtype=torch.long)}, "baseline must be a floating tensor"),
+    ],
+)
 def test_sampled_opd_bad_variance_options(kwargs, message):
     lp, _, _, teacher, mask = _batch()
     with pytest.raises(ValueError, match=message):

@@ -1,16 +1,22 @@
-"""One reduction vocabulary across the ops (opd_kernels.REDUCTIONS); the losses' old "token_mean" still works, with a DeprecationWarning."""
+"""One reduction vocabulary across the ops (opd_kernels.REDUCTIONS); the losses' old "token_mean"
+still works, with a DeprecationWarning."""
 
 import typing
 import warnings
 
 import pytest
 import torch
-
-from opd_kernels import REDUCTIONS, FusedReverseKL, Reduction, fused_reverse_kl, policy_gradient_loss, \
-    sampled_reverse_kl_loss
-from opd_kernels.testing import reverse_kl_reference
-
 from helpers import float64_leaves, make_rkl_inputs
+
+from opd_kernels import (
+    REDUCTIONS,
+    FusedReverseKL,
+    Reduction,
+    fused_reverse_kl,
+    policy_gradient_loss,
+    sampled_reverse_kl_loss,
+)
+from opd_kernels.testing import reverse_kl_reference
 
 
 def _losses_batch():
@@ -73,10 +79,12 @@ def test_losses_reduction_none_is_the_per_token_loss(op):
     per_token = fn(lp, other, mask, reduction="none")
     assert per_token.shape == lp.shape and (per_token[~mask] == 0).all()
     torch.testing.assert_close(per_token.sum(), fn(lp, other, mask, reduction="sum"), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(per_token.sum() / mask.sum(), fn(lp, other, mask, reduction="mean"),
-                               rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(per_token.sum(dim=-1).mean(), fn(lp, other, mask, reduction="sequence_sum"),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        per_token.sum() / mask.sum(), fn(lp, other, mask, reduction="mean"), rtol=1e-12, atol=1e-12
+    )
+    torch.testing.assert_close(
+        per_token.sum(dim=-1).mean(), fn(lp, other, mask, reduction="sequence_sum"), rtol=1e-12, atol=1e-12
+    )
     upstream = torch.rand(lp.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     (g_none,) = torch.autograd.grad(per_token, [lp], grad_outputs=upstream)
     (g_sum,) = torch.autograd.grad((fn(lp, other, mask, reduction="none") * upstream).sum(), [lp])
@@ -112,5 +120,7 @@ def test_reverse_kl_sequence_sum_needs_a_sequence_dim():
     with pytest.raises(ValueError, match="reduction='sequence_sum' needs a sequence dim"):
         fused_reverse_kl(h_s[0], W_s, h_t[0], W_t, reduction="sequence_sum", backend="torch")
     # a single sequence [T, D]: the sum
-    torch.testing.assert_close(fused_reverse_kl(h_s, W_s, h_t, W_t, reduction="sequence_sum", backend="torch"),
-                               fused_reverse_kl(h_s, W_s, h_t, W_t, reduction="sum", backend="torch"))
+    torch.testing.assert_close(
+        fused_reverse_kl(h_s, W_s, h_t, W_t, reduction="sequence_sum", backend="torch"),
+        fused_reverse_kl(h_s, W_s, h_t, W_t, reduction="sum", backend="torch"),
+    )

@@ -2,31 +2,56 @@
 
 import pytest
 import torch
+from helpers import RKL_IMPL_IDS, RKL_IMPLS, assert_close_grad, float64_leaves, make_rkl_inputs
 
 from opd_kernels import FusedReverseKL, fused_reverse_kl
 from opd_kernels.testing import reverse_kl_reference
 
-from helpers import RKL_IMPL_IDS, RKL_IMPLS, assert_close_grad, float64_leaves, make_rkl_inputs
-
 impls = pytest.mark.parametrize("backend,schedule", RKL_IMPLS, ids=RKL_IMPL_IDS)
 
 
-def _check(backend, schedule, leading, vocab, d_s, d_t, *, dtype=torch.float32, temperature=1.0,
-           mask_kind="partial", teacher_vocab=None, reduction="mean", frozen_weight=False, chunk_size=None,
-           seed=0):
-    h_s, W_s, h_t, W_t = make_rkl_inputs(leading, vocab, d_s, d_t, dtype=dtype, teacher_vocab=teacher_vocab,
-                                         seed=seed)
+def _check(
+    backend,
+    schedule,
+    leading,
+    vocab,
+    d_s,
+    d_t,
+    *,
+    dtype=torch.float32,
+    temperature=1.0,
+    mask_kind="partial",
+    teacher_vocab=None,
+    reduction="mean",
+    frozen_weight=False,
+    chunk_size=None,
+    seed=0,
+):
+    h_s, W_s, h_t, W_t = make_rkl_inputs(leading, vocab, d_s, d_t, dtype=dtype, teacher_vocab=teacher_vocab, seed=seed)
     if frozen_weight:
         W_s.requires_grad_(False)
     lead = h_s.shape[:-1]
     gen = torch.Generator().manual_seed(seed + 1)
-    mask = {"none": None, "partial": torch.rand(lead, generator=gen) < 0.6,
-            "empty": torch.zeros(lead, dtype=torch.bool)}[mask_kind]
+    mask = {
+        "none": None,
+        "partial": torch.rand(lead, generator=gen) < 0.6,
+        "empty": torch.zeros(lead, dtype=torch.bool),
+    }[mask_kind]
 
     ref_inputs = float64_leaves(h_s, W_s, h_t, W_t)
     want = reverse_kl_reference(*ref_inputs, mask=mask, temperature=temperature, reduction=reduction)
-    got = fused_reverse_kl(h_s, W_s, h_t, W_t, mask=mask, temperature=temperature, reduction=reduction,
-                           backend=backend, schedule=schedule, chunk_size=chunk_size)
+    got = fused_reverse_kl(
+        h_s,
+        W_s,
+        h_t,
+        W_t,
+        mask=mask,
+        temperature=temperature,
+        reduction=reduction,
+        backend=backend,
+        schedule=schedule,
+        chunk_size=chunk_size,
+    )
     assert got.dtype == torch.float32
     assert got.shape == want.shape
     if dtype == torch.float32:
@@ -106,8 +131,7 @@ def test_empty_mask_gives_zero_loss_and_zero_grads(backend, schedule):
 @impls
 def test_identical_models_have_zero_kl(backend, schedule):
     h_s, W_s, _, _ = make_rkl_inputs(37, 1423, 48, 48)
-    loss = fused_reverse_kl(h_s, W_s, h_s.detach(), W_s.detach(), reduction="none", backend=backend,
-                            schedule=schedule)
+    loss = fused_reverse_kl(h_s, W_s, h_s.detach(), W_s.detach(), reduction="none", backend=backend, schedule=schedule)
     assert loss.abs().max().item() < 1e-5
 
 

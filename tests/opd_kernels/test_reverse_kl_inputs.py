@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from helpers import make_rkl_inputs
 
 from opd_kernels import FusedReverseKL, fused_reverse_kl
-
-from helpers import make_rkl_inputs
 
 
 def _inputs():
@@ -29,10 +28,16 @@ def _inputs():
         (lambda a: a.update(temperature=-1.0), ValueError, "temperature"),
         (lambda a: a.update(temperature=float("nan")), ValueError, "temperature"),
         (lambda a: a.update(chunk_size=0), ValueError, "chunk_size"),
-        (lambda a: a.update(student_hidden=torch.ones(2, 3, 8, dtype=torch.long)), ValueError,
-         "student_hidden must be a floating"),
-        (lambda a: a.update(teacher_weight=torch.ones(50, 12, dtype=torch.int32)), ValueError,
-         "teacher_weight must be a floating"),
+        (
+            lambda a: a.update(student_hidden=torch.ones(2, 3, 8, dtype=torch.long)),
+            ValueError,
+            "student_hidden must be a floating",
+        ),
+        (
+            lambda a: a.update(teacher_weight=torch.ones(50, 12, dtype=torch.int32)),
+            ValueError,
+            "teacher_weight must be a floating",
+        ),
         (lambda a: a.update(student_weight=torch.randn(50, 8, dtype=torch.float64)), ValueError, "share a dtype"),
         (lambda a: a.update(student_hidden=[[0.0] * 8]), TypeError, "student_hidden must be a torch.Tensor"),
     ],
@@ -41,11 +46,13 @@ def test_bad_input_names_the_argument(mutate, error, match):
     h_s, W_s, h_t, W_t = _inputs()
     args = dict(student_hidden=h_s, student_weight=W_s, teacher_hidden=h_t, teacher_weight=W_t)
     mutate(args)
-    kwargs = {k: args.pop(k) for k in ("mask", "reduction", "backend", "schedule", "temperature", "chunk_size")
-              if k in args}
+    kwargs = {
+        k: args.pop(k) for k in ("mask", "reduction", "backend", "schedule", "temperature", "chunk_size") if k in args
+    }
     with pytest.raises(error, match=match):
-        fused_reverse_kl(args["student_hidden"], args["student_weight"], args["teacher_hidden"],
-                         args["teacher_weight"], **kwargs)
+        fused_reverse_kl(
+            args["student_hidden"], args["student_weight"], args["teacher_hidden"], args["teacher_weight"], **kwargs
+        )
 
 
 def test_triton_backend_rejects_float64():
@@ -67,7 +74,8 @@ def test_finite_differences_float64(reduction):
     mask = torch.tensor([[True, False, True], [True, True, False]])
 
     def loss(hs, ws):
-        return fused_reverse_kl(hs, ws, h_t, W_t, mask=mask, temperature=0.9, reduction=reduction,
-                                backend="torch", chunk_size=4)
+        return fused_reverse_kl(
+            hs, ws, h_t, W_t, mask=mask, temperature=0.9, reduction=reduction, backend="torch", chunk_size=4
+        )
 
     assert torch.autograd.gradcheck(loss, (h_s, W_s), eps=1e-6, atol=1e-7, rtol=1e-5)

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from helpers import RKL_IMPL_IDS, RKL_IMPLS, make_rkl_inputs
 
 from opd_kernels import fused_reverse_kl
 from opd_kernels.testing import MemoryTracker
-
-from helpers import RKL_IMPL_IDS, RKL_IMPLS, make_rkl_inputs
 
 # N * V / 8 = 4.1M elements: far above any tile (chunk 64 x 32003 = 2.0M for the chunked
 # schedules, 64 x 8192 for the torch backend) and above the legitimate O(V * D) weight
@@ -32,16 +31,19 @@ def test_no_tokens_by_vocab_tensor(backend, schedule, reduction, capsys, interpr
     mask = torch.rand(N, generator=torch.Generator().manual_seed(0)) < 0.7
     limit = N * V // 8
     with MemoryTracker(numel_limit=limit) as tracker:
-        loss = fused_reverse_kl(h_s, W_s, h_t, W_t, mask=mask, reduction=reduction, backend=backend,
-                                schedule=schedule, chunk_size=64)
+        loss = fused_reverse_kl(
+            h_s, W_s, h_t, W_t, mask=mask, reduction=reduction, backend=backend, schedule=schedule, chunk_size=64
+        )
         loss.sum().backward() if reduction == "none" else loss.backward()
     assert tracker.host_syncs == [], f"host synchronisation inside the op: {tracker.host_syncs}"
     assert tracker.largest.numel < limit
     naive_bytes = 2 * N * V * 4  # fp32 logits of both models alone
     with capsys.disabled():
-        print(f"\n[memory] {backend}/{schedule} reduction={reduction} N={N} V={V}: peak extra "
-              f"{tracker.peak_bytes / 2**20:.1f} MiB (naive fp32 logits alone: {naive_bytes / 2**20:.0f} MiB); "
-              f"largest tensor {tracker.largest.shape} from {tracker.largest.op}")
+        print(
+            f"\n[memory] {backend}/{schedule} reduction={reduction} N={N} V={V}: peak extra "
+            f"{tracker.peak_bytes / 2**20:.1f} MiB (naive fp32 logits alone: {naive_bytes / 2**20:.0f} MiB); "
+            f"largest tensor {tracker.largest.shape} from {tracker.largest.op}"
+        )
     assert tracker.peak_bytes < naive_bytes / 4
 
 

@@ -20,8 +20,9 @@ def _batch(seed=0):
 @pytest.mark.parametrize("with_old", [False, True])
 def test_gradient_is_the_policy_gradient(reduction, with_old):
     student, teacher, old, mask = _batch()
-    loss, metrics = sampled_reverse_kl_loss(student, teacher, mask, old_logprobs=old if with_old else None,
-                                            reduction=reduction)
+    loss, metrics = sampled_reverse_kl_loss(
+        student, teacher, mask, old_logprobs=old if with_old else None, reduction=reduction
+    )
     (grad,) = torch.autograd.grad(loss, [student])
 
     # by hand: d loss / d lp_s = -A * ratio * (normaliser), A = lp_t - lp_s, ratio = exp(lp_s - lp_old)

@@ -1,10 +1,9 @@
 """The kernel tests follow OPD_TEST_DEVICE (tests/opd_kernels/conftest.py): on CUDA their ops take CUDA copies."""
 
 import torch
+from helpers import make_rkl_inputs
 
 from opd_kernels import fused_reverse_kl, token_logprobs
-
-from helpers import make_rkl_inputs
 
 
 def test_ops_are_wrapped_only_off_the_plain_cpu_run(test_device):

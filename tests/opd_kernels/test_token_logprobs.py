@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from helpers import assert_close_grad, float64_leaves, make_rkl_inputs
 
 from opd_kernels import token_logprobs, topk_logprobs
 from opd_kernels.testing import MemoryTracker, reference_logits
-
-from helpers import assert_close_grad, float64_leaves, make_rkl_inputs
 
 backends = pytest.mark.parametrize("backend", ["torch", "triton"])
 
@@ -25,8 +24,7 @@ def _reference(h, W, tokens, temperature, vocab):
     return lp, entropy
 
 
-def _check(backend, leading, vocab, d, *, dtype=torch.float32, temperature=1.0, padded_vocab=None,
-           frozen_weight=False):
+def _check(backend, leading, vocab, d, *, dtype=torch.float32, temperature=1.0, padded_vocab=None, frozen_weight=False):
     h, W, tokens = _inputs(leading, vocab, d, dtype=dtype, padded_vocab=padded_vocab)
     if frozen_weight:
         W.requires_grad_(False)
@@ -101,8 +99,14 @@ def test_no_grad_saves_nothing(backend):
 
 
 # torch eager (also the fallback when compiling fails), torch compiled, Triton: slow but the first
-@pytest.mark.parametrize("kind", ["torch-eager", pytest.param("torch-compiled", marks=pytest.mark.slow),
-                                  pytest.param("triton", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "torch-eager",
+        pytest.param("torch-compiled", marks=pytest.mark.slow),
+        pytest.param("triton", marks=pytest.mark.slow),
+    ],
+)
 @pytest.mark.parametrize("std", [30, 100])
 def test_entropy_of_large_logits_is_as_precise_as_naive_fp32(kind, std, monkeypatch):
     """Peaked rows (logit std 30 and 100, mean entropy 0.27 and 0.08 nats): the entropy, formed
@@ -117,8 +121,9 @@ def test_entropy_of_large_logits_is_as_precise_as_naive_fp32(kind, std, monkeypa
     reference = -(log_p.exp() * log_p).sum(-1)
     log_p32 = torch.log_softmax(h @ W.T, dim=-1)
     naive = (-(log_p32.exp() * log_p32).sum(-1)).double()
-    _, entropy = token_logprobs(h, W, torch.zeros(512, dtype=torch.long), return_entropy=True,
-                                backend=kind.split("-")[0])
+    _, entropy = token_logprobs(
+        h, W, torch.zeros(512, dtype=torch.long), return_entropy=True, backend=kind.split("-")[0]
+    )
     error, naive_error = [float((e.double() - reference).abs().max()) for e in (entropy, naive)]
     assert error <= 2 * naive_error, f"max error {error:.2e} against naive fp32's {naive_error:.2e}"
 
@@ -141,8 +146,7 @@ def test_topk_matches_reference(backend, k):
 def test_topk_of_whole_vocabulary_sums_to_one(backend):
     h, W, _ = _inputs(7, 61, 16)
     values, indices = topk_logprobs(h, W, 61, backend=backend)
-    torch.testing.assert_close(values.double().exp().sum(-1), torch.ones(7, dtype=torch.float64), rtol=0,
-                               atol=1e-5)
+    torch.testing.assert_close(values.double().exp().sum(-1), torch.ones(7, dtype=torch.float64), rtol=0, atol=1e-5)
     assert (indices.sort(-1).values == torch.arange(61)).all()
 
 
@@ -175,9 +179,11 @@ def test_no_tokens_by_vocab_tensor(backend, capsys, monkeypatch):
             topk_logprobs(h, W, 8, backend=backend)
     assert tracker.host_syncs == []
     with capsys.disabled():
-        print(f"\n[memory] token_logprobs+topk {backend} N={n} V={vocab}: peak extra "
-              f"{tracker.peak_bytes / 2**20:.1f} MiB (naive fp32 logits: {n * vocab * 4 / 2**20:.0f} MiB); "
-              f"largest {tracker.largest.shape} from {tracker.largest.op}")
+        print(
+            f"\n[memory] token_logprobs+topk {backend} N={n} V={vocab}: peak extra "
+            f"{tracker.peak_bytes / 2**20:.1f} MiB (naive fp32 logits: {n * vocab * 4 / 2**20:.0f} MiB); "
+            f"largest {tracker.largest.shape} from {tracker.largest.op}"
+        )
 
 
 def test_triton_topk_allocates_only_its_outputs():
@@ -211,8 +217,10 @@ def test_triton_topk_allocates_only_its_outputs():
 )
 def test_bad_input(call, error, match, test_device):
     if error is IndexError and test_device == "cuda":
-        pytest.skip("on CUDA an out-of-range token is a device-side assert (as in torch.gather), which ends the "
-                    "process's CUDA context; check_tokens=True is the ValueError tested here")
+        pytest.skip(
+            "on CUDA an out-of-range token is a device-side assert (as in torch.gather), which ends the "
+            "process's CUDA context; check_tokens=True is the ValueError tested here"
+        )
     h, W, tokens = _inputs((2, 4), 50, 8)
     with pytest.raises(error, match=match):
         call(h, W, tokens)

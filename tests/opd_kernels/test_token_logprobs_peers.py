@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from helpers import cosine, make_rkl_inputs
 
 from opd_kernels import token_logprobs
-
-from helpers import cosine, make_rkl_inputs
 
 
 def _inputs():

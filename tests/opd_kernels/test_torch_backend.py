@@ -1,29 +1,32 @@
-"""The one-pass torch backend: the default chunk rule (of every chunked backend), eager vs torch.compile row math, and the fallback."""
+"""The one-pass torch backend: the default chunk rule (of every chunked backend), eager vs
+torch.compile row math, and the fallback."""
 
 import warnings
 
 import pytest
 import torch
+from helpers import assert_close_grad, float64_leaves, make_rkl_inputs
 
-from opd_kernels import fused_reverse_kl, token_logprobs
 from opd_kernels import _torch_rows as rows
+from opd_kernels import fused_reverse_kl, token_logprobs
 from opd_kernels._params import default_chunk_size
 from opd_kernels.testing import MemoryTracker, reverse_kl_reference
 
-from helpers import assert_close_grad, float64_leaves, make_rkl_inputs
 
-
-@pytest.mark.parametrize("vocab,dim,logit_bytes,want", [
-    (32000, 256, 8, 256),  # torch reverse KL (two fp32 blocks): C = D_s
-    (32003, 32, 8, 32),  # the memory test's shapes
-    (16384, 256, 4, 512),  # torch log-probs (one fp32 block): C = 2 D
-    (151_936, 4096, 8, 880),  # 1 GiB cap: 2^30 / (8 * 151,936) = 883 -> 880
-    (151_936, 4096, 10, 704),  # Triton chunked reverse KL, bf16: 2^30 / (10 * 151,936) = 706 -> 704
-    (151_936, 4096, 12, 576),  # Triton chunked reverse KL, fp32: 588 -> 576
-    (32000, 2048, 10, 1632),  # Triton chunked, bf16: the head bound 8 * 2048 / 10 = 1638 -> 1632
-    (2048, 8, 8, 16),  # floor
-    (64, 8192, 4, 4096),  # ceiling
-])
+@pytest.mark.parametrize(
+    "vocab,dim,logit_bytes,want",
+    [
+        (32000, 256, 8, 256),  # torch reverse KL (two fp32 blocks): C = D_s
+        (32003, 32, 8, 32),  # the memory test's shapes
+        (16384, 256, 4, 512),  # torch log-probs (one fp32 block): C = 2 D
+        (151_936, 4096, 8, 880),  # 1 GiB cap: 2^30 / (8 * 151,936) = 883 -> 880
+        (151_936, 4096, 10, 704),  # Triton chunked reverse KL, bf16: 2^30 / (10 * 151,936) = 706 -> 704
+        (151_936, 4096, 12, 576),  # Triton chunked reverse KL, fp32: 588 -> 576
+        (32000, 2048, 10, 1632),  # Triton chunked, bf16: the head bound 8 * 2048 / 10 = 1638 -> 1632
+        (2048, 8, 8, 16),  # floor
+        (64, 8192, 4, 4096),  # ceiling
+    ],
+)
 def test_default_chunk_rule(vocab, dim, logit_bytes, want):
     assert default_chunk_size(vocab, dim, logit_bytes) == want
 
@@ -33,7 +36,10 @@ def test_every_chunked_backend_takes_the_one_rule():
 
     assert reverse_kl_torch.LOGIT_BYTES == 8 and logprobs_torch.LOGIT_BYTES == 4
     assert [reverse_kl_triton.chunk_logit_bytes(d) for d in (torch.bfloat16, torch.float16, torch.float32)] == [
-        10, 10, 12]
+        10,
+        10,
+        12,
+    ]
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -86,8 +92,7 @@ def test_eager_and_compiled_token_logprobs_agree(monkeypatch, setting):
     ref_ent = -(log_p.exp() * log_p).sum(-1)
     torch.testing.assert_close(lp.double(), ref_lp, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ent.double(), ref_ent, rtol=1e-5, atol=1e-5)
-    ref_dh, ref_dW = torch.autograd.grad((ref_lp * go[0].double()).sum() + (ref_ent * go[1].double()).sum(),
-                                         [h64, W64])
+    ref_dh, ref_dW = torch.autograd.grad((ref_lp * go[0].double()).sum() + (ref_ent * go[1].double()).sum(), [h64, W64])
     assert_close_grad(dh, ref_dh, torch.float32, "dh")
     assert_close_grad(dW, ref_dW, torch.float32, "dW")
 

@@ -1,4 +1,5 @@
 """Shared fixtures: synthetic videos and tiny Qwen-VL models, all built offline."""
+
 import os
 
 # Nothing in these tests may reach the Hugging Face hub.

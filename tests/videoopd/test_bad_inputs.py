@@ -1,5 +1,6 @@
 """Bad inputs of the commands (train, sft, eval) are one-line errors naming the flag or file and
 what is wrong, exit 2, before any work."""
+
 import json
 import shutil
 
@@ -35,8 +36,11 @@ def _broken_copy(checkpoint, out, breakage):
         (out / "config.json").write_text("{not json")
     elif breakage == "missing shard":
         weights.rename(out / "model-00001-of-00002.safetensors")
-        (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
-            "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps(
+                {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+            )
+        )
     elif breakage == "no tokenizer":
         (out / "tokenizer.json").unlink()
         (out / "tokenizer_config.json").unlink()
@@ -77,10 +81,12 @@ def _one_line_error(capsys, code, flag, message):
     assert len(err.splitlines()) == 1 and flag in err and message in err, err
 
 
-@pytest.mark.parametrize("breakage", ["no config.json", "only config.json", "truncated weights", "no tokenizer",
-                                      "no chat template"])
-def test_commands_refuse_a_broken_model_folder_before_any_work(tmp_path, capsys, synthetic_dir,
-                                                               tiny_qwen25_checkpoint, breakage):
+@pytest.mark.parametrize(
+    "breakage", ["no config.json", "only config.json", "truncated weights", "no tokenizer", "no chat template"]
+)
+def test_commands_refuse_a_broken_model_folder_before_any_work(
+    tmp_path, capsys, synthetic_dir, tiny_qwen25_checkpoint, breakage
+):
     broken = str(_broken_copy(tiny_qwen25_checkpoint, tmp_path / "model", breakage))
     good, ann, out = str(tiny_qwen25_checkpoint), str(synthetic_dir / "annotations.jsonl"), tmp_path / "out"
     message = BREAKAGES[breakage]
@@ -95,11 +101,14 @@ def test_commands_refuse_a_broken_model_folder_before_any_work(tmp_path, capsys,
     assert not out.exists()
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("gpu", "is not a device name"),
-    ("cuda:x", "is not a device name"),
-    ("mps", "this machine has no mps device"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("gpu", "is not a device name"),
+        ("cuda:x", "is not a device name"),
+        ("mps", "this machine has no mps device"),
+    ],
+)
 def test_available_device_names_what_is_wrong(spec, message):
     from videoopd.qwen.models import available_device
 
@@ -125,30 +134,36 @@ def test_commands_refuse_a_device_this_machine_lacks(tmp_path, capsys, synthetic
     _one_line_error(capsys, code, "--device", spec)
     code = S.main(["--model", good, "--train-data", ann, "--device", spec, "--output-dir", str(out)])
     _one_line_error(capsys, code, "--device", spec)
-    code = T.main(["--student", good, "--teacher", good, "--train-data", ann, "--device", spec,
-                   "--output-dir", str(out)])
+    code = T.main(
+        ["--student", good, "--teacher", good, "--train-data", ann, "--device", spec, "--output-dir", str(out)]
+    )
     _one_line_error(capsys, code, "--device", spec)
-    code = T.main(["--student", good, "--teacher", good, "--train-data", ann, "--teacher-device", spec,
-                   "--output-dir", str(out)])
+    code = T.main(
+        ["--student", good, "--teacher", good, "--train-data", ann, "--teacher-device", spec, "--output-dir", str(out)]
+    )
     _one_line_error(capsys, code, "--teacher-device", spec)
     code = T.main(["--device", spec, "--output-dir", str(out)])  # the demo
     _one_line_error(capsys, code, "--device", spec)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--temperature", "inf"], "--temperature must be > 0 and finite, got inf"),
-    (["--temperature", "nan"], "--temperature must be > 0 and finite, got nan"),
-    (["--top-p", "nan"], "--top-p must be in (0, 1], got nan"),
-    (["--demo-videos", "1"], "--demo-videos must be >= 2, got 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--temperature", "inf"], "--temperature must be > 0 and finite, got inf"),
+        (["--temperature", "nan"], "--temperature must be > 0 and finite, got nan"),
+        (["--top-p", "nan"], "--top-p must be in (0, 1], got nan"),
+        (["--demo-videos", "1"], "--demo-videos must be >= 2, got 1"),
+    ],
+)
 def test_sampling_and_demo_values_are_checked(tmp_path, capsys, argv, message):
     code = T.main(argv + ["--output-dir", str(tmp_path / "run")])
     _one_line_error(capsys, code, message.split()[0], message)
 
 
-def test_output_paths_that_are_files_are_refused_before_any_work(tmp_path, capsys, synthetic_dir,
-                                                                 tiny_qwen25_checkpoint):
+def test_output_paths_that_are_files_are_refused_before_any_work(
+    tmp_path, capsys, synthetic_dir, tiny_qwen25_checkpoint
+):
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     ann, good = str(synthetic_dir / "annotations.jsonl"), str(tiny_qwen25_checkpoint)
@@ -169,20 +184,36 @@ def set_with_a_corrupt_video(tmp_path):
     """A small synthetic set whose second video is garbage bytes; returns its annotation file."""
     from videoopd.data.synthetic import generate_dataset
 
-    annotations = generate_dataset(tmp_path / "data", num_videos=3, seed=0, duration=4.0, fps=4, height=64,
-                                   width=96)
+    annotations = generate_dataset(tmp_path / "data", num_videos=3, seed=0, duration=4.0, fps=4, height=64, width=96)
     (tmp_path / "data" / "videos" / "synth_00001.mp4").write_bytes(b"\x1a\x45\xdf\xa3garbage" * 64)
     return annotations
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
-def test_eval_on_video_error_raise_is_one_line_naming_the_video(tmp_path, capsys, set_with_a_corrupt_video,
-                                                                tiny_qwen25_checkpoint, workers):
-    code = E.main(["--model", str(tiny_qwen25_checkpoint), "--data", str(set_with_a_corrupt_video),
-                   "--output", str(tmp_path / "p.jsonl"), "--on-video-error", "raise", "--dataloader-num-workers",
-                   workers,
-                   "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96), "--max-new-tokens", "4",
-                   "--no-progress"])
+def test_eval_on_video_error_raise_is_one_line_naming_the_video(
+    tmp_path, capsys, set_with_a_corrupt_video, tiny_qwen25_checkpoint, workers
+):
+    code = E.main(
+        [
+            "--model",
+            str(tiny_qwen25_checkpoint),
+            "--data",
+            str(set_with_a_corrupt_video),
+            "--output",
+            str(tmp_path / "p.jsonl"),
+            "--on-video-error",
+            "raise",
+            "--dataloader-num-workers",
+            workers,
+            "--min-pixels",
+            str(56 * 56),
+            "--max-pixels",
+            str(64 * 96),
+            "--max-new-tokens",
+            "4",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err  # after the model loaded: transformers' own progress lines come first
     assert code == 2 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("python -m videoopd.eval: error: cannot decode video ")
@@ -192,14 +223,15 @@ def test_eval_on_video_error_raise_is_one_line_naming_the_video(tmp_path, capsys
 def test_sft_collator_leaves_out_undecodable_videos_and_names_them(set_with_a_corrupt_video):
     from videoopd.data.annotations import load_annotations
     from videoopd.data.datasets import GroundingVideoDataset
-    from videoopd.qwen.collators import SFTCollator
     from videoopd.data.video import DecodeConfig
+    from videoopd.qwen.collators import SFTCollator
     from videoopd.qwen.tiny import build_tiny_processor, build_tiny_tokenizer
 
     processor = build_tiny_processor("qwen3_vl", build_tiny_tokenizer("qwen3_vl"))
     records, _ = load_annotations(set_with_a_corrupt_video)
-    dataset = GroundingVideoDataset(records, DecodeConfig.for_processor(processor, min_pixels=64 * 96,
-                                                                        max_pixels=64 * 96), on_error="report")
+    dataset = GroundingVideoDataset(
+        records, DecodeConfig.for_processor(processor, min_pixels=64 * 96, max_pixels=64 * 96), on_error="report"
+    )
     items = [dataset[i] for i in range(len(records))]
     batch = SFTCollator(processor)(items)
     corrupt = [r.id for r in records if "synth_00001" in r.video]
@@ -213,11 +245,33 @@ def test_sft_collator_leaves_out_undecodable_videos_and_names_them(set_with_a_co
 
 def test_sft_trains_past_a_corrupt_video(tmp_path, capsys, set_with_a_corrupt_video):
     out = tmp_path / "run"
-    code = S.main(["--init-tiny", "qwen3_vl", "--train-data", str(set_with_a_corrupt_video), "--output-dir", str(out),
-                   "--tiny-hidden-size", "32", "--tiny-layers", "1", "--max-steps", "2",
-                   "--per-device-train-batch-size", "3",
-                   "--warmup-steps", "0", "--min-pixels", str(64 * 96), "--max-pixels", str(64 * 96),
-                   "--save-final", "false", "--no-progress"])
+    code = S.main(
+        [
+            "--init-tiny",
+            "qwen3_vl",
+            "--train-data",
+            str(set_with_a_corrupt_video),
+            "--output-dir",
+            str(out),
+            "--tiny-hidden-size",
+            "32",
+            "--tiny-layers",
+            "1",
+            "--max-steps",
+            "2",
+            "--per-device-train-batch-size",
+            "3",
+            "--warmup-steps",
+            "0",
+            "--min-pixels",
+            str(64 * 96),
+            "--max-pixels",
+            str(64 * 96),
+            "--save-final",
+            "false",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
@@ -255,25 +309,38 @@ def test_help_states_each_default_once_and_the_preset_defaults(capsys, command):
             entries[flag] += " " + line.strip()
     for name, text in entries.items():
         assert text.lower().count("default") <= 1, f"{name}: {text}"
-    expected = {"train": (("--objective", "sampled"), ("--learning_rate", "1e-06"), ("--max_steps", "100")),
-                "sft": (("--learning_rate", "1e-05"), ("--max_steps", "1000"), ("--output_dir", "runs/sft")),
-                "train --preset demo": (("--objective", "full"), ("--learning_rate", "0.0003"),
-                                        ("--per_device_train_batch_size", "8"), ("--output_dir", "runs/opd-demo"),
-                                        ("--max_steps", "200"))}[command]
+    expected = {
+        "train": (("--objective", "sampled"), ("--learning_rate", "1e-06"), ("--max_steps", "100")),
+        "sft": (("--learning_rate", "1e-05"), ("--max_steps", "1000"), ("--output_dir", "runs/sft")),
+        "train --preset demo": (
+            ("--objective", "full"),
+            ("--learning_rate", "0.0003"),
+            ("--per_device_train_batch_size", "8"),
+            ("--output_dir", "runs/opd-demo"),
+            ("--max_steps", "200"),
+        ),
+    }[command]
     for name, default in expected:
         assert f"(default: {default})" in " ".join(entries[name].split()), entries[name]
 
 
 def test_a_run_ending_inside_the_warm_up_is_warned_about(tmp_path, capsys, tiny_qwen25_checkpoint):
     missing = str(tmp_path / "missing.jsonl")  # stops the command right after the warning
-    assert S.main(["--init-tiny", "qwen3_vl", "--train-data", missing, "--max-steps", "3", "--learning-rate",
-                   "1e-3"]) == 2
+    assert (
+        S.main(["--init-tiny", "qwen3_vl", "--train-data", missing, "--max-steps", "3", "--learning-rate", "1e-3"]) == 2
+    )
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == ("python -m videoopd.sft: warning: --max-steps 3 ends inside --warmup-steps 50: the learning "
-                      "rate rises to 6e-05 and never reaches --learning-rate 0.001")
+    assert err[0] == (
+        "python -m videoopd.sft: warning: --max-steps 3 ends inside --warmup-steps 50: the learning "
+        "rate rises to 6e-05 and never reaches --learning-rate 0.001"
+    )
     good = str(tiny_qwen25_checkpoint)
-    assert T.main(["--student", good, "--teacher", good, "--train-data", missing, "--warmup-steps", "10",
-                   "--max-steps", "5"]) == 2
+    assert (
+        T.main(
+            ["--student", good, "--teacher", good, "--train-data", missing, "--warmup-steps", "10", "--max-steps", "5"]
+        )
+        == 2
+    )
     assert "python -m videoopd.train: warning: --max-steps 5 ends inside --warmup-steps 10" in capsys.readouterr().err
     assert S.main(["--init-tiny", "qwen3_vl", "--train-data", missing, "--max-steps", "50"]) == 2
     assert "warning" not in capsys.readouterr().err  # the peak is reached at the last step
@@ -301,6 +368,16 @@ def test_synthetic_refuses_events_longer_than_the_video(tmp_path, capsys):
 
 
 def test_sft_tiny_sizes_that_do_not_build_are_one_line(tmp_path, capsys, synthetic_dir):
-    code = S.main(["--init-tiny", "qwen3_vl", "--tiny-hidden-size", "100", "--train-data",
-                   str(synthetic_dir / "annotations.jsonl"), "--output-dir", str(tmp_path / "run")])
+    code = S.main(
+        [
+            "--init-tiny",
+            "qwen3_vl",
+            "--tiny-hidden-size",
+            "100",
+            "--train-data",
+            str(synthetic_dir / "annotations.jsonl"),
+            "--output-dir",
+            str(tmp_path / "run"),
+        ]
+    )
     _one_line_error(capsys, code, "--tiny-", "multiples of 16")

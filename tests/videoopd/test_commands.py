@@ -1,5 +1,6 @@
 """What a user copies: the console scripts beside ``python -m``, and the example configs in
 configs/ (every key an option of its command, every value valid)."""
+
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -25,9 +26,16 @@ def test_console_scripts_name_each_command():
         assert result.returncode == 0 and "--prompt-style" in result.stdout
 
 
-@pytest.mark.parametrize("name, config_class, command", [
-    ("train.yaml", T.TrainConfig, T), ("sft.yaml", S.SFTConfig, S), ("eval.yaml", E.EvalConfig, E)])
+@pytest.mark.parametrize(
+    "name, config_class, command",
+    [("train.yaml", T.TrainConfig, T), ("sft.yaml", S.SFTConfig, S), ("eval.yaml", E.EvalConfig, E)],
+)
 def test_example_configs_parse(name, config_class, command):
-    cfg = parse_config(config_class, ["--config", str(ROOT / "configs" / name)], prog=name,
-                       description="", command_defaults=getattr(command, "COMMAND_DEFAULTS", None))
+    cfg = parse_config(
+        config_class,
+        ["--config", str(ROOT / "configs" / name)],
+        prog=name,
+        description="",
+        command_defaults=getattr(command, "COMMAND_DEFAULTS", None),
+    )
     assert isinstance(cfg, config_class)

@@ -1,5 +1,6 @@
 """Every import points down: the package order of ``videoopd.LAYERS`` holds module by module,
 library packages never import command modules, and ``opd_kernels`` knows nothing of videoopd."""
+
 import ast
 from pathlib import Path
 

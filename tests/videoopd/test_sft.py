@@ -1,20 +1,20 @@
 """videoopd.sft: examples (answer positions), the loss against a float64 logits reference,
 a few real optimisation steps (the loss falls on a fixed batch), checkpoints and CLI errors."""
+
 import json
 
 import pytest
 import torch
 
 from videoopd import sft as S
+from videoopd.algo.objectives import GenerationContext, SupervisedObjective
 from videoopd.data.annotations import load_annotations
-from videoopd.qwen.models import prepare_policy
+from videoopd.data.datasets import GroundingVideoDataset
+from videoopd.data.video import DecodeConfig
+from videoopd.qwen.collators import SFTCollator
+from videoopd.qwen.models import policy_head_forward, prepare_policy
 from videoopd.qwen.prompts import format_answer
 from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
-from videoopd.data.video import DecodeConfig
-from videoopd.algo.objectives import GenerationContext, SupervisedObjective
-from videoopd.data.datasets import GroundingVideoDataset
-from videoopd.qwen.collators import SFTCollator
-from videoopd.qwen.models import policy_head_forward
 from videoopd.training.loop import lr_lambda
 
 SMALL_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}  # as in conftest.py
@@ -52,7 +52,7 @@ def test_answer_mask_marks_exactly_the_answer(synthetic_dir, family, style):
         answer = proc.tokenizer.decode(ids[row][mask[row]])
         assert answer == format_answer(record.span, style) + "<|im_end|>"
         last = int(attention[row].sum()) - 1
-        assert mask[row, last] and not mask[row, last + 1:].any()  # nothing marked in the padding
+        assert mask[row, last] and not mask[row, last + 1 :].any()  # nothing marked in the padding
         prompt = proc.tokenizer.decode(ids[row][: int(mask[row].nonzero()[0])])
         assert prompt.endswith("<|im_start|>assistant\n") and record.query in prompt
 
@@ -97,9 +97,22 @@ def test_loss_falls_on_a_fixed_batch(synthetic_dir):
 
 
 def test_lr_schedule():
-    cfg = S.resolve_config(["--init-tiny", "qwen3_vl", "--train-data", "x", "--learning-rate", "1e-3",
-                            "--warmup-steps", "10",
-                            "--max-steps", "110", "--min-lr-ratio", "0.1"])
+    cfg = S.resolve_config(
+        [
+            "--init-tiny",
+            "qwen3_vl",
+            "--train-data",
+            "x",
+            "--learning-rate",
+            "1e-3",
+            "--warmup-steps",
+            "10",
+            "--max-steps",
+            "110",
+            "--min-lr-ratio",
+            "0.1",
+        ]
+    )
     factor = lr_lambda(cfg)  # LambdaLR counts from 0: factor(i) is optimizer step i + 1's
     assert cfg.learning_rate * factor(4) == pytest.approx(5e-4)
     assert cfg.learning_rate * factor(9) == pytest.approx(1e-3)
@@ -112,12 +125,43 @@ def test_lr_schedule():
 def test_cli_trains_evaluates_and_saves(synthetic_dir, tmp_path):
     out = tmp_path / "run"
     ann = str(synthetic_dir / "annotations.jsonl")
-    code = S.main(["--init-tiny", "qwen3_vl", "--train-data", ann, "--eval-data", ann, "--output-dir", str(out),
-                   "--tiny-hidden-size", "32", "--tiny-layers", "1", "--max-steps", "3",
-                   "--per-device-train-batch-size", "2",
-                   "--learning-rate", "1e-3", "--warmup-steps", "1", "--eval-steps", "2", "--eval-limit", "2",
-                   "--save-steps", "2", "--max-new-tokens", "8", "--min-pixels", str(56 * 56),
-                   "--max-pixels", str(64 * 96), "--no-progress"])
+    code = S.main(
+        [
+            "--init-tiny",
+            "qwen3_vl",
+            "--train-data",
+            ann,
+            "--eval-data",
+            ann,
+            "--output-dir",
+            str(out),
+            "--tiny-hidden-size",
+            "32",
+            "--tiny-layers",
+            "1",
+            "--max-steps",
+            "3",
+            "--per-device-train-batch-size",
+            "2",
+            "--learning-rate",
+            "1e-3",
+            "--warmup-steps",
+            "1",
+            "--eval-steps",
+            "2",
+            "--eval-limit",
+            "2",
+            "--save-steps",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--min-pixels",
+            str(56 * 56),
+            "--max-pixels",
+            str(64 * 96),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
@@ -132,15 +176,20 @@ def test_cli_trains_evaluates_and_saves(synthetic_dir, tmp_path):
     assert reloaded.config.model_type == "qwen3_vl"
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "exactly one of --model"),
-    (["--init-tiny", "qwen3_vl"], "--train-data is required"),
-    (["--init-tiny", "qwen3_vl", "--model", "x", "--train-data", "a.jsonl"], "exactly one of --model"),
-    (["--init-tiny", "qwen3_vl", "--train-data", "missing.jsonl"], "annotation file not found"),
-    (["--init-tiny", "qwen3_vl", "--train-data", "a.jsonl", "--per-device-train-batch-size", "0"],
-     "--per-device-train-batch-size must be > 0, got 0"),
-    (["--model", "nowhere", "--train-data", "ANN"], "--model: model folder not found"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "exactly one of --model"),
+        (["--init-tiny", "qwen3_vl"], "--train-data is required"),
+        (["--init-tiny", "qwen3_vl", "--model", "x", "--train-data", "a.jsonl"], "exactly one of --model"),
+        (["--init-tiny", "qwen3_vl", "--train-data", "missing.jsonl"], "annotation file not found"),
+        (
+            ["--init-tiny", "qwen3_vl", "--train-data", "a.jsonl", "--per-device-train-batch-size", "0"],
+            "--per-device-train-batch-size must be > 0, got 0",
+        ),
+        (["--model", "nowhere", "--train-data", "ANN"], "--model: model folder not found"),
+    ],
+)
 def test_bad_input_stops_before_training(synthetic_dir, capsys, argv, message):
     argv = [str(synthetic_dir / "annotations.jsonl") if a == "ANN" else a for a in argv]
     assert S.main(argv) == 2

@@ -1,4 +1,5 @@
 """videoopd.train: config (YAML, preset, overrides, saved), bad inputs, incompatible pairs, demo smoke."""
+
 import dataclasses
 import json
 
@@ -6,9 +7,9 @@ import pytest
 import yaml
 
 from videoopd import train as T
-from videoopd.training.config import PRESET_DIR, RENAMED, ConfigError, save_config
 from videoopd.qwen.models import check_pair
 from videoopd.qwen.tiny import build_tiny_model, build_tiny_tokenizer, save_tiny_checkpoint
+from videoopd.training.config import PRESET_DIR, RENAMED, ConfigError, save_config
 
 
 def test_help_documents_every_option(capsys):
@@ -23,8 +24,11 @@ def test_help_documents_every_option(capsys):
 
 def test_yaml_then_override_then_saved(tmp_path):
     cfg_file = tmp_path / "run.yaml"
-    cfg_file.write_text(yaml.safe_dump({"learning_rate": 3e-5, "max-new-tokens": 32, "objective": "full",
-                                        "gradient_accumulation_steps": 4}))
+    cfg_file.write_text(
+        yaml.safe_dump(
+            {"learning_rate": 3e-5, "max-new-tokens": 32, "objective": "full", "gradient_accumulation_steps": 4}
+        )
+    )
     cfg = T.resolve_config(["--config", str(cfg_file), "--learning-rate", "2e-5", "--top-p", "0.95"])
     assert cfg.learning_rate == 2e-5 and cfg.max_new_tokens == 32 and cfg.objective == "full"
     assert cfg.gradient_accumulation_steps == 4 and cfg.top_p == 0.95 and cfg.temperature == 1.0
@@ -60,9 +64,30 @@ def test_demo_config_saved_is_what_ran(tmp_path):
     cfg_file = tmp_path / "y.yaml"
     cfg_file.write_text("learning_rate: 1.0e-4\nper_device_train_batch_size: 2\n")
     out = tmp_path / "runs" / "y"
-    assert T.main(["--config", str(cfg_file), "--max-steps", "1", "--demo-videos", "4", "--eval-steps", "0",
-                   "--eval-teacher", "false", "--eval-on-start", "false", "--no-progress", "--output-dir", str(out),
-                   "--report-to", "tensorboard"]) == 0
+    assert (
+        T.main(
+            [
+                "--config",
+                str(cfg_file),
+                "--max-steps",
+                "1",
+                "--demo-videos",
+                "4",
+                "--eval-steps",
+                "0",
+                "--eval-teacher",
+                "false",
+                "--eval-on-start",
+                "false",
+                "--no-progress",
+                "--output-dir",
+                str(out),
+                "--report-to",
+                "tensorboard",
+            ]
+        )
+        == 0
+    )
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["learning_rate"] == 1e-4 and saved["per_device_train_batch_size"] == 2 and saved["preset"] == "demo"
     assert saved["reduction"] == "sequence_sum" and saved["num_generations"] == 1  # auto resolved when parsed
@@ -86,8 +111,12 @@ def test_report_to_names_only_trackers_that_are_there(tmp_path, capsys, monkeypa
 
 def test_preset_video_opd(tmp_path):
     cfg = T.resolve_config(["--preset", "video-opd", "--student", "s", "--teacher", "t", "--learning-rate", "2e-6"])
-    assert (cfg.temperature, cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps, cfg.fps,
-            cfg.max_frames) == (0.9, 32, 2.0, 768)
+    assert (
+        cfg.temperature,
+        cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
+        cfg.fps,
+        cfg.max_frames,
+    ) == (0.9, 32, 2.0, 768)
     assert cfg.learning_rate == 2e-6 and cfg.objective == "sampled" and cfg.reduction == "sequence_sum"
     assert not cfg.train_vision
     # TimeLens's budget: 14,336 visual tokens a video, 64 a frame at least (Qwen3-VL's 32 x 32 tokens)
@@ -138,8 +167,9 @@ def _run(capsys, argv):
 
 
 def test_missing_model_path(capsys, tmp_path, checkpoints):
-    code, err = _run(capsys, ["--student", str(tmp_path / "nope"), "--teacher", str(checkpoints[1]),
-                              "--train-data", "x"])
+    code, err = _run(
+        capsys, ["--student", str(tmp_path / "nope"), "--teacher", str(checkpoints[1]), "--train-data", "x"]
+    )
     assert code == 2 and "--student: model folder not found" in err
     code, err = _run(capsys, ["--student", str(checkpoints[0])])
     assert code == 2 and "give both --student and --teacher" in err
@@ -183,11 +213,39 @@ def test_train_with_model_paths(capsys, tmp_path, checkpoints, synthetic_dir):
     s, t = (str(c) for c in checkpoints)
     ann = str(synthetic_dir / "annotations.jsonl")
     out = tmp_path / "run"
-    code = T.main(["--student", s, "--teacher", t, "--train-data", ann, "--eval-data", ann, "--eval-limit", "1",
-                   "--max-steps", "2", "--gradient-accumulation-steps", "2", "--learning-rate", "1e-3",
-                   "--max-new-tokens", "8",
-                   "--min-pixels", str(56 * 56), "--max-pixels", str(64 * 96), "--objective", "full",
-                   "--eval-teacher", "true", "--output-dir", str(out), "--no-progress"])
+    code = T.main(
+        [
+            "--student",
+            s,
+            "--teacher",
+            t,
+            "--train-data",
+            ann,
+            "--eval-data",
+            ann,
+            "--eval-limit",
+            "1",
+            "--max-steps",
+            "2",
+            "--gradient-accumulation-steps",
+            "2",
+            "--learning-rate",
+            "1e-3",
+            "--max-new-tokens",
+            "8",
+            "--min-pixels",
+            str(56 * 56),
+            "--max-pixels",
+            str(64 * 96),
+            "--objective",
+            "full",
+            "--eval-teacher",
+            "true",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert (out / "eval_teacher.json").is_file() and (out / "eval_step0.json").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -210,8 +268,9 @@ def file_bytes(folder) -> dict:
 def test_demo_smoke(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative --output-dir, as the default one is
     out = tmp_path / "runs" / "demo"
-    code = T.main(["--output-dir", "runs/demo", "--max-steps", "2", "--demo-videos", "4", "--eval-steps", "1",
-                   "--no-progress"])
+    code = T.main(
+        ["--output-dir", "runs/demo", "--max-steps", "2", "--demo-videos", "4", "--eval-steps", "1", "--no-progress"]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert "held-out mIoU: teacher" in text and "student before" in text and "-> after" in text
@@ -230,8 +289,12 @@ def test_demo_smoke(capsys, tmp_path, monkeypatch):
     import sys
 
     # pasted as printed, in the folder the demo ran in
-    run = subprocess.run([sys.executable, *command[1:], "--no-progress", "--dataloader-num-workers", "0"], cwd=tmp_path,
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, *command[1:], "--no-progress", "--dataloader-num-workers", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     # the run's report: summary.json (every step row, the evaluations) and its curves
     report = json.loads((out / "summary.json").read_text())
@@ -245,11 +308,26 @@ def test_demo_smoke(capsys, tmp_path, monkeypatch):
     assert "holds a finished run that saved no checkpoint" in err and file_bytes(out) == kept
     assert "--resume-from-checkpoint auto" not in err and "--overwrite" in err
     # nor does --resume auto, which has no checkpoint to resume (it used to start again from step 0)
-    assert T.main(["--output-dir", "runs/demo", "--max-steps", "2", "--demo-videos", "4", "--no-progress",
-                   "--resume-from-checkpoint", "auto"]) == 2
+    assert (
+        T.main(
+            [
+                "--output-dir",
+                "runs/demo",
+                "--max-steps",
+                "2",
+                "--demo-videos",
+                "4",
+                "--no-progress",
+                "--resume-from-checkpoint",
+                "auto",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert ("--resume-from-checkpoint auto: --output-dir runs/demo holds a finished run that saved no "
-            "checkpoint") in err, err
+    assert (
+        "--resume-from-checkpoint auto: --output-dir runs/demo holds a finished run that saved no checkpoint"
+    ) in err, err
     assert file_bytes(out) == kept
     again = json.loads((out / "final_heldout.predictions.metrics.json").read_text())["overall"]
     assert again["mIoU"] == summary["student_after"]["mIoU"] and again["parsed"] == summary["student_after"]["parsed"]
@@ -257,8 +335,22 @@ def test_demo_smoke(capsys, tmp_path, monkeypatch):
 
 def test_sharded_teacher_needs_an_fsdp2_launch(capsys, tmp_path, checkpoints, synthetic_dir):
     s, t = (str(c) for c in checkpoints)
-    code = T.main(["--student", s, "--teacher", t, "--train-data", str(synthetic_dir / "annotations.jsonl"),
-                   "--teacher-placement", "shard", "--max-steps", "1", "--output-dir", str(tmp_path / "run")])
+    code = T.main(
+        [
+            "--student",
+            s,
+            "--teacher",
+            t,
+            "--train-data",
+            str(synthetic_dir / "annotations.jsonl"),
+            "--teacher-placement",
+            "shard",
+            "--max-steps",
+            "1",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 2
     assert "a sharded teacher needs an FSDP2 launch" in capsys.readouterr().err
 
@@ -283,15 +375,18 @@ def test_attention_choice_on_cpu():
     assert attn_implementation_for("cpu") == "sdpa"
 
 
-@pytest.mark.parametrize("text, message", [
-    ('train_vision: "false"\n', None),
-    ("train_vision: maybe\n", "--train-vision must be true or false, got 'maybe'"),
-    ("per_device_train_batch_size: 2.5\n", "run.yaml: --per-device-train-batch-size must be an integer, got 2.5"),
-    ("per_device_train_batch_size: true\n", "--per-device-train-batch-size must be an integer, got True"),
-    ("learning_rate: [1]\n", "--learning-rate must be a number"),
-    ("learning_rate: inf\n", "--learning-rate must be > 0 and finite, got inf"),
-    ("learning_rate: 1e-5\nmax_steps: 3\n  bad: indentation\n", "run.yaml:3: YAML syntax error"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('train_vision: "false"\n', None),
+        ("train_vision: maybe\n", "--train-vision must be true or false, got 'maybe'"),
+        ("per_device_train_batch_size: 2.5\n", "run.yaml: --per-device-train-batch-size must be an integer, got 2.5"),
+        ("per_device_train_batch_size: true\n", "--per-device-train-batch-size must be an integer, got True"),
+        ("learning_rate: [1]\n", "--learning-rate must be a number"),
+        ("learning_rate: inf\n", "--learning-rate must be > 0 and finite, got inf"),
+        ("learning_rate: 1e-5\nmax_steps: 3\n  bad: indentation\n", "run.yaml:3: YAML syntax error"),
+    ],
+)
 def test_yaml_values_are_typed_like_flags(tmp_path, text, message):
     """YAML's own typing is not trusted: a quoted boolean is parsed, not truthy; a float for an
     integer is an error, not a truncation; a syntax error names the file and line."""
@@ -319,10 +414,25 @@ def test_corrupt_videos_are_reported_and_a_pool_of_none_stops(capsys, tmp_path, 
     shutil.copytree(synthetic_dir, data)
     videos = sorted((data / "videos").glob("*.mp4"))
     videos[0].write_bytes(b"not a video at all")
-    base = ["--student", s, "--teacher", t, "--train-data", str(data / "annotations.jsonl"), "--max-steps", "3",
-            "--per-device-train-batch-size", "2", "--max-new-tokens", "4", "--min-pixels", str(56 * 56),
-            "--max-pixels", str(64 * 96),
-            "--no-progress"]
+    base = [
+        "--student",
+        s,
+        "--teacher",
+        t,
+        "--train-data",
+        str(data / "annotations.jsonl"),
+        "--max-steps",
+        "3",
+        "--per-device-train-batch-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--min-pixels",
+        str(56 * 56),
+        "--max-pixels",
+        str(64 * 96),
+        "--no-progress",
+    ]
     assert T.main([*base, "--output-dir", str(tmp_path / "some")]) == 0
     captured = capsys.readouterr()
     assert videos[0].name in captured.out + captured.err

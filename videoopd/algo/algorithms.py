@@ -1,5 +1,6 @@
 """The training algorithms and the defaults that depend only on which one runs: declared here,
 below the run (``videoopd.training.post_training``) and its memory plan, which both read them."""
+
 from __future__ import annotations
 
 __all__: list[str] = []  # nothing here is promised: docs/api.md

@@ -21,6 +21,7 @@ Pure functions of their arguments: randomness comes from a private
 ``numpy.random.Generator(PCG64(seed))``, so results depend on ``seed`` only and no global
 random state is read or changed.
 """
+
 from __future__ import annotations
 
 import math
@@ -119,8 +120,14 @@ def select(
     a wrong type) naming the offending argument and the value seen.
     """
     chosen = select_round(
-        teacher_iou, student_iou, selector=selector, k=k, teacher_iou_min=teacher_iou_min,
-        center=center, sigma=sigma, seed=seed,
+        teacher_iou,
+        student_iou,
+        selector=selector,
+        k=k,
+        teacher_iou_min=teacher_iou_min,
+        center=center,
+        sigma=sigma,
+        seed=seed,
     )
     return list(chosen.indices)
 

@@ -3,10 +3,11 @@
 An objective turns the collated micro-batches of an optimizer step into :class:`MicroBatch`es
 in two no-grad phases, ``rollout_step`` (the student generates: OPD, GRPO; nothing: SFT) and
 ``score_step`` (the frozen teacher scores the rollouts: OPD; rewards: GRPO; nothing: SFT), and
-says how the student's hidden states become a loss (``MicroBatch.loss_fn``, run by the loop inside the student's forward, where the full
-LM-head weight exists under every engine). Losses are *sums*, with ``units`` saying what
-they are normalised by (sequences or tokens): the loop divides by the units of the whole
-optimizer step over every process, so that 2 processes x batch b step exactly like
+says how the student's hidden states become a loss (``MicroBatch.loss_fn``, run by the loop
+inside the student's forward, where the full LM-head weight exists under every engine). Losses
+are *sums*, with ``units`` saying what they are normalised by (sequences or tokens): the loop
+divides by the units of the whole optimizer step over every process, so that 2 processes x
+batch b step exactly like
 1 process x batch 2b. Everything comes from base-model hidden states; no [tokens, vocab]
 logits are built. Position t's hidden state predicts token t + 1.
 
@@ -16,11 +17,13 @@ drawn with its record's own seed, so that what a prompt samples depends neither 
 nor on the other prompts; the teacher scores each call's rollouts in one forward. Each
 micro-batch then trains on its own rows, cut back to its own prompt and answer lengths.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -82,7 +85,7 @@ class MicroBatch:
     units: torch.Tensor | None
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     records: list[Any] = field(default_factory=list)
-    pending: "PendingScore | None" = None
+    pending: PendingScore | None = None
 
 
 @dataclass
@@ -131,8 +134,9 @@ def to_device(inputs: Any, device: torch.device | str) -> dict[str, Any]:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in dict(inputs).items()}
 
 
-def scoring_inputs(inputs: dict[str, Any], rollout: Rollout, device: torch.device | str, *,
-                   sampler: bool = False) -> dict[str, Any]:
+def scoring_inputs(
+    inputs: dict[str, Any], rollout: Rollout, device: torch.device | str, *, sampler: bool = False
+) -> dict[str, Any]:
     """Inputs of the scoring forward pass: prompt + answer ids, the vision tensors, on ``device``.
     ``sampler``: for the model that sampled the rollout (the student's training forward), whose
     vision tower output of the rollout (``rollout.student_vision``) stands in for the pixels."""
@@ -150,13 +154,26 @@ def scoring_inputs(inputs: dict[str, Any], rollout: Rollout, device: torch.devic
 def answer_slice(hidden: torch.Tensor, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(hidden [B, A, D] at positions P-1..L-2, target tokens [B, A], mask [B, A]) of a rollout."""
     p = rollout.prompt_length
-    return (hidden[:, p - 1:-1], rollout.sequences[:, p:].to(hidden.device),
-            rollout.answer_mask[:, p:].to(hidden.device))
+    return (
+        hidden[:, p - 1 : -1],
+        rollout.sequences[:, p:].to(hidden.device),
+        rollout.answer_mask[:, p:].to(hidden.device),
+    )
 
 
-def score_rollout(teacher: Any, teacher_wrapper: Any, inputs: dict[str, Any], rollout: Rollout, *, objective: str,
-                  temperature: float, vocab_size: int, device: torch.device | str, backend: str = "auto",
-                  teacher_head: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def score_rollout(
+    teacher: Any,
+    teacher_wrapper: Any,
+    inputs: dict[str, Any],
+    rollout: Rollout,
+    *,
+    objective: str,
+    temperature: float,
+    vocab_size: int,
+    device: torch.device | str,
+    backend: str = "auto",
+    teacher_head: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """The frozen teacher's view of a rollout, on ``device`` (the student's).
 
     "sampled": ``{"teacher_logprobs": [B, A]}``, the teacher's log-probs of the sampled
@@ -211,9 +228,18 @@ class TeacherScorer(Protocol):
 
     joins_calls: bool
 
-    def submit(self, inputs: dict[str, Any], rollout: Rollout, records: list[Any], *, objective: str,
-               temperature: float, vocab_size: int, device: torch.device | str,
-               backend: str = "auto") -> PendingScore: ...
+    def submit(
+        self,
+        inputs: dict[str, Any],
+        rollout: Rollout,
+        records: list[Any],
+        *,
+        objective: str,
+        temperature: float,
+        vocab_size: int,
+        device: torch.device | str,
+        backend: str = "auto",
+    ) -> PendingScore: ...
 
 
 class ScoredNow:
@@ -248,11 +274,30 @@ class ColocatedTeacher:
         self.model, self.wrapper = model, wrapper if wrapper is not None else model
         self.head: torch.Tensor | None = None
 
-    def submit(self, inputs: dict[str, Any], rollout: Rollout, records: list[Any], *, objective: str,
-               temperature: float, vocab_size: int, device: torch.device | str,
-               backend: str = "auto") -> ScoredNow:
-        view = score_rollout(self.model, self.wrapper, inputs, rollout, objective=objective, temperature=temperature,
-                             vocab_size=vocab_size, device=device, backend=backend, teacher_head=self.head)
+    def submit(
+        self,
+        inputs: dict[str, Any],
+        rollout: Rollout,
+        records: list[Any],
+        *,
+        objective: str,
+        temperature: float,
+        vocab_size: int,
+        device: torch.device | str,
+        backend: str = "auto",
+    ) -> ScoredNow:
+        view = score_rollout(
+            self.model,
+            self.wrapper,
+            inputs,
+            rollout,
+            objective=objective,
+            temperature=temperature,
+            vocab_size=vocab_size,
+            device=device,
+            backend=backend,
+            teacher_head=self.head,
+        )
         self.head = view.get("teacher_head", self.head)
         return ScoredNow(view)
 
@@ -261,7 +306,7 @@ class RowsOfScore:
     """One micro-batch's part of the :class:`PendingScore` of its generate call
     (:meth:`RolledBatch.teacher_rows`); the call's bytes and time count once, on its first rows."""
 
-    def __init__(self, call_score: PendingScore, rolled: "RolledBatch"):
+    def __init__(self, call_score: PendingScore, rolled: RolledBatch):
         self.call_score, self.rolled = call_score, rolled
         self.first = rolled.rows.start == 0
 
@@ -278,9 +323,18 @@ class RowsOfScore:
         return self.call_score.busy_s() if self.first else 0.0
 
 
-def sample_rollouts(ctx: GenerationContext, batches: list[dict[str, Any]], processor: Any, *, seed: int,
-                    num_generations: int, temperature: float, top_p: float, max_new_tokens: int,
-                    reuse_vision: bool = True) -> list[RolledBatch]:
+def sample_rollouts(
+    ctx: GenerationContext,
+    batches: list[dict[str, Any]],
+    processor: Any,
+    *,
+    seed: int,
+    num_generations: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    reuse_vision: bool = True,
+) -> list[RolledBatch]:
     """The collated ``batches``' rollouts from ONE ``generate`` call over all their rows, one
     answer per row, each batch's cut back from the joint one (:func:`split_rollout`). With
     ``num_generations`` > 1 the rows are groups of copies of a prompt
@@ -294,8 +348,10 @@ def sample_rollouts(ctx: GenerationContext, batches: list[dict[str, Any]], proce
         records = batch["records"]
         if num_generations > 1:
             if len(records) % num_generations:
-                raise ValueError(f"with num_generations={num_generations} a batch holds groups of copies of a prompt "
-                                 f"(GroupedCollator), got {len(records)} rows")
+                raise ValueError(
+                    f"with num_generations={num_generations} a batch holds groups of copies of a prompt "
+                    f"(GroupedCollator), got {len(records)} rows"
+                )
             seeds += group_rollout_seeds(seed, ctx.step, records)
         else:
             seeds += [rollout_seed(seed, ctx.step, record.id) for record in records]
@@ -303,16 +359,28 @@ def sample_rollouts(ctx: GenerationContext, batches: list[dict[str, Any]], proce
         encoded.append(encode_vision(ctx.model, inputs[-1]) if reuse_vision else None)
     pad = getattr(processor, "tokenizer", processor).pad_token_id
     joint = concat_model_inputs([with_encoded_vision(i, e) for i, e in zip(inputs, encoded)], pad)
-    rollout = generate(ctx.model, processor, joint, seeds=seeds, temperature=temperature, top_p=top_p,
-                       max_new_tokens=max_new_tokens, synced_gpus=ctx.synced_gpus, gather_weights=ctx.gather_weights)
+    rollout = generate(
+        ctx.model,
+        processor,
+        joint,
+        seeds=seeds,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        synced_gpus=ctx.synced_gpus,
+        gather_weights=ctx.gather_weights,
+    )
     rows = [i["input_ids"].shape[0] for i in inputs]
     parts = [rollout] if len(batches) == 1 else split_rollout(rollout, [i["input_ids"].shape[1] for i in inputs], rows)
     call = RolloutCall(inputs=inputs, rollout=rollout, records=[r for b in batches for r in b["records"]])
     out, start = [], 0
     for batch, batch_inputs, batch_encoded, part, count in zip(batches, inputs, encoded, parts, rows):
         part.student_vision = batch_encoded
-        out.append(RolledBatch(inputs=batch_inputs, rollout=part, records=batch["records"], call=call,
-                               rows=slice(start, start + count)))
+        out.append(
+            RolledBatch(
+                inputs=batch_inputs, rollout=part, records=batch["records"], call=call, rows=slice(start, start + count)
+            )
+        )
         start += count
     return out
 
@@ -351,8 +419,11 @@ def check_reduction(reduction: str, stacklevel: int = 3) -> str:
     warns (DeprecationWarning) and maps to its new one; else a ValueError."""
     if reduction in DEPRECATED_REDUCTIONS:
         new = DEPRECATED_REDUCTIONS[reduction]
-        warnings.warn(f"reduction {reduction!r} is deprecated; use {new!r}, which means the same",
-                      DeprecationWarning, stacklevel=stacklevel)
+        warnings.warn(
+            f"reduction {reduction!r} is deprecated; use {new!r}, which means the same",
+            DeprecationWarning,
+            stacklevel=stacklevel,
+        )
         return new
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -366,14 +437,28 @@ class SampledObjective:
     ``reduction``. ``vocab_size``: the student's head rows a scoring model's log-probs are
     taken over (None: the student's head's)."""
 
-    def __init__(self, processor: Any, *, reduction: str, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto",
-                 num_generations: int = 1, reuse_vision: bool = True, rollout_batch_size: int = 0):
+    def __init__(
+        self,
+        processor: Any,
+        *,
+        reduction: str,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        seed: int = 0,
+        vocab_size: int | None = None,
+        backend: str = "auto",
+        num_generations: int = 1,
+        reuse_vision: bool = True,
+        rollout_batch_size: int = 0,
+    ):
         reduction = check_reduction(reduction)
         if num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {num_generations!r}")
         if rollout_batch_size < 0:
-            raise ValueError(f"rollout_batch_size must be >= 0 (0: all of a step's rollouts), got {rollout_batch_size!r}")
+            raise ValueError(
+                f"rollout_batch_size must be >= 0 (0: all of a step's rollouts), got {rollout_batch_size!r}"
+            )
         self.processor, self.reduction, self.vocab_size, self.backend = processor, reduction, vocab_size, backend
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.seed, self.num_generations, self.reuse_vision = seed, num_generations, reuse_vision
@@ -382,17 +467,35 @@ class SampledObjective:
     def rollout_step(self, ctx: GenerationContext, batches: list[dict[str, Any]]) -> list[RolledBatch]:
         """The step's micro-batches' rollouts, generated in calls of at most
         ``rollout_batch_size`` rollouts (0: one call)."""
-        return [rolled for call in rollout_calls(batches, self.rollout_batch_size)
-                for rolled in sample_rollouts(ctx, call, self.processor, seed=self.seed,
-                                              num_generations=self.num_generations, temperature=self.temperature,
-                                              top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                                              reuse_vision=self.reuse_vision)]
+        return [
+            rolled
+            for call in rollout_calls(batches, self.rollout_batch_size)
+            for rolled in sample_rollouts(
+                ctx,
+                call,
+                self.processor,
+                seed=self.seed,
+                num_generations=self.num_generations,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                max_new_tokens=self.max_new_tokens,
+                reuse_vision=self.reuse_vision,
+            )
+        ]
 
     def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> RolledBatch:
         """One micro-batch's rollout, generated alone."""
-        return sample_rollouts(ctx, [batch], self.processor, seed=self.seed, num_generations=self.num_generations,
-                               temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                               reuse_vision=self.reuse_vision)[0]
+        return sample_rollouts(
+            ctx,
+            [batch],
+            self.processor,
+            seed=self.seed,
+            num_generations=self.num_generations,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            reuse_vision=self.reuse_vision,
+        )[0]
 
     def score_step(self, ctx: GenerationContext, rolled: list[RolledBatch]) -> list[MicroBatch]:
         return [self.score(ctx, r) for r in rolled]
@@ -404,7 +507,7 @@ class SampledObjective:
     def units(self, ctx: GenerationContext, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(answer tokens, sequences, the units per ``reduction``) of a rollout, 0-dim float64
         tensors on the device (units None for "sum")."""
-        answer_mask = rollout.answer_mask[:, rollout.prompt_length:].to(ctx.device)
+        answer_mask = rollout.answer_mask[:, rollout.prompt_length :].to(ctx.device)
         tokens = answer_mask.sum().double()
         sequences = torch.tensor(float(answer_mask.shape[0]), dtype=torch.float64, device=ctx.device)
         return tokens, sequences, {"sequence_sum": sequences, "mean": tokens, "sum": None}[self.reduction]
@@ -432,17 +535,40 @@ class DistillationObjective(SampledObjective):
 
     name = "opd"
 
-    def __init__(self, teacher: Any, processor: Any, *, teacher_wrapper: Any = None, objective: str = "sampled",
-                 reduction: str = "sequence_sum", temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 64, seed: int = 0, vocab_size: int | None = None, backend: str = "auto",
-                 num_generations: int = 1, advantage_clip: float | None = None, reuse_vision: bool = True,
-                 rollout_batch_size: int = 0):
+    def __init__(
+        self,
+        teacher: Any,
+        processor: Any,
+        *,
+        teacher_wrapper: Any = None,
+        objective: str = "sampled",
+        reduction: str = "sequence_sum",
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        seed: int = 0,
+        vocab_size: int | None = None,
+        backend: str = "auto",
+        num_generations: int = 1,
+        advantage_clip: float | None = None,
+        reuse_vision: bool = True,
+        rollout_batch_size: int = 0,
+    ):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        super().__init__(processor, reduction=reduction, temperature=temperature, top_p=top_p,
-                         max_new_tokens=max_new_tokens, seed=seed, vocab_size=vocab_size, backend=backend,
-                         num_generations=num_generations, reuse_vision=reuse_vision,
-                         rollout_batch_size=rollout_batch_size)
+        super().__init__(
+            processor,
+            reduction=reduction,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            vocab_size=vocab_size,
+            backend=backend,
+            num_generations=num_generations,
+            reuse_vision=reuse_vision,
+            rollout_batch_size=rollout_batch_size,
+        )
         # a model in this process, or anything that scores like one (a TeacherScorer: the service)
         self.teacher = teacher if hasattr(teacher, "submit") else ColocatedTeacher(teacher, teacher_wrapper)
         self.objective = objective
@@ -459,8 +585,9 @@ class DistillationObjective(SampledObjective):
         out = []
         for r in rolled:
             if id(r.call) not in calls:
-                calls[id(r.call)] = self.submit(ctx, concat_model_inputs(r.call.inputs, pad), r.call.rollout,
-                                                r.call.records)
+                calls[id(r.call)] = self.submit(
+                    ctx, concat_model_inputs(r.call.inputs, pad), r.call.rollout, r.call.records
+                )
             out.append(self.micro_batch(ctx, r, RowsOfScore(calls[id(r.call)], r)))
         return out
 
@@ -468,11 +595,19 @@ class DistillationObjective(SampledObjective):
         """One micro-batch, scored with the rest of its generate call."""
         return self.score_step(ctx, [rolled])[0]
 
-    def submit(self, ctx: GenerationContext, inputs: dict[str, Any], rollout: Rollout,
-               records: list[Any]) -> PendingScore:
-        return self.teacher.submit(inputs, rollout, list(records), objective=self.objective,
-                                   temperature=self.temperature, vocab_size=self.vocab(ctx), device=ctx.device,
-                                   backend=self.backend)
+    def submit(
+        self, ctx: GenerationContext, inputs: dict[str, Any], rollout: Rollout, records: list[Any]
+    ) -> PendingScore:
+        return self.teacher.submit(
+            inputs,
+            rollout,
+            list(records),
+            objective=self.objective,
+            temperature=self.temperature,
+            vocab_size=self.vocab(ctx),
+            device=ctx.device,
+            backend=self.backend,
+        )
 
     def micro_batch(self, ctx: GenerationContext, rolled: RolledBatch, pending: PendingScore) -> MicroBatch:
         inputs, rollout, records = rolled.inputs, rolled.rollout, rolled.records
@@ -482,15 +617,19 @@ class DistillationObjective(SampledObjective):
             student_inputs=scoring_inputs(inputs, rollout, ctx.device, sampler=True),
             loss_fn=lambda hidden, weight: self.loss(hidden, weight, rollout, pending.result()),
             units=units,
-            sums={"answer_tokens": tokens, "sequences": sequences,
-                  "context_tokens": rollout.attention_mask.sum().double().to(ctx.device),
-                  "parsed_answers": torch.tensor(float(parsed), dtype=torch.float64, device=ctx.device)},
+            sums={
+                "answer_tokens": tokens,
+                "sequences": sequences,
+                "context_tokens": rollout.attention_mask.sum().double().to(ctx.device),
+                "parsed_answers": torch.tensor(float(parsed), dtype=torch.float64, device=ctx.device),
+            },
             records=list(records),
             pending=pending,
         )
 
-    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, rollout: Rollout,
-             teacher_view: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, hidden: torch.Tensor, weight: torch.Tensor, rollout: Rollout, teacher_view: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss summed over this micro-batch's answer tokens, {"reverse_kl_sum": ...})."""
         h, tokens, mask = answer_slice(hidden, rollout)
         if self.objective == "sampled":
@@ -506,10 +645,20 @@ class DistillationObjective(SampledObjective):
                     lp = token_logprobs(h, weight, tokens, temperature=self.temperature, backend=self.backend)
                 baseline = group_mean_baseline(teacher_lp - lp, mask, self.num_generations)
             # sampled_reverse_kl_loss on token_logprobs, in one pass: the ratio is not clipped
-            loss, m = fused_policy_gradient_loss(h, weight, tokens, mask, teacher_logprobs=teacher_lp,
-                                                 old_logprobs=old, baseline=baseline, clip_eps=None,
-                                                 advantage_clip=self.advantage_clip, temperature=self.temperature,
-                                                 reduction="sum", backend=self.backend)
+            loss, m = fused_policy_gradient_loss(
+                h,
+                weight,
+                tokens,
+                mask,
+                teacher_logprobs=teacher_lp,
+                old_logprobs=old,
+                baseline=baseline,
+                clip_eps=None,
+                advantage_clip=self.advantage_clip,
+                temperature=self.temperature,
+                reduction="sum",
+                backend=self.backend,
+            )
             sums = {"reverse_kl_sum": (m["reverse_kl"] * m["tokens"]).double()}
             for name in ("importance_ratio", "advantage_clipped_fraction"):
                 if name in m:
@@ -517,16 +666,21 @@ class DistillationObjective(SampledObjective):
             return loss, sums
         h_t = teacher_view["teacher_hidden"].to(dtype=h.dtype)
         w_t = teacher_view["teacher_head"].to(dtype=h.dtype)
-        loss = fused_reverse_kl(h, weight, h_t, w_t, mask=mask, temperature=self.temperature, reduction="sum",
-                                backend=self.backend)
+        loss = fused_reverse_kl(
+            h, weight, h_t, w_t, mask=mask, temperature=self.temperature, reduction="sum", backend=self.backend
+        )
         return loss, {"reverse_kl_sum": loss.detach().double()}
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         tokens = sums.get("answer_tokens", 0.0)
         sequences = max(1.0, sums.get("sequences", 0.0))
-        out = {"reverse_kl": sums.get("reverse_kl_sum", 0.0) / max(1.0, tokens), "answer_tokens": int(tokens),
-               "mean_answer_len": tokens / sequences, "parsed_rate": sums.get("parsed_answers", 0.0) / sequences,
-               "rollouts": int(sums.get("sequences", 0.0))}
+        out = {
+            "reverse_kl": sums.get("reverse_kl_sum", 0.0) / max(1.0, tokens),
+            "answer_tokens": int(tokens),
+            "mean_answer_len": tokens / sequences,
+            "parsed_rate": sums.get("parsed_answers", 0.0) / sequences,
+            "rollouts": int(sums.get("sequences", 0.0)),
+        }
         for name in ("importance_ratio", "advantage_clipped_fraction"):
             if f"{name}_sum" in sums:
                 out[name] = sums[f"{name}_sum"] / max(1.0, tokens)
@@ -560,14 +714,17 @@ class SupervisedObjective:
             student_inputs=dict(inputs),
             loss_fn=lambda hidden, weight: self.loss(hidden, weight, inputs["input_ids"], answer_mask),
             units=tokens,
-            sums={"answer_tokens": tokens, "sequences": torch.tensor(float(answer_mask.shape[0]), device=ctx.device,
-                                                                     dtype=torch.float64),
-                  "context_tokens": inputs["attention_mask"].sum().double()},
+            sums={
+                "answer_tokens": tokens,
+                "sequences": torch.tensor(float(answer_mask.shape[0]), device=ctx.device, dtype=torch.float64),
+                "context_tokens": inputs["attention_mask"].sum().double(),
+            },
             records=list(batch["records"]),
         )
 
-    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.Tensor,
-             answer_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(NLL summed over the answer tokens, {}). Only the hidden states that predict answer
         tokens enter ``token_logprobs``."""
         predicts = answer_mask[:, 1:]

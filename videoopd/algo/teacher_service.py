@@ -17,6 +17,7 @@ re-sends its pending micro-batches (``max_task_retries``); a replica that keeps 
 answers nothing within ``timeout_s``, raises :class:`TeacherServiceError` in every training
 process that waits on it.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,9 @@ def pack_view(view: dict[str, torch.Tensor], answer: torch.Tensor) -> dict[str, 
     return {"logprobs": view["teacher_logprobs"][answer.to(view["teacher_logprobs"].device)].cpu().contiguous()}
 
 
-def unpack_view(packed: dict[str, torch.Tensor], answer: torch.Tensor, device: torch.device | str,
-                head: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def unpack_view(
+    packed: dict[str, torch.Tensor], answer: torch.Tensor, device: torch.device | str, head: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """:func:`pack_view`'s inverse on ``device``: [B, A(, D_t)] with zeros off the answer
     tokens (the losses never read them); "full" adds ``head`` as ``teacher_head``. Other
     entries of ``packed`` (a replica's ``busy_s``) are left out."""
@@ -78,8 +80,12 @@ def unpack_view(packed: dict[str, torch.Tensor], answer: torch.Tensor, device: t
 
 def rollout_fields(rollout: Rollout) -> dict[str, Any]:
     """What a replica needs of a rollout (ids and masks, on the CPU): it rebuilds the rest."""
-    return {"sequences": rollout.sequences.cpu(), "attention_mask": rollout.attention_mask.cpu(),
-            "answer_mask": rollout.answer_mask.cpu(), "prompt_length": int(rollout.prompt_length)}
+    return {
+        "sequences": rollout.sequences.cpu(),
+        "attention_mask": rollout.attention_mask.cpu(),
+        "answer_mask": rollout.answer_mask.cpu(),
+        "prompt_length": int(rollout.prompt_length),
+    }
 
 
 class TeacherReplica:
@@ -89,16 +95,26 @@ class TeacherReplica:
     None picks CUDA when Ray gave the actor a GPU, else the CPU. ``delay_s``: seconds slept
     after each score, to make a tiny teacher as slow as a real one (measurements, tests)."""
 
-    def __init__(self, path: str, *, decode_config: DecodeConfig, prompt_style: str = "paper", dtype: str = "auto",
-                 attn_implementation: str | None = None, device: str | None = None, delay_s: float = 0.0):
+    def __init__(
+        self,
+        path: str,
+        *,
+        decode_config: DecodeConfig,
+        prompt_style: str = "paper",
+        dtype: str = "auto",
+        attn_implementation: str | None = None,
+        device: str | None = None,
+        delay_s: float = 0.0,
+    ):
         if not isinstance(decode_config, DecodeConfig):
             raise TypeError(f"decode_config must be a DecodeConfig, got {type(decode_config).__name__}")
         if delay_s < 0:
             raise ValueError(f"delay_s must be >= 0, got {delay_s!r}")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.processor = load_processor(path)
-        self.model = load_policy(path, device=self.device, trainable=False, dtype=dtype,
-                                 attn_implementation=attn_implementation)
+        self.model = load_policy(
+            path, device=self.device, trainable=False, dtype=dtype, attn_implementation=attn_implementation
+        )
         self.collator = GroundingCollator(self.processor, prompt_style=prompt_style)
         self.decode_config, self.delay_s, self.path = decode_config, delay_s, str(path)
         self.scored = 0  # micro-batches scored by this process
@@ -129,27 +145,53 @@ class TeacherReplica:
         batch = self.collator([dataset[i] for i in range(len(records))])
         if batch["failed"]:
             where = socket.gethostname()
-            raise ValueError(f"teacher replica on {where} cannot read the video of "
-                             + "; ".join(f"record {r.id} ({r.video}): {error}" for r, error in batch["failed"]))
+            raise ValueError(
+                f"teacher replica on {where} cannot read the video of "
+                + "; ".join(f"record {r.id} ({r.video}): {error}" for r, error in batch["failed"])
+            )
         inputs = dict(batch["inputs"])
         if not torch.equal(inputs["input_ids"], prompt_ids):
-            raise ValueError(f"the teacher's processor turns the prompts of records {[r.id for r in records]} into "
-                             f"other tokens ({tuple(inputs['input_ids'].shape)}) than the student's "
-                             f"({tuple(prompt_ids.shape)}): the teacher's processor must sample and size frames as "
-                             "the student's does")
+            raise ValueError(
+                f"the teacher's processor turns the prompts of records {[r.id for r in records]} into "
+                f"other tokens ({tuple(inputs['input_ids'].shape)}) than the student's "
+                f"({tuple(prompt_ids.shape)}): the teacher's processor must sample and size frames as "
+                "the student's does"
+            )
         return inputs
 
-    def score(self, records: list[Any], fields: dict[str, Any], *, objective: str, temperature: float,
-              vocab_size: int, backend: str = "auto") -> dict[str, torch.Tensor]:
+    def score(
+        self,
+        records: list[Any],
+        fields: dict[str, Any],
+        *,
+        objective: str,
+        temperature: float,
+        vocab_size: int,
+        backend: str = "auto",
+    ) -> dict[str, torch.Tensor]:
         """:func:`pack_view` of the teacher's score of one micro-batch (``fields``: its
         :func:`rollout_fields`)."""
         start = time.perf_counter()
         p = fields["prompt_length"]
-        rollout = Rollout(sequences=fields["sequences"], attention_mask=fields["attention_mask"],
-                          answer_mask=fields["answer_mask"], prompt_length=p, answers=[])
+        rollout = Rollout(
+            sequences=fields["sequences"],
+            attention_mask=fields["attention_mask"],
+            answer_mask=fields["answer_mask"],
+            prompt_length=p,
+            answers=[],
+        )
         inputs = self.inputs(records, fields["sequences"][:, :p])
-        view = score_rollout(self.model, self.model, inputs, rollout, objective=objective, temperature=temperature,
-                             vocab_size=vocab_size, device=self.device, backend=backend)
+        view = score_rollout(
+            self.model,
+            self.model,
+            inputs,
+            rollout,
+            objective=objective,
+            temperature=temperature,
+            vocab_size=vocab_size,
+            device=self.device,
+            backend=backend,
+        )
         if self.delay_s:
             time.sleep(self.delay_s)
         self.scored += 1
@@ -160,8 +202,9 @@ class TeacherReplica:
 class ServiceScore:
     """A micro-batch being scored by a replica (a :class:`videoopd.algo.objectives.PendingScore`)."""
 
-    def __init__(self, service: "TeacherService", ref: Any, replica: int, answer: torch.Tensor,
-                 device: torch.device | str):
+    def __init__(
+        self, service: TeacherService, ref: Any, replica: int, answer: torch.Tensor, device: torch.device | str
+    ):
         self.service, self.ref, self.replica, self.answer, self.device = service, ref, replica, answer, device
         self.packed: dict[str, torch.Tensor] | None = None
 
@@ -199,17 +242,31 @@ class TeacherService:
     ``decode_config``, ``prompt_style``, ``dtype``, ``attn_implementation``, ``delay_s``: each
     replica's (:class:`TeacherReplica`)."""
 
-    def __init__(self, path: str, *, decode_config: DecodeConfig, prompt_style: str = "paper", replicas: int = 1,
-                 address: str | None = None, cpus_per_replica: float = 1.0, gpus_per_replica: float = 0.0,
-                 dtype: str = "auto", attn_implementation: str | None = None, max_restarts: int = 2,
-                 timeout_s: float = 600.0, name: str = "videoopd-teacher", delay_s: float = 0.0):
+    def __init__(
+        self,
+        path: str,
+        *,
+        decode_config: DecodeConfig,
+        prompt_style: str = "paper",
+        replicas: int = 1,
+        address: str | None = None,
+        cpus_per_replica: float = 1.0,
+        gpus_per_replica: float = 0.0,
+        dtype: str = "auto",
+        attn_implementation: str | None = None,
+        max_restarts: int = 2,
+        timeout_s: float = 600.0,
+        name: str = "videoopd-teacher",
+        delay_s: float = 0.0,
+    ):
         import ray
 
         if not isinstance(replicas, int) or replicas < 1:
             raise ValueError(f"replicas must be an int >= 1, got {replicas!r}")
         if cpus_per_replica < 0 or gpus_per_replica < 0:
-            raise ValueError(f"cpus_per_replica and gpus_per_replica must be >= 0, got {cpus_per_replica!r} and "
-                             f"{gpus_per_replica!r}")
+            raise ValueError(
+                f"cpus_per_replica and gpus_per_replica must be >= 0, got {cpus_per_replica!r} and {gpus_per_replica!r}"
+            )
         if max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {max_restarts!r}")
         if timeout_s <= 0:
@@ -219,13 +276,25 @@ class TeacherService:
         actor = ray.remote(TeacherReplica)
         self.path, self.timeout_s = str(path), timeout_s
         self.replicas = [
-            actor.options(name=f"{name}-{i}", namespace=SERVICE_NAMESPACE, get_if_exists=True,
-                          num_cpus=cpus_per_replica, num_gpus=gpus_per_replica, max_restarts=max_restarts,
-                          # re-send a dead replica's pending micro-batches while it may be restarted
-                          max_task_retries=-1 if max_restarts else 0, max_concurrency=1)
-            .remote(self.path, decode_config=decode_config, prompt_style=prompt_style, dtype=dtype,
-                    attn_implementation=attn_implementation, device="cuda" if gpus_per_replica > 0 else "cpu",
-                    delay_s=delay_s)
+            actor.options(
+                name=f"{name}-{i}",
+                namespace=SERVICE_NAMESPACE,
+                get_if_exists=True,
+                num_cpus=cpus_per_replica,
+                num_gpus=gpus_per_replica,
+                max_restarts=max_restarts,
+                # re-send a dead replica's pending micro-batches while it may be restarted
+                max_task_retries=-1 if max_restarts else 0,
+                max_concurrency=1,
+            ).remote(
+                self.path,
+                decode_config=decode_config,
+                prompt_style=prompt_style,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                device="cuda" if gpus_per_replica > 0 else "cpu",
+                delay_s=delay_s,
+            )
             for i in range(replicas)
         ]
         self.next_replica = 0
@@ -235,8 +304,10 @@ class TeacherService:
         for i, replica in enumerate(self.replicas):
             found = self.fetch(replica.checkpoint.remote(), i)
             if found != self.path:
-                raise ValueError(f"teacher replica {name}-{i} on this Ray cluster serves {found}, not {self.path}: "
-                                 "stop it or give the service another name")
+                raise ValueError(
+                    f"teacher replica {name}-{i} on this Ray cluster serves {found}, not {self.path}: "
+                    "stop it or give the service another name"
+                )
 
     def fetch(self, ref: Any, replica: int = 0) -> Any:
         """``ray.get(ref)`` within ``timeout_s``; a replica's failure as :class:`TeacherServiceError`
@@ -247,16 +318,18 @@ class TeacherService:
         try:
             return ray.get(ref, timeout=self.timeout_s)
         except GetTimeoutError:
-            raise TeacherServiceError(f"teacher replica {replica} ({self.path}) sent no score within "
-                                      f"{self.timeout_s:g} s") from None
+            raise TeacherServiceError(
+                f"teacher replica {replica} ({self.path}) sent no score within {self.timeout_s:g} s"
+            ) from None
         except RayTaskError as exc:
             cause = exc.as_instanceof_cause()
             if isinstance(cause, ValueError):
                 raise ValueError(f"teacher replica {replica}: {exc.cause}") from None
             raise TeacherServiceError(f"teacher replica {replica} ({self.path}) failed: {exc}") from None
         except RayActorError as exc:
-            raise TeacherServiceError(f"teacher replica {replica} ({self.path}) is dead after its restarts: "
-                                      f"{exc}") from None
+            raise TeacherServiceError(
+                f"teacher replica {replica} ({self.path}) is dead after its restarts: {exc}"
+            ) from None
 
     def facts(self) -> dict[str, Any]:
         """The teacher's :func:`videoopd.qwen.models.pair_facts` (from replica 0)."""
@@ -286,13 +359,28 @@ class TeacherService:
         """The replicas' process ids (fault tests)."""
         return [self.fetch(r.pid.remote(), i) for i, r in enumerate(self.replicas)]
 
-    def submit(self, inputs: dict[str, Any], rollout: Rollout, records: list[Any], *, objective: str,
-               temperature: float, vocab_size: int, device: torch.device | str,
-               backend: str = "auto") -> ServiceScore:
+    def submit(
+        self,
+        inputs: dict[str, Any],
+        rollout: Rollout,
+        records: list[Any],
+        *,
+        objective: str,
+        temperature: float,
+        vocab_size: int,
+        device: torch.device | str,
+        backend: str = "auto",
+    ) -> ServiceScore:
         """Send a micro-batch to the next replica (round robin); returns at once. ``inputs`` is
         not sent: the replica builds its own from ``records``."""
         index = self.next_replica % len(self.replicas)
         self.next_replica += 1
-        ref = self.replicas[index].score.remote(list(records), rollout_fields(rollout), objective=objective,
-                                                temperature=temperature, vocab_size=vocab_size, backend=backend)
+        ref = self.replicas[index].score.remote(
+            list(records),
+            rollout_fields(rollout),
+            objective=objective,
+            temperature=temperature,
+            vocab_size=vocab_size,
+            backend=backend,
+        )
         return ServiceScore(self, ref, index, answer_positions(rollout.answer_mask, rollout.prompt_length), device)

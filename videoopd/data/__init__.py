@@ -1,4 +1,5 @@
 """Grounding data: annotation loaders, video decoding, datasets of decoded videos, synthetic videos."""
+
 from videoopd.data.annotations import (
     AnnotationError,
     DataIssue,

@@ -4,11 +4,13 @@
 decoded items of a small data set in memory. The collators that turn the items into model
 inputs are the model family's: :mod:`videoopd.qwen.collators`.
 """
+
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -8,14 +8,15 @@ satisfies start <= t < end, with start and end on the source frame grid. Everyth
 (spans, shapes, colours, positions, background) is drawn from ``random.Random(seed)``,
 so a seed reproduces the same annotations and the same frames.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -25,18 +25,19 @@ processor in DataLoader workers.
 
 decord decodes when it is installed; PyAV otherwise (``backend=`` forces either).
 """
+
 from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 
 __all__ = ["DecodeConfig", "DecodedVideo", "VideoDecodeError", "VideoInfo", "decode_video", "probe_video"]
 
@@ -140,16 +141,21 @@ class DecodeConfig:
         return self.total_pixels if self.total_pixels is not None else int(128000 * 0.9 * self.factor**2)
 
     @classmethod
-    def for_run(cls, processor: Any, options: Any) -> "DecodeConfig":
+    def for_run(cls, processor: Any, options: Any) -> DecodeConfig:
         """:meth:`for_processor` with a run's frame options (``options.fps``, ``max_frames``,
         ``min_pixels``, ``max_pixels``, ``total_pixels``; None: what the processor records, else
         the defaults)."""
-        return cls.for_processor(processor, fps=options.fps, max_frames=options.max_frames,
-                                 min_pixels=options.min_pixels, max_pixels=options.max_pixels,
-                                 total_pixels=options.total_pixels)
+        return cls.for_processor(
+            processor,
+            fps=options.fps,
+            max_frames=options.max_frames,
+            min_pixels=options.min_pixels,
+            max_pixels=options.max_pixels,
+            total_pixels=options.total_pixels,
+        )
 
     @classmethod
-    def for_processor(cls, processor: Any, **overrides: Any) -> "DecodeConfig":
+    def for_processor(cls, processor: Any, **overrides: Any) -> DecodeConfig:
         """The config matching ``processor``'s video patching (factor and temporal patch size).
 
         Settings left out of ``overrides`` or given as None take the values the processor's
@@ -165,8 +171,11 @@ class DecodeConfig:
                 f"processor must be a Qwen-VL processor or video processor, got {type(processor).__name__}"
             ) from exc
         recorded = getattr(video_processor, PREPROCESSING_RECORD, None)
-        settings = {name: value for name, value in (recorded if isinstance(recorded, dict) else {}).items()
-                    if name in RECORDED_SETTINGS and value is not None}
+        settings = {
+            name: value
+            for name, value in (recorded if isinstance(recorded, dict) else {}).items()
+            if name in RECORDED_SETTINGS and value is not None
+        }
         settings.update({name: value for name, value in overrides.items() if value is not None})
         return cls(**{"factor": factor, "temporal_patch_size": temporal_patch_size, **settings})
 
@@ -212,9 +221,7 @@ def sample_frame_indices(
     wanted = window_frames / source_fps * config.fps
     count = _round_down(min(max(wanted, min_frames), max_frames, window_frames), factor)
     if count < factor:
-        raise ValueError(
-            f"the window has {window_frames} frame(s); at least temporal_patch_size={factor} are needed"
-        )
+        raise ValueError(f"the window has {window_frames} frame(s); at least temporal_patch_size={factor} are needed")
     indices = np.linspace(first, last, count).round().astype(int).tolist()
     return indices, window_frames
 
@@ -469,7 +476,5 @@ def _resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     (what torchvision's resize does for qwen-vl-utils)."""
     if frames.shape[-2:] == (height, width):
         return frames.contiguous()
-    resized = F.interpolate(
-        frames.float(), size=(height, width), mode="bicubic", align_corners=False, antialias=True
-    )
+    resized = F.interpolate(frames.float(), size=(height, width), mode="bicubic", align_corners=False, antialias=True)
     return resized.round_().clamp_(0, 255).to(torch.uint8)

@@ -34,12 +34,14 @@ The best stage-2 checkpoint ships in ``videoopd/demo/assets/demo_teacher`` with
 ``STUDENT_GAP`` mIoU points below the teacher (same model, less trained: one that does not yet
 read the query).
 """
+
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from videoopd.training.checkpoint import MODEL_FOLDER, complete_checkpoints
 
@@ -57,11 +59,40 @@ STUDENT_DIR = ASSETS / "demo_student"
 
 # Stage 1: the SFT command line (less data paths and output), from scratch.
 SFT_RECIPE: list[str] = [
-    "--init-tiny", "qwen3_vl", "--tiny-hidden-size", "128", "--tiny-layers", "4",
-    "--tiny-vision-hidden-size", "64", "--tiny-vision-depth", "2", "--train-vision", "false",
-    "--learning-rate", "1e-3", "--warmup-steps", "200", "--weight-decay", "0.01", "--per-device-train-batch-size", "16",
-    "--max-steps", "6000", "--eval-steps", "500", "--save-steps", "500", "--cache-videos", "true",
-    "--fps", "2", "--min-pixels", str(DEMO_PIXELS), "--max-pixels", str(DEMO_PIXELS),
+    "--init-tiny",
+    "qwen3_vl",
+    "--tiny-hidden-size",
+    "128",
+    "--tiny-layers",
+    "4",
+    "--tiny-vision-hidden-size",
+    "64",
+    "--tiny-vision-depth",
+    "2",
+    "--train-vision",
+    "false",
+    "--learning-rate",
+    "1e-3",
+    "--warmup-steps",
+    "200",
+    "--weight-decay",
+    "0.01",
+    "--per-device-train-batch-size",
+    "16",
+    "--max-steps",
+    "6000",
+    "--eval-steps",
+    "500",
+    "--save-steps",
+    "500",
+    "--cache-videos",
+    "true",
+    "--fps",
+    "2",
+    "--min-pixels",
+    str(DEMO_PIXELS),
+    "--max-pixels",
+    str(DEMO_PIXELS),
 ]
 # name: (videos, seed); the part's name says its events per video (EVENTS)
 TRAIN_VIDEOS = {"two_events": (3000, 1), "one_event": (3000, 3)}
@@ -69,10 +100,34 @@ HELDOUT = (128, 5)  # 128 one-event videos (128 held-out queries), seed 5
 # Stage 2: from stage 1's best (--model is added), on the same videos with half of the
 # one-event ones left out (a seed's first N videos are the same for any count).
 QUERY_RECIPE: list[str] = [
-    "--train-vision", "false", "--learning-rate", "5e-4", "--warmup-steps", "100", "--lr-scheduler-type", "cosine",
-    "--min-lr-ratio", "0.2", "--weight-decay", "0.01", "--per-device-train-batch-size", "16", "--max-steps", "4000",
-    "--eval-steps", "250", "--save-steps", "250", "--cache-videos", "true",
-    "--fps", "2", "--min-pixels", str(DEMO_PIXELS), "--max-pixels", str(DEMO_PIXELS),
+    "--train-vision",
+    "false",
+    "--learning-rate",
+    "5e-4",
+    "--warmup-steps",
+    "100",
+    "--lr-scheduler-type",
+    "cosine",
+    "--min-lr-ratio",
+    "0.2",
+    "--weight-decay",
+    "0.01",
+    "--per-device-train-batch-size",
+    "16",
+    "--max-steps",
+    "4000",
+    "--eval-steps",
+    "250",
+    "--save-steps",
+    "250",
+    "--cache-videos",
+    "true",
+    "--fps",
+    "2",
+    "--min-pixels",
+    str(DEMO_PIXELS),
+    "--max-pixels",
+    str(DEMO_PIXELS),
 ]
 QUERY_VIDEOS = {"two_events": (3000, 1), "one_event": (1500, 3)}
 QUERY_HELDOUT = (64, 7)  # 64 two-event videos (128 held-out queries), seed 7
@@ -94,11 +149,16 @@ def load_demo_checkpoint(path: str | Path, *, trainable: bool, cfg: Any = None) 
 
     path = Path(path)
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the demo checkpoint is missing from {path}; regenerate it with "
-                                "`python -m videoopd.demo_teacher`")
-    model = load_policy(path, trainable=trainable, dtype="float32",
-                        gradient_checkpointing=bool(cfg and cfg.gradient_checkpointing),
-                        train_vision=bool(cfg and cfg.train_vision))
+        raise FileNotFoundError(
+            f"the demo checkpoint is missing from {path}; regenerate it with `python -m videoopd.demo_teacher`"
+        )
+    model = load_policy(
+        path,
+        trainable=trainable,
+        dtype="float32",
+        gradient_checkpointing=bool(cfg and cfg.gradient_checkpointing),
+        train_vision=bool(cfg and cfg.train_vision),
+    )
     return model, load_processor(path)
 
 
@@ -136,8 +196,7 @@ def evaluate_demo_checkpoint(path: str | Path, records: list[Any]) -> Any:
 
     model, processor = load_demo_checkpoint(path, trainable=False)
     config = DecodeConfig.for_processor(processor, fps=2.0, min_pixels=DEMO_PIXELS, max_pixels=DEMO_PIXELS)
-    return evaluate(model, processor, records, decode_config=config, batch_size=16, max_new_tokens=16,
-                    progress=False)
+    return evaluate(model, processor, records, decode_config=config, batch_size=16, max_new_tokens=16, progress=False)
 
 
 def checkpoint_models(run: Path) -> dict[int, Path]:
@@ -164,25 +223,44 @@ def run_metrics(run: Path) -> list[dict[str, Any]]:
 
 def run_evaluations(rows: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
     """{step: held-out metrics} of an SFT run's own evaluations (its ``eval/`` rows)."""
-    return {row["step"]: {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
-            for row in rows if "eval/mIoU" in row}
+    return {
+        row["step"]: {k[5:]: v for k, v in row.items() if k.startswith("eval/")} for row in rows if "eval/mIoU" in row
+    }
 
 
-def run_record(run: Path, recipe: Sequence[str], train: dict[str, Any], heldout: tuple[int, int],
-               metrics: dict[int, dict[str, float]] | None = None) -> dict[str, Any]:
+def run_record(
+    run: Path,
+    recipe: Sequence[str],
+    train: dict[str, Any],
+    heldout: tuple[int, int],
+    metrics: dict[int, dict[str, float]] | None = None,
+) -> dict[str, Any]:
     """What ``training.json`` keeps of one SFT stage: recipe, data, held-out metrics per
     evaluated step (the run's own, unless ``metrics`` is given) and the loss curve."""
     rows = run_metrics(run)
     losses = [row["loss"] for row in rows if "loss" in row]
     if metrics is None:
         metrics = run_evaluations(rows)
-    return {"sft_arguments": list(recipe), "train": train, "heldout": heldout, "steps_trained": len(losses),
-            "heldout_by_step": metrics,
-            "loss_mean_per_50_steps": [sum(losses[i:i + 50]) / len(losses[i:i + 50]) for i in range(0, len(losses), 50)]}
+    return {
+        "sft_arguments": list(recipe),
+        "train": train,
+        "heldout": heldout,
+        "steps_trained": len(losses),
+        "heldout_by_step": metrics,
+        "loss_mean_per_50_steps": [
+            sum(losses[i : i + 50]) / len(losses[i : i + 50]) for i in range(0, len(losses), 50)
+        ],
+    }
 
 
-def export(run: Path, out: Path = TEACHER_DIR, student_out: Path = STUDENT_DIR, extra_args: Sequence[str] = (),
-           heldout: Path | None = None, first_stage: Path | None = None) -> int:
+def export(
+    run: Path,
+    out: Path = TEACHER_DIR,
+    student_out: Path = STUDENT_DIR,
+    extra_args: Sequence[str] = (),
+    heldout: Path | None = None,
+    first_stage: Path | None = None,
+) -> int:
     """Copy the teacher and the student out of a stage-2 SFT run folder's checkpoints.
 
     Teacher: the checkpoint with the best held-out mIoU; student: the latest earlier one at
@@ -202,8 +280,10 @@ def export(run: Path, out: Path = TEACHER_DIR, student_out: Path = STUDENT_DIR, 
     best = metrics[teacher_step]["mIoU"]
     weaker = [step for step in metrics if step < teacher_step and metrics[step]["mIoU"] <= best - STUDENT_GAP]
     if not weaker:
-        print(f"no checkpoint before step {teacher_step} is {STUDENT_GAP} mIoU below the best ({best:.2f}); "
-              "no student exported")
+        print(
+            f"no checkpoint before step {teacher_step} is {STUDENT_GAP} mIoU below the best ({best:.2f}); "
+            "no student exported"
+        )
         return 1
     student_step = max(weaker)
     for step, target in ((teacher_step, out), (student_step, student_out)):
@@ -212,17 +292,27 @@ def export(run: Path, out: Path = TEACHER_DIR, student_out: Path = STUDENT_DIR, 
         shutil.copytree(models[step], target)
     stages = []
     if first_stage is not None:
-        stages.append(json.loads(first_stage.read_text(encoding="utf-8")) if first_stage.is_file()
-                      else run_record(first_stage, [*SFT_RECIPE, *extra_args], TRAIN_VIDEOS, HELDOUT))
+        stages.append(
+            json.loads(first_stage.read_text(encoding="utf-8"))
+            if first_stage.is_file()
+            else run_record(first_stage, [*SFT_RECIPE, *extra_args], TRAIN_VIDEOS, HELDOUT)
+        )
     stages.append(run_record(run, [*QUERY_RECIPE, *extra_args], QUERY_VIDEOS, QUERY_HELDOUT, metrics))
-    (out / "training.json").write_text(json.dumps({
-        "command": "python -m videoopd.demo_teacher " + " ".join(extra_args),
-        "data_spec": DEMO_DATA,
-        "stages": stages,
-        "selected_on": str(heldout) if heldout is not None else "the stage-2 run's --eval-data",
-        "teacher_step": teacher_step,
-        "student_step": student_step,
-    }, indent=1) + "\n", encoding="utf-8")
+    (out / "training.json").write_text(
+        json.dumps(
+            {
+                "command": "python -m videoopd.demo_teacher " + " ".join(extra_args),
+                "data_spec": DEMO_DATA,
+                "stages": stages,
+                "selected_on": str(heldout) if heldout is not None else "the stage-2 run's --eval-data",
+                "teacher_step": teacher_step,
+                "student_step": student_step,
+            },
+            indent=1,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     print(f"demo teacher: held-out mIoU {best:.2f} (step {teacher_step}) -> {out}")
     print(f"demo student: held-out mIoU {metrics[student_step]['mIoU']:.2f} (step {student_step}) -> {student_out}")
     return 0

@@ -1,12 +1,14 @@
 """Side-by-side results of training runs (``python -m videoopd.compare``): held-out mIoU curves
 against optimizer steps, training seconds and student-generated tokens, and a table of final
 metrics and costs, read from each run folder's ``metrics.jsonl`` (and ``eval_teacher.json``)."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["RunCurve", "read_run"]
 
@@ -46,11 +48,24 @@ def read_run(name: str, folder: str | Path) -> RunCurve:
     for row in rows:
         if "eval/mIoU" in row:
             s, t, r = cumulative.get(row["step"], (seconds, tokens, rollouts))
-            curve.evals.append({"step": row["step"], "seconds": s, "tokens": t, "rollouts": r,
-                                **{k[5:]: v for k, v in row.items() if k.startswith("eval/")}})
+            curve.evals.append(
+                {
+                    "step": row["step"],
+                    "seconds": s,
+                    "tokens": t,
+                    "rollouts": r,
+                    **{k[5:]: v for k, v in row.items() if k.startswith("eval/")},
+                }
+            )
     last = curve.evals[-1] if curve.evals else {}
-    curve.totals = {"steps": max(cumulative), "seconds": seconds, "tokens": tokens, "rollouts": rollouts,
-                    "peak_mem_mb": peak, **{k: last.get(k) for k in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")}}
+    curve.totals = {
+        "steps": max(cumulative),
+        "seconds": seconds,
+        "tokens": tokens,
+        "rollouts": rollouts,
+        "peak_mem_mb": peak,
+        **{k: last.get(k) for k in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")},
+    }
     teacher = folder / "eval_teacher.json"
     if teacher.is_file():
         curve.teacher_mIoU = json.loads(teacher.read_text(encoding="utf-8"))["mIoU"]
@@ -59,8 +74,10 @@ def read_run(name: str, folder: str | Path) -> RunCurve:
 
 def comparison_table(curves: Sequence[RunCurve]) -> str:
     """A Markdown table: final held-out metrics and the run's costs, one row per run."""
-    head = ("| method | steps | R1@0.3 | R1@0.5 | R1@0.7 | mIoU | training s | rollouts | generated tokens | "
-            "peak memory MB |")
+    head = (
+        "| method | steps | R1@0.3 | R1@0.5 | R1@0.7 | mIoU | training s | rollouts | generated tokens | "
+        "peak memory MB |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
 
     def num(value: Any, fmt: str) -> str:
@@ -68,9 +85,11 @@ def comparison_table(curves: Sequence[RunCurve]) -> str:
 
     for c in curves:
         t = c.totals
-        lines.append(f"| {c.name} | {t['steps']} | {num(t['R1@0.3'], '.2f')} | {num(t['R1@0.5'], '.2f')} | "
-                     f"{num(t['R1@0.7'], '.2f')} | {num(t['mIoU'], '.2f')} | {t['seconds']:.1f} | {int(t['rollouts'])} | "
-                     f"{int(t['tokens'])} | {t['peak_mem_mb']:.0f} |")
+        lines.append(
+            f"| {c.name} | {t['steps']} | {num(t['R1@0.3'], '.2f')} | {num(t['R1@0.5'], '.2f')} | "
+            f"{num(t['R1@0.7'], '.2f')} | {num(t['mIoU'], '.2f')} | {t['seconds']:.1f} | {int(t['rollouts'])} | "
+            f"{int(t['tokens'])} | {t['peak_mem_mb']:.0f} |"
+        )
     teacher = next((c.teacher_mIoU for c in curves if c.teacher_mIoU is not None), None)
     if teacher is not None:
         lines.append(f"\nTeacher held-out mIoU: {teacher:.2f}")
@@ -87,8 +106,9 @@ def plot_curves(curves: Sequence[RunCurve], path: str | Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     teacher = next((c.teacher_mIoU for c in curves if c.teacher_mIoU is not None), None)
-    for ax, (key, label) in zip(axes, (("step", "optimizer steps"), ("seconds", "training seconds"),
-                                       ("tokens", "student-generated tokens"))):
+    for ax, (key, label) in zip(
+        axes, (("step", "optimizer steps"), ("seconds", "training seconds"), ("tokens", "student-generated tokens"))
+    ):
         for c in curves:
             ax.plot([e[key] for e in c.evals], [e["mIoU"] for e in c.evals], marker="o", label=c.name)
         if teacher is not None:
@@ -103,8 +123,7 @@ def plot_curves(curves: Sequence[RunCurve], path: str | Path) -> None:
 
 
 # The training curve a run's plot shows beside its held-out mIoU: the first of these its rows carry.
-TRAINING_CURVES = (("reverse_kl", "reverse KL per answer token"), ("reward", "reward per answer"),
-                   ("loss", "loss"))
+TRAINING_CURVES = (("reverse_kl", "reverse KL per answer token"), ("reward", "reward per answer"), ("loss", "loss"))
 
 
 def plot_run(folder: str | Path, path: str | Path) -> None:
@@ -117,8 +136,9 @@ def plot_run(folder: str | Path, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     folder = Path(folder)
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    rows = [
+        json.loads(line) for line in (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     steps = [r for r in rows if "loss" in r]
     key, label = next(((k, name) for k, name in TRAINING_CURVES if any(k in r for r in steps)), TRAINING_CURVES[-1])
     curve = read_run(folder.name, folder)

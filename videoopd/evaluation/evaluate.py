@@ -18,6 +18,7 @@ non-empty predictions file without a sidecar (written before identities were rec
 refused as well: nothing says which data or model its rows belong to, and rows matched by id
 alone would be reported as another data set's answers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,8 +68,13 @@ class EvalResult:
         return dict(Counter(issue.kind for _, issue in self.data_issues))
 
 
-def _prediction_row(record: GroundingRecord, answer: str | None, error: str | None = None,
-                    data_issue: DataIssue | None = None, protocol: str = "paper") -> dict[str, Any]:
+def _prediction_row(
+    record: GroundingRecord,
+    answer: str | None,
+    error: str | None = None,
+    data_issue: DataIssue | None = None,
+    protocol: str = "paper",
+) -> dict[str, Any]:
     pred = parse_span(answer, protocol) if answer is not None else None
     return {
         "id": record.id,
@@ -98,8 +104,9 @@ def read_predictions(path: str | Path) -> dict[str, dict[str, Any]]:
                 if not isinstance(row, dict) or not isinstance(row.get("id"), str):
                     raise ValueError("not an object with a string 'id'")
             except ValueError as exc:
-                logger.warning("%s: line %d: unreadable prediction row (%s); it will be evaluated again",
-                               path, line_number, exc)
+                logger.warning(
+                    "%s: line %d: unreadable prediction row (%s); it will be evaluated again", path, line_number, exc
+                )
                 continue
             rows[row["id"]] = row
     return rows
@@ -183,8 +190,9 @@ def check_resumable(predictions_path: str | Path, identity: Mapping[str, Any]) -
 def _write_identity(predictions_path: Path, identity: Mapping[str, Any]) -> None:
     sidecar = identity_path(predictions_path)
     partial = sidecar.with_name(sidecar.name + ".partial")
-    partial.write_text(json.dumps({"version": IDENTITY_VERSION, "identity": identity}, indent=2) + "\n",
-                       encoding="utf-8")
+    partial.write_text(
+        json.dumps({"version": IDENTITY_VERSION, "identity": identity}, indent=2) + "\n", encoding="utf-8"
+    )
     partial.replace(sidecar)  # never a half-written identity next to rows
 
 
@@ -195,8 +203,9 @@ def _model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _metrics_for(rows: Sequence[dict[str, Any]], protocol: str = "paper",
-                 moment_retrieval: bool = False) -> dict[str, Any]:
+def _metrics_for(
+    rows: Sequence[dict[str, Any]], protocol: str = "paper", moment_retrieval: bool = False
+) -> dict[str, Any]:
     """Metrics of ``rows`` under ``protocol``, reading each raw answer with its parser (so that
     the rows of one run are scored under every protocol's rules)."""
     parse = get_protocol(protocol).parse
@@ -212,9 +221,12 @@ def protocol_metrics(rows: Sequence[dict[str, Any]], moment_retrieval: bool = Fa
     for row in rows:
         by_source[row["source"]].append(row)
     return {
-        name: {"overall": _metrics_for(rows, name, moment_retrieval),
-               "per_source": {source: _metrics_for(group, name, moment_retrieval)
-                              for source, group in sorted(by_source.items())}}
+        name: {
+            "overall": _metrics_for(rows, name, moment_retrieval),
+            "per_source": {
+                source: _metrics_for(group, name, moment_retrieval) for source, group in sorted(by_source.items())
+            },
+        }
         for name in PROTOCOL_NAMES
     }
 
@@ -288,9 +300,17 @@ def evaluate(
     rules = get_protocol(protocol)
     world = accelerator.num_processes if accelerator is not None else 1
     main = accelerator is None or accelerator.is_main_process
-    records = _checked_records(records, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                               num_workers=num_workers, prompt_style=prompt_style, on_video_error=on_video_error,
-                               resume=resume, predictions_path=predictions_path, world=world)
+    records = _checked_records(
+        records,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        num_workers=num_workers,
+        prompt_style=prompt_style,
+        on_video_error=on_video_error,
+        resume=resume,
+        predictions_path=predictions_path,
+        world=world,
+    )
     if decode_config is None:
         decode_config = DecodeConfig.for_processor(processor)
     path = Path(predictions_path) if predictions_path is not None else None
@@ -301,10 +321,23 @@ def evaluate(
     todo, real = _my_share([record for record in records if record.id not in done], accelerator)
     stream = path if world == 1 else None  # one process writes rows as they come
     collator = GroundingCollator(processor, prompt_style, system_prompt, rules.normalize_query)
-    new_rows = _generate_rows(model, processor, todo, collator, decode_config, batch_size=batch_size,
-                              num_workers=num_workers, max_new_tokens=max_new_tokens, on_video_error=on_video_error,
-                              protocol=rules.name, stream=stream, processes=world, progress=progress and main,
-                              synced=world > 1 and is_fsdp_sharded(model), gather_weights=gather_weights)
+    new_rows = _generate_rows(
+        model,
+        processor,
+        todo,
+        collator,
+        decode_config,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        max_new_tokens=max_new_tokens,
+        on_video_error=on_video_error,
+        protocol=rules.name,
+        stream=stream,
+        processes=world,
+        progress=progress and main,
+        synced=world > 1 and is_fsdp_sharded(model),
+        gather_weights=gather_weights,
+    )
     # A collated batch keeps its decodable records first: order the rows by record again,
     # dropping the share's padding, before the gather puts the shares back in rank order.
     by_id = {row["id"]: row for row in new_rows}
@@ -317,9 +350,18 @@ def evaluate(
     return _scored(rows, failed, resumed=len(done), protocol=rules.name, moment_retrieval=moment_retrieval)
 
 
-def _checked_records(records: Sequence[GroundingRecord], *, batch_size: int, max_new_tokens: int, num_workers: int,
-                     prompt_style: str, on_video_error: str, resume: bool, predictions_path: Any,
-                     world: int) -> list[GroundingRecord]:
+def _checked_records(
+    records: Sequence[GroundingRecord],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    num_workers: int,
+    prompt_style: str,
+    on_video_error: str,
+    resume: bool,
+    predictions_path: Any,
+    world: int,
+) -> list[GroundingRecord]:
     """:func:`evaluate`'s arguments checked (ValueError naming the argument); the records as a list."""
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -345,8 +387,9 @@ def _checked_records(records: Sequence[GroundingRecord], *, batch_size: int, max
     return records
 
 
-def _open_predictions(path: Path, recorded: dict[str, Any], resume: bool, wanted: set[str],
-                      main: bool) -> dict[str, dict[str, Any]]:
+def _open_predictions(
+    path: Path, recorded: dict[str, Any], resume: bool, wanted: set[str], main: bool
+) -> dict[str, dict[str, Any]]:
     """Make ``path`` ready for this evaluation's rows: checked and kept on ``resume`` (its rows
     for the ``wanted`` ids returned), removed otherwise; the identity sidecar (re)written by
     the main process."""
@@ -387,10 +430,24 @@ def _gather_rows(rows: list[dict[str, Any]], accelerator: Any) -> list[dict[str,
     return gather_object(rows)
 
 
-def _generate_rows(model: Any, processor: Any, todo: list[GroundingRecord], collator: GroundingCollator,
-                   decode_config: DecodeConfig, *, batch_size: int, num_workers: int, max_new_tokens: int,
-                   on_video_error: str, protocol: str, stream: Path | None, processes: int, progress: bool,
-                   synced: bool, gather_weights: bool = True) -> list[dict[str, Any]]:
+def _generate_rows(
+    model: Any,
+    processor: Any,
+    todo: list[GroundingRecord],
+    collator: GroundingCollator,
+    decode_config: DecodeConfig,
+    *,
+    batch_size: int,
+    num_workers: int,
+    max_new_tokens: int,
+    on_video_error: str,
+    protocol: str,
+    stream: Path | None,
+    processes: int,
+    progress: bool,
+    synced: bool,
+    gather_weights: bool = True,
+) -> list[dict[str, Any]]:
     """The prediction rows of ``todo`` (decodable records of a batch first), appended to
     ``stream`` as they come when given; ``synced``: generate with ``synced_gpus`` (a sharded
     model, where every process must run the same number of steps); ``gather_weights``:
@@ -418,10 +475,18 @@ def _generate_rows(model: Any, processor: Any, todo: list[GroundingRecord], coll
             new = []
             if batch["inputs"] is not None:
                 inputs = batch["inputs"].to(_model_device(model))
-                answers = generate(model, processor, inputs, max_new_tokens=max_new_tokens,
-                                   synced_gpus=synced, gather_weights=gather_weights).answers
-                new += [_prediction_row(record, answer, data_issue=issue, protocol=protocol)
-                        for record, answer, issue in zip(batch["records"], answers, batch["data_issues"])]
+                answers = generate(
+                    model,
+                    processor,
+                    inputs,
+                    max_new_tokens=max_new_tokens,
+                    synced_gpus=synced,
+                    gather_weights=gather_weights,
+                ).answers
+                new += [
+                    _prediction_row(record, answer, data_issue=issue, protocol=protocol)
+                    for record, answer, issue in zip(batch["records"], answers, batch["data_issues"])
+                ]
             for record, error in batch["failed"]:
                 logger.warning("%s: %s", record.id, error)
                 new.append(_prediction_row(record, None, error=error, protocol=protocol))
@@ -437,8 +502,9 @@ def _generate_rows(model: Any, processor: Any, todo: list[GroundingRecord], coll
     return rows
 
 
-def _scored(rows: list[dict[str, Any]], failed: list[tuple[str, str]], *, resumed: int, protocol: str,
-            moment_retrieval: bool) -> EvalResult:
+def _scored(
+    rows: list[dict[str, Any]], failed: list[tuple[str, str]], *, resumed: int, protocol: str, moment_retrieval: bool
+) -> EvalResult:
     """The :class:`EvalResult` of the rows of every record: metrics overall, per source and
     under every protocol, the failed videos and the rows' data issues."""
     by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -447,8 +513,9 @@ def _scored(rows: list[dict[str, Any]], failed: list[tuple[str, str]], *, resume
     return EvalResult(
         predictions=rows,
         metrics=_metrics_for(rows, protocol, moment_retrieval),
-        per_source={source: _metrics_for(group, protocol, moment_retrieval)
-                    for source, group in sorted(by_source.items())},
+        per_source={
+            source: _metrics_for(group, protocol, moment_retrieval) for source, group in sorted(by_source.items())
+        },
         failed_videos=failed,
         resumed=resumed,
         data_issues=[(row["id"], DataIssue(**row["data_issue"])) for row in rows if row.get("data_issue")],

@@ -8,6 +8,7 @@ never dropped; a parsed span with start > end is kept as parsed and scores 0.
 chooses how an answer is read, whether a hit is IoU >= m or IoU > m, and what a zero-length
 ground truth does; ``paper`` (ours) is the default everywhere.
 """
+
 from __future__ import annotations
 
 import math

@@ -14,6 +14,7 @@ the published evaluations our protocols reproduce (:mod:`videoopd.grounding.prot
 Each returns None where nothing is read. The reference readers are reproduced rule for rule,
 quirks included (docs/data-and-evaluation.md names them); none of their code is used.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,8 +35,10 @@ _AFTER = r"(?![\w:]|\.\d)"
 # Words between "starts"/"ends" and the time: "at", "is", ":", "around", "approximately", ...
 _LINK = r"(?:(?:is|:|=|at|around|about|approximately|roughly|from|by|on)\s*){0,3}"
 _START_WORD = r"(?:start(?:s|ed|ing)?|begin(?:s|ning)?|happen(?:s|ed|ing)?|occur(?:s|red|ring)?)"
-_END_WORD = (r"(?:(?:end|finish|stop|conclude)(?:s|es|ed|ing|ping|ped)?"
-             r"|last(?:s|ed|ing)?\s+(?:until|till|to))")
+_END_WORD = (
+    r"(?:(?:end|finish|stop|conclude)(?:s|es|ed|ing|ping|ped)?"
+    r"|last(?:s|ed|ing)?\s+(?:until|till|to))"
+)
 # "from the 63.2 second mark", "from second 33"
 _MARK_BEFORE = r"(?:the\s+)?(?:second\s+)?"
 _MARK_AFTER = r"(?:\s+mark)?"

@@ -6,6 +6,7 @@ paper's (``paper``), TimeLens' evaluation prompt (``timelens``) and Time-R1's ``
 They live here, beneath the data package, so that a data file written with one of them (the
 ms-swift / LLaMA-Factory format) can be read back to its query, and written, without a model.
 """
+
 from __future__ import annotations
 
 import re
@@ -37,7 +38,11 @@ PROMPT_STYLES: dict[str, str] = {"paper": PAPER_PROMPT, "timelens": TIMELENS_PRO
 
 # The system prompt each style was trained/evaluated with; None means "no system message".
 DEFAULT_SYSTEM_PROMPTS: dict[str, str | None] = {
-    "paper": SYSTEM_PROMPT, "timelens": None, "time-r1": "You are a helpful assistant."}
+    "paper": SYSTEM_PROMPT,
+    "timelens": None,
+    "time-r1": "You are a helpful assistant.",
+}
+
 
 def check_style(style: str) -> None:
     if style not in PROMPT_STYLES:

@@ -18,6 +18,7 @@ does. :data:`PROTOCOLS` holds them:
 The prompt text lives in :mod:`videoopd.grounding.prompts` (a protocol names its style there);
 a token budget becomes pixels as tokens x factor^2 (factor 28 for Qwen2.5-VL, 32 for Qwen3-VL).
 """
+
 from __future__ import annotations
 
 import re

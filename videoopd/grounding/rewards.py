@@ -1,9 +1,10 @@
 """Rewards of a grounding answer (GRPO): the temporal IoU of the parsed span with the ground
 truth, and the exact-format test behind GRPO's optional format bonus."""
+
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from videoopd.grounding.metrics import parse_span, temporal_iou
 

@@ -5,9 +5,11 @@ as Qwen-VL processor inputs, in DataLoader workers.
 evaluation); :class:`SFTCollator` renders prompt + perfect answer for supervised fine-tuning
 (right-padded, answer marked).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -70,8 +72,13 @@ class GroundingCollator:
     record with its own ``prompt`` (a data file's user turn as written) is shown that prompt;
     with ``system_prompt=DATA_SYSTEM``, its own system prompt where its data file gave one."""
 
-    def __init__(self, processor: Any, prompt_style: str = "paper", system_prompt: Any = STYLE_DEFAULT,
-                 normalize_query: Callable[[str], str] | None = None):
+    def __init__(
+        self,
+        processor: Any,
+        prompt_style: str = "paper",
+        system_prompt: Any = STYLE_DEFAULT,
+        normalize_query: Callable[[str], str] | None = None,
+    ):
         if not callable(processor):
             raise TypeError(f"processor must be a callable Qwen-VL processor, got {type(processor).__name__}")
         if prompt_style not in PROMPT_STYLES:
@@ -85,9 +92,15 @@ class GroundingCollator:
         normalize = self.normalize_query or (lambda query: query)
         prefix = ANSWER_PREFIXES.get(self.prompt_style, "")
         return [
-            render_chat(self.processor, build_messages(normalize(record.query), self.prompt_style,
-                                                       record_system_prompt(self.system_prompt, record),
-                                                       prompt=getattr(record, "prompt", None)))
+            render_chat(
+                self.processor,
+                build_messages(
+                    normalize(record.query),
+                    self.prompt_style,
+                    record_system_prompt(self.system_prompt, record),
+                    prompt=getattr(record, "prompt", None),
+                ),
+            )
             + prefix
             for record in records
         ]
@@ -135,8 +148,13 @@ class SFTCollator:
         return format_answer(record.span, self.prompt_style)
 
     def text(self, record: Any) -> str:
-        messages = build_messages(record.query, self.prompt_style, record_system_prompt(self.system_prompt, record),
-                                  answer=self.answer(record), prompt=getattr(record, "prompt", None))
+        messages = build_messages(
+            record.query,
+            self.prompt_style,
+            record_system_prompt(self.system_prompt, record),
+            answer=self.answer(record),
+            prompt=getattr(record, "prompt", None),
+        )
         # The template closes the turn with "<|im_end|>\n"; training stops at <|im_end|>.
         return render_chat(self.processor, messages, add_generation_prompt=False).rstrip("\n")
 
@@ -144,7 +162,9 @@ class SFTCollator:
         failed = [item for item in items if item["video"] is None]
         items = [item for item in items if item["video"] is not None]
         batch: dict[str, Any] = {
-            "inputs": None, "answer_mask": None, "records": [item["record"] for item in items],
+            "inputs": None,
+            "answer_mask": None,
+            "records": [item["record"] for item in items],
             "data_issues": [item.get("data_issue") for item in items],
             "failed": [(item["record"], item["error"]) for item in failed],
             "failed_exceptions": [item.get("exception") for item in failed],

@@ -9,13 +9,15 @@ top-p, when set). Each prompt's generator is seeded from (run seed, step, record
 batch nor the number of processes: a run on 2 processes with batch b samples what a run on
 1 process with batch 2b does, and a resumed run samples what the uninterrupted one did.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -69,15 +71,22 @@ def split_rollout(rollout: Rollout, prompt_lengths: Sequence[int], rows: Sequenc
         stop = start + count
         cut = p - prompt_length
         if cut < 0 or bool(rollout.attention_mask[start:stop, :cut].any()):
-            raise ValueError(f"rows {start}:{stop} hold prompt tokens before column {cut}: not a batch of "
-                             f"prompt length {prompt_length}")
+            raise ValueError(
+                f"rows {start}:{stop} hold prompt tokens before column {cut}: not a batch of "
+                f"prompt length {prompt_length}"
+            )
         width = int(max(longest[start:stop], default=0))
         sampler = rollout.sampler_logprobs
-        out.append(Rollout(sequences=rollout.sequences[start:stop, cut:p + width],
-                           attention_mask=rollout.attention_mask[start:stop, cut:p + width],
-                           answer_mask=rollout.answer_mask[start:stop, cut:p + width], prompt_length=prompt_length,
-                           answers=rollout.answers[start:stop],
-                           sampler_logprobs=sampler[start:stop, :width] if sampler is not None else None))
+        out.append(
+            Rollout(
+                sequences=rollout.sequences[start:stop, cut : p + width],
+                attention_mask=rollout.attention_mask[start:stop, cut : p + width],
+                answer_mask=rollout.answer_mask[start:stop, cut : p + width],
+                prompt_length=prompt_length,
+                answers=rollout.answers[start:stop],
+                sampler_logprobs=sampler[start:stop, :width] if sampler is not None else None,
+            )
+        )
         start = stop
     return out
 
@@ -110,8 +119,9 @@ class SeededSampler:
     (:meth:`sampled_logprobs`), the "old" log-probs of a policy-gradient loss.
     """
 
-    def __init__(self, seeds: Sequence[int], *, temperature: float = 1.0, top_p: float = 1.0,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self, seeds: Sequence[int], *, temperature: float = 1.0, top_p: float = 1.0, device: torch.device | str = "cpu"
+    ):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if not 0 < top_p <= 1:
@@ -140,13 +150,12 @@ class SeededSampler:
         tiny = torch.finfo(torch.float32).tiny
         return z - torch.log(-torch.log(u.clamp(min=tiny, max=1 - 1e-7)))
 
-
     def sampled_logprobs(self, answer_ids: torch.Tensor) -> torch.Tensor:
         """[B, A] log-probs of ``answer_ids`` (the generated tokens) under their sampling
         distributions (columns past the last draw: -inf; they are padding)."""
         drawn = list(self.logprobs)
         if self.previous is not None and len(drawn) < answer_ids.shape[1]:
-            drawn.append(self.previous.gather(1, answer_ids[:, len(drawn): len(drawn) + 1]).squeeze(1))
+            drawn.append(self.previous.gather(1, answer_ids[:, len(drawn) : len(drawn) + 1]).squeeze(1))
         out = torch.full(answer_ids.shape, float("-inf"), device=answer_ids.device)
         if drawn:
             out[:, : len(drawn)] = torch.stack(drawn, dim=1).to(out.device)
@@ -164,9 +173,18 @@ def answer_mask_from(answer_ids: torch.Tensor, eos_ids: set[int]) -> torch.Tenso
 
 
 @torch.no_grad()
-def generate(model: Any, processor: Any, inputs: dict[str, Any], *, seeds: Sequence[int] | None = None,
-             temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64,
-             synced_gpus: bool = False, gather_weights: bool = True) -> Rollout:
+def generate(
+    model: Any,
+    processor: Any,
+    inputs: dict[str, Any],
+    *,
+    seeds: Sequence[int] | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    synced_gpus: bool = False,
+    gather_weights: bool = True,
+) -> Rollout:
     """Generate one answer per prompt with HF ``generate`` (eval mode, KV cache).
 
     ``seeds`` (one per prompt) samples at ``temperature``/``top_p`` through
@@ -181,9 +199,16 @@ def generate(model: Any, processor: Any, inputs: dict[str, Any], *, seeds: Seque
     the scoring pass would read them as video slots.
     """
     tokenizer = getattr(processor, "tokenizer", processor)
-    gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "use_cache": True, "do_sample": False,
-                                  "pad_token_id": tokenizer.pad_token_id, "synced_gpus": synced_gpus,
-                                  "temperature": None, "top_p": None, "top_k": None}
+    gen_kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "use_cache": True,
+        "do_sample": False,
+        "pad_token_id": tokenizer.pad_token_id,
+        "synced_gpus": synced_gpus,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+    }
     suppress = [getattr(model.config, name, None) for name in VISION_TOKEN_ATTRS]
     suppress = [i for i in suppress if isinstance(i, int)]
     if suppress:
@@ -219,8 +244,14 @@ def generate(model: Any, processor: Any, inputs: dict[str, Any], *, seeds: Seque
     answer_mask = answer_mask_from(answer_ids, eos_ids)
     attention_mask = torch.cat([inputs["attention_mask"].to(torch.bool), answer_mask], dim=1)
     full_answer_mask = torch.cat([torch.zeros_like(inputs["attention_mask"], dtype=torch.bool), answer_mask], dim=1)
-    answers = tokenizer.batch_decode(torch.where(answer_mask, answer_ids, tokenizer.pad_token_id),
-                                     skip_special_tokens=True)
-    return Rollout(sequences=sequences, attention_mask=attention_mask.long(), answer_mask=full_answer_mask,
-                   prompt_length=prompt_length, answers=[a.strip() for a in answers],
-                   sampler_logprobs=sampler.sampled_logprobs(answer_ids) if seeds is not None else None)
+    answers = tokenizer.batch_decode(
+        torch.where(answer_mask, answer_ids, tokenizer.pad_token_id), skip_special_tokens=True
+    )
+    return Rollout(
+        sequences=sequences,
+        attention_mask=attention_mask.long(),
+        answer_mask=full_answer_mask,
+        prompt_length=prompt_length,
+        answers=[a.strip() for a in answers],
+        sampler_logprobs=sampler.sampled_logprobs(answer_ids) if seeds is not None else None,
+    )

@@ -6,6 +6,7 @@ gives the Hugging Face model whose modules carry the adapters, which is where hi
 the head come from. Saving a ``PeftModel`` writes the adapter; :func:`merged_model` builds the
 plain model with the adapters folded in (``--merge-lora``).
 """
+
 from __future__ import annotations
 
 import re
@@ -29,8 +30,14 @@ def target_pattern(targets: str | tuple[str, ...] | list[str]) -> str:
     return r"(.*\.)?language_model\.(.*\.)?(" + "|".join(re.escape(n) for n in names) + ")"
 
 
-def apply_lora(model: Any, *, r: int, alpha: float | None = None, dropout: float = 0.0,
-               targets: str | tuple[str, ...] = DEFAULT_TARGETS) -> Any:
+def apply_lora(
+    model: Any,
+    *,
+    r: int,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    targets: str | tuple[str, ...] = DEFAULT_TARGETS,
+) -> Any:
     """``model`` (a Qwen-VL ``*ForConditionalGeneration``) wrapped as a ``peft.PeftModel`` with
     rank-``r`` adapters (``lora_alpha`` = ``alpha``, default ``2 r``) on ``targets``; every other
     weight frozen. Raises ValueError for r < 1 or targets that match no module."""
@@ -38,8 +45,13 @@ def apply_lora(model: Any, *, r: int, alpha: float | None = None, dropout: float
 
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise ValueError(f"r must be a positive integer, got {r!r}")
-    config = LoraConfig(r=r, lora_alpha=alpha if alpha is not None else 2 * r, lora_dropout=dropout,
-                        target_modules=target_pattern(targets), bias="none")
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha if alpha is not None else 2 * r,
+        lora_dropout=dropout,
+        target_modules=target_pattern(targets),
+        bias="none",
+    )
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as exc:

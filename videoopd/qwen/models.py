@@ -6,14 +6,16 @@ transformers 5.x, whose output ``last_hidden_state`` is the final-norm hidden st
 logits are ever built here. :func:`policy_head_forward` computes "hidden states -> head_fn(hidden,
 W)" inside the model's forward (and the head's), where DDP and FSDP2 see the weights' use.
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import inspect
 import json
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -155,8 +157,9 @@ def with_encoded_vision(inputs: dict[str, Any], encoded: dict[str, Any] | None) 
     return {**{k: v for k, v in inputs.items() if k not in dropped}, "mm_encoder_outputs": dict(encoded)}
 
 
-def prepare_policy(model: Any, *, trainable: bool, gradient_checkpointing: bool = True,
-                   train_vision: bool = False) -> Any:
+def prepare_policy(
+    model: Any, *, trainable: bool, gradient_checkpointing: bool = True, train_vision: bool = False
+) -> Any:
     """Set requires_grad / checkpointing for a loaded or in-memory model; returns it."""
     if trainable:
         for p in model.parameters():
@@ -190,8 +193,9 @@ def available_device(spec: str) -> torch.device:
         raise ValueError(f"{spec!r}: this machine has no {device.type} device")
     count = backend.device_count() if hasattr(backend, "device_count") else 1
     if device.index is not None and device.index >= count:
-        raise ValueError(f"{spec!r}: this machine has {count} {device.type} device(s), "
-                         f"{device.type}:0 to {device.type}:{count - 1}")
+        raise ValueError(
+            f"{spec!r}: this machine has {count} {device.type} device(s), {device.type}:0 to {device.type}:{count - 1}"
+        )
     return device
 
 
@@ -222,8 +226,7 @@ def _check_safetensors(path: Path) -> None:
         with safe_open(str(path), framework="pt") as weights:  # reads the header only
             weights.keys()
     except Exception as exc:  # SafetensorError: truncated, not safetensors, bad header
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); re-save or re-download "
-                              "it") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); re-save or re-download it") from None
 
 
 def _check_weights(path: Path) -> None:
@@ -240,27 +243,34 @@ def _check_weights(path: Path) -> None:
         weight_map = _json_object(path / "pytorch_model.bin.index.json").get("weight_map") or {}
         missing = sorted(shard for shard in set(weight_map.values()) if not (path / shard).is_file())
         if not weight_map or missing:
-            raise CheckpointError(f"{path / 'pytorch_model.bin.index.json'} names missing weight shards: "
-                                  f"{missing[:3] or 'none listed'}")
+            raise CheckpointError(
+                f"{path / 'pytorch_model.bin.index.json'} names missing weight shards: {missing[:3] or 'none listed'}"
+            )
     elif not (path / "pytorch_model.bin").is_file():
-        raise CheckpointError(f"{path} has no weights (model.safetensors, a sharded model.safetensors.index.json "
-                              "with its shards, or pytorch_model.bin)")
+        raise CheckpointError(
+            f"{path} has no weights (model.safetensors, a sharded model.safetensors.index.json "
+            "with its shards, or pytorch_model.bin)"
+        )
 
 
 def _check_tokenizer(path: Path) -> None:
     has_bpe_files = (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
     if not (has_bpe_files or any((path / name).is_file() for name in TOKENIZER_FILES)):
         # transformers would build an empty tokenizer here, without a word
-        raise CheckpointError(f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}, or vocab.json + "
-                              "merges.txt): copy the tokenizer files of the model it was trained from")
+        raise CheckpointError(
+            f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}, or vocab.json + "
+            "merges.txt): copy the tokenizer files of the model it was trained from"
+        )
     if any((path / name).is_file() for name in CHAT_TEMPLATE_FILES):
         return
     for name in ("tokenizer_config.json", "processor_config.json"):
         if (path / name).is_file() and _json_object(path / name).get("chat_template"):
             return
-    raise CheckpointError(f"{path} has no chat template ({' or '.join(CHAT_TEMPLATE_FILES)}, or chat_template "
-                          "in tokenizer_config.json): prompts cannot be rendered; copy it from the model it was "
-                          "trained from")
+    raise CheckpointError(
+        f"{path} has no chat template ({' or '.join(CHAT_TEMPLATE_FILES)}, or chat_template "
+        "in tokenizer_config.json): prompts cannot be rendered; copy it from the model it was "
+        "trained from"
+    )
 
 
 def check_checkpoint(path: str | Path) -> Path:
@@ -307,9 +317,16 @@ def adapter_base(path: str | Path) -> Path:
     return base
 
 
-def load_policy(path: str | Path, *, device: str | torch.device = "cpu", trainable: bool,
-                dtype: str = "auto", gradient_checkpointing: bool = True, train_vision: bool = False,
-                attn_implementation: str | None = None) -> Any:
+def load_policy(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    trainable: bool,
+    dtype: str = "auto",
+    gradient_checkpointing: bool = True,
+    train_vision: bool = False,
+    attn_implementation: str | None = None,
+) -> Any:
     """A local checkpoint as ``AutoModelForImageTextToText`` (never downloads); a LoRA adapter
     folder (a ``--lora-r`` run's ``final/``) loads its base model with the adapter merged in
     (frozen models only).
@@ -324,28 +341,38 @@ def load_policy(path: str | Path, *, device: str | torch.device = "cpu", trainab
         raise FileNotFoundError(f"model folder not found: {path}")
     if not (path / "config.json").is_file() and (path / "adapter_config.json").is_file():
         if trainable:
-            raise ValueError(f"{path} holds a LoRA adapter: train from its base model with --lora-r, or from a "
-                             "model written with --merge-lora")
+            raise ValueError(
+                f"{path} holds a LoRA adapter: train from its base model with --lora-r, or from a "
+                "model written with --merge-lora"
+            )
         from peft import PeftModel
 
-        base = load_policy(adapter_base(path), device=device, trainable=False, dtype=dtype,
-                           attn_implementation=attn_implementation)
+        base = load_policy(
+            adapter_base(path), device=device, trainable=False, dtype=dtype, attn_implementation=attn_implementation
+        )
         merged = PeftModel.from_pretrained(base, str(path)).merge_and_unload()  # plain weights: plain inference
         return prepare_policy(merged, trainable=False)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in model folder {path}")
     on_cuda = torch.device(device).type == "cuda"
-    dtypes = {"auto": torch.bfloat16 if on_cuda else torch.float32, "bfloat16": torch.bfloat16,
-              "float16": torch.float16, "float32": torch.float32}
+    dtypes = {
+        "auto": torch.bfloat16 if on_cuda else torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "float32": torch.float32,
+    }
     if dtype not in dtypes:
         raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
     model = AutoModelForImageTextToText.from_pretrained(
-        str(path), local_files_only=True, dtype=dtypes[dtype],
+        str(path),
+        local_files_only=True,
+        dtype=dtypes[dtype],
         attn_implementation=attn_implementation or attn_implementation_for(device),
     )
     model.to(device)
-    return prepare_policy(model, trainable=trainable, gradient_checkpointing=gradient_checkpointing,
-                          train_vision=train_vision)
+    return prepare_policy(
+        model, trainable=trainable, gradient_checkpointing=gradient_checkpointing, train_vision=train_vision
+    )
 
 
 def _tokenizer_of(processor_or_tokenizer: Any) -> Any:
@@ -357,9 +384,14 @@ def pair_facts(model: Any, processor: Any) -> dict[str, Any]:
     a teacher elsewhere sends it once): the family, the tokenizer's vocabulary and special
     ids, the head's rows and the tokenizer's length."""
     tok = _tokenizer_of(processor)
-    return {"model_type": unwrap_peft(model).config.model_type, "vocab": tok.get_vocab(),
-            "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
-            "head_rows": lm_head_weight(model).shape[0], "tokenizer_len": len(tok)}
+    return {
+        "model_type": unwrap_peft(model).config.model_type,
+        "vocab": tok.get_vocab(),
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+        "head_rows": lm_head_weight(model).shape[0],
+        "tokenizer_len": len(tok),
+    }
 
 
 def check_pair(student: Any, teacher: Any, student_processor: Any, teacher_processor: Any) -> None:
@@ -380,8 +412,10 @@ def check_pair_facts(student: dict[str, Any], teacher: dict[str, Any]) -> None:
     """
     s_type, t_type = student["model_type"], teacher["model_type"]
     if s_type != t_type:
-        raise ValueError(f"the student is a {s_type} model and the teacher a {t_type} model: the teacher must be of "
-                         "the student's family, because the same processed video inputs are fed to both")
+        raise ValueError(
+            f"the student is a {s_type} model and the teacher a {t_type} model: the teacher must be of "
+            "the student's family, because the same processed video inputs are fed to both"
+        )
     s_vocab, t_vocab = student["vocab"], teacher["vocab"]
     if s_vocab != t_vocab:
         only_s = sorted(set(s_vocab.items()) - set(t_vocab.items()))[:3]
@@ -396,16 +430,19 @@ def check_pair_facts(student: dict[str, Any], teacher: dict[str, Any]) -> None:
             raise ValueError(f"teacher and student tokenizers differ in {attr}: {student[attr]} vs {teacher[attr]}")
     needed = max(student["head_rows"], student["tokenizer_len"])
     if teacher["head_rows"] < needed:
-        raise ValueError(f"teacher LM head has {teacher['head_rows']} rows, smaller than the student vocabulary "
-                         f"({needed}); the teacher cannot score every student token")
+        raise ValueError(
+            f"teacher LM head has {teacher['head_rows']} rows, smaller than the student vocabulary "
+            f"({needed}); the teacher cannot score every student token"
+        )
 
 
 # --------------------------------------------------------------------------------------
 # forward redirection: weights used where the engine (DDP, FSDP2) sees them
 
 
-def call_as_forward(wrapper: torch.nn.Module, module: torch.nn.Module, fn: Callable[..., T], *args: Any,
-                    **kwargs: Any) -> T:
+def call_as_forward(
+    wrapper: torch.nn.Module, module: torch.nn.Module, fn: Callable[..., T], *args: Any, **kwargs: Any
+) -> T:
     """``fn(*args, **kwargs)`` run as ``module.forward``, called through ``wrapper``.
 
     ``wrapper`` is what the engine returned for ``module`` (a DDP wrapper, the FSDP2 module
@@ -432,8 +469,12 @@ def call_as_forward(wrapper: torch.nn.Module, module: torch.nn.Module, fn: Calla
         restore()
 
 
-def policy_head_forward(wrapper: torch.nn.Module, model: torch.nn.Module, inputs: dict[str, Any],
-                        head_fn: Callable[[torch.Tensor, torch.Tensor], T]) -> T:
+def policy_head_forward(
+    wrapper: torch.nn.Module,
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    head_fn: Callable[[torch.Tensor, torch.Tensor], T],
+) -> T:
     """``head_fn(hidden [B, L, D], head_weight [V, D])`` computed inside ``model``'s forward.
 
     ``model`` is a Qwen-VL ``*ForConditionalGeneration``, ``wrapper`` its prepared form. The
@@ -466,9 +507,13 @@ def full_weights_gathered(model: Any) -> Iterator[None]:
     # FSDP2 (torch 2.8-2.14) has a setter and no getter for reshard_after_forward: the setting
     # is each parameter group's post-forward mesh (None: keep unsharded), saved here as it is
     states = {id(state): state for state in (m._get_fsdp_state() for m in units)}
-    saved = {key: (state._auto_reshard_after_forward,
-                   [(group, group.post_forward_mesh_info) for group in state._fsdp_param_groups])
-             for key, state in states.items()}
+    saved = {
+        key: (
+            state._auto_reshard_after_forward,
+            [(group, group.post_forward_mesh_info) for group in state._fsdp_param_groups],
+        )
+        for key, state in states.items()
+    }
     model.set_reshard_after_forward(False)
     try:
         yield

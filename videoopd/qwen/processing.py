@@ -8,13 +8,15 @@ only torch. :class:`TorchQwenVideoProcessor` is the transformers Qwen video proc
 those steps in plain torch; :func:`load_processor` uses it only when the regular
 ``AutoProcessor`` cannot load because torchvision is missing.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -85,7 +87,7 @@ class TorchQwenVideoProcessor(_qwen3_video_processor_class()):  # type: ignore[m
             self.hub_class = hub_class
 
     @classmethod
-    def for_family(cls, family: str, **overrides: Any) -> "TorchQwenVideoProcessor":
+    def for_family(cls, family: str, **overrides: Any) -> TorchQwenVideoProcessor:
         if family not in QWEN_VIDEO_DEFAULTS:
             raise ValueError(f"family must be one of {sorted(QWEN_VIDEO_DEFAULTS)}, got {family!r}")
         return cls(**{**QWEN_VIDEO_DEFAULTS[family], **overrides})
@@ -205,8 +207,9 @@ def _load_without_torchvision(path: Path) -> Any:
     from transformers import AutoConfig, AutoTokenizer
 
     # a LoRA adapter folder holds the processor, and its base model the config
-    config_folder = path if (path / "config.json").is_file() or not (path / "adapter_config.json").is_file() \
-        else adapter_base(path)
+    config_folder = (
+        path if (path / "config.json").is_file() or not (path / "adapter_config.json").is_file() else adapter_base(path)
+    )
     model_type = AutoConfig.from_pretrained(str(config_folder), local_files_only=True).model_type
     if model_type not in QWEN_VIDEO_DEFAULTS:
         raise ValueError(
@@ -215,7 +218,9 @@ def _load_without_torchvision(path: Path) -> Any:
         )
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     defaults = {k: v for k, v in QWEN_VIDEO_DEFAULTS[model_type].items() if k != "hub_class"}
-    video_settings = _saved_settings(path, "video_processor", ("video_preprocessor_config.json", "preprocessor_config.json"))
+    video_settings = _saved_settings(
+        path, "video_processor", ("video_preprocessor_config.json", "preprocessor_config.json")
+    )
     image_settings = _saved_settings(path, "image_processor", ("preprocessor_config.json",))
     video_processor = TorchQwenVideoProcessor(
         hub_class=video_settings.get("video_processor_type", QWEN_VIDEO_DEFAULTS[model_type]["hub_class"]),
@@ -288,13 +293,12 @@ def _collapse_qwen3_video_markers(processor: Any, texts: Sequence[str]) -> list[
     return [text.replace(triplet, processor.video_token) for text in texts]
 
 
-def processor_inputs(processor: Any, texts: Sequence[str], videos: Sequence[Any],
-                     padding_side: str = "left") -> Any:
+def processor_inputs(processor: Any, texts: Sequence[str], videos: Sequence[Any], padding_side: str = "left") -> Any:
     """Run a Qwen-VL processor on prompt texts (one video placeholder each) and decoded videos.
 
-    Left padding by default, for generation; training examples use ``padding_side="right"``. ``second_per_grid_ts`` (Qwen2.5-VL)
-    is set from the decoder's sampled rate: transformers 5 derives the same value from
-    ``video_metadata``, transformers 4.x from an ``fps`` argument that defaults to 2.
+    Left padding by default, for generation; training examples use ``padding_side="right"``.
+    ``second_per_grid_ts`` (Qwen2.5-VL) is set from the decoder's sampled rate: transformers 5
+    derives the same value from ``video_metadata``, transformers 4.x from an ``fps`` argument that defaults to 2.
     """
     if len(texts) != len(videos):
         raise ValueError(f"texts and videos must have the same length, got {len(texts)} and {len(videos)}")
@@ -318,7 +322,5 @@ def processor_inputs(processor: Any, texts: Sequence[str], videos: Sequence[Any]
         **kwargs,
     )
     if "second_per_grid_ts" in inputs:
-        inputs["second_per_grid_ts"] = torch.tensor(
-            [video.second_per_grid_ts for video in videos], dtype=torch.float32
-        )
+        inputs["second_per_grid_ts"] = torch.tensor([video.second_per_grid_ts for video in videos], dtype=torch.float32)
     return inputs

@@ -20,19 +20,14 @@ file's prompts are read back there) and are re-exported here; this module builds
 The messages contain one ``{"type": "video"}`` item; the frames themselves are handed to
 the processor separately (see :mod:`videoopd.data.video`), so rendering never touches a file.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from videoopd.grounding.prompts import (  # the texts live beneath the data package; re-exported here
     DEFAULT_SYSTEM_PROMPTS,
-    PAPER_PROMPT,
-    PROMPT_STYLES,
-    SYSTEM_PROMPT,
-    TIME_R1_PROMPT,
-    TIMELENS_PROMPT,
     check_style,
-    format_answer,
     render_prompt,
 )
 

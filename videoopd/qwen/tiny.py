@@ -5,6 +5,7 @@ needs and a Qwen-style chat template, the Qwen2.5-VL / Qwen3-VL processor around
 randomly initialised models from small configs. ``save_tiny_checkpoint`` writes all of it
 as a local checkpoint that ``python -m videoopd.eval --model DIR`` loads like a real one.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,15 +40,18 @@ QWEN_SPECIAL_TOKENS = (
 QWEN2_5_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
     "<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
     "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
     "{% endfor %}<|im_end|>\n{% endif %}"
@@ -158,12 +162,15 @@ def build_tiny_processor(
 
 
 def _token_ids(tokenizer: Any) -> dict[str, int]:
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
-        ("image_token_id", "<|image_pad|>"),
-        ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"),
-        ("vision_end_token_id", "<|vision_end|>"),
-    )}
+    ids = {
+        name: tokenizer.convert_tokens_to_ids(token)
+        for name, token in (
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        )
+    }
     if any(value is None or value == tokenizer.unk_token_id for value in ids.values()):
         raise ValueError(f"tokenizer lacks the Qwen-VL vision tokens: {ids}")
     return ids
@@ -186,8 +193,12 @@ def build_tiny_model(
     _check_family(family)
     if tokenizer is None:
         tokenizer = build_tiny_tokenizer(family)
-    for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers),
-                        ("vision_hidden_size", vision_hidden_size), ("vision_depth", vision_depth)):
+    for name, value in (
+        ("hidden_size", hidden_size),
+        ("num_layers", num_layers),
+        ("vision_hidden_size", vision_hidden_size),
+        ("vision_depth", vision_depth),
+    ):
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if hidden_size % 16 or vision_hidden_size % 16:

@@ -15,6 +15,7 @@ A checkpoint is ``OUTPUT_DIR/checkpoints/step-{K}/``:
 It is written as ``.step-{K}.partial`` and renamed when complete, ``trainer_state.json`` last:
 a folder named ``step-{K}`` with that file is complete, whatever happened while saving.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,9 +24,10 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -41,8 +43,18 @@ MODEL_FOLDER = "model"
 _STEP_NAME = re.compile(r"^step-(\d+)$")
 
 # A command above the loop that writes more names them (prepare_run_folder's extra_artifacts).
-RUN_ARTIFACTS = ("config.yaml", "metrics.jsonl", "rounds.jsonl", "summary.json", "curves.png", "final", "best",
-                 "checkpoints", "curriculum", "tensorboard")
+RUN_ARTIFACTS = (
+    "config.yaml",
+    "metrics.jsonl",
+    "rounds.jsonl",
+    "summary.json",
+    "curves.png",
+    "final",
+    "best",
+    "checkpoints",
+    "curriculum",
+    "tensorboard",
+)
 
 
 @dataclass
@@ -79,8 +91,9 @@ def complete_checkpoints(out_dir: Path) -> list[Path]:
     root = Path(out_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _STEP_NAME.match(p.name)) and (p / STATE_FILE).is_file()]
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_NAME.match(p.name)) and (p / STATE_FILE).is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -97,9 +110,11 @@ def read_state(folder: Path) -> TrainerState:
         raise ConfigError(f"--resume-from-checkpoint: checkpoint folder not found: {folder}")
     state_file = folder / STATE_FILE
     if not state_file.is_file():
-        raise ConfigError(f"--resume-from-checkpoint: {folder} is not a complete checkpoint (no {STATE_FILE}: killed "
-                          "while saving, or not a videoopd checkpoint); --resume-from-checkpoint auto picks the newest "
-                          "complete one")
+        raise ConfigError(
+            f"--resume-from-checkpoint: {folder} is not a complete checkpoint (no {STATE_FILE}: killed "
+            "while saving, or not a videoopd checkpoint); --resume-from-checkpoint auto picks the newest "
+            "complete one"
+        )
     try:
         data = json.loads(state_file.read_text(encoding="utf-8"))
         return TrainerState(**data)
@@ -113,12 +128,17 @@ def config_differences(saved: dict[str, Any], cfg: Any) -> list[str]:
     a checkpoint's saved config, as "name: saved -> now"."""
     now = dataclasses.asdict(cfg)
     # a checkpoint saved before the options took their HF / TRL names: its keys under the new names
-    saved = {**{next((n for n in RENAMED.get(key, ()) if n in now), key): value for key, value in saved.items()},
-             **{key: value for key, value in saved.items() if key in now}}
+    saved = {
+        **{next((n for n in RENAMED.get(key, ()) if n in now), key): value for key, value in saved.items()},
+        **{key: value for key, value in saved.items() if key in now},
+    }
     if saved.get("reduction") in DEPRECATED_REDUCTIONS:
         saved["reduction"] = DEPRECATED_REDUCTIONS[saved["reduction"]]
-    return [f"{name}: {saved[name]!r} -> {now[name]!r}" for name in run_defining_options(cfg)
-            if name in now and name in saved and saved[name] != now[name]]
+    return [
+        f"{name}: {saved[name]!r} -> {now[name]!r}"
+        for name in run_defining_options(cfg)
+        if name in now and name in saved and saved[name] != now[name]
+    ]
 
 
 def prepare_run_folder(cfg: Any, accelerator: Any, extra_artifacts: Sequence[str] = ()) -> Path | None:
@@ -146,12 +166,17 @@ def prepare_run_folder(cfg: Any, accelerator: Any, extra_artifacts: Sequence[str
             state = read_state(folder)
             differences = config_differences(state.config, cfg)
             if differences and not cfg.resume_override:
-                raise ConfigError(f"--resume-from-checkpoint {folder}: the config differs from the checkpoint's on "
-                                  + "; ".join(differences) + " (pass --resume-override to resume anyway)")
+                raise ConfigError(
+                    f"--resume-from-checkpoint {folder}: the config differs from the checkpoint's on "
+                    + "; ".join(differences)
+                    + " (pass --resume-override to resume anyway)"
+                )
             if state.processes != accelerator.num_processes and not cfg.resume_override:
-                raise ConfigError(f"--resume-from-checkpoint {folder}: saved by {state.processes} process(es), "
-                                  f"resumed on {accelerator.num_processes}: the data order and sharded state would "
-                                  "not continue exactly (pass --resume-override to resume anyway)")
+                raise ConfigError(
+                    f"--resume-from-checkpoint {folder}: saved by {state.processes} process(es), "
+                    f"resumed on {accelerator.num_processes}: the data order and sharded state would "
+                    "not continue exactly (pass --resume-override to resume anyway)"
+                )
             return folder
     artifacts = (*RUN_ARTIFACTS, *extra_artifacts)
     earlier = [name for name in artifacts if (out_dir / name).exists()] if out_dir.is_dir() else []
@@ -182,8 +207,10 @@ def earlier_run_refusal(out_dir: Path, earlier: Sequence[str], resume: str | Non
     prefix = f"--resume-from-checkpoint {resume}: " if resume is not None else ""
     ways = ["resume it with --resume-from-checkpoint auto"] if has_checkpoint else []
     ways += ["replace it with --overwrite", "choose another --output-dir"]
-    return (f"{prefix}--output-dir {out_dir} holds {kind} ({shown}); nothing was changed: "
-            f"{', '.join(ways[:-1])} or {ways[-1]}")
+    return (
+        f"{prefix}--output-dir {out_dir} holds {kind} ({shown}); nothing was changed: "
+        f"{', '.join(ways[:-1])} or {ways[-1]}"
+    )
 
 
 def install_model_hooks(accelerator: Any, processor: Any) -> None:
@@ -275,8 +302,10 @@ def load_checkpoint(accelerator: Any, folder: Path, signature: str) -> TrainerSt
     trainer state; ConfigError when the checkpoint is of another model."""
     state = read_state(folder)
     if state.model_signature and state.model_signature != signature:
-        raise ConfigError(f"--resume-from-checkpoint {folder}: the checkpoint is of another model (parameter "
-                          "names/shapes differ "
-                          f"from the student's: signature {state.model_signature} vs {signature})")
+        raise ConfigError(
+            f"--resume-from-checkpoint {folder}: the checkpoint is of another model (parameter "
+            "names/shapes differ "
+            f"from the student's: signature {state.model_signature} vs {signature})"
+        )
     accelerator.load_state(str(folder))
     return state

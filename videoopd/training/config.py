@@ -19,6 +19,7 @@ carry their names (``--learning_rate``, ``--per_device_train_batch_size``...; th
 refused with the new one, :data:`RENAMED`). The resolved config is saved with the run
 (:func:`save_config`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,10 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Mapping, NoReturn, Sequence, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, NoReturn, TypeVar, get_args, get_origin
 
 from transformers import HfArgumentParser
 
@@ -50,19 +52,36 @@ class ConfigError(ValueError):
     """A bad option value, file or combination, reported before any work starts."""
 
 
-def opt(help: str, default: Any = None, *, gt: float | None = None, ge: float | None = None,
-        lt: float | None = None, le: float | None = None, run_defining: bool = False, required: bool = False,
-        aliases: Sequence[str] = ()) -> Any:
+def opt(
+    help: str,
+    default: Any = None,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    run_defining: bool = False,
+    required: bool = False,
+    aliases: Sequence[str] = (),
+) -> Any:
     """A dataclass field for an option: its ``--help`` text, default and bounds (a value of None
     is "unset" and not bounded; a float must also be finite); ``run_defining``: a resumed run
     must agree on it (:func:`run_defining_options`); ``required``: None is refused (by flag,
     YAML or code alike); ``aliases``: further flag spellings."""
     bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
-    return field(default=default, metadata={"help": help, "bounds": bounds, "run_defining": run_defining,
-                                            "required": required, "aliases": tuple(aliases)})
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "bounds": bounds,
+            "run_defining": run_defining,
+            "required": required,
+            "aliases": tuple(aliases),
+        },
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -140,14 +159,23 @@ def describe_bounds(bounds: Mapping[str, float], kind: type) -> str:
     high = (")", bounds["lt"]) if "lt" in bounds else ("]", bounds["le"]) if "le" in bounds else None
     if low and high:
         return f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
-    text = (f"{'>' if low[0] == '(' else '>='} {low[1]:g}" if low
-            else f"{'<' if high[0] == ')' else '<='} {high[1]:g}" if high else "")
+    text = (
+        f"{'>' if low[0] == '(' else '>='} {low[1]:g}"
+        if low
+        else f"{'<' if high[0] == ')' else '<='} {high[1]:g}"
+        if high
+        else ""
+    )
     return f"{text} and finite" if kind is float else text
 
 
 def _within(value: float, bounds: Mapping[str, float]) -> bool:
-    return (("gt" not in bounds or value > bounds["gt"]) and ("ge" not in bounds or value >= bounds["ge"])
-            and ("lt" not in bounds or value < bounds["lt"]) and ("le" not in bounds or value <= bounds["le"]))
+    return (
+        ("gt" not in bounds or value > bounds["gt"])
+        and ("ge" not in bounds or value >= bounds["ge"])
+        and ("lt" not in bounds or value < bounds["lt"])
+        and ("le" not in bounds or value <= bounds["le"])
+    )
 
 
 @dataclass
@@ -192,8 +220,9 @@ class Options:
 class AnnotationOptions(Options):
     """data"""
 
-    format: Literal[("auto", *FORMATS)] = opt("annotation format, or auto: detected from the file's content",
-                                              "auto", run_defining=True)
+    format: Literal[("auto", *FORMATS)] = opt(
+        "annotation format, or auto: detected from the file's content", "auto", run_defining=True
+    )
     video_root: str | None = opt("folder of the videos (default: the annotation's folder)")
 
 
@@ -203,24 +232,42 @@ class DecodeOptions(Options):
 
     prompt_style: Literal[tuple(PROMPT_STYLES)] = opt(
         "prompt: paper (the Video-OPD template, 'start to end'), timelens or time-r1 (those evaluations' own)",
-        "paper", run_defining=True,
-        aliases=("--prompt",))
+        "paper",
+        run_defining=True,
+        aliases=("--prompt",),
+    )
     system_prompt_from_data: bool = opt(
         "show a query the system prompt its data file gives (ms-swift format lines), where it gives one, instead of "
-        "the prompt style's own", False, run_defining=True)
+        "the prompt style's own",
+        False,
+        run_defining=True,
+    )
     # None: what the (student) checkpoint records it was trained with (DecodeConfig.for_processor), else Qwen's
-    fps: float | None = opt("frames sampled per second (default: the model's recorded setting, else 2)", gt=0,
-                            run_defining=True)
-    max_frames: int | None = opt("at most this many frames per video (default: the model's recorded setting, else "
-                                 "768)", gt=0, run_defining=True)
-    min_pixels: int | None = opt("min pixels per frame (default: the model's recorded setting, else 128 x "
-                                 "(patch x merge)^2)", gt=0, run_defining=True)
-    max_pixels: int | None = opt("max pixels per frame (default: the model's recorded setting, else 768 x "
-                                 "(patch x merge)^2)", gt=0, run_defining=True)
-    total_pixels: int | None = opt("pixel budget of all frames of a video together (default: the model's recorded "
-                                   "setting, else 115200 x (patch x merge)^2)", gt=0, run_defining=True)
-    max_new_tokens: int = opt("max answer tokens per generation (decoding of evaluations is greedy)", 64, gt=0,
-                              run_defining=True)
+    fps: float | None = opt(
+        "frames sampled per second (default: the model's recorded setting, else 2)", gt=0, run_defining=True
+    )
+    max_frames: int | None = opt(
+        "at most this many frames per video (default: the model's recorded setting, else 768)", gt=0, run_defining=True
+    )
+    min_pixels: int | None = opt(
+        "min pixels per frame (default: the model's recorded setting, else 128 x (patch x merge)^2)",
+        gt=0,
+        run_defining=True,
+    )
+    max_pixels: int | None = opt(
+        "max pixels per frame (default: the model's recorded setting, else 768 x (patch x merge)^2)",
+        gt=0,
+        run_defining=True,
+    )
+    total_pixels: int | None = opt(
+        "pixel budget of all frames of a video together (default: the model's recorded "
+        "setting, else 115200 x (patch x merge)^2)",
+        gt=0,
+        run_defining=True,
+    )
+    max_new_tokens: int = opt(
+        "max answer tokens per generation (decoding of evaluations is greedy)", 64, gt=0, run_defining=True
+    )
     dataloader_num_workers: int = opt("DataLoader workers decoding videos (0: in this process)", 0, ge=0)
 
     @property
@@ -230,22 +277,26 @@ class DecodeOptions(Options):
         return DATA_SYSTEM if self.system_prompt_from_data else STYLE_DEFAULT
 
 
-
 @dataclass
 class ModelOptions(Options):
     """model"""
 
-    device: str | None = opt("device (default: cuda if available, else cpu; under accelerate launch, the "
-                             "process's device)")
-    dtype: Literal[DTYPES] = opt("weights' dtype: auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16 or float32",
-                                 "auto", run_defining=True)
-    attn_implementation: str | None = opt("transformers attention, e.g. sdpa or flash_attention_2 (default: "
-                                          "flash_attention_2 on CUDA when flash-attn is installed, else sdpa)")
+    device: str | None = opt(
+        "device (default: cuda if available, else cpu; under accelerate launch, the process's device)"
+    )
+    dtype: Literal[DTYPES] = opt(
+        "weights' dtype: auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16 or float32", "auto", run_defining=True
+    )
+    attn_implementation: str | None = opt(
+        "transformers attention, e.g. sdpa or flash_attention_2 (default: "
+        "flash_attention_2 on CUDA when flash-attn is installed, else sdpa)"
+    )
     gather_for_generation: bool = opt(
         "under FSDP2, gather the model's full weights once per generate call (rollouts, evaluation) and keep them "
         "until it ends: one all-gather per FSDP unit per call, and the full model in memory meanwhile (16 GB for an "
         "8B model in bf16); false: gather each unit while it runs, for every generated token (memory stays sharded)",
-        True)
+        True,
+    )
 
 
 @dataclass
@@ -262,11 +313,15 @@ class OptimOptions(Options):
     gradient_checkpointing: bool = opt("activation checkpointing of the trained model", True)
     train_vision: bool = opt("also train the vision tower (otherwise frozen)", False, run_defining=True)
     learning_rate: float = opt("peak AdamW learning rate", 1e-6, gt=0, run_defining=True)
-    vision_lr: float | None = opt("peak learning rate of the vision tower when trained (default: --learning-rate)",
-                                  gt=0, run_defining=True)
+    vision_lr: float | None = opt(
+        "peak learning rate of the vision tower when trained (default: --learning-rate)", gt=0, run_defining=True
+    )
     lr_scheduler_type: Literal["constant", "cosine"] = opt(
         "constant (after the linear warm-up), or cosine (linear warm-up then cosine decay to learning_rate * "
-        "min_lr_ratio)", "constant", run_defining=True)
+        "min_lr_ratio)",
+        "constant",
+        run_defining=True,
+    )
     warmup_steps: int = opt("linear warm-up steps", 0, ge=0, run_defining=True)
     min_lr_ratio: float = opt("cosine decay floor as a fraction of --learning-rate", 0.1, ge=0, le=1, run_defining=True)
     adam_beta2: float = opt("AdamW beta2", 0.999, ge=0, lt=1, run_defining=True)
@@ -275,20 +330,38 @@ class OptimOptions(Options):
     max_skipped_steps: int = opt(
         "optimizer steps whose loss or gradients are NaN/inf on any process are skipped by every process (weights, "
         "optimizer and schedule unchanged) and counted; stop the run when more than this many in a row are "
-        "skipped (0: at the first)", 10, ge=0)
+        "skipped (0: at the first)",
+        10,
+        ge=0,
+    )
     master_weights: Literal["auto", "fp32", "none"] = opt(
         "fp32 master copies of the trainable weights for the optimizer, one process or DDP: auto (when the model "
         "is bf16/fp16, so that updates of lr ~1e-6 are not rounded away), fp32 or none. Under FSDP2 its "
-        "mixed-precision policy keeps fp32 sharded masters instead", "auto", run_defining=True)
+        "mixed-precision policy keeps fp32 sharded masters instead",
+        "auto",
+        run_defining=True,
+    )
     per_device_train_batch_size: int = opt("prompts per micro-batch and process", 1, gt=0, run_defining=True)
-    gradient_accumulation_steps: int = opt("micro-batches per optimizer step (effective batch = "
-                                           "per_device_train_batch_size * gradient_accumulation_steps * processes)",
-                                           1, gt=0, run_defining=True)
-    max_steps: int = opt("optimizer steps (with --rounds: the curriculum's rounds x steps per round, which a "
-                         "--max-steps given must equal)", 100, gt=0)
-    time_budget_s: float = opt("also stop after the optimizer step during which the run's training time (steps, "
-                               "not evaluations) reaches this many seconds, evaluating and saving as at the end "
-                               "(0: no limit)", 0.0, ge=0)
+    gradient_accumulation_steps: int = opt(
+        "micro-batches per optimizer step (effective batch = "
+        "per_device_train_batch_size * gradient_accumulation_steps * processes)",
+        1,
+        gt=0,
+        run_defining=True,
+    )
+    max_steps: int = opt(
+        "optimizer steps (with --rounds: the curriculum's rounds x steps per round, which a "
+        "--max-steps given must equal)",
+        100,
+        gt=0,
+    )
+    time_budget_s: float = opt(
+        "also stop after the optimizer step during which the run's training time (steps, "
+        "not evaluations) reaches this many seconds, evaluating and saving as at the end "
+        "(0: no limit)",
+        0.0,
+        ge=0,
+    )
     seed: int = opt("random seed", 0, run_defining=True)
 
 
@@ -310,13 +383,22 @@ class CheckpointOptions(Options):
     output_dir: str = opt("run folder: config.yaml, metrics.jsonl, eval_*.json, final/", "runs/opd")
     save_final: bool = opt("save the trained model (and processor) to OUTPUT_DIR/final", True)
     save_best: bool = opt("save the model with the best held-out mIoU so far to OUTPUT_DIR/best", False)
-    save_steps: int = opt("write a resumable checkpoint to OUTPUT_DIR/checkpoints/step-{K} every K steps, and one "
-                          "at the end (0: only when stopped by SIGTERM/SIGINT)", 0, ge=0)
+    save_steps: int = opt(
+        "write a resumable checkpoint to OUTPUT_DIR/checkpoints/step-{K} every K steps, and one "
+        "at the end (0: only when stopped by SIGTERM/SIGINT)",
+        0,
+        ge=0,
+    )
     save_total_limit: int = opt("keep the newest N checkpoints (0: all)", 0, ge=0)
-    resume_from_checkpoint: str | None = opt("continue from a checkpoint folder, or 'auto': the newest complete "
-                                             "checkpoint in OUTPUT_DIR (a fresh start when there is none)")
-    resume_override: bool = opt("resume even where the config differs from the checkpoint's on what changes the "
-                                "run (models, lr, batch, objective, ...)", False)
+    resume_from_checkpoint: str | None = opt(
+        "continue from a checkpoint folder, or 'auto': the newest complete "
+        "checkpoint in OUTPUT_DIR (a fresh start when there is none)"
+    )
+    resume_override: bool = opt(
+        "resume even where the config differs from the checkpoint's on what changes the "
+        "run (models, lr, batch, objective, ...)",
+        False,
+    )
     overwrite: bool = opt("start fresh in a non-empty OUTPUT_DIR, replacing what is there", False)
 
     def validate(self) -> None:
@@ -332,11 +414,15 @@ class LoraOptions(Options):
     lora_r: int = opt("LoRA rank (0: train the full weights)", 0, ge=0, run_defining=True)
     lora_alpha: float | None = opt("LoRA alpha (default: 2 * --lora-r)", gt=0, run_defining=True)
     lora_dropout: float = opt("LoRA dropout", 0.0, ge=0, lt=1, run_defining=True)
-    lora_target_modules: str = opt("comma-separated module names given adapters, inside the language model only (the "
-                            "vision tower and LM head stay frozen)",
-                            "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", run_defining=True)
-    merge_lora: bool = opt("with LoRA: write merged weights (a plain HF model) to final/ and best/ instead of "
-                           "the adapter", False)
+    lora_target_modules: str = opt(
+        "comma-separated module names given adapters, inside the language model only (the "
+        "vision tower and LM head stay frozen)",
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        run_defining=True,
+    )
+    merge_lora: bool = opt(
+        "with LoRA: write merged weights (a plain HF model) to final/ and best/ instead of the adapter", False
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -344,8 +430,7 @@ class LoraOptions(Options):
             if not [t for t in self.lora_target_modules.split(",") if t.strip()]:
                 raise ConfigError("--lora-target-modules names no module")
             if getattr(self, "train_vision", False):
-                raise ConfigError("--train-vision with LoRA is not supported: adapters go into the language model "
-                                  "only")
+                raise ConfigError("--train-vision with LoRA is not supported: adapters go into the language model only")
         elif self.merge_lora:
             raise ConfigError("--merge-lora needs --lora-r > 0")
 
@@ -358,9 +443,13 @@ class DistributedOptions(Options):
     # another in a healthy run is a main-process write (final/ or best/ weights, ~15 GB at 7B: 1-2 min) or one
     # process's slower generation or evaluation batch; 600 s leaves several times that and is torch's own NCCL
     # default, while a process that hangs costs every GPU 10 minutes, not hours.
-    ddp_timeout: int = opt("seconds a process waits in a collective (all-reduce, barrier, ...) for the others "
-                           "before the launch fails (torch.distributed's process-group timeout)", 600, gt=0,
-                           aliases=("--ddp_timeout",))
+    ddp_timeout: int = opt(
+        "seconds a process waits in a collective (all-reduce, barrier, ...) for the others "
+        "before the launch fails (torch.distributed's process-group timeout)",
+        600,
+        gt=0,
+        aliases=("--ddp_timeout",),
+    )
 
 
 # accelerate's trackers (the names transformers' report_to takes)
@@ -371,9 +460,13 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvc
 class TrackingOptions(Options):
     """logging"""
 
-    report_to: str = opt("where the step and evaluation rows go besides metrics.jsonl, as transformers' report_to: "
-                         "none, all (every tracker installed) or comma-separated accelerate trackers (" +
-                         ", ".join(TRACKERS) + "); TensorBoard writes OUTPUT_DIR/tensorboard", "none")
+    report_to: str = opt(
+        "where the step and evaluation rows go besides metrics.jsonl, as transformers' report_to: "
+        "none, all (every tracker installed) or comma-separated accelerate trackers ("
+        + ", ".join(TRACKERS)
+        + "); TensorBoard writes OUTPUT_DIR/tensorboard",
+        "none",
+    )
 
     @property
     def trackers(self) -> list[str]:
@@ -385,19 +478,31 @@ class TrackingOptions(Options):
         super().validate()
         unknown = [name for name in self.trackers if name not in (*TRACKERS, "all")]
         if unknown or (len(self.trackers) > 1 and "all" in self.trackers):
-            raise ConfigError(f"--report-to must be none, all or names from {', '.join(TRACKERS)}, got "
-                              f"{self.report_to!r}")
+            raise ConfigError(
+                f"--report-to must be none, all or names from {', '.join(TRACKERS)}, got {self.report_to!r}"
+            )
 
 
 @dataclass
-class RunOptions(DistributedOptions, TrackingOptions, LoggingOptions, LoraOptions, CheckpointOptions, EvalOptions,
-                 OptimOptions, ModelOptions, DecodeOptions, AnnotationOptions):
+class RunOptions(
+    DistributedOptions,
+    TrackingOptions,
+    LoggingOptions,
+    LoraOptions,
+    CheckpointOptions,
+    EvalOptions,
+    OptimOptions,
+    ModelOptions,
+    DecodeOptions,
+    AnnotationOptions,
+):
     """data
 
     What every training command (OPD, GRPO, SFT) shares: one loop reads these."""
 
-    train_data: str | None = opt("training annotation file (Charades-STA, ActivityNet, TimeLens, jsonl)",
-                                 run_defining=True)
+    train_data: str | None = opt(
+        "training annotation file (Charades-STA, ActivityNet, TimeLens, jsonl)", run_defining=True
+    )
 
 
 def run_defining_options(cfg: Any) -> tuple[str, ...]:
@@ -409,9 +514,12 @@ def warn_about_schedule(cfg: OptimOptions, prog: str) -> None:
     """Say (on stderr, once under a launch) when the learning rate never reaches its peak
     ``--learning-rate`` because the run ends inside the warm-up."""
     if cfg.warmup_steps > cfg.max_steps and os.environ.get("RANK", "0") == "0":
-        print(f"{prog}: warning: --max-steps {cfg.max_steps} ends inside --warmup-steps {cfg.warmup_steps}: the "
-              f"learning rate rises to {cfg.learning_rate * cfg.max_steps / cfg.warmup_steps:g} and never reaches "
-              f"--learning-rate {cfg.learning_rate:g}", file=sys.stderr)
+        print(
+            f"{prog}: warning: --max-steps {cfg.max_steps} ends inside --warmup-steps {cfg.warmup_steps}: the "
+            f"learning rate rises to {cfg.learning_rate * cfg.max_steps / cfg.warmup_steps:g} and never reaches "
+            f"--learning-rate {cfg.learning_rate:g}",
+            file=sys.stderr,
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -420,12 +528,19 @@ def warn_about_schedule(cfg: OptimOptions, prog: str) -> None:
 # Options renamed to the HF Trainer / TRL names (old name -> new name(s); the one the command has applies). An old
 # spelling, as a flag or a YAML key, is refused with the new name rather than silently ignored.
 RENAMED: dict[str, tuple[str, ...]] = {
-    "lr": ("learning_rate",), "lr_schedule": ("lr_scheduler_type",),
+    "lr": ("learning_rate",),
+    "lr_schedule": ("lr_scheduler_type",),
     "batch_size": ("per_device_train_batch_size", "per_device_eval_batch_size"),
-    "grad_accum": ("gradient_accumulation_steps",), "eval_every": ("eval_steps",), "eval_before": ("eval_on_start",),
-    "eval_batch_size": ("per_device_eval_batch_size",), "save_every": ("save_steps",),
-    "keep_checkpoints": ("save_total_limit",), "resume": ("resume_from_checkpoint",),
-    "lora_targets": ("lora_target_modules",), "clip_eps": ("epsilon",), "num_workers": ("dataloader_num_workers",),
+    "grad_accum": ("gradient_accumulation_steps",),
+    "eval_every": ("eval_steps",),
+    "eval_before": ("eval_on_start",),
+    "eval_batch_size": ("per_device_eval_batch_size",),
+    "save_every": ("save_steps",),
+    "keep_checkpoints": ("save_total_limit",),
+    "resume": ("resume_from_checkpoint",),
+    "lora_targets": ("lora_target_modules",),
+    "clip_eps": ("epsilon",),
+    "num_workers": ("dataloader_num_workers",),
 }
 # The presets (``--preset NAME``): configs/presets/NAME.yaml in the repository, one file each.
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "presets"
@@ -480,10 +595,13 @@ def _sections(config_class: type) -> list[type]:
     for f in dataclasses.fields(config_class):
         kind, _ = _base_type(hints[f.name])
         metadata = {"help": _help(f, kind), "aliases": list(f.metadata.get("aliases", ()))}
-        sections.setdefault(titles[f.name], []).append((f.name, hints[f.name], field(default=f.default,
-                                                                                      metadata=metadata)))
-    return [dataclasses.make_dataclass("Section", fields, namespace={"_argument_group_name": title})
-            for title, fields in sections.items()]
+        sections.setdefault(titles[f.name], []).append(
+            (f.name, hints[f.name], field(default=f.default, metadata=metadata))
+        )
+    return [
+        dataclasses.make_dataclass("Section", fields, namespace={"_argument_group_name": title})
+        for title, fields in sections.items()
+    ]
 
 
 def refuse_renamed(names: Sequence[str], known: Sequence[str], where: str) -> None:
@@ -491,8 +609,10 @@ def refuse_renamed(names: Sequence[str], known: Sequence[str], where: str) -> No
     for name in names:
         new = [n for n in RENAMED.get(name, ()) if n in known]
         if new:
-            raise ConfigError(f"{where}{flag_name(name)} was renamed {flag_name(new[0])} (the HF Trainer / TRL "
-                              "name; see docs/options.md)")
+            raise ConfigError(
+                f"{where}{flag_name(name)} was renamed {flag_name(new[0])} (the HF Trainer / TRL "
+                "name; see docs/options.md)"
+            )
 
 
 def given_flags(argv: Sequence[str], config_class: type) -> set[str]:
@@ -546,10 +666,19 @@ def load_preset(name: str, config_class: type) -> dict[str, Any]:
     return read_yaml_options(PRESET_DIR / f"{name}.yaml", config_class)
 
 
-def parse_config(config_class: type[T], argv: Sequence[str] | None, *, prog: str, description: str,
-                 presets: bool = False, preset_help: str = "", command_defaults: Mapping[str, Any] | None = None,
-                 default_preset: Callable[[Any], str | None] | None = None, rest: list[str] | None = None,
-                 config_file: bool = True) -> T:
+def parse_config(
+    config_class: type[T],
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    presets: bool = False,
+    preset_help: str = "",
+    command_defaults: Mapping[str, Any] | None = None,
+    default_preset: Callable[[Any], str | None] | None = None,
+    rest: list[str] | None = None,
+    config_file: bool = True,
+) -> T:
     """Parse flags, YAML and preset into ``config_class`` with one precedence rule: field
     defaults < ``command_defaults`` < ``--preset`` < ``--config`` YAML < flags.
 
@@ -576,18 +705,32 @@ def parse_config(config_class: type[T], argv: Sequence[str] | None, *, prog: str
     def parse(preset: str | None) -> T:
         usage = "%(prog)s" + (" [--preset NAME]" if presets else "") + (" [--config YAML]" if config_file else "")
         parser = OneLineErrorParser(
-            _sections(config_class), prog=prog, usage=usage + " [options]", allow_abbrev=False,
-            formatter_class=argparse.HelpFormatter, description=description + (
+            _sections(config_class),
+            prog=prog,
+            usage=usage + " [options]",
+            allow_abbrev=False,
+            formatter_class=argparse.HelpFormatter,
+            description=description
+            + (
                 " Precedence: defaults < " + ("--preset < " if presets else "") + "--config YAML < flags."
-                if config_file else ""))
+                if config_file
+                else ""
+            ),
+        )
         if config_file:
             parser.add_argument("--config", help="YAML file of options (keys as below, with _ or -)")
         if presets:
             parser.add_argument("--preset", choices=preset_names(), help=preset_help)
-        parser.set_defaults(**{**(command_defaults or {}),
-                               **(load_preset(preset, config_class) if preset is not None else {}), **file_values})
-        *sections, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True,
-                                                                 look_for_args_file=False)
+        parser.set_defaults(
+            **{
+                **(command_defaults or {}),
+                **(load_preset(preset, config_class) if preset is not None else {}),
+                **file_values,
+            }
+        )
+        *sections, unknown = parser.parse_args_into_dataclasses(
+            argv, return_remaining_strings=True, look_for_args_file=False
+        )
         flags = [arg[2:].split("=", 1)[0].replace("-", "_") for arg in unknown if arg.startswith("--")]
         refuse_renamed(flags, [f.name for f in dataclasses.fields(config_class)], "")
         if rest is None and unknown:

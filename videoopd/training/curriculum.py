@@ -16,12 +16,14 @@ Each round's record (pool size, dropped by the teacher filter, delta histogram, 
 and ids, teacher and student mIoU on the pool and on the selection) is returned to the loop, which logs
 it to ``metrics.jsonl`` and ``rounds.jsonl`` and keeps it in its checkpoints.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from videoopd.algo.curriculum import select_round
 from videoopd.evaluation.evaluate import evaluate
@@ -41,9 +43,11 @@ def check_max_steps(cfg: Any, steps_per_round: int) -> None:
     one from a preset or a default is the curriculum's to set."""
     total = cfg.rounds * steps_per_round
     if "max_steps" in getattr(cfg, "given", ()) and cfg.max_steps != total:
-        raise ConfigError(f"--max-steps {cfg.max_steps} contradicts the TVDF curriculum's {cfg.rounds} rounds x "
-                          f"{steps_per_round} steps = {total} optimizer steps: leave --max-steps out, set "
-                          "--steps-per-round, or train --max-steps steps without the curriculum (--rounds 0)")
+        raise ConfigError(
+            f"--max-steps {cfg.max_steps} contradicts the TVDF curriculum's {cfg.rounds} rounds x "
+            f"{steps_per_round} steps = {total} optimizer steps: leave --max-steps out, set "
+            "--steps-per-round, or train --max-steps steps without the curriculum (--rounds 0)"
+        )
 
 
 class TVDFCurriculum:
@@ -54,8 +58,17 @@ class TVDFCurriculum:
     ``per_device_eval_batch_size`` and ``max_new_tokens``; ``steps_per_round`` is resolved by the caller.
     """
 
-    def __init__(self, cfg: Any, accelerator: Any, teacher: Any, teacher_processor: Any, pool: Sequence[Any],
-                 decode_config: Any, steps_per_round: int, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        cfg: Any,
+        accelerator: Any,
+        teacher: Any,
+        teacher_processor: Any,
+        pool: Sequence[Any],
+        decode_config: Any,
+        steps_per_round: int,
+        log: Callable[[str], None] = print,
+    ):
         check_max_steps(cfg, steps_per_round)
         self.cfg, self.accelerator = cfg, accelerator
         self.teacher, self.teacher_processor = teacher, teacher_processor
@@ -82,13 +95,22 @@ class TVDFCurriculum:
         if self.accelerator.is_main_process:
             self.folder.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
-        result = evaluate(model, processor, self.pool, decode_config=self.decode_config,
-                          prompt_style=self.cfg.prompt_style, batch_size=self.cfg.per_device_eval_batch_size,
-                          system_prompt=self.cfg.system_prompt_setting,
-                          max_new_tokens=self.cfg.max_new_tokens, predictions_path=path, resume=reuse,
-                          on_video_error="report", progress=self.cfg.progress and self.accelerator.is_main_process,
-                          accelerator=self.accelerator,
-                          identity={"pool": [r.id for r in self.pool], "scored_by": tag})
+        result = evaluate(
+            model,
+            processor,
+            self.pool,
+            decode_config=self.decode_config,
+            prompt_style=self.cfg.prompt_style,
+            batch_size=self.cfg.per_device_eval_batch_size,
+            system_prompt=self.cfg.system_prompt_setting,
+            max_new_tokens=self.cfg.max_new_tokens,
+            predictions_path=path,
+            resume=reuse,
+            on_video_error="report",
+            progress=self.cfg.progress and self.accelerator.is_main_process,
+            accelerator=self.accelerator,
+            identity={"pool": [r.id for r in self.pool], "scored_by": tag},
+        )
         by_id = {row["id"]: row["iou"] for row in result.predictions}
         return [float(by_id[r.id]) for r in self.pool]
 
@@ -102,31 +124,48 @@ class TVDFCurriculum:
             self.teacher_scorings += 0 if cached else 1
         student_scores = self.score(student, student_processor, f"round{round_index}_student_pool", reuse=False)
         cfg = self.cfg
-        chosen = select_round(self.teacher_scores, student_scores, selector=cfg.selector, k=cfg.round_size,
-                              teacher_iou_min=cfg.teacher_iou_min, center=cfg.gwds_center, sigma=cfg.gwds_sigma,
-                              seed=cfg.seed + round_index)
+        chosen = select_round(
+            self.teacher_scores,
+            student_scores,
+            selector=cfg.selector,
+            k=cfg.round_size,
+            teacher_iou_min=cfg.teacher_iou_min,
+            center=cfg.gwds_center,
+            sigma=cfg.gwds_sigma,
+            seed=cfg.seed + round_index,
+        )
         indices = list(chosen.indices)
 
         def miou(scores: list[float], subset: list[int]) -> float | None:
             return 100.0 * sum(scores[i] for i in subset) / len(subset) if subset else None
 
         everyone = list(range(len(self.pool)))
-        record = {"round": round_index, **chosen.to_log(), "steps": self.steps_per_round,
-                  "teacher_mIoU_pool": miou(self.teacher_scores, everyone),
-                  "student_mIoU_pool": miou(student_scores, everyone),
-                  "teacher_mIoU_selected": miou(self.teacher_scores, indices),
-                  "student_mIoU_selected": miou(student_scores, indices),
-                  "selected_ids": [self.pool[i].id for i in indices]}
+        record = {
+            "round": round_index,
+            **chosen.to_log(),
+            "steps": self.steps_per_round,
+            "teacher_mIoU_pool": miou(self.teacher_scores, everyone),
+            "student_mIoU_pool": miou(student_scores, everyone),
+            "teacher_mIoU_selected": miou(self.teacher_scores, indices),
+            "student_mIoU_selected": miou(student_scores, indices),
+            "selected_ids": [self.pool[i].id for i in indices],
+        }
         if not indices:
-            raise ConfigError(f"round {round_index}: no pool sample passes the teacher filter (teacher IoU >= "
-                              f"{cfg.teacher_iou_min}); lower --teacher-iou-min")
+            raise ConfigError(
+                f"round {round_index}: no pool sample passes the teacher filter (teacher IoU >= "
+                f"{cfg.teacher_iou_min}); lower --teacher-iou-min"
+            )
         if chosen.short:
-            self.log(f"[round {round_index}] only {chosen.survivors} pool samples pass the teacher filter "
-                     f"(IoU >= {cfg.teacher_iou_min}); training on all of them instead of {cfg.round_size}")
-        self.log(f"[round {round_index}] pool {record['pool_size']}, dropped by the teacher filter "
-                 f"{record['dropped_by_teacher']}, selected {record['selected']} ({cfg.selector}); mIoU teacher/student "
-                 f"on the pool {record['teacher_mIoU_pool']:.2f}/{record['student_mIoU_pool']:.2f}, on the selection "
-                 f"{record['teacher_mIoU_selected']:.2f}/{record['student_mIoU_selected']:.2f}")
+            self.log(
+                f"[round {round_index}] only {chosen.survivors} pool samples pass the teacher filter "
+                f"(IoU >= {cfg.teacher_iou_min}); training on all of them instead of {cfg.round_size}"
+            )
+        self.log(
+            f"[round {round_index}] pool {record['pool_size']}, dropped by the teacher filter "
+            f"{record['dropped_by_teacher']}, selected {record['selected']} ({cfg.selector}); mIoU teacher/student "
+            f"on the pool {record['teacher_mIoU_pool']:.2f}/{record['student_mIoU_pool']:.2f}, on the selection "
+            f"{record['teacher_mIoU_selected']:.2f}/{record['student_mIoU_selected']:.2f}"
+        )
         return indices, record
 
     @staticmethod

@@ -8,6 +8,7 @@ gather through :mod:`videoopd.evaluation.evaluate`.
 - :func:`unsupported_engine`: a clear error for engines the loop does not run on.
 - :func:`reduce_step_metrics`: one collective and one host sync per logged step.
 """
+
 from __future__ import annotations
 
 import resource
@@ -31,15 +32,18 @@ def unsupported_engine(accelerator: Any) -> str | None:
 
     kind = accelerator.distributed_type
     if kind == DistributedType.DEEPSPEED:
-        return ("DeepSpeed is not supported by videoopd's loop (it has not run on our test machines); "
-                "launch with configs/accelerate/fsdp2.yaml (sharded) or ddp.yaml (replicated) instead")
+        return (
+            "DeepSpeed is not supported by videoopd's loop (it has not run on our test machines); "
+            "launch with configs/accelerate/fsdp2.yaml (sharded) or ddp.yaml (replicated) instead"
+        )
     if kind == DistributedType.FSDP and not is_fsdp2(accelerator):
         return "FSDP1 is not supported; set fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp2.yaml)"
     return None
 
 
-def place_teacher(accelerator: Any, teacher: torch.nn.Module, placement: str = "auto",
-                  device: str | torch.device | None = None) -> torch.nn.Module:
+def place_teacher(
+    accelerator: Any, teacher: torch.nn.Module, placement: str = "auto", device: str | torch.device | None = None
+) -> torch.nn.Module:
     """Put the frozen teacher where the engine wants it; returns it.
 
     ``placement``: "shard" (FSDP2 ``fully_shard`` with the run's FSDP2 settings: parameters
@@ -48,9 +52,11 @@ def place_teacher(accelerator: Any, teacher: torch.nn.Module, placement: str = "
     FSDP2, replicate otherwise).
     """
     if placement not in TEACHER_PLACEMENTS or placement == "service":
-        raise ValueError(f"a teacher in the training processes is placed by one of "
-                         f"{tuple(p for p in TEACHER_PLACEMENTS if p != 'service')}, got {placement!r} (a service's "
-                         "teacher runs on Ray actors: videoopd.algo.teacher_service)")
+        raise ValueError(
+            f"a teacher in the training processes is placed by one of "
+            f"{tuple(p for p in TEACHER_PLACEMENTS if p != 'service')}, got {placement!r} (a service's "
+            "teacher runs on Ray actors: videoopd.algo.teacher_service)"
+        )
     for p in teacher.parameters():
         p.requires_grad_(False)
     teacher.eval()
@@ -58,10 +64,14 @@ def place_teacher(accelerator: Any, teacher: torch.nn.Module, placement: str = "
         placement = "shard" if is_fsdp2(accelerator) else "replicate"
     if placement == "shard":
         if not is_fsdp2(accelerator):
-            raise ValueError("a sharded teacher needs an FSDP2 launch "
-                             "(accelerate launch --config_file configs/accelerate/fsdp2.yaml ...)")
+            raise ValueError(
+                "a sharded teacher needs an FSDP2 launch "
+                "(accelerate launch --config_file configs/accelerate/fsdp2.yaml ...)"
+            )
         if device is not None:
-            raise ValueError("--teacher-device places a replicated teacher; a sharded one lives on every process's device")
+            raise ValueError(
+                "--teacher-device places a replicated teacher; a sharded one lives on every process's device"
+            )
         from accelerate.utils import fsdp2_prepare_model
 
         # fully_shard moves each shard to this process's device: the whole teacher never
@@ -78,15 +88,21 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def reduce_step_metrics(accelerator: Any, sums: dict[str, torch.Tensor], per_rank: dict[str, Any]) -> tuple[
-        dict[str, float], dict[str, list[float]]]:
+def reduce_step_metrics(
+    accelerator: Any, sums: dict[str, torch.Tensor], per_rank: dict[str, Any]
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Sum ``sums`` (0-dim tensors, any device) over processes and collect ``per_rank`` values
-    (floats or 0-dim tensors) of every process, with one all-gather and one host sync. Returns (summed, per-rank lists)."""
+    (floats or 0-dim tensors) of every process, with one all-gather and one host sync. Returns
+    (summed, per-rank lists)."""
     keys = sorted(sums)
     rank_keys = sorted(per_rank)
     device = accelerator.device
-    local = torch.stack([torch.as_tensor(v).detach().to(device=device, dtype=torch.float64).reshape(())
-                         for v in [sums[k] for k in keys] + [per_rank[k] for k in rank_keys]])
+    local = torch.stack(
+        [
+            torch.as_tensor(v).detach().to(device=device, dtype=torch.float64).reshape(())
+            for v in [sums[k] for k in keys] + [per_rank[k] for k in rank_keys]
+        ]
+    )
     rows = accelerator.gather(local.unsqueeze(0)) if accelerator.num_processes > 1 else local.unsqueeze(0)
     table = rows.tolist()
     summed = {k: sum(row[i] for row in table) for i, k in enumerate(keys)}

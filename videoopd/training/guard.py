@@ -14,6 +14,7 @@ optimizer's moments and step counts and the schedule as they were, and drops the
 the uninterrupted one does, and stops the run after ``--max-skipped-steps`` consecutive skipped
 steps with an error naming them and their records.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,9 +73,12 @@ def note_step(state: Any, step: int, skipped: bool, records: list[str], max_cons
     state.skipped_in_a_row = [*state.skipped_in_a_row, {"step": step, "records": list(records)}]
     if len(state.skipped_in_a_row) <= max_consecutive:
         return
-    where = "; ".join(f"step {s['step']} (records {', '.join(map(str, s['records'])) or 'none'})"
-                      for s in state.skipped_in_a_row)
-    raise TooManySkippedSteps(f"{len(state.skipped_in_a_row)} consecutive optimizer steps had non-finite gradients "
-                              f"or loss and were skipped (--max-skipped-steps {max_consecutive}): {where}. The "
-                              "weights are those before the first of them: lower the learning rate, check these "
-                              "records, or resume from an earlier checkpoint")
+    where = "; ".join(
+        f"step {s['step']} (records {', '.join(map(str, s['records'])) or 'none'})" for s in state.skipped_in_a_row
+    )
+    raise TooManySkippedSteps(
+        f"{len(state.skipped_in_a_row)} consecutive optimizer steps had non-finite gradients "
+        f"or loss and were skipped (--max-skipped-steps {max_consecutive}): {where}. The "
+        "weights are those before the first of them: lower the learning rate, check these "
+        "records, or resume from an earlier checkpoint"
+    )

@@ -25,6 +25,7 @@ then logs its row (:func:`step_row`; one collective + one host sync), evaluates 
 Only the main process writes files and shows progress; every process evaluates its share of
 the held-out set.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,9 +33,10 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -43,7 +45,13 @@ from videoopd.evaluation.evaluate import evaluate
 from videoopd.qwen.lora import apply_lora, merged_model
 from videoopd.qwen.models import policy_head_forward
 from videoopd.qwen.processing import record_preprocessing
-from videoopd.training.checkpoint import TrainerState, install_model_hooks, load_checkpoint, model_signature, save_checkpoint
+from videoopd.training.checkpoint import (
+    TrainerState,
+    install_model_hooks,
+    load_checkpoint,
+    model_signature,
+    save_checkpoint,
+)
 from videoopd.training.config import ConfigError, RunOptions
 from videoopd.training.distributed import is_fsdp2, peak_memory_mb, reduce_step_metrics, unsupported_engine
 from videoopd.training.guard import agreed_grad_norm, flag_nonfinite_loss, note_step, step_if_finite
@@ -59,25 +67,29 @@ def make_accelerator(cfg: RunOptions, mixed_precision: str | None = None) -> Any
     DDP, FSDP2), or one process on ``cfg.device``'s kind of device. ``mixed_precision``
     ("no", "bf16", ...) overrides the launch's."""
     from accelerate import Accelerator, PartialState
-
-    from accelerate.utils import DataLoaderConfiguration
-
     from accelerate.tracking import get_available_trackers
+    from accelerate.utils import DataLoaderConfiguration
 
     cpu = cfg.device is not None and torch.device(cfg.device).type == "cpu"
     installed = [str(t) for t in get_available_trackers()]
     missing = [name for name in cfg.trackers if name != "all" and name not in installed]
     if missing:  # accelerate would leave them out without a word
-        raise ConfigError(f"--report-to {cfg.report_to}: {', '.join(missing)} is not installed here "
-                          f"(installed trackers: {', '.join(installed) or 'none'})")
+        raise ConfigError(
+            f"--report-to {cfg.report_to}: {', '.join(missing)} is not installed here "
+            f"(installed trackers: {', '.join(installed) or 'none'})"
+        )
     # A process that waits on a dead or hung one fails after --ddp_timeout, not hours. Given to the process
     # state, which starts the process group: accelerate's InitProcessGroupKwargs would drop a timeout equal to
     # its NCCL default (600 s) and gloo would then wait torch's 30 minutes.
     PartialState(cpu=cpu, timeout=timedelta(seconds=cfg.ddp_timeout))
     # The seedable sampler orders each epoch by (seed, epoch) alone: a resumed run can find its place.
-    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with=cfg.trackers or None,
-                              project_dir=cfg.output_dir,
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        log_with=cfg.trackers or None,
+        project_dir=cfg.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+    )
     enable_fsdp_on_cpu(accelerator)
     reason = unsupported_engine(accelerator)
     if reason is not None:
@@ -98,8 +110,10 @@ def enable_fsdp_on_cpu(accelerator: Any) -> None:
     from accelerate import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    if (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-            and accelerator.distributed_type == DistributedType.MULTI_CPU):
+    if (
+        os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        and accelerator.distributed_type == DistributedType.MULTI_CPU
+    ):
         plugin = FullyShardedDataParallelPlugin()  # from the launch's FSDP_* environment
         if accelerator.mixed_precision != "no":
             plugin.set_mixed_precision(accelerator.mixed_precision)
@@ -154,23 +168,32 @@ class DataStream:
     and error) and kept in :attr:`failed`; a batch with none left is skipped (and counted in the
     position); a whole epoch without a decodable video stops the run with an error."""
 
-    def __init__(self, accelerator: Any, loader: Any, epoch: int = 0, batches_in_epoch: int = 0,
-                 log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        accelerator: Any,
+        loader: Any,
+        epoch: int = 0,
+        batches_in_epoch: int = 0,
+        log: Callable[[str], None] = print,
+    ):
         self.accelerator, self.loader = accelerator, loader
         self.epoch, self.batches_in_epoch = epoch, batches_in_epoch
         self.iterator: Iterator[dict[str, Any]] | None = None
         self.failed: dict[str, str] = {}  # record id -> error, this process's
         self.log = log
 
-    def __iter__(self) -> "DataStream":
+    def __iter__(self) -> DataStream:
         return self
 
     def __next__(self) -> dict[str, Any]:
         empty_epochs = 0
         while True:
             if self.iterator is None:
-                source = (self.accelerator.skip_first_batches(self.loader, self.batches_in_epoch)
-                          if self.batches_in_epoch else self.loader)
+                source = (
+                    self.accelerator.skip_first_batches(self.loader, self.batches_in_epoch)
+                    if self.batches_in_epoch
+                    else self.loader
+                )
                 source.set_epoch(self.epoch)
                 self.iterator = iter(source)
             try:
@@ -180,8 +203,10 @@ class DataStream:
                 empty_epochs += 1
                 if empty_epochs > 1:
                     examples = "; ".join(f"{k}: {v}" for k, v in list(self.failed.items())[:3])
-                    raise ConfigError(f"no decodable video in a whole epoch of the training data ({len(self.failed)} "
-                                      f"failed, e.g. {examples})") from None
+                    raise ConfigError(
+                        f"no decodable video in a whole epoch of the training data ({len(self.failed)} "
+                        f"failed, e.g. {examples})"
+                    ) from None
                 continue
             self.batches_in_epoch += 1
             for record, error in batch.get("failed", []):
@@ -219,17 +244,27 @@ class PhaseTimer:
         return {k: e - s for k, (s, e) in self.marks.items()}
 
 
-def evaluate_held_out(cfg: RunOptions, accelerator: Any, model: Any, processor: Any, records: list[Any],
-                      decode_config: Any, tag: str) -> dict[str, float]:
+def evaluate_held_out(
+    cfg: RunOptions, accelerator: Any, model: Any, processor: Any, records: list[Any], decode_config: Any, tag: str
+) -> dict[str, float]:
     """``cfg.eval_limit`` of ``records`` evaluated on every process (split and gathered); the
     main process writes ``OUTPUT_DIR/eval_{tag}.json`` and its ``.predictions.jsonl``."""
     out_dir = Path(cfg.output_dir)
-    metrics = evaluate(model, processor, records[: cfg.eval_limit] if cfg.eval_limit else records,
-                       decode_config=decode_config, prompt_style=cfg.prompt_style,
-                       batch_size=cfg.per_device_eval_batch_size, system_prompt=cfg.system_prompt_setting,
-                       max_new_tokens=cfg.max_new_tokens, predictions_path=out_dir / f"eval_{tag}.predictions.jsonl",
-                       on_video_error="report", progress=cfg.progress and accelerator.is_main_process,
-                       accelerator=accelerator, gather_weights=cfg.gather_for_generation).metrics
+    metrics = evaluate(
+        model,
+        processor,
+        records[: cfg.eval_limit] if cfg.eval_limit else records,
+        decode_config=decode_config,
+        prompt_style=cfg.prompt_style,
+        batch_size=cfg.per_device_eval_batch_size,
+        system_prompt=cfg.system_prompt_setting,
+        max_new_tokens=cfg.max_new_tokens,
+        predictions_path=out_dir / f"eval_{tag}.predictions.jsonl",
+        on_video_error="report",
+        progress=cfg.progress and accelerator.is_main_process,
+        accelerator=accelerator,
+        gather_weights=cfg.gather_for_generation,
+    ).metrics
     if accelerator.is_main_process:
         (out_dir / f"eval_{tag}.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics
@@ -250,15 +285,29 @@ def save_model(accelerator: Any, wrapper: Any, processor: Any, folder: Path, *, 
     accelerator.wait_for_everyone()
 
 
-def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, objective: Objective,
-                   data: Iterator[dict[str, Any]], optimizer: Any, scheduler: Any, masters: MasterWeights | None,
-                   cfg: RunOptions) -> tuple[dict[str, torch.Tensor], dict[str, Any], PhaseTimer, list[str]]:
+def optimizer_step(
+    step: int,
+    accelerator: Any,
+    wrapper: Any,
+    model: Any,
+    objective: Objective,
+    data: Iterator[dict[str, Any]],
+    optimizer: Any,
+    scheduler: Any,
+    masters: MasterWeights | None,
+    cfg: RunOptions,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], PhaseTimer, list[str]]:
     """One optimizer step; returns (metric sums, per-process values, phase timer, record ids)."""
     device = accelerator.device
     world = accelerator.num_processes
     timer = PhaseTimer(device)
-    ctx = GenerationContext(model=model, device=device, step=step, synced_gpus=is_fsdp2(accelerator) and world > 1,
-                            gather_weights=cfg.gather_for_generation)
+    ctx = GenerationContext(
+        model=model,
+        device=device,
+        step=step,
+        synced_gpus=is_fsdp2(accelerator) and world > 1,
+        gather_weights=cfg.gather_for_generation,
+    )
     with timer("rollout"):
         rolled = objective.rollout_step(ctx, [next(data) for _ in range(cfg.gradient_accumulation_steps)])
     with timer("teacher"):
@@ -299,9 +348,13 @@ def optimizer_step(step: int, accelerator: Any, wrapper: Any, model: Any, object
         optimizer.zero_grad(set_to_none=True)
         if masters is not None:
             masters.masters_to_model()
-    per_rank: dict[str, Any] = {"peak_mem_mb": peak_memory_mb(device), "skipped_step": float(not stepped),
-                                "teacher_wait_s": teacher_wait, "teacher_bytes": float(teacher_bytes),
-                                "teacher_busy_s": teacher_busy}
+    per_rank: dict[str, Any] = {
+        "peak_mem_mb": peak_memory_mb(device),
+        "skipped_step": float(not stepped),
+        "teacher_wait_s": teacher_wait,
+        "teacher_bytes": float(teacher_bytes),
+        "teacher_busy_s": teacher_busy,
+    }
     if cfg.max_grad_norm > 0:
         per_rank["grad_norm"] = grad_norm
     ids = [r.id for m in micro for r in m.records]
@@ -368,10 +421,14 @@ class PreparedRun:
     def stream(self, samples: torch.utils.data.Dataset, epoch: int = 0, batches_in_epoch: int = 0) -> DataStream:
         """Batches of ``samples`` in the run's shuffled, process-split order, from a position."""
         cfg = self.cfg
-        loader = torch.utils.data.DataLoader(samples, batch_size=cfg.per_device_train_batch_size, shuffle=True,
-                                             collate_fn=self.collator,
-                                             num_workers=cfg.dataloader_num_workers,
-                                             generator=torch.Generator().manual_seed(cfg.seed))
+        loader = torch.utils.data.DataLoader(
+            samples,
+            batch_size=cfg.per_device_train_batch_size,
+            shuffle=True,
+            collate_fn=self.collator,
+            num_workers=cfg.dataloader_num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
         return DataStream(self.accelerator, self.accelerator.prepare(loader), epoch, batches_in_epoch, log=self.log)
 
     def starts_round(self, step: int) -> bool:
@@ -390,8 +447,9 @@ class PreparedRun:
 
     def evaluation_due(self, step: int) -> bool:
         cfg = self.cfg
-        return bool(self.eval_records) and (step == cfg.max_steps
-                                            or (cfg.eval_steps > 0 and step % cfg.eval_steps == 0))
+        return bool(self.eval_records) and (
+            step == cfg.max_steps or (cfg.eval_steps > 0 and step % cfg.eval_steps == 0)
+        )
 
     def evaluate_on_entry(self) -> None:
         """Before the first step: the evaluation before training (``eval_before``), or on resuming
@@ -406,8 +464,9 @@ class PreparedRun:
         """Evaluate on the held-out records (every process its share), keep the best (saved to
         ``best/`` with ``save_best``), log the metrics."""
         cfg, state, summary = self.cfg, self.state, self.summary
-        m = evaluate_held_out(cfg, self.accelerator, self.model, self.processor, self.eval_records,
-                              self.decode_config, f"step{step}")
+        m = evaluate_held_out(
+            cfg, self.accelerator, self.model, self.processor, self.eval_records, self.decode_config, f"step{step}"
+        )
         summary.evals[step] = m
         state.last_eval_step = step
         improved = state.best_mIoU is None or m["mIoU"] > state.best_mIoU
@@ -415,12 +474,19 @@ class PreparedRun:
             state.best_mIoU, state.best_step = m["mIoU"], step
             summary.best_mIoU, summary.best_step = m["mIoU"], step
             if cfg.save_best:
-                save_model(self.accelerator, self.wrapper, self.processor, Path(cfg.output_dir) / "best",
-                           merge_lora=cfg.merge_lora)
+                save_model(
+                    self.accelerator,
+                    self.wrapper,
+                    self.processor,
+                    Path(cfg.output_dir) / "best",
+                    merge_lora=cfg.merge_lora,
+                )
         if self.main:
             self.metrics_log.write({"step": step, **{f"eval/{k}": v for k, v in m.items()}})
-            self.log(f"[eval step {step}] held-out mIoU {m['mIoU']:.2f}  R1@0.5 {m['R1@0.5']:.2f}  "
-                     f"R1@0.7 {m['R1@0.7']:.2f}" + ("  (best so far)" if improved else ""))
+            self.log(
+                f"[eval step {step}] held-out mIoU {m['mIoU']:.2f}  R1@0.5 {m['R1@0.5']:.2f}  "
+                f"R1@0.7 {m['R1@0.7']:.2f}" + ("  (best so far)" if improved else "")
+            )
 
     def count_skipped(self, step: int, row: dict[str, Any], ids: list[str]) -> dict[str, Any]:
         """``row`` with the run's count of skipped steps (``skipped_steps``) and, when this step was
@@ -439,8 +505,10 @@ class PreparedRun:
             self.record({**row, "skipped_steps": self.state.skipped_steps, "skipped_records": records})
             raise
         if skipped and self.main:
-            self.log(f"step {step}: non-finite loss or gradients, step skipped on every process "
-                     f"({self.state.skipped_steps} skipped so far; records {', '.join(records)})")
+            self.log(
+                f"step {step}: non-finite loss or gradients, step skipped on every process "
+                f"({self.state.skipped_steps} skipped so far; records {', '.join(records)})"
+            )
         return {**row, "skipped_steps": self.state.skipped_steps, **({"skipped_records": records} if skipped else {})}
 
     def record(self, row: dict[str, Any]) -> None:
@@ -454,22 +522,32 @@ class PreparedRun:
         # say what each number is per: the loss is normalised by the step's units, KL per token
         per = {"sequence_sum": "/seq", "mean": "/token"}.get(getattr(self.objective, "reduction", ""), "")
         labels = {"loss": f"loss{per}", "reverse_kl": "rkl/token", "reward": "reward/answer"}
-        self.bar.set_postfix({label: f"{row[k]:.4f}" for k, label in labels.items() if k in row}
-                             | {"tok_s": f"{row['tokens_per_s']:.0f}"})
+        self.bar.set_postfix(
+            {label: f"{row[k]:.4f}" for k, label in labels.items() if k in row}
+            | {"tok_s": f"{row['tokens_per_s']:.0f}"}
+        )
         self.bar.update(1)
         step = row["step"]
         if not self.cfg.progress and (step == 1 or step % 10 == 0 or step == self.cfg.max_steps):
-            self.log(f"step {step}: loss {row['loss']:.4f}"
-                     + (f"  reverse KL {row['reverse_kl']:.4f}" if "reverse_kl" in row else "")
-                     + f"  {row['tokens_per_s']:.0f} tok/s  {row['step_time_s']:.1f}s")
+            self.log(
+                f"step {step}: loss {row['loss']:.4f}"
+                + (f"  reverse KL {row['reverse_kl']:.4f}" if "reverse_kl" in row else "")
+                + f"  {row['tokens_per_s']:.0f} tok/s  {row['step_time_s']:.1f}s"
+            )
 
     def save_checkpoint(self) -> None:
-        self.summary.checkpoint = save_checkpoint(self.accelerator, self.state, Path(self.cfg.output_dir),
-                                                  self.cfg.save_total_limit)
+        self.summary.checkpoint = save_checkpoint(
+            self.accelerator, self.state, Path(self.cfg.output_dir), self.cfg.save_total_limit
+        )
 
     def save_final(self) -> None:
-        save_model(self.accelerator, self.wrapper, self.processor, Path(self.cfg.output_dir) / "final",
-                   merge_lora=self.cfg.merge_lora)
+        save_model(
+            self.accelerator,
+            self.wrapper,
+            self.processor,
+            Path(self.cfg.output_dir) / "final",
+            merge_lora=self.cfg.merge_lora,
+        )
 
     def close(self) -> None:
         self.bar.close()
@@ -477,26 +555,37 @@ class PreparedRun:
             self.metrics_log.close()
 
 
-def setup_run(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: Any, objective: Objective,
-              dataset: torch.utils.data.Dataset, collator: Callable[[list[Any]], dict[str, Any]],
-              eval_records: list[Any] | None = None, *, decode_config: Any = None, resume_from: Path | None = None,
-              curriculum: Any = None, log: Callable[[str], None] = print) -> PreparedRun:
+def setup_run(
+    cfg: RunOptions,
+    accelerator: Any,
+    model: torch.nn.Module,
+    processor: Any,
+    objective: Objective,
+    dataset: torch.utils.data.Dataset,
+    collator: Callable[[list[Any]], dict[str, Any]],
+    eval_records: list[Any] | None = None,
+    *,
+    decode_config: Any = None,
+    resume_from: Path | None = None,
+    curriculum: Any = None,
+    log: Callable[[str], None] = print,
+) -> PreparedRun:
     """Everything :func:`train` steps with (its arguments are :func:`train`'s): the seed, LoRA
     (``cfg.lora_r``), the optimizer over fp32 masters or the parameters, the engine's prepared
     model, optimizer and schedule, the run's state (from ``resume_from`` when given), the data
     (none yet when a curriculum round is to select it), the metrics log (with the rows of the
     attempts before a resume) and the progress bar."""
-    from tqdm.auto import tqdm
-
     from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
 
     set_seed(cfg.seed)
     if accelerator.device.type == "cuda":  # this run's peak, not an earlier one's in the same process
         torch.cuda.reset_peak_memory_stats(accelerator.device)
     if cfg.lora_r:
         try:
-            model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                               targets=cfg.lora_target_modules)
+            model = apply_lora(
+                model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_target_modules
+            )
         except ValueError as exc:
             raise ConfigError(f"--lora-target-modules: {exc}") from None
     signature = model_signature(model)  # of the model as built, before the engine wraps it
@@ -515,59 +604,116 @@ def setup_run(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, process
     if decode_config is not None:  # saved with the model: eval and sft then sample frames alike
         record_preprocessing(processor, decode_config)
     install_model_hooks(accelerator, processor)
-    state = TrainerState(processes=accelerator.num_processes, model_signature=signature,
-                         config=dataclasses.asdict(cfg))
+    state = TrainerState(processes=accelerator.num_processes, model_signature=signature, config=dataclasses.asdict(cfg))
     if resume_from is not None:
         saved = load_checkpoint(accelerator, resume_from, signature)
         state = dataclasses.replace(saved, processes=state.processes, model_signature=signature, config=state.config)
         log(f"resumed from {resume_from} at step {state.step}")
     main = accelerator.is_main_process
-    metrics_log = (MetricsLog(Path(cfg.output_dir), resume_step=state.step if resume_from is not None else None,
-                              accelerator=accelerator, config=dataclasses.asdict(cfg)) if main else None)
+    metrics_log = (
+        MetricsLog(
+            Path(cfg.output_dir),
+            resume_step=state.step if resume_from is not None else None,
+            accelerator=accelerator,
+            config=dataclasses.asdict(cfg),
+        )
+        if main
+        else None
+    )
     summary = TrainSummary(best_mIoU=state.best_mIoU, best_step=state.best_step, rounds=state.round_records)
     for row in metrics_log.kept if metrics_log is not None else []:
         if any(k.startswith("eval/") for k in row):
             summary.evals[row["step"]] = {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
         elif "loss" in row:
             summary.steps.append(row)
-    run = PreparedRun(cfg=cfg, accelerator=accelerator, wrapper=wrapper, model=accelerator.unwrap_model(wrapper),
-                      processor=processor, objective=objective, optimizer=optimizer, scheduler=scheduler,
-                      masters=masters, state=state, data=None, metrics_log=metrics_log, bar=None, summary=summary,
-                      dataset=dataset, collator=collator, eval_records=eval_records, decode_config=decode_config,
-                      curriculum=curriculum, log=log)
+    run = PreparedRun(
+        cfg=cfg,
+        accelerator=accelerator,
+        wrapper=wrapper,
+        model=accelerator.unwrap_model(wrapper),
+        processor=processor,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        masters=masters,
+        state=state,
+        data=None,
+        metrics_log=metrics_log,
+        bar=None,
+        summary=summary,
+        dataset=dataset,
+        collator=collator,
+        eval_records=eval_records,
+        decode_config=decode_config,
+        curriculum=curriculum,
+        log=log,
+    )
     if curriculum is None or state.round_indices is not None:
         samples = dataset if curriculum is None else torch.utils.data.Subset(dataset, state.round_indices)
         run.data = run.stream(samples, state.epoch, state.batches_in_epoch)
-    run.bar = tqdm(total=cfg.max_steps, initial=state.step, desc=objective.name, unit="step",
-                   disable=not (cfg.progress and main), dynamic_ncols=True)
+    run.bar = tqdm(
+        total=cfg.max_steps,
+        initial=state.step,
+        desc=objective.name,
+        unit="step",
+        disable=not (cfg.progress and main),
+        dynamic_ncols=True,
+    )
     return run
 
 
-def step_row(step: int, objective: Objective, summed: dict[str, float], ranks: dict[str, list[float]],
-             timer: PhaseTimer, *, lr: float, step_time: float, processes: int, time_s: float,
-             train_time: float) -> dict[str, Any]:
+def step_row(
+    step: int,
+    objective: Objective,
+    summed: dict[str, float],
+    ranks: dict[str, list[float]],
+    timer: PhaseTimer,
+    *,
+    lr: float,
+    step_time: float,
+    processes: int,
+    time_s: float,
+    train_time: float,
+) -> dict[str, Any]:
     """A step's row of ``metrics.jsonl`` from its reduced metrics (:func:`reduce_step_metrics`)."""
-    return {"step": step, "loss": summed["loss"], **objective.summarize(summed),
-            "lr": lr, "grad_norm": ranks["grad_norm"][0] if "grad_norm" in ranks else None,
-            "tokens_per_s": summed.get("context_tokens", 0.0) / step_time,
-            "step_time_s": step_time,
-            **{f"time/{k}_s": v for k, v in timer.seconds().items()},
-            "time/teacher_wait_s": max(ranks["teacher_wait_s"]) if "teacher_wait_s" in ranks else 0.0,
-            "teacher_bytes": int(sum(ranks["teacher_bytes"])) if "teacher_bytes" in ranks else 0,
-            "time/teacher_service_s": max(ranks["teacher_busy_s"]) if "teacher_busy_s" in ranks else 0.0,
-            "peak_mem_mb": max(ranks["peak_mem_mb"]),
-            "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
-            "skipped_videos": int(sum(ranks["skipped_videos"])),
-            "skipped_step": ranks["skipped_step"][0],  # the same on every process
-            "processes": processes, "time_s": time_s,
-            "train_time_s": train_time}
+    return {
+        "step": step,
+        "loss": summed["loss"],
+        **objective.summarize(summed),
+        "lr": lr,
+        "grad_norm": ranks["grad_norm"][0] if "grad_norm" in ranks else None,
+        "tokens_per_s": summed.get("context_tokens", 0.0) / step_time,
+        "step_time_s": step_time,
+        **{f"time/{k}_s": v for k, v in timer.seconds().items()},
+        "time/teacher_wait_s": max(ranks["teacher_wait_s"]) if "teacher_wait_s" in ranks else 0.0,
+        "teacher_bytes": int(sum(ranks["teacher_bytes"])) if "teacher_bytes" in ranks else 0,
+        "time/teacher_service_s": max(ranks["teacher_busy_s"]) if "teacher_busy_s" in ranks else 0.0,
+        "peak_mem_mb": max(ranks["peak_mem_mb"]),
+        "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
+        "skipped_videos": int(sum(ranks["skipped_videos"])),
+        "skipped_step": ranks["skipped_step"][0],  # the same on every process
+        "processes": processes,
+        "time_s": time_s,
+        "train_time_s": train_time,
+    }
 
 
-def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: Any, objective: Objective,
-          dataset: torch.utils.data.Dataset, collator: Callable[[list[Any]], dict[str, Any]],
-          eval_records: list[Any] | None = None, *, decode_config: Any = None, resume_from: Path | None = None,
-          curriculum: Any = None, log: Callable[[str], None] = print,
-          on_step: Callable[[PreparedRun, dict[str, Any], list[str]], None] | None = None) -> TrainSummary:
+def train(
+    cfg: RunOptions,
+    accelerator: Any,
+    model: torch.nn.Module,
+    processor: Any,
+    objective: Objective,
+    dataset: torch.utils.data.Dataset,
+    collator: Callable[[list[Any]], dict[str, Any]],
+    eval_records: list[Any] | None = None,
+    *,
+    decode_config: Any = None,
+    resume_from: Path | None = None,
+    curriculum: Any = None,
+    log: Callable[[str], None] = print,
+    on_step: Callable[[PreparedRun, dict[str, Any], list[str]], None] | None = None,
+) -> TrainSummary:
     """Train ``model`` (prepared by ``videoopd.qwen.models.prepare_policy``, possibly a peft
     LoRA model) with ``objective`` up to ``cfg.max_steps`` optimizer steps on
     ``dataset``/``collator``; evaluate on ``eval_records`` every ``cfg.eval_steps`` steps and at
@@ -582,8 +728,20 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
     On SIGTERM/SIGINT the current optimizer step finishes, a checkpoint is saved and
     :class:`videoopd.training.preemption.Preempted` is raised. Returns the run's results.
     """
-    run = setup_run(cfg, accelerator, model, processor, objective, dataset, collator, eval_records,
-                    decode_config=decode_config, resume_from=resume_from, curriculum=curriculum, log=log)
+    run = setup_run(
+        cfg,
+        accelerator,
+        model,
+        processor,
+        objective,
+        dataset,
+        collator,
+        eval_records,
+        decode_config=decode_config,
+        resume_from=resume_from,
+        curriculum=curriculum,
+        log=log,
+    )
     state, start = run.state, time.perf_counter()
     try:
         with StopSignals(announce=run.main) as stop:
@@ -593,8 +751,18 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
                     run.start_round(step)
                 t0 = time.perf_counter()
                 lr = run.scheduler.get_last_lr()[0]
-                sums, per_rank, timer, ids = optimizer_step(step, accelerator, run.wrapper, run.model, objective,
-                                                            run.data, run.optimizer, run.scheduler, run.masters, cfg)
+                sums, per_rank, timer, ids = optimizer_step(
+                    step,
+                    accelerator,
+                    run.wrapper,
+                    run.model,
+                    objective,
+                    run.data,
+                    run.optimizer,
+                    run.scheduler,
+                    run.masters,
+                    cfg,
+                )
                 per_rank["stop_signal"] = float(stop.signum or 0)
                 per_rank["skipped_videos"] = float(len(run.data.failed))
                 per_rank["train_time_s"] = state.train_time_s + (time.perf_counter() - t0)
@@ -603,11 +771,21 @@ def train(cfg: RunOptions, accelerator: Any, model: torch.nn.Module, processor: 
                 # the same on every process: the budget stops them together
                 state.step, state.epoch, state.batches_in_epoch = step, run.data.epoch, run.data.batches_in_epoch
                 state.train_time_s = max(ranks["train_time_s"])
-                out_of_time = (bool(cfg.time_budget_s) and state.train_time_s >= cfg.time_budget_s
-                               and step < cfg.max_steps)
-                row = step_row(step, objective, summed, ranks, timer, lr=lr, step_time=elapsed,
-                               processes=accelerator.num_processes, time_s=time.perf_counter() - start,
-                               train_time=state.train_time_s)
+                out_of_time = (
+                    bool(cfg.time_budget_s) and state.train_time_s >= cfg.time_budget_s and step < cfg.max_steps
+                )
+                row = step_row(
+                    step,
+                    objective,
+                    summed,
+                    ranks,
+                    timer,
+                    lr=lr,
+                    step_time=elapsed,
+                    processes=accelerator.num_processes,
+                    time_s=time.perf_counter() - start,
+                    train_time=state.train_time_s,
+                )
                 row = run.count_skipped(step, row, ids)
                 run.record(row)
                 if on_step is not None:

@@ -17,6 +17,7 @@ plan was checked against measured peaks (``python -m bench.plan_check``; the err
 is in docs/scaling-out.md). Every figure is an estimate: allocator caching, fragmentation and the
 framework's own buffers (CUDA context, NCCL) come on top, which ``headroom`` stands for.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,12 +47,33 @@ PATCH_VALUES = 2 * 3 * 16 * 16  # values of one Qwen-VL video patch (2 frames x 
 
 # Qwen3-VL-{2B,8B,32B}-Instruct's config.json, text and vision parts (the fields that size the model).
 _QWEN3_VL = {
-    "qwen3-vl-2b": dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                        intermediate_size=6144, tie=True, vision=(1024, 24, 4096)),
-    "qwen3-vl-8b": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-                        intermediate_size=12288, tie=False, vision=(1152, 27, 4304)),
-    "qwen3-vl-32b": dict(hidden_size=5120, num_hidden_layers=64, num_attention_heads=64, num_key_value_heads=8,
-                         intermediate_size=25600, tie=False, vision=(1152, 27, 4304)),
+    "qwen3-vl-2b": dict(
+        hidden_size=2048,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        intermediate_size=6144,
+        tie=True,
+        vision=(1024, 24, 4096),
+    ),
+    "qwen3-vl-8b": dict(
+        hidden_size=4096,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=12288,
+        tie=False,
+        vision=(1152, 27, 4304),
+    ),
+    "qwen3-vl-32b": dict(
+        hidden_size=5120,
+        num_hidden_layers=64,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        intermediate_size=25600,
+        tie=False,
+        vision=(1152, 27, 4304),
+    ),
 }
 NAMED_CONFIGS = tuple(_QWEN3_VL)
 
@@ -65,13 +87,26 @@ def named_config(name: str) -> Any:
     spec = dict(_QWEN3_VL[name])
     tie = spec.pop("tie")
     width, depth, intermediate = spec.pop("vision")
-    text = {**spec, "vocab_size": 151_936, "head_dim": 128, "max_position_embeddings": 262_144,
-            "rope_scaling": {"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True},
-            "tie_word_embeddings": tie}
-    vision = {"depth": depth, "hidden_size": width, "intermediate_size": intermediate, "num_heads": 16,
-              "out_hidden_size": spec["hidden_size"], "patch_size": 16, "spatial_merge_size": 2,
-              "temporal_patch_size": 2, "num_position_embeddings": 2304,
-              "deepstack_visual_indexes": [5, 11, 17] if depth == 24 else [8, 16, 24]}
+    text = {
+        **spec,
+        "vocab_size": 151_936,
+        "head_dim": 128,
+        "max_position_embeddings": 262_144,
+        "rope_scaling": {"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+        "tie_word_embeddings": tie,
+    }
+    vision = {
+        "depth": depth,
+        "hidden_size": width,
+        "intermediate_size": intermediate,
+        "num_heads": 16,
+        "out_hidden_size": spec["hidden_size"],
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 2304,
+        "deepstack_visual_indexes": [5, 11, 17] if depth == 24 else [8, 16, 24],
+    }
     return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tie)
 
 
@@ -111,14 +146,16 @@ def model_size(model: str | Path | Any, name: str | None = None) -> ModelSize:
         name, config = model, named_config(model)
     elif isinstance(model, (str, Path)):
         if not (Path(model) / "config.json").is_file():
-            raise ValueError(f"model must be one of {', '.join(NAMED_CONFIGS)} or a folder with a config.json, "
-                             f"got {str(model)!r}")
+            raise ValueError(
+                f"model must be one of {', '.join(NAMED_CONFIGS)} or a folder with a config.json, got {str(model)!r}"
+            )
         name, config = name or str(model), AutoConfig.from_pretrained(model)
     elif hasattr(model, "to_dict"):
         name, config = name or type(model).__name__, model
     else:
-        raise TypeError(f"model must be a config name, a model folder or a transformers config, got "
-                        f"{type(model).__name__}")
+        raise TypeError(
+            f"model must be a config name, a model folder or a transformers config, got {type(model).__name__}"
+        )
     with torch.device("meta"):
         net = AutoModelForImageTextToText.from_config(config)
     text, vision = _text_and_vision(config)
@@ -132,14 +169,23 @@ def model_size(model: str | Path | Any, name: str | None = None) -> ModelSize:
     blocks = getattr(visual, "blocks", None) or []
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     return ModelSize(
-        name=name, params=count(net), vision_params=count(visual), embed_params=count(embed),
-        head_params=0 if tied else count(head), layer_params=max(count(layer) for layer in layers),
-        vision_block_params=max((count(b) for b in blocks), default=0), layers=len(layers), width=text.hidden_size,
-        q_width=text.num_attention_heads * head_dim, kv_width=text.num_key_value_heads * head_dim,
-        intermediate=text.intermediate_size, vocab=text.vocab_size,
+        name=name,
+        params=count(net),
+        vision_params=count(visual),
+        embed_params=count(embed),
+        head_params=0 if tied else count(head),
+        layer_params=max(count(layer) for layer in layers),
+        vision_block_params=max((count(b) for b in blocks), default=0),
+        layers=len(layers),
+        width=text.hidden_size,
+        q_width=text.num_attention_heads * head_dim,
+        kv_width=text.num_key_value_heads * head_dim,
+        intermediate=text.intermediate_size,
+        vocab=text.vocab_size,
         vision_width=getattr(vision, "hidden_size", 0) if vision is not None else 0,
         vision_intermediate=getattr(vision, "intermediate_size", 0) if vision is not None else 0,
-        deepstack=len(getattr(vision, "deepstack_visual_indexes", None) or []) if vision is not None else 0)
+        deepstack=len(getattr(vision, "deepstack_visual_indexes", None) or []) if vision is not None else 0,
+    )
 
 
 # ------------------------------------------------------------------------------------------ activations
@@ -216,7 +262,8 @@ class MemoryPlan:
         return "\n".join(rows) + (
             f"\n\nPer phase (GiB): {totals}. Peak {self.peak_bytes / GIB:,.2f} GiB ({self.peak_phase}) against "
             f"{self.usable_bytes / GIB:,.1f} GiB usable ({self.gpu_memory_bytes / GIB:,.0f} GiB less "
-            f"{100 * self.headroom:.0f}% headroom): {verdict}.")
+            f"{100 * self.headroom:.0f}% headroom): {verdict}."
+        )
 
     def summary(self) -> str:
         lines = [self.table()]
@@ -230,15 +277,31 @@ def _check(name: str, value: Any, ok: bool, expected: str) -> None:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
-def plan_memory(student: Any, teacher: Any = None, *, objective: Literal["opd", "grpo"] = "opd", gpus: int = 1,
-                gpu_memory_gib: float = 80.0, engine: Literal["ddp", "fsdp2"] = "fsdp2",
-                teacher_placement: Literal["auto", "replicate", "shard"] = "auto", video_tokens: int = 16_384,
-                text_tokens: int = 160, answer_tokens: int = ANSWER_TOKENS, per_device_train_batch_size: int = 1, gradient_accumulation_steps: int = 1,
-                num_generations: int | None = None, dtype: Literal["bf16", "fp16", "fp32"] = "bf16",
-                master_weights: Literal["auto", "fp32", "none"] = "auto", gradient_checkpointing: bool = True,
-                rollout: Literal["gathered", "sharded"] = "gathered", teacher_heads: int = 1,
-                train_vision: bool = False, device: Literal["cuda", "cpu"] = "cuda",
-                headroom: float = 0.1, rollout_batch_size: int = 0) -> MemoryPlan:
+def plan_memory(
+    student: Any,
+    teacher: Any = None,
+    *,
+    objective: Literal["opd", "grpo"] = "opd",
+    gpus: int = 1,
+    gpu_memory_gib: float = 80.0,
+    engine: Literal["ddp", "fsdp2"] = "fsdp2",
+    teacher_placement: Literal["auto", "replicate", "shard"] = "auto",
+    video_tokens: int = 16_384,
+    text_tokens: int = 160,
+    answer_tokens: int = ANSWER_TOKENS,
+    per_device_train_batch_size: int = 1,
+    gradient_accumulation_steps: int = 1,
+    num_generations: int | None = None,
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16",
+    master_weights: Literal["auto", "fp32", "none"] = "auto",
+    gradient_checkpointing: bool = True,
+    rollout: Literal["gathered", "sharded"] = "gathered",
+    teacher_heads: int = 1,
+    train_vision: bool = False,
+    device: Literal["cuda", "cpu"] = "cuda",
+    headroom: float = 0.1,
+    rollout_batch_size: int = 0,
+) -> MemoryPlan:
     """The per-process memory of a run (see the module docstring).
 
     ``student``/``teacher``: a config name, model folder, transformers config or :class:`ModelSize`
@@ -253,18 +316,27 @@ def plan_memory(student: Any, teacher: Any = None, *, objective: Literal["opd", 
     """
     _check("objective", objective, objective in ("opd", "grpo"), "opd or grpo")
     _check("engine", engine, engine in ENGINES, " or ".join(ENGINES))
-    _check("teacher_placement", teacher_placement, teacher_placement in ("auto", "replicate", "shard"),
-           "auto, replicate or shard")
+    _check(
+        "teacher_placement",
+        teacher_placement,
+        teacher_placement in ("auto", "replicate", "shard"),
+        "auto, replicate or shard",
+    )
     _check("dtype", dtype, dtype in DTYPE_BYTES, ", ".join(DTYPE_BYTES))
     _check("master_weights", master_weights, master_weights in ("auto", "fp32", "none"), "auto, fp32 or none")
     _check("rollout", rollout, rollout in ("gathered", "sharded"), "gathered or sharded")
     _check("device", device, device in ("cuda", "cpu"), "cuda or cpu")
-    for name, value, low in (("gpus", gpus, 1), ("video_tokens", video_tokens, 0), ("text_tokens", text_tokens, 0),
-                             ("answer_tokens", answer_tokens, 1), ("per_device_train_batch_size", per_device_train_batch_size, 1),
-                             ("gradient_accumulation_steps", gradient_accumulation_steps, 1), ("teacher_heads", teacher_heads, 0),
-                             ("rollout_batch_size", rollout_batch_size, 0)):
-        _check(name, value, isinstance(value, int) and not isinstance(value, bool) and value >= low,
-               f"an int >= {low}")
+    for name, value, low in (
+        ("gpus", gpus, 1),
+        ("video_tokens", video_tokens, 0),
+        ("text_tokens", text_tokens, 0),
+        ("answer_tokens", answer_tokens, 1),
+        ("per_device_train_batch_size", per_device_train_batch_size, 1),
+        ("gradient_accumulation_steps", gradient_accumulation_steps, 1),
+        ("teacher_heads", teacher_heads, 0),
+        ("rollout_batch_size", rollout_batch_size, 0),
+    ):
+        _check(name, value, isinstance(value, int) and not isinstance(value, bool) and value >= low, f"an int >= {low}")
     _check("gpu_memory_gib", gpu_memory_gib, gpu_memory_gib > 0, "> 0")
     _check("headroom", headroom, 0 <= headroom < 1, "in [0, 1)")
     if objective == "opd" and teacher is None:
@@ -272,23 +344,59 @@ def plan_memory(student: Any, teacher: Any = None, *, objective: Literal["opd", 
     if teacher_placement == "shard" and engine != "fsdp2":
         raise ValueError("teacher_placement 'shard' needs engine 'fsdp2'")
     s, t = model_size(student), model_size(teacher) if objective == "opd" else None
-    kw = dict(objective=objective, gpus=gpus, gpu_memory_gib=gpu_memory_gib, engine=engine,
-              teacher_placement=teacher_placement, video_tokens=video_tokens, text_tokens=text_tokens,
-              answer_tokens=answer_tokens, per_device_train_batch_size=per_device_train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-              num_generations=num_generations, dtype=dtype, master_weights=master_weights,
-              gradient_checkpointing=gradient_checkpointing, rollout=rollout, teacher_heads=teacher_heads,
-              train_vision=train_vision, device=device, headroom=headroom, rollout_batch_size=rollout_batch_size)
+    kw = dict(
+        objective=objective,
+        gpus=gpus,
+        gpu_memory_gib=gpu_memory_gib,
+        engine=engine,
+        teacher_placement=teacher_placement,
+        video_tokens=video_tokens,
+        text_tokens=text_tokens,
+        answer_tokens=answer_tokens,
+        per_device_train_batch_size=per_device_train_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        num_generations=num_generations,
+        dtype=dtype,
+        master_weights=master_weights,
+        gradient_checkpointing=gradient_checkpointing,
+        rollout=rollout,
+        teacher_heads=teacher_heads,
+        train_vision=train_vision,
+        device=device,
+        headroom=headroom,
+        rollout_batch_size=rollout_batch_size,
+    )
     plan = _plan(s, t, **kw)
     if not plan.fits:
         plan.advice = _advice(plan, s, t, kw)
     return plan
 
 
-def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_memory_gib: float, engine: str,
-          teacher_placement: str, video_tokens: int, text_tokens: int, answer_tokens: int, per_device_train_batch_size: int,
-          gradient_accumulation_steps: int, num_generations: int | None, dtype: str, master_weights: str,
-          gradient_checkpointing: bool, rollout: str, teacher_heads: int, train_vision: bool, device: str,
-          headroom: float, rollout_batch_size: int) -> MemoryPlan:
+def _plan(
+    s: ModelSize,
+    t: ModelSize | None,
+    *,
+    objective: str,
+    gpus: int,
+    gpu_memory_gib: float,
+    engine: str,
+    teacher_placement: str,
+    video_tokens: int,
+    text_tokens: int,
+    answer_tokens: int,
+    per_device_train_batch_size: int,
+    gradient_accumulation_steps: int,
+    num_generations: int | None,
+    dtype: str,
+    master_weights: str,
+    gradient_checkpointing: bool,
+    rollout: str,
+    teacher_heads: int,
+    train_vision: bool,
+    device: str,
+    headroom: float,
+    rollout_batch_size: int,
+) -> MemoryPlan:
     g = num_generations if num_generations is not None else default_num_generations(objective)
     _check("num_generations", g, isinstance(g, int) and g >= 1, "an int >= 1")
     fsdp = engine == "fsdp2"
@@ -297,8 +405,11 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
     a = w  # activations
     seqs = per_device_train_batch_size * g  # sequences of one micro-batch
     # sequences of one generate call and teacher forward: whole micro-batches, at most the step's
-    per_call = max(1, min(gradient_accumulation_steps, rollout_batch_size // seqs)) if rollout_batch_size else \
-        gradient_accumulation_steps
+    per_call = (
+        max(1, min(gradient_accumulation_steps, rollout_batch_size // seqs))
+        if rollout_batch_size
+        else gradient_accumulation_steps
+    )
     call_seqs = per_call * seqs
     length = video_tokens + text_tokens + answer_tokens
     tokens = seqs * length
@@ -317,16 +428,24 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
         add("student gradients", 4 * trained / gpus, ("student", "optimizer"), "fp32, sharded; freed after the step")
         add("AdamW state", 8 * trained / gpus, all_phases, "fp32 exp_avg + exp_avg_sq, sharded")
         unit = w * max(s.layer_params, s.vision_block_params)
-        add("gathered student units", 2 * unit + w * (s.embed_params + s.head_params), ("student",),
-            f"{dtype} copies of the running and the prefetched layer, and of embedding + head (root unit)")
+        add(
+            "gathered student units",
+            2 * unit + w * (s.embed_params + s.head_params),
+            ("student",),
+            f"{dtype} copies of the running and the prefetched layer, and of embedding + head (root unit)",
+        )
         state = 4  # AdamW's values are fp32
     else:
         masters = master_weights == "fp32" or (master_weights == "auto" and w < 4)
         state = 4 if masters else w  # AdamW keeps its state in the dtype of the parameters it steps
         add("student weights", w * n, all_phases, f"{dtype}, a full copy per process (DDP)")
         add("student gradients", w * trained, ("student", "optimizer"), f"{dtype}, full; all-reduced in buckets")
-        add("AdamW state", 2 * state * trained, all_phases,
-            f"exp_avg + exp_avg_sq in {'fp32' if state == 4 else dtype}, full")
+        add(
+            "AdamW state",
+            2 * state * trained,
+            all_phases,
+            f"exp_avg + exp_avg_sq in {'fp32' if state == 4 else dtype}, full",
+        )
         if masters:
             add("fp32 master weights", 4 * trained, all_phases, "--master-weights auto/fp32 with low-precision weights")
             add("fp32 master gradients", 4 * trained, ("optimizer",), "gradients copied to the masters")
@@ -346,11 +465,19 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
     if t is not None:
         if placement == "shard":
             add("teacher weights", w * t.params / gpus, all_phases, f"{dtype}, sharded over {gpus}, frozen")
-            add("gathered teacher units", 2 * w * max(t.layer_params, t.vision_block_params)
-                + w * (t.embed_params + t.head_params), ("teacher",), "running + prefetched layer, root unit")
+            add(
+                "gathered teacher units",
+                2 * w * max(t.layer_params, t.vision_block_params) + w * (t.embed_params + t.head_params),
+                ("teacher",),
+                "running + prefetched layer, root unit",
+            )
             if teacher_heads:
-                add("teacher head copies", teacher_heads * w * t.vocab * t.width, ("teacher", "student"),
-                    f"{teacher_heads} full {dtype} copy(ies) of the frozen head for the exact objective")
+                add(
+                    "teacher head copies",
+                    teacher_heads * w * t.vocab * t.width,
+                    ("teacher", "student"),
+                    f"{teacher_heads} full {dtype} copy(ies) of the frozen head for the exact objective",
+                )
         else:
             add("teacher weights", w * t.params, all_phases, f"{dtype}, a full copy per process, frozen")
 
@@ -358,21 +485,37 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
     # per sequence: the processor's patches ([4 x video tokens, 2 x 3 x 16 x 16] in the activation dtype on
     # the device) and the student's encoded video with its deepstack features (reused by the training forward)
     kept = gradient_accumulation_steps * seqs * a * video_tokens * (4 * PATCH_VALUES + s.width * (1 + s.deepstack))
-    add("the step's micro-batches", kept, ("rollout", "teacher", "student"),
+    add(
+        "the step's micro-batches",
+        kept,
+        ("rollout", "teacher", "student"),
         f"{gradient_accumulation_steps} micro-batch(es): the video's patches and the student's encoded video "
-        "(+ deepstack features), kept from rollout to the student's forward")
+        "(+ deepstack features), kept from rollout to the student's forward",
+    )
 
     # --- rollout
     full_weights = w * n if fsdp and rollout == "gathered" else 0
     if fsdp and rollout == "gathered":
-        add("rollout copy of the student", full_weights, ("rollout",),
-            f"the full {dtype} student, gathered once per generate call")
+        add(
+            "rollout copy of the student",
+            full_weights,
+            ("rollout",),
+            f"the full {dtype} student, gathered once per generate call",
+        )
     elif fsdp:
-        add("gathered student units (rollout)", 2 * w * max(s.layer_params, s.vision_block_params)
-            + w * (s.embed_params + s.head_params), ("rollout",), "each unit gathered while it runs, every token")
+        add(
+            "gathered student units (rollout)",
+            2 * w * max(s.layer_params, s.vision_block_params) + w * (s.embed_params + s.head_params),
+            ("rollout",),
+            "each unit gathered while it runs, every token",
+        )
     cache = 2 * s.layers * s.kv_width * call_seqs * length * a
-    add("KV cache", cache, ("rollout",), f"{call_seqs} sequence(s) of a generate call x {length:,} tokens x "
-        f"{s.layers} layers")
+    add(
+        "KV cache",
+        cache,
+        ("rollout",),
+        f"{call_seqs} sequence(s) of a generate call x {length:,} tokens x {s.layers} layers",
+    )
     patches = 4 * video_tokens * call_seqs  # 2 x 2 patches merge into one video token
     call_tokens = call_seqs * length
     vision_live = a * patches * _vision_block_no_grad(s) if s.vision_width else 0
@@ -381,11 +524,17 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
 
     # --- teacher scoring
     if t is not None:
-        t_live = max(a * call_tokens * _layer_no_grad(t), a * patches * _vision_block_no_grad(t) if t.vision_width
-                     else 0) + a * call_tokens * t.width
+        t_live = (
+            max(a * call_tokens * _layer_no_grad(t), a * patches * _vision_block_no_grad(t) if t.vision_width else 0)
+            + a * call_tokens * t.width
+        )
         add("teacher forward", t_live, ("teacher",), "one layer's live tensors without autograd")
-        add("teacher answer states", gradient_accumulation_steps * a * seqs * answer_tokens * t.width, ("teacher", "student"),
-            "the teacher's hidden states of the answers, kept for the loss")
+        add(
+            "teacher answer states",
+            gradient_accumulation_steps * a * seqs * answer_tokens * t.width,
+            ("teacher", "student"),
+            "the teacher's hidden states of the answers, kept for the loss",
+        )
 
     # --- the student's training forward + backward
     if gradient_checkpointing:
@@ -398,19 +547,38 @@ def _plan(s: ModelSize, t: ModelSize | None, *, objective: str, gpus: int, gpu_m
     from_head = t.width if t is not None else 0
     logit_bytes = 8 if t is not None else 4
     chunk = min(seqs * answer_tokens, max(16, min(8 * s.width // logit_bytes, 2**30 // (logit_bytes * s.vocab))))
-    add("loss head", chunk * s.vocab * logit_bytes + 4 * s.vocab * s.width * shard + a * seqs * answer_tokens
-        * (s.width + from_head), ("student",),
-        f"opd_kernels: a {chunk}-token chunk of fp32 logits, the head's fp32 gradient")
-    settings = dict(objective=objective, gpus=gpus, engine=engine, teacher_placement=placement,
-                    video_tokens=video_tokens, text_tokens=text_tokens, answer_tokens=answer_tokens,
-                    per_device_train_batch_size=per_device_train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps, num_generations=g, dtype=dtype,
-                    rollout=rollout, teacher_heads=teacher_heads, rollout_batch_size=call_seqs,
-                    student=s.name, teacher=t.name if t else None)
+    add(
+        "loss head",
+        chunk * s.vocab * logit_bytes
+        + 4 * s.vocab * s.width * shard
+        + a * seqs * answer_tokens * (s.width + from_head),
+        ("student",),
+        f"opd_kernels: a {chunk}-token chunk of fp32 logits, the head's fp32 gradient",
+    )
+    settings = dict(
+        objective=objective,
+        gpus=gpus,
+        engine=engine,
+        teacher_placement=placement,
+        video_tokens=video_tokens,
+        text_tokens=text_tokens,
+        answer_tokens=answer_tokens,
+        per_device_train_batch_size=per_device_train_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        num_generations=g,
+        dtype=dtype,
+        rollout=rollout,
+        teacher_heads=teacher_heads,
+        rollout_batch_size=call_seqs,
+        student=s.name,
+        teacher=t.name if t else None,
+    )
     return MemoryPlan(parts, gpu_memory_gib * GIB, headroom, settings)
 
 
 def _advice(plan: MemoryPlan, s: ModelSize, t: ModelSize | None, kw: dict[str, Any]) -> list[str]:
     """Settings that make the run fit, each tried alone, most effective first."""
+
     def fits(**change: Any) -> MemoryPlan:
         return _plan(s, t, **{**kw, **change})
 
@@ -420,19 +588,31 @@ def _advice(plan: MemoryPlan, s: ModelSize, t: ModelSize | None, kw: dict[str, A
     if kw["engine"] == "fsdp2" and kw["teacher_placement"] == "replicate":
         tries.append(("--teacher-placement shard", {"teacher_placement": "shard"}))
     if kw["rollout"] == "gathered" and kw["engine"] == "fsdp2":
-        tries.append(("--gather-for-generation false (no gathered rollout copy; slower: a gather per token)",
-                      {"rollout": "sharded"}))
+        tries.append(
+            (
+                "--gather-for-generation false (no gathered rollout copy; slower: a gather per token)",
+                {"rollout": "sharded"},
+            )
+        )
     if kw["teacher_heads"] > 1:
         tries.append(("keep one teacher head copy", {"teacher_heads": 1}))
     if not kw["gradient_checkpointing"]:
         tries.append(("--gradient-checkpointing true", {"gradient_checkpointing": True}))
     one_call = kw["per_device_train_batch_size"] * (kw["num_generations"] or default_num_generations(kw["objective"]))
     if kw["gradient_accumulation_steps"] > 1 and kw["rollout_batch_size"] != one_call:
-        tries.append((f"--rollout-batch-size {one_call} (one micro-batch's rollouts per generate call)",
-                      {"rollout_batch_size": one_call}))
+        tries.append(
+            (
+                f"--rollout-batch-size {one_call} (one micro-batch's rollouts per generate call)",
+                {"rollout_batch_size": one_call},
+            )
+        )
     if kw["per_device_train_batch_size"] > 1:
-        tries.append(("--per-device-train-batch-size 1 (raise --gradient-accumulation-steps to keep the effective "
-                      "batch)", {"per_device_train_batch_size": 1}))
+        tries.append(
+            (
+                "--per-device-train-batch-size 1 (raise --gradient-accumulation-steps to keep the effective batch)",
+                {"per_device_train_batch_size": 1},
+            )
+        )
     out = []
     for text, change in tries:
         p = fits(**change)
@@ -445,8 +625,10 @@ def _advice(plan: MemoryPlan, s: ModelSize, t: ModelSize | None, kw: dict[str, A
             break
     most = _max_video_tokens(s, t, {k: v for k, v in kw.items() if k != "video_tokens"})
     if most > 0:
-        out.append(f"video tokens at most {most:,} a video (now {kw['video_tokens']:,}): lower --total-pixels / "
-                   "--max-frames / --fps")
+        out.append(
+            f"video tokens at most {most:,} a video (now {kw['video_tokens']:,}): lower --total-pixels / "
+            "--max-frames / --fps"
+        )
     if not out:
         out.append("no single setting makes it fit: more or larger GPUs, or a smaller student/teacher")
     return out
@@ -479,5 +661,8 @@ def _max_video_tokens(s: ModelSize, t: ModelSize | None, kw: dict[str, Any], upp
 
 
 # plan_memory's settings and their defaults, declared once (its signature); the command's options use them
-PLAN_DEFAULTS = {name: p.default for name, p in inspect.signature(plan_memory).parameters.items()
-                 if p.default is not inspect.Parameter.empty and name != "teacher"}
+PLAN_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(plan_memory).parameters.items()
+    if p.default is not inspect.Parameter.empty and name != "teacher"
+}

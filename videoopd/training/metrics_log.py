@@ -1,5 +1,6 @@
 """The run's metrics: ``metrics.jsonl``, the trackers of ``--report-to``, and the report at the
 end (``summary.json``, ``curves.png``)."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,13 @@ class MetricsLog:
     attempt logged after step K.
     """
 
-    def __init__(self, out_dir: Path, resume_step: int | None = None, accelerator: Any = None,
-                 config: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        out_dir: Path,
+        resume_step: int | None = None,
+        accelerator: Any = None,
+        config: dict[str, Any] | None = None,
+    ):
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "metrics.jsonl"
         self.kept: list[dict[str, Any]] = []
@@ -43,15 +49,19 @@ class MetricsLog:
         if self.accelerator is not None:
             # trackers take numbers and strings only (TensorBoard's hparams refuse None)
             hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in (config or {}).items()}
-            self.accelerator.init_trackers("tensorboard", config=hparams, init_kwargs={"tensorboard": {
-                "purge_step": None if resume_step is None else resume_step + 1}})
+            self.accelerator.init_trackers(
+                "tensorboard",
+                config=hparams,
+                init_kwargs={"tensorboard": {"purge_step": None if resume_step is None else resume_step + 1}},
+            )
 
     def write(self, row: dict[str, Any]) -> None:
         self.handle.write(json.dumps(row) + "\n")
         self.handle.flush()
         if self.accelerator is not None:
-            numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                       and k != "step"}
+            numbers = {
+                k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"
+            }
             self.accelerator.log(numbers, step=row["step"])
 
     def close(self) -> None:

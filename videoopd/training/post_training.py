@@ -3,13 +3,15 @@ or the GRPO baseline ("grpo"): the teacher (and GRPO's reference) placed by the 
 held-out evaluation before, the TVDF curriculum when asked, the one loop with the algorithm's
 objective, evaluation after. ``python -m videoopd.train``, ``videoopd.compare`` and the demo
 run it."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -17,8 +19,8 @@ from videoopd.algo.grpo import GroupedCollator, GRPOObjective
 from videoopd.algo.objectives import DistillationObjective
 from videoopd.algo.teacher_service import SERVICE_NAMESPACE, TeacherService
 from videoopd.data.datasets import GroundingVideoDataset
-from videoopd.qwen.collators import GroundingCollator
 from videoopd.data.video import DecodeConfig
+from videoopd.qwen.collators import GroundingCollator
 from videoopd.qwen.models import check_pair_facts, lm_head_weight, pair_facts
 from videoopd.training.checkpoint import prepare_run_folder
 from videoopd.training.config import ConfigError, save_config
@@ -39,8 +41,9 @@ class PostTrainingSummary(TrainSummary):
     teacher_eval: dict[str, float] | None = None
 
 
-def start_teacher_service(cfg: Any, accelerator: Any, path: str, student: Any, processor: Any,
-                          decode_config: DecodeConfig) -> Any:
+def start_teacher_service(
+    cfg: Any, accelerator: Any, path: str, student: Any, processor: Any, decode_config: DecodeConfig
+) -> Any:
     """The run's :class:`videoopd.algo.teacher_service.TeacherService` of the teacher at ``path``,
     checked against ``student`` (:func:`videoopd.qwen.models.check_pair_facts`). Every process
     joins one Ray cluster (``cfg.ray_address``, else one the main process starts here) and
@@ -67,12 +70,21 @@ def start_teacher_service(cfg: Any, accelerator: Any, path: str, student: Any, p
     if gpus is None:
         gpus = 1.0 if torch.cuda.is_available() else 0.0
     try:
-        service = TeacherService(str(path), decode_config=decode_config, prompt_style=cfg.prompt_style,
-                                 replicas=cfg.teacher_replicas, address=address,
-                                 cpus_per_replica=cfg.teacher_replica_cpus, gpus_per_replica=gpus, dtype=cfg.dtype,
-                                 attn_implementation=cfg.attn_implementation, max_restarts=cfg.teacher_max_restarts,
-                                 timeout_s=cfg.teacher_timeout_s, delay_s=cfg.teacher_delay_s,
-                                 name=cfg.teacher_service_name)
+        service = TeacherService(
+            str(path),
+            decode_config=decode_config,
+            prompt_style=cfg.prompt_style,
+            replicas=cfg.teacher_replicas,
+            address=address,
+            cpus_per_replica=cfg.teacher_replica_cpus,
+            gpus_per_replica=gpus,
+            dtype=cfg.dtype,
+            attn_implementation=cfg.attn_implementation,
+            max_restarts=cfg.teacher_max_restarts,
+            timeout_s=cfg.teacher_timeout_s,
+            delay_s=cfg.teacher_delay_s,
+            name=cfg.teacher_service_name,
+        )
     except ValueError as exc:  # replicas of that name serving another teacher
         raise ConfigError(f"--teacher-service-name {cfg.teacher_service_name}: {exc}") from None
     try:
@@ -82,8 +94,9 @@ def start_teacher_service(cfg: Any, accelerator: Any, path: str, student: Any, p
     return service
 
 
-def run_memory_plan(cfg: Any, accelerator: Any, student: Any, teacher: Any, decode_config: Any,
-                    gpu_memory_gib: float) -> MemoryPlan:
+def run_memory_plan(
+    cfg: Any, accelerator: Any, student: Any, teacher: Any, decode_config: Any, gpu_memory_gib: float
+) -> MemoryPlan:
     """:func:`videoopd.training.memory_plan.plan_memory` of this run on GPUs of ``gpu_memory_gib``:
     its models' configs, engine, processes, objective, batch, accumulation, dtype, generation and
     its video budget (``decode_config``'s total pixels in the model's tokens). Full fine-tuning
@@ -94,35 +107,56 @@ def run_memory_plan(cfg: Any, accelerator: Any, student: Any, teacher: Any, deco
     dtypes = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
     fsdp = is_fsdp2(accelerator)
     placement = cfg.teacher_placement if cfg.teacher_placement in ("replicate", "shard") else "auto"
-    return plan_memory(unwrap_peft(student).config, unwrap_peft(teacher).config if teacher is not None else None,
-                       objective="opd" if teacher is not None else "grpo", gpus=accelerator.num_processes,
-                       gpu_memory_gib=gpu_memory_gib, engine="fsdp2" if fsdp else "ddp",
-                       teacher_placement=placement if fsdp or placement != "shard" else "auto",
-                       video_tokens=decode_config.resolved_total_pixels // decode_config.factor**2,
-                       answer_tokens=cfg.max_new_tokens, per_device_train_batch_size=cfg.per_device_train_batch_size,
-                       gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                       num_generations=cfg.num_generations, dtype=dtypes.get(next(student.parameters()).dtype, "fp32"),
-                       master_weights=cfg.master_weights, gradient_checkpointing=cfg.gradient_checkpointing,
-                       rollout="gathered" if cfg.gather_for_generation else "sharded", train_vision=cfg.train_vision,
-                       device="cuda" if accelerator.device.type == "cuda" else "cpu",
-                       rollout_batch_size=cfg.rollout_batch_size)
+    return plan_memory(
+        unwrap_peft(student).config,
+        unwrap_peft(teacher).config if teacher is not None else None,
+        objective="opd" if teacher is not None else "grpo",
+        gpus=accelerator.num_processes,
+        gpu_memory_gib=gpu_memory_gib,
+        engine="fsdp2" if fsdp else "ddp",
+        teacher_placement=placement if fsdp or placement != "shard" else "auto",
+        video_tokens=decode_config.resolved_total_pixels // decode_config.factor**2,
+        answer_tokens=cfg.max_new_tokens,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_generations=cfg.num_generations,
+        dtype=dtypes.get(next(student.parameters()).dtype, "fp32"),
+        master_weights=cfg.master_weights,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        rollout="gathered" if cfg.gather_for_generation else "sharded",
+        train_vision=cfg.train_vision,
+        device="cuda" if accelerator.device.type == "cuda" else "cpu",
+        rollout_batch_size=cfg.rollout_batch_size,
+    )
 
 
 def fit_warning(plan: MemoryPlan, decode_config: Any) -> str:
     """What a run that ``plan`` finds too large says at start: the numbers and what to change
     (the plan is an estimate, so the run goes on)."""
     tokens = decode_config.resolved_total_pixels // decode_config.factor**2
-    return (f"warning: python -m videoopd.plan finds that this run does not fit: at {tokens:,} video tokens a video "
-            f"its peak is {plan.peak_bytes / 2**30:,.1f} GiB per GPU ({plan.peak_phase} phase) against "
-            f"{plan.usable_bytes / 2**30:,.1f} GiB usable; it may run out of memory.\n{plan.summary()}")
+    return (
+        f"warning: python -m videoopd.plan finds that this run does not fit: at {tokens:,} video tokens a video "
+        f"its peak is {plan.peak_bytes / 2**30:,.1f} GiB per GPU ({plan.peak_phase} phase) against "
+        f"{plan.usable_bytes / 2**30:,.1f} GiB usable; it may run out of memory.\n{plan.summary()}"
+    )
 
 
-def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, processor: Any,
-                      train_records: list[Any], eval_records: list[Any] | None, *, teacher_processor: Any = None,
-                      reference: Any = None, decode_config: Any = None, teacher_path: str | None = None,
-                      log: Callable[[str], None] = print,
-                      on_step: Callable[[PreparedRun, dict[str, Any], list[str]], None] | None = None
-                      ) -> PostTrainingSummary:
+def run_post_training(
+    cfg: Any,
+    accelerator: Any,
+    student: Any,
+    teacher: Any,
+    processor: Any,
+    train_records: list[Any],
+    eval_records: list[Any] | None,
+    *,
+    teacher_processor: Any = None,
+    reference: Any = None,
+    decode_config: Any = None,
+    teacher_path: str | None = None,
+    log: Callable[[str], None] = print,
+    on_step: Callable[[PreparedRun, dict[str, Any], list[str]], None] | None = None,
+) -> PostTrainingSummary:
     """Place the teacher, evaluate it (``cfg.eval_teacher``), train with the algorithm's
     objective (:class:`DistillationObjective` or :class:`GRPOObjective`; the loop evaluates
     the student before, during and after), report. ``cfg``: ``videoopd.train.TrainConfig``.
@@ -160,57 +194,98 @@ def run_post_training(cfg: Any, accelerator: Any, student: Any, teacher: Any, pr
         raise ConfigError(str(exc)) from None
     decode_config = decode_config or DecodeConfig.for_run(processor, cfg)
     if accelerator.device.type == "cuda" and not service and not cfg.lora_r:
-        plan = run_memory_plan(cfg, accelerator, student, teacher if cfg.algo == "opd" else None, decode_config,
-                               torch.cuda.get_device_properties(accelerator.device).total_memory / 2**30)
+        plan = run_memory_plan(
+            cfg,
+            accelerator,
+            student,
+            teacher if cfg.algo == "opd" else None,
+            decode_config,
+            torch.cuda.get_device_properties(accelerator.device).total_memory / 2**30,
+        )
         if not plan.fits:
             say(fit_warning(plan, decode_config))
-    scorer = (start_teacher_service(cfg, accelerator, teacher_path, student, processor, decode_config)
-              if service and cfg.algo == "opd" else teacher)
+    scorer = (
+        start_teacher_service(cfg, accelerator, teacher_path, student, processor, decode_config)
+        if service and cfg.algo == "opd"
+        else teacher
+    )
 
     teacher_eval = None
     earlier_teacher_eval = out_dir / "eval_teacher.json"
     if eval_records and cfg.eval_teacher and resume_from is not None and earlier_teacher_eval.is_file():
         teacher_eval = json.loads(earlier_teacher_eval.read_text(encoding="utf-8"))  # the teacher is frozen
     elif eval_records and cfg.eval_teacher:
-        teacher_eval = evaluate_held_out(cfg, accelerator, teacher, teacher_processor or processor, eval_records,
-                                         decode_config, "teacher")
+        teacher_eval = evaluate_held_out(
+            cfg, accelerator, teacher, teacher_processor or processor, eval_records, decode_config, "teacher"
+        )
         say(f"teacher held-out mIoU: {teacher_eval['mIoU']:.2f}")
     vocab = lm_head_weight(student).shape[0]
     collator: Any = GroundingCollator(processor, prompt_style=cfg.prompt_style, system_prompt=cfg.system_prompt_setting)
     if cfg.algo == "grpo":
         if cfg.beta > 0 and reference is None:
             raise ConfigError("--beta > 0 needs the reference policy (a frozen copy of the initial student)")
-        objective: Any = GRPOObjective(processor, num_generations=cfg.num_generations, advantage=cfg.advantage,
-                                       clip_eps=cfg.epsilon, beta=cfg.beta, reference=reference,
-                                       format_reward=cfg.format_reward, reduction=cfg.reduction,
-                                       temperature=cfg.temperature, top_p=cfg.top_p,
-                                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, vocab_size=vocab,
-                                       rollout_batch_size=cfg.rollout_batch_size)
+        objective: Any = GRPOObjective(
+            processor,
+            num_generations=cfg.num_generations,
+            advantage=cfg.advantage,
+            clip_eps=cfg.epsilon,
+            beta=cfg.beta,
+            reference=reference,
+            format_reward=cfg.format_reward,
+            reduction=cfg.reduction,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=cfg.seed,
+            vocab_size=vocab,
+            rollout_batch_size=cfg.rollout_batch_size,
+        )
         collator = GroupedCollator(collator, cfg.num_generations)
     else:
-        objective = DistillationObjective(scorer, processor, objective=cfg.objective, reduction=cfg.reduction,
-                                          temperature=cfg.temperature, top_p=cfg.top_p,
-                                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, vocab_size=vocab,
-                                          num_generations=cfg.num_generations,
-                                          advantage_clip=cfg.advantage_clip or None,
-                                          rollout_batch_size=cfg.rollout_batch_size)
+        objective = DistillationObjective(
+            scorer,
+            processor,
+            objective=cfg.objective,
+            reduction=cfg.reduction,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=cfg.seed,
+            vocab_size=vocab,
+            num_generations=cfg.num_generations,
+            advantage_clip=cfg.advantage_clip or None,
+            rollout_batch_size=cfg.rollout_batch_size,
+        )
         if cfg.num_generations > 1:
             collator = GroupedCollator(collator, cfg.num_generations)
     dataset = GroundingVideoDataset(train_records, decode_config, on_error="report")
     curriculum = None
     if cfg.rounds:
-        steps = cfg.steps_per_round or one_pass_steps(cfg.round_size, cfg.per_device_train_batch_size,
-                                                      cfg.gradient_accumulation_steps,
-                                                      accelerator.num_processes)
-        curriculum = TVDFCurriculum(cfg, accelerator, teacher, teacher_processor or processor, train_records,
-                                    decode_config, steps, log=say)
+        steps = cfg.steps_per_round or one_pass_steps(
+            cfg.round_size, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, accelerator.num_processes
+        )
+        curriculum = TVDFCurriculum(
+            cfg, accelerator, teacher, teacher_processor or processor, train_records, decode_config, steps, log=say
+        )
         say(f"TVDF curriculum: {cfg.rounds} rounds x {steps} steps = {curriculum.total_steps} optimizer steps")
         cfg.max_steps = curriculum.total_steps  # a preset's or the default (one given that differs is refused)
     if main_process:
         say(f"config: {save_config(cfg, out_dir)}")
-    summary = train(cfg, accelerator, student, processor, objective, dataset, collator, eval_records,
-                    decode_config=decode_config, resume_from=resume_from, curriculum=curriculum, log=say,
-                    on_step=on_step)
+    summary = train(
+        cfg,
+        accelerator,
+        student,
+        processor,
+        objective,
+        dataset,
+        collator,
+        eval_records,
+        decode_config=decode_config,
+        resume_from=resume_from,
+        curriculum=curriculum,
+        log=say,
+        on_step=on_step,
+    )
     if eval_records and summary.evals:
         say(f"student held-out mIoU after: {summary.evals[max(summary.evals)]['mIoU']:.2f}")
     if cfg.save_final:

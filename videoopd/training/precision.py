@@ -1,5 +1,6 @@
 """fp32 master weights for a half-precision model trained by one process or DDP (FSDP2 keeps
 fp32 sharded masters through its own mixed-precision policy instead)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,7 +22,7 @@ class MasterWeights:
         self.index = {id(p): i for i, p in enumerate(params)}
 
     @classmethod
-    def for_config(cls, params: list[Any], mode: str) -> "MasterWeights | None":
+    def for_config(cls, params: list[Any], mode: str) -> MasterWeights | None:
         half = any(p.dtype in (torch.bfloat16, torch.float16) for p in params)
         if mode == "fp32" or (mode == "auto" and half):
             return cls(params)

@@ -2,6 +2,7 @@
 checkpoint and raises :class:`Preempted`; the command exits with ``128 + signal`` (143 for
 SIGTERM, 130 for SIGINT), the codes schedulers read as "killed by a signal, retry". A second
 SIGINT (Ctrl-C twice) stops at once; a repeated SIGTERM (a launcher passing its own on) does not."""
+
 from __future__ import annotations
 
 import signal
@@ -20,8 +21,10 @@ class Preempted(Exception):
     def __init__(self, signum: int, step: int, checkpoint: Path):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint} "
-                         "(continue with --resume-from-checkpoint auto)")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint} "
+            "(continue with --resume-from-checkpoint auto)"
+        )
 
 
 class StopSignals:
@@ -46,10 +49,14 @@ class StopSignals:
             return
         self.signum = signum
         if self.announce:
-            print(f"received {signal.Signals(signum).name}: finishing the current optimizer step, then saving a "
-                  "checkpoint" + (" (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""), file=sys.stderr, flush=True)
+            print(
+                f"received {signal.Signals(signum).name}: finishing the current optimizer step, then saving a "
+                "checkpoint" + (" (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""),
+                file=sys.stderr,
+                flush=True,
+            )
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self.previous[signum] = signal.signal(signum, self.handle)

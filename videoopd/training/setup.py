@@ -1,4 +1,5 @@
 """Inputs of a run checked before any work starts: model folders and annotation pools."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,9 +62,11 @@ def load_pool(path: str | None, cfg: AnnotationOptions, what: str) -> list[Any]:
     missing = [i.message for i in summary.issues if i.kind == "missing_video"]
     missing += [f"video file not found: {r.video}" for r in records if not Path(r.video).is_file()]
     if missing:
-        raise ConfigError(f"{flag}: {len(missing)} queries refer to missing videos (e.g. {missing[0]}); "
-                          "check --video-root")
+        raise ConfigError(
+            f"{flag}: {len(missing)} queries refer to missing videos (e.g. {missing[0]}); check --video-root"
+        )
     if not records:
-        raise ConfigError(f"--{what.replace('_', '-')}: no usable records in {path} (empty pool)\n"
-                          + summary.report(max_issues=10))
+        raise ConfigError(
+            f"--{what.replace('_', '-')}: no usable records in {path} (empty pool)\n" + summary.report(max_issues=10)
+        )
     return records

@@ -4,6 +4,7 @@ same answer (a model that ignores the query):
 
     python docs/results/2026-11-26-compare-demo-two-events/query_reading.py RUN/eval_step*.predictions.jsonl
 """
+
 import collections
 import json
 import sys

@@ -34,17 +34,26 @@ def _tokenizer():
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<|endoftext|>", "<|im_end|>")])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
+    )
 
 
 def _model(seed, hidden, **config):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=V, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
-                      max_position_embeddings=1024, **config)
+    cfg = Qwen2Config(
+        vocab_size=V,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+        max_position_embeddings=1024,
+        **config,
+    )
     return Qwen2ForCausalLM(cfg)
 
 
@@ -64,9 +73,17 @@ def _trainer(cls, models, tmp_path, *, student_config=None, **args):
     for key, value in (student_config or {}).items():
         setattr(student.config, key, value)
     args = dict(dict(bf16=False), **args)
-    config = DistillationConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to="none",
-                                use_cpu=True, gradient_checkpointing=False, logging_steps=1, save_strategy="no",
-                                max_completion_length=6, **args)
+    config = DistillationConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        report_to="none",
+        use_cpu=True,
+        gradient_checkpointing=False,
+        logging_steps=1,
+        save_strategy="no",
+        max_completion_length=6,
+        **args,
+    )
     prompts = Dataset.from_dict({"prompt": ["the cat", "a b c", "tiny model", "hello"]})
     return cls(model=student, teacher_model=teacher, args=config, train_dataset=prompts, processing_class=_tokenizer())
 
@@ -80,8 +97,12 @@ def _batch(B=3, P=5, K=11, seed=0, tools=False):
     prompt_mask[1, :2] = 0
     lengths = torch.tensor([K, 4, 7])[:B]
     completion_mask = (torch.arange(K) < lengths[:, None]).long()
-    batch = {"prompt_ids": torch.randint(0, V, (B, P), generator=g), "prompt_mask": prompt_mask,
-             "completion_ids": torch.randint(0, V, (B, K), generator=g), "completion_mask": completion_mask}
+    batch = {
+        "prompt_ids": torch.randint(0, V, (B, P), generator=g),
+        "prompt_mask": prompt_mask,
+        "completion_ids": torch.randint(0, V, (B, K), generator=g),
+        "completion_mask": completion_mask,
+    }
     loss_mask = completion_mask
     if tools:  # multi-turn: tool-output tokens are in the completion but not in the loss
         batch["tool_mask"] = torch.ones(B, K, dtype=torch.long)
@@ -109,11 +130,13 @@ def test_trl_beta_one_is_the_reverse_kl():
     h_s, W_s = torch.randn(40, 16, generator=g), torch.randn(300, 16, generator=g) / 4
     h_t, W_t = torch.randn(40, 24, generator=g), torch.randn(300, 24, generator=g) / 4
     trl_rkl, _ = ChunkedDivergenceFunction.apply(h_s, W_s, None, h_t, W_t, None, 1.0, 0.7)
-    want = reverse_kl_reference(h_s.double(), W_s.double(), h_t.double(), W_t.double(), temperature=0.7,
-                                reduction="none")
+    want = reverse_kl_reference(
+        h_s.double(), W_s.double(), h_t.double(), W_t.double(), temperature=0.7, reduction="none"
+    )
     torch.testing.assert_close(trl_rkl.double(), want, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(fused_reverse_kl(h_s, W_s, h_t, W_t, temperature=0.7, reduction="none").double(),
-                               want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        fused_reverse_kl(h_s, W_s, h_t, W_t, temperature=0.7, reduction="none").double(), want, rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("temperature,tools", [(1.0, False), (0.7, True)], ids=["completion-mask", "tool-mask-tau0.7"])
@@ -132,11 +155,17 @@ def test_loss_and_gradients_equal_trls(models, tmp_path, temperature, tools, mon
     torch.testing.assert_close(entropy_o, entropy_t, rtol=1e-5, atol=1e-6)
     assert grads_o.keys() == grads_t.keys() and "lm_head.weight" in grads_o
     for name in grads_t:
-        torch.testing.assert_close(grads_o[name], grads_t[name], rtol=1e-4, atol=1e-7, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            grads_o[name], grads_t[name], rtol=1e-4, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}"
+        )
     # evaluation: no num_items_in_batch, TRL's mean over the local completion tokens
     eval_batch = {k: v for k, v in batch.items() if k != "num_items_in_batch"}
-    torch.testing.assert_close(_loss_and_grads(ours, eval_batch, train=False)[0],
-                               _loss_and_grads(theirs, eval_batch, train=False)[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        _loss_and_grads(ours, eval_batch, train=False)[0],
+        _loss_and_grads(theirs, eval_batch, train=False)[0],
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 @pytest.mark.parametrize("precision", ["bf16-weights", "fp32-weights-bf16-autocast"])
@@ -174,11 +203,15 @@ def test_log_entropy_off(models, tmp_path):
     assert len(entropy) == 1 and entropy[0] != entropy[0], "no entropy: NaN, which TRL's log leaves out"
 
 
-@pytest.mark.parametrize("case,match", [
-    (dict(args=dict(beta=0.5)), "beta=0.5"),
-    (dict(student_config=dict(final_logit_softcapping=30.0)), "soft-caps the logits"),
-    (dict(student_config=dict(logit_scale=0.5)), "scales the logits"),
-], ids=["jsd-beta", "softcap", "logit-scale"])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        (dict(args=dict(beta=0.5)), "beta=0.5"),
+        (dict(student_config=dict(final_logit_softcapping=30.0)), "soft-caps the logits"),
+        (dict(student_config=dict(logit_scale=0.5)), "scales the logits"),
+    ],
+    ids=["jsd-beta", "softcap", "logit-scale"],
+)
 def test_unfused_cases_stay_on_trls_path(models, tmp_path, case, match):
     args = case.get("args", {})
     theirs = _trainer(DistillationTrainer, models, tmp_path, student_config=case.get("student_config"), **args)
@@ -214,8 +247,10 @@ def test_no_tokens_by_vocab_tensor(models, tmp_path):
     limit = B * K * V // 8
     tracker = _tracked_step(_trainer(FusedDistillationTrainer, models, tmp_path), batch, limit)
     assert tracker.largest.numel < limit
-    print(f"\n[memory] FusedDistillationTrainer step, N={B * K}, V={V}: largest tensor {tracker.largest.shape} "
-          f"({tracker.largest.op}), peak {tracker.peak_bytes / 2**20:.1f} MiB")
+    print(
+        f"\n[memory] FusedDistillationTrainer step, N={B * K}, V={V}: largest tensor {tracker.largest.shape} "
+        f"({tracker.largest.op}), peak {tracker.peak_bytes / 2**20:.1f} MiB"
+    )
     with pytest.raises(AssertionError, match="created a tensor of shape"):
         _tracked_step(_trainer(DistillationTrainer, models, tmp_path), batch, limit)
 
@@ -234,6 +269,8 @@ def test_training_steps(models, tmp_path, monkeypatch):
 
 
 def test_core_imports_neither_trl_nor_transformers():
-    code = ("import sys, opd_kernels, opd_kernels.integrations; "
-            "bad = [m for m in ('trl', 'transformers') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, opd_kernels, opd_kernels.integrations; "
+        "bad = [m for m in ('trl', 'transformers') if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,5 @@
 """TVDF selection (videoopd.algo.curriculum) on hand-made IoU tables."""
+
 import json
 import math
 import random
@@ -36,7 +37,9 @@ def assert_frequencies(counts, probabilities, draws, num_standard_errors=5.0):
     frequencies = np.asarray(counts) / draws
     standard_errors = np.sqrt(probabilities * (1 - probabilities) / draws)
     assert np.all(np.abs(frequencies - probabilities) <= num_standard_errors * standard_errors), (
-        frequencies, probabilities)
+        frequencies,
+        probabilities,
+    )
 
 
 def test_topk_takes_largest_deltas_among_teacher_validated_samples():
@@ -107,10 +110,9 @@ def test_gwds_draw_frequencies_follow_gaussian_weights():
     weights = gaussian_weights()
     total = weights.sum()
     first_probability = weights / total
-    second_probability = np.array([
-        sum(first_probability[j] * weights[i] / (total - weights[j]) for j in range(5) if j != i)
-        for i in range(5)
-    ])
+    second_probability = np.array(
+        [sum(first_probability[j] * weights[i] / (total - weights[j]) for j in range(5) if j != i) for i in range(5)]
+    )
     first_counts = np.zeros(5)
     second_counts = np.zeros(5)
     for seed in range(draws):
@@ -129,8 +131,8 @@ def test_gwds_draw_frequencies_follow_gaussian_weights():
 def test_gwds_center_and_sigma_move_the_mass():
     # A narrow Gaussian at 0.3 makes sample 3 (delta 0.3) the first draw nearly always.
     hits = sum(
-        select(FREQ_TEACHER, FREQ_STUDENT, selector="gwds", k=1, teacher_iou_min=0.5,
-               center=0.3, sigma=0.05, seed=seed) == [3]
+        select(FREQ_TEACHER, FREQ_STUDENT, selector="gwds", k=1, teacher_iou_min=0.5, center=0.3, sigma=0.05, seed=seed)
+        == [3]
         for seed in range(200)
     )
     assert hits >= 195
@@ -139,8 +141,9 @@ def test_gwds_center_and_sigma_move_the_mass():
 def test_gwds_with_vanishing_sigma_draws_the_nearest_delta_first_and_never_fails():
     # Every weight but the nearest one's underflows to exactly 0 here.
     for seed in range(10):
-        chosen = select(FREQ_TEACHER, FREQ_STUDENT, selector="gwds", k=5, teacher_iou_min=0.5,
-                        center=0.9, sigma=1e-300, seed=seed)
+        chosen = select(
+            FREQ_TEACHER, FREQ_STUDENT, selector="gwds", k=5, teacher_iou_min=0.5, center=0.9, sigma=1e-300, seed=seed
+        )
         assert chosen[0] == 0 and sorted(chosen) == list(range(5))
 
 
@@ -175,12 +178,24 @@ def test_selection_does_not_touch_global_random_state():
 def test_numpy_and_tensor_inputs_match_lists():
     for selector in SELECTORS:
         expected = select(TEACHER, STUDENT, selector=selector, k=3, teacher_iou_min=0.5, seed=5)
-        assert select(np.array(TEACHER), np.array(STUDENT), selector=selector, k=3,
-                      teacher_iou_min=0.5, seed=5) == expected
-        assert select(torch.tensor(TEACHER, dtype=torch.float64), torch.tensor(STUDENT, dtype=torch.float64),
-                      selector=selector, k=np.int64(3), teacher_iou_min=0.5, seed=5) == expected
-    assert select(torch.tensor(TEACHER), torch.tensor(STUDENT, dtype=torch.bfloat16), selector="topk", k=3,
-                  teacher_iou_min=0.5) == [3, 0, 5]
+        assert (
+            select(np.array(TEACHER), np.array(STUDENT), selector=selector, k=3, teacher_iou_min=0.5, seed=5)
+            == expected
+        )
+        assert (
+            select(
+                torch.tensor(TEACHER, dtype=torch.float64),
+                torch.tensor(STUDENT, dtype=torch.float64),
+                selector=selector,
+                k=np.int64(3),
+                teacher_iou_min=0.5,
+                seed=5,
+            )
+            == expected
+        )
+    assert select(
+        torch.tensor(TEACHER), torch.tensor(STUDENT, dtype=torch.bfloat16), selector="topk", k=3, teacher_iou_min=0.5
+    ) == [3, 0, 5]
 
 
 def test_round_record_histograms_and_log():
@@ -214,8 +229,11 @@ GOOD = {"teacher_iou": [0.9, 0.8], "student_iou": [0.1, 0.2], "selector": "topk"
         ({"teacher_iou": [0.9, 1.2]}, ValueError, r"teacher_iou\[1\] = 1\.2"),
         ({"student_iou": [-0.1, 0.2]}, ValueError, r"student_iou\[0\] = -0\.1"),
         ({"student_iou": [0.1, float("nan")]}, ValueError, r"student_iou\[1\] = nan"),
-        ({"teacher_iou": np.array([[0.9, 0.8]]), "student_iou": np.array([[0.1, 0.2]])}, ValueError,
-         r"teacher_iou must be 1-D"),
+        (
+            {"teacher_iou": np.array([[0.9, 0.8]]), "student_iou": np.array([[0.1, 0.2]])},
+            ValueError,
+            r"teacher_iou must be 1-D",
+        ),
         ({"teacher_iou": [True, False]}, TypeError, "teacher_iou must hold real"),
         ({"student_iou": ["a", "b"]}, TypeError, "student_iou must hold real"),
         ({"k": -1}, ValueError, r"k must be >= 0, got -1"),
@@ -224,7 +242,11 @@ GOOD = {"teacher_iou": [0.9, 0.8], "student_iou": [0.1, 0.2], "selector": "topk"
         ({"selector": "gwds", "sigma": 0.0}, ValueError, r"sigma must be .* > 0, got 0\.0"),
         ({"selector": "gwds", "sigma": -0.2}, ValueError, r"sigma .* got -0\.2"),
         ({"center": float("inf")}, ValueError, "center must be finite"),
-        ({"selector": "top-k"}, ValueError, r"selector must be one of \('topk', 'gwds', 'random', 'off'\), got 'top-k'"),
+        (
+            {"selector": "top-k"},
+            ValueError,
+            r"selector must be one of \('topk', 'gwds', 'random', 'off'\), got 'top-k'",
+        ),
         ({"teacher_iou_min": 1.5}, ValueError, r"teacher_iou_min must be in \[0, 1\], got 1\.5"),
         ({"teacher_iou_min": -0.1}, ValueError, r"teacher_iou_min .* got -0\.1"),
         ({"teacher_iou_min": float("nan")}, ValueError, r"teacher_iou_min .* got nan"),

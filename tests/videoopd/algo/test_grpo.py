@@ -1,6 +1,7 @@
 """GRPO in the one loop: rewards, group advantages against float64 hand computations, a group
 of equal rewards giving zero gradient, seeds per group member, a 2-step demo run and a 2-step
 `videoopd.compare` run (2 processes: test_distributed.py)."""
+
 from __future__ import annotations
 
 import json
@@ -29,11 +30,11 @@ def test_group_advantages_by_hand(mode):
     rewards = torch.tensor([0.1, 0.5, 0.9, 0.3, 0.0, 0.0, 0.0, 0.0, 1.0, 0.2, 0.2, 0.6], dtype=torch.float64)
     got = group_advantages(rewards, 4, mode)
     for g in range(3):
-        r = [float(x) for x in rewards[4 * g: 4 * g + 4]]
+        r = [float(x) for x in rewards[4 * g : 4 * g + 4]]
         mean = sum(r) / 4
         std = (sum((x - mean) ** 2 for x in r) / 3) ** 0.5
         want = [(x - mean) / (std + 1e-4) if mode == "std" else x - mean for x in r]
-        assert got[4 * g: 4 * g + 4].tolist() == pytest.approx(want, rel=1e-12, abs=1e-12)
+        assert got[4 * g : 4 * g + 4].tolist() == pytest.approx(want, rel=1e-12, abs=1e-12)
     assert got[4:8].abs().max() == 0  # equal rewards: no signal
     with pytest.raises(ValueError, match="groups"):
         group_advantages(rewards[:10], 4)
@@ -44,8 +45,13 @@ def test_group_advantages_by_hand(mode):
 def test_equal_rewards_give_zero_gradient():
     lp = (-torch.rand(4, 5, dtype=torch.float64)).requires_grad_()
     advantages = group_advantages(torch.full((4,), 0.7, dtype=torch.float64), 4)
-    loss, _ = policy_gradient_loss(lp, advantages[:, None].expand_as(lp), torch.ones(4, 5, dtype=torch.bool),
-                                   old_logprobs=lp.detach(), clip_eps=0.2)
+    loss, _ = policy_gradient_loss(
+        lp,
+        advantages[:, None].expand_as(lp),
+        torch.ones(4, 5, dtype=torch.bool),
+        old_logprobs=lp.detach(),
+        clip_eps=0.2,
+    )
     (grad,) = torch.autograd.grad(loss, [lp])
     assert torch.count_nonzero(grad) == 0
 
@@ -72,7 +78,6 @@ def test_one_reduction_vocabulary_with_opd_kernels():
     """videoopd's reductions are opd_kernels' names; the old token_mean still works for one
     release, as in opd_kernels: a DeprecationWarning, then the same as mean."""
     import opd_kernels
-
     from videoopd.algo.objectives import REDUCTIONS, check_reduction
 
     assert set(REDUCTIONS) <= set(opd_kernels.REDUCTIONS)
@@ -99,9 +104,26 @@ SMALL = ["--demo-videos", "4", "--eval-limit", "2", "--eval-on-start", "false", 
 @pytest.mark.slow
 def test_grpo_demo_steps_and_logs(tmp_path):
     out = tmp_path / "grpo"
-    assert T.main([*SMALL, "--algo", "grpo", "--max-steps", "2", "--per-device-train-batch-size", "2",
-                   "--num-generations", "3",
-                   "--eval-teacher", "false", "--output-dir", str(out)]) == 0
+    assert (
+        T.main(
+            [
+                *SMALL,
+                "--algo",
+                "grpo",
+                "--max-steps",
+                "2",
+                "--per-device-train-batch-size",
+                "2",
+                "--num-generations",
+                "3",
+                "--eval-teacher",
+                "false",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
@@ -115,8 +137,24 @@ def test_grpo_demo_steps_and_logs(tmp_path):
 @pytest.mark.slow
 def test_compare_demo_writes_table_plot_and_runs(tmp_path):
     out = tmp_path / "cmp"
-    assert CMP.main([*SMALL, "--budget", "steps", "--budget-value", "2", "--eval-steps", "2", "--output-dir", str(out),
-                     "--grpo-args", "--per-device-train-batch-size 1 --num-generations 2"]) == 0
+    assert (
+        CMP.main(
+            [
+                *SMALL,
+                "--budget",
+                "steps",
+                "--budget-value",
+                "2",
+                "--eval-steps",
+                "2",
+                "--output-dir",
+                str(out),
+                "--grpo-args",
+                "--per-device-train-batch-size 1 --num-generations 2",
+            ]
+        )
+        == 0
+    )
     table = (out / "comparison.md").read_text()
     assert table.splitlines()[0].startswith("| method | steps | R1@0.3")
     assert "| opd | 2 |" in table and "| grpo | 2 |" in table and "Teacher held-out mIoU" in table
@@ -133,8 +171,9 @@ def test_compare_demo_writes_table_plot_and_runs(tmp_path):
 
 
 def test_compare_budgets_become_each_methods_steps(tmp_path):
-    argv = CMP.method_argv("grpo", ["--learning-rate", "1e-5"], ["--per-device-train-batch-size", "2"], "samples", 100,
-                           2, tmp_path, 10)
+    argv = CMP.method_argv(
+        "grpo", ["--learning-rate", "1e-5"], ["--per-device-train-batch-size", "2"], "samples", 100, 2, tmp_path, 10
+    )
     assert argv[argv.index("--max-steps") + 1] == "50" and argv[argv.index("--algo") + 1] == "grpo"
     argv = CMP.method_argv("opd", [], [], "seconds", 30, 8, tmp_path, 10)
     assert argv[argv.index("--time-budget-s") + 1] == "30"

@@ -1,5 +1,6 @@
 """The sampled OPD objective's variance reductions: the per-prompt group baseline against a
 float64 hand computation, the options' checks, and a 2-step demo run with both."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ from videoopd.qwen.generation import group_rollout_seeds, rollout_seed
 
 
 def test_group_mean_baseline_by_hand():
-    values = torch.tensor([[1.0, 2.0, float("nan")], [3.0, float("inf"), 5.0],
-                           [7.0, 8.0, 9.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    values = torch.tensor(
+        [[1.0, 2.0, float("nan")], [3.0, float("inf"), 5.0], [7.0, 8.0, 9.0], [1.0, 1.0, 1.0]], dtype=torch.float64
+    )
     mask = torch.tensor([[True, True, False], [True, False, True], [False, False, False], [False, False, False]])
     got = group_mean_baseline(values, mask, group_size=2)
     want = torch.tensor([[11.0 / 4], [11.0 / 4], [0.0], [0.0]], dtype=torch.float64)
@@ -49,10 +51,32 @@ def test_variance_options_are_checked():
 @pytest.mark.slow
 def test_sampled_demo_with_group_baseline_and_clip(tmp_path):
     out = tmp_path / "opd"
-    assert T.main(["--demo-videos", "8", "--eval-limit", "2", "--eval-on-start", "false", "--no-progress",
-                   "--objective", "sampled", "--num-generations", "2", "--advantage-clip", "2",
-                   "--per-device-train-batch-size", "2",
-                   "--max-steps", "2", "--output-dir", str(out)]) == 0
+    assert (
+        T.main(
+            [
+                "--demo-videos",
+                "8",
+                "--eval-limit",
+                "2",
+                "--eval-on-start",
+                "false",
+                "--no-progress",
+                "--objective",
+                "sampled",
+                "--num-generations",
+                "2",
+                "--advantage-clip",
+                "2",
+                "--per-device-train-batch-size",
+                "2",
+                "--max-steps",
+                "2",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2]

@@ -29,9 +29,14 @@ def _setup(family: str):
     for first, frames_pair in enumerate(((8, 12), (6, 10))):  # prompts of 4 lengths: left padding differs
         items = []
         for j, frames in enumerate(frames_pair):
-            record = GroundingRecord(id=f"v{first}{j}", video=synthetic_video(frames, side).path,
-                                     query="the square crosses", span=(1.0, 3.0), duration=frames / 2,
-                                     source="synthetic")
+            record = GroundingRecord(
+                id=f"v{first}{j}",
+                video=synthetic_video(frames, side).path,
+                query="the square crosses",
+                span=(1.0, 3.0),
+                duration=frames / 2,
+                source="synthetic",
+            )
             items.append({"record": record, "video": synthetic_video(frames, side), "error": None, "data_issue": None})
         batches.append(collate(items))
     return student, teacher, processor, batches
@@ -48,9 +53,15 @@ def _loss_and_grads(student, micro):
     return loss.detach(), {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize(("family", "objective"), [("qwen3_vl", "full"), ("qwen2_5_vl", "sampled"),
-                                                  pytest.param("qwen3_vl", "sampled", marks=pytest.mark.slow),
-                                                  pytest.param("qwen2_5_vl", "full", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    ("family", "objective"),
+    [
+        ("qwen3_vl", "full"),
+        ("qwen2_5_vl", "sampled"),
+        pytest.param("qwen3_vl", "sampled", marks=pytest.mark.slow),
+        pytest.param("qwen2_5_vl", "full", marks=pytest.mark.slow),
+    ],
+)
 def test_joint_rollouts_equal_separate_ones(family, objective, monkeypatch):
     student, teacher, processor, batches = _setup(family)
     generate_calls = []
@@ -59,8 +70,9 @@ def test_joint_rollouts_equal_separate_ones(family, objective, monkeypatch):
     ctx = GenerationContext(model=student, device=torch.device("cpu"), step=5)
     results = {}
     for mode in ("joint", "separate"):
-        opd = DistillationObjective(teacher, processor, objective=objective, reduction="sum", max_new_tokens=7,
-                                    temperature=1.3)
+        opd = DistillationObjective(
+            teacher, processor, objective=objective, reduction="sum", max_new_tokens=7, temperature=1.3
+        )
         generate_calls.clear()
         teacher_forwards: list[int] = []
         hook = _counted(teacher.model, teacher_forwards)
@@ -73,8 +85,13 @@ def test_joint_rollouts_equal_separate_ones(family, objective, monkeypatch):
                 micro = [opd.score(ctx, r) for r in rolled]
         finally:
             hook.remove()
-        results[mode] = (rolled, [_loss_and_grads(student, m) for m in micro], len(generate_calls),
-                         len(teacher_forwards), opd)
+        results[mode] = (
+            rolled,
+            [_loss_and_grads(student, m) for m in micro],
+            len(generate_calls),
+            len(teacher_forwards),
+            opd,
+        )
     joint, separate = results["joint"], results["separate"]
     assert (joint[2], joint[3]) == (1, 1) and (separate[2], separate[3]) == (2, 2)
     for a, b in zip(joint[0], separate[0]):
@@ -82,7 +99,7 @@ def test_joint_rollouts_equal_separate_ones(family, objective, monkeypatch):
         assert torch.equal(ra.sequences, rb.sequences), (ra.answers, rb.answers)
         assert torch.equal(ra.attention_mask, rb.attention_mask) and torch.equal(ra.answer_mask, rb.answer_mask)
         assert ra.prompt_length == rb.prompt_length and ra.answers == rb.answers
-        answer = ra.answer_mask[:, ra.prompt_length:]
+        answer = ra.answer_mask[:, ra.prompt_length :]
         torch.testing.assert_close(ra.sampler_logprobs[answer], rb.sampler_logprobs[answer], rtol=1e-5, atol=1e-6)
         assert ra.student_vision is not None
     for (loss_a, grads_a), (loss_b, grads_b) in zip(joint[1], separate[1]):
@@ -99,9 +116,13 @@ def test_rollout_batch_size_splits_the_step_into_calls(monkeypatch):
     student, teacher, processor, batches = _setup("qwen3_vl")
     calls = []
     generate = objectives.generate
-    monkeypatch.setattr(objectives, "generate",
-                        lambda model, proc, inputs, **k: calls.append(inputs["input_ids"].shape[0])
-                        or generate(model, proc, inputs, **k))
+    monkeypatch.setattr(
+        objectives,
+        "generate",
+        lambda model, proc, inputs, **k: (
+            calls.append(inputs["input_ids"].shape[0]) or generate(model, proc, inputs, **k)
+        ),
+    )
     ctx = GenerationContext(model=student, device=torch.device("cpu"), step=1)
     opd = DistillationObjective(teacher, processor, objective="sampled", max_new_tokens=3, rollout_batch_size=2)
     rolled = opd.rollout_step(ctx, batches * 2)
@@ -126,10 +147,16 @@ def test_rollout_calls_groups_whole_batches():
 
 
 def test_concat_and_split_are_inverse():
-    a = {"input_ids": torch.tensor([[0, 5, 6], [7, 8, 9]]), "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]]),
-         "video_grid_thw": torch.tensor([[1, 2, 2], [1, 2, 2]])}
-    b = {"input_ids": torch.tensor([[3, 4]]), "attention_mask": torch.tensor([[1, 1]]),
-         "video_grid_thw": torch.tensor([[2, 2, 2]])}
+    a = {
+        "input_ids": torch.tensor([[0, 5, 6], [7, 8, 9]]),
+        "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]]),
+        "video_grid_thw": torch.tensor([[1, 2, 2], [1, 2, 2]]),
+    }
+    b = {
+        "input_ids": torch.tensor([[3, 4]]),
+        "attention_mask": torch.tensor([[1, 1]]),
+        "video_grid_thw": torch.tensor([[2, 2, 2]]),
+    }
     joint = concat_model_inputs([a, b], pad_token_id=0)
     assert joint["input_ids"].tolist() == [[0, 5, 6], [7, 8, 9], [0, 3, 4]]
     assert joint["attention_mask"].tolist() == [[0, 1, 1], [1, 1, 1], [0, 1, 1]]
@@ -137,10 +164,14 @@ def test_concat_and_split_are_inverse():
     # a joint rollout: 2 answer columns; row 0 stops after 1 token (EOS), row 2 after 1
     answers = torch.tensor([[11, 2], [12, 13], [14, 2]])
     answer_mask = torch.tensor([[True, False], [True, True], [True, False]])
-    rollout = Rollout(sequences=torch.cat([joint["input_ids"], answers], 1),
-                      attention_mask=torch.cat([joint["attention_mask"], answer_mask.long()], 1),
-                      answer_mask=torch.cat([torch.zeros(3, 3, dtype=torch.bool), answer_mask], 1),
-                      prompt_length=3, answers=["a", "b", "c"], sampler_logprobs=-torch.rand(3, 2))
+    rollout = Rollout(
+        sequences=torch.cat([joint["input_ids"], answers], 1),
+        attention_mask=torch.cat([joint["attention_mask"], answer_mask.long()], 1),
+        answer_mask=torch.cat([torch.zeros(3, 3, dtype=torch.bool), answer_mask], 1),
+        prompt_length=3,
+        answers=["a", "b", "c"],
+        sampler_logprobs=-torch.rand(3, 2),
+    )
     first, second = split_rollout(rollout, [3, 2], [2, 1])
     assert first.sequences.tolist() == [[0, 5, 6, 11, 2], [7, 8, 9, 12, 13]] and first.prompt_length == 3
     assert second.sequences.tolist() == [[3, 4, 14]] and second.prompt_length == 2 and second.answers == ["c"]

@@ -2,6 +2,7 @@
 the same loss and gradients (both objectives, Qwen3-VL and Qwen2.5-VL tiny pairs), only the
 answer tokens' hidden states cross the process boundary, a killed replica costs a retry and
 one that stays dead stops the wait with an error. One local Ray cluster (2 CPUs) per module."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +44,10 @@ def pairs(tmp_path_factory):
     out = {}
     for family in ("qwen3_vl", "qwen2_5_vl"):
         root = tmp_path_factory.mktemp(family)
-        out[family] = (save_tiny_checkpoint(root / "student", family, seed=1, hidden_size=32),
-                       save_tiny_checkpoint(root / "teacher", family, seed=2, hidden_size=64))
+        out[family] = (
+            save_tiny_checkpoint(root / "student", family, seed=1, hidden_size=32),
+            save_tiny_checkpoint(root / "teacher", family, seed=2, hidden_size=64),
+        )
     return out
 
 
@@ -73,8 +76,9 @@ def _loss_and_grads(student, objective_obj, ctx, rolled):
 
 
 def _service(teacher_dir, decode_config, name, **kwargs):
-    return TeacherService(str(teacher_dir), decode_config=decode_config, name=name, cpus_per_replica=1,
-                          timeout_s=120, **kwargs)
+    return TeacherService(
+        str(teacher_dir), decode_config=decode_config, name=name, cpus_per_replica=1, timeout_s=120, **kwargs
+    )
 
 
 @pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
@@ -84,10 +88,10 @@ def test_service_scores_as_the_colocated_teacher(cluster, pairs, synthetic_dir, 
     service = _service(teacher_dir, decode_config, f"equal-{family}")
     try:
         for objective in ("full", "sampled"):
-            colocated = DistillationObjective(teacher, processor, objective=objective, reduction="sum",
-                                              max_new_tokens=8)
-            remote = DistillationObjective(service, processor, objective=objective, reduction="sum",
-                                           max_new_tokens=8)
+            colocated = DistillationObjective(
+                teacher, processor, objective=objective, reduction="sum", max_new_tokens=8
+            )
+            remote = DistillationObjective(service, processor, objective=objective, reduction="sum", max_new_tokens=8)
             ctx = GenerationContext(model=student, device=torch.device("cpu"), step=1)
             rolled = colocated.rollout(ctx, batch)
             # as if row 0 had stopped 3 tokens early (random tiny models seldom do): the service
@@ -99,8 +103,9 @@ def test_service_scores_as_the_colocated_teacher(cluster, pairs, synthetic_dir, 
             torch.testing.assert_close(loss_s, loss_c, rtol=1e-6, atol=0)
             assert grads_c.keys() == grads_s.keys() and grads_c
             for name, grad in grads_c.items():
-                torch.testing.assert_close(grads_s[name], grad, rtol=1e-6, atol=1e-6 * grad.abs().max().item(),
-                                           msg=f"{objective} {name}")
+                torch.testing.assert_close(
+                    grads_s[name], grad, rtol=1e-6, atol=1e-6 * grad.abs().max().item(), msg=f"{objective} {name}"
+                )
     finally:
         service.close()
 
@@ -114,8 +119,11 @@ def test_exact_objective_sends_answer_hidden_states_only(cluster, pairs, synthet
         ctx = GenerationContext(model=student, device=torch.device("cpu"), step=1)
         rolled = opd.rollout(ctx, batch)
         rollout = rolled.rollout
-        payload = ray.get(service.replicas[0].score.remote(list(rolled.records), rollout_fields(rollout),
-                                                           objective="full", temperature=1.0, vocab_size=4096))
+        payload = ray.get(
+            service.replicas[0].score.remote(
+                list(rolled.records), rollout_fields(rollout), objective="full", temperature=1.0, vocab_size=4096
+            )
+        )
         tokens, d_t = rollout.num_answer_tokens, 64
         assert payload["hidden"].shape == (tokens, d_t) and payload["hidden"].dtype == torch.bfloat16
         sent = len(pickle.dumps(payload, protocol=5))

@@ -23,8 +23,14 @@ def _setup(family: str):
     items = []
     for i, frames in enumerate((8, 12)):  # two videos of different lengths: left padding
         video = synthetic_video(frames, side)
-        record = GroundingRecord(id=f"v{i}", video=video.path, query="the square crosses", span=(1.0, 3.0),
-                                 duration=frames / 2, source="synthetic")
+        record = GroundingRecord(
+            id=f"v{i}",
+            video=video.path,
+            query="the square crosses",
+            span=(1.0, 3.0),
+            duration=frames / 2,
+            source="synthetic",
+        )
         items.append({"record": record, "video": video, "error": None, "data_issue": None})
     return student, teacher, processor, GroundingCollator(processor)(items)
 
@@ -33,8 +39,9 @@ def _step(student, teacher, processor, batch, objective: str, reuse: bool):
     calls = []
     handle = student.model.visual.register_forward_hook(lambda *_: calls.append(1))
     try:
-        opd = DistillationObjective(teacher, processor, objective=objective, reduction="sum", max_new_tokens=6,
-                                    reuse_vision=reuse)
+        opd = DistillationObjective(
+            teacher, processor, objective=objective, reduction="sum", max_new_tokens=6, reuse_vision=reuse
+        )
         ctx = GenerationContext(model=student, device=torch.device("cpu"), step=3)
         rolled = opd.rollout(ctx, batch)
         micro = opd.score(ctx, rolled)

@@ -1,4 +1,5 @@
 """python -m videoopd.data convert: any readable format into ours or the ms-swift one, with the report."""
+
 import json
 import shutil
 import subprocess
@@ -15,10 +16,13 @@ def charades(tmp_path, synthetic_dir):
     for name in ("AO8RW", "B1XYZ"):
         shutil.copy(synthetic_dir / "videos" / "synth_00000.mp4", tmp_path / f"{name}.mp4")
     path = tmp_path / "charades_sta_test.txt"
-    path.write_text("AO8RW 0.0 6.9##a person puts a book away.\n"
-                    "B1XYZ 1.2 3.4##someone opens a door.\n"
-                    "B1XYZ 5 4##inverted.\n"  # line 3: reported, left out
-                    "MISSING 1 2##no video.\n", encoding="utf-8")  # line 4: reported, left out
+    path.write_text(
+        "AO8RW 0.0 6.9##a person puts a book away.\n"
+        "B1XYZ 1.2 3.4##someone opens a door.\n"
+        "B1XYZ 5 4##inverted.\n"  # line 3: reported, left out
+        "MISSING 1 2##no video.\n",
+        encoding="utf-8",
+    )  # line 4: reported, left out
     return path
 
 
@@ -62,7 +66,11 @@ def test_a_timelens_style_and_the_refusals(charades, tmp_path, capsys):
 
 def test_the_module_runs_as_a_command(charades, tmp_path):
     target = tmp_path / "cmd.jsonl"
-    result = subprocess.run([sys.executable, "-m", "videoopd.data", "convert", str(charades), str(target)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "videoopd.data", "convert", str(charades), str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "read 4, kept 2" in result.stdout and len(target.read_text().splitlines()) == 2

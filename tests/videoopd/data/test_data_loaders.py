@@ -48,8 +48,17 @@ def test_charades_with_durations_csv(tmp_path, videos):
     csv_path = write(tmp_path / "Charades_v1_test.csv", "id,subject,length\nAO8RW,x,30.5\nB1XYZ,y,12.0\n")
     records, summary = load_annotations(annotations, "charades", video_root=videos, durations=csv_path)
     assert records == [
-        GroundingRecord("AO8RW#0", str(videos / "AO8RW.mp4"), "a person is putting a book on a shelf.", (0.0, 6.9), 30.5, "charades_sta"),
-        GroundingRecord("AO8RW#1", str(videos / "AO8RW.mp4"), "person opens the door", (2.5, 7.0), 30.5, "charades_sta"),
+        GroundingRecord(
+            "AO8RW#0",
+            str(videos / "AO8RW.mp4"),
+            "a person is putting a book on a shelf.",
+            (0.0, 6.9),
+            30.5,
+            "charades_sta",
+        ),
+        GroundingRecord(
+            "AO8RW#1", str(videos / "AO8RW.mp4"), "person opens the door", (2.5, 7.0), 30.5, "charades_sta"
+        ),
         GroundingRecord("B1XYZ#0", str(videos / "B1XYZ.mp4"), "someone laughs", (1.0, 3.0), 12.0, "charades_sta"),
     ]
     assert (summary.read, summary.kept, summary.issues) == (3, 3, [])
@@ -67,7 +76,11 @@ def test_activitynet_captions(tmp_path, videos):
         tmp_path / "val_1.json",
         json.dumps(
             {
-                "v_abc": {"duration": 8.0, "timestamps": [[0.5, 3.0], [2.0, 7.5]], "sentences": [" A man walks. ", "He sits."]},
+                "v_abc": {
+                    "duration": 8.0,
+                    "timestamps": [[0.5, 3.0], [2.0, 7.5]],
+                    "sentences": [" A man walks. ", "He sits."],
+                },
             }
         ),
     )
@@ -81,7 +94,9 @@ def test_activitynet_captions(tmp_path, videos):
 
 
 def test_activitynet_video_without_the_v_prefix(tmp_path, videos):
-    annotations = write(tmp_path / "a.json", json.dumps({"v_def": {"duration": 8.0, "timestamps": [[1, 2]], "sentences": ["x"]}}))
+    annotations = write(
+        tmp_path / "a.json", json.dumps({"v_def": {"duration": 8.0, "timestamps": [[1, 2]], "sentences": ["x"]}})
+    )
     records, _ = load_annotations(annotations, "activitynet", video_root=videos)
     assert records[0].video == str(videos / "def.mp4")
 
@@ -102,11 +117,23 @@ def test_timelens_bench(tmp_path, videos):
 def test_timelens_100k(tmp_path, videos):
     annotations = write(
         tmp_path / "timelens-100k.jsonl",
-        json.dumps({"source": "cosmo_cap", "video_path": "clip1.mp4", "duration": 8.0,
-                    "events": [{"query": "a red ball", "span": [[0.0, 2.0]]}, {"query": "a blue ball", "span": [4, 6]}]})
+        json.dumps(
+            {
+                "source": "cosmo_cap",
+                "video_path": "clip1.mp4",
+                "duration": 8.0,
+                "events": [{"query": "a red ball", "span": [[0.0, 2.0]]}, {"query": "a blue ball", "span": [4, 6]}],
+            }
+        )
         + "\n"
-        + json.dumps({"source": "hirest", "video_path": "clip2.mkv", "duration": 8.0,
-                      "events": [{"query": "waves", "span": [[1.0, 3.0]]}]})
+        + json.dumps(
+            {
+                "source": "hirest",
+                "video_path": "clip2.mkv",
+                "duration": 8.0,
+                "events": [{"query": "waves", "span": [[1.0, 3.0]]}],
+            }
+        )
         + "\n",
     )
     records, summary = load_annotations(annotations, video_root=videos)
@@ -129,8 +156,10 @@ def test_plain_jsonl_relative_to_the_annotation_folder(synthetic_dir):
 
 
 def test_plain_jsonl_generates_ids_and_takes_the_file_stem_as_source(tmp_path, videos):
-    rows = [{"video": "clip1.mp4", "query": "q1", "start": 1, "end": 2, "duration": 8},
-            {"video": "clip1.mp4", "query": "q2", "start": 3, "end": 4, "duration": 8}]
+    rows = [
+        {"video": "clip1.mp4", "query": "q1", "start": 1, "end": 2, "duration": 8},
+        {"video": "clip1.mp4", "query": "q2", "start": 3, "end": 4, "duration": 8},
+    ]
     annotations = write(tmp_path / "mine.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     records, _ = load_annotations(annotations, video_root=videos)
     assert [(r.id, r.source) for r in records] == [("clip1#0", "mine"), ("clip1#1", "mine")]
@@ -268,8 +297,14 @@ def test_every_rule_is_reported_with_file_and_line(bad_jsonl, videos):
     assert summary.kept + summary.skipped == summary.read
     assert summary.clipped == 2
     assert summary.counts == {
-        "inverted_span": 1, "zero_length_span": 1, "span_out_of_range": 3, "missing_video": 1, "empty_query": 2,
-        "malformed": 3, "bad_duration": 1, "duplicate_id": 1,
+        "inverted_span": 1,
+        "zero_length_span": 1,
+        "span_out_of_range": 3,
+        "missing_video": 1,
+        "empty_query": 2,
+        "malformed": 3,
+        "bad_duration": 1,
+        "duplicate_id": 1,
     }
     report = summary.report()
     assert "read 15, kept 5, skipped 10, clipped 2" in report and "line 7: missing_video" in report
@@ -354,8 +389,14 @@ def test_keyed_json_problems_are_reported_by_key(tmp_path, videos):
 def test_multi_span_queries_are_skipped_with_a_report(tmp_path, videos):
     annotations = write(
         tmp_path / "t.jsonl",
-        json.dumps({"source": "s", "video_path": "clip1.mp4", "duration": 8.0,
-                    "events": [{"query": "twice", "span": [[0, 1], [3, 4]]}, {"query": "once", "span": [[5, 6]]}]})
+        json.dumps(
+            {
+                "source": "s",
+                "video_path": "clip1.mp4",
+                "duration": 8.0,
+                "events": [{"query": "twice", "span": [[0, 1], [3, 4]]}, {"query": "once", "span": [[5, 6]]}],
+            }
+        )
         + "\n",
     )
     records, summary = load_annotations(annotations, "timelens_100k", video_root=videos)
@@ -383,10 +424,21 @@ def write_bytes(path, data):
 def test_a_utf8_bom_is_accepted_in_every_format(tmp_path, videos):
     cases = {
         "charades": ("c.txt", b"AO8RW 0.0 6.9##a person sits\n"),
-        "activitynet": ("a.json", json.dumps({"v_abc": {"duration": 8.0, "timestamps": [[1, 2]], "sentences": ["x"]}}).encode()),
-        "timelens_bench": ("t.json", json.dumps({"clip1": {"duration": 8.0, "spans": [[1, 2]], "queries": ["x"]}}).encode()),
-        "timelens_100k": ("t.jsonl", json.dumps({"video_path": "clip1.mp4", "duration": 8.0,
-                                                 "events": [{"query": "x", "span": [1, 2]}]}).encode() + b"\n"),
+        "activitynet": (
+            "a.json",
+            json.dumps({"v_abc": {"duration": 8.0, "timestamps": [[1, 2]], "sentences": ["x"]}}).encode(),
+        ),
+        "timelens_bench": (
+            "t.json",
+            json.dumps({"clip1": {"duration": 8.0, "spans": [[1, 2]], "queries": ["x"]}}).encode(),
+        ),
+        "timelens_100k": (
+            "t.jsonl",
+            json.dumps(
+                {"video_path": "clip1.mp4", "duration": 8.0, "events": [{"query": "x", "span": [1, 2]}]}
+            ).encode()
+            + b"\n",
+        ),
         "jsonl": ("j.jsonl", jsonl_line().encode()),
     }
     for expected, (name, data) in cases.items():
@@ -400,14 +452,18 @@ def test_a_utf8_bom_is_accepted_in_every_format(tmp_path, videos):
 
 def test_a_line_that_is_not_utf8_is_reported_and_the_rest_kept(tmp_path, videos):
     latin1 = jsonl_line(query="café").replace("é", "\\u00e9").encode().replace(b"\\u00e9", b"\xe9")
-    path = write_bytes(tmp_path / "j.jsonl", jsonl_line(query="one").encode() + latin1 + jsonl_line(query="three").encode())
+    path = write_bytes(
+        tmp_path / "j.jsonl", jsonl_line(query="one").encode() + latin1 + jsonl_line(query="three").encode()
+    )
     records, summary = load_annotations(path, video_root=videos)
     assert [r.query for r in records] == ["one", "three"]
     assert issue_kinds(summary) == [("line 2", "bad_encoding", "skipped")]
     assert "0xe9" in summary.issues[0].message and str(path) in str(summary.issues[0])
     assert (summary.read, summary.kept, summary.skipped) == (3, 2, 1)
-    charades = write_bytes(tmp_path / "c.txt", b"AO8RW 0.0 6.9##a person sits\nAO8RW 1.0 2.0##caf\xe9\r\n"
-                                               b"AO8RW 2.0 3.0##a person stands\r\n")
+    charades = write_bytes(
+        tmp_path / "c.txt",
+        b"AO8RW 0.0 6.9##a person sits\nAO8RW 1.0 2.0##caf\xe9\r\nAO8RW 2.0 3.0##a person stands\r\n",
+    )
     records, summary = load_annotations(charades, video_root=videos)
     assert [r.query for r in records] == ["a person sits", "a person stands"]
     assert issue_kinds(summary) == [("line 2", "bad_encoding", "skipped")]
@@ -434,7 +490,7 @@ def test_binary_garbage_is_one_clear_error_naming_the_file(tmp_path, videos):
 
     rng = random.Random(0)
     garbage = bytes(rng.randrange(128, 256) for _ in range(4000))
-    garbage = b"\n".join(garbage[i:i + 80] for i in range(0, len(garbage), 80))
+    garbage = b"\n".join(garbage[i : i + 80] for i in range(0, len(garbage), 80))
     path = write_bytes(tmp_path / "video.mp4.jsonl", garbage)
     for format in ("jsonl", "charades", "timelens_100k", "activitynet", "timelens_bench", "auto"):
         with pytest.raises(ValueError, match="video.mp4.jsonl") as info:
@@ -481,8 +537,7 @@ def disagreeing_jsonl(tmp_path, videos):
     return write(tmp_path / "disagree.jsonl", "".join(lines))
 
 
-def test_a_span_beyond_the_video_or_a_wrong_duration_is_reported_counted_and_kept(disagreeing_jsonl, videos,
-                                                                                   caplog):
+def test_a_span_beyond_the_video_or_a_wrong_duration_is_reported_counted_and_kept(disagreeing_jsonl, videos, caplog):
     from videoopd.data.datasets import GroundingVideoDataset
     from videoopd.data.video import DecodeConfig
 
@@ -494,7 +549,11 @@ def test_a_span_beyond_the_video_or_a_wrong_duration_is_reported_counted_and_kep
     issues = [item["data_issue"] for item in items]
     assert issues[0] is None and issues[3] is None
     assert (issues[1].file, issues[1].location, issues[1].kind, issues[1].action) == (
-        str(disagreeing_jsonl), "line 2", "span_beyond_video", "kept")
+        str(disagreeing_jsonl),
+        "line 2",
+        "span_beyond_video",
+        "kept",
+    )
     assert "15" in issues[1].message and "8.0" in issues[1].message
     assert (issues[2].location, issues[2].kind) == ("line 3", "duration_mismatch")
     assert all(item["video"] is not None for item in items)  # kept: trained on and scored, but not silently
@@ -507,8 +566,15 @@ def test_a_span_beyond_the_video_or_a_wrong_duration_is_reported_counted_and_kep
 
 
 def qvh_line(qid, windows, vid="clip1", **fields):
-    row = {"qid": qid, "query": f"query {qid}.", "duration": 8, "vid": vid, "relevant_clip_ids": [1, 2],
-           "saliency_scores": [[1, 2, 3], [2, 3, 4]], "relevant_windows": windows}
+    row = {
+        "qid": qid,
+        "query": f"query {qid}.",
+        "duration": 8,
+        "vid": vid,
+        "relevant_clip_ids": [1, 2],
+        "saliency_scores": [[1, 2, 3], [2, 3, 4]],
+        "relevant_windows": windows,
+    }
     row.update(fields)
     return json.dumps(row) + "\n"
 
@@ -560,16 +626,33 @@ def test_qvhighlights_keeps_every_window_by_default(qvh_file, videos):
 
 
 MOMENT_DETR_VAL = [  # highlight_val_release.jsonl's layout: moment_detr's data/README.md, key order as published
-    {"qid": 2579, "query": "A girl and her mother cooked while talking with each other on facetime.", "duration": 150,
-     "vid": "NUh2mO5G3gE_60.0_210.0", "relevant_clip_ids": [32, 33, 34, 35, 48, 49, 50, 51],
-     "saliency_scores": [[4, 3, 2]] * 8, "relevant_windows": [[64, 72], [96, 104]]},
-    {"qid": 8737, "query": "A family is playing basketball together on a green court outside.", "duration": 126,
-     "vid": "bP5KfdFJzC4_660.0_810.0", "relevant_clip_ids": [0, 1, 2, 3, 4, 5, 6, 7],
-     "saliency_scores": [[4, 1, 1], [4, 1, 1], [4, 2, 1], [4, 3, 2], [4, 3, 2], [4, 3, 3], [4, 3, 3], [4, 3, 2]],
-     "relevant_windows": [[0, 16]]},
-    {"qid": 5774, "query": "Man in baseball cap eats before doing his interview.", "duration": 150,
-     "vid": "j7rJstUseKg_360.0_510.0", "relevant_clip_ids": [48, 49, 50, 51, 64, 65, 66, 70, 71, 72],
-     "saliency_scores": [[1, 2, 2]] * 10, "relevant_windows": [[96, 104], [128, 134], [140, 146]]},
+    {
+        "qid": 2579,
+        "query": "A girl and her mother cooked while talking with each other on facetime.",
+        "duration": 150,
+        "vid": "NUh2mO5G3gE_60.0_210.0",
+        "relevant_clip_ids": [32, 33, 34, 35, 48, 49, 50, 51],
+        "saliency_scores": [[4, 3, 2]] * 8,
+        "relevant_windows": [[64, 72], [96, 104]],
+    },
+    {
+        "qid": 8737,
+        "query": "A family is playing basketball together on a green court outside.",
+        "duration": 126,
+        "vid": "bP5KfdFJzC4_660.0_810.0",
+        "relevant_clip_ids": [0, 1, 2, 3, 4, 5, 6, 7],
+        "saliency_scores": [[4, 1, 1], [4, 1, 1], [4, 2, 1], [4, 3, 2], [4, 3, 2], [4, 3, 3], [4, 3, 3], [4, 3, 2]],
+        "relevant_windows": [[0, 16]],
+    },
+    {
+        "qid": 5774,
+        "query": "Man in baseball cap eats before doing his interview.",
+        "duration": 150,
+        "vid": "j7rJstUseKg_360.0_510.0",
+        "relevant_clip_ids": [48, 49, 50, 51, 64, 65, 66, 70, 71, 72],
+        "saliency_scores": [[1, 2, 2]] * 10,
+        "relevant_windows": [[96, 104], [128, 134], [140, 146]],
+    },
 ]
 
 
@@ -583,16 +666,26 @@ def test_qvhighlights_val_in_the_published_layout_loads_every_query(tmp_path, vi
     assert summary.format == "qvhighlights" and summary.issues == []
     assert summary.read == summary.kept == 3 and summary.multi_window == 2
     assert [r.id for r in records] == ["2579", "8737", "5774"]
-    assert [r.gt for r in records] == [[[64.0, 72.0], [96.0, 104.0]], [0.0, 16.0],
-                                       [[96.0, 104.0], [128.0, 134.0], [140.0, 146.0]]]
+    assert [r.gt for r in records] == [
+        [[64.0, 72.0], [96.0, 104.0]],
+        [0.0, 16.0],
+        [[96.0, 104.0], [128.0, 134.0], [140.0, 146.0]],
+    ]
     assert [r.duration for r in records] == [150.0, 126.0, 150.0]
 
 
-@pytest.mark.parametrize("policy, spans, windows", [
-    ("first", [(2.0, 6.0), (0.0, 2.0), (0.0, 1.0)], [None, None, None]),
-    ("longest", [(2.0, 6.0), (4.0, 8.0), (3.0, 7.5)], [None, None, None]),
-    ("any", [(2.0, 6.0), (0.0, 2.0), (0.0, 1.0)], [None, ((0.0, 2.0), (4.0, 8.0)), ((0.0, 1.0), (3.0, 7.5), (5.0, 6.0))]),
-])
+@pytest.mark.parametrize(
+    "policy, spans, windows",
+    [
+        ("first", [(2.0, 6.0), (0.0, 2.0), (0.0, 1.0)], [None, None, None]),
+        ("longest", [(2.0, 6.0), (4.0, 8.0), (3.0, 7.5)], [None, None, None]),
+        (
+            "any",
+            [(2.0, 6.0), (0.0, 2.0), (0.0, 1.0)],
+            [None, ((0.0, 2.0), (4.0, 8.0)), ((0.0, 1.0), (3.0, 7.5), (5.0, 6.0))],
+        ),
+    ],
+)
 def test_multi_span_policies(qvh_file, videos, policy, spans, windows):
     records, summary = load_annotations(qvh_file, video_root=videos, multi_span=policy)
     assert [r.span for r in records] == spans and [r.windows for r in records] == windows
@@ -614,10 +707,22 @@ def test_zero_length_spans_are_kept_when_asked(qvh_file, videos):
 
 def tvgbench_text():
     items = [
-        {"path": "clip1.mp4", "question": "a dog runs", "answer": "1.5-4.0", "duration": 8.0,
-         "dataset_name": "charades", "start": 0, "end": 8},
-        {"path": "clip2.mkv", "question": "I put the cup down", "answer": "3.2-3.2", "duration": 8.0,
-         "dataset_name": "ego4d_nlq"},
+        {
+            "path": "clip1.mp4",
+            "question": "a dog runs",
+            "answer": "1.5-4.0",
+            "duration": 8.0,
+            "dataset_name": "charades",
+            "start": 0,
+            "end": 8,
+        },
+        {
+            "path": "clip2.mkv",
+            "question": "I put the cup down",
+            "answer": "3.2-3.2",
+            "duration": 8.0,
+            "dataset_name": "ego4d_nlq",
+        },
         {"path": "clip1.mp4", "question": "later", "answer": "soon", "duration": 8.0, "dataset_name": "charades"},
         "not an object",
         {"path": "missing.mp4", "question": "gone", "answer": "1-2", "duration": 8.0, "dataset_name": "didemo"},
@@ -643,7 +748,9 @@ def test_tvgbench_is_detected_and_read_with_lines(tmp_path, videos):
     assert "'soon'" in summary.issues[1].message
     # The last span ends past the duration by float noise only: inside the video, not reported.
     assert [(r.span, r.source, r.query) for r in records] == [
-        ((1.5, 4.0), "charades", "a dog runs"), ((2.0, 8.0), "tvgbench", "to the end")]
+        ((1.5, 4.0), "charades", "a dog runs"),
+        ((2.0, 8.0), "tvgbench", "to the end"),
+    ]
     assert records[0].video == str(videos / "clip1.mp4")
     kept, summary = load_annotations(path, video_root=videos, zero_length="keep")
     assert [r.source for r in kept] == ["charades", "ego4d_nlq", "tvgbench"] and kept[1].span == (3.2, 3.2)
@@ -662,8 +769,13 @@ def test_tvgbench_on_one_line_and_broken(tmp_path, videos):
 
 
 def test_activitynet_float_noise_is_not_a_span_outside_the_video(tmp_path, videos):
-    document = {"v_abc": {"duration": 95.03999999999999, "timestamps": [[90.0, 95.04], [94.0, 96.0]],
-                          "sentences": ["to the end", "past it"]}}
+    document = {
+        "v_abc": {
+            "duration": 95.03999999999999,
+            "timestamps": [[90.0, 95.04], [94.0, 96.0]],
+            "sentences": ["to the end", "past it"],
+        }
+    }
     path = write(tmp_path / "anet.json", json.dumps(document))
     records, summary = load_annotations(path, "activitynet", video_root=videos)
     assert records[0].span == (90.0, 95.03999999999999)

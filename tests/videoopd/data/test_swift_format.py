@@ -2,6 +2,7 @@
 custom-dataset docs (docs/source_en/Customization/Custom-dataset.md, "Multimodal": `messages`
 with a `<video>` tag in the user turn and the path in `videos`; ShareGPT `conversations` as
 LLaMA-Factory writes them), and both ways through our plain JSONL."""
+
 import json
 import shutil
 
@@ -17,7 +18,7 @@ from videoopd.data.annotations import (
 
 PAPER_USER = (  # the paper's prompt, typed out as a user of the official release has it
     '<video>To accurately pinpoint the event "a person opens the door" in the video, determine the precise time '
-    'period of the event. Provide the start and end times (in seconds, precise to two decimal places) in the '
+    "period of the event. Provide the start and end times (in seconds, precise to two decimal places) in the "
     'format "start time to end time", For example: "12.54 to 17.83".'
 )
 TIMELENS_USER = (
@@ -26,35 +27,74 @@ TIMELENS_USER = (
 )
 LINES = [
     # 1: ms-swift messages, the paper's system and prompt; no duration: probed from the video
-    {"messages": [{"role": "system", "content": "You are a video analysis expert."},
-                  {"role": "user", "content": PAPER_USER},
-                  {"role": "assistant", "content": "1.50 to 4.25"}], "videos": ["clip1.mp4"]},
+    {
+        "messages": [
+            {"role": "system", "content": "You are a video analysis expert."},
+            {"role": "user", "content": PAPER_USER},
+            {"role": "assistant", "content": "1.50 to 4.25"},
+        ],
+        "videos": ["clip1.mp4"],
+    },
     # 2: TimeLens' prompt, no system message, its answer phrasing
-    {"messages": [{"role": "user", "content": TIMELENS_USER},
-                  {"role": "assistant", "content": "The event happens in 2.0 - 6.0 seconds."}],
-     "videos": ["clip2.mkv"], "duration": 8.0},
+    {
+        "messages": [
+            {"role": "user", "content": TIMELENS_USER},
+            {"role": "assistant", "content": "The event happens in 2.0 - 6.0 seconds."},
+        ],
+        "videos": ["clip2.mkv"],
+        "duration": 8.0,
+    },
     # 3: the user's own prompt and system prompt: kept as written
-    {"messages": [{"role": "system", "content": "You are a helpful and harmless assistant."},
-                  {"role": "user", "content": "<video>When does the dog jump? Answer with start and end seconds."},
-                  {"role": "assistant", "content": "3.0 to 5.0"}], "videos": ["def.mp4"], "duration": 8},
+    {
+        "messages": [
+            {"role": "system", "content": "You are a helpful and harmless assistant."},
+            {"role": "user", "content": "<video>When does the dog jump? Answer with start and end seconds."},
+            {"role": "assistant", "content": "3.0 to 5.0"},
+        ],
+        "videos": ["def.mp4"],
+        "duration": 8,
+    },
     # 4: LLaMA-Factory's ShareGPT layout, top-level system
-    {"conversations": [{"from": "human", "value": "<video>\nWhere is the cat?"}, {"from": "gpt", "value": "0 - 2"}],
-     "system": "Be brief.", "videos": ["clip1.mp4"], "duration": 8, "id": "cat-1"},
+    {
+        "conversations": [{"from": "human", "value": "<video>\nWhere is the cat?"}, {"from": "gpt", "value": "0 - 2"}],
+        "system": "Be brief.",
+        "videos": ["clip1.mp4"],
+        "duration": 8,
+        "id": "cat-1",
+    },
     # 5: GRPO data: no assistant turn, the answer in `solution`
-    {"messages": [{"role": "user", "content": PAPER_USER}], "videos": ["clip2.mkv"], "solution": "1.00 to 2.00",
-     "duration": 8},
+    {
+        "messages": [{"role": "user", "content": PAPER_USER}],
+        "videos": ["clip2.mkv"],
+        "solution": "1.00 to 2.00",
+        "duration": 8,
+    },
     # 6: explicit fields win over the (rounded) answer
-    {"messages": [{"role": "user", "content": PAPER_USER}, {"role": "assistant", "content": "1.23 to 4.57"}],
-     "videos": ["def.mp4"], "start": 1.234, "end": 4.567, "duration": 8},
+    {
+        "messages": [{"role": "user", "content": PAPER_USER}, {"role": "assistant", "content": "1.23 to 4.57"}],
+        "videos": ["def.mp4"],
+        "start": 1.234,
+        "end": 4.567,
+        "duration": 8,
+    },
     # 7: two videos
-    {"messages": [{"role": "user", "content": "<video><video>Which one?"}, {"role": "assistant", "content": "1 to 2"}],
-     "videos": ["clip1.mp4", "def.mp4"]},
+    {
+        "messages": [
+            {"role": "user", "content": "<video><video>Which one?"},
+            {"role": "assistant", "content": "1 to 2"},
+        ],
+        "videos": ["clip1.mp4", "def.mp4"],
+    },
     # 8: no <video> tag
-    {"messages": [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "1 to 2"}],
-     "videos": ["clip1.mp4"]},
+    {
+        "messages": [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "1 to 2"}],
+        "videos": ["clip1.mp4"],
+    },
     # 9: an answer without a span
-    {"messages": [{"role": "user", "content": PAPER_USER}, {"role": "assistant", "content": "I don't know"}],
-     "videos": ["clip1.mp4"]},
+    {
+        "messages": [{"role": "user", "content": PAPER_USER}, {"role": "assistant", "content": "I don't know"}],
+        "videos": ["clip1.mp4"],
+    },
     # 10: ms-swift's pre-training shape: no user turn
     {"messages": [{"role": "assistant", "content": "<video>is a lion running"}], "videos": ["clip1.mp4"]},
     # 11: a role ms-swift does not know
@@ -87,14 +127,19 @@ def test_every_line_of_the_ms_swift_layout_is_accounted_for(swift_file, videos):
     assert [(i.location, i.kind) for i in summary.issues] == [(f"line {n}", "malformed") for n in range(7, 13)]
     messages = [i.message for i in summary.issues]
     assert "one video path" in messages[0] and "one <video> tag" in messages[1]
-    assert "no span in the answer \"I don't know\"" in messages[2] and "0 user turns" in messages[3]
+    assert 'no span in the answer "I don\'t know"' in messages[2] and "0 user turns" in messages[3]
     assert "'role' one of" in messages[4] and "invalid JSON" in messages[5]
     got = [(r.query, r.span, r.duration, r.prompt, r.system) for r in records]
     assert got == [
         ("a person opens the door", (1.5, 4.25), pytest.approx(8.0, abs=0.3), None, None),  # probed
         ("someone laughs.", (2.0, 6.0), 8.0, None, None),
-        ("When does the dog jump? Answer with start and end seconds.", (3.0, 5.0), 8.0,
-         "When does the dog jump? Answer with start and end seconds.", "You are a helpful and harmless assistant."),
+        (
+            "When does the dog jump? Answer with start and end seconds.",
+            (3.0, 5.0),
+            8.0,
+            "When does the dog jump? Answer with start and end seconds.",
+            "You are a helpful and harmless assistant.",
+        ),
         ("Where is the cat?", (0.0, 2.0), 8.0, "Where is the cat?", "Be brief."),
         ("a person opens the door", (1.0, 2.0), 8.0, None, None),
         ("a person opens the door", (1.234, 4.567), 8.0, None, None),
@@ -106,10 +151,25 @@ def test_every_line_of_the_ms_swift_layout_is_accounted_for(swift_file, videos):
 def round_trip_records(videos):
     return [
         GroundingRecord("a#0", str(videos / "clip1.mp4"), "a person opens the door.", (1.234567, 4.5), 8.0, "charades"),
-        GroundingRecord("q7", str(videos / "def.mp4"), "a dog jumps", (0.0, 2.0), 8.0, "qvhighlights",
-                        windows=((0.0, 2.0), (4.0, 6.5))),
-        GroundingRecord("own", str(videos / "clip2.mkv"), "the cat", (3.0, 5.0), 8.0, "mine",
-                        prompt="When does the cat sit? Answer in seconds.", system="Be brief."),
+        GroundingRecord(
+            "q7",
+            str(videos / "def.mp4"),
+            "a dog jumps",
+            (0.0, 2.0),
+            8.0,
+            "qvhighlights",
+            windows=((0.0, 2.0), (4.0, 6.5)),
+        ),
+        GroundingRecord(
+            "own",
+            str(videos / "clip2.mkv"),
+            "the cat",
+            (3.0, 5.0),
+            8.0,
+            "mine",
+            prompt="When does the cat sit? Answer in seconds.",
+            system="Be brief.",
+        ),
     ]
 
 

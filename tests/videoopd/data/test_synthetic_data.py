@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from videoopd.data.synthetic import COLOURS, SyntheticEvent, generate_dataset, render_frames, write_video
+from videoopd.data.synthetic import COLOURS, SyntheticEvent, generate_dataset, render_frames
 from videoopd.data.video import probe_video
 from videoopd.synthetic import main
 
@@ -53,15 +53,17 @@ def test_the_same_frames_encode_to_the_same_bytes_every_time(tmp_path):
 
     # torch not imported there: that process reproduced it most often
     demo_data = json.dumps({**DEMO_DATA, "events_per_video": DEMO_EVENTS})
-    run = subprocess.run([sys.executable, "-c", ENCODE_REPEATEDLY, str(tmp_path), demo_data], capture_output=True,
-                         text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", ENCODE_REPEATEDLY, str(tmp_path), demo_data], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["1", "1"]
 
 
 def test_annotations_are_consistent_with_the_videos(tmp_path):
-    annotations = generate_dataset(tmp_path, num_videos=4, seed=1, duration=6.0, fps=4, events_per_video=3,
-                                   min_event=1.0, max_event=3.0)
+    annotations = generate_dataset(
+        tmp_path, num_videos=4, seed=1, duration=6.0, fps=4, events_per_video=3, min_event=1.0, max_event=3.0
+    )
     rows = _rows(annotations)
     assert len(rows) == 12
     for row in rows:
@@ -86,8 +88,18 @@ def test_render_frames_shows_a_shape_exactly_during_its_span():
 
 
 def test_size_duration_and_rate_are_configurable(tmp_path):
-    generate_dataset(tmp_path, num_videos=1, seed=0, duration=4.0, fps=8, height=32, width=48, events_per_video=1,
-                     min_event=1.0, max_event=2.0)
+    generate_dataset(
+        tmp_path,
+        num_videos=1,
+        seed=0,
+        duration=4.0,
+        fps=8,
+        height=32,
+        width=48,
+        events_per_video=1,
+        min_event=1.0,
+        max_event=2.0,
+    )
     info = probe_video(tmp_path / "videos" / "synth_00000.mp4")
     assert (info.num_frames, info.fps, info.height, info.width) == (32, 8.0, 32, 48)
 
@@ -112,9 +124,16 @@ def test_command_line_writes_the_ms_swift_format_too(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"num_videos": 0}, "num_videos"), ({"fps": 0}, "fps"), ({"height": 31}, "height"), ({"width": 8}, "width"),
-     ({"events_per_video": 9}, "events_per_video"), ({"min_event": 3.0, "max_event": 2.0}, "min_event"),
-     ({"duration": 0.2}, "duration"), ({"min_event": 9.0, "max_event": 10.0}, "min_event")],
+    [
+        ({"num_videos": 0}, "num_videos"),
+        ({"fps": 0}, "fps"),
+        ({"height": 31}, "height"),
+        ({"width": 8}, "width"),
+        ({"events_per_video": 9}, "events_per_video"),
+        ({"min_event": 3.0, "max_event": 2.0}, "min_event"),
+        ({"duration": 0.2}, "duration"),
+        ({"min_event": 9.0, "max_event": 10.0}, "min_event"),
+    ],
 )
 def test_generate_dataset_validates_arguments(tmp_path, kwargs, name):
     arguments = {"num_videos": 1, **kwargs}
@@ -124,8 +143,16 @@ def test_generate_dataset_validates_arguments(tmp_path, kwargs, name):
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--duration", "inf"), ("--duration", "nan"), ("--duration", "-2"), ("--min-event", "nan"),
-     ("--max-event", "inf"), ("--codec", "no_such_codec"), ("--codec", "aac"), ("--videos", "0")],
+    [
+        ("--duration", "inf"),
+        ("--duration", "nan"),
+        ("--duration", "-2"),
+        ("--min-event", "nan"),
+        ("--max-event", "inf"),
+        ("--codec", "no_such_codec"),
+        ("--codec", "aac"),
+        ("--videos", "0"),
+    ],
 )
 def test_command_line_rejects_bad_values_in_one_line_naming_the_flag(tmp_path, capsys, flag, value):
     out = tmp_path / "out"

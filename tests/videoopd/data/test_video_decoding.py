@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from videoopd.data.annotations import load_annotations
-from videoopd.data.synthetic import COLOURS
 from videoopd.data.datasets import GroundingVideoDataset
-from videoopd.qwen.collators import GroundingCollator
+from videoopd.data.synthetic import COLOURS
 from videoopd.data.video import (
     QWEN3_VL_FACTOR,
     DecodeConfig,
@@ -19,6 +18,7 @@ from videoopd.data.video import (
     sample_frame_indices,
     smart_resize,
 )
+from videoopd.qwen.collators import GroundingCollator
 
 SMALL = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}
 
@@ -97,9 +97,14 @@ def test_decode_config_defaults_follow_the_factor():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"fps": 0}, "fps"), ({"max_frames": 1}, "max_frames"), ({"factor": 0}, "factor"),
-     ({"min_pixels": -1}, "min_pixels"), ({"min_pixels": 100, "max_pixels": 10}, "min_pixels"),
-     ({"backend": "opencv"}, "backend")],
+    [
+        ({"fps": 0}, "fps"),
+        ({"max_frames": 1}, "max_frames"),
+        ({"factor": 0}, "factor"),
+        ({"min_pixels": -1}, "min_pixels"),
+        ({"min_pixels": 100, "max_pixels": 10}, "min_pixels"),
+        ({"backend": "opencv"}, "backend"),
+    ],
 )
 def test_decode_config_validation(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -126,8 +131,13 @@ def test_decode_frame_count_timestamps_and_size(synthetic_dir, backend):
     assert video.sampled_fps == pytest.approx(2.0)
     assert video.second_per_grid_ts == pytest.approx(1.0)
     assert video.metadata == {
-        "total_num_frames": 32, "fps": 4.0, "width": 96, "height": 64, "duration": 8.0,
-        "video_backend": backend, "frames_indices": video.frame_indices,
+        "total_num_frames": 32,
+        "fps": 4.0,
+        "width": 96,
+        "height": 64,
+        "duration": 8.0,
+        "video_backend": backend,
+        "frames_indices": video.frame_indices,
     }
 
 
@@ -231,7 +241,13 @@ def test_dataset_reports_undecodable_videos_when_asked(tmp_path, synthetic_dir, 
     bad.write_bytes(b"not a video at all" * 100)
     rows = [
         {"video": str(bad), "query": "a red circle appears", "start": 1, "end": 2, "duration": 8},
-        {"video": str(synthetic_dir / "videos" / "synth_00000.mp4"), "query": "a dog", "start": 1, "end": 2, "duration": 8},
+        {
+            "video": str(synthetic_dir / "videos" / "synth_00000.mp4"),
+            "query": "a dog",
+            "start": 1,
+            "end": 2,
+            "duration": 8,
+        },
     ]
     annotations = tmp_path / "a.jsonl"
     annotations.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -275,7 +291,9 @@ def test_auto_backend_falls_back_to_pyav_without_decord(synthetic_dir, monkeypat
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "decord" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "decord" else real_find_spec(name, *a)
+    )
     video = decode_video(synthetic_dir / "videos" / "synth_00000.mp4", DecodeConfig(**SMALL))
     assert video.backend == "pyav" and video.frames.shape[0] == 16
     with pytest.raises(ImportError, match="decord"):

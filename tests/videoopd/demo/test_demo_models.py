@@ -1,5 +1,6 @@
 """The shipped demo teacher and student: loadable, compatible, and the teacher really grounds
 (clearly above the best constant answer on fresh synthetic videos; not one repeated answer)."""
+
 import json
 
 import pytest
@@ -59,10 +60,35 @@ def test_regeneration_command_runs_end_to_end(tmp_path):
     from videoopd import demo_teacher
 
     work, teacher, student = tmp_path / "work", tmp_path / "teacher", tmp_path / "student"
-    code = demo_teacher.main(["--work", str(work), "--out", str(teacher), "--student-out", str(student),
-                              "--train-videos", "4", "--heldout-videos", "2", "--max-steps", "4", "--eval-steps", "2",
-                              "--save-steps", "2", "--per-device-train-batch-size", "2", "--tiny-hidden-size", "32",
-                              "--tiny-layers", "1", "--max-new-tokens", "4", "--no-progress"])
+    code = demo_teacher.main(
+        [
+            "--work",
+            str(work),
+            "--out",
+            str(teacher),
+            "--student-out",
+            str(student),
+            "--train-videos",
+            "4",
+            "--heldout-videos",
+            "2",
+            "--max-steps",
+            "4",
+            "--eval-steps",
+            "2",
+            "--save-steps",
+            "2",
+            "--per-device-train-batch-size",
+            "2",
+            "--tiny-hidden-size",
+            "32",
+            "--tiny-layers",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--no-progress",
+        ]
+    )
     run = work / "sft_query"
     assert code in (0, 1)  # 1: no checkpoint 25 mIoU below the best, expected after 4 steps
     assert (work / "train.jsonl").read_text().count("\n") == 4 * 2 + 4  # two-event + one-event videos
@@ -82,8 +108,21 @@ def test_regeneration_command_runs_end_to_end(tmp_path):
         if "eval/mIoU" in row:
             row["eval/mIoU"] = {2: 5.0, 4: 40.0}[row["step"]]
     (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert demo_teacher.main(["--export-only", str(run), "--out", str(teacher), "--student-out", str(student),
-                              "--first-stage", str(work / "sft")]) == 0
+    assert (
+        demo_teacher.main(
+            [
+                "--export-only",
+                str(run),
+                "--out",
+                str(teacher),
+                "--student-out",
+                str(student),
+                "--first-stage",
+                str(work / "sft"),
+            ]
+        )
+        == 0
+    )
     training = json.loads((teacher / "training.json").read_text())
     assert (training["teacher_step"], training["student_step"]) == (4, 2)
     assert (student / "model.safetensors").is_file() and (teacher / "model.safetensors").is_file()
@@ -92,5 +131,18 @@ def test_regeneration_command_runs_end_to_end(tmp_path):
     assert first["steps_trained"] == second["steps_trained"] == 4 and "--init-tiny" in first["sft_arguments"]
     # Re-evaluated on a held-out file (the real, untrained mIoUs): no 25-point gap, no export.
     heldout = work / "heldout" / "annotations.jsonl"
-    assert demo_teacher.main(["--export-only", str(run), "--heldout", str(heldout), "--out", str(tmp_path / "t2"),
-                              "--student-out", str(tmp_path / "s2")]) == 1
+    assert (
+        demo_teacher.main(
+            [
+                "--export-only",
+                str(run),
+                "--heldout",
+                str(heldout),
+                "--out",
+                str(tmp_path / "t2"),
+                "--student-out",
+                str(tmp_path / "s2"),
+            ]
+        )
+        == 1
+    )

@@ -1,15 +1,15 @@
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
-from types import SimpleNamespace
 
 from videoopd.data.annotations import load_annotations
+from videoopd.data.video import DecodeConfig, VideoDecodeError
 from videoopd.eval import main
 from videoopd.evaluation.evaluate import evaluate, format_metrics_table, read_predictions
 from videoopd.grounding.metrics import parse_span, temporal_iou
-from videoopd.data.video import DecodeConfig, VideoDecodeError
 
 SMALL = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}
 ROW_KEYS = {"id", "source", "video", "query", "gt", "duration", "answer", "pred", "iou", "error", "data_issue"}
@@ -79,11 +79,18 @@ def test_metrics_per_source(records, tiny_qwen25):
     _, processor = tiny_qwen25
     chosen = [records[0], dataclasses.replace(records[1], source="other")]
     answers = [f"{chosen[0].span[0]} to {chosen[0].span[1]}", "no idea"]
-    result = evaluate(ScriptedModel(processor.tokenizer, answers), processor, chosen,
-                      decode_config=_config(processor), progress=False)
+    result = evaluate(
+        ScriptedModel(processor.tokenizer, answers), processor, chosen, decode_config=_config(processor), progress=False
+    )
     assert result.per_source["synthetic"]["mIoU"] == 100.0
-    assert result.per_source["other"] == {"R1@0.3": 0.0, "R1@0.5": 0.0, "R1@0.7": 0.0, "mIoU": 0.0,
-                                          "parsed": 0, "total": 1}
+    assert result.per_source["other"] == {
+        "R1@0.3": 0.0,
+        "R1@0.5": 0.0,
+        "R1@0.7": 0.0,
+        "mIoU": 0.0,
+        "parsed": 0,
+        "total": 1,
+    }
     table = format_metrics_table(result.metrics, result.per_source)
     lines = table.splitlines()
     assert lines[0].split() == ["source", "total", "parsed", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU"]
@@ -100,8 +107,16 @@ def test_resume_skips_done_ids_and_recovers_from_a_cut_off_row(tmp_path, records
     with output.open("a") as handle:  # a crash while writing the 4th row
         handle.write(json.dumps({"id": records[3].id, "answer": "1 to 2"})[:20])
     second = ScriptedModel(processor.tokenizer, ["3 to 4"] * 3)
-    result = evaluate(second, processor, records[:6], decode_config=_config(processor), predictions_path=output,
-                      resume=True, batch_size=3, progress=False)
+    result = evaluate(
+        second,
+        processor,
+        records[:6],
+        decode_config=_config(processor),
+        predictions_path=output,
+        resume=True,
+        batch_size=3,
+        progress=False,
+    )
     assert result.resumed == 3
     assert sum(len(call) for call in second.calls) == 3  # records 3, 4, 5 only
     assert [row["id"] for row in result.predictions] == [r.id for r in records[:6]]
@@ -120,10 +135,21 @@ def test_undecodable_video_is_a_counted_failure_or_an_error(tmp_path, records, t
     broken = dataclasses.replace(records[0], id="broken#0", video=str(broken_video))
     chosen = [broken, records[1]]
     with pytest.raises(VideoDecodeError, match="broken.mp4"):
-        evaluate(ScriptedModel(processor.tokenizer, ["1 to 2"]), processor, chosen, decode_config=_config(processor),
-                 progress=False)
-    result = evaluate(ScriptedModel(processor.tokenizer, ["1 to 2"]), processor, chosen,
-                      decode_config=_config(processor), on_video_error="report", progress=False)
+        evaluate(
+            ScriptedModel(processor.tokenizer, ["1 to 2"]),
+            processor,
+            chosen,
+            decode_config=_config(processor),
+            progress=False,
+        )
+    result = evaluate(
+        ScriptedModel(processor.tokenizer, ["1 to 2"]),
+        processor,
+        chosen,
+        decode_config=_config(processor),
+        on_video_error="report",
+        progress=False,
+    )
     failed_row = result.predictions[0]
     assert failed_row["id"] == "broken#0" and failed_row["answer"] is None and failed_row["iou"] == 0.0
     assert "broken.mp4" in failed_row["error"]
@@ -147,11 +173,29 @@ def test_evaluate_validates_arguments(records, tiny_qwen25):
 
 def test_command_line_end_to_end_on_the_tiny_model(tmp_path, synthetic_dir, tiny_qwen25_checkpoint, capsys):
     output = tmp_path / "out" / "preds.jsonl"
-    common = ["--model", str(tiny_qwen25_checkpoint), "--data", str(synthetic_dir / "annotations.jsonl"),
-              "--format", "auto", "--video-root", str(synthetic_dir), "--output", str(output),
-              "--per-device-eval-batch-size", "2",
-              "--max-new-tokens", "6", "--dataloader-num-workers", "0", "--min-pixels", str(56 * 56), "--max-pixels",
-              str(64 * 96), "--no-progress"]
+    common = [
+        "--model",
+        str(tiny_qwen25_checkpoint),
+        "--data",
+        str(synthetic_dir / "annotations.jsonl"),
+        "--format",
+        "auto",
+        "--video-root",
+        str(synthetic_dir),
+        "--output",
+        str(output),
+        "--per-device-eval-batch-size",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--dataloader-num-workers",
+        "0",
+        "--min-pixels",
+        str(56 * 56),
+        "--max-pixels",
+        str(64 * 96),
+        "--no-progress",
+    ]
     assert main(common + ["--limit", "4"]) == 0
     printed = capsys.readouterr().out
     rows = [json.loads(line) for line in output.read_text().splitlines()]
@@ -180,8 +224,19 @@ def test_command_line_end_to_end_on_the_tiny_model(tmp_path, synthetic_dir, tiny
 
 
 def test_command_line_rejects_bad_arguments(tmp_path, synthetic_dir, capsys):
-    assert main(["--model", str(tmp_path), "--data", str(synthetic_dir / "annotations.jsonl"),
-                 "--per-device-eval-batch-size", "0"]) == 2
+    assert (
+        main(
+            [
+                "--model",
+                str(tmp_path),
+                "--data",
+                str(synthetic_dir / "annotations.jsonl"),
+                "--per-device-eval-batch-size",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "--per-device-eval-batch-size must be > 0, got 0" in capsys.readouterr().err
     assert main(["--model", str(tmp_path), "--data", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
@@ -229,9 +284,15 @@ def test_output_that_is_the_data_file_or_a_folder_is_refused_before_any_work(tmp
 def test_predictions_record_what_they_belong_to_and_resume_refuses_other_inputs(tmp_path, records, tiny_qwen25):
     _, processor = tiny_qwen25
     output = tmp_path / "predictions.jsonl"
-    evaluate(ScriptedModel(processor.tokenizer, ["1 to 2"] * 2), processor, records[:2],
-             decode_config=_config(processor),
-             predictions_path=output, identity={"data_sha256": "aaa", "model": "/m"}, progress=False)
+    evaluate(
+        ScriptedModel(processor.tokenizer, ["1 to 2"] * 2),
+        processor,
+        records[:2],
+        decode_config=_config(processor),
+        predictions_path=output,
+        identity={"data_sha256": "aaa", "model": "/m"},
+        progress=False,
+    )
     meta = json.loads((tmp_path / "predictions.jsonl.meta.json").read_text())
     assert meta["identity"]["data_sha256"] == "aaa" and meta["identity"]["prompt_style"] == "paper"
     assert meta["identity"]["max_new_tokens"] == 64 and meta["identity"]["decoding"] == "greedy"
@@ -241,8 +302,9 @@ def test_predictions_record_what_they_belong_to_and_resume_refuses_other_inputs(
         arguments = {"decode_config": _config(processor), "identity": {"data_sha256": "aaa", "model": "/m"}}
         arguments.update(changes)
         model = ScriptedModel(processor.tokenizer, ["3 to 4"] * 3)
-        result = evaluate(model, processor, records[:3], predictions_path=output, resume=True, progress=False,
-                          **arguments)
+        result = evaluate(
+            model, processor, records[:3], predictions_path=output, resume=True, progress=False, **arguments
+        )
         return result, model
 
     with pytest.raises(ValueError, match=r"data_sha256.*'aaa'.*'bbb'") as info:
@@ -262,17 +324,34 @@ def test_predictions_record_what_they_belong_to_and_resume_refuses_other_inputs(
         resume()
 
 
-def test_command_line_resume_on_other_data_with_overlapping_ids_is_refused(tmp_path, synthetic_dir,
-                                                                           tiny_qwen25_checkpoint, capsys):
+def test_command_line_resume_on_other_data_with_overlapping_ids_is_refused(
+    tmp_path, synthetic_dir, tiny_qwen25_checkpoint, capsys
+):
     first = tmp_path / "first.jsonl"
     first.write_text((synthetic_dir / "annotations.jsonl").read_text())
     second = tmp_path / "second.jsonl"  # same ids, other spans
     rows = [json.loads(line) for line in first.read_text().splitlines()]
     second.write_text("".join(json.dumps({**row, "start": 0.0, "end": 1.0}) + "\n" for row in rows))
     output = tmp_path / "preds.jsonl"
-    common = ["--model", str(tiny_qwen25_checkpoint), "--video-root", str(synthetic_dir), "--output", str(output),
-              "--max-new-tokens", "2", "--dataloader-num-workers", "0", "--min-pixels", str(56 * 56), "--max-pixels",
-              str(64 * 96), "--no-progress", "--limit", "1"]
+    common = [
+        "--model",
+        str(tiny_qwen25_checkpoint),
+        "--video-root",
+        str(synthetic_dir),
+        "--output",
+        str(output),
+        "--max-new-tokens",
+        "2",
+        "--dataloader-num-workers",
+        "0",
+        "--min-pixels",
+        str(56 * 56),
+        "--max-pixels",
+        str(64 * 96),
+        "--no-progress",
+        "--limit",
+        "1",
+    ]
     assert main(common + ["--data", str(first)]) == 0
     capsys.readouterr()
     written = output.read_text()
@@ -290,9 +369,9 @@ def test_command_line_resume_on_other_data_with_overlapping_ids_is_refused(tmp_p
     assert "no recorded identity" in err
 
 
-def test_rows_whose_video_disagrees_with_the_annotation_are_flagged_and_counted(tmp_path, synthetic_dir,
-                                                                                tiny_qwen25, tiny_qwen25_checkpoint,
-                                                                                capsys):
+def test_rows_whose_video_disagrees_with_the_annotation_are_flagged_and_counted(
+    tmp_path, synthetic_dir, tiny_qwen25, tiny_qwen25_checkpoint, capsys
+):
     rows = [json.loads(line) for line in (synthetic_dir / "annotations.jsonl").read_text().splitlines()[:3]]
     rows[1].update(start=10.0, end=15.0, duration=20.0)  # the video is 8 s long
     rows[2].update(duration=12.0)
@@ -300,31 +379,78 @@ def test_rows_whose_video_disagrees_with_the_annotation_are_flagged_and_counted(
     data.write_text("".join(json.dumps({**row, "video": str(synthetic_dir / row["video"])}) + "\n" for row in rows))
     records, _ = load_annotations(data)
     _, processor = tiny_qwen25
-    result = evaluate(ScriptedModel(processor.tokenizer, ["1 to 2"] * 3), processor, records,
-                      decode_config=_config(processor), progress=False)
+    result = evaluate(
+        ScriptedModel(processor.tokenizer, ["1 to 2"] * 3),
+        processor,
+        records,
+        decode_config=_config(processor),
+        progress=False,
+    )
     flags = [row["data_issue"] for row in result.predictions]
     assert flags[0] is None
     assert (flags[1]["file"], flags[1]["location"], flags[1]["kind"], flags[1]["action"]) == (
-        str(data), "line 2", "span_beyond_video", "kept")
+        str(data),
+        "line 2",
+        "span_beyond_video",
+        "kept",
+    )
     assert (flags[2]["location"], flags[2]["kind"]) == ("line 3", "duration_mismatch")
     assert [(i, issue.kind) for i, issue in result.data_issues] == [
-        (records[1].id, "span_beyond_video"), (records[2].id, "duration_mismatch")]
+        (records[1].id, "span_beyond_video"),
+        (records[2].id, "duration_mismatch"),
+    ]
     assert result.metrics["total"] == 3  # scored, not dropped
 
     output = tmp_path / "preds.jsonl"
-    assert main(["--model", str(tiny_qwen25_checkpoint), "--data", str(data), "--output", str(output),
-                 "--max-new-tokens", "2", "--dataloader-num-workers", "0", "--min-pixels", str(56 * 56),
-                 "--max-pixels", str(64 * 96), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(tiny_qwen25_checkpoint),
+                "--data",
+                str(data),
+                "--output",
+                str(output),
+                "--max-new-tokens",
+                "2",
+                "--dataloader-num-workers",
+                "0",
+                "--min-pixels",
+                str(56 * 56),
+                "--max-pixels",
+                str(64 * 96),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "2 queries disagree with their videos" in captured.err and "line 2: span_beyond_video" in captured.err
     metrics = json.loads((tmp_path / "preds.metrics.json").read_text())
     assert metrics["data_issues"] == {"span_beyond_video": 1, "duration_mismatch": 1}
     assert [json.loads(line)["data_issue"] is not None for line in output.read_text().splitlines()] == [
-        False, True, True]
+        False,
+        True,
+        True,
+    ]
     # an existing predictions file is never replaced without being asked to
-    argv = ["--model", str(tiny_qwen25_checkpoint), "--data", str(data), "--output", str(output),
-            "--max-new-tokens", "2", "--dataloader-num-workers", "0", "--min-pixels", str(56 * 56), "--max-pixels",
-            str(64 * 96), "--no-progress"]
+    argv = [
+        "--model",
+        str(tiny_qwen25_checkpoint),
+        "--data",
+        str(data),
+        "--output",
+        str(output),
+        "--max-new-tokens",
+        "2",
+        "--dataloader-num-workers",
+        "0",
+        "--min-pixels",
+        str(56 * 56),
+        "--max-pixels",
+        str(64 * 96),
+        "--no-progress",
+    ]
     before = output.read_text()
     assert main(argv) == 2
     assert "already holds predictions" in capsys.readouterr().err and output.read_text() == before
@@ -353,8 +479,12 @@ def test_help_describes_every_option_and_states_each_default_once(capsys):
         help_text = " ".join([first_help.strip()] + [line.strip() for line in entry[1:]]).strip()
         assert help_text, f"{invocation} has no help text"
         assert help_text.lower().count("default") <= 1, f"{invocation}: {help_text}"
-    for flag, default in (("--per_device_eval_batch_size", "1"), ("--max_new_tokens", "64"),
-                          ("--fps", "the model's recorded setting, else 2"), ("--prompt_style", "paper")):
+    for flag, default in (
+        ("--per_device_eval_batch_size", "1"),
+        ("--max_new_tokens", "64"),
+        ("--fps", "the model's recorded setting, else 2"),
+        ("--prompt_style", "paper"),
+    ):
         entry = " ".join(next(e for e in entries if e[0].strip().startswith(flag)))
         assert f"default: {default}" in " ".join(entry.split()), entry
 
@@ -362,8 +492,20 @@ def test_help_describes_every_option_and_states_each_default_once(capsys):
 def test_no_usable_record_is_a_one_line_error(tmp_path, capsys, tiny_qwen25_checkpoint):
     data = tmp_path / "all_missing.jsonl"
     data.write_text(json.dumps({"video": "nowhere.mp4", "query": "q", "start": 0, "end": 1, "duration": 3}) + "\n")
-    assert main(["--model", str(tiny_qwen25_checkpoint), "--data", str(data), "--output", str(tmp_path / "p.jsonl"),
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "--model",
+                str(tiny_qwen25_checkpoint),
+                "--data",
+                str(data),
+                "--output",
+                str(tmp_path / "p.jsonl"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.splitlines()[-1].startswith("python -m videoopd.eval: error: --data ") and "no records" in err
 
@@ -383,8 +525,16 @@ def test_evaluate_under_a_protocol_prompts_parses_and_scores_by_its_rules(record
     chosen = [dataclasses.replace(record, query="a shape appears.") for record in records[:3]]
     answers = ["from 1.5s to 4.5s", "The event happens in 0.00 - 8.00 seconds.", "<think>1 to 2</think> 2.5 to 3.5"]
     model = PromptRecordingModel(processor.tokenizer, answers)
-    result = evaluate(model, processor, chosen, decode_config=_config(processor), prompt_style="timelens",
-                      protocol="timelens", batch_size=3, progress=False)
+    result = evaluate(
+        model,
+        processor,
+        chosen,
+        decode_config=_config(processor),
+        prompt_style="timelens",
+        protocol="timelens",
+        batch_size=3,
+        progress=False,
+    )
     assert all("sentence 'a shape appears'," in prompt for prompt in model.prompts)  # its periods stripped
     assert [row["query"] for row in result.predictions] == ["a shape appears."] * 3  # the record's own
     for row, answer in zip(result.predictions, answers):
@@ -398,13 +548,31 @@ def test_evaluate_under_a_protocol_prompts_parses_and_scores_by_its_rules(record
     assert result.protocols["time-r1"]["overall"]["parsed"] == 1  # only "2.5 to 3.5" has its shape
 
 
-def test_command_line_protocol_sets_prompt_and_budget_and_reports_every_protocol(tmp_path, synthetic_dir,
-                                                                                 tiny_qwen25_checkpoint, capsys):
+def test_command_line_protocol_sets_prompt_and_budget_and_reports_every_protocol(
+    tmp_path, synthetic_dir, tiny_qwen25_checkpoint, capsys
+):
     output = tmp_path / "preds.jsonl"
-    argv = ["--model", str(tiny_qwen25_checkpoint), "--data", str(synthetic_dir / "annotations.jsonl"),
-            "--video-root", str(synthetic_dir), "--output", str(output), "--per-device-eval-batch-size", "2",
-            "--max-new-tokens", "4",
-            "--max-pixels", str(112 * 140), "--no-progress", "--limit", "2", "--protocol", "time-r1"]
+    argv = [
+        "--model",
+        str(tiny_qwen25_checkpoint),
+        "--data",
+        str(synthetic_dir / "annotations.jsonl"),
+        "--video-root",
+        str(synthetic_dir),
+        "--output",
+        str(output),
+        "--per-device-eval-batch-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--max-pixels",
+        str(112 * 140),
+        "--no-progress",
+        "--limit",
+        "2",
+        "--protocol",
+        "time-r1",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     identity = json.loads((tmp_path / "preds.jsonl.meta.json").read_text())["identity"]
@@ -423,17 +591,26 @@ def test_command_line_protocol_sets_prompt_and_budget_and_reports_every_protocol
     assert "--prompt-style time-r1 contradicts it" in err
 
 
-def test_qvhighlights_windows_are_scored_by_the_best_window_with_moment_retrieval_metrics(tmp_path, synthetic_dir,
-                                                                                        tiny_qwen25):
+def test_qvhighlights_windows_are_scored_by_the_best_window_with_moment_retrieval_metrics(
+    tmp_path, synthetic_dir, tiny_qwen25
+):
     _, processor = tiny_qwen25
-    lines = [{"qid": 7, "query": "a shape", "duration": 8, "vid": "synth_00000", "relevant_windows": [[0, 2], [4, 8]]},
-             {"qid": 8, "query": "another", "duration": 8, "vid": "synth_00001", "relevant_windows": [[1, 3]]}]
+    lines = [
+        {"qid": 7, "query": "a shape", "duration": 8, "vid": "synth_00000", "relevant_windows": [[0, 2], [4, 8]]},
+        {"qid": 8, "query": "another", "duration": 8, "vid": "synth_00001", "relevant_windows": [[1, 3]]},
+    ]
     path = tmp_path / "highlight_val_release.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     records, summary = load_annotations(path, video_root=synthetic_dir / "videos", multi_span="any")
     assert summary.format == "qvhighlights" and summary.multi_window == 1
-    result = evaluate(ScriptedModel(processor.tokenizer, ["4 to 8", "0 to 2"]), processor, records,
-                      decode_config=_config(processor), moment_retrieval=True, progress=False)
+    result = evaluate(
+        ScriptedModel(processor.tokenizer, ["4 to 8", "0 to 2"]),
+        processor,
+        records,
+        decode_config=_config(processor),
+        moment_retrieval=True,
+        progress=False,
+    )
     rows = result.predictions
     assert rows[0]["gt"] == [[0.0, 2.0], [4.0, 8.0]] and rows[0]["iou"] == 1.0
     assert rows[1]["iou"] == pytest.approx(1 / 3)
@@ -444,8 +621,16 @@ def test_qvhighlights_windows_are_scored_by_the_best_window_with_moment_retrieva
 def test_time_r1_prompt_is_its_own_with_its_system_prompt_and_empty_thinking(records, tiny_qwen25):
     _, processor = tiny_qwen25
     model = PromptRecordingModel(processor.tokenizer, ["<think>x</think><answer>1.00 to 2.00</answer>"] * 2)
-    result = evaluate(model, processor, records[:2], decode_config=_config(processor), prompt_style="time-r1",
-                      protocol="time-r1", batch_size=2, progress=False)
+    result = evaluate(
+        model,
+        processor,
+        records[:2],
+        decode_config=_config(processor),
+        prompt_style="time-r1",
+        protocol="time-r1",
+        batch_size=2,
+        progress=False,
+    )
     for prompt, record in zip(model.prompts, records[:2]):
         assert prompt.endswith("<|im_start|>assistant\n<think>\n</think>\n")
         assert "You are a helpful assistant." in prompt and f'pinpoint the event "{record.query}"' in prompt

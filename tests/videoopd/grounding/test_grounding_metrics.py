@@ -63,8 +63,18 @@ def test_inverted_span_is_returned_as_parsed():
 
 @pytest.mark.parametrize(
     "text",
-    ["", "garbage", "A\ufffd\x7f\ufffd", "no event here", "Qwen2.5 - 7B", "v1.2 to 3", "I count 2, 3 people",
-     "12.54", "<think>", "to - to"],
+    [
+        "",
+        "garbage",
+        "A\ufffd\x7f\ufffd",
+        "no event here",
+        "Qwen2.5 - 7B",
+        "v1.2 to 3",
+        "I count 2, 3 people",
+        "12.54",
+        "<think>",
+        "to - to",
+    ],
 )
 def test_garbage_does_not_parse(text):
     assert parse_span(text) is None
@@ -75,8 +85,10 @@ def test_parse_span_rejects_non_strings():
         parse_span(None)
 
 
-@pytest.mark.parametrize("token, seconds", [("12.5", 12.5), ("12.5s", 12.5), ("3 seconds", 3.0), ("00:12", 12.0),
-                                            ("1:02:03.5", 3723.5), (".5", 0.5)])
+@pytest.mark.parametrize(
+    "token, seconds",
+    [("12.5", 12.5), ("12.5s", 12.5), ("3 seconds", 3.0), ("00:12", 12.0), ("1:02:03.5", 3723.5), (".5", 0.5)],
+)
 def test_parse_time(token, seconds):
     assert parse_time(token) == seconds
 
@@ -151,38 +163,51 @@ def test_grounding_metrics_validates_arguments():
         grounding_metrics([], [])
 
 
-@pytest.mark.parametrize("text, span", [
-    ("it starts at 3.5 seconds and ends at 7.2", (3.5, 7.2)),
-    ("The event starts at around 3.5 and ends by 7.2 seconds.", (3.5, 7.2)),
-    ("begins at 00:03 and finishes at 00:07", (3.0, 7.0)),
-    ("beginning at 2.0 then stopping at 4.0", (2.0, 4.0)),
-    ("It starts approximately at 1.25s, and it ends at 2.5s.", (1.25, 2.5)),
-])
+@pytest.mark.parametrize(
+    "text, span",
+    [
+        ("it starts at 3.5 seconds and ends at 7.2", (3.5, 7.2)),
+        ("The event starts at around 3.5 and ends by 7.2 seconds.", (3.5, 7.2)),
+        ("begins at 00:03 and finishes at 00:07", (3.0, 7.0)),
+        ("beginning at 2.0 then stopping at 4.0", (2.0, 4.0)),
+        ("It starts approximately at 1.25s, and it ends at 2.5s.", (1.25, 2.5)),
+    ],
+)
 def test_free_form_sentences_a_learning_policy_writes(text, span):
     """GRPO's reward reads these: a right answer in a sentence must not score 0."""
     assert parse_span(text) == span
 
 
-@pytest.mark.parametrize("text, span", [
-    ("33.54 and 37.89", (33.54, 37.89)),
-    ("50.87, 79.83", (50.87, 79.83)),
-    ("Timestamps: 61.4, 94.7", (61.4, 94.7)),
-    ("<answer>12.5, 17</answer>", (12.5, 17.0)),
-    ("Answer: 3 and 5.", (3.0, 5.0)),
-    ("The event happens at 39.2 seconds and ends at 46.9 seconds.", (39.2, 46.9)),
-    ("It occurs at 4 and stops at 9.5", (4.0, 9.5)),
-    ("from the 63.2 second mark to the 84.7 second mark", (63.2, 84.7)),
-    ("from second 33 to second 40", (33.0, 40.0)),
-    ("It begins at 1.7s and lasts until 16.5s.", (1.7, 16.5)),
-    ("started at 00:03 and lasted until 00:09", (3.0, 9.0)),
-])
+@pytest.mark.parametrize(
+    "text, span",
+    [
+        ("33.54 and 37.89", (33.54, 37.89)),
+        ("50.87, 79.83", (50.87, 79.83)),
+        ("Timestamps: 61.4, 94.7", (61.4, 94.7)),
+        ("<answer>12.5, 17</answer>", (12.5, 17.0)),
+        ("Answer: 3 and 5.", (3.0, 5.0)),
+        ("The event happens at 39.2 seconds and ends at 46.9 seconds.", (39.2, 46.9)),
+        ("It occurs at 4 and stops at 9.5", (4.0, 9.5)),
+        ("from the 63.2 second mark to the 84.7 second mark", (63.2, 84.7)),
+        ("from second 33 to second 40", (33.0, 40.0)),
+        ("It begins at 1.7s and lasts until 16.5s.", (1.7, 16.5)),
+        ("started at 00:03 and lasted until 00:09", (3.0, 9.0)),
+    ],
+)
 def test_shapes_whose_span_is_obvious(text, span):
     assert parse_span(text) == pytest.approx(span)
 
 
-@pytest.mark.parametrize("text", [
-    "There are 2, 3 or 4 people.", "I count 2 and 3 chairs", "Scores: 2, 3 and 4", "2, 3 people", "Version 1.2, 3",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "There are 2, 3 or 4 people.",
+        "I count 2 and 3 chairs",
+        "Scores: 2, 3 and 4",
+        "2, 3 people",
+        "Version 1.2, 3",
+    ],
+)
 def test_a_bare_pair_inside_prose_is_no_span(text):
     assert parse_span(text) is None
 

@@ -1,11 +1,12 @@
 """The prompt texts beneath the data package: a rendered prompt reads back to its style and query."""
+
 import pytest
 
 from videoopd.grounding.prompts import PROMPT_STYLES, format_answer, match_prompt, render_prompt
 
 
 @pytest.mark.parametrize("style", sorted(PROMPT_STYLES))
-@pytest.mark.parametrize("query", ["a person opens the door.", "someone says \"hi\" - then leaves", "x"])
+@pytest.mark.parametrize("query", ["a person opens the door.", 'someone says "hi" - then leaves', "x"])
 def test_a_rendered_prompt_reads_back_to_its_style_and_query(style, query):
     assert match_prompt(render_prompt(query, style)) == (style, query)
     assert match_prompt("\n" + render_prompt(query, style) + " ") == (style, query)

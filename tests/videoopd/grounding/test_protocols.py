@@ -6,6 +6,7 @@ first "a - b", else the first "a to b", else the first two numbers with word bou
 rounded half-to-even to whole seconds; Time-R1: the last "a to b" / "a and b" with one
 literal space each side, case-sensitive).
 """
+
 import pytest
 
 from videoopd.evaluation.evaluate import protocol_metrics
@@ -64,8 +65,19 @@ TEMPLATES = [
     ("{a}  to  {b}", exact, rounded, none),
     ("Answer: {a} and {b}.", exact, rounded, exact),
 ]
-NUMBERS = [("12", "17"), ("0", "8"), ("3.5", "7.25"), ("12.54", "17.83"), ("0.0", "6.9"), ("101.2", "153.75"),
-           ("2.5", "3.5"), ("45", "45.5"), ("7.45", "9"), ("33.54", "37.89"), ("1.7", "16.5")]
+NUMBERS = [
+    ("12", "17"),
+    ("0", "8"),
+    ("3.5", "7.25"),
+    ("12.54", "17.83"),
+    ("0.0", "6.9"),
+    ("101.2", "153.75"),
+    ("2.5", "3.5"),
+    ("45", "45.5"),
+    ("7.45", "9"),
+    ("33.54", "37.89"),
+    ("1.7", "16.5"),
+]
 
 
 def clock(seconds):
@@ -76,8 +88,7 @@ CLOCKS = [(12, 17), (65, 130), (0, 8), (599, 601), (3000, 3541)]
 # (template, paper, timelens, time-r1) on clock values; Time-R1 reads "a to b" across the colons.
 CLOCK_TEMPLATES = [
     ("{A} - {B}", lambda a, b: (a, b), lambda a, b: (a, b), lambda a, b: None),
-    ("From {A} to {B}.", lambda a, b: (a, b), lambda a, b: (a, b),
-     lambda a, b: (float(a % 60), float(b // 60))),
+    ("From {A} to {B}.", lambda a, b: (a, b), lambda a, b: (a, b), lambda a, b: (float(a % 60), float(b // 60))),
 ]
 
 HAND_WRITTEN = [
@@ -183,7 +194,7 @@ def synthetic_set():
 def test_metrics_equal_an_independent_computation(protocol):
     answers, gts = synthetic_set()
     index = PROTOCOL_NAMES.index(protocol)
-    expected_preds = [case[1 + index] for case in CASES] + [parse_span(a, protocol) for a in answers[len(CASES):]]
+    expected_preds = [case[1 + index] for case in CASES] + [parse_span(a, protocol) for a in answers[len(CASES) :]]
     strict = protocol == "time-r1"
     exclude = protocol == "paper"
     want = reference_metrics(expected_preds, gts, strict, exclude)
@@ -235,8 +246,11 @@ def test_the_table_of_protocols_is_consistent():
         parse_span("1 to 2", protocol="nope")
     assert PROTOCOLS["timelens"].normalize_query("  a person  opens the door.. ") == "a person opens the door"
     assert PROTOCOLS["paper"].normalize_query("a person opens the door.") == "a person opens the door."
-    assert PROTOCOLS["timelens"].pixel_budget(32) == {"fps": 2.0, "min_pixels": 64 * 32**2,
-                                                      "total_pixels": 14336 * 32**2}
+    assert PROTOCOLS["timelens"].pixel_budget(32) == {
+        "fps": 2.0,
+        "min_pixels": 64 * 32**2,
+        "total_pixels": 14336 * 32**2,
+    }
     assert PROTOCOLS["time-r1"].pixel_budget(28)["total_pixels"] == 3584 * 28**2
     assert PROTOCOLS["paper"].pixel_budget(28) == {"fps": None, "min_pixels": None, "total_pixels": None}
 
@@ -275,8 +289,10 @@ def test_moment_retrieval_metrics_equal_the_detection_ap_definition():
     preds = [(0, 6), (21, 30), (10, 19), None, (4, 9)]
     metrics = moment_retrieval_metrics(preds, gts)
     ious = [[reference_iou(p, w) for w in g] for p, g in zip(preds, gts)]
-    aps = {t: [voc_interpolated_ap([row], len(row), t) if p is not None else 0.0 for p, row in zip(preds, ious)]
-           for t in MR_AP_THRESHOLDS}
+    aps = {
+        t: [voc_interpolated_ap([row], len(row), t) if p is not None else 0.0 for p, row in zip(preds, ious)]
+        for t in MR_AP_THRESHOLDS
+    }
     assert metrics["MR-mAP@0.5"] == pytest.approx(100 * sum(aps[0.5]) / 5)
     assert metrics["MR-mAP@0.75"] == pytest.approx(100 * sum(aps[0.75]) / 5)
     assert metrics["MR-mAP"] == pytest.approx(100 * sum(sum(v) / 5 for v in aps.values()) / 10)

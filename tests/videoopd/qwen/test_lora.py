@@ -1,6 +1,7 @@
 """LoRA through peft: adapters only in the language model, only adapter weights change, the
 kernels see through the PeftModel, the checkpoint holds the adapter and ``--merge-lora``
 writes a plain model whose outputs equal the adapter model's (DDP / FSDP2: test_distributed.py)."""
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,23 @@ from videoopd.qwen.tiny import build_tiny_model, build_tiny_tokenizer
 
 def test_adapters_go_into_the_language_model_only():
     tok = build_tiny_tokenizer("qwen2_5_vl")
-    model = prepare_policy(build_tiny_model("qwen2_5_vl", tok, seed=0, hidden_size=32), trainable=True,
-                           gradient_checkpointing=False)
+    model = prepare_policy(
+        build_tiny_model("qwen2_5_vl", tok, seed=0, hidden_size=32), trainable=True, gradient_checkpointing=False
+    )
     vision_mlp = [n for n, _ in model.named_modules() if "visual" in n and n.endswith("gate_proj")]
     assert vision_mlp, "Qwen2.5-VL's vision MLP has gate_proj too: the pattern must skip it"
     peft_model = apply_lora(model, r=4)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_" in n and "language_model" in n for n in trainable)
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable} == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     assert not lm_head_weight(peft_model).requires_grad
     # the loss path sees through the PeftModel: hidden states carry the adapters' gradient,
     # the frozen head gets none
@@ -34,7 +43,9 @@ def test_adapters_go_into_the_language_model_only():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
     ids = torch.randint(0, 100, (2, 9))
-    loss = policy_head_forward(peft_model, peft_model, {"input_ids": ids}, lambda h, w: (h.float() @ w.T.float()).logsumexp(-1).sum())
+    loss = policy_head_forward(
+        peft_model, peft_model, {"input_ids": ids}, lambda h, w: (h.float() @ w.T.float()).logsumexp(-1).sum()
+    )
     loss.backward()
     assert all(p.grad is not None for n, p in peft_model.named_parameters() if p.requires_grad)
     assert lm_head_weight(peft_model).grad is None
@@ -50,10 +61,32 @@ def test_lora_demo_changes_only_adapters_and_merges(tmp_path):
     from transformers import AutoModelForImageTextToText
 
     out = tmp_path / "run"
-    argv = ["--demo-videos", "8", "--max-steps", "3", "--per-device-train-batch-size", "2", "--eval-limit", "2",
-            "--eval-on-start",
-            "false", "--eval-teacher", "false", "--max-new-tokens", "8", "--no-progress", "--learning-rate", "5e-3",
-            "--lora-r", "4", "--merge-lora", "--save-steps", "3", "--output-dir", str(out)]
+    argv = [
+        "--demo-videos",
+        "8",
+        "--max-steps",
+        "3",
+        "--per-device-train-batch-size",
+        "2",
+        "--eval-limit",
+        "2",
+        "--eval-on-start",
+        "false",
+        "--eval-teacher",
+        "false",
+        "--max-new-tokens",
+        "8",
+        "--no-progress",
+        "--learning-rate",
+        "5e-3",
+        "--lora-r",
+        "4",
+        "--merge-lora",
+        "--save-steps",
+        "3",
+        "--output-dir",
+        str(out),
+    ]
     assert T.main(argv) == 0
     adapter_dir = out / "checkpoints" / "step-3" / "model"
     assert json.loads((adapter_dir / "adapter_config.json").read_text())["r"] == 4
@@ -94,11 +127,30 @@ def test_an_adapter_folder_loads_over_its_base_and_evaluates(tmp_path, tiny_qwen
     loaded = load_policy(folder, trainable=False)
     ids = torch.randint(0, 200, (2, 9))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids).logits, adapted.eval()(input_ids=ids).logits,
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            loaded(input_ids=ids).logits, adapted.eval()(input_ids=ids).logits, atol=1e-4, rtol=1e-4
+        )
     with pytest.raises(ValueError, match="holds a LoRA adapter"):
         load_policy(folder, trainable=True)
-    assert eval_main(["--model", str(folder), "--data", str(synthetic_dir / "annotations.jsonl"), "--output",
-                      str(tmp_path / "p.jsonl"), "--max-new-tokens", "2", "--dataloader-num-workers", "0",
-                      "--min-pixels",
-                      str(56 * 56), "--max-pixels", str(64 * 96), "--no-progress"]) == 0
+    assert (
+        eval_main(
+            [
+                "--model",
+                str(folder),
+                "--data",
+                str(synthetic_dir / "annotations.jsonl"),
+                "--output",
+                str(tmp_path / "p.jsonl"),
+                "--max-new-tokens",
+                "2",
+                "--dataloader-num-workers",
+                "0",
+                "--min-pixels",
+                str(56 * 56),
+                "--max-pixels",
+                str(64 * 96),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )

@@ -1,5 +1,6 @@
 """The frame sampling a checkpoint was trained with is saved with it (the video processor's
 record in processor_config.json) and is what eval, sft and train sample with by default."""
+
 import json
 
 from videoopd import eval as E
@@ -30,11 +31,33 @@ def test_recorded_settings_survive_saving_and_are_the_defaults(tmp_path):
 
 def test_sft_saves_its_frame_sampling_with_the_model(tmp_path, synthetic_dir):
     out = tmp_path / "run"
-    code = S.main(["--init-tiny", "qwen3_vl", "--train-data", str(synthetic_dir / "annotations.jsonl"),
-                   "--output-dir", str(out), "--tiny-hidden-size", "32", "--tiny-layers", "1", "--max-steps", "1",
-                   "--per-device-train-batch-size", "2", "--warmup-steps", "0", "--fps", "1.5", "--min-pixels",
-                   str(64 * 96),
-                   "--max-pixels", str(64 * 96), "--no-progress"])
+    code = S.main(
+        [
+            "--init-tiny",
+            "qwen3_vl",
+            "--train-data",
+            str(synthetic_dir / "annotations.jsonl"),
+            "--output-dir",
+            str(out),
+            "--tiny-hidden-size",
+            "32",
+            "--tiny-layers",
+            "1",
+            "--max-steps",
+            "1",
+            "--per-device-train-batch-size",
+            "2",
+            "--warmup-steps",
+            "0",
+            "--fps",
+            "1.5",
+            "--min-pixels",
+            str(64 * 96),
+            "--max-pixels",
+            str(64 * 96),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     config = DecodeConfig.for_processor(load_processor(out / "final"))
     assert (config.fps, config.min_pixels, config.max_pixels, config.max_frames) == (1.5, 64 * 96, 64 * 96, 768)
@@ -46,8 +69,22 @@ def test_eval_of_the_shipped_student_with_its_defaults_matches_the_demo_evaluati
     demo = evaluate_demo_checkpoint(STUDENT_DIR, records).metrics
     assert DecodeConfig.for_processor(load_processor(STUDENT_DIR)).max_pixels == DEMO_PIXELS
     output = tmp_path / "student.predictions.jsonl"
-    assert E.main(["--model", str(STUDENT_DIR), "--data", str(annotations), "--output", str(output),
-                   "--no-progress", "--dataloader-num-workers", "0"]) == 0
+    assert (
+        E.main(
+            [
+                "--model",
+                str(STUDENT_DIR),
+                "--data",
+                str(annotations),
+                "--output",
+                str(output),
+                "--no-progress",
+                "--dataloader-num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(output.with_name("student.predictions.metrics.json").read_text())["overall"]
     assert metrics["parsed"] == demo["parsed"] == len(records)
     assert metrics["mIoU"] == demo["mIoU"]

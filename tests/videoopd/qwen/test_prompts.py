@@ -95,8 +95,10 @@ def test_a_data_files_own_prompt_is_shown_as_written():
     from videoopd.qwen.collators import GroundingCollator, SFTCollator
 
     own = "When does the cat sit? Answer in seconds."
-    records = [GroundingRecord("a", "a.mp4", "the cat sits", (1.0, 2.0), 8.0, "s", prompt=own),
-               GroundingRecord("b", "b.mp4", "the cat sits", (1.0, 2.0), 8.0, "s")]
+    records = [
+        GroundingRecord("a", "a.mp4", "the cat sits", (1.0, 2.0), 8.0, "s", prompt=own),
+        GroundingRecord("b", "b.mp4", "the cat sits", (1.0, 2.0), 8.0, "s"),
+    ]
     processor = build_tiny_processor("qwen2_5_vl")
     own_text, template_text = GroundingCollator(processor).texts(records)
     assert own in own_text and "To accurately pinpoint" not in own_text
@@ -109,14 +111,16 @@ def test_a_data_files_own_prompt_is_shown_as_written():
 
 def test_a_data_files_own_system_prompt_is_shown_when_the_run_asks():
     from videoopd.data.annotations import GroundingRecord
-    from videoopd.evaluation.evaluate import predictions_identity
     from videoopd.data.video import DecodeConfig
+    from videoopd.evaluation.evaluate import predictions_identity
     from videoopd.qwen.collators import GroundingCollator, SFTCollator
     from videoopd.qwen.prompts import DATA_SYSTEM, STYLE_DEFAULT
     from videoopd.training.config import DecodeOptions
 
-    records = [GroundingRecord("a", "a.mp4", "the cat sits", (1.0, 2.0), 8.0, "s", system="Be brief."),
-               GroundingRecord("b", "b.mp4", "the cat sits", (1.0, 2.0), 8.0, "s")]
+    records = [
+        GroundingRecord("a", "a.mp4", "the cat sits", (1.0, 2.0), 8.0, "s", system="Be brief."),
+        GroundingRecord("b", "b.mp4", "the cat sits", (1.0, 2.0), 8.0, "s"),
+    ]
     processor = build_tiny_processor("qwen2_5_vl")
     own, plain = GroundingCollator(processor, system_prompt=DATA_SYSTEM).texts(records)
     assert "Be brief." in own and SYSTEM_PROMPT not in own

@@ -1,4 +1,5 @@
 """The decoder's output through real Qwen-VL processors and tiny models built from configs."""
+
 import inspect
 import re
 
@@ -6,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from videoopd.data.video import DecodeConfig, decode_video
 from videoopd.qwen.models import load_policy
-from videoopd.qwen.processing import TorchQwenVideoProcessor, load_processor
+from videoopd.qwen.processing import TorchQwenVideoProcessor, load_processor, processor_inputs
 from videoopd.qwen.prompts import build_messages, render_chat
 from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
-from videoopd.data.video import DecodeConfig, decode_video
-from videoopd.qwen.processing import processor_inputs
 
 SMALL = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}
 
@@ -51,7 +51,9 @@ def test_tiny_qwen25_forward_on_a_decoded_video(synthetic_dir, tiny_qwen25):
 @pytest.mark.parametrize("fps", [2.0, 1.0, 0.75])
 def test_processor_derives_the_decoders_temporal_scale_from_the_metadata(synthetic_dir, tiny_qwen25, fps):
     _, processor = tiny_qwen25
-    video = decode_video(synthetic_dir / "videos" / "synth_00000.mp4", DecodeConfig.for_processor(processor, fps=fps, **SMALL))
+    video = decode_video(
+        synthetic_dir / "videos" / "synth_00000.mp4", DecodeConfig.for_processor(processor, fps=fps, **SMALL)
+    )
     text = render_chat(processor, build_messages("a dog"))
     direct = processor(text=[text], videos=[video.frames], return_tensors="pt", **video.processor_kwargs())
     assert direct["second_per_grid_ts"].tolist() == pytest.approx([video.second_per_grid_ts])

@@ -1,4 +1,5 @@
 """SeededSampler: exact sampling from softmax(z / T) (with top-p), one generator per prompt."""
+
 import pytest
 import torch
 

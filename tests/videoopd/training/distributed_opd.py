@@ -7,6 +7,7 @@ Writes to OUT: the run folder (what the loop writes), ``weights.pt`` (the full f
 dict, main process), and ``rank{r}.json`` per process: the step losses, the records each
 step drew, and every file this process opened for writing under OUT/run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,11 @@ def main() -> int:
     parser.add_argument("--reduction", default="mean")
     parser.add_argument("--eval-limit", type=int, default=5)
     parser.add_argument("--student-dtype", default="float32", help="dtype the student is loaded in")
-    parser.add_argument("--unsynchronised", action="store_true",
-                        help="compute the loss through the unwrapped model (the bug this test guards against)")
+    parser.add_argument(
+        "--unsynchronised",
+        action="store_true",
+        help="compute the loss through the unwrapped model (the bug this test guards against)",
+    )
     parser.add_argument("--lora-r", type=int, default=0)
     parser.add_argument("--save-steps", type=int, default=0)
     parser.add_argument("--resume-from-checkpoint", default=None)
@@ -40,8 +44,12 @@ def main() -> int:
     parser.add_argument("--round-size", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=6)
     parser.add_argument("--eval-steps", type=int, default=None, help="default: --steps")
-    parser.add_argument("--teacher-head-rows", type=int, default=0,
-                        help="pad the teacher's vocabulary (embedding and head) to this many rows")
+    parser.add_argument(
+        "--teacher-head-rows",
+        type=int,
+        default=0,
+        help="pad the teacher's vocabulary (embedding and head) to this many rows",
+    )
     parser.add_argument("--rollout-batch-size", type=int, default=0)
     parser.add_argument("--ddp-timeout", type=int, default=None)
     parser.add_argument("--report-to", default="none")
@@ -97,24 +105,65 @@ def main() -> int:
 
     setattr(torch.distributed, gather_name, counted)
 
-    cfg = resolve_config(["--student", "s", "--teacher", "t", "--device", "cpu", "--objective", args.objective,
-                          "--reduction", args.reduction, "--per-device-train-batch-size",
-                          str(args.per_device_train_batch_size),
-                          "--gradient-accumulation-steps", str(args.gradient_accumulation_steps), "--max-steps",
-                          str(args.steps), "--learning-rate", "3e-3", "--max-new-tokens", str(args.max_new_tokens),
-                          "--eval-steps", str(args.steps if args.eval_steps is None else args.eval_steps),
-                          "--eval-limit", str(args.eval_limit), "--rollout-batch-size", str(args.rollout_batch_size),
-                          "--per-device-eval-batch-size", "2", "--min-pixels", str(56 * 56), "--max-pixels",
-                          str(64 * 96),
-                          "--output-dir", str(run_dir), "--no-progress", "--gradient-checkpointing", "false",
-                          "--lora-r", str(args.lora_r), "--save-steps", str(args.save_steps),
-                          "--rounds", str(args.rounds), "--round-size", str(args.round_size),
-                          "--algo", args.algo, "--num-generations", "3",
-                          "--teacher-iou-min", "0",  # random tiny teachers answer nothing right
-                          "--report-to", args.report_to,
-                          *(["--ddp_timeout", str(args.ddp_timeout)] if args.ddp_timeout else []),
-                          *(["--resume-from-checkpoint",
-                             args.resume_from_checkpoint] if args.resume_from_checkpoint else [])])
+    cfg = resolve_config(
+        [
+            "--student",
+            "s",
+            "--teacher",
+            "t",
+            "--device",
+            "cpu",
+            "--objective",
+            args.objective,
+            "--reduction",
+            args.reduction,
+            "--per-device-train-batch-size",
+            str(args.per_device_train_batch_size),
+            "--gradient-accumulation-steps",
+            str(args.gradient_accumulation_steps),
+            "--max-steps",
+            str(args.steps),
+            "--learning-rate",
+            "3e-3",
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--eval-steps",
+            str(args.steps if args.eval_steps is None else args.eval_steps),
+            "--eval-limit",
+            str(args.eval_limit),
+            "--rollout-batch-size",
+            str(args.rollout_batch_size),
+            "--per-device-eval-batch-size",
+            "2",
+            "--min-pixels",
+            str(56 * 56),
+            "--max-pixels",
+            str(64 * 96),
+            "--output-dir",
+            str(run_dir),
+            "--no-progress",
+            "--gradient-checkpointing",
+            "false",
+            "--lora-r",
+            str(args.lora_r),
+            "--save-steps",
+            str(args.save_steps),
+            "--rounds",
+            str(args.rounds),
+            "--round-size",
+            str(args.round_size),
+            "--algo",
+            args.algo,
+            "--num-generations",
+            "3",
+            "--teacher-iou-min",
+            "0",  # random tiny teachers answer nothing right
+            "--report-to",
+            args.report_to,
+            *(["--ddp_timeout", str(args.ddp_timeout)] if args.ddp_timeout else []),
+            *(["--resume-from-checkpoint", args.resume_from_checkpoint] if args.resume_from_checkpoint else []),
+        ]
+    )
     if args.unsynchronised:
         through = loop.policy_head_forward
         loop.policy_head_forward = lambda wrapper, model, inputs, fn: through(model, model, inputs, fn)
@@ -139,8 +188,9 @@ def main() -> int:
         seen["step_records"].append(record_ids)
 
     try:
-        summary = run_post_training(cfg, accelerator, student, teacher, proc, records, records,
-                                   log=lambda *_: None, on_step=on_step)
+        summary = run_post_training(
+            cfg, accelerator, student, teacher, proc, records, records, log=lambda *_: None, on_step=on_step
+        )
     except Preempted as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
@@ -150,22 +200,28 @@ def main() -> int:
         if state is None:
             state = accelerator.unwrap_model(model).state_dict()
         torch.save({k: v.detach().cpu() for k, v in state.items()}, out / "weights.pt")
-    (out / f"rank{accelerator.process_index}.json").write_text(json.dumps({
-        "world": accelerator.num_processes,
-        "distributed_type": str(accelerator.distributed_type),
-        "losses": [row["loss"] for row in summary.steps],
-        "reverse_kl": [row.get("reverse_kl") for row in summary.steps],
-        "step_records": seen["step_records"],
-        "evals": summary.evals,
-        "rounds": summary.rounds,
-        "rows": summary.steps,
-        "opened_for_writing": sorted(set(opened)),
-        "student_sharded": is_fsdp_sharded(model),
-        "teacher_sharded": is_fsdp_sharded(teacher),  # placed in place by the run
-        "trained_dtypes": sorted({str(p.dtype) for p in model.parameters() if p.requires_grad}),
-        "all_gathers": all_gathers,
-        "process_group_timeout_s": process_group_timeout(),
-    }, default=str) + "\n")
+    (out / f"rank{accelerator.process_index}.json").write_text(
+        json.dumps(
+            {
+                "world": accelerator.num_processes,
+                "distributed_type": str(accelerator.distributed_type),
+                "losses": [row["loss"] for row in summary.steps],
+                "reverse_kl": [row.get("reverse_kl") for row in summary.steps],
+                "step_records": seen["step_records"],
+                "evals": summary.evals,
+                "rounds": summary.rounds,
+                "rows": summary.steps,
+                "opened_for_writing": sorted(set(opened)),
+                "student_sharded": is_fsdp_sharded(model),
+                "teacher_sharded": is_fsdp_sharded(teacher),  # placed in place by the run
+                "trained_dtypes": sorted({str(p.dtype) for p in model.parameters() if p.requires_grad}),
+                "all_gathers": all_gathers,
+                "process_group_timeout_s": process_group_timeout(),
+            },
+            default=str,
+        )
+        + "\n"
+    )
     accelerator.wait_for_everyone()
     return 0
 

@@ -4,11 +4,13 @@
 micro-batch have NaN gradients (``nan_gradient``) or a NaN value with finite gradients
 (``nan_loss``). It wraps what the loop calls, through ``setattr`` (pytest's
 ``monkeypatch.setattr`` in-process)."""
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -51,8 +53,10 @@ def install(fault: str, rank: int, step: int, setattr: Callable[[Any, str, Any],
 
         def wrapped(*args, **kwargs):
             if here():
-                raise InjectedFault(f"injected fault in the {fault} phase of step {step} on process {rank} "
-                                    f"at unix time {time.time():.3f}")
+                raise InjectedFault(
+                    f"injected fault in the {fault} phase of step {step} on process {rank} "
+                    f"at unix time {time.time():.3f}"
+                )
             return through(*args, **kwargs)
 
         setattr(target, name, wrapped)
@@ -65,10 +69,14 @@ def install(fault: str, rank: int, step: int, setattr: Callable[[Any, str, Any],
 
     setattr(loop, "optimizer_step", optimizer_step)
     if fault in RAISING:
-        target, name = {"rollout": (objectives.SampledObjective, "rollout_step"),
-                        "teacher": (objectives.DistillationObjective, "score_step"),
-                        "student": (loop, "policy_head_forward"), "optimizer": (loop, "step_if_finite"),
-                        "evaluation": (loop, "evaluate"), "checkpoint": (loop, "save_checkpoint")}[fault]
+        target, name = {
+            "rollout": (objectives.SampledObjective, "rollout_step"),
+            "teacher": (objectives.DistillationObjective, "score_step"),
+            "student": (loop, "policy_head_forward"),
+            "optimizer": (loop, "step_if_finite"),
+            "evaluation": (loop, "evaluate"),
+            "checkpoint": (loop, "save_checkpoint"),
+        }[fault]
         raising(target, name)
         return
     forward = loop.policy_head_forward

@@ -2,6 +2,7 @@
 and the student every round, the optimizer carried across rounds, and a run stopped by SIGTERM
 in round 2 resuming to the uninterrupted run's weights without scoring the teacher again.
 (1 vs 2 processes: test_distributed.py; the selection functions: test_curriculum.py.)"""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,25 @@ from videoopd import train as T
 from videoopd.training import curriculum as C
 from videoopd.training import loop as L
 
-ROUNDS = ["--demo-videos", "8", "--rounds", "2", "--round-size", "4", "--steps-per-round", "2",
-          "--per-device-train-batch-size", "2",
-          "--eval-limit", "2", "--eval-on-start", "false", "--eval-teacher", "false", "--no-progress"]
+ROUNDS = [
+    "--demo-videos",
+    "8",
+    "--rounds",
+    "2",
+    "--round-size",
+    "4",
+    "--steps-per-round",
+    "2",
+    "--per-device-train-batch-size",
+    "2",
+    "--eval-limit",
+    "2",
+    "--eval-on-start",
+    "false",
+    "--eval-teacher",
+    "false",
+    "--no-progress",
+]
 
 
 @pytest.fixture
@@ -75,7 +92,10 @@ def test_two_rounds_log_and_resume(tmp_path, scorings, monkeypatch):
     # the teacher's cached scores are read back (no answer generated); round 2's selection comes
     # from the checkpoint, so nothing is scored again
     assert scorings in ([], [("teacher_pool", 0)])
-    a, b = load_file(str(whole / "final" / "model.safetensors")), load_file(str(stopped / "final" / "model.safetensors"))
+    a, b = (
+        load_file(str(whole / "final" / "model.safetensors")),
+        load_file(str(stopped / "final" / "model.safetensors")),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert read_jsonl(stopped / "rounds.jsonl") == rounds
     assert [r["step"] for r in read_jsonl(stopped / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4]

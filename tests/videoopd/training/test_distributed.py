@@ -10,6 +10,7 @@ Note: ``accelerate launch --cpu --num_processes 2`` starts ONE process (accelera
 multi-process jobs only through MPI); on a machine without CUDA, ``accelerate launch
 --num_processes 2`` (no --cpu) starts 2 processes on gloo. The launches below do that.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,16 +30,28 @@ RUNNER = Path(__file__).with_name("distributed_opd.py")
 CONFIGS = ROOT / "configs" / "accelerate"
 
 
-def launch(args: list[str], processes: int, config: str | None = None, timeout: int = 420,
-           mixed_precision: str | None = "no") -> None:
+def launch(
+    args: list[str], processes: int, config: str | None = None, timeout: int = 420, mixed_precision: str | None = "no"
+) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)  # the torch backend on CPU either way
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
         precision = [] if mixed_precision is None else ["--mixed_precision", mixed_precision]  # None: the config's
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-               "--config_file", str(CONFIGS / config), *precision, "--main_process_port", "0", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            str(processes),
+            "--config_file",
+            str(CONFIGS / config),
+            *precision,
+            "--main_process_port",
+            "0",
+            *args,
+        ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
 
@@ -48,15 +61,33 @@ def data(tmp_path_factory):
     from videoopd.data.synthetic import generate_dataset
 
     # 4 prompts: with 2 per step, steps 1-2 are one epoch and step 3 starts the next
-    return generate_dataset(tmp_path_factory.mktemp("dist_data"), num_videos=4, seed=0, duration=8.0, fps=4,
-                            height=64, width=96, events_per_video=1)
+    return generate_dataset(
+        tmp_path_factory.mktemp("dist_data"),
+        num_videos=4,
+        seed=0,
+        duration=8.0,
+        fps=4,
+        height=64,
+        width=96,
+        events_per_video=1,
+    )
 
 
-def run(data: Path, out: Path, processes: int, batch_size: int, config: str | None = None, *extra: str,
-        mixed_precision: str = "no") -> dict:
-    launch([str(RUNNER), "--data", str(data), "--out", str(out), "--per-device-train-batch-size", str(batch_size),
-            *extra],
-           processes, config, mixed_precision=mixed_precision)
+def run(
+    data: Path,
+    out: Path,
+    processes: int,
+    batch_size: int,
+    config: str | None = None,
+    *extra: str,
+    mixed_precision: str = "no",
+) -> dict:
+    launch(
+        [str(RUNNER), "--data", str(data), "--out", str(out), "--per-device-train-batch-size", str(batch_size), *extra],
+        processes,
+        config,
+        mixed_precision=mixed_precision,
+    )
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
     return {"ranks": ranks, "weights": torch.load(out / "weights.pt"), "out": out}
 
@@ -85,18 +116,21 @@ def test_two_processes_step_like_one(config, data, reference, tmp_path):
     assert rank1["losses"] == rank0["losses"]
     assert rank0["reverse_kl"] == pytest.approx(ref["reverse_kl"], rel=1e-5, abs=1e-7)
     # each process drew different prompts; together they are the one-process batch
-    for step, (mine, theirs, both) in enumerate(zip(rank0["step_records"], rank1["step_records"],
-                                                   ref["step_records"]), start=1):
+    for step, (mine, theirs, both) in enumerate(
+        zip(rank0["step_records"], rank1["step_records"], ref["step_records"]), start=1
+    ):
         assert not set(mine) & set(theirs), f"step {step}: both processes drew {set(mine) & set(theirs)}"
         assert sorted(mine + theirs) == sorted(both), f"step {step}"
     # the same final weights
     assert max_weight_difference(two["weights"], reference["weights"]) < 1e-5
     # held-out evaluation split over the processes gives the rows and metrics of one process
     for tag in ("step0", "step3"):
-        assert (tmp_path / "run" / f"eval_{tag}.predictions.jsonl").read_text() == \
-            (reference["out"] / "run" / f"eval_{tag}.predictions.jsonl").read_text()
-        assert json.loads((tmp_path / "run" / f"eval_{tag}.json").read_text()) == \
-            json.loads((reference["out"] / "run" / f"eval_{tag}.json").read_text())
+        assert (tmp_path / "run" / f"eval_{tag}.predictions.jsonl").read_text() == (
+            reference["out"] / "run" / f"eval_{tag}.predictions.jsonl"
+        ).read_text()
+        assert json.loads((tmp_path / "run" / f"eval_{tag}.json").read_text()) == json.loads(
+            (reference["out"] / "run" / f"eval_{tag}.json").read_text()
+        )
     assert rank0["evals"] == rank1["evals"] == ref["evals"]
     # only the main process writes
     assert rank1["opened_for_writing"] == []
@@ -138,16 +172,54 @@ def test_accelerate_launch_demo_cli(tmp_path):
     is (mixed_precision bf16): the demo computes in fp32 there too, so its held-out score
     before training is the one-process demo's."""
     out = tmp_path / "demo"
-    launch(["-m", "videoopd.train", "--max-steps", "3", "--demo-videos", "8", "--eval-steps", "3",
-            "--output-dir", str(out), "--no-progress"], 2, "fsdp2.yaml", mixed_precision=None)
+    launch(
+        [
+            "-m",
+            "videoopd.train",
+            "--max-steps",
+            "3",
+            "--demo-videos",
+            "8",
+            "--eval-steps",
+            "3",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+        ],
+        2,
+        "fsdp2.yaml",
+        mixed_precision=None,
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
     assert all(r["processes"] == 2 for r in rows if "loss" in r)
     one = tmp_path / "one"
-    launch(["-m", "videoopd.train", "--max-steps", "1", "--demo-videos", "8", "--eval-steps", "0",
-            "--eval-teacher", "false", "--output-dir", str(one), "--no-progress"], 1)
-    step0 = [[r for r in (json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines())
-              if r["step"] == 0 and "eval/mIoU" in r][0] for folder in (out, one)]
+    launch(
+        [
+            "-m",
+            "videoopd.train",
+            "--max-steps",
+            "1",
+            "--demo-videos",
+            "8",
+            "--eval-steps",
+            "0",
+            "--eval-teacher",
+            "false",
+            "--output-dir",
+            str(one),
+            "--no-progress",
+        ],
+        1,
+    )
+    step0 = [
+        [
+            r
+            for r in (json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines())
+            if r["step"] == 0 and "eval/mIoU" in r
+        ][0]
+        for folder in (out, one)
+    ]
     assert step0[0] == step0[1]
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["processes"] == 2 and len(summary["reverse_kl"]) == 3
@@ -184,11 +256,31 @@ def test_fsdp2_sigterm_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     out = tmp_path / "stopped"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
-           str(CONFIGS / "fsdp2.yaml"), "--mixed_precision", "no", "--main_process_port", "0", str(RUNNER),
-           "--data", str(data), "--out", str(out), "--per-device-train-batch-size", "1", "--steps", "6"]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--config_file",
+        str(CONFIGS / "fsdp2.yaml"),
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        str(RUNNER),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--per-device-train-batch-size",
+        "1",
+        "--steps",
+        "6",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     metrics = out / "run" / "metrics.jsonl"
     deadline = time.time() + 300
     while not (metrics.is_file() and any('"step": 2, "loss"' in line for line in metrics.read_text().splitlines())):
@@ -227,13 +319,31 @@ def test_grpo_two_processes_step_like_one(tmp_path):
     groups of 3 answers a prompt: 2 processes x 1 prompt step like 1 process x 2 prompts."""
     from safetensors.torch import load_file
 
-    common = ["-m", "videoopd.train", "--algo", "grpo", "--num-generations", "3", "--max-steps", "2",
-              "--demo-videos", "8", "--eval-limit", "2", "--eval-on-start", "false", "--eval-teacher", "false",
-              "--no-progress"]
+    common = [
+        "-m",
+        "videoopd.train",
+        "--algo",
+        "grpo",
+        "--num-generations",
+        "3",
+        "--max-steps",
+        "2",
+        "--demo-videos",
+        "8",
+        "--eval-limit",
+        "2",
+        "--eval-on-start",
+        "false",
+        "--eval-teacher",
+        "false",
+        "--no-progress",
+    ]
     launch([*common, "--per-device-train-batch-size", "2", "--output-dir", str(tmp_path / "one")], 1)
     launch([*common, "--per-device-train-batch-size", "1", "--output-dir", str(tmp_path / "two")], 2, "ddp.yaml")
-    rows = {n: [json.loads(line) for line in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
-            for n in ("one", "two")}
+    rows = {
+        n: [json.loads(line) for line in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+        for n in ("one", "two")
+    }
     one, two = ([r for r in rows[n] if "loss" in r] for n in ("one", "two"))
     assert [r["rollouts"] for r in two] == [6, 6] and all(r["processes"] == 2 for r in two)
     assert [r["reward"] for r in two] == pytest.approx([r["reward"] for r in one], rel=1e-6)
@@ -274,11 +384,29 @@ def test_fsdp2_exact_objective_keeps_one_teacher_head(data, tmp_path):
     per micro-batch: with a 262,144-row head (64 MiB in fp32) the step's peak memory grows by
     less than one head from --gradient-accumulation-steps 1 to 8 (it grew by one head per micro-batch)."""
     head_mib = 262_144 * 64 * 4 / 2**20
-    common = ["--steps", "1", "--objective", "full", "--teacher-head-rows", "262144", "--eval-steps", "0",
-              "--eval-limit", "1"]
+    common = [
+        "--steps",
+        "1",
+        "--objective",
+        "full",
+        "--teacher-head-rows",
+        "262144",
+        "--eval-steps",
+        "0",
+        "--eval-limit",
+        "1",
+    ]
     peaks = []
     for accumulation in (1, 8):
-        two = run(data, tmp_path / f"ga{accumulation}", 2, 1, "fsdp2.yaml", *common,
-                  "--gradient-accumulation-steps", str(accumulation))
+        two = run(
+            data,
+            tmp_path / f"ga{accumulation}",
+            2,
+            1,
+            "fsdp2.yaml",
+            *common,
+            "--gradient-accumulation-steps",
+            str(accumulation),
+        )
         peaks.append(max(two["ranks"][0]["rows"][0]["peak_mem_mb_per_rank"]))
     assert peaks[1] - peaks[0] < head_mib, peaks

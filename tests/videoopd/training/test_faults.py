@@ -2,6 +2,7 @@
 through distributed_opd.py): NaN gradients on one process at one micro-batch skip that step on
 both and the run finishes; an exception on one process in any phase of a step ends the launch
 within 120 s, its output naming the process and the error, and what was written before stays."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+import faults  # this folder's
 import pytest
 import torch
-
-import faults  # this folder's
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]  # 2-process launches: not in the fast lane
 
@@ -29,17 +29,43 @@ CONFIGS = ROOT / "configs" / "accelerate"
 def data(tmp_path_factory):
     from videoopd.data.synthetic import generate_dataset
 
-    return generate_dataset(tmp_path_factory.mktemp("fault_data"), num_videos=4, seed=0, duration=8.0, fps=4,
-                            height=64, width=96, events_per_video=1)
+    return generate_dataset(
+        tmp_path_factory.mktemp("fault_data"),
+        num_videos=4,
+        seed=0,
+        duration=8.0,
+        fps=4,
+        height=64,
+        width=96,
+        events_per_video=1,
+    )
 
 
 def launch(data: Path, out: Path, config: str, *extra: str, timeout: int = 420) -> tuple[int, str, float]:
     """(exit status, output, seconds) of distributed_opd.py on 2 processes."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
-           str(CONFIGS / config), "--mixed_precision", "no", "--main_process_port", "0", str(RUNNER),
-           "--data", str(data), "--out", str(out), "--eval-limit", "2", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--config_file",
+        str(CONFIGS / config),
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        str(RUNNER),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--eval-limit",
+        "2",
+        *extra,
+    ]
     start = time.monotonic()
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     return result.returncode, result.stdout + result.stderr, time.monotonic() - start
@@ -53,8 +79,23 @@ def test_nan_gradients_on_one_process_skip_the_step_on_both(config, ddp_timeout,
     # with a tracker under DDP: closing it on the main process once destroyed the process group the other
     # process still saved the final model with
     tracker = ["--report-to", "tensorboard"] if config == "ddp.yaml" else []
-    code, output, _ = launch(data, tmp_path, config, "--steps", "3", "--gradient-accumulation-steps", "2", "--fault", "nan_gradient",
-                             "--fault-rank", "1", "--fault-step", "2", *timeout, *tracker)
+    code, output, _ = launch(
+        data,
+        tmp_path,
+        config,
+        "--steps",
+        "3",
+        "--gradient-accumulation-steps",
+        "2",
+        "--fault",
+        "nan_gradient",
+        "--fault-rank",
+        "1",
+        "--fault-step",
+        "2",
+        *timeout,
+        *tracker,
+    )
     assert code == 0, output[-6000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for rank in ranks:
@@ -75,17 +116,41 @@ def test_nan_gradients_on_one_process_skip_the_step_on_both(config, ddp_timeout,
 
 # The main process (0) where it writes while the other waits (evaluation, checkpoint), else process 1;
 # under FSDP2 a rollout, where the other process generates with synced_gpus (its forwards all-gather).
-@pytest.mark.parametrize("phase, rank, config", [("rollout", 1, "ddp.yaml"), ("rollout", 1, "fsdp2.yaml"),
-                                                 ("teacher", 1, "ddp.yaml"), ("student", 1, "ddp.yaml"),
-                                                 ("optimizer", 1, "ddp.yaml"), ("evaluation", 0, "ddp.yaml"),
-                                                 ("checkpoint", 0, "ddp.yaml")])
+@pytest.mark.parametrize(
+    "phase, rank, config",
+    [
+        ("rollout", 1, "ddp.yaml"),
+        ("rollout", 1, "fsdp2.yaml"),
+        ("teacher", 1, "ddp.yaml"),
+        ("student", 1, "ddp.yaml"),
+        ("optimizer", 1, "ddp.yaml"),
+        ("evaluation", 0, "ddp.yaml"),
+        ("checkpoint", 0, "ddp.yaml"),
+    ],
+)
 def test_a_raising_process_ends_the_launch_with_its_cause(phase, rank, config, data, tmp_path):
-    code, output, _ = launch(data, tmp_path, config, "--steps", "2", "--save-steps", "1",
-                             "--fault", phase, "--fault-rank", str(rank), "--fault-step", "2")
+    code, output, _ = launch(
+        data,
+        tmp_path,
+        config,
+        "--steps",
+        "2",
+        "--save-steps",
+        "1",
+        "--fault",
+        phase,
+        "--fault-rank",
+        str(rank),
+        "--fault-step",
+        "2",
+    )
     ended = time.time()
     assert code != 0
-    cause = re.search(rf"InjectedFault: injected fault in the {phase} phase of step 2 on process {rank} "
-                      r"at unix time ([\d.]+)", output)
+    cause = re.search(
+        rf"InjectedFault: injected fault in the {phase} phase of step 2 on process {rank} "
+        r"at unix time ([\d.]+)",
+        output,
+    )
     assert cause, output[-6000:]
     assert ended - float(cause.group(1)) < 120, f"{ended - float(cause.group(1)):.0f} s from the fault to the end"
     assert f"[rank{rank}]: Traceback" in output  # the process, as the launcher prefixes its lines

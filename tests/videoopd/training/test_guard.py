@@ -2,11 +2,13 @@
 or loss are NaN is skipped (weights, optimizer state and schedule as before it), counted in the
 rows with its records, and the run goes on; ``--max-skipped-steps`` stops a run that skips more
 in a row, naming the steps and records; a resumed run counts as the uninterrupted one."""
+
 from __future__ import annotations
 
 import json
 import math
 
+import faults  # noqa: E402  (this folder's)
 import pytest
 import torch
 
@@ -17,8 +19,6 @@ from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tin
 from videoopd.training.guard import TooManySkippedSteps, flag_nonfinite_loss
 from videoopd.training.loop import make_accelerator
 from videoopd.training.post_training import run_post_training
-
-import faults  # noqa: E402  (this folder's)
 
 SMALL_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}  # as in conftest.py
 
@@ -35,23 +35,41 @@ def flat(tensors) -> torch.Tensor:
 def train(synthetic_dir, out, steps: int, **options):
     tok = build_tiny_tokenizer("qwen3_vl")
     proc = build_tiny_processor("qwen3_vl", tok)
-    student = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=1, hidden_size=32), trainable=True,
-                             gradient_checkpointing=False)
+    student = prepare_policy(
+        build_tiny_model("qwen3_vl", tok, seed=1, hidden_size=32), trainable=True, gradient_checkpointing=False
+    )
     teacher = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=2, hidden_size=64), trainable=False)
     records, _ = load_annotations(synthetic_dir / "annotations.jsonl")
     # a warm-up over every step: each schedule step changes the lr
-    cfg = T.TrainConfig(learning_rate=1e-3, warmup_steps=4, max_steps=steps, per_device_train_batch_size=1,
-                        max_new_tokens=6,
-                        output_dir=str(out), progress=False, device="cpu", **SMALL_PIXELS, **options)
+    cfg = T.TrainConfig(
+        learning_rate=1e-3,
+        warmup_steps=4,
+        max_steps=steps,
+        per_device_train_batch_size=1,
+        max_new_tokens=6,
+        output_dir=str(out),
+        progress=False,
+        device="cpu",
+        **SMALL_PIXELS,
+        **options,
+    )
     seen = []
 
     def on_step(run, row, ids):  # after each step: the weights, AdamW's state, the schedule
         moments = [s[k] for s in run.optimizer.state.values() for k in ("exp_avg", "exp_avg_sq", "step")]
-        seen.append({"weights": flat(run.model.parameters()), "moments": flat(moments),
-                     "schedule": run.scheduler.last_epoch, "ids": ids, "skipped_steps": row["skipped_steps"]})
+        seen.append(
+            {
+                "weights": flat(run.model.parameters()),
+                "moments": flat(moments),
+                "schedule": run.scheduler.last_epoch,
+                "ids": ids,
+                "skipped_steps": row["skipped_steps"],
+            }
+        )
 
-    summary = run_post_training(cfg, make_accelerator(cfg), student, teacher, proc, records, None,
-                                log=lambda *_: None, on_step=on_step)
+    summary = run_post_training(
+        cfg, make_accelerator(cfg), student, teacher, proc, records, None, log=lambda *_: None, on_step=on_step
+    )
     return summary, seen
 
 
@@ -89,8 +107,11 @@ def test_a_nonfinite_step_is_skipped_and_the_run_goes_on(synthetic_dir, tmp_path
 
 def test_max_skipped_steps_stops_the_run_naming_steps_and_records(synthetic_dir, tmp_path, monkeypatch):
     inject(monkeypatch, "nan_gradient", 2, 3)
-    with pytest.raises(TooManySkippedSteps, match=r"2 consecutive .*--max-skipped-steps 1.*step 2 \(records "
-                                                  r".+\); step 3 \(records .+\)"):
+    with pytest.raises(
+        TooManySkippedSteps,
+        match=r"2 consecutive .*--max-skipped-steps 1.*step 2 \(records "
+        r".+\); step 3 \(records .+\)",
+    ):
         train(synthetic_dir, tmp_path / "run", 4, max_skipped_steps=1)
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in logged if "loss" in r] == [0, 1, 2]  # the last row is written

@@ -1,6 +1,7 @@
 """videoopd.training.memory_plan: sizes counted from real models, the state arithmetic by hand,
 fits / advice / the longest video, and bad settings refused. Its error against measured peaks is
 checked by ``python -m bench.plan_check`` (docs/scaling-out.md)."""
+
 import pytest
 
 from videoopd.qwen.tiny import build_tiny_model, save_tiny_checkpoint
@@ -93,10 +94,18 @@ def test_grpo_needs_no_teacher_and_generates_a_group(sizes):
     assert kv == pytest.approx(8 * {p.name: p.bytes for p in one.parts}["KV cache"])
 
 
-@pytest.mark.parametrize("kw, word", [
-    ({"engine": "zero3"}, "engine"), ({"gpus": 0}, "gpus"), ({"video_tokens": -1}, "video_tokens"),
-    ({"dtype": "int8"}, "dtype"), ({"headroom": 1.5}, "headroom"), ({"rollout": "x"}, "rollout"),
-    ({"engine": "ddp", "teacher_placement": "shard"}, "teacher_placement")])
+@pytest.mark.parametrize(
+    "kw, word",
+    [
+        ({"engine": "zero3"}, "engine"),
+        ({"gpus": 0}, "gpus"),
+        ({"video_tokens": -1}, "video_tokens"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"headroom": 1.5}, "headroom"),
+        ({"rollout": "x"}, "rollout"),
+        ({"engine": "ddp", "teacher_placement": "shard"}, "teacher_placement"),
+    ],
+)
 def test_bad_settings_name_the_argument(sizes, kw, word):
     with pytest.raises(ValueError, match=word):
         plan_memory(sizes["qwen3-vl-2b"], sizes["qwen3-vl-8b"], **kw)
@@ -125,8 +134,22 @@ def test_a_run_plans_its_own_settings_and_says_when_it_does_not_fit():
     tokenizer = build_tiny_tokenizer("qwen3_vl")
     processor = build_tiny_processor("qwen3_vl", tokenizer)
     student, teacher = (build_tiny_model("qwen3_vl", tokenizer, seed=s, hidden_size=h) for s, h in ((1, 32), (2, 64)))
-    cfg = T.resolve_config(["--preset", "video-opd", "--student", "s", "--teacher", "t", "--device", "cpu",
-                            "--gradient-accumulation-steps", "4", "--rounds", "0"])
+    cfg = T.resolve_config(
+        [
+            "--preset",
+            "video-opd",
+            "--student",
+            "s",
+            "--teacher",
+            "t",
+            "--device",
+            "cpu",
+            "--gradient-accumulation-steps",
+            "4",
+            "--rounds",
+            "0",
+        ]
+    )
     decode = DecodeConfig.for_run(processor, cfg)
     accelerator = make_accelerator(cfg)
     roomy = run_memory_plan(cfg, accelerator, student, teacher, decode, gpu_memory_gib=80)

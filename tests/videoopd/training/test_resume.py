@@ -3,6 +3,7 @@ in test_distributed.py): identical demo processes give identical runs; a demo ru
 and the same run stopped by a real SIGTERM part way and resumed with ``--resume-from-checkpoint auto``, end with
 bitwise-equal weights and one metrics row per step; bad resume inputs are refused before any
 training."""
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,23 @@ from videoopd import train as T
 from videoopd.training.checkpoint import STATE_FILE, complete_checkpoints
 
 ROOT = Path(__file__).resolve().parents[3]
-DEMO = ["--demo-videos", "8", "--max-steps", "6", "--per-device-train-batch-size", "2", "--eval-limit", "2",
-        "--eval-on-start", "false",
-        "--eval-teacher", "false", "--max-new-tokens", "8", "--no-progress"]
+DEMO = [
+    "--demo-videos",
+    "8",
+    "--max-steps",
+    "6",
+    "--per-device-train-batch-size",
+    "2",
+    "--eval-limit",
+    "2",
+    "--eval-on-start",
+    "false",
+    "--eval-teacher",
+    "false",
+    "--max-new-tokens",
+    "8",
+    "--no-progress",
+]
 
 
 def env() -> dict[str, str]:
@@ -34,8 +49,14 @@ def env() -> dict[str, str]:
 
 
 def launch(out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "videoopd.train", *DEMO, "--output-dir", str(out), *extra],
-                            env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "videoopd.train", *DEMO, "--output-dir", str(out), *extra],
+        env=env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def logged_steps(out: Path) -> list[dict]:
@@ -64,8 +85,10 @@ def test_identical_processes_give_identical_runs(tmp_path):
     generated afresh by each), and the same losses (the bug this guards against: about 1 in
     100 libx264 encodes differed, so most demo runs of 160 videos differed somewhere)."""
     runs = [tmp_path / f"run{i}" for i in range(3)]
-    procs = [launch(out, "--demo-videos", "160", "--max-steps", "2", "--eval-steps", "0", "--save-final", "false")
-             for out in runs]
+    procs = [
+        launch(out, "--demo-videos", "160", "--max-steps", "2", "--eval-steps", "0", "--save-final", "false")
+        for out in runs
+    ]
     for proc in procs:
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr[-3000:]
@@ -114,8 +137,21 @@ def test_sigterm_then_resume_auto_equals_an_uninterrupted_run(uninterrupted, tmp
 
 def test_save_every_keeps_the_newest_and_a_rerun_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = [*DEMO, "--max-steps", "4", "--save-steps", "1", "--save-total-limit", "2", "--output-dir", str(out),
-            "--overwrite", "false", "--eval-steps", "0"]
+    argv = [
+        *DEMO,
+        "--max-steps",
+        "4",
+        "--save-steps",
+        "1",
+        "--save-total-limit",
+        "2",
+        "--output-dir",
+        str(out),
+        "--overwrite",
+        "false",
+        "--eval-steps",
+        "0",
+    ]
     assert T.main(argv) == 0
     assert [p.name for p in complete_checkpoints(out)] == ["step-3", "step-4"]
     assert not list((out / "checkpoints").glob(".*partial"))
@@ -169,12 +205,23 @@ def test_bad_resume_inputs_are_refused_before_training(tmp_path, capsys):
     partial = out / "checkpoints" / "step-9"
     partial.mkdir()
     refused([*base, "--resume-from-checkpoint", str(partial)], "not a complete checkpoint")
-    refused([*base, "--resume-from-checkpoint", str(checkpoint), "--learning-rate", "1e-3",
-             "--per-device-train-batch-size", "4"],
-            "learning_rate: 0.0003 -> 0.001; per_device_train_batch_size: 2 -> 4")
+    refused(
+        [
+            *base,
+            "--resume-from-checkpoint",
+            str(checkpoint),
+            "--learning-rate",
+            "1e-3",
+            "--per-device-train-batch-size",
+            "4",
+        ],
+        "learning_rate: 0.0003 -> 0.001; per_device_train_batch_size: 2 -> 4",
+    )
     # another model: the checkpoint's signature differs from the student's (a LoRA student)
-    refused([*base, "--resume-from-checkpoint", str(checkpoint), "--lora-r", "4", "--resume-override"],
-            "is of another model")
+    refused(
+        [*base, "--resume-from-checkpoint", str(checkpoint), "--lora-r", "4", "--resume-override"],
+        "is of another model",
+    )
     refused([*base, "--resume-from-checkpoint", "auto", "--overwrite", "true"], "contradict")
 
 
@@ -185,6 +232,11 @@ def test_a_checkpoint_saved_under_the_old_option_names_is_still_compared():
     from videoopd.training.checkpoint import config_differences
 
     cfg = T.resolve_config(["--algo", "grpo", "--learning-rate", "1e-3"])
-    saved = {"lr": 3e-4, "batch_size": cfg.per_device_train_batch_size, "reduction": "token_mean", "algo": "grpo",
-             "grad_accum": 1}
+    saved = {
+        "lr": 3e-4,
+        "batch_size": cfg.per_device_train_batch_size,
+        "reduction": "token_mean",
+        "algo": "grpo",
+        "grad_accum": 1,
+    }
     assert config_differences(saved, cfg) == ["learning_rate: 0.0003 -> 0.001"]

@@ -3,6 +3,7 @@ teacher, and 2 training processes (accelerate launch, gloo) share one service an
 1 process with twice the batch. The service is started here, on a local Ray cluster (2 CPUs),
 as on other machines (docs/scaling-out.md); the runs join it with ``--ray-address`` and find
 its replica by name."""
+
 from __future__ import annotations
 
 import json
@@ -19,16 +20,34 @@ from videoopd.qwen.processing import load_processor  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-DEMO = ["-m", "videoopd.train", "--max-steps", "2", "--demo-videos", "8", "--eval-steps", "0", "--eval-limit", "2",
-        "--eval-on-start", "false", "--eval-teacher", "false", "--save-final", "false", "--no-progress"]
+DEMO = [
+    "-m",
+    "videoopd.train",
+    "--max-steps",
+    "2",
+    "--demo-videos",
+    "8",
+    "--eval-steps",
+    "0",
+    "--eval-limit",
+    "2",
+    "--eval-on-start",
+    "false",
+    "--eval-teacher",
+    "false",
+    "--save-final",
+    "false",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
 def service():
     """The demo's teacher as a service of one replica, under the name the runs look for."""
     ray.init(num_cpus=2, include_dashboard=False)
-    decode_config = DecodeConfig.for_processor(load_processor(TEACHER_DIR), min_pixels=DEMO_PIXELS,
-                                               max_pixels=DEMO_PIXELS)  # the demo's
+    decode_config = DecodeConfig.for_processor(
+        load_processor(TEACHER_DIR), min_pixels=DEMO_PIXELS, max_pixels=DEMO_PIXELS
+    )  # the demo's
     started = TeacherService(str(TEACHER_DIR), decode_config=decode_config, cpus_per_replica=1, timeout_s=300)
     yield started, ray.get_runtime_context().gcs_address
     started.close()
@@ -49,8 +68,20 @@ def steps(out):
 def test_demo_with_the_service_steps_like_the_colocated_teacher(service, colocated, tmp_path):
     started, address = service
     before = started.scored_microbatches()[0]
-    launch([*DEMO, "--per-device-train-batch-size", "2", "--output-dir", str(tmp_path), "--teacher-placement", "service",
-            "--ray-address", address], 1)
+    launch(
+        [
+            *DEMO,
+            "--per-device-train-batch-size",
+            "2",
+            "--output-dir",
+            str(tmp_path),
+            "--teacher-placement",
+            "service",
+            "--ray-address",
+            address,
+        ],
+        1,
+    )
     rows = steps(tmp_path)
     assert started.scored_microbatches()[0] - before == 2  # 2 steps x 1 micro-batch, by the service
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in colocated], rel=1e-5)
@@ -61,8 +92,21 @@ def test_demo_with_the_service_steps_like_the_colocated_teacher(service, colocat
 def test_two_processes_share_one_service(service, colocated, tmp_path):
     started, address = service
     before = started.scored_microbatches()[0]
-    launch([*DEMO, "--per-device-train-batch-size", "1", "--output-dir", str(tmp_path), "--teacher-placement", "service",
-            "--ray-address", address], 2, "ddp.yaml")
+    launch(
+        [
+            *DEMO,
+            "--per-device-train-batch-size",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+            "--teacher-placement",
+            "service",
+            "--ray-address",
+            address,
+        ],
+        2,
+        "ddp.yaml",
+    )
     rows = steps(tmp_path)
     assert started.scored_microbatches()[0] - before == 4  # 2 processes x 2 steps, one replica
     assert all(r["processes"] == 2 for r in rows)
@@ -94,8 +138,21 @@ def test_service_scores_rollouts_only():
 @pytest.mark.multiprocess
 def test_two_processes_without_an_address_share_the_main_process_cluster(colocated, tmp_path):
     """No --ray-address: the main process starts a local cluster and the other joins it."""
-    launch([*DEMO, "--per-device-train-batch-size", "1", "--output-dir", str(tmp_path), "--teacher-placement", "service",
-            "--teacher-replica-cpus", "1"], 2, "ddp.yaml")
+    launch(
+        [
+            *DEMO,
+            "--per-device-train-batch-size",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+            "--teacher-placement",
+            "service",
+            "--teacher-replica-cpus",
+            "1",
+        ],
+        2,
+        "ddp.yaml",
+    )
     rows = steps(tmp_path)
     assert all(r["processes"] == 2 and r["teacher_bytes"] > 0 for r in rows)
     assert rows[0]["loss"] == pytest.approx(colocated[0]["loss"], rel=1e-5)
@@ -113,15 +170,45 @@ def test_a_replica_that_stays_dead_stops_every_process(service, tmp_path):
     from tests.videoopd.training.test_distributed import CONFIGS, ROOT
 
     _, address = service
-    decode_config = DecodeConfig.for_processor(load_processor(TEACHER_DIR), min_pixels=DEMO_PIXELS,
-                                               max_pixels=DEMO_PIXELS)
-    doomed = TeacherService(str(TEACHER_DIR), decode_config=decode_config, cpus_per_replica=1, timeout_s=300,
-                            name="doomed", max_restarts=0, delay_s=2.0)
+    decode_config = DecodeConfig.for_processor(
+        load_processor(TEACHER_DIR), min_pixels=DEMO_PIXELS, max_pixels=DEMO_PIXELS
+    )
+    doomed = TeacherService(
+        str(TEACHER_DIR),
+        decode_config=decode_config,
+        cpus_per_replica=1,
+        timeout_s=300,
+        name="doomed",
+        max_restarts=0,
+        delay_s=2.0,
+    )
     (pid,) = doomed.pids()
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
-           str(CONFIGS / "ddp.yaml"), "--mixed_precision", "no", "--main_process_port", "0", *DEMO,
-           "--max-steps", "20", "--per-device-train-batch-size", "1", "--output-dir", str(tmp_path), "--teacher-placement", "service",
-           "--ray-address", address, "--teacher-service-name", "doomed"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--config_file",
+        str(CONFIGS / "ddp.yaml"),
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        *DEMO,
+        "--max-steps",
+        "20",
+        "--per-device-train-batch-size",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+        "--teacher-placement",
+        "service",
+        "--ray-address",
+        address,
+        "--teacher-service-name",
+        "doomed",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -1,17 +1,18 @@
 """One OPD training step of tiny models: bounded memory (no [tokens, vocab] tensor), finite
 loss, parameters change; peak memory grows linearly with video length."""
+
 import pytest
 import torch
 
 from opd_kernels.testing import MemoryTracker
-from videoopd.data.annotations import load_annotations
-from videoopd.qwen.models import base_hidden_states, lm_head_weight, policy_head_forward, prepare_policy
 from videoopd.algo.objectives import DistillationObjective, GenerationContext
-from videoopd.data.synthetic import generate_dataset
-from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
-from videoopd.data.video import DecodeConfig
+from videoopd.data.annotations import load_annotations
 from videoopd.data.datasets import GroundingVideoDataset
+from videoopd.data.synthetic import generate_dataset
+from videoopd.data.video import DecodeConfig
 from videoopd.qwen.collators import GroundingCollator
+from videoopd.qwen.models import base_hidden_states, lm_head_weight, policy_head_forward, prepare_policy
+from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 
 SMALL_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 64 * 96}  # as in conftest.py
 
@@ -110,8 +111,16 @@ def test_peak_memory_grows_linearly_with_video_length(pair, tmp_path):
     optimizer = torch.optim.SGD(params, lr=1e-3)  # stateless: the peak is the step's own
     points = []
     for duration in (8.0, 24.0, 40.0):
-        ann = generate_dataset(tmp_path / f"d{int(duration)}", num_videos=1, seed=0, duration=duration, fps=2,
-                               height=64, width=96, events_per_video=1)
+        ann = generate_dataset(
+            tmp_path / f"d{int(duration)}",
+            num_videos=1,
+            seed=0,
+            duration=duration,
+            fps=2,
+            height=64,
+            width=96,
+            events_per_video=1,
+        )
         batch = _batch(proc, ann)
         with MemoryTracker() as tracker:
             loss, _, rollout = opd_loss(student, teacher, proc, batch, "sampled", max_new_tokens=8)
@@ -165,16 +174,28 @@ def test_bf16_student_keeps_small_updates_in_fp32_masters(synthetic_dir, tmp_pat
 
     tok = build_tiny_tokenizer("qwen3_vl")
     proc = build_tiny_processor("qwen3_vl", tok)
-    student = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=1, hidden_size=32).to(torch.bfloat16),
-                             trainable=True, gradient_checkpointing=False)
-    teacher = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=2, hidden_size=64).to(torch.bfloat16),
-                             trainable=False)
+    student = prepare_policy(
+        build_tiny_model("qwen3_vl", tok, seed=1, hidden_size=32).to(torch.bfloat16),
+        trainable=True,
+        gradient_checkpointing=False,
+    )
+    teacher = prepare_policy(
+        build_tiny_model("qwen3_vl", tok, seed=2, hidden_size=64).to(torch.bfloat16), trainable=False
+    )
     records, _ = load_annotations(synthetic_dir / "annotations.jsonl")
     params = [p for p in student.parameters() if p.requires_grad]
     before = [p.detach().float().clone() for p in params]
-    cfg = T.TrainConfig(learning_rate=1e-5, max_steps=2, per_device_train_batch_size=2, max_new_tokens=6,
-                        master_weights=master_weights,
-                        output_dir=str(tmp_path / "run"), progress=False, device="cpu", **SMALL_PIXELS)
+    cfg = T.TrainConfig(
+        learning_rate=1e-5,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        max_new_tokens=6,
+        master_weights=master_weights,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        device="cpu",
+        **SMALL_PIXELS,
+    )
     created = []
     original = precision.MasterWeights.__init__
 

@@ -97,16 +97,31 @@ a benchmark's denominator does not change behind the user's back. The slack abso
 rounding and container/stream duration differences (well under a second); the duration
 tolerance absorbs rounded durations in annotation tables and re-encoded downloads.
 """
+
 from videoopd.data.annotations.jsonl import write_jsonl_records
-from videoopd.data.annotations.loader import FORMATS, READERS, detect_format, load_annotations
+
+# FORMATS, READERS and the policies are the library's own choice lists (the options', the tests')
+from videoopd.data.annotations.loader import FORMATS as FORMATS
+from videoopd.data.annotations.loader import READERS as READERS
+from videoopd.data.annotations.loader import detect_format, load_annotations
 from videoopd.data.annotations.records import AnnotationError, DataIssue, GroundingRecord, LoadResult, LoadSummary
 from videoopd.data.annotations.swift import write_swift_records
 from videoopd.data.annotations.text import read_durations_csv
-from videoopd.data.annotations.validation import (
-    MULTI_SPAN_POLICIES,
-    VIDEO_EXTENSIONS,
-    ZERO_LENGTH_POLICIES,
-    video_duration_issue,
-)
+from videoopd.data.annotations.validation import MULTI_SPAN_POLICIES as MULTI_SPAN_POLICIES
+from videoopd.data.annotations.validation import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS
+from videoopd.data.annotations.validation import ZERO_LENGTH_POLICIES as ZERO_LENGTH_POLICIES
+from videoopd.data.annotations.validation import video_duration_issue
 
-__all__ = ["AnnotationError", "DataIssue", "GroundingRecord", "LoadResult", "LoadSummary", "detect_format", "load_annotations", "read_durations_csv", "video_duration_issue", "write_jsonl_records", "write_swift_records"]
+__all__ = [
+    "AnnotationError",
+    "DataIssue",
+    "GroundingRecord",
+    "LoadResult",
+    "LoadSummary",
+    "detect_format",
+    "load_annotations",
+    "read_durations_csv",
+    "video_duration_issue",
+    "write_jsonl_records",
+    "write_swift_records",
+]

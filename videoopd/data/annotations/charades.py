@@ -1,10 +1,11 @@
 """Charades-STA text, one query a line: ``AO8RW 0.0 6.9##a person puts a book away.``"""
+
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from videoopd.data.annotations.records import Candidate, Reporter
 from videoopd.data.annotations.text import text_lines
@@ -31,4 +32,3 @@ def read_charades(path: Path, report: Reporter) -> Iterator[Candidate]:
         yield Candidate(
             location, vid, match["query"], [match["start"], match["end"]], None, "charades_sta", f"{vid}#{index}"
         )
-

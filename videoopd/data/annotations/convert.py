@@ -1,6 +1,7 @@
 """Conversion between annotation formats: any readable format (:data:`FORMATS`) into ours
 (``jsonl``) or the ms-swift / LLaMA-Factory one (``swift``), through the loader, so that every
 line left out is in the returned report."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,9 @@ __all__ = ["convert_annotations"]
 WRITERS = ("jsonl", "swift")
 
 
-def convert_annotations(source: str | Path, target: str | Path, to: str = "jsonl", *, style: str = "paper",
-                        **load_options: Any) -> LoadSummary:
+def convert_annotations(
+    source: str | Path, target: str | Path, to: str = "jsonl", *, style: str = "paper", **load_options: Any
+) -> LoadSummary:
     """Read ``source`` (``load_options`` as :func:`load_annotations` takes them: ``format``,
     ``video_root``, ``durations``, ``multi_span``, ...) and write what it keeps to ``target`` in
     the format ``to`` (one of :data:`WRITERS`; ``style``: the prompt style of ``swift`` lines).

@@ -1,12 +1,13 @@
 """The plain JSONL format, a line per query ``{video, query, start, end, duration}`` (optional
 ``id``, ``source``, ``windows``, ``prompt`` and ``system``): its reader and its writer."""
+
 from __future__ import annotations
 
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from videoopd.data.annotations.records import Candidate, GroundingRecord, Reporter
 from videoopd.data.annotations.text import iter_jsonl

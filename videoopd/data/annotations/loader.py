@@ -1,18 +1,20 @@
 """The entry point: format detection and :func:`load_annotations`, which reads a file with its
 format's reader (:data:`READERS`, a ``{format: reader}`` table) and validates every candidate."""
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from videoopd.data.annotations.activitynet import read_activitynet
 from videoopd.data.annotations.charades import CHARADES_LINE, read_charades
 from videoopd.data.annotations.jsonl import read_plain_jsonl
 from videoopd.data.annotations.qvhighlights import read_qvhighlights
-from videoopd.data.annotations.swift import is_swift_object, read_swift
 from videoopd.data.annotations.records import AnnotationError, Candidate, LoadResult, LoadSummary, Reporter
+from videoopd.data.annotations.swift import is_swift_object, read_swift
 from videoopd.data.annotations.text import UTF8_BOM, decode_line, read_durations_csv
 from videoopd.data.annotations.timelens import read_timelens_100k, read_timelens_bench
 from videoopd.data.annotations.tvgbench import read_tvgbench

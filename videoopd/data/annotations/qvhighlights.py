@@ -1,10 +1,11 @@
 """QVHighlights (moment_detr's ``highlight_{train,val}_release.jsonl``), a line per query
 ``{qid, query, duration, vid, relevant_windows: [[s, e], ...], ...}``; the video is
 ``{vid}.mp4`` under the video root. A query may have several windows."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from videoopd.data.annotations.records import Candidate, Reporter
 from videoopd.data.annotations.text import iter_jsonl
@@ -22,6 +23,12 @@ def read_qvhighlights(path: Path, report: Reporter) -> Iterator[Candidate]:
             report.malformed(location, "no 'relevant_windows' (the test split does not publish them)")
             continue
         qid = obj.get("qid")
-        yield Candidate(location, obj["vid"], obj.get("query"), obj["relevant_windows"], obj.get("duration"),
-                         "qvhighlights", None if qid is None else str(qid))
-
+        yield Candidate(
+            location,
+            obj["vid"],
+            obj.get("query"),
+            obj["relevant_windows"],
+            obj.get("duration"),
+            "qvhighlights",
+            None if qid is None else str(qid),
+        )

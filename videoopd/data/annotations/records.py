@@ -1,6 +1,7 @@
 """The record types of the annotation loaders: a grounding query, a reported problem, a load's
 summary, and what a reader yields before validation (:class:`Candidate`) with the
 :class:`Reporter` that counts and logs problems."""
+
 from __future__ import annotations
 
 import logging
@@ -152,4 +153,3 @@ class Reporter:
         """An entry that cannot be read as a query: counted as read once, reported, skipped."""
         self.summary.read += 1
         self(location, "malformed", message, "skipped")
-

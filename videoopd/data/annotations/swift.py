@@ -27,12 +27,14 @@ How a line becomes a query:
 
 A line without a query, a single video and a span is reported (``malformed``, with its line).
 """
+
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from videoopd.data.annotations.jsonl import not_text, video_path_for
 from videoopd.data.annotations.records import Candidate, GroundingRecord, Reporter
@@ -54,16 +56,19 @@ def is_swift_object(obj: Any) -> bool:
 
 def _turns(obj: dict) -> list[tuple[str, str]] | str:
     """The conversation as (role, text) pairs, or why it cannot be read."""
-    key, role_key, text_key = ("messages", "role", "content") if "messages" in obj else \
-        ("conversations", "from", "value")
+    key, role_key, text_key = (
+        ("messages", "role", "content") if "messages" in obj else ("conversations", "from", "value")
+    )
     turns = obj[key]
     if not isinstance(turns, list):
         return f"'{key}' must be a list of turns, got {type(turns).__name__}"
     pairs = []
     for index, turn in enumerate(turns):
         if not isinstance(turn, dict) or turn.get(role_key) not in _ROLES or not isinstance(turn.get(text_key), str):
-            return (f"{key}[{index}] must be an object with '{role_key}' one of {sorted(_ROLES)} and a string "
-                    f"'{text_key}', got {turn!r}")
+            return (
+                f"{key}[{index}] must be an object with '{role_key}' one of {sorted(_ROLES)} and a string "
+                f"'{text_key}', got {turn!r}"
+            )
         pairs.append((_ROLES[turn[role_key]], turn[text_key]))
     return pairs
 
@@ -111,7 +116,7 @@ def read_swift(path: Path, report: Reporter) -> Iterator[Candidate]:
             user = turns[users[0]][1]
             if user.count(VIDEO_TAG) != 1:
                 raise ValueError(f"the user turn must hold one {VIDEO_TAG} tag, holds {user.count(VIDEO_TAG)}")
-            answer = next((text for role, text in turns[users[0] + 1:] if role == "assistant"), None)
+            answer = next((text for role, text in turns[users[0] + 1 :] if role == "assistant"), None)
             span = _span(obj, answer)
         except ValueError as exc:
             report.malformed(location, str(exc))
@@ -126,8 +131,17 @@ def read_swift(path: Path, report: Reporter) -> Iterator[Candidate]:
         generated_id = f"{key}#{per_video[key]}"
         per_video[key] += 1
         record_id = obj.get("id")
-        yield Candidate(location, video, query, span, obj.get("duration"), str(obj.get("source") or path.stem),
-                        str(record_id) if record_id is not None else generated_id, prompt, system)
+        yield Candidate(
+            location,
+            video,
+            query,
+            span,
+            obj.get("duration"),
+            str(obj.get("source") or path.stem),
+            str(record_id) if record_id is not None else generated_id,
+            prompt,
+            system,
+        )
 
 
 def write_swift_records(records: list[GroundingRecord], path: str | Path, style: str = "paper") -> None:
@@ -144,11 +158,20 @@ def write_swift_records(records: list[GroundingRecord], path: str | Path, style:
             system = record.system if record.system is not None else DEFAULT_SYSTEM_PROMPTS[style]
             user = record.prompt if record.prompt is not None else render_prompt(record.query, style)
             messages = [{"role": "system", "content": system}] if system is not None else []
-            messages += [{"role": "user", "content": VIDEO_TAG + user},
-                         {"role": "assistant", "content": format_answer(record.span, style)}]
-            row: dict[str, Any] = {"messages": messages, "videos": [video_path_for(record.video, path)],
-                                   "id": record.id, "query": record.query, "start": record.span[0],
-                                   "end": record.span[1], "duration": record.duration, "source": record.source}
+            messages += [
+                {"role": "user", "content": VIDEO_TAG + user},
+                {"role": "assistant", "content": format_answer(record.span, style)},
+            ]
+            row: dict[str, Any] = {
+                "messages": messages,
+                "videos": [video_path_for(record.video, path)],
+                "id": record.id,
+                "query": record.query,
+                "start": record.span[0],
+                "end": record.span[1],
+                "duration": record.duration,
+                "source": record.source,
+            }
             if record.windows is not None:
                 row["windows"] = [list(window) for window in record.windows]
             handle.write(json.dumps(row) + "\n")

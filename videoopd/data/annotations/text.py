@@ -1,13 +1,15 @@
 """Reading annotation files as text: UTF-8 lines with their numbers (a bad byte reported with
 its line and column), JSON lines, JSON documents and the items of a JSON list with the line
 each starts on, numbers, and the durations CSV."""
+
 from __future__ import annotations
 
 import csv
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from videoopd.data.annotations.records import Reporter
 
@@ -28,7 +30,7 @@ def decode_line(raw: bytes, line_number: int) -> str:
     """One line of a text file, as str; ValueError naming the byte and column if it is not
     UTF-8. The first line's byte-order mark is dropped."""
     if line_number == 1 and raw.startswith(UTF8_BOM):
-        raw = raw[len(UTF8_BOM):]
+        raw = raw[len(UTF8_BOM) :]
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -131,4 +133,3 @@ def iter_jsonl(path: Path, report: Reporter) -> Iterator[tuple[int, Any]]:
         except json.JSONDecodeError as exc:
             report.summary.read += 1
             report(f"line {line_number}", "malformed", f"invalid JSON: {exc.msg}", "skipped")
-

@@ -1,11 +1,12 @@
 """TimeLens's two formats: TimeLens-Bench JSON ``{vid: {duration, spans, queries}}`` (the
 source is the file's stem) and TimeLens-100K JSONL, a line per video
 ``{source, video_path, duration, events: [{query, span}]}``."""
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from videoopd.data.annotations.activitynet import read_keyed_json
 from videoopd.data.annotations.records import Candidate, Reporter
@@ -22,8 +23,10 @@ def read_timelens_100k(path: Path, report: Reporter) -> Iterator[Candidate]:
     per_video: Counter[str] = Counter()
     for line_number, obj in iter_jsonl(path, report):
         location = f"line {line_number}"
-        if not isinstance(obj, dict) or not isinstance(obj.get("events"), list) or not isinstance(
-            obj.get("video_path"), str
+        if (
+            not isinstance(obj, dict)
+            or not isinstance(obj.get("events"), list)
+            or not isinstance(obj.get("video_path"), str)
         ):
             report.summary.read += 1
             report(location, "malformed", "expected an object with 'video_path' and an 'events' list", "skipped")
@@ -47,4 +50,3 @@ def read_timelens_100k(path: Path, report: Reporter) -> Iterator[Candidate]:
                 str(obj.get("source") or "timelens_100k"),
                 f"{key}#{count}",
             )
-

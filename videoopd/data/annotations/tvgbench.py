@@ -1,10 +1,12 @@
 """Time-R1's TVGBench, a JSON list of ``{path, question, answer: "13.4-28.1", duration,
 dataset_name, ...}``; a bad item is reported with the line it starts on."""
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from videoopd.data.annotations.records import Candidate, Reporter
 from videoopd.data.annotations.text import json_list_items, read_json_document
@@ -37,6 +39,12 @@ def read_tvgbench(path: Path, report: Reporter) -> Iterator[Candidate]:
         generated_id = f"{key}#{per_video[key]}"
         per_video[key] += 1
         qid = item.get("qid")
-        yield Candidate(location, item["path"], item.get("question"), span, item.get("duration"),
-                         str(item.get("dataset_name") or "tvgbench"), str(qid) if qid is not None else generated_id)
-
+        yield Candidate(
+            location,
+            item["path"],
+            item.get("question"),
+            span,
+            item.get("duration"),
+            str(item.get("dataset_name") or "tvgbench"),
+            str(qid) if qid is not None else generated_id,
+        )

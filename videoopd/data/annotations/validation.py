@@ -1,6 +1,7 @@
 """Validation of what the readers yield: the rules of the package docstring's table, applied
 one candidate at a time (:class:`Validator`), and the check of a record against its decoded
 video (:func:`video_duration_issue`)."""
+
 from __future__ import annotations
 
 import re
@@ -49,8 +50,9 @@ def normalize_query(query: Any) -> str:
 def parse_windows(raw: Any) -> list[tuple[float, float]] | None:
     """The (start, end) windows of a query (TimeLens writes single spans as [[start, end]],
     QVHighlights several), or None when they are not pairs of numbers."""
-    windows = raw if isinstance(raw, (list, tuple)) and raw and all(isinstance(s, (list, tuple)) for s in raw) \
-        else [raw]
+    windows = (
+        raw if isinstance(raw, (list, tuple)) and raw and all(isinstance(s, (list, tuple)) for s in raw) else [raw]
+    )
     parsed = []
     for window in windows:
         if not isinstance(window, (list, tuple)) or len(window) != 2:
@@ -148,10 +150,19 @@ class Validator:
             return None
         self.seen_ids.add(record_id)
         source = self.source or candidate.source
-        return GroundingRecord(record_id, str(video), query, (start, end), duration, source,
-                               windows=tuple(kept_windows) if len(kept_windows) > 1 else None,
-                               prompt=candidate.prompt, system=candidate.system,
-                               annotation_file=report.summary.file, annotation_location=location)
+        return GroundingRecord(
+            record_id,
+            str(video),
+            query,
+            (start, end),
+            duration,
+            source,
+            windows=tuple(kept_windows) if len(kept_windows) > 1 else None,
+            prompt=candidate.prompt,
+            system=candidate.system,
+            annotation_file=report.summary.file,
+            annotation_location=location,
+        )
 
     def _within(self, location: str, window: tuple[float, float], duration: float) -> tuple[float, float] | None:
         """``window`` inside [0, duration] (float noise absorbed silently, more clipped and
@@ -167,9 +178,12 @@ class Validator:
         if self.span_policy == "skip" or clipped[0] >= clipped[1]:
             self.report(location, "span_out_of_range", f"span ({start}, {end}) outside [0, {duration}]", "skipped")
             return None
-        self.report(location, "span_out_of_range",
-                    f"span ({start}, {end}) outside [0, {duration}], clipped to ({clipped[0]}, {clipped[1]})",
-                    "clipped")
+        self.report(
+            location,
+            "span_out_of_range",
+            f"span ({start}, {end}) outside [0, {duration}], clipped to ({clipped[0]}, {clipped[1]})",
+            "clipped",
+        )
         return clipped
 
     def _duration(self, candidate: Candidate, video: Path, exists: bool) -> float | None:
@@ -210,15 +224,21 @@ def video_duration_issue(record: GroundingRecord, video_duration: float) -> Data
     end = record.span[1]
     if end > video_duration + SPAN_END_SLACK_S:
         return DataIssue(
-            file, location, "span_beyond_video",
+            file,
+            location,
+            "span_beyond_video",
             f"span ends at {end:g} s but the video {record.video} lasts {video_duration:.1f} s "
-            f"(annotated duration {record.duration:g} s)", "kept",
+            f"(annotated duration {record.duration:g} s)",
+            "kept",
         )
     tolerance = max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_FRACTION * video_duration)
     if abs(record.duration - video_duration) > tolerance:
         return DataIssue(
-            file, location, "duration_mismatch",
+            file,
+            location,
+            "duration_mismatch",
             f"annotated duration {record.duration:g} s but the video {record.video} lasts {video_duration:.1f} s "
-            f"(tolerance {tolerance:.1f} s)", "kept",
+            f"(tolerance {tolerance:.1f} s)",
+            "kept",
         )
     return None
