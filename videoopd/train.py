@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +47,17 @@ class PairOptions(Options):
         run_defining=True,
     )
     teacher: str | None = opt(
-        "teacher checkpoint folder (same tokenizer as the student; head >= student vocab)", run_defining=True
+        "teacher checkpoint folder (same tokenizer as the student; head >= student vocab); "
+        "several teachers as NAME=FOLDER,NAME=FOLDER (or the flag repeated), each record scored "
+        "by the one its data names (its 'teacher' field, else --teacher-by-source, else the "
+        "first): "
+        "docs/training.md",
+        run_defining=True,
+    )
+    teacher_by_source: str | None = opt(
+        "several teachers: SOURCE=NAME,... the teacher of the records of each data "
+        "source that name none themselves (default: the first teacher)",
+        run_defining=True,
     )
     teacher_placement: Literal[TEACHER_PLACEMENTS] = opt(
         "auto (sharded by FSDP2 under an FSDP2 launch, else replicated), replicate (a full copy per process), "
@@ -64,6 +75,39 @@ class PairOptions(Options):
     eval_teacher: bool = opt(
         "also evaluate the teacher on --eval-data once before training (the student's ceiling)", False
     )
+
+    def teachers(self) -> dict[str, str]:
+        """--teacher as {name: folder}: a plain folder is the one teacher named "teacher"."""
+        return parse_pairs(self.teacher, "--teacher", default_key=ONE_TEACHER) if self.teacher else {}
+
+    def teachers_by_source(self) -> dict[str, str]:
+        """--teacher-by-source as {source: teacher name}."""
+        return parse_pairs(self.teacher_by_source, "--teacher-by-source") if self.teacher_by_source else {}
+
+
+ONE_TEACHER = "teacher"  # the name of the one teacher of a plain --teacher FOLDER
+TEACHER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def parse_pairs(spec: str, flag: str, default_key: str | None = None) -> dict[str, str]:
+    """``KEY=VALUE,KEY=VALUE`` as a dict (keys: letters, digits, ``_.-``); with ``default_key``,
+    a spec that is no such list (a plain folder) is ``{default_key: spec}``. ConfigError
+    naming ``flag`` for an entry that is not KEY=VALUE or a key given twice."""
+    entries = [entry.strip() for entry in spec.split(",")]
+    pairs = [entry.partition("=") for entry in entries]
+    if default_key is not None and len(entries) == 1 and not (pairs[0][1] and TEACHER_NAME.fullmatch(pairs[0][0])):
+        return {default_key: spec}
+    out: dict[str, str] = {}
+    for entry, (key, sep, value) in zip(entries, pairs):
+        if not sep or not value or not TEACHER_NAME.fullmatch(key):
+            raise ConfigError(
+                f"{flag}: expected NAME=VALUE entries (names of letters, digits, '_', '.', '-') "
+                f"separated by commas, got {entry!r} in {spec!r}"
+            )
+        if key in out:
+            raise ConfigError(f"{flag}: {key!r} is given twice in {spec!r}")
+        out[key] = value
+    return out
 
 
 @dataclass
@@ -233,6 +277,17 @@ class TrainConfig(
             )
         if self.student is None and self.train_data is not None:
             raise ConfigError("--train-data needs --student (and --teacher)")
+        teachers, by_source = self.teachers(), self.teachers_by_source()
+        unknown = {source: name for source, name in by_source.items() if name not in teachers}
+        if unknown:
+            raise ConfigError(
+                f"--teacher-by-source names teachers that --teacher does not give ({list(teachers)}): {unknown}"
+            )
+        if len(teachers) > 1 and (self.eval_teacher or self.rounds or self.algo != "opd"):
+            raise ConfigError(
+                "several teachers score OPD's rollouts only: --eval-teacher, --rounds and --algo grpo "
+                "take one --teacher"
+            )
 
 
 # --preset NAME: configs/presets/NAME.yaml
@@ -256,8 +311,32 @@ def default_preset(cfg: TrainConfig) -> str | None:
     return "demo" if cfg.student is None else None
 
 
+def joined_teachers(argv: Sequence[str]) -> list[str]:
+    """``argv`` with a repeated ``--teacher NAME=FOLDER`` (either spelling, ``=`` or a separate
+    value) joined into one comma list at its first place: the parser keeps only a flag's last
+    value."""
+    spellings = ("--teacher",)  # one word: both spellings are alike
+    values, out, first, i = [], [], None, 0
+    while i < len(argv):
+        flag, sep, value = argv[i].partition("=")
+        if flag in spellings and (sep or i + 1 < len(argv)):
+            values.append(value if sep else argv[i + 1])
+            if first is None:
+                first = len(out)
+                out.append("--teacher")
+            i += 1 if sep else 2
+            continue
+        out.append(argv[i])
+        i += 1
+    if len(values) < 2:
+        return list(argv)
+    out.insert(first + 1, ",".join(values))
+    return out
+
+
 def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse flags, apply preset, YAML and overrides; raise ConfigError on a bad value."""
+    argv = joined_teachers(list(argv) if argv is not None else sys.argv[1:])
     cfg = parse_config(
         TrainConfig,
         argv,
@@ -296,8 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(cfg)
         check_model_folder(cfg.student, "--student")
-        if cfg.teacher is not None:
-            check_model_folder(cfg.teacher, "--teacher")
+        teacher_paths = cfg.teachers()
+        for name, path in teacher_paths.items():
+            check_model_folder(path, "--teacher" if len(teacher_paths) == 1 else f"--teacher {name}")
         train_records = load_pool(cfg.train_data, cfg, "train_data")
         eval_records = load_pool(cfg.eval_data, cfg, "eval_data") if cfg.eval_data else None
         accelerator = make_accelerator(cfg)
@@ -328,20 +408,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_vision=cfg.train_vision,
     )
     frozen_device = "cpu" if cfg.teacher_device is None else cfg.teacher_device  # placed by the run
-    teacher = teacher_processor = None
-    if cfg.teacher is not None and cfg.teacher_placement != "service":  # a service loads its own
-        teacher_processor = load_processor(cfg.teacher)
-        teacher = load_policy(
-            cfg.teacher,
-            device=frozen_device,
-            trainable=False,
-            dtype=cfg.dtype,
-            attn_implementation=cfg.attn_implementation,
-        )
-        try:
-            check_pair(student, teacher, processor, teacher_processor)
-        except ValueError as exc:
-            return fail(PROG, f"incompatible teacher/student: {exc}")
+    teachers, teacher_processor = {}, None
+    if cfg.teacher_placement != "service":  # a service loads its own
+        for name, path in teacher_paths.items():
+            teacher_processor = load_processor(path)
+            teachers[name] = load_policy(
+                path,
+                device=frozen_device,
+                trainable=False,
+                dtype=cfg.dtype,
+                attn_implementation=cfg.attn_implementation,
+            )
+            try:
+                check_pair(student, teachers[name], processor, teacher_processor)
+            except ValueError as exc:
+                which = "teacher" if len(teacher_paths) == 1 else f"teacher {name}"
+                return fail(PROG, f"incompatible {which}/student: {exc}")
+    teacher = teachers if len(teachers) > 1 else next(iter(teachers.values()), None)
     # GRPO's KL penalty: a frozen copy of the initial student
     reference = (
         load_policy(
@@ -366,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             teacher_processor=teacher_processor,
             reference=reference,
             decode_config=decode_config,
-            teacher_path=cfg.teacher,
+            teacher_path=teacher_paths if len(teacher_paths) > 1 else next(iter(teacher_paths.values()), None),
         )
     except ConfigError as exc:
         return fail(PROG, exc)

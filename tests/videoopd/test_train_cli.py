@@ -492,3 +492,127 @@ def test_help_is_grouped_and_shows_the_resolved_defaults(capsys):
     assert "--learning_rate LEARNING_RATE, --learning-rate LEARNING_RATE" in text
     entry = text.split("--gradient-accumulation-steps GRADIENT_ACCUMULATION_STEPS", 1)[1].split("\n  --", 1)[0]
     assert "(default: 32)" in " ".join(entry.split())  # the preset's value, not the field's 1
+
+
+def test_teacher_lists_are_parsed_and_bad_ones_refused(tmp_path):
+    def cfg(*flags):
+        return T.resolve_config(["--student", "s", "--output-dir", str(tmp_path / "r"), *flags])
+
+    assert cfg("--teacher", "ckpt/t").teachers() == {"teacher": "ckpt/t"}
+    assert cfg("--teacher", "/runs/lr=1e-5/final").teachers() == {"teacher": "/runs/lr=1e-5/final"}
+    two = cfg("--teacher", "small=ckpt/a, large=ckpt/b", "--teacher-by-source", "web=large")
+    assert two.teachers() == {"small": "ckpt/a", "large": "ckpt/b"}
+    assert two.teachers_by_source() == {"web": "large"}
+    repeated = cfg("--teacher", "small=ckpt/a", "--teacher-device", "cpu", "--teacher=large=ckpt/b")
+    assert repeated.teachers() == {"small": "ckpt/a", "large": "ckpt/b"} and repeated.teacher_device == "cpu"
+    for flags, message in [
+        (("--teacher", "a=x,b"), "--teacher: expected NAME=VALUE"),
+        (("--teacher", "a=x,a=y"), "'a' is given twice"),
+        (("--teacher", "a=x,b=y", "--teacher-by-source", "web=c"), "does not give"),
+        (("--teacher", "a=x,b=y", "--eval-teacher", "true"), "take one --teacher"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            cfg(*flags)
+
+
+def _two_teachers(tmp_path, checkpoints, synthetic_dir):
+    """(flags of a 2-step run with two teachers, hidden 64 and 96, its data rows, their file):
+    row 1 goes to "large" by its source, row 2 by its field, the others to the first, "small"."""
+    s, small = (str(c) for c in checkpoints)
+    large = str(save_tiny_checkpoint(tmp_path / "large", seed=3, hidden_size=96))
+    lines = (synthetic_dir / "annotations.jsonl").read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines[:4]):
+        row = json.loads(line)
+        row["video"] = str(synthetic_dir / row["video"])
+        row["source"] = "long" if i == 1 else "short"
+        if i == 2:
+            row["teacher"] = "large"
+        rows.append(row)
+    ann = tmp_path / "train.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    flags = [
+        "--student",
+        s,
+        "--teacher",
+        f"small={small},large={large}",
+        "--teacher-by-source",
+        "long=large",
+        "--train-data",
+        str(ann),
+        "--max-steps",
+        "2",
+        "--per-device-train-batch-size",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--min-pixels",
+        str(56 * 56),
+        "--max-pixels",
+        str(64 * 96),
+        "--objective",
+        "full",
+        "--eval-steps",
+        "0",
+        "--no-progress",
+        "--save-final",
+        "false",
+    ]
+    return flags, rows, ann
+
+
+def _step_rows(out):
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_two_teachers_of_different_sizes(capsys, tmp_path, checkpoints, synthetic_dir):
+    """A run with two teachers (hidden 64 and 96): the records go to the teacher their data names
+    (field, else source, else the first), the step rows have each teacher's metrics, and a record
+    naming no teacher of the run stops it with its file and line."""
+    base, rows, ann = _two_teachers(tmp_path, checkpoints, synthetic_dir)
+    out = tmp_path / "run"
+    code = T.main([*base, "--output-dir", str(out)])
+    assert code == 0, capsys.readouterr().err
+    steps = _step_rows(out)
+    assert [r["step"] for r in steps] == [1, 2]
+    tokens = sum(r["teacher/small/answer_tokens"] + r["teacher/large/answer_tokens"] for r in steps)
+    assert tokens == sum(r["answer_tokens"] for r in steps) > 0
+    for name in ("small", "large"):  # both teachers scored some rows
+        assert sum(r[f"teacher/{name}/answer_tokens"] for r in steps) > 0
+    assert all(r[f"teacher/{n}/reverse_kl"] >= -1e-4 for r in steps for n in ("small", "large"))
+    rows[3]["teacher"] = "huge"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, err = _run(capsys, [*base, "--output-dir", str(tmp_path / "bad")])
+    assert code == 2 and f"{ann}, line 4: record" in err and "'huge'" in err
+
+
+@pytest.mark.slow
+def test_two_teachers_as_services_step_like_colocated_ones(capsys, tmp_path, checkpoints, synthetic_dir):
+    """The same two-teacher run with a service per teacher (a local Ray cluster of 2 CPUs):
+    the same losses and per-teacher metrics as with the teachers in this process."""
+    ray = pytest.importorskip("ray")
+    base, _, _ = _two_teachers(tmp_path, checkpoints, synthetic_dir)
+    assert T.main([*base, "--output-dir", str(tmp_path / "colocated")]) == 0, capsys.readouterr().err
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        code = T.main(
+            [
+                *base,
+                "--output-dir",
+                str(tmp_path / "service"),
+                "--teacher-placement",
+                "service",
+                "--teacher-replica-cpus",
+                "1",
+                "--teacher-service-name",
+                "two-teachers",
+            ]
+        )
+        assert code == 0, capsys.readouterr().err
+    finally:
+        ray.shutdown()
+    colocated, service = _step_rows(tmp_path / "colocated"), _step_rows(tmp_path / "service")
+    for key in ("loss", "reverse_kl", "teacher/small/reverse_kl", "teacher/large/reverse_kl"):
+        assert [r[key] for r in service] == pytest.approx([r[key] for r in colocated], rel=1e-5), key
+    assert [r["teacher/large/answer_tokens"] for r in service] == [r["teacher/large/answer_tokens"] for r in colocated]
+    assert all(r["teacher_bytes"] > 0 for r in service)  # the scores came from the services

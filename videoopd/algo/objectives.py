@@ -29,8 +29,15 @@ import torch
 
 from opd_kernels import fused_policy_gradient_loss, fused_reverse_kl, token_logprobs
 from videoopd.grounding.metrics import parse_span
-from videoopd.qwen.collators import concat_model_inputs
-from videoopd.qwen.generation import Rollout, generate, group_rollout_seeds, rollout_seed, split_rollout
+from videoopd.qwen.collators import concat_model_inputs, select_model_rows
+from videoopd.qwen.generation import (
+    Rollout,
+    generate,
+    group_rollout_seeds,
+    rollout_seed,
+    select_rollout_rows,
+    split_rollout,
+)
 from videoopd.qwen.models import (
     encode_vision,
     is_fsdp_sharded,
@@ -323,6 +330,79 @@ class RowsOfScore:
         return self.call_score.busy_s() if self.first else 0.0
 
 
+def teacher_router(names: list[str], by_source: dict[str, str] | None = None) -> Callable[[Any], str]:
+    """record -> the name of the teacher that scores it: the record's own ``teacher`` field (its
+    data's choice), else ``by_source``'s teacher for the record's ``source``, else the first of
+    ``names``. ValueError for a rule naming no teacher of ``names``; a record naming one is
+    refused when scored (:meth:`DistillationObjective.route`, with its file and line)."""
+    if not names:
+        raise ValueError("names must name at least one teacher, got []")
+    by_source = dict(by_source or {})
+    unknown = {source: name for source, name in by_source.items() if name not in names}
+    if unknown:
+        raise ValueError(f"by_source names teachers that are not among {list(names)}: {unknown}")
+
+    def route(record: Any) -> str:
+        own = getattr(record, "teacher", None)
+        return own if own is not None else by_source.get(getattr(record, "source", None), names[0])
+
+    return route
+
+
+class TeacherGroups:
+    """A submission's rows scored per teacher (several teachers): ``parts`` are (teacher name,
+    the rows of the submission it scores, ascending, its :class:`PendingScore` of those rows)."""
+
+    def __init__(self, parts: list[tuple[str, list[int], PendingScore]]):
+        self.parts = parts
+
+    def wait(self) -> float:
+        return sum(pending.wait() for _, _, pending in self.parts)
+
+    def received_bytes(self) -> int:
+        return sum(pending.received_bytes() for _, _, pending in self.parts)
+
+    def busy_s(self) -> float:
+        return sum(pending.busy_s() for _, _, pending in self.parts)
+
+    def rows(self, rows: slice, width: int) -> list[tuple[str, torch.Tensor, dict[str, torch.Tensor]]]:
+        """The groups of the submission's rows ``rows`` (a micro-batch): (teacher name, the rows
+        in the micro-batch [n], that teacher's view of them, cut to ``width`` answer columns)."""
+        out = []
+        for name, group_rows, pending in self.parts:
+            picked = [k for k, row in enumerate(group_rows) if rows.start <= row < rows.stop]
+            if not picked:
+                continue
+            view, index = pending.result(), torch.tensor(picked, dtype=torch.long)
+            local = torch.tensor([group_rows[k] - rows.start for k in picked], dtype=torch.long)
+            out.append(
+                (name, local, {k: v if k == "teacher_head" else v[index.to(v.device), :width] for k, v in view.items()})
+            )
+        return out
+
+
+class GroupsOfRows:
+    """A micro-batch's part of a :class:`TeacherGroups` (its rows ``rows`` of the submission):
+    ``result()`` is a list of (teacher name, rows [n], view) for
+    :meth:`DistillationObjective.loss`; bytes and time count once, on the submission's first rows."""
+
+    def __init__(self, groups: TeacherGroups, rows: slice, width: int):
+        self.groups, self.rows_, self.width = groups, rows, width
+        self.first = rows.start == 0
+
+    def wait(self) -> float:
+        return self.groups.wait()
+
+    def result(self) -> list[tuple[str, torch.Tensor, dict[str, torch.Tensor]]]:  # type: ignore[override]
+        return self.groups.rows(self.rows_, self.width)
+
+    def received_bytes(self) -> int:
+        return self.groups.received_bytes() if self.first else 0
+
+    def busy_s(self) -> float:
+        return self.groups.busy_s() if self.first else 0.0
+
+
 def sample_rollouts(
     ctx: GenerationContext,
     batches: list[dict[str, Any]],
@@ -530,7 +610,12 @@ class DistillationObjective(SampledObjective):
 
     ``teacher``: the frozen teacher as a model in this process (scored through
     ``teacher_wrapper``, its engine's form, when given: :class:`ColocatedTeacher`) or any
-    :class:`TeacherScorer` (the Ray service: :mod:`videoopd.algo.teacher_service`).
+    :class:`TeacherScorer` (the Ray service: :mod:`videoopd.algo.teacher_service`); or several,
+    a dict {name: teacher} (models here wrapped through ``teacher_wrapper`` {name: wrapper}),
+    with ``teacher_of(record) -> name`` saying which scores a record (default: the first).
+    Each submission's rows are then grouped by teacher and scored per group, and the loss is
+    the sum of the groups' losses; the step row adds ``teacher/<name>/reverse_kl`` and
+    ``teacher/<name>/answer_tokens``.
     """
 
     name = "opd"
@@ -553,6 +638,7 @@ class DistillationObjective(SampledObjective):
         advantage_clip: float | None = None,
         reuse_vision: bool = True,
         rollout_batch_size: int = 0,
+        teacher_of: Callable[[Any], str] | None = None,
     ):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -569,36 +655,109 @@ class DistillationObjective(SampledObjective):
             reuse_vision=reuse_vision,
             rollout_batch_size=rollout_batch_size,
         )
+        teachers = teacher if isinstance(teacher, dict) else {"teacher": teacher}
+        wrappers = teacher_wrapper if isinstance(teacher_wrapper, dict) else {"teacher": teacher_wrapper}
+        if not teachers:
+            raise ValueError("teacher must be a teacher or a non-empty dict {name: teacher}, got {}")
         # a model in this process, or anything that scores like one (a TeacherScorer: the service)
-        self.teacher = teacher if hasattr(teacher, "submit") else ColocatedTeacher(teacher, teacher_wrapper)
+        self.teachers: dict[str, Any] = {
+            name: t if hasattr(t, "submit") else ColocatedTeacher(t, wrappers.get(name)) for name, t in teachers.items()
+        }
+        self.teacher = next(iter(self.teachers.values()))
+        first = next(iter(self.teachers))
+        self.teacher_of = teacher_of or (lambda record: first)
         self.objective = objective
         self.advantage_clip = advantage_clip
 
     def score_step(self, ctx: GenerationContext, rolled: list[RolledBatch]) -> list[MicroBatch]:
         """The micro-batches of a step: each generate call's rollouts submitted to the teacher
         at once (one forward), or each micro-batch's on its own to a teacher elsewhere
-        (:attr:`TeacherScorer.joins_calls`)."""
+        (:attr:`TeacherScorer.joins_calls`); with several teachers, each submission's rows
+        grouped by teacher (:meth:`submit_groups`)."""
+        several = len(self.teachers) > 1
         if not self.teacher.joins_calls:
+            if several:
+                return [
+                    self.micro_batch(
+                        ctx,
+                        r,
+                        GroupsOfRows(
+                            self.submit_groups(ctx, r.inputs, r.rollout, r.records),
+                            slice(0, len(r.records)),
+                            self.width(r),
+                        ),
+                    )
+                    for r in rolled
+                ]
             return [self.micro_batch(ctx, r, self.submit(ctx, r.inputs, r.rollout, r.records)) for r in rolled]
         pad = getattr(self.processor, "tokenizer", self.processor).pad_token_id
-        calls: dict[int, PendingScore] = {}
+        calls: dict[int, Any] = {}
         out = []
         for r in rolled:
             if id(r.call) not in calls:
-                calls[id(r.call)] = self.submit(
-                    ctx, concat_model_inputs(r.call.inputs, pad), r.call.rollout, r.call.records
+                inputs = concat_model_inputs(r.call.inputs, pad)
+                calls[id(r.call)] = (
+                    self.submit_groups(ctx, inputs, r.call.rollout, r.call.records)
+                    if several
+                    else self.submit(ctx, inputs, r.call.rollout, r.call.records)
                 )
-            out.append(self.micro_batch(ctx, r, RowsOfScore(calls[id(r.call)], r)))
+            pending = calls[id(r.call)]
+            out.append(
+                self.micro_batch(
+                    ctx, r, GroupsOfRows(pending, r.rows, self.width(r)) if several else RowsOfScore(pending, r)
+                )
+            )
         return out
+
+    @staticmethod
+    def width(rolled: RolledBatch) -> int:
+        return rolled.rollout.sequences.shape[1] - rolled.rollout.prompt_length
+
+    def route(self, records: list[Any]) -> list[str]:
+        """The teacher name of each record (``teacher_of``); ValueError for a name not among the
+        teachers, naming the record and where it was read."""
+        names = [self.teacher_of(record) for record in records]
+        for record, name in zip(records, names):
+            if name not in self.teachers:
+                where = getattr(record, "annotation_file", None)
+                where = f" ({where}, {record.annotation_location})" if where else ""
+                raise ValueError(
+                    f"record {getattr(record, 'id', record)}{where} names teacher {name!r}; the "
+                    f"teachers are {list(self.teachers)}"
+                )
+        return names
+
+    def submit_groups(
+        self, ctx: GenerationContext, inputs: dict[str, Any], rollout: Rollout, records: list[Any]
+    ) -> TeacherGroups:
+        """A submission's rows grouped by teacher (:meth:`route`), each group submitted to its
+        teacher as a batch of its own (its rows of the inputs and the rollout)."""
+        names = self.route(list(records))
+        parts = []
+        for name in dict.fromkeys(names):
+            rows = [i for i, n in enumerate(names) if n == name]
+            whole = len(rows) == len(names)
+            part_inputs = inputs if whole else select_model_rows(inputs, rows)
+            part_rollout = rollout if whole else select_rollout_rows(rollout, rows)
+            parts.append(
+                (
+                    name,
+                    rows,
+                    self.submit(
+                        ctx, part_inputs, part_rollout, [records[i] for i in rows], teacher=self.teachers[name]
+                    ),
+                )
+            )
+        return TeacherGroups(parts)
 
     def score(self, ctx: GenerationContext, rolled: RolledBatch) -> MicroBatch:
         """One micro-batch, scored with the rest of its generate call."""
         return self.score_step(ctx, [rolled])[0]
 
     def submit(
-        self, ctx: GenerationContext, inputs: dict[str, Any], rollout: Rollout, records: list[Any]
+        self, ctx: GenerationContext, inputs: dict[str, Any], rollout: Rollout, records: list[Any], teacher: Any = None
     ) -> PendingScore:
-        return self.teacher.submit(
+        return (teacher or self.teacher).submit(
             inputs,
             rollout,
             list(records),
@@ -613,29 +772,71 @@ class DistillationObjective(SampledObjective):
         inputs, rollout, records = rolled.inputs, rolled.rollout, rolled.records
         tokens, sequences, units = self.units(ctx, rollout)
         parsed = sum(parse_span(a) is not None for a in rollout.answers)
+        sums = {
+            "answer_tokens": tokens,
+            "sequences": sequences,
+            "context_tokens": rollout.attention_mask.sum().double().to(ctx.device),
+            "parsed_answers": torch.tensor(float(parsed), dtype=torch.float64, device=ctx.device),
+        }
+        if len(self.teachers) > 1:
+            answer_mask = rollout.answer_mask[:, rollout.prompt_length :].to(ctx.device)
+            names = self.route(list(records))
+            for name in self.teachers:  # every name, for every process to sum the same keys
+                rows = torch.tensor([n == name for n in names], device=ctx.device)
+                sums[f"teacher/{name}/answer_tokens"] = answer_mask[rows].sum().double()
         return MicroBatch(
             student_inputs=scoring_inputs(inputs, rollout, ctx.device, sampler=True),
             loss_fn=lambda hidden, weight: self.loss(hidden, weight, rollout, pending.result()),
             units=units,
-            sums={
-                "answer_tokens": tokens,
-                "sequences": sequences,
-                "context_tokens": rollout.attention_mask.sum().double().to(ctx.device),
-                "parsed_answers": torch.tensor(float(parsed), dtype=torch.float64, device=ctx.device),
-            },
+            sums=sums,
             records=list(records),
             pending=pending,
         )
 
     def loss(
-        self, hidden: torch.Tensor, weight: torch.Tensor, rollout: Rollout, teacher_view: dict[str, torch.Tensor]
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        rollout: Rollout,
+        teacher_view: dict[str, torch.Tensor] | list[tuple[str, torch.Tensor, dict[str, torch.Tensor]]],
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss summed over this micro-batch's answer tokens, {"reverse_kl_sum": ...})."""
+        """(loss summed over this micro-batch's answer tokens, {"reverse_kl_sum": ...}).
+        ``teacher_view``: one teacher's view of every row, or (teacher name, rows, its view of
+        them) per group of rows (several teachers): the sum of each group's loss alone."""
         h, tokens, mask = answer_slice(hidden, rollout)
+        # the sampler's own log-probs as the old policy's: the importance ratio corrects for
+        # what the sampler did differently from the scored softmax (nucleus, suppressed tokens)
+        old = rollout.sampler_logprobs.to(h.device) if rollout.sampler_logprobs is not None else None
+        if isinstance(teacher_view, dict):
+            return self.rows_loss(h, weight, tokens, mask, old, teacher_view)
+        # every teacher's key, rows or not: processes sum the step's metrics key by key
+        total, sums = (
+            None,
+            {f"teacher/{name}/reverse_kl_sum": h.new_zeros((), dtype=torch.float64) for name in self.teachers},
+        )
+        for name, rows, view in teacher_view:
+            rows = rows.to(h.device)
+            loss, part = self.rows_loss(
+                h[rows], weight, tokens[rows], mask[rows], old[rows] if old is not None else None, view
+            )
+            total = loss if total is None else total + loss
+            for key, value in part.items():
+                sums[key] = sums[key] + value if key in sums else value
+            sums[f"teacher/{name}/reverse_kl_sum"] = part["reverse_kl_sum"]
+        return total, sums
+
+    def rows_loss(
+        self,
+        h: torch.Tensor,
+        weight: torch.Tensor,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        old: torch.Tensor | None,
+        teacher_view: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`loss` of rows scored by one teacher: their answer hidden states [B, A, D], tokens,
+        mask, sampler log-probs (or None) and the teacher's view of them."""
         if self.objective == "sampled":
-            # the sampler's own log-probs as the old policy's: the importance ratio corrects for
-            # what the sampler did differently from the scored softmax (nucleus, suppressed tokens)
-            old = rollout.sampler_logprobs.to(h.device) if rollout.sampler_logprobs is not None else None
             teacher_lp = teacher_view["teacher_logprobs"]
             baseline = None
             if self.num_generations > 1:
@@ -684,6 +885,11 @@ class DistillationObjective(SampledObjective):
         for name in ("importance_ratio", "advantage_clipped_fraction"):
             if f"{name}_sum" in sums:
                 out[name] = sums[f"{name}_sum"] / max(1.0, tokens)
+        for name in self.teachers if len(self.teachers) > 1 else ():
+            teacher_tokens = sums.get(f"teacher/{name}/answer_tokens", 0.0)
+            out[f"teacher/{name}/answer_tokens"] = int(teacher_tokens)
+            kl_sum = sums.get(f"teacher/{name}/reverse_kl_sum", 0.0)
+            out[f"teacher/{name}/reverse_kl"] = kl_sum / max(1.0, teacher_tokens)
         return out
 
 

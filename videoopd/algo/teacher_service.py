@@ -242,6 +242,9 @@ class TeacherService:
     ``decode_config``, ``prompt_style``, ``dtype``, ``attn_implementation``, ``delay_s``: each
     replica's (:class:`TeacherReplica`)."""
 
+    # each micro-batch submitted as soon as its rollout exists (TeacherScorer.joins_calls)
+    joins_calls = False
+
     def __init__(
         self,
         path: str,

@@ -62,6 +62,48 @@ def concat_model_inputs(batches: Sequence[dict[str, Any]], pad_token_id: int) ->
     return out
 
 
+# Per-video inputs of a processor batch and the [videos, 3] grid that says how many patch rows each has.
+VIDEO_INPUTS = {"pixel_values_videos": "video_grid_thw", "pixel_values": "image_grid_thw"}
+
+
+def select_model_rows(inputs: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]:
+    """The rows ``rows`` (ascending indices) of a processor batch of one video per row
+    (:class:`GroundingCollator`'s ``inputs``): the per-token inputs' rows, without the left
+    padding columns all of them share (as the rows would be padded alone, and as
+    :func:`videoopd.qwen.generation.select_rollout_rows` cuts their rollout), each selected
+    video's patches, grid and ``second_per_grid_ts``. The vision encoder outputs (the
+    student's) are left out: whoever scores the rows encodes the pixels itself."""
+    batch = inputs["input_ids"].shape[0]
+    if not rows or list(rows) != sorted(set(rows)) or rows[0] < 0 or rows[-1] >= batch:
+        raise ValueError(f"rows must be ascending distinct indices below {batch}, got {list(rows)}")
+    index = torch.tensor(list(rows), dtype=torch.long)
+    out: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if key == "mm_encoder_outputs" or value is None:
+            continue
+        if key in TOKEN_INPUTS or key in ("video_grid_thw", "image_grid_thw", "second_per_grid_ts"):
+            if value.shape[0] != batch:
+                raise ValueError(
+                    f"select_model_rows needs one video per row: {key} has {value.shape[0]} rows for {batch} prompts"
+                )
+            out[key] = value[index.to(value.device)]
+            if key in TOKEN_INPUTS:
+                out[key] = out[key][:, first_column(inputs["attention_mask"][index.to(value.device)]) :]
+        elif key in VIDEO_INPUTS:
+            sizes = inputs[VIDEO_INPUTS[key]].prod(dim=-1).tolist()
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            out[key] = torch.cat([value[starts[i] : starts[i] + sizes[i]] for i in rows])
+        else:
+            out[key] = value
+    return out
+
+
+def first_column(attention_mask: torch.Tensor) -> int:
+    """The first column of a left-padded batch's ``attention_mask`` [B, L] that some row attends to."""
+    attended = attention_mask.bool().any(dim=0).nonzero()
+    return int(attended[0]) if len(attended) else attention_mask.shape[1]
+
+
 class GroundingCollator:
     """Renders the prompt through the processor's chat template and runs the processor on a
     batch of decoded items. Items whose video failed (``video=None``) are passed through in

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from videoopd.qwen.collators import first_column
 from videoopd.qwen.models import call_as_forward, full_weights_gathered, is_fsdp_sharded
 
 __all__ = ["Rollout", "generate"]
@@ -89,6 +90,24 @@ def split_rollout(rollout: Rollout, prompt_lengths: Sequence[int], rows: Sequenc
         )
         start = stop
     return out
+
+
+def select_rollout_rows(rollout: Rollout, rows: Sequence[int]) -> Rollout:
+    """The rows ``rows`` of a rollout without the prompt's left padding columns all of them
+    share (as if their prompts had been padded alone), at the answer columns of the rollout
+    (``student_vision`` left unset: it is per batch)."""
+    index = torch.tensor(list(rows), dtype=torch.long, device=rollout.sequences.device)
+    attention_mask = rollout.attention_mask[index]
+    cut = first_column(attention_mask[:, : rollout.prompt_length])
+    sampler = rollout.sampler_logprobs
+    return Rollout(
+        sequences=rollout.sequences[index, cut:],
+        attention_mask=attention_mask[:, cut:],
+        answer_mask=rollout.answer_mask[index, cut:],
+        prompt_length=rollout.prompt_length - cut,
+        answers=[rollout.answers[i] for i in rows] if rollout.answers else [],
+        sampler_logprobs=sampler[index.to(sampler.device)] if sampler is not None else None,
+    )
 
 
 def rollout_seed(seed: int, step: int, record_id: str) -> int:

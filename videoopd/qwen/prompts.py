@@ -25,11 +25,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from videoopd.grounding.prompts import (  # the texts live beneath the data package; re-exported here
-    DEFAULT_SYSTEM_PROMPTS,
-    check_style,
-    render_prompt,
-)
+# the texts live beneath the data package (grounding); re-exported here ("X as X": an explicit re-export)
+from videoopd.grounding.prompts import DEFAULT_SYSTEM_PROMPTS as DEFAULT_SYSTEM_PROMPTS
+from videoopd.grounding.prompts import PAPER_PROMPT as PAPER_PROMPT
+from videoopd.grounding.prompts import PROMPT_STYLES as PROMPT_STYLES
+from videoopd.grounding.prompts import SYSTEM_PROMPT as SYSTEM_PROMPT
+from videoopd.grounding.prompts import TIME_R1_PROMPT as TIME_R1_PROMPT
+from videoopd.grounding.prompts import TIMELENS_PROMPT as TIMELENS_PROMPT
+from videoopd.grounding.prompts import check_style, render_prompt
+from videoopd.grounding.prompts import format_answer as format_answer
 
 # Text the assistant turn starts with, after the chat template's generation prompt; the
 # model's answer is what it generates after it.

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from videoopd.algo.grpo import GroupedCollator, GRPOObjective
-from videoopd.algo.objectives import DistillationObjective
+from videoopd.algo.objectives import DistillationObjective, teacher_router
 from videoopd.algo.teacher_service import SERVICE_NAMESPACE, TeacherService
 from videoopd.data.datasets import GroundingVideoDataset
 from videoopd.data.video import DecodeConfig
@@ -25,7 +25,7 @@ from videoopd.qwen.models import check_pair_facts, lm_head_weight, pair_facts
 from videoopd.training.checkpoint import prepare_run_folder
 from videoopd.training.config import ConfigError, save_config
 from videoopd.training.curriculum import TVDFCurriculum, one_pass_steps
-from videoopd.training.distributed import place_teacher
+from videoopd.training.distributed import is_fsdp2, place_teacher
 from videoopd.training.loop import PreparedRun, TrainSummary, evaluate_held_out, train
 from videoopd.training.memory_plan import MemoryPlan, plan_memory
 from videoopd.training.metrics_log import write_run_report
@@ -41,16 +41,41 @@ class PostTrainingSummary(TrainSummary):
     teacher_eval: dict[str, float] | None = None
 
 
+def check_record_teachers(records: list[Any], names: list[str]) -> None:
+    """ConfigError naming the file and line of the first record whose ``teacher`` field names
+    none of the run's teachers ``names``."""
+    for record in records:
+        if record.teacher is not None and record.teacher not in names:
+            raise ConfigError(
+                f"{record.annotation_file}, {record.annotation_location}: record {record.id} names "
+                f"teacher {record.teacher!r}; --teacher gives {names}"
+            )
+
+
 def start_teacher_service(
-    cfg: Any, accelerator: Any, path: str, student: Any, processor: Any, decode_config: DecodeConfig
+    cfg: Any,
+    accelerator: Any,
+    path: str,
+    student: Any,
+    processor: Any,
+    decode_config: DecodeConfig,
+    name: str | None = None,
 ) -> Any:
     """The run's :class:`videoopd.algo.teacher_service.TeacherService` of the teacher at ``path``,
     checked against ``student`` (:func:`videoopd.qwen.models.check_pair_facts`). Every process
     joins one Ray cluster (``cfg.ray_address``, else one the main process starts here) and
-    shares the replicas. Raises ConfigError for a teacher that cannot score the student."""
+    shares the replicas. ``name``: the replicas' name (default ``cfg.teacher_service_name``; one
+    per teacher when there are several). Raises ConfigError for a teacher that cannot score
+    the student."""
     from accelerate.utils import broadcast_object_list
 
+    name = name or cfg.teacher_service_name
     address = cfg.ray_address
+    if address is None and accelerator.num_processes > 1:
+        import ray
+
+        # a second teacher's service joins the cluster the first one's call started
+        address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
     if address is None and accelerator.num_processes > 1:
         # one local cluster for every process: the main process starts it, the others join it
         box: list[Any] = [None, None]
@@ -83,14 +108,14 @@ def start_teacher_service(
             max_restarts=cfg.teacher_max_restarts,
             timeout_s=cfg.teacher_timeout_s,
             delay_s=cfg.teacher_delay_s,
-            name=cfg.teacher_service_name,
+            name=name,
         )
     except ValueError as exc:  # replicas of that name serving another teacher
-        raise ConfigError(f"--teacher-service-name {cfg.teacher_service_name}: {exc}") from None
+        raise ConfigError(f"--teacher-service-name {name}: {exc}") from None
     try:
         check_pair_facts(pair_facts(student, processor), service.facts())
     except ValueError as exc:
-        raise ConfigError(f"incompatible teacher/student: {exc}") from None
+        raise ConfigError(f"incompatible teacher/student ({path}): {exc}") from None
     return service
 
 
@@ -164,7 +189,11 @@ def run_post_training(
     None); ``reference``: GRPO's frozen reference policy when ``cfg.beta > 0``; ``teacher_path``:
     the teacher's checkpoint folder, which ``cfg.teacher_placement`` "service" starts replicas of
     (:func:`start_teacher_service`; ``teacher`` is then only evaluated, and may be None);
-    ``on_step``: passed to :func:`videoopd.training.loop.train`.
+    ``on_step``: passed to :func:`videoopd.training.loop.train`. Several teachers (OPD only):
+    ``teacher`` {name: model} (placed alike) or, for the service, ``teacher_path`` {name: folder}
+    (a service per teacher, named ``{cfg.teacher_service_name}-{name}``), each record scored by
+    the one its data assigns (:func:`videoopd.algo.objectives.teacher_router`); a record naming
+    no teacher of the run is refused (:func:`check_record_teachers`).
 
     Returns the loop's summary with ``teacher_eval``.
     Raises ConfigError for a teacher placement the launch cannot give or a run folder /
@@ -185,15 +214,30 @@ def run_post_training(
         raise ConfigError("a teacher is needed (OPD, --rounds and --eval-teacher use it)")
     # models in these processes (a service's teacher evaluated here, GRPO's reference) as by "auto"
     placement = "auto" if service else cfg.teacher_placement
+    # several teachers ({name: model}, {name: folder}): OPD's scorers only (TrainConfig refuses the rest)
+    teachers = teacher if isinstance(teacher, dict) else None
     try:
-        if teacher is not None:
+        if teachers is not None:
+            if placement == "shard" or (placement == "auto" and is_fsdp2(accelerator)):
+                # a sharded forward is collective, and a process's rows may need no forward of a teacher
+                raise ConfigError(
+                    "several teachers cannot be sharded (FSDP2): their forwards are collective and "
+                    "each process's rows name their own teachers; use --teacher-placement replicate "
+                    "or service"
+                )
+            teachers = {
+                name: place_teacher(accelerator, model, placement, cfg.teacher_device)
+                for name, model in teachers.items()
+            }
+        elif teacher is not None:
             teacher = place_teacher(accelerator, teacher, placement, cfg.teacher_device)
         if reference is not None:
             reference = place_teacher(accelerator, reference, placement, cfg.teacher_device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     decode_config = decode_config or DecodeConfig.for_run(processor, cfg)
-    if accelerator.device.type == "cuda" and not service and not cfg.lora_r:
+    one_teacher = teacher is not None and teachers is None
+    if accelerator.device.type == "cuda" and not service and not cfg.lora_r and (one_teacher or cfg.algo != "opd"):
         plan = run_memory_plan(
             cfg,
             accelerator,
@@ -204,12 +248,29 @@ def run_post_training(
         )
         if not plan.fits:
             say(fit_warning(plan, decode_config))
-    scorer = (
-        start_teacher_service(cfg, accelerator, teacher_path, student, processor, decode_config)
-        if service and cfg.algo == "opd"
-        else teacher
-    )
 
+    names = list(cfg.teachers()) if hasattr(cfg, "teachers") else []
+    if cfg.algo == "opd":
+        check_record_teachers(train_records, names or ["teacher"])
+    scorer: Any = teachers if teachers is not None else teacher
+    if service and cfg.algo == "opd":
+        paths = teacher_path if isinstance(teacher_path, dict) else {"teacher": teacher_path}
+        several = len(paths) > 1
+        scorers = {
+            name: start_teacher_service(
+                cfg,
+                accelerator,
+                path,
+                student,
+                processor,
+                decode_config,
+                f"{cfg.teacher_service_name}-{name}" if several else None,
+            )
+            for name, path in paths.items()
+        }
+        scorer = scorers if several else scorers["teacher"]
+    if isinstance(scorer, dict):
+        teacher = None  # no single teacher to evaluate or to run a curriculum with
     teacher_eval = None
     earlier_teacher_eval = out_dir / "eval_teacher.json"
     if eval_records and cfg.eval_teacher and resume_from is not None and earlier_teacher_eval.is_file():
@@ -247,6 +308,7 @@ def run_post_training(
             processor,
             objective=cfg.objective,
             reduction=cfg.reduction,
+            teacher_of=teacher_router(list(scorer), cfg.teachers_by_source()) if isinstance(scorer, dict) else None,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             max_new_tokens=cfg.max_new_tokens,

@@ -16,7 +16,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from videoopd.algo.objectives import DistillationObjective, GenerationContext  # noqa: E402
+from videoopd.algo.objectives import DistillationObjective, GenerationContext, teacher_router  # noqa: E402
 from videoopd.algo.teacher_service import TeacherService, TeacherServiceError, rollout_fields  # noqa: E402
 from videoopd.data.annotations import load_annotations  # noqa: E402
 from videoopd.data.datasets import GroundingVideoDataset  # noqa: E402
@@ -75,6 +75,19 @@ def _loss_and_grads(student, objective_obj, ctx, rolled):
     return loss.detach(), {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
 
 
+def _assert_scores_alike(student, colocated, remote, ctx, rolled, what):
+    """The remote teacher's loss and gradients are the colocated one's within 1e-6 relative."""
+    loss_c, grads_c = _loss_and_grads(student, colocated, ctx, rolled)
+    loss_s, grads_s = _loss_and_grads(student, remote, ctx, rolled)
+    assert torch.isfinite(loss_c) and loss_c != 0
+    torch.testing.assert_close(loss_s, loss_c, rtol=1e-6, atol=0)
+    assert grads_c.keys() == grads_s.keys() and grads_c
+    for name, grad in grads_c.items():
+        torch.testing.assert_close(
+            grads_s[name], grad, rtol=1e-6, atol=1e-6 * grad.abs().max().item(), msg=f"{what} {name}"
+        )
+
+
 def _service(teacher_dir, decode_config, name, **kwargs):
     return TeacherService(
         str(teacher_dir), decode_config=decode_config, name=name, cpus_per_replica=1, timeout_s=120, **kwargs
@@ -97,15 +110,7 @@ def test_service_scores_as_the_colocated_teacher(cluster, pairs, synthetic_dir, 
             # as if row 0 had stopped 3 tokens early (random tiny models seldom do): the service
             # sends no values for the positions after, and its zeros there must never be read
             rolled.rollout.answer_mask[0, -3:] = False
-            loss_c, grads_c = _loss_and_grads(student, colocated, ctx, rolled)
-            loss_s, grads_s = _loss_and_grads(student, remote, ctx, rolled)
-            assert torch.isfinite(loss_c) and loss_c != 0
-            torch.testing.assert_close(loss_s, loss_c, rtol=1e-6, atol=0)
-            assert grads_c.keys() == grads_s.keys() and grads_c
-            for name, grad in grads_c.items():
-                torch.testing.assert_close(
-                    grads_s[name], grad, rtol=1e-6, atol=1e-6 * grad.abs().max().item(), msg=f"{objective} {name}"
-                )
+            _assert_scores_alike(student, colocated, remote, ctx, rolled, objective)
     finally:
         service.close()
 
@@ -172,11 +177,41 @@ def test_unreadable_video_names_the_record(cluster, pairs, synthetic_dir, tmp_pa
     try:
         opd = DistillationObjective(service, processor, objective="sampled", reduction="sum", max_new_tokens=4)
         ctx = GenerationContext(model=student, device=torch.device("cpu"), step=1)
-        inputs, rollout, records = opd.rollout(ctx, batch)
+        rolled = opd.rollout(ctx, batch)
+        records = rolled.records
         gone = tmp_path / "gone.mp4"
         moved = [dataclasses.replace(records[0], video=str(gone)), records[1]]
-        micro = opd.score(ctx, (inputs, rollout, moved))
+        micro = opd.score(ctx, dataclasses.replace(rolled, records=moved))
         with pytest.raises(ValueError, match=f"record {records[0].id} .*gone.mp4"):
             micro.pending.wait()
     finally:
         service.close()
+
+
+def test_several_teachers_as_services_score_as_colocated_ones(cluster, pairs, synthetic_dir, tmp_path):
+    """Two teachers of different widths (64, 96), a service each: a micro-batch with a row of
+    each scores as the same teachers in this process (both objectives)."""
+    teacher_dir, processor, decode_config, student, batch = _setup(pairs, "qwen2_5_vl", synthetic_dir)
+    wide_dir = save_tiny_checkpoint(tmp_path / "wide", "qwen2_5_vl", seed=3, hidden_size=96)
+    dirs = {"narrow": teacher_dir, "wide": wide_dir}
+    batch = {
+        **batch,
+        "records": [dataclasses.replace(r, teacher=name) for r, name in zip(batch["records"], ("narrow", "wide"))],
+    }
+    services = {name: _service(path, decode_config, f"several-{name}") for name, path in dirs.items()}
+    try:
+        models = {name: load_policy(path, trainable=False) for name, path in dirs.items()}
+        route = teacher_router(list(dirs))
+        for objective in ("full", "sampled"):
+            colocated = DistillationObjective(
+                models, processor, objective=objective, reduction="sum", max_new_tokens=8, teacher_of=route
+            )
+            remote = DistillationObjective(
+                services, processor, objective=objective, reduction="sum", max_new_tokens=8, teacher_of=route
+            )
+            ctx = GenerationContext(model=student, device=torch.device("cpu"), step=1)
+            rolled = colocated.rollout(ctx, batch)
+            _assert_scores_alike(student, colocated, remote, ctx, rolled, objective)
+    finally:
+        for service in services.values():
+            service.close()

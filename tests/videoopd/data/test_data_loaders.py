@@ -172,6 +172,24 @@ def test_write_jsonl_records_round_trips(tmp_path, synthetic_dir):
     assert again == records and summary.issues == []
 
 
+def test_teacher_field_is_read_written_and_checked(tmp_path, videos):
+    """A record's ``teacher`` (which of several teachers scores it) is read, written back, and a
+    value that is no string is reported with its line and skipped."""
+    rows = [
+        {"video": "clip1.mp4", "query": "a", "start": 1, "end": 2, "teacher": "large"},
+        {"video": "clip1.mp4", "query": "b", "start": 1, "end": 2},
+        {"video": "clip1.mp4", "query": "c", "start": 1, "end": 2, "teacher": 7},
+    ]
+    path = write(tmp_path / "t.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    records, summary = load_annotations(path, video_root=videos)
+    assert [r.teacher for r in records] == ["large", None]
+    assert [(i.location, i.kind) for i in summary.issues] == [("line 3", "malformed")]
+    assert "'teacher' must be a string" in summary.issues[0].message
+    write_jsonl_records(records, videos / "copy.jsonl")
+    again, _ = load_annotations(videos / "copy.jsonl")
+    assert again == records
+
+
 def test_written_records_load_from_any_folder(tmp_path, synthetic_dir, monkeypatch):
     """Records loaded through a relative path hold working-folder-relative videos; written into
     another folder they still name the same files wherever the file is read from (the demo's

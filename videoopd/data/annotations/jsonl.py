@@ -1,5 +1,6 @@
 """The plain JSONL format, a line per query ``{video, query, start, end, duration}`` (optional
-``id``, ``source``, ``windows``, ``prompt`` and ``system``): its reader and its writer."""
+``id``, ``source``, ``windows``, ``prompt``, ``system`` and ``teacher``: the name of the teacher that
+scores the query when a run has several): its reader and its writer."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def read_plain_jsonl(path: Path, report: Reporter) -> Iterator[Candidate]:
         if "start" not in obj or "end" not in obj:
             report.malformed(location, "missing 'start' or 'end'")
             continue
-        problem = not_text(obj, "prompt", "system")
+        problem = not_text(obj, "prompt", "system", "teacher")
         if problem is not None:
             report.malformed(location, problem)
             continue
@@ -44,6 +45,7 @@ def read_plain_jsonl(path: Path, report: Reporter) -> Iterator[Candidate]:
             str(record_id) if record_id is not None else generated_id,
             obj.get("prompt"),
             obj.get("system"),
+            obj.get("teacher"),
         )
 
 
@@ -84,5 +86,11 @@ def write_jsonl_records(records: list[GroundingRecord], path: str | Path) -> Non
             }
             if record.windows is not None:
                 row["windows"] = [list(window) for window in record.windows]
-            row.update({key: getattr(record, key) for key in ("prompt", "system") if getattr(record, key) is not None})
+            row.update(
+                {
+                    key: getattr(record, key)
+                    for key in ("prompt", "system", "teacher")
+                    if getattr(record, key) is not None
+                }
+            )
             handle.write(json.dumps(row) + "\n")

@@ -33,6 +33,8 @@ class GroundingRecord:
     prompt: str | None = None
     # The system prompt a data file gave the query (None: none given), kept and written back.
     system: str | None = None
+    # The teacher that scores the query (its --teacher name; None: by source, else the first).
+    teacher: str | None = None
     # Where the record was read (for reports); not part of its identity.
     annotation_file: str | None = field(default=None, compare=False, repr=False)
     annotation_location: str | None = field(default=None, compare=False, repr=False)
@@ -134,6 +136,7 @@ class Candidate:
     id: str | None = None
     prompt: str | None = None
     system: str | None = None
+    teacher: str | None = None
 
 
 class Reporter:

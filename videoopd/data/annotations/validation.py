@@ -160,6 +160,7 @@ class Validator:
             windows=tuple(kept_windows) if len(kept_windows) > 1 else None,
             prompt=candidate.prompt,
             system=candidate.system,
+            teacher=candidate.teacher,
             annotation_file=report.summary.file,
             annotation_location=location,
         )
