@@ -121,8 +121,8 @@ def main() -> int:
             str(args.per_device_train_batch_size),
             "--gradient-accumulation-steps",
             str(args.gradient_accumulation_steps),
-            "--max-steps",
-            str(args.steps),
+            # with --rounds the curriculum sets the step count (a --max-steps given is refused)
+            *(["--max-steps", str(args.steps)] if not args.rounds else []),
             "--learning-rate",
             "3e-3",
             "--max-new-tokens",
