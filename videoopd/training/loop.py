@@ -24,6 +24,10 @@ then logs its row (:func:`step_row`; one collective + one host sync), evaluates 
 (:class:`PreparedRun`'s methods). :func:`train` returns the results, a :class:`TrainSummary`.
 Only the main process writes files and shows progress; every process evaluates its share of
 the held-out set.
+
+Where they live: the engine's pieces (accelerator, optimizer, schedule, data stream, phase timer) in
+:mod:`videoopd.training.engine`, the run's setup in :mod:`videoopd.training.run_setup`, its results in
+:mod:`videoopd.training.reporting`; all importable from here.
 """
 
 from __future__ import annotations
