@@ -166,6 +166,7 @@ def install(out: Path) -> Ledger:
 
     import videoopd.training.loop as loop
     import videoopd.training.post_training as post_training
+    import videoopd.training.run_setup as run_setup
 
     ledger, memory = Ledger(), PhaseMemory()
     calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -196,7 +197,8 @@ def install(out: Path) -> Ledger:
         return wrapped
 
     loop.PhaseTimer.__call__ = timed_phase
-    loop.evaluate_held_out = evaluation(loop.evaluate_held_out)
+    # where the loop's evaluation looks it up (PreparedRun.evaluate)
+    run_setup.evaluate_held_out = evaluation(run_setup.evaluate_held_out)
     post_training.evaluate_held_out = evaluation(post_training.evaluate_held_out)
     generate = transformers.GenerationMixin.generate
 

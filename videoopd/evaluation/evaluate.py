@@ -21,10 +21,8 @@ alone would be reported as another data set's answers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,12 +34,19 @@ import torch
 from videoopd.data.annotations import DataIssue, GroundingRecord
 from videoopd.data.datasets import GroundingVideoDataset
 from videoopd.data.video import DecodeConfig
+from videoopd.evaluation.predictions import IDENTITY_VERSION as IDENTITY_VERSION
+from videoopd.evaluation.predictions import check_resumable as check_resumable
+from videoopd.evaluation.predictions import ends_mid_line, open_predictions
+from videoopd.evaluation.predictions import file_sha256 as file_sha256
+from videoopd.evaluation.predictions import identity_path as identity_path
+from videoopd.evaluation.predictions import predictions_identity as predictions_identity
+from videoopd.evaluation.predictions import read_predictions as read_predictions
 from videoopd.grounding.metrics import grounding_metrics, parse_span, sample_iou
 from videoopd.grounding.protocols import PROTOCOL_NAMES, get_protocol
 from videoopd.qwen.collators import GroundingCollator
 from videoopd.qwen.generation import generate
 from videoopd.qwen.models import is_fsdp_sharded
-from videoopd.qwen.prompts import DATA_SYSTEM, DEFAULT_SYSTEM_PROMPTS, PROMPT_STYLES, STYLE_DEFAULT
+from videoopd.qwen.prompts import PROMPT_STYLES, STYLE_DEFAULT
 
 __all__ = ["EvalResult", "evaluate", "format_metrics_table", "predictions_identity", "read_predictions"]
 
@@ -89,111 +94,6 @@ def _prediction_row(
         "error": error,
         "data_issue": asdict(data_issue) if data_issue is not None else None,
     }
-
-
-def read_predictions(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Rows of a predictions JSONL by id. Unreadable lines (e.g. one cut off by a crash) are
-    reported with file and line and left out, so their records are evaluated again."""
-    rows: dict[str, dict[str, Any]] = {}
-    with Path(path).open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-                    raise ValueError("not an object with a string 'id'")
-            except ValueError as exc:
-                logger.warning(
-                    "%s: line %d: unreadable prediction row (%s); it will be evaluated again", path, line_number, exc
-                )
-                continue
-            rows[row["id"]] = row
-    return rows
-
-
-IDENTITY_VERSION = 1
-
-
-def identity_path(predictions_path: str | Path) -> Path:
-    """The sidecar recording what the rows of ``predictions_path`` answer."""
-    path = Path(predictions_path)
-    return path.with_name(path.name + ".meta.json")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def predictions_identity(
-    decode_config: DecodeConfig,
-    prompt_style: str,
-    system_prompt: Any,
-    max_new_tokens: int,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Everything that changes an answer, as recorded next to a predictions file: the
-    decoding settings :func:`evaluate` knows, plus ``extra`` (the data and model, which only
-    the caller knows). JSON values, so that a recorded identity compares equal to a new one."""
-    if system_prompt is STYLE_DEFAULT:
-        system_prompt = DEFAULT_SYSTEM_PROMPTS[prompt_style]
-    elif system_prompt is DATA_SYSTEM:  # each record's own (the data file is in the identity), else the style's
-        system_prompt = {"from_data": True, "else": DEFAULT_SYSTEM_PROMPTS[prompt_style]}
-    identity = {
-        "prompt_style": prompt_style,
-        "system_prompt": system_prompt,
-        "decoding": "greedy",
-        "max_new_tokens": max_new_tokens,
-        "fps": decode_config.fps,
-        "max_frames": decode_config.max_frames,
-        "min_frames": decode_config.min_frames,
-        "factor": decode_config.factor,
-        "temporal_patch_size": decode_config.temporal_patch_size,
-        "min_pixels": decode_config.resolved_min_pixels,
-        "max_pixels": decode_config.resolved_max_pixels,
-        "total_pixels": decode_config.resolved_total_pixels,
-        **(extra or {}),
-    }
-    return json.loads(json.dumps(identity))
-
-
-def check_resumable(predictions_path: str | Path, identity: Mapping[str, Any]) -> None:
-    """Raise ValueError unless the rows in ``predictions_path`` were produced for ``identity``
-    (nothing to check when the file is missing or empty)."""
-    path = Path(predictions_path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    sidecar = identity_path(path)
-    if not sidecar.is_file():
-        raise ValueError(
-            f"cannot resume {path}: it has no recorded identity ({sidecar.name} is missing; the file was written "
-            "before identities were recorded), so nothing says which data and model its rows belong to; "
-            "evaluate without resume to start it over, or write to another file"
-        )
-    try:
-        recorded = json.loads(sidecar.read_text(encoding="utf-8"))["identity"]
-        if not isinstance(recorded, dict):
-            raise TypeError(f"identity is a {type(recorded).__name__}")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"cannot resume {path}: its identity file {sidecar} is unreadable ({exc})") from None
-    current = json.loads(json.dumps(dict(identity)))
-    differing = sorted(key for key in recorded.keys() | current.keys() if recorded.get(key) != current.get(key))
-    if differing:
-        details = ", ".join(f"{key} (recorded {recorded.get(key)!r}, now {current.get(key)!r})" for key in differing)
-        raise ValueError(f"cannot resume {path}: its rows were produced for other inputs; these differ: {details}")
-
-
-def _write_identity(predictions_path: Path, identity: Mapping[str, Any]) -> None:
-    sidecar = identity_path(predictions_path)
-    partial = sidecar.with_name(sidecar.name + ".partial")
-    partial.write_text(
-        json.dumps({"version": IDENTITY_VERSION, "identity": identity}, indent=2) + "\n", encoding="utf-8"
-    )
-    partial.replace(sidecar)  # never a half-written identity next to rows
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -254,7 +154,7 @@ def evaluate(
 ) -> EvalResult:
     """Generate an answer for every record greedily, parse it and score it.
 
-    The steps: check the arguments, prepare the predictions file (:func:`_open_predictions`:
+    The steps: check the arguments, prepare the predictions file (:func:`open_predictions`:
     identity, resume), take this process's share (:func:`_my_share`), generate its rows
     (:func:`_generate_rows`), gather them in record order (:func:`_gather_rows`), write and
     score them (:func:`_scored`).
@@ -317,7 +217,7 @@ def evaluate(
     done: dict[str, dict[str, Any]] = {}
     if path is not None:
         recorded = predictions_identity(decode_config, prompt_style, system_prompt, max_new_tokens, identity)
-        done = _open_predictions(path, recorded, resume, {record.id for record in records}, main)
+        done = open_predictions(path, recorded, resume, {record.id for record in records}, main)
     todo, real = _my_share([record for record in records if record.id not in done], accelerator)
     stream = path if world == 1 else None  # one process writes rows as they come
     collator = GroundingCollator(processor, prompt_style, system_prompt, rules.normalize_query)
@@ -387,26 +287,6 @@ def _checked_records(
     return records
 
 
-def _open_predictions(
-    path: Path, recorded: dict[str, Any], resume: bool, wanted: set[str], main: bool
-) -> dict[str, dict[str, Any]]:
-    """Make ``path`` ready for this evaluation's rows: checked and kept on ``resume`` (its rows
-    for the ``wanted`` ids returned), removed otherwise; the identity sidecar (re)written by
-    the main process."""
-    if resume:
-        check_resumable(path, recorded)
-    done: dict[str, dict[str, Any]] = {}
-    if main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    if resume and path.is_file():
-        done = {i: row for i, row in read_predictions(path).items() if i in wanted}
-    elif path.exists() and main:
-        path.unlink()
-    if main:
-        _write_identity(path, recorded)
-    return done
-
-
 def _my_share(items: list[T], accelerator: Any) -> tuple[list[T], int]:
     """This process's contiguous share of ``items`` (accelerate's ``split_between_processes``),
     padded with copies of the last item to the same length on every process, so that every
@@ -466,7 +346,7 @@ def _generate_rows(
     rows: list[dict[str, Any]] = []
     bar = _progress_bar(len(todo) * processes, enabled=progress)
     handle = stream.open("a", encoding="utf-8") if stream is not None else None
-    if handle is not None and _ends_mid_line(stream):
+    if handle is not None and ends_mid_line(stream):
         handle.write("\n")  # a crash cut the last row short: start ours on a fresh line
     try:
         for batch in loader:
@@ -521,15 +401,6 @@ def _scored(
         data_issues=[(row["id"], DataIssue(**row["data_issue"])) for row in rows if row.get("data_issue")],
         protocols=protocol_metrics(rows, moment_retrieval),
     )
-
-
-def _ends_mid_line(path: Path) -> bool:
-    with path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        if handle.tell() == 0:
-            return False
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) != b"\n"
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

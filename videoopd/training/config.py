@@ -22,23 +22,32 @@ refused with the new one, :data:`RENAMED`). The resolved config is saved with th
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import math
 import os
 import sys
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NoReturn, TypeVar, get_args, get_origin
-
-from transformers import HfArgumentParser
+from typing import Any, ClassVar, Literal, TypeVar
 
 from videoopd.data.annotations import FORMATS
 from videoopd.qwen.prompts import DATA_SYSTEM, PROMPT_STYLES, STYLE_DEFAULT
+from videoopd.training.option_types import ConfigError as ConfigError
+from videoopd.training.option_types import base_type, field_types, within
+from videoopd.training.option_types import coerce as coerce
+from videoopd.training.option_types import describe_bounds as describe_bounds
+from videoopd.training.option_types import flag_name as flag_name
+from videoopd.training.parser import PRESET_DIR as PRESET_DIR
+from videoopd.training.parser import RENAMED as RENAMED
+from videoopd.training.parser import OneLineErrorParser as OneLineErrorParser
+from videoopd.training.parser import fail as fail
+from videoopd.training.parser import given_flags as given_flags
+from videoopd.training.parser import load_preset as load_preset
+from videoopd.training.parser import parse_config as parse_config
+from videoopd.training.parser import preset_names as preset_names
+from videoopd.training.parser import read_yaml_options as read_yaml_options
+from videoopd.training.parser import refuse_renamed as refuse_renamed
 
 __all__: list[str] = []  # nothing here is promised: docs/api.md
 
@@ -46,10 +55,6 @@ T = TypeVar("T")
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 BOUND_KEYS = ("gt", "ge", "lt", "le")
-
-
-class ConfigError(ValueError):
-    """A bad option value, file or combination, reported before any work starts."""
 
 
 def opt(
@@ -81,103 +86,6 @@ def opt(
     )
 
 
-@functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _base_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:
-    """(bool/int/float/str, the Literal's choices or None) of a field's annotation, Optional
-    removed."""
-    origin = get_origin(annotation)
-    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        annotation, origin = args[0], get_origin(args[0])
-    if origin is Literal:
-        choices = get_args(annotation)
-        return type(choices[0]), choices
-    return annotation, None
-
-
-def flag_name(name: str) -> str:
-    """The command-line spelling of option ``name`` (``max_new_tokens`` -> ``--max-new-tokens``), as
-    error messages name it (a YAML key may be spelt either way)."""
-    return "--" + name.replace("_", "-")
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def coerce(name: str, kind: type, value: Any) -> Any:
-    """``value`` (from YAML, a preset or a flag) as option ``name`` of type ``kind``: strings are
-    parsed as their flags are (``"false"`` is False, ``"3"`` is 3); a float for an int option,
-    or a number for a bool, is a ConfigError rather than a truncation or a truthy string."""
-    if value is None:
-        return None
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return _bool(value)
-            except argparse.ArgumentTypeError:
-                pass
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{name} must be a string, got {value!r}")
-    return value
-
-
-def describe_bounds(bounds: Mapping[str, float], kind: type) -> str:
-    """The bounds as the error message and ``--help`` say them: ``> 0``, ``in [0, 1)``..."""
-    low = ("(", bounds["gt"]) if "gt" in bounds else ("[", bounds["ge"]) if "ge" in bounds else None
-    high = (")", bounds["lt"]) if "lt" in bounds else ("]", bounds["le"]) if "le" in bounds else None
-    if low and high:
-        return f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
-    text = (
-        f"{'>' if low[0] == '(' else '>='} {low[1]:g}"
-        if low
-        else f"{'<' if high[0] == ')' else '<='} {high[1]:g}"
-        if high
-        else ""
-    )
-    return f"{text} and finite" if kind is float else text
-
-
-def _within(value: float, bounds: Mapping[str, float]) -> bool:
-    return (
-        ("gt" not in bounds or value > bounds["gt"])
-        and ("ge" not in bounds or value >= bounds["ge"])
-        and ("lt" not in bounds or value < bounds["lt"])
-        and ("le" not in bounds or value <= bounds["le"])
-    )
-
-
 @dataclass
 class Options:
     """Base of the option groups: checks every field against its declaration when built, then
@@ -195,7 +103,7 @@ class Options:
                 if f.metadata.get("required"):
                     raise ConfigError(f"{flag_name(f.name)} is required")
                 continue
-            kind, choices = _base_type(_field_types(type(self))[f.name])
+            kind, choices = base_type(field_types(type(self))[f.name])
             flag = flag_name(f.name)
             value = coerce(flag, kind, value)
             setattr(self, f.name, value)
@@ -204,7 +112,7 @@ class Options:
             bounds = f.metadata.get("bounds", {})
             if kind is float and not math.isfinite(value):
                 raise ConfigError(f"{flag} must be {describe_bounds(bounds, kind) or 'finite'}, got {value!r}")
-            if bounds and not _within(value, bounds):
+            if bounds and not within(value, bounds):
                 raise ConfigError(f"{flag} must be {describe_bounds(bounds, kind)}, got {value!r}")
         self.validate()
 
@@ -520,242 +428,6 @@ def warn_about_schedule(cfg: OptimOptions, prog: str) -> None:
             f"--learning-rate {cfg.learning_rate:g}",
             file=sys.stderr,
         )
-
-
-# --------------------------------------------------------------------------------------
-# the parser: transformers' HfArgumentParser, with --config YAML and --preset as TRL's TrlParser does
-
-# Options renamed to the HF Trainer / TRL names (old name -> new name(s); the one the command has applies). An old
-# spelling, as a flag or a YAML key, is refused with the new name rather than silently ignored.
-RENAMED: dict[str, tuple[str, ...]] = {
-    "lr": ("learning_rate",),
-    "lr_schedule": ("lr_scheduler_type",),
-    "batch_size": ("per_device_train_batch_size", "per_device_eval_batch_size"),
-    "grad_accum": ("gradient_accumulation_steps",),
-    "eval_every": ("eval_steps",),
-    "eval_before": ("eval_on_start",),
-    "eval_batch_size": ("per_device_eval_batch_size",),
-    "save_every": ("save_steps",),
-    "keep_checkpoints": ("save_total_limit",),
-    "resume": ("resume_from_checkpoint",),
-    "lora_targets": ("lora_target_modules",),
-    "clip_eps": ("epsilon",),
-    "num_workers": ("dataloader_num_workers",),
-}
-# The presets (``--preset NAME``): configs/presets/NAME.yaml in the repository, one file each.
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "presets"
-
-
-def preset_names() -> tuple[str, ...]:
-    """The presets ``--preset`` offers: the YAML files of :data:`PRESET_DIR`."""
-    return tuple(sorted(path.stem for path in PRESET_DIR.glob("*.yaml")))
-
-
-class OneLineErrorParser(HfArgumentParser):
-    """HfArgumentParser whose command-line errors (an unknown choice, a value of the wrong type)
-    are ConfigErrors, which the command reports in one line with exit status 2 (:func:`fail`), as
-    it does every other bad input, instead of argparse's usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
-
-
-def _group_of(config_class: type) -> dict[str, str]:
-    """{field: the title of its option group: the first docstring line of the dataclass that
-    declares it (groups of one title share a section of ``--help``)}."""
-    groups: dict[str, str] = {}
-    for cls in config_class.__mro__:
-        for name in cls.__dict__.get("__annotations__", {}):
-            if name not in groups and dataclasses.is_dataclass(cls):
-                groups[name] = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
-    return groups
-
-
-def _help(f: dataclasses.Field, kind: type) -> str:
-    """The field's help with its bounds, and its default as the parser holds it when ``--help``
-    is printed (the command's, the preset's or the YAML's): argparse fills ``%(default)s``.
-    Where the text says its default itself, in a closing ``(default ...)``, that is kept; a field
-    default of None is left unsaid (the text says what leaving the option out means)."""
-    text = f.metadata["help"].replace("%", "%%") + ("; required" if f.metadata.get("required") else "")
-    bounds = f.metadata.get("bounds")
-    own_default = "(default" in text and text.endswith(")")
-    if bounds:  # said before a closing "(default ...)"
-        head, paren, tail = text.rpartition(" (default") if own_default else (text, "", "")
-        text = f"{head} [{describe_bounds(bounds, kind)}]{paren}{tail}"
-    return text if own_default or f.default is None else f"{text} (default: %(default)s)"
-
-
-def _sections(config_class: type) -> list[type]:
-    """HfArgumentParser gives each dataclass it is handed its own ``--help`` section (its
-    ``_argument_group_name``); an option class is composed of group mixins, so it is handed one
-    dataclass per group title, of the fields declared under it, with only what argparse takes
-    (help, aliases) as their metadata; bounds and the rest are checked by ``config_class``."""
-    hints, titles = _field_types(config_class), _group_of(config_class)
-    sections: dict[str, list[tuple[str, Any, Any]]] = {}
-    for f in dataclasses.fields(config_class):
-        kind, _ = _base_type(hints[f.name])
-        metadata = {"help": _help(f, kind), "aliases": list(f.metadata.get("aliases", ()))}
-        sections.setdefault(titles[f.name], []).append(
-            (f.name, hints[f.name], field(default=f.default, metadata=metadata))
-        )
-    return [
-        dataclasses.make_dataclass("Section", fields, namespace={"_argument_group_name": title})
-        for title, fields in sections.items()
-    ]
-
-
-def refuse_renamed(names: Sequence[str], known: Sequence[str], where: str) -> None:
-    """A ConfigError naming the new flag when one of ``names`` is an old spelling (:data:`RENAMED`)."""
-    for name in names:
-        new = [n for n in RENAMED.get(name, ()) if n in known]
-        if new:
-            raise ConfigError(
-                f"{where}{flag_name(name)} was renamed {flag_name(new[0])} (the HF Trainer / TRL "
-                "name; see docs/options.md)"
-            )
-
-
-def given_flags(argv: Sequence[str], config_class: type) -> set[str]:
-    """The options of ``config_class`` that ``argv`` gives, in any of their spellings."""
-    spelt: dict[str, str] = {}
-    for f in dataclasses.fields(config_class):
-        for name in (f.name, f"no_{f.name}"):
-            spelt["--" + name] = spelt["--" + name.replace("_", "-")] = f.name
-        spelt.update(dict.fromkeys(f.metadata.get("aliases", ()), f.name))
-    return {spelt[arg.split("=", 1)[0]] for arg in argv if arg.split("=", 1)[0] in spelt}
-
-
-def read_yaml_options(path: Path, config_class: type) -> dict[str, Any]:
-    """The options of a ``--config`` or preset YAML file (keys with ``_`` or ``-``, and
-    ``preset``), each typed as its option (strings as flags are: ``"false"`` is False); errors
-    name the file."""
-    import yaml
-
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: YAML syntax error: {getattr(exc, 'problem', None) or exc}") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of options, got {type(loaded).__name__}")
-    hints = _field_types(config_class)
-    values = {}
-    for key, value in loaded.items():
-        name = str(key).replace("-", "_")
-        if name != "preset":
-            refuse_renamed([name], list(hints), f"{path}: ")
-            if name not in hints:
-                raise ConfigError(f"{path}: unknown option {key!r}")
-            try:
-                value = coerce(flag_name(name), _base_type(hints[name])[0], value)
-            except ConfigError as exc:
-                raise ConfigError(f"{path}: {exc}") from None
-        values[name] = value
-    return values
-
-
-def load_preset(name: str, config_class: type) -> dict[str, Any]:
-    """The options of preset ``name`` (``configs/presets/NAME.yaml``)."""
-    if name not in preset_names():
-        raise ConfigError(f"unknown preset {name!r}; choose from {list(preset_names())} (files in {PRESET_DIR})")
-    return read_yaml_options(PRESET_DIR / f"{name}.yaml", config_class)
-
-
-def parse_config(
-    config_class: type[T],
-    argv: Sequence[str] | None,
-    *,
-    prog: str,
-    description: str,
-    presets: bool = False,
-    preset_help: str = "",
-    command_defaults: Mapping[str, Any] | None = None,
-    default_preset: Callable[[Any], str | None] | None = None,
-    rest: list[str] | None = None,
-    config_file: bool = True,
-) -> T:
-    """Parse flags, YAML and preset into ``config_class`` with one precedence rule: field
-    defaults < ``command_defaults`` < ``--preset`` < ``--config`` YAML < flags.
-
-    The flags are transformers' ``HfArgumentParser``'s (``--name_with_underscores`` or
-    ``--name-with-dashes``; a boolean takes true/false, alone means true, and one that defaults
-    to true also has ``--no_name``). As TRL's ``TrlParser`` does, the YAML's (and the preset's)
-    values become the parser's defaults, so that a flag given overrides them. ``default_preset``
-    (given the config parsed without a preset) names the preset used when none is chosen. With
-    ``rest`` (a list), flags that are not options of ``config_class`` are appended to it instead
-    of refused (a command that passes them on); ``config_file=False``: no ``--config`` (it is
-    passed on too). The chosen preset (or None) is recorded as ``cfg.preset``. Raises
-    ConfigError on a bad value or combination (the dataclass's own checks)."""
-    argv = list(argv) if argv is not None else sys.argv[1:]
-    # --config and --preset are read first: their values are the defaults of the full parse
-    first = OneLineErrorParser(add_help=False, allow_abbrev=False)
-    if config_file:
-        first.add_argument("--config")
-    if presets:
-        first.add_argument("--preset")
-    files, _ = first.parse_known_args(argv)
-    file_values = read_yaml_options(Path(files.config), config_class) if getattr(files, "config", None) else {}
-    preset = getattr(files, "preset", None) or file_values.pop("preset", None)
-
-    def parse(preset: str | None) -> T:
-        usage = "%(prog)s" + (" [--preset NAME]" if presets else "") + (" [--config YAML]" if config_file else "")
-        parser = OneLineErrorParser(
-            _sections(config_class),
-            prog=prog,
-            usage=usage + " [options]",
-            allow_abbrev=False,
-            formatter_class=argparse.HelpFormatter,
-            description=description
-            + (
-                " Precedence: defaults < " + ("--preset < " if presets else "") + "--config YAML < flags."
-                if config_file
-                else ""
-            ),
-        )
-        if config_file:
-            parser.add_argument("--config", help="YAML file of options (keys as below, with _ or -)")
-        if presets:
-            parser.add_argument("--preset", choices=preset_names(), help=preset_help)
-        parser.set_defaults(
-            **{
-                **(command_defaults or {}),
-                **(load_preset(preset, config_class) if preset is not None else {}),
-                **file_values,
-            }
-        )
-        *sections, unknown = parser.parse_args_into_dataclasses(
-            argv, return_remaining_strings=True, look_for_args_file=False
-        )
-        flags = [arg[2:].split("=", 1)[0].replace("-", "_") for arg in unknown if arg.startswith("--")]
-        refuse_renamed(flags, [f.name for f in dataclasses.fields(config_class)], "")
-        if rest is None and unknown:
-            raise ConfigError(f"unrecognized arguments: {' '.join(unknown)}")
-        values: dict[str, Any] = {}
-        for section in sections:
-            if dataclasses.is_dataclass(section):  # the last one is the namespace of --config/--preset
-                values.update(vars(section))
-        cfg = config_class(**values)
-        cfg.preset = preset
-        cfg.given = frozenset(file_values).union(given_flags(argv, config_class)) - {"preset"}
-        if rest is not None:
-            rest[:] = unknown
-        return cfg
-
-    cfg = parse(preset)
-    if preset is None and default_preset is not None and default_preset(cfg) is not None:
-        cfg = parse(default_preset(cfg))
-    return cfg
-
-
-def fail(prog: str, exc: BaseException) -> int:
-    """Print a ConfigError (or another refusal) as the commands do: one line, exit status 2."""
-    print(f"{prog}: error: {exc}", file=sys.stderr)
-    return 2
 
 
 def save_config(cfg: Any, out_dir: Path) -> Path:

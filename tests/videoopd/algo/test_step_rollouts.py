@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import videoopd.algo.objectives as objectives
+import videoopd.algo.rollouts as rollouts  # where sample_rollouts looks generate up
 from bench.opd_step import synthetic_video
 from videoopd.algo.objectives import DistillationObjective, GenerationContext, rollout_calls
 from videoopd.data.annotations import GroundingRecord
@@ -65,8 +65,8 @@ def _loss_and_grads(student, micro):
 def test_joint_rollouts_equal_separate_ones(family, objective, monkeypatch):
     student, teacher, processor, batches = _setup(family)
     generate_calls = []
-    generate = objectives.generate
-    monkeypatch.setattr(objectives, "generate", lambda *a, **k: generate_calls.append(1) or generate(*a, **k))
+    generate = rollouts.generate
+    monkeypatch.setattr(rollouts, "generate", lambda *a, **k: generate_calls.append(1) or generate(*a, **k))
     ctx = GenerationContext(model=student, device=torch.device("cpu"), step=5)
     results = {}
     for mode in ("joint", "separate"):
@@ -115,9 +115,9 @@ def test_joint_rollouts_equal_separate_ones(family, objective, monkeypatch):
 def test_rollout_batch_size_splits_the_step_into_calls(monkeypatch):
     student, teacher, processor, batches = _setup("qwen3_vl")
     calls = []
-    generate = objectives.generate
+    generate = rollouts.generate
     monkeypatch.setattr(
-        objectives,
+        rollouts,
         "generate",
         lambda model, proc, inputs, **k: (
             calls.append(inputs["input_ids"].shape[0]) or generate(model, proc, inputs, **k)

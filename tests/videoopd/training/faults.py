@@ -39,7 +39,7 @@ def install(fault: str, rank: int, step: int, setattr: Callable[[Any, str, Any],
     from accelerate import PartialState
 
     from videoopd.algo import objectives
-    from videoopd.training import loop
+    from videoopd.training import loop, reporting, run_setup
 
     if fault not in FAULTS:
         raise ValueError(f"fault must be one of {FAULTS}, got {fault!r}")
@@ -74,8 +74,8 @@ def install(fault: str, rank: int, step: int, setattr: Callable[[Any, str, Any],
             "teacher": (objectives.DistillationObjective, "score_step"),
             "student": (loop, "policy_head_forward"),
             "optimizer": (loop, "step_if_finite"),
-            "evaluation": (loop, "evaluate"),
-            "checkpoint": (loop, "save_checkpoint"),
+            "evaluation": (reporting, "evaluate"),  # where evaluate_held_out looks it up
+            "checkpoint": (run_setup, "save_checkpoint"),  # where PreparedRun.save_checkpoint looks it up
         }[fault]
         raising(target, name)
         return
