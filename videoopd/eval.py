@@ -190,6 +190,10 @@ def _input_identity(cfg: EvalConfig, summary: LoadSummary, device: str) -> dict[
 
 
 def main(argv: Iterable[str] | None = None) -> int:
+    """``python -m videoopd.eval``: parse the options, load the model and the records (every
+    problem reported with file and line), evaluate under the protocol, write the predictions,
+    their identity (``.meta.json``) and ``<stem>.metrics.json``; returns the exit status (2 for bad
+    input, in one line)."""
     # Evaluation reads local files only; make any accidental hub lookup fail fast.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

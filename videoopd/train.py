@@ -357,6 +357,9 @@ def resolve_config(argv: Sequence[str] | None = None) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m videoopd.train``: parse the options (the demo preset when no ``--student``), load
+    and check the models and data, run the post-training (or the demo) on the launch's engine;
+    returns the exit status (2 for bad input in one line; 128 + the signal when stopped by one)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -198,6 +198,8 @@ def _plan(
     headroom: float,
     rollout_batch_size: int,
 ) -> MemoryPlan:
+    """The plan's parts, each with the phases that hold it, for the checked settings of
+    :func:`plan_memory` (its docstring and the module's say what each part counts)."""
     g = num_generations if num_generations is not None else default_num_generations(objective)
     _check("num_generations", g, isinstance(g, int) and g >= 1, "an int >= 1")
     fsdp = engine == "fsdp2"
