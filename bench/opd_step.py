@@ -190,15 +190,9 @@ class StepRow:
 def qwen3_vl_config(tokenizer, shape: ModelShape, vocab: int):
     from transformers import Qwen3VLConfig
 
-    ids = {
-        name: tokenizer.convert_tokens_to_ids(token)
-        for name, token in (
-            ("image_token_id", "<|image_pad|>"),
-            ("video_token_id", "<|video_pad|>"),
-            ("vision_start_token_id", "<|vision_start|>"),
-            ("vision_end_token_id", "<|vision_end|>"),
-        )
-    }
+    from videoopd.qwen.tiny import vision_token_ids
+
+    ids = vision_token_ids(tokenizer)
     text = {
         "vocab_size": vocab,
         "hidden_size": shape.width,

@@ -161,7 +161,9 @@ def build_tiny_processor(
     )
 
 
-def _token_ids(tokenizer: Any) -> dict[str, int]:
+def vision_token_ids(tokenizer: Any) -> dict[str, int]:
+    """The Qwen-VL vision placeholder tokens' ids as a model config names them (image, video,
+    vision start / end); ValueError when the tokenizer lacks one."""
     ids = {
         name: tokenizer.convert_tokens_to_ids(token)
         for name, token in (
@@ -203,7 +205,7 @@ def build_tiny_model(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if hidden_size % 16 or vision_hidden_size % 16:
         raise ValueError("hidden_size and vision_hidden_size must be multiples of 16 (head_dim 16)")
-    ids = _token_ids(tokenizer)
+    ids = vision_token_ids(tokenizer)
     text = {
         "vocab_size": len(tokenizer),
         "hidden_size": hidden_size,
