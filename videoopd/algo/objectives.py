@@ -51,7 +51,7 @@ from videoopd.algo.teachers import teacher_router as teacher_router
 from videoopd.grounding.metrics import parse_span
 from videoopd.qwen.collators import concat_model_inputs, select_model_rows
 from videoopd.qwen.generation import Rollout, select_rollout_rows
-from videoopd.qwen.models import lm_head_weight
+from videoopd.qwen.models import lm_head_weight, tokenizer_of
 
 __all__: list[str] = []  # nothing here is promised: docs/api.md
 
@@ -282,7 +282,7 @@ class DistillationObjective(SampledObjective):
                     for r in rolled
                 ]
             return [self.micro_batch(ctx, r, self.submit(ctx, r.inputs, r.rollout, r.records)) for r in rolled]
-        pad = getattr(self.processor, "tokenizer", self.processor).pad_token_id
+        pad = tokenizer_of(self.processor).pad_token_id
         calls: dict[int, Any] = {}
         out = []
         for r in rolled:

@@ -12,7 +12,7 @@ import torch
 
 from videoopd.qwen.collators import concat_model_inputs
 from videoopd.qwen.generation import Rollout, generate, group_rollout_seeds, rollout_seed, split_rollout
-from videoopd.qwen.models import encode_vision, with_encoded_vision
+from videoopd.qwen.models import encode_vision, tokenizer_of, with_encoded_vision
 
 __all__: list[str] = []  # nothing here is promised: docs/api.md
 
@@ -171,7 +171,7 @@ def sample_rollouts(
             seeds += [rollout_seed(seed, ctx.step, record.id) for record in records]
         inputs.append(to_device(batch["inputs"], ctx.device))
         encoded.append(encode_vision(ctx.model, inputs[-1]) if reuse_vision else None)
-    pad = getattr(processor, "tokenizer", processor).pad_token_id
+    pad = tokenizer_of(processor).pad_token_id
     joint = concat_model_inputs([with_encoded_vision(i, e) for i, e in zip(inputs, encoded)], pad)
     rollout = generate(
         ctx.model,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from videoopd.qwen.models import concat_encoded_vision
+from videoopd.qwen.models import concat_encoded_vision, tokenizer_of
 from videoopd.qwen.processing import processor_inputs
 from videoopd.qwen.prompts import (
     ANSWER_PREFIXES,
@@ -182,7 +182,7 @@ class SFTCollator:
             raise ValueError(f"prompt_style must be one of {sorted(PROMPT_STYLES)}, got {prompt_style!r}")
         self.processor = processor
         self.system_prompt = system_prompt
-        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer = tokenizer_of(processor)
         self.prompt_style = prompt_style
         self.end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
 

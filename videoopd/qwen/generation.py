@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from videoopd.qwen.collators import first_column
-from videoopd.qwen.models import call_as_forward, full_weights_gathered, is_fsdp_sharded
+from videoopd.qwen.models import call_as_forward, full_weights_gathered, is_fsdp_sharded, tokenizer_of
 
 __all__ = ["Rollout", "generate"]
 
@@ -217,7 +217,7 @@ def generate(
     token). Vision placeholder tokens are never generated:
     the scoring pass would read them as video slots.
     """
-    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer = tokenizer_of(processor)
     gen_kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "use_cache": True,

@@ -262,7 +262,8 @@ def load_policy(
     )
 
 
-def _tokenizer_of(processor_or_tokenizer: Any) -> Any:
+def tokenizer_of(processor_or_tokenizer: Any) -> Any:
+    """The tokenizer of a processor, or the tokenizer itself."""
     return getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
 
 
@@ -270,7 +271,7 @@ def pair_facts(model: Any, processor: Any) -> dict[str, Any]:
     """What :func:`check_pair_facts` compares of a model and its processor (small, picklable:
     a teacher elsewhere sends it once): the family, the tokenizer's vocabulary and special
     ids, the head's rows and the tokenizer's length."""
-    tok = _tokenizer_of(processor)
+    tok = tokenizer_of(processor)
     return {
         "model_type": unwrap_peft(model).config.model_type,
         "vocab": tok.get_vocab(),
