@@ -156,18 +156,8 @@ class SampledObjective:
         ]
 
     def rollout(self, ctx: GenerationContext, batch: dict[str, Any]) -> RolledBatch:
-        """One micro-batch's rollout, generated alone."""
-        return sample_rollouts(
-            ctx,
-            [batch],
-            self.processor,
-            seed=self.seed,
-            num_generations=self.num_generations,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_new_tokens=self.max_new_tokens,
-            reuse_vision=self.reuse_vision,
-        )[0]
+        """One micro-batch's rollout, generated alone (a step of one micro-batch is one call)."""
+        return self.rollout_step(ctx, [batch])[0]
 
     def score_step(self, ctx: GenerationContext, rolled: list[RolledBatch]) -> list[MicroBatch]:
         return [self.score(ctx, r) for r in rolled]
