@@ -11,7 +11,8 @@ of ``videoopd.train``'s CPU demo (tiny Qwen3-VL student and teacher, gloo), one 
 without touching the library:
 
 - the phases are the loop's own (``videoopd.training.loop.PhaseTimer``: rollout, teacher, student,
-  optimizer; the held-out evaluation as ``evaluation``; everything else ``other``);
+  optimizer, with the update after the row's sync, ``loop.apply_update``, in optimizer; the
+  held-out evaluation as ``evaluation``; everything else ``other``);
 - collectives by kind (all_gather, reduce_scatter, all_reduce, broadcast, ...), count and bytes
   (the full, unsharded buffer of each call), from a ``TorchDispatchMode`` that sees every c10d op
   (``dist.*``, FSDP2's ``all_gather_single`` / ``reduce_scatter_single``, DDP's reducer) and
@@ -189,17 +190,19 @@ def install(out: Path) -> Ledger:
         with phase(name), timer_call(self, name):
             yield
 
-    def evaluation(fn):
+    def within(name: str, fn):
         def wrapped(*args, **kwargs):
-            with phase("evaluation"):
+            with phase(name):
                 return fn(*args, **kwargs)
 
         return wrapped
 
     loop.PhaseTimer.__call__ = timed_phase
+    # the AdamW update runs after the row's sync, outside the loop's timed phases: the optimizer's
+    loop.apply_update = within("optimizer", loop.apply_update)
     # where the loop's evaluation looks it up (PreparedRun.evaluate)
-    run_setup.evaluate_held_out = evaluation(run_setup.evaluate_held_out)
-    post_training.evaluate_held_out = evaluation(post_training.evaluate_held_out)
+    run_setup.evaluate_held_out = within("evaluation", run_setup.evaluate_held_out)
+    post_training.evaluate_held_out = within("evaluation", post_training.evaluate_held_out)
     generate = transformers.GenerationMixin.generate
 
     def counted_generate(self, *args, **kwargs):

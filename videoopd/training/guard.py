@@ -5,7 +5,10 @@ Every process must take the same decision without a collective of its own. The s
 makes one that every gradient passes through: the engine's gradient all-reduce (DDP) or
 reduce-scatter (FSDP2), then under FSDP2 the all-reduce of the clipping norm. A NaN or inf in
 any process's gradients reaches every process's total gradient norm through them (a sum with a
-NaN is NaN), so the norm, read once on the host, is the agreed flag. A non-finite loss whose
+NaN is NaN), so the norm is the agreed flag. It reaches the host with the step's metrics row, in
+that row's one all-gather and host sync (:func:`videoopd.training.distributed.reduce_step_metrics`),
+and only then does the loop step or skip (:func:`step_if_finite`): the guard adds no collective
+and no host sync of its own. A non-finite loss whose
 gradients happen to be finite is folded into the same path before the backward
 (:func:`flag_nonfinite_loss`). A skipped step leaves the weights (and fp32 masters), the
 optimizer's moments and step counts and the schedule as they were, and drops the gradients.
@@ -46,10 +49,11 @@ def agreed_grad_norm(accelerator: Any, params: list[torch.Tensor], max_norm: flo
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def step_if_finite(optimizer: Any, scheduler: Any, grad_norm: torch.Tensor) -> bool:
-    """Step ``optimizer`` and ``scheduler`` when ``grad_norm`` is finite (one host read of the
-    agreed norm); returns whether it stepped. The caller drops the gradients either way."""
-    if not bool(torch.isfinite(grad_norm)):
+def step_if_finite(optimizer: Any, scheduler: Any, agreed_norm: float) -> bool:
+    """Step ``optimizer`` and ``scheduler`` when ``agreed_norm`` (the step's total gradient norm,
+    a host float the same on every process: the row's one host sync brought it) is finite;
+    returns whether it stepped. The caller drops the gradients either way."""
+    if not math.isfinite(agreed_norm):
         return False
     optimizer.step()
     scheduler.step()

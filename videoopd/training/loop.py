@@ -3,7 +3,7 @@ process or many (accelerate: DDP, FSDP2).
 
 Read :func:`train`: :func:`setup_run` prepares the run (LoRA, optimizer, schedule, engine,
 state, data, metrics log) as one :class:`PreparedRun`, then each optimizer step runs
-:func:`optimizer_step`:
+:func:`step_gradients`:
 
 1. ``rollout``: the objective generates for the step's ``gradient_accumulation_steps`` micro-batches together
    (OPD: the student samples one answer per prompt, in as few generate calls as
@@ -17,13 +17,15 @@ state, data, metrics log) as one :class:`PreparedRun`, then each optimizer step 
    student's forward (:func:`videoopd.qwen.models.policy_head_forward`) and divided by the
    step's units (sequences or tokens) summed over micro-batches *and processes*, gradients
    synchronised on the last micro-batch only;
-4. ``optimizer``: clip, AdamW step, schedule step; a step whose loss or gradients are NaN/inf
-   on any process is skipped by every process and counted (:mod:`videoopd.training.guard`);
+4. ``optimizer``: the gradients clipped and their total norm, the same on every process;
 
-then logs its row (:func:`step_row`; one collective + one host sync), evaluates and saves
-(:class:`PreparedRun`'s methods). :func:`train` returns the results, a :class:`TrainSummary`.
-Only the main process writes files and shows progress; every process evaluates its share of
-the held-out set.
+then reduces its row (:func:`reduce_step_metrics`: one collective, the step's one host sync,
+which brings the agreed norm to the host), updates (:func:`apply_update`: AdamW and schedule
+step, unless the norm is NaN/inf: a step whose loss or gradients are non-finite on any process is
+skipped by every process and counted, :mod:`videoopd.training.guard`), logs the row
+(:func:`step_row`), evaluates and saves (:class:`PreparedRun`'s methods). :func:`train` returns
+the results, a :class:`TrainSummary`. Only the main process writes files and shows progress;
+every process evaluates its share of the held-out set.
 
 Where they live: the engine's pieces (accelerator, optimizer, schedule, data stream, phase timer) in
 :mod:`videoopd.training.engine`, the run's setup in :mod:`videoopd.training.run_setup`, its results in
@@ -63,7 +65,7 @@ from videoopd.training.run_setup import setup_run as setup_run
 __all__: list[str] = []  # nothing here is promised: docs/api.md
 
 
-def optimizer_step(
+def step_gradients(
     step: int,
     accelerator: Any,
     wrapper: Any,
@@ -71,11 +73,13 @@ def optimizer_step(
     objective: Objective,
     data: Iterator[dict[str, Any]],
     optimizer: Any,
-    scheduler: Any,
     masters: MasterWeights | None,
     cfg: RunOptions,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], PhaseTimer, list[str]]:
-    """One optimizer step; returns (metric sums, per-process values, phase timer, record ids)."""
+    """One optimizer step up to its update: the step's clipped gradients and, in the per-process
+    values, their agreed total norm (``grad_norm``, on the device; :func:`apply_update` takes it
+    once the row's sync has brought it to the host). Returns (metric sums, per-process values,
+    phase timer, record ids)."""
     device = accelerator.device
     world = accelerator.num_processes
     timer = PhaseTimer(device)
@@ -122,21 +126,26 @@ def optimizer_step(
             masters.grads_to_masters()
         params = [p for g in optimizer.param_groups for p in g["params"]]
         grad_norm = agreed_grad_norm(accelerator, params, cfg.max_grad_norm)
-        stepped = step_if_finite(optimizer, scheduler, grad_norm)  # every process alike: the norm is agreed
-        optimizer.zero_grad(set_to_none=True)
-        if masters is not None:
-            masters.masters_to_model()
     per_rank: dict[str, Any] = {
         "peak_mem_mb": peak_memory_mb(device),
-        "skipped_step": float(not stepped),
+        "grad_norm": grad_norm,
         "teacher_wait_s": teacher_wait,
         "teacher_bytes": float(teacher_bytes),
         "teacher_busy_s": teacher_busy,
     }
-    if cfg.max_grad_norm > 0:
-        per_rank["grad_norm"] = grad_norm
     ids = [r.id for m in micro for r in m.records]
     return sums, per_rank, timer, ids
+
+
+def apply_update(optimizer: Any, scheduler: Any, masters: MasterWeights | None, agreed_norm: float) -> bool:
+    """The step's update, after its row's host sync brought ``agreed_norm`` (the same on every
+    process): AdamW and schedule step unless it is NaN/inf (:func:`step_if_finite`), the gradients
+    dropped either way, the fp32 masters written back. Returns whether it stepped."""
+    stepped = step_if_finite(optimizer, scheduler, agreed_norm)
+    optimizer.zero_grad(set_to_none=True)
+    if masters is not None:
+        masters.masters_to_model()
+    return stepped
 
 
 def train(
@@ -184,6 +193,7 @@ def train(
         log=log,
     )
     state, start = run.state, time.perf_counter()
+    update_s = 0.0  # the last step's update: it runs after that step's row, so the next row counts it
     try:
         with StopSignals(announce=run.main) as stop:
             run.evaluate_on_entry()
@@ -192,22 +202,17 @@ def train(
                     run.start_round(step)
                 t0 = time.perf_counter()
                 lr = run.scheduler.get_last_lr()[0]
-                sums, per_rank, timer, ids = optimizer_step(
-                    step,
-                    accelerator,
-                    run.wrapper,
-                    run.model,
-                    objective,
-                    run.data,
-                    run.optimizer,
-                    run.scheduler,
-                    run.masters,
-                    cfg,
+                sums, per_rank, timer, ids = step_gradients(
+                    step, accelerator, run.wrapper, run.model, objective, run.data, run.optimizer, run.masters, cfg
                 )
                 per_rank["stop_signal"] = float(stop.signum or 0)
                 per_rank["skipped_videos"] = float(len(run.data.failed))
-                per_rank["train_time_s"] = state.train_time_s + (time.perf_counter() - t0)
+                per_rank["train_time_s"] = state.train_time_s + update_s + (time.perf_counter() - t0)
                 summed, ranks = reduce_step_metrics(accelerator, sums, per_rank)  # the step's one host sync
+                updating = time.perf_counter()
+                # every process alike: the norm is agreed, and each reads the same gathered value
+                stepped = apply_update(run.optimizer, run.scheduler, run.masters, ranks["grad_norm"][0])
+                update_s = time.perf_counter() - updating
                 elapsed = time.perf_counter() - t0
                 # the same on every process: the budget stops them together
                 state.step, state.epoch, state.batches_in_epoch = step, run.data.epoch, run.data.batches_in_epoch
@@ -226,6 +231,7 @@ def train(
                     processes=accelerator.num_processes,
                     time_s=time.perf_counter() - start,
                     train_time=state.train_time_s,
+                    skipped=not stepped,
                 )
                 row = run.count_skipped(step, row, ids)
                 run.record(row)

@@ -94,14 +94,16 @@ def step_row(
     processes: int,
     time_s: float,
     train_time: float,
+    skipped: bool,
 ) -> dict[str, Any]:
-    """A step's row of ``metrics.jsonl`` from its reduced metrics (:func:`reduce_step_metrics`)."""
+    """A step's row of ``metrics.jsonl`` from its reduced metrics (:func:`reduce_step_metrics`);
+    ``skipped``: the guard skipped its update (:mod:`videoopd.training.guard`)."""
     return {
         "step": step,
         "loss": summed["loss"],
         **objective.summarize(summed),
         "lr": lr,
-        "grad_norm": ranks["grad_norm"][0] if "grad_norm" in ranks else None,
+        "grad_norm": ranks["grad_norm"][0],  # the same on every process
         "tokens_per_s": summed.get("context_tokens", 0.0) / step_time,
         "step_time_s": step_time,
         **{f"time/{k}_s": v for k, v in timer.seconds().items()},
@@ -111,7 +113,7 @@ def step_row(
         "peak_mem_mb": max(ranks["peak_mem_mb"]),
         "peak_mem_mb_per_rank": ranks["peak_mem_mb"],
         "skipped_videos": int(sum(ranks["skipped_videos"])),
-        "skipped_step": ranks["skipped_step"][0],  # the same on every process
+        "skipped_step": float(skipped),
         "processes": processes,
         "time_s": time_s,
         "train_time_s": train_time,

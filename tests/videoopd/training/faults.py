@@ -61,13 +61,13 @@ def install(fault: str, rank: int, step: int, setattr: Callable[[Any, str, Any],
 
         setattr(target, name, wrapped)
 
-    stepping = loop.optimizer_step
+    stepping = loop.step_gradients
 
-    def optimizer_step(step_now, *args, **kwargs):  # the loop's step, for the phases below
+    def step_gradients(step_now, *args, **kwargs):  # the loop's step, for the phases below
         now["step"], now["micro"] = step_now, 0
         return stepping(step_now, *args, **kwargs)
 
-    setattr(loop, "optimizer_step", optimizer_step)
+    setattr(loop, "step_gradients", step_gradients)
     if fault in RAISING:
         target, name = {
             "rollout": (objectives.SampledObjective, "rollout_step"),

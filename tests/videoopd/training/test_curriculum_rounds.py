@@ -76,7 +76,7 @@ def test_two_rounds_log_and_resume(tmp_path, scorings, monkeypatch):
     # the same run, stopped by a real SIGTERM after step 3 (round 2's first step) and resumed
     scorings.clear()
     stopped = tmp_path / "stopped"
-    step_of = L.optimizer_step
+    step_of = L.step_gradients
 
     def stop_after_three(step, *args, **kwargs):
         out = step_of(step, *args, **kwargs)
@@ -84,9 +84,9 @@ def test_two_rounds_log_and_resume(tmp_path, scorings, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
-    monkeypatch.setattr(L, "optimizer_step", stop_after_three)
+    monkeypatch.setattr(L, "step_gradients", stop_after_three)
     assert T.main([*ROUNDS, "--output-dir", str(stopped)]) == 128 + signal.SIGTERM
-    monkeypatch.setattr(L, "optimizer_step", step_of)
+    monkeypatch.setattr(L, "step_gradients", step_of)
     scorings.clear()
     assert T.main([*ROUNDS, "--output-dir", str(stopped), "--resume-from-checkpoint", "auto"]) == 0
     # the teacher's cached scores are read back (no answer generated); round 2's selection comes

@@ -5,17 +5,21 @@ in a row, naming the steps and records; a resumed run counts as the uninterrupte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import traceback
 
 import faults  # noqa: E402  (this folder's)
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from videoopd import train as T
 from videoopd.data.annotations import load_annotations
 from videoopd.qwen.models import prepare_policy
 from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+from videoopd.training import loop
 from videoopd.training.guard import TooManySkippedSteps, flag_nonfinite_loss
 from videoopd.training.loop import make_accelerator
 from videoopd.training.post_training import run_post_training
@@ -129,3 +133,57 @@ def test_resume_counts_skipped_steps_as_the_uninterrupted_run(synthetic_dir, tmp
         train(synthetic_dir, out, 4, max_skipped_steps=1, resume_from_checkpoint="auto")
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in logged if "loss" in r] == [0, 1, 2]
+
+
+HOST_READS = {"__bool__", "item", "tolist", "__float__", "__int__", "__index__", "numpy", "__array__", "cpu"}
+
+
+class HostReads(TorchFunctionMode):
+    """Every read of a tensor's value by the host (on a GPU: a host sync) but torch.optim's own:
+    AdamW reads the step counts it keeps on the CPU for that reason (also on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS and not any("torch/optim/" in f.filename for f in traceback.extract_stack(limit=8)):
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])
+def test_the_guard_adds_no_host_sync(synthetic_dir, tmp_path, monkeypatch, max_grad_norm):
+    """From the optimizer phase to the update's end (clipping, the agreed norm, the row's reduce,
+    the decision, AdamW and the schedule) the host reads one value a step: the row's, which
+    brings the norm; on a skipped step too."""
+    reads: list[list[str]] = []
+
+    class CountingTimer(loop.PhaseTimer):
+        @contextlib.contextmanager
+        def __call__(self, name):
+            if name == "optimizer":  # the counting starts here and ends with the update
+                mode = HostReads()
+                mode.__enter__()
+                reads.append(mode.seen)
+                monkeypatch.setattr(loop, "apply_update", ending(mode))
+            with super().__call__(name):
+                yield
+
+    update = loop.apply_update
+
+    def ending(mode):
+        def apply_update(*args):
+            try:
+                return update(*args)
+            finally:
+                mode.__exit__(None, None, None)
+
+        return apply_update
+
+    monkeypatch.setattr(loop, "PhaseTimer", CountingTimer)
+    inject(monkeypatch, "nan_gradient", 2)
+    summary, _ = train(synthetic_dir, tmp_path / "run", 3, max_grad_norm=max_grad_norm)
+    assert [r["skipped_steps"] for r in summary.steps] == [0, 1, 1]
+    assert reads == [["tolist"]] * 3
