@@ -7,41 +7,23 @@ so failed rows must come back in their places, one in each share."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from launching import ROOT, accelerate_launch, launch_env
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]  # 2-process launches: not in the fast lane
 
-ROOT = Path(__file__).resolve().parents[3]
 RUNNER = Path(__file__).with_name("distributed_eval.py")
 
 
 def launch(data: Path, out: Path, processes: int) -> list[dict]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     args = [str(RUNNER), "--data", str(data), "--out", str(out)]
-    if processes == 1:
-        cmd = [sys.executable, *args]
-    else:  # no --cpu: accelerate would start one process (see tests/videoopd/training/test_distributed.py)
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--num_processes",
-            str(processes),
-            "--config_file",
-            str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
-            "--mixed_precision",
-            "no",
-            "--main_process_port",
-            "0",
-            *args,
-        ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    cmd = [sys.executable, *args] if processes == 1 else accelerate_launch(processes, "ddp.yaml", *args)
+    result = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
 

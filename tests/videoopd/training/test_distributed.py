@@ -21,56 +21,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from launching import ROOT, accelerate_launch, launch_env
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]  # 2-process launches: not in the fast lane
 
-ROOT = Path(__file__).resolve().parents[3]
 STUDENT = ROOT / "videoopd" / "demo" / "assets" / "demo_student" / "model.safetensors"
 RUNNER = Path(__file__).with_name("distributed_opd.py")
-CONFIGS = ROOT / "configs" / "accelerate"
 
 
 def launch(
     args: list[str], processes: int, config: str | None = None, timeout: int = 420, mixed_precision: str | None = "no"
 ) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)  # the torch backend on CPU either way
-    if processes == 1:
-        cmd = [sys.executable, *args]
-    else:
-        precision = [] if mixed_precision is None else ["--mixed_precision", mixed_precision]  # None: the config's
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--num_processes",
-            str(processes),
-            "--config_file",
-            str(CONFIGS / config),
-            *precision,
-            "--main_process_port",
-            "0",
-            *args,
-        ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from videoopd.data.synthetic import generate_dataset
-
-    # 4 prompts: with 2 per step, steps 1-2 are one epoch and step 3 starts the next
-    return generate_dataset(
-        tmp_path_factory.mktemp("dist_data"),
-        num_videos=4,
-        seed=0,
-        duration=8.0,
-        fps=4,
-        height=64,
-        width=96,
-        events_per_video=1,
+    cmd = (
+        [sys.executable, *args]
+        if processes == 1
+        else accelerate_launch(processes, config, *args, mixed_precision=mixed_precision)
     )
+    result = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
 
 
 def run(
@@ -254,32 +222,17 @@ def test_fsdp2_sigterm_then_resume_equals_an_uninterrupted_run(data, tmp_path):
 
     whole = run(data, tmp_path / "whole", 2, 1, "fsdp2.yaml", "--steps", "6")
     out = tmp_path / "stopped"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "2",
-        "--config_file",
-        str(CONFIGS / "fsdp2.yaml"),
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        "0",
-        str(RUNNER),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--per-device-train-batch-size",
-        "1",
-        "--steps",
-        "6",
-    ]
+    cmd = accelerate_launch(
+        2, "fsdp2.yaml", str(RUNNER), "--data", str(data), "--out", str(out), "--per-device-train-batch-size", "1"
+    )
     proc = subprocess.Popen(
-        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        [*cmd, "--steps", "6"],
+        env=launch_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     metrics = out / "run" / "metrics.jsonl"
     deadline = time.time() + 300

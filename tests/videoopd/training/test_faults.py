@@ -7,67 +7,26 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import faults  # this folder's
 import pytest
 import torch
+from launching import ROOT, accelerate_launch, launch_env
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]  # 2-process launches: not in the fast lane
 
-ROOT = Path(__file__).resolve().parents[3]
 RUNNER = Path(__file__).with_name("distributed_opd.py")
-CONFIGS = ROOT / "configs" / "accelerate"
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from videoopd.data.synthetic import generate_dataset
-
-    return generate_dataset(
-        tmp_path_factory.mktemp("fault_data"),
-        num_videos=4,
-        seed=0,
-        duration=8.0,
-        fps=4,
-        height=64,
-        width=96,
-        events_per_video=1,
-    )
 
 
 def launch(data: Path, out: Path, config: str, *extra: str, timeout: int = 420) -> tuple[int, str, float]:
     """(exit status, output, seconds) of distributed_opd.py on 2 processes."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "2",
-        "--config_file",
-        str(CONFIGS / config),
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        "0",
-        str(RUNNER),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--eval-limit",
-        "2",
-        *extra,
-    ]
+    cmd = accelerate_launch(2, config, str(RUNNER), "--data", str(data), "--out", str(out), "--eval-limit", "2", *extra)
     start = time.monotonic()
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    result = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     return result.returncode, result.stdout + result.stderr, time.monotonic() - start
 
 

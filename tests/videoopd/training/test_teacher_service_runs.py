@@ -12,6 +12,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from launching import accelerate_launch, launch_env  # noqa: E402
+
 from tests.videoopd.training.test_distributed import launch  # noqa: E402
 from videoopd.algo.teacher_service import TeacherService  # noqa: E402
 from videoopd.data.video import DecodeConfig  # noqa: E402
@@ -164,10 +166,9 @@ def test_a_replica_that_stays_dead_stops_every_process(service, tmp_path):
     import os
     import signal
     import subprocess
-    import sys
     import time
 
-    from tests.videoopd.training.test_distributed import CONFIGS, ROOT
+    from tests.videoopd.training.test_distributed import ROOT
 
     _, address = service
     decode_config = DecodeConfig.for_processor(
@@ -183,18 +184,9 @@ def test_a_replica_that_stays_dead_stops_every_process(service, tmp_path):
         delay_s=2.0,
     )
     (pid,) = doomed.pids()
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "2",
-        "--config_file",
-        str(CONFIGS / "ddp.yaml"),
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        "0",
+    cmd = accelerate_launch(
+        2,
+        "ddp.yaml",
         *DEMO,
         "--max-steps",
         "20",
@@ -208,9 +200,10 @@ def test_a_replica_that_stays_dead_stops_every_process(service, tmp_path):
         address,
         "--teacher-service-name",
         "doomed",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    )
+    proc = subprocess.Popen(
+        cmd, env=launch_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.monotonic() + 300
         while doomed.scored_microbatches()[0] < 2 and time.monotonic() < deadline:  # the run is stepping
