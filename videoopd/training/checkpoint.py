@@ -226,7 +226,10 @@ def install_model_hooks(accelerator: Any, processor: Any) -> None:
         if accelerator.is_main_process:
             folder = Path(output_dir) / MODEL_FOLDER
             model = accelerator.unwrap_model(models[0])
-            model.save_pretrained(folder, state_dict=model.state_dict())
+            # the model's own key names, which load_model_folder reads back as they are: transformers
+            # would write a family's older names (Qwen2.5-VL's `visual.*`, not `model.visual.*`)
+            own_names = {} if is_lora(model) else {"save_original_format": False}
+            model.save_pretrained(folder, state_dict=model.state_dict(), **own_names)
             processor.save_pretrained(folder)
         weights.clear()
 
