@@ -124,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from videoopd.training.distributed import leave_process_group
     from videoopd.training.loop import make_accelerator
     from videoopd.training.setup import check_device, check_model_folder, check_output_dir, load_pool
 
@@ -190,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, exc)
     except Preempted as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
+        leave_process_group()
         return exc.exit_code
     if summary.best_step is not None:
         say(f"best held-out mIoU {summary.best_mIoU:.2f} at step {summary.best_step} -> {out_dir / 'best'}")
@@ -197,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"final model -> {out_dir / 'final'}")
     if accelerator.is_main_process:
         say(f"run report: {', '.join(str(p) for p in write_run_report(out_dir, summary))}")
+    leave_process_group()
     return 0
 
 

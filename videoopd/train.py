@@ -364,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(argv) if argv is not None else sys.argv[1:]
+    from videoopd.training.distributed import leave_process_group
     from videoopd.training.loop import make_accelerator
     from videoopd.training.setup import check_device, check_model_folder, check_output_dir, load_pool
 
@@ -376,7 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cfg.student is None:
             from videoopd.demo.run import run_demo
 
-            return run_demo(cfg)
+            code = run_demo(cfg)
+            leave_process_group()
+            return code
         check_model_folder(cfg.student, "--student")
         teacher_paths = cfg.teachers()
         for name, path in teacher_paths.items():
@@ -388,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, exc)
     except Preempted as exc:  # the demo, stopped by a signal
         print(f"{PROG}: {exc}", file=sys.stderr)
+        leave_process_group()
         return exc.exit_code
     from videoopd.data.video import DecodeConfig
     from videoopd.qwen.models import check_pair, load_policy
@@ -458,7 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, exc)
     except Preempted as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
+        leave_process_group()
         return exc.exit_code
+    leave_process_group()
     return 0
 
 

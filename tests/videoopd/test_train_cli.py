@@ -209,7 +209,11 @@ def test_incompatible_pairs():
     check_pair(student, padded, tok, tok)  # a larger, padded head is fine
 
 
-def test_train_with_model_paths(capsys, tmp_path, checkpoints, synthetic_dir):
+def test_train_with_model_paths(capsys, tmp_path, checkpoints, synthetic_dir, monkeypatch):
+    from videoopd.training import distributed
+
+    left = []  # the command leaves the launch's process group once it has finished
+    monkeypatch.setattr(distributed, "leave_process_group", lambda: left.append(True))
     s, t = (str(c) for c in checkpoints)
     ann = str(synthetic_dir / "annotations.jsonl")
     out = tmp_path / "run"
@@ -247,6 +251,7 @@ def test_train_with_model_paths(capsys, tmp_path, checkpoints, synthetic_dir):
         ]
     )
     assert code == 0, capsys.readouterr().err
+    assert left == [True]
     assert (out / "eval_teacher.json").is_file() and (out / "eval_step0.json").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]

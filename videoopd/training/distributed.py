@@ -7,6 +7,7 @@ gather through :mod:`videoopd.evaluation.evaluate`.
 - :func:`place_teacher`: the frozen teacher, sharded by FSDP2 or replicated on each device.
 - :func:`unsupported_engine`: a clear error for engines the loop does not run on.
 - :func:`reduce_step_metrics`: one collective and one host sync per logged step.
+- :func:`leave_process_group`: the end of a command that finished, on every process.
 """
 
 from __future__ import annotations
@@ -108,3 +109,17 @@ def reduce_step_metrics(
     summed = {k: sum(row[i] for row in table) for i, k in enumerate(keys)}
     ranks = {k: [row[len(keys) + i] for row in table] for i, k in enumerate(rank_keys)}
     return summed, ranks
+
+
+def leave_process_group() -> None:
+    """End this process's part of a launch whose command finished (every process calls it): wait
+    for the others, then destroy the default process group while the interpreter is still whole.
+    A process that exits without it can abort in gloo's threads at interpreter exit (SIGABRT,
+    "terminate called without an active exception": pytorch/pytorch#190489), which fails a
+    launch whose run had finished; NCCL warns of it. Nothing when no group was started."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return
+    dist.barrier()
+    dist.destroy_process_group()

@@ -29,6 +29,7 @@ def main() -> int:
     from videoopd.data.video import DecodeConfig
     from videoopd.evaluation.evaluate import evaluate
     from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+    from videoopd.training.distributed import leave_process_group
 
     # cpu=True: under accelerate launch without a GPU, the processes join one gloo group
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -60,7 +61,7 @@ def main() -> int:
         ),
         encoding="utf-8",
     )
-    accelerator.wait_for_everyone()
+    leave_process_group()  # as the commands do
     return 0
 
 

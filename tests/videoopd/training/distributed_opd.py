@@ -77,6 +77,7 @@ def main() -> int:
     from videoopd.qwen.tiny import build_tiny_model, build_tiny_processor, build_tiny_tokenizer
     from videoopd.train import resolve_config
     from videoopd.training import loop
+    from videoopd.training.distributed import leave_process_group
     from videoopd.training.loop import make_accelerator
     from videoopd.training.post_training import run_post_training
     from videoopd.training.preemption import Preempted
@@ -222,7 +223,7 @@ def main() -> int:
         )
         + "\n"
     )
-    accelerator.wait_for_everyone()
+    leave_process_group()  # as the commands do
     return 0
 
 
