@@ -406,14 +406,20 @@ def full_weights_gathered(model: Any) -> Iterator[None]:
     try:
         yield
     finally:
+        for key, (auto, groups) in saved.items():
+            state = states[key]
+            state._auto_reshard_after_forward = auto
+            # The root keeps its parameters unsharded after forward once its first forward has
+            # made it the root (FSDP2's lazy init): that forward may have run in this block, after
+            # the settings were saved, and restoring them would have it gathered again in every
+            # backward.
+            keep = state._is_root and auto
+            for group, mesh_info in groups:
+                group.post_forward_mesh_info = None if keep else mesh_info
         for unit in units:
             # units the engine keeps unsharded after forward (the root, the head's group) stay so
-            if any(mesh is not None for _, mesh in saved[id(unit._get_fsdp_state())][1]):
+            if any(group.post_forward_mesh_info is not None for group in unit._get_fsdp_state()._fsdp_param_groups):
                 unit.reshard()
-        for key, (auto, groups) in saved.items():
-            states[key]._auto_reshard_after_forward = auto
-            for group, mesh_info in groups:
-                group.post_forward_mesh_info = mesh_info
 
 
 def is_fsdp_sharded(model: Any) -> bool:

@@ -51,6 +51,7 @@ def main() -> int:
         help="pad the teacher's vocabulary (embedding and head) to this many rows",
     )
     parser.add_argument("--rollout-batch-size", type=int, default=0)
+    parser.add_argument("--gather-for-generation", default="true")
     parser.add_argument("--ddp-timeout", type=int, default=None)
     parser.add_argument("--report-to", default="none")
     parser.add_argument("--fault", default=None, help="a fault of faults.FAULTS to inject")
@@ -162,6 +163,8 @@ def main() -> int:
             "--report-to",
             args.report_to,
             *(["--ddp_timeout", str(args.ddp_timeout)] if args.ddp_timeout else []),
+            "--gather-for-generation",
+            args.gather_for_generation,
             *(["--resume-from-checkpoint", args.resume_from_checkpoint] if args.resume_from_checkpoint else []),
         ]
     )

@@ -330,6 +330,22 @@ def test_fsdp2_rollouts_gather_the_student_once_per_generate_call(data, tmp_path
     one = run(data, tmp_path / "one", 1, 2, None, *common, "--max-new-tokens", "24")
     assert long["ranks"][0]["losses"] == pytest.approx(one["ranks"][0]["losses"], rel=1e-5, abs=1e-7)
     assert max_weight_difference(long["weights"], one["weights"]) < 1e-5
+    # and the student's forward and backward gather as they do without it: the first rollout
+    # (the model's first forward) left the root kept unsharded after forward, as FSDP2 makes it
+    per_unit = run(
+        data,
+        tmp_path / "per_unit",
+        2,
+        1,
+        "fsdp2.yaml",
+        *common,
+        "--max-new-tokens",
+        "4",
+        "--gather-for-generation",
+        "false",
+    )
+    student = [two["ranks"][0]["all_gathers"]["student"] for two in (short, per_unit)]
+    assert student[0] == student[1], student
 
 
 def test_fsdp2_exact_objective_keeps_one_teacher_head(data, tmp_path):
