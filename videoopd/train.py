@@ -290,9 +290,9 @@ class TrainConfig(
             )
 
 
-# --preset NAME: configs/presets/NAME.yaml
+# --preset NAME: videoopd/presets/NAME.yaml
 PRESET_HELP = (
-    "a recipe from configs/presets/NAME.yaml (its values are the defaults shown below): demo (what no "
+    "a recipe from videoopd/presets/NAME.yaml (its values are the defaults shown below): demo (what no "
     "--student resolves to): the CPU demo on synthetic videos with the shipped tiny models; video-opd: the "
     "paper's (temperature 0.9, learning rate 1e-6, effective batch 32 as 1 x 32 accumulation on one "
     "process, fps 2, 768 frames, 14,336 visual tokens a video (TimeLens's budget), vision frozen, sampled "

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -10,6 +11,8 @@ from videoopd import train as T
 from videoopd.qwen.models import check_pair
 from videoopd.qwen.tiny import build_tiny_model, build_tiny_tokenizer, save_tiny_checkpoint
 from videoopd.training.config import PRESET_DIR, RENAMED, ConfigError, save_config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help_documents_every_option(capsys):
@@ -453,11 +456,9 @@ def test_max_steps_given_is_never_replaced_by_the_curriculum(capsys):
     """The issue's repro: ``--config configs/train.yaml --max-steps 2`` ran the curriculum's 237
     steps. A --max-steps given (flag or YAML) that differs from rounds x steps per round is now
     refused with both named; one from the preset or the default is the curriculum's to set."""
-    from pathlib import Path
-
     from videoopd.training.curriculum import check_max_steps
 
-    train_yaml = str(Path(__file__).resolve().parents[2] / "configs" / "train.yaml")
+    train_yaml = str(ROOT / "configs" / "train.yaml")
     cfg = T.resolve_config(["--config", train_yaml, "--max-steps", "2"])
     assert cfg.rounds == 3 and "max_steps" in cfg.given and "rounds" not in cfg.given
     with pytest.raises(ConfigError, match=r"--max-steps 2 contradicts the TVDF curriculum's 3 rounds x 79 steps = 237"):
@@ -471,7 +472,7 @@ def test_max_steps_given_is_never_replaced_by_the_curriculum(capsys):
 
 
 def test_presets_are_the_yaml_files():
-    """One source per preset: configs/presets/NAME.yaml is what --preset NAME applies, and
+    """One source per preset: videoopd/presets/NAME.yaml is what --preset NAME applies, and
     configs/train.yaml names its preset instead of repeating it."""
     from videoopd.demo.teacher import DEMO_PIXELS
     from videoopd.training.config import load_preset, preset_names
@@ -485,7 +486,20 @@ def test_presets_are_the_yaml_files():
     assert demo["min_pixels"] == demo["max_pixels"] == DEMO_PIXELS  # the frames the demo models learnt on
     with pytest.raises(ConfigError, match=r"unknown preset 'paper'; choose from \['demo', 'video-opd'\]"):
         T.resolve_config(["--preset", "paper"])
-    assert T.resolve_config(["--config", str(PRESET_DIR.parent / "train.yaml")]).preset == "video-opd"
+    assert T.resolve_config(["--config", str(ROOT / "configs" / "train.yaml")]).preset == "video-opd"
+
+
+def test_presets_are_installed_with_the_package():
+    """The demo (no --student) and --preset read them: a wheel has no repository beside it, so they
+    live in the package and its package data names them."""
+    import videoopd
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    package = Path(videoopd.__file__).resolve().parent
+    assert PRESET_DIR.parent == package and sorted(PRESET_DIR.glob("*.yaml"))
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["videoopd"]
+    assert all(any(f.relative_to(package).match(pattern) for pattern in data) for f in PRESET_DIR.glob("*.yaml"))
 
 
 def test_help_is_grouped_and_shows_the_resolved_defaults(capsys):

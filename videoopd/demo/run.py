@@ -36,7 +36,7 @@ __all__: list[str] = []  # nothing here is promised: docs/api.md
 class DemoOptions(Options):
     """demo
 
-    The demo's other settings are ``--preset demo`` (configs/presets/demo.yaml)."""
+    The demo's other settings are ``--preset demo`` (videoopd/presets/demo.yaml)."""
 
     demo_videos: int = opt("demo: synthetic videos (half for OPD prompts, half held out)", 160, ge=2, run_defining=True)
 

@@ -11,7 +11,7 @@ The option groups (one dataclass each: data, frames and decoding, model, optimis
 evaluation, checkpointing, LoRA, logging) are shared by ``videoopd.train``, ``videoopd.sft``
 and ``videoopd.eval`` where the option is the same; a command adds its own groups and its own
 defaults (``command_defaults``). One precedence rule holds everywhere (:func:`parse_config`):
-field defaults < command defaults < ``--preset`` (``configs/presets/NAME.yaml``) < ``--config``
+field defaults < command defaults < ``--preset`` (``videoopd/presets/NAME.yaml``) < ``--config``
 YAML < command-line flags. Parsing is transformers' ``HfArgumentParser``: every field is a
 ``--flag_name`` (or ``--flag-name``); booleans take true/false (a boolean flag alone means true,
 ``--no_flag`` turns off one that defaults to true). Options that HF Trainer or TRL also have

@@ -37,8 +37,9 @@ RENAMED: dict[str, tuple[str, ...]] = {
     "clip_eps": ("epsilon",),
     "num_workers": ("dataloader_num_workers",),
 }
-# The presets (``--preset NAME``): configs/presets/NAME.yaml in the repository, one file each.
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "presets"
+# The presets (``--preset NAME``): videoopd/presets/NAME.yaml, one file each, installed with the
+# package (a wheel has no repository's configs/ beside it).
+PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
 
 
 def preset_names() -> tuple[str, ...]:
@@ -155,7 +156,7 @@ def read_yaml_options(path: Path, config_class: type) -> dict[str, Any]:
 
 
 def load_preset(name: str, config_class: type) -> dict[str, Any]:
-    """The options of preset ``name`` (``configs/presets/NAME.yaml``)."""
+    """The options of preset ``name`` (``videoopd/presets/NAME.yaml``)."""
     if name not in preset_names():
         raise ConfigError(f"unknown preset {name!r}; choose from {list(preset_names())} (files in {PRESET_DIR})")
     return read_yaml_options(PRESET_DIR / f"{name}.yaml", config_class)
