@@ -36,13 +36,16 @@ def flat(tensors) -> torch.Tensor:
     return torch.cat([t.detach().reshape(-1).double() for t in tensors])
 
 
-def train(synthetic_dir, out, steps: int, **options):
+def train(synthetic_dir, out, steps: int, dtype: torch.dtype = torch.float32, **options):
+    """``dtype`` bf16: the student gets fp32 master weights, which AdamW steps."""
     tok = build_tiny_tokenizer("qwen3_vl")
     proc = build_tiny_processor("qwen3_vl", tok)
     student = prepare_policy(
-        build_tiny_model("qwen3_vl", tok, seed=1, hidden_size=32), trainable=True, gradient_checkpointing=False
+        build_tiny_model("qwen3_vl", tok, seed=1, hidden_size=32).to(dtype),
+        trainable=True,
+        gradient_checkpointing=False,
     )
-    teacher = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=2, hidden_size=64), trainable=False)
+    teacher = prepare_policy(build_tiny_model("qwen3_vl", tok, seed=2, hidden_size=64).to(dtype), trainable=False)
     records, _ = load_annotations(synthetic_dir / "annotations.jsonl")
     # a warm-up over every step: each schedule step changes the lr
     cfg = T.TrainConfig(
@@ -64,6 +67,8 @@ def train(synthetic_dir, out, steps: int, **options):
         seen.append(
             {
                 "weights": flat(run.model.parameters()),
+                "stepped": flat(p for g in run.optimizer.param_groups for p in g["params"]),  # bf16: the masters
+                "has_masters": run.masters is not None,
                 "moments": flat(moments),
                 "schedule": run.scheduler.last_epoch,
                 "ids": ids,
@@ -88,11 +93,23 @@ def test_flag_keeps_a_finite_loss_bit_for_bit():
         assert torch.isnan(x.grad)
 
 
-# without clipping (--max-grad-norm 0) the guard computes the norm by itself
-@pytest.mark.parametrize("fault, max_grad_norm", [("nan_gradient", 1.0), ("nan_loss", 1.0), ("nan_gradient", 0.0)])
-def test_a_nonfinite_step_is_skipped_and_the_run_goes_on(synthetic_dir, tmp_path, monkeypatch, fault, max_grad_norm):
+# without clipping (--max-grad-norm 0) the guard computes the norm by itself; a bf16 student
+# steps fp32 masters
+@pytest.mark.parametrize(
+    "fault, max_grad_norm, dtype",
+    [
+        ("nan_gradient", 1.0, torch.float32),
+        ("nan_loss", 1.0, torch.float32),
+        ("nan_gradient", 0.0, torch.float32),
+        ("nan_gradient", 1.0, torch.bfloat16),
+    ],
+)
+def test_a_nonfinite_step_is_skipped_and_the_run_goes_on(
+    synthetic_dir, tmp_path, monkeypatch, fault, max_grad_norm, dtype
+):
     inject(monkeypatch, fault, 2)
-    summary, seen = train(synthetic_dir, tmp_path / "run", 3, max_grad_norm=max_grad_norm)
+    summary, seen = train(synthetic_dir, tmp_path / "run", 3, dtype, max_grad_norm=max_grad_norm)
+    assert seen[0]["has_masters"] == (dtype == torch.bfloat16)
     rows = summary.steps
     assert [r["skipped_steps"] for r in rows] == [s["skipped_steps"] for s in seen] == [0, 1, 1]
     assert "skipped_records" not in rows[0] and "skipped_records" not in rows[2]
@@ -101,10 +118,11 @@ def test_a_nonfinite_step_is_skipped_and_the_run_goes_on(synthetic_dir, tmp_path
         assert not math.isfinite(rows[1]["grad_norm"]) and math.isfinite(rows[2]["grad_norm"])
     # step 2 changed nothing: weights, AdamW's moments and step counts, the schedule (its lr)
     assert torch.equal(seen[1]["weights"], seen[0]["weights"])
+    assert torch.equal(seen[1]["stepped"], seen[0]["stepped"])
     assert torch.equal(seen[1]["moments"], seen[0]["moments"])
     assert [s["schedule"] for s in seen] == [1, 1, 2] and rows[2]["lr"] == rows[1]["lr"]
-    assert not torch.equal(seen[2]["weights"], seen[1]["weights"])  # step 3 trains again
-    assert torch.isfinite(seen[2]["weights"]).all()
+    assert not torch.equal(seen[2]["stepped"], seen[1]["stepped"])  # step 3 trains again
+    assert torch.isfinite(seen[2]["weights"]).all() and torch.isfinite(seen[2]["stepped"]).all()
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in logged if "loss" in r] == [0, 1, 1]
 
