@@ -176,32 +176,28 @@ def test_the_guard_adds_no_host_sync(synthetic_dir, tmp_path, monkeypatch, max_g
     """From the optimizer phase to the update's end (clipping, the agreed norm, the row's reduce,
     the decision, AdamW and the schedule) the host reads one value a step: the row's, which
     brings the norm; on a skipped step too."""
-    reads: list[list[str]] = []
+    counting: list[HostReads] = []  # one a step: from its optimizer phase to its update's end
 
     class CountingTimer(loop.PhaseTimer):
         @contextlib.contextmanager
         def __call__(self, name):
-            if name == "optimizer":  # the counting starts here and ends with the update
-                mode = HostReads()
-                mode.__enter__()
-                reads.append(mode.seen)
-                monkeypatch.setattr(loop, "apply_update", ending(mode))
+            if name == "optimizer":
+                counting.append(HostReads())
+                counting[-1].__enter__()
             with super().__call__(name):
                 yield
 
     update = loop.apply_update
 
-    def ending(mode):
-        def apply_update(*args):
-            try:
-                return update(*args)
-            finally:
-                mode.__exit__(None, None, None)
+    def apply_update(*args):
+        try:
+            return update(*args)
+        finally:
+            counting[-1].__exit__(None, None, None)
 
-        return apply_update
-
+    monkeypatch.setattr(loop, "apply_update", apply_update)
     monkeypatch.setattr(loop, "PhaseTimer", CountingTimer)
     inject(monkeypatch, "nan_gradient", 2)
     summary, _ = train(synthetic_dir, tmp_path / "run", 3, max_grad_norm=max_grad_norm)
     assert [r["skipped_steps"] for r in summary.steps] == [0, 1, 1]
-    assert reads == [["tolist"]] * 3
+    assert [mode.seen for mode in counting] == [["tolist"]] * 3
