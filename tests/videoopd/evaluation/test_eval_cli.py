@@ -402,38 +402,6 @@ def test_rows_whose_video_disagrees_with_the_annotation_are_flagged_and_counted(
     assert result.metrics["total"] == 3  # scored, not dropped
 
     output = tmp_path / "preds.jsonl"
-    assert (
-        main(
-            [
-                "--model",
-                str(tiny_qwen25_checkpoint),
-                "--data",
-                str(data),
-                "--output",
-                str(output),
-                "--max-new-tokens",
-                "2",
-                "--dataloader-num-workers",
-                "0",
-                "--min-pixels",
-                str(56 * 56),
-                "--max-pixels",
-                str(64 * 96),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    captured = capsys.readouterr()
-    assert "2 queries disagree with their videos" in captured.err and "line 2: span_beyond_video" in captured.err
-    metrics = json.loads((tmp_path / "preds.metrics.json").read_text())
-    assert metrics["data_issues"] == {"span_beyond_video": 1, "duration_mismatch": 1}
-    assert [json.loads(line)["data_issue"] is not None for line in output.read_text().splitlines()] == [
-        False,
-        True,
-        True,
-    ]
-    # an existing predictions file is never replaced without being asked to
     argv = [
         "--model",
         str(tiny_qwen25_checkpoint),
@@ -451,6 +419,17 @@ def test_rows_whose_video_disagrees_with_the_annotation_are_flagged_and_counted(
         str(64 * 96),
         "--no-progress",
     ]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "2 queries disagree with their videos" in captured.err and "line 2: span_beyond_video" in captured.err
+    metrics = json.loads((tmp_path / "preds.metrics.json").read_text())
+    assert metrics["data_issues"] == {"span_beyond_video": 1, "duration_mismatch": 1}
+    assert [json.loads(line)["data_issue"] is not None for line in output.read_text().splitlines()] == [
+        False,
+        True,
+        True,
+    ]
+    # an existing predictions file is never replaced without being asked to
     before = output.read_text()
     assert main(argv) == 2
     assert "already holds predictions" in capsys.readouterr().err and output.read_text() == before
